@@ -1,0 +1,209 @@
+//! Checks a `#[computed]` function against its attribute. Every error points
+//! at the token that causes it; independent errors are reported together.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{
+    FnArg, GenericArgument, GenericParam, Ident, Pat, PathArguments, ReturnType, Signature, Type,
+};
+
+use crate::args::{Args, Errors, Kind};
+
+/// One argument of the function with its kind.
+pub(crate) struct Arg<'a> {
+    pub(crate) ident: &'a Ident,
+    pub(crate) ty: &'a Type,
+    pub(crate) kind: &'a Kind,
+}
+
+/// A validated signature.
+pub(crate) struct Checked<'a> {
+    pub(crate) args: Vec<Arg<'a>>,
+    pub(crate) ret: &'a Type,
+    /// Whether the function returns a `Result` (only `Ok` is cached).
+    pub(crate) returns_result: bool,
+}
+
+pub(crate) fn check<'a>(args: &'a Args, sig: &'a Signature) -> syn::Result<Checked<'a>> {
+    let mut errors = Errors::default();
+
+    if let Some(constness) = &sig.constness {
+        errors.add(syn::Error::new(
+            constness.span,
+            "#[computed] cannot be used on a `const fn`",
+        ));
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        errors.add(syn::Error::new(
+            unsafety.span,
+            "#[computed] cannot be used on an `unsafe fn`",
+        ));
+    }
+    if let Some(abi) = &sig.abi {
+        errors.add(syn::Error::new(
+            abi.span(),
+            "#[computed] cannot be used on an `extern fn`",
+        ));
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.add(syn::Error::new(
+            variadic.span(),
+            "#[computed] cannot be used on a variadic function",
+        ));
+    }
+    for param in &sig.generics.params {
+        if !matches!(param, GenericParam::Lifetime(_)) {
+            errors.add(syn::Error::new(
+                param.span(),
+                "#[computed] functions cannot be generic: the cache key must name every argument's type; write one function per type",
+            ));
+        }
+    }
+    if let Some(where_clause) = &sig.generics.where_clause {
+        errors.add(syn::Error::new(
+            where_clause.span(),
+            "#[computed] functions cannot have a `where` clause",
+        ));
+    }
+
+    let mut checked_args = Vec::new();
+    let mut kinds = args.kinds.iter();
+    let mut missing_kind: Option<Span> = None;
+    for input in &sig.inputs {
+        let typed = match input {
+            FnArg::Receiver(receiver) => {
+                errors.add(syn::Error::new(
+                    receiver.self_token.span,
+                    "#[computed] cannot be used on methods with a `self` receiver; write a free function that takes the value as an argument",
+                ));
+                continue;
+            }
+            FnArg::Typed(typed) => typed,
+        };
+        let kind = kinds.next();
+        if kind.is_none() && missing_kind.is_none() {
+            missing_kind = Some(typed.span());
+        }
+        let ident = match &*typed.pat {
+            Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => &pat.ident,
+            other => {
+                errors.add(syn::Error::new(
+                    other.span(),
+                    "#[computed] arguments must be plain names (`user: &User`), not patterns",
+                ));
+                continue;
+            }
+        };
+        if let Some(span) = impl_trait(&typed.ty) {
+            errors.add(syn::Error::new(
+                span,
+                "#[computed] arguments cannot be `impl Trait`: the cache key must name every argument's type",
+            ));
+            continue;
+        }
+        if let Some(kind) = kind {
+            checked_args.push(Arg {
+                ident,
+                ty: &typed.ty,
+                kind,
+            });
+        }
+    }
+    let expected = sig.inputs.len();
+    if let Some(span) = missing_kind {
+        errors.add(syn::Error::new(
+            span,
+            format!(
+                "this argument has no kind: #[computed] needs one kind per argument ({expected} here), like `#[computed(User, Raw)]`",
+            ),
+        ));
+    }
+    if let Some(extra) = kinds.next() {
+        errors.add(syn::Error::new(
+            extra.span(),
+            format!("too many kinds: the function has {expected} argument(s)"),
+        ));
+    }
+
+    let ret = match &sig.output {
+        ReturnType::Default => {
+            errors.add(syn::Error::new(
+                sig.ident.span(),
+                "#[computed] functions must return the value to cache",
+            ));
+            None
+        }
+        ReturnType::Type(_, ty) => {
+            if let Some(span) = impl_trait(ty) {
+                errors.add(syn::Error::new(
+                    span,
+                    "#[computed] functions must return a concrete type, not `impl Trait`",
+                ));
+            }
+            Some(&**ty)
+        }
+    };
+
+    errors.finish()?;
+    let ret = ret.expect("checked above");
+    Ok(Checked {
+        args: checked_args,
+        ret,
+        returns_result: is_result(ret),
+    })
+}
+
+/// The span of an `impl Trait` anywhere in `ty`.
+fn impl_trait(ty: &Type) -> Option<Span> {
+    match ty {
+        Type::ImplTrait(it) => Some(it.span()),
+        Type::Reference(r) => impl_trait(&r.elem),
+        Type::Paren(p) => impl_trait(&p.elem),
+        Type::Group(g) => impl_trait(&g.elem),
+        Type::Slice(s) => impl_trait(&s.elem),
+        Type::Array(a) => impl_trait(&a.elem),
+        Type::Tuple(t) => t.elems.iter().find_map(impl_trait),
+        Type::Path(p) => p.path.segments.iter().find_map(|seg| match &seg.arguments {
+            PathArguments::AngleBracketed(args) => args.args.iter().find_map(|arg| match arg {
+                GenericArgument::Type(ty) => impl_trait(ty),
+                _ => None,
+            }),
+            _ => None,
+        }),
+        _ => None,
+    }
+}
+
+/// `Result<T, E>`, `io::Result<T>`, `anyhow::Result<T>`: any path whose last
+/// segment is `Result` with type arguments.
+fn is_result(ty: &Type) -> bool {
+    match ty {
+        Type::Path(path) if path.qself.is_none() => path.path.segments.last().is_some_and(|seg| {
+            seg.ident == "Result" && matches!(seg.arguments, PathArguments::AngleBracketed(_))
+        }),
+        Type::Group(group) => is_result(&group.elem),
+        Type::Paren(paren) => is_result(&paren.elem),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syn::parse_quote;
+
+    #[test]
+    fn recognises_results() {
+        assert!(is_result(&parse_quote!(Result<u8, String>)));
+        assert!(is_result(&parse_quote!(std::io::Result<u8>)));
+        assert!(!is_result(&parse_quote!(Option<u8>)));
+        assert!(!is_result(&parse_quote!(ResultCode)));
+    }
+
+    #[test]
+    fn finds_nested_impl_trait() {
+        assert!(impl_trait(&parse_quote!(&impl Fn())).is_some());
+        assert!(impl_trait(&parse_quote!(Vec<impl Clone>)).is_some());
+        assert!(impl_trait(&parse_quote!(Vec<u8>)).is_none());
+    }
+}

@@ -1,0 +1,226 @@
+//! [`SmacheBuilder`]: how a [`Smache`] instance is configured.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use crate::error::{Error, Result};
+use crate::instance::Smache;
+use crate::runtime;
+use crate::store::{MemoryStore, RedisStore, Store};
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "smache";
+/// The default bound on one store operation.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(500);
+/// The default size of the embedded store.
+pub const DEFAULT_MEMORY_CAPACITY: u64 = 64 * 1024 * 1024;
+
+enum RedisSource {
+    Url(String),
+    Manager(ConnectionManager),
+}
+
+/// Configures a [`Smache`] instance. Every setting has a default; with none
+/// set, the instance uses the embedded in-process store.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let smache = smache::Smache::builder()
+///     .redis_url("redis://127.0.0.1:6379/")
+///     .prefix("shop")
+///     .default_ttl(Duration::from_secs(3600))
+///     .build()?; // does not connect: Redis is reached on first use
+/// assert_eq!(smache.backend(), smache::Backend::Redis);
+/// # Ok::<(), smache::Error>(())
+/// ```
+#[derive(Default)]
+#[must_use]
+pub struct SmacheBuilder {
+    redis: Option<RedisSource>,
+    mongo: Option<mongodb::Database>,
+    prefix: Option<String>,
+    default_ttl: Option<Duration>,
+    op_timeout: Option<Duration>,
+    memory_capacity: Option<u64>,
+}
+
+impl fmt::Debug for SmacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redis = match &self.redis {
+            None => "none",
+            // A URL can carry a password: never print it.
+            Some(RedisSource::Url(_)) => "url (redacted)",
+            Some(RedisSource::Manager(_)) => "connection manager",
+        };
+        f.debug_struct("SmacheBuilder")
+            .field("redis", &redis)
+            .field("mongodb", &self.mongo.as_ref().map(mongodb::Database::name))
+            .field("prefix", &self.prefix)
+            .field("default_ttl", &self.default_ttl)
+            .field("op_timeout", &self.op_timeout)
+            .field("memory_capacity", &self.memory_capacity)
+            .finish()
+    }
+}
+
+impl SmacheBuilder {
+    /// Use Redis at `url` (`redis://[user:password@]host:port/db`, or
+    /// `rediss://` for TLS). The connection is made on first use.
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis = Some(RedisSource::Url(url.into()));
+        self
+    }
+
+    /// Use an existing Redis connection manager (it is cloned per call, as
+    /// redis-rs intends).
+    pub fn redis_connection(mut self, manager: ConnectionManager) -> Self {
+        self.redis = Some(RedisSource::Manager(manager));
+        self
+    }
+
+    /// The MongoDB database the entity documents live in (used by the
+    /// dependency tracking and the worker).
+    pub fn mongodb(mut self, client: &mongodb::Client, database: &str) -> Self {
+        self.mongo = Some(client.database(database));
+        self
+    }
+
+    /// The key prefix, used as the Redis hash tag `{prefix}` (default
+    /// `smache`). Instances with different prefixes never share values.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// The time-to-live of values whose function sets none (default: none).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = Some(ttl);
+        self
+    }
+
+    /// The bound on each store operation (default 500 ms). Past it the
+    /// caller computes the value directly.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = Some(timeout);
+        self
+    }
+
+    /// The size bound of the embedded store in bytes (default 64 MiB).
+    pub fn memory_capacity(mut self, bytes: u64) -> Self {
+        self.memory_capacity = Some(bytes);
+        self
+    }
+
+    /// A builder preset from the environment; see [`Smache::from_env`].
+    pub(crate) fn from_env() -> Result<Self> {
+        let mut builder = SmacheBuilder::default();
+        if let Some(url) = env("SMACHE_REDIS_URL") {
+            builder = builder.redis_url(url);
+        }
+        if let Some(prefix) = env("SMACHE_PREFIX") {
+            builder = builder.prefix(prefix);
+        }
+        if let Some(uri) = env("SMACHE_MONGODB_URI") {
+            // Parsing may resolve DNS (mongodb+srv), which is async.
+            let options =
+                runtime::block_on(
+                    async move { mongodb::options::ClientOptions::parse(uri).await },
+                )??;
+            let database = env("SMACHE_MONGODB_DATABASE")
+                .or_else(|| options.default_database.clone())
+                .unwrap_or_else(|| "smache".to_owned());
+            let client = mongodb::Client::with_options(options)?;
+            builder.mongo = Some(client.database(&database));
+        }
+        Ok(builder)
+    }
+
+    /// Builds the instance. Nothing is connected yet.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid prefix, Redis URL or timeout.
+    pub fn build(self) -> Result<Smache> {
+        let prefix = self.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
+        validate_prefix(&prefix)?;
+        let timeout = self.op_timeout.unwrap_or(DEFAULT_OP_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(Error::Config("op_timeout must be more than zero".into()));
+        }
+        let store = match self.redis {
+            None => Store::Memory(MemoryStore::new(
+                self.memory_capacity.unwrap_or(DEFAULT_MEMORY_CAPACITY),
+            )),
+            Some(RedisSource::Url(url)) => {
+                let client = redis::Client::open(url.as_str()).map_err(|err| {
+                    // The error text never includes the URL itself.
+                    Error::Config(format!("invalid Redis URL: {err}"))
+                })?;
+                Store::Redis(RedisStore::from_client(client, timeout))
+            }
+            Some(RedisSource::Manager(manager)) => {
+                Store::Redis(RedisStore::from_manager(manager, timeout))
+            }
+        };
+        Ok(Smache::from_parts(
+            prefix,
+            store,
+            self.default_ttl,
+            self.mongo,
+        ))
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+fn validate_prefix(prefix: &str) -> Result<()> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 64
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:/".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "prefix {prefix:?} must be 1 to 64 characters of [A-Za-z0-9_-.:/]"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_validated() {
+        assert!(Smache::builder().prefix("ok-1.a:b/c").build().is_ok());
+        for bad in ["", "a{b", "a}b", "a b", &"x".repeat(65)] {
+            let err = Smache::builder().prefix(bad).build().unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bad_redis_urls_are_config_errors_without_secrets() {
+        let err = Smache::builder()
+            .redis_url("http://user:hunter2@example")
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, Error::Config(_)));
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_redacts_urls() {
+        let builder = Smache::builder().redis_url("redis://:hunter2@localhost/");
+        let debug = format!("{builder:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        let smache = builder.build().unwrap();
+        assert!(!format!("{smache:?}").contains("hunter2"));
+    }
+}

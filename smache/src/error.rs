@@ -1,0 +1,65 @@
+//! The error type of the runtime crate.
+
+use std::time::Duration;
+
+/// A specialised [`Result`](std::result::Result) for smache operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong inside smache.
+///
+/// Calls to `#[computed]` functions never return this type: when the cache
+/// cannot be used they compute the value directly and log a warning. It is
+/// returned by the explicit API ([`Smache::invalidate`](crate::Smache::invalidate),
+/// [`Smache::is_fresh`](crate::Smache::is_fresh), the builder, the generated
+/// `key` helpers).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Redis answered with an error or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[source] redis::RedisError),
+    /// MongoDB answered with an error or could not be reached.
+    #[error("mongodb: {0}")]
+    Mongo(#[source] mongodb::error::Error),
+    /// A store operation took longer than the configured operation timeout.
+    #[error("{op} timed out after {timeout:?}")]
+    Timeout {
+        /// The operation that timed out (`get`, `set`, `connect`, …).
+        op: &'static str,
+        /// The timeout that was exceeded.
+        timeout: Duration,
+    },
+    /// The store is in back-off after a failed connection attempt.
+    #[error("store unavailable (reconnecting after a failed attempt)")]
+    Unavailable,
+    /// A function argument or a value could not be serialized.
+    #[error("could not serialize {what}: {message}")]
+    Serialize {
+        /// What was being serialized (`argument`, `value`).
+        what: &'static str,
+        /// The serializer's message.
+        message: String,
+    },
+    /// The bytes under a key are not a valid smache entry.
+    #[error("corrupt cache entry: {0}")]
+    Corrupt(String),
+    /// The configuration is invalid (bad URL, bad prefix, …).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// [`Smache::install`](crate::Smache::install) was called after a
+    /// process-wide default was already in place.
+    #[error("a process-wide smache default is already installed")]
+    AlreadyInstalled,
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(err: redis::RedisError) -> Self {
+        Error::Redis(err)
+    }
+}
+
+impl From<mongodb::error::Error> for Error {
+    fn from(err: mongodb::error::Error) -> Self {
+        Error::Mongo(err)
+    }
+}

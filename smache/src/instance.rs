@@ -1,0 +1,404 @@
+//! The [`Smache`] handle: a store, a key prefix and defaults.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use once_cell::sync::OnceCell;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::builder::SmacheBuilder;
+use crate::envelope;
+use crate::error::{Error, Result};
+use crate::key::CacheKey;
+use crate::runtime;
+use crate::store::{Backend, Lookup, Store};
+
+static GLOBAL: OnceCell<Smache> = OnceCell::new();
+
+tokio::task_local! {
+    static CURRENT: Smache;
+}
+
+/// A smache instance: where computed values are stored and how.
+///
+/// `Smache` is a cheap handle (an `Arc`); clone it freely. `#[computed]`
+/// functions use [`Smache::current`]: the instance of the enclosing
+/// [`scope`](Smache::scope), else the process-wide default, which is the one
+/// [`install`](Smache::install)ed or, if none was, [`Smache::from_env`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), smache::Error> {
+/// #[smache::computed(Raw)]
+/// async fn double(x: u32) -> u32 {
+///     x * 2
+/// }
+///
+/// let smache = smache::Smache::builder().prefix("docs").build()?; // embedded store
+/// let value = smache.scope(double(21)).await;
+/// assert_eq!(value, 42);
+/// assert!(smache.is_fresh(&double::key(21)?).await?);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Smache {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) prefix: String,
+    pub(crate) store: Store,
+    pub(crate) default_ttl: Option<Duration>,
+    pub(crate) mongo: Option<mongodb::Database>,
+    health: Health,
+}
+
+impl fmt::Debug for Smache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Smache")
+            .field("prefix", &self.inner.prefix)
+            .field("backend", &self.backend())
+            .field("default_ttl", &self.inner.default_ttl)
+            .field(
+                "mongodb",
+                &self.inner.mongo.as_ref().map(mongodb::Database::name),
+            )
+            .finish()
+    }
+}
+
+impl Smache {
+    /// A builder with the defaults: embedded store, prefix `smache`, no TTL.
+    pub fn builder() -> SmacheBuilder {
+        SmacheBuilder::default()
+    }
+
+    /// An instance on the embedded in-process store, with the defaults.
+    ///
+    /// ```
+    /// let smache = smache::Smache::embedded();
+    /// assert_eq!(smache.backend(), smache::Backend::Embedded);
+    /// ```
+    #[must_use]
+    pub fn embedded() -> Smache {
+        SmacheBuilder::default()
+            .build()
+            .expect("the default configuration is valid")
+    }
+
+    /// An instance configured from the environment:
+    ///
+    /// | variable | meaning | default |
+    /// |---|---|---|
+    /// | `SMACHE_REDIS_URL` | Redis URL (`redis://`, `rediss://`) | embedded store |
+    /// | `SMACHE_MONGODB_URI` | MongoDB URI | none |
+    /// | `SMACHE_MONGODB_DATABASE` | database name | the URI's, else `smache` |
+    /// | `SMACHE_PREFIX` | key prefix | `smache` |
+    ///
+    /// ```
+    /// // With none of the variables set, this is the embedded store.
+    /// let smache = smache::Smache::from_env()?;
+    /// # Ok::<(), smache::Error>(())
+    /// ```
+    pub fn from_env() -> Result<Smache> {
+        SmacheBuilder::from_env()?.build()
+    }
+
+    pub(crate) fn from_parts(
+        prefix: String,
+        store: Store,
+        default_ttl: Option<Duration>,
+        mongo: Option<mongodb::Database>,
+    ) -> Smache {
+        Smache {
+            inner: Arc::new(Inner {
+                prefix,
+                store,
+                default_ttl,
+                mongo,
+                health: Health::default(),
+            }),
+        }
+    }
+
+    /// Makes this instance the process-wide default. Do it once at start-up,
+    /// before the first `#[computed]` call.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyInstalled`] if a default is already in place (installed,
+    /// or created from the environment by an earlier call).
+    ///
+    /// ```
+    /// let smache = smache::Smache::builder().prefix("app").build()?;
+    /// smache.install()?;
+    /// assert_eq!(smache::Smache::current().prefix(), "app");
+    /// # Ok::<(), smache::Error>(())
+    /// ```
+    pub fn install(self) -> Result<()> {
+        GLOBAL.set(self).map_err(|_| Error::AlreadyInstalled)
+    }
+
+    /// The process-wide default: the installed instance, else one made
+    /// from the environment ([`Smache::from_env`]). If the environment is
+    /// invalid, the error is logged and the embedded store is used.
+    pub fn global() -> &'static Smache {
+        GLOBAL.get_or_init(|| {
+            Smache::from_env().unwrap_or_else(|err| {
+                tracing::error!(error = %err, "smache: invalid environment configuration; using the embedded store");
+                Smache::embedded()
+            })
+        })
+    }
+
+    /// The instance `#[computed]` functions use here: the innermost
+    /// [`scope`](Smache::scope)'s, else [`Smache::global`].
+    #[must_use]
+    pub fn current() -> Smache {
+        CURRENT
+            .try_with(Smache::clone)
+            .unwrap_or_else(|_| Smache::global().clone())
+    }
+
+    /// Runs `fut` with this instance as [`Smache::current`]. Tasks spawned
+    /// inside do not inherit it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let a = smache::Smache::builder().prefix("a").build().unwrap();
+    /// let prefix = a.scope(async { smache::Smache::current().prefix().to_owned() }).await;
+    /// assert_eq!(prefix, "a");
+    /// # }
+    /// ```
+    pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
+        CURRENT.scope(self.clone(), fut).await
+    }
+
+    /// Runs `f` with this instance as [`Smache::current`], for synchronous code.
+    ///
+    /// ```
+    /// #[smache::computed(Raw)]
+    /// fn triple(x: u32) -> u32 {
+    ///     x * 3
+    /// }
+    ///
+    /// let smache = smache::Smache::builder().prefix("sync-docs").build().unwrap();
+    /// assert_eq!(smache.scope_sync(|| triple(3)), 9);
+    /// ```
+    pub fn scope_sync<R>(&self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self.clone(), f)
+    }
+
+    /// The key prefix (the Redis hash tag).
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// Which store this instance uses.
+    #[must_use]
+    pub fn backend(&self) -> Backend {
+        self.inner.store.backend()
+    }
+
+    /// The TTL of functions that do not set their own.
+    #[must_use]
+    pub fn default_ttl(&self) -> Option<Duration> {
+        self.inner.default_ttl
+    }
+
+    /// The MongoDB database the documents live in, if one was configured.
+    #[must_use]
+    pub fn mongodb(&self) -> Option<&mongodb::Database> {
+        self.inner.mongo.as_ref()
+    }
+
+    /// The Redis key (or embedded-store key) a value is stored under.
+    ///
+    /// ```
+    /// #[smache::computed(Raw, name = "shop.price")]
+    /// fn price(sku: &str) -> u64 {
+    ///     100
+    /// }
+    ///
+    /// let smache = smache::Smache::builder().prefix("shop").build().unwrap();
+    /// assert_eq!(smache.storage_key(&price::key("x1").unwrap()), r#"{shop}:v:shop.price#1:"x1""#);
+    /// ```
+    #[must_use]
+    pub fn storage_key(&self, key: &CacheKey) -> String {
+        key.storage_key(&self.inner.prefix)
+    }
+
+    /// Removes the cached value of `key`; the next call computes it again.
+    /// Returns whether a value was stored.
+    ///
+    /// # Errors
+    /// When the store cannot be reached.
+    pub async fn invalidate(&self, key: &CacheKey) -> Result<bool> {
+        let inner = Arc::clone(&self.inner);
+        let storage_key = self.storage_key(key);
+        runtime::in_tokio(async move { inner.store.delete(&storage_key).await }).await?
+    }
+
+    /// Whether a valid value is stored for `key`, so a call would not compute.
+    ///
+    /// # Errors
+    /// When the store cannot be reached.
+    pub async fn is_fresh(&self, key: &CacheKey) -> Result<bool> {
+        Ok(self.entry(key).await?.is_some())
+    }
+
+    /// What is stored for `key`: its value version and when it was computed.
+    /// `None` when nothing valid is stored.
+    ///
+    /// # Errors
+    /// When the store cannot be reached.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), smache::Error> {
+    /// #[smache::computed(Raw)]
+    /// async fn cube(x: i64) -> i64 {
+    ///     x * x * x
+    /// }
+    ///
+    /// let smache = smache::Smache::embedded();
+    /// smache.scope(cube(3)).await;
+    /// let first = smache.entry(&cube::key(3)?).await?.expect("stored");
+    /// smache.invalidate(&cube::key(3)?).await?;
+    /// smache.scope(cube(3)).await;
+    /// let second = smache.entry(&cube::key(3)?).await?.expect("stored");
+    /// assert!(second.computed_at() >= first.computed_at());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn entry(&self, key: &CacheKey) -> Result<Option<EntryInfo>> {
+        let inner = Arc::clone(&self.inner);
+        let storage_key = self.storage_key(key);
+        let lookup =
+            runtime::in_tokio(async move { inner.store.get(&storage_key).await }).await??;
+        Ok(match lookup {
+            Lookup::Hit { version, data } => envelope::decode(&data).ok().map(|env| EntryInfo {
+                version,
+                computed_at_ms: env.computed_at_ms,
+            }),
+            Lookup::Miss | Lookup::Foreign(_) => None,
+        })
+    }
+}
+
+/// Metadata of a stored value; see [`Smache::entry`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryInfo {
+    version: u64,
+    computed_at_ms: u64,
+}
+
+impl EntryInfo {
+    /// The value version: it increases each time a value is stored under the
+    /// key, and starts again at 1 after the key is removed (invalidated or
+    /// expired).
+    #[must_use]
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// When the value was computed.
+    #[must_use]
+    pub fn computed_at(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_millis(self.computed_at_ms)
+    }
+}
+
+impl Inner {
+    /// Reads the stored bytes of `storage_key`. `Err` means the store
+    /// could not be asked (already logged).
+    pub(crate) async fn fetch(&self, storage_key: &str) -> Result<Option<Vec<u8>>, ()> {
+        match self.store.get(storage_key).await {
+            Ok(Lookup::Hit { data, .. }) => {
+                self.health.ok();
+                Ok(Some(data))
+            }
+            Ok(Lookup::Miss) => {
+                self.health.ok();
+                Ok(None)
+            }
+            Ok(Lookup::Foreign(why)) => {
+                self.health.ok();
+                tracing::warn!(key = storage_key, reason = %why, "smache: foreign data under a value key; recomputing and overwriting");
+                Ok(None)
+            }
+            Err(err) => {
+                self.health.failed(&err);
+                Err(())
+            }
+        }
+    }
+
+    /// Decodes fetched bytes; a corrupt entry is logged and treated as a miss.
+    pub(crate) fn decode<T: DeserializeOwned>(storage_key: &str, data: &[u8]) -> Option<T> {
+        match envelope::decode(data).and_then(|env| env.value()) {
+            Ok(value) => Some(value),
+            Err(err) => {
+                tracing::warn!(key = storage_key, error = %err, "smache: corrupt cached value; recomputing and overwriting");
+                None
+            }
+        }
+    }
+
+    /// Encodes a value for storage; a value that cannot be serialized is
+    /// logged and not cached.
+    pub(crate) fn encode<T: Serialize + ?Sized>(storage_key: &str, value: &T) -> Option<Vec<u8>> {
+        match envelope::encode(value, envelope::now_ms()) {
+            Ok(data) => Some(data),
+            Err(err) => {
+                tracing::warn!(key = storage_key, error = %err, "smache: value not cached");
+                None
+            }
+        }
+    }
+
+    /// Stores encoded bytes; failures are logged.
+    pub(crate) async fn put(&self, storage_key: &str, data: Vec<u8>, ttl: Option<Duration>) {
+        match self.store.set(storage_key, data, ttl).await {
+            Ok(_) => self.health.ok(),
+            Err(err) => self.health.failed(&err),
+        }
+    }
+}
+
+/// Tracks whether the store is reachable, to log outages once rather than
+/// once per call.
+#[derive(Default)]
+struct Health {
+    degraded: AtomicBool,
+    last_warning_ms: AtomicU64,
+}
+
+/// While degraded, repeat the warning at most this often.
+const WARN_EVERY_MS: u64 = 10_000;
+
+impl Health {
+    fn ok(&self) {
+        if self.degraded.load(Ordering::Relaxed) && self.degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!("smache: the store is reachable again; caching resumed");
+        }
+    }
+
+    fn failed(&self, err: &Error) {
+        let now = envelope::now_ms();
+        let was_degraded = self.degraded.swap(true, Ordering::Relaxed);
+        let last = self.last_warning_ms.load(Ordering::Relaxed);
+        if !was_degraded || now.saturating_sub(last) >= WARN_EVERY_MS {
+            self.last_warning_ms.store(now, Ordering::Relaxed);
+            tracing::warn!(error = %err, "smache: the store is unavailable; computing values directly until it returns");
+        } else {
+            tracing::debug!(error = %err, "smache: store still unavailable");
+        }
+    }
+}

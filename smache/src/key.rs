@@ -1,0 +1,255 @@
+//! Cache keys.
+//!
+//! # Key scheme
+//!
+//! Every key smache writes lives under one Redis hash tag, so a whole
+//! deployment maps to one Redis Cluster slot and multi-key scripts work:
+//!
+//! ```text
+//! {<prefix>}:v:<function name>#<version>:<arg>:<arg>…
+//! ```
+//!
+//! * `<prefix>` is [`SmacheBuilder::prefix`](crate::SmacheBuilder::prefix) (default `smache`);
+//! * `v` marks a value (later kinds of keys — dependency graph, jobs — use other letters);
+//! * `<function name>` is the `name = "…"` option or `module::path::function`;
+//! * `<version>` is the `version = N` option (default 1);
+//! * each `<arg>` is, by the argument's kind, an entity id (`o:<objectid hex>`,
+//!   `i:<integer>`, `s:<json string>`) or a raw value as compact JSON
+//!   (`"en"`, `42`, `{"a":1}`). Every form is self-delimiting, so different
+//!   argument lists never share a key. Arguments that take more than
+//!   [`MAX_INLINE_ARGS`] bytes are replaced by `h:<sha-256 of them, 32 hex>`.
+//!
+//! Raw arguments are keyed by their serde JSON form: map types with an
+//! unspecified iteration order (`HashMap`) give unstable keys; use `BTreeMap`.
+
+use std::fmt;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::entity::Entity;
+use crate::error::{Error, Result};
+use crate::spec::FnSpec;
+
+/// Arguments longer than this many bytes are hashed in the stored key.
+pub const MAX_INLINE_ARGS: usize = 160;
+
+/// The key of one computed value: a function and its arguments.
+///
+/// Keys do not depend on a [`Smache`](crate::Smache) instance: the instance
+/// adds its prefix when it talks to its store. Build one with the `key`
+/// helper the macro generates beside each function:
+///
+/// ```
+/// #[smache::computed(Raw, Raw, name = "demo.add")]
+/// fn add(a: i32, b: i32) -> i32 {
+///     a + b
+/// }
+///
+/// let key = add::key(1, 2).unwrap();
+/// assert_eq!(key.to_string(), "demo.add#1:1:2");
+/// ```
+#[derive(Clone)]
+pub struct CacheKey {
+    spec: &'static FnSpec,
+    /// `<name>#<version>:<args>`, the part after `{prefix}:v:`.
+    path: String,
+    /// Where the arguments start in `path`.
+    args_at: usize,
+}
+
+impl CacheKey {
+    /// The function this key belongs to.
+    #[must_use]
+    pub fn spec(&self) -> &'static FnSpec {
+        self.spec
+    }
+
+    /// The encoded arguments (before any hashing).
+    #[must_use]
+    pub fn args(&self) -> &str {
+        &self.path[self.args_at..]
+    }
+
+    /// The full Redis key under `prefix`.
+    pub(crate) fn storage_key(&self, prefix: &str) -> String {
+        let args = self.args();
+        let mut out = String::with_capacity(prefix.len() + self.path.len() + 8);
+        out.push('{');
+        out.push_str(prefix);
+        out.push_str("}:v:");
+        if args.len() <= MAX_INLINE_ARGS {
+            out.push_str(&self.path);
+        } else {
+            out.push_str(&self.path[..self.args_at]);
+            out.push_str("h:");
+            let digest = Sha256::digest(args.as_bytes());
+            for byte in &digest[..16] {
+                out.push(char::from(HEX[usize::from(byte >> 4)]));
+                out.push(char::from(HEX[usize::from(byte & 0xf)]));
+            }
+        }
+        out
+    }
+}
+
+// The path names the function (name and version) and the arguments, so it
+// alone decides equality.
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Eq for CacheKey {}
+
+impl std::hash::Hash for CacheKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.path.hash(state);
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path)
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CacheKey").field(&self.path).finish()
+    }
+}
+
+/// Builds a [`CacheKey`] argument by argument. Used by the generated code.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct KeyBuilder {
+    spec: &'static FnSpec,
+    path: String,
+    args_at: usize,
+    first: bool,
+    error: Option<Error>,
+}
+
+impl KeyBuilder {
+    #[must_use]
+    pub fn new(spec: &'static FnSpec) -> Self {
+        use std::fmt::Write as _;
+        let mut path = String::with_capacity(spec.name().len() + 48);
+        path.push_str(spec.name());
+        let _ = write!(path, "#{}:", spec.version());
+        let args_at = path.len();
+        KeyBuilder {
+            spec,
+            path,
+            args_at,
+            first: true,
+            error: None,
+        }
+    }
+
+    fn separator(&mut self) {
+        if !std::mem::take(&mut self.first) {
+            self.path.push(':');
+        }
+    }
+
+    /// Adds an entity argument, keyed by its id.
+    #[must_use]
+    pub fn entity<E: Entity + ?Sized>(mut self, entity: &E) -> Self {
+        self.separator();
+        entity.id().write_key(&mut self.path);
+        self
+    }
+
+    /// Adds a raw argument, keyed by its JSON form.
+    #[must_use]
+    pub fn raw<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
+        self.separator();
+        if self.error.is_none() {
+            match serde_json::to_string(value) {
+                Ok(json) => self.path.push_str(&json),
+                Err(err) => {
+                    self.error = Some(Error::Serialize {
+                        what: "argument",
+                        message: err.to_string(),
+                    });
+                }
+            }
+        }
+        self
+    }
+
+    /// The finished key, or the first argument's serialization error.
+    pub fn finish(self) -> Result<CacheKey> {
+        match self.error {
+            Some(err) => Err(err),
+            None => Ok(CacheKey {
+                spec: self.spec,
+                path: self.path,
+                args_at: self.args_at,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::ArgKind;
+    use std::collections::BTreeMap;
+
+    static SPEC: FnSpec = FnSpec::__new("app::f", 3, 0, &[ArgKind::Raw, ArgKind::Raw]);
+
+    #[test]
+    fn layout_is_stable() {
+        let key = KeyBuilder::new(&SPEC).raw("en").raw(&7).finish().unwrap();
+        assert_eq!(key.to_string(), r#"app::f#3:"en":7"#);
+        assert_eq!(key.args(), r#""en":7"#);
+        assert_eq!(key.storage_key("smache"), r#"{smache}:v:app::f#3:"en":7"#);
+    }
+
+    #[test]
+    fn raw_values_are_unambiguous() {
+        let a = KeyBuilder::new(&SPEC).raw("a:b").raw("c").finish().unwrap();
+        let b = KeyBuilder::new(&SPEC).raw("a").raw("b:c").finish().unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn long_arguments_are_hashed_deterministically() {
+        let long = "x".repeat(500);
+        let key = KeyBuilder::new(&SPEC).raw(&long).raw(&1).finish().unwrap();
+        let stored = key.storage_key("p");
+        assert!(stored.starts_with("{p}:v:app::f#3:h:"), "{stored}");
+        assert_eq!(stored.len(), "{p}:v:app::f#3:h:".len() + 32);
+        let again = KeyBuilder::new(&SPEC).raw(&long).raw(&1).finish().unwrap();
+        assert_eq!(stored, again.storage_key("p"));
+        let other = KeyBuilder::new(&SPEC).raw(&long).raw(&2).finish().unwrap();
+        assert_ne!(stored, other.storage_key("p"));
+    }
+
+    #[test]
+    fn unserializable_arguments_are_errors() {
+        let mut map = BTreeMap::new();
+        map.insert(vec![1u8], 1);
+        let err = KeyBuilder::new(&SPEC)
+            .raw(&map)
+            .raw(&1)
+            .finish()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Serialize {
+                    what: "argument",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! # smache — self-refreshing computed values
+//!
+//! Put `#[computed]` on an ordinary function and its results are cached,
+//! keyed by the function and its arguments: entity arguments by their
+//! MongoDB `_id`, plain (`Raw`) arguments by their serialized form.
+//!
+//! ```
+//! use bson::oid::ObjectId;
+//! use serde::{Deserialize, Serialize};
+//! use smache::computed;
+//!
+//! #[derive(Serialize, Deserialize, smache::Entity)]
+//! #[entity(collection = "users")]
+//! struct User {
+//!     #[serde(rename = "_id")]
+//!     id: ObjectId,
+//!     first: String,
+//!     last: String,
+//! }
+//!
+//! /// Computed once per user and greeting; later calls read the cache.
+//! #[computed(User, Raw, ttl = "10m")]
+//! async fn display_name(user: &User, greeting: &str) -> String {
+//!     format!("{greeting}, {} {}", user.first, user.last)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), smache::Error> {
+//! let ada = User { id: ObjectId::new(), first: "Ada".into(), last: "Lovelace".into() };
+//! assert_eq!(display_name(&ada, "Hello").await, "Hello, Ada Lovelace");
+//! assert!(display_name::is_fresh(&ada, "Hello").await?);
+//! display_name::invalidate(&ada, "Hello").await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Without configuration values live in an embedded in-process store. Point
+//! smache at Redis with `SMACHE_REDIS_URL`, or build an instance with
+//! [`Smache::builder`] and [`install`](Smache::install) it. If the store
+//! cannot be reached, calls compute their value directly and log a warning;
+//! they never fail because of the cache.
+//!
+//! ## The attribute
+//!
+//! `#[computed(Kind, Kind, …, option = value, …)]` — one kind per argument,
+//! in order:
+//!
+//! * an [`Entity`] type (`User`): the argument is that entity (by value or
+//!   through `&`, `Box`, `Arc`) and is keyed by its id;
+//! * `Raw`: the argument is any `Serialize` value, keyed by its JSON form.
+//!
+//! Options:
+//!
+//! | option | meaning |
+//! |---|---|
+//! | `ttl = "5m"` / `ttl_secs = 300` | time-to-live of the values (default: the instance's) |
+//! | `name = "billing.total"` | stable name in keys, so renaming the function keeps its values |
+//! | `version = 2` | bump to ignore values stored by an older version of the function |
+//! | `crate = path` | where the `smache` crate is, for crates that re-export it |
+//!
+//! Functions returning `Result<T, E>` (or an alias of it) cache only `Ok`
+//! values. Every return value must be `Serialize + DeserializeOwned`.
+//!
+//! Beside each function `f` the macro generates a module `f` with
+//! `f::key(args…)` (its [`CacheKey`]), `f::is_fresh(args…)`,
+//! `f::invalidate(args…)` and `f::SPEC` (its [`FnSpec`]).
+//!
+//! See [`key`] for the key layout.
+
+mod builder;
+mod call;
+mod entity;
+mod envelope;
+mod error;
+mod instance;
+pub mod key;
+mod runtime;
+mod spec;
+mod store;
+
+pub use smache_macros::{computed, Entity};
+
+pub use crate::builder::{
+    SmacheBuilder, DEFAULT_MEMORY_CAPACITY, DEFAULT_OP_TIMEOUT, DEFAULT_PREFIX,
+};
+pub use crate::entity::{Entity, EntityId, IntoEntityId};
+pub use crate::error::{Error, Result};
+pub use crate::instance::{EntryInfo, Smache};
+pub use crate::key::CacheKey;
+pub use crate::spec::{ArgKind, FnSpec};
+pub use crate::store::Backend;
+
+/// Items used by the code `#[computed]` and `#[derive(Entity)]` generate.
+/// Not public API: no stability guarantees.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::call::{call_async, call_sync, Mode, OkOnly, Plain};
+    pub use crate::key::KeyBuilder;
+
+    use crate::entity::Entity;
+    use std::rc::Rc;
+    use std::sync::Arc;
+
+    /// An argument declared with an entity kind.
+    #[diagnostic::on_unimplemented(
+        message = "this argument is declared as the entity `{E}`, but its type is `{Self}`",
+        label = "expected `{E}`, `&{E}`, `Box<{E}>` or `Arc<{E}>`",
+        note = "declare the argument as `Raw` to key it by its serialized value instead"
+    )]
+    pub trait EntityArg<E: Entity> {
+        fn entity_ref(&self) -> &E;
+    }
+
+    macro_rules! entity_arg {
+        ($($wrapper:ty),*) => {$(
+            impl<E: Entity> EntityArg<E> for $wrapper {
+                fn entity_ref(&self) -> &E {
+                    self
+                }
+            }
+        )*};
+    }
+    entity_arg!(&E, &mut E, Box<E>, Arc<E>, Rc<E>);
+
+    impl<E: Entity> EntityArg<E> for E {
+        fn entity_ref(&self) -> &E {
+            self
+        }
+    }
+}

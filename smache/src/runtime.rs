@@ -1,0 +1,45 @@
+//! A small background runtime for callers without one.
+//!
+//! Synchronous `#[computed]` functions talk to Redis through this runtime, so
+//! they work from plain threads with no tokio runtime around, and from
+//! inside one (the caller's thread blocks only on its own call).
+
+use std::future::Future;
+
+use once_cell::sync::Lazy;
+use tokio::runtime::{Builder, Runtime};
+
+use crate::error::{Error, Result};
+
+static BACKGROUND: Lazy<Runtime> = Lazy::new(|| {
+    Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("smache-background")
+        .enable_all()
+        .build()
+        .expect("smache: cannot start its background runtime thread")
+});
+
+/// Runs `fut` on the background runtime and blocks the calling thread until
+/// it is done. A panic inside `fut` is reported as [`Error::Unavailable`].
+pub(crate) fn block_on<F>(fut: F) -> Result<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    futures::executor::block_on(BACKGROUND.spawn(fut)).map_err(|_| Error::Unavailable)
+}
+
+/// Runs `fut` where it can reach the tokio reactor: in place when the caller
+/// is inside a tokio runtime, else on the background runtime.
+pub(crate) async fn in_tokio<F>(fut: F) -> Result<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        Ok(fut.await)
+    } else {
+        BACKGROUND.spawn(fut).await.map_err(|_| Error::Unavailable)
+    }
+}

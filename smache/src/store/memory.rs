@@ -1,0 +1,117 @@
+//! The embedded store: a bounded in-process cache (moka) with per-entry TTL.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+use moka::Expiry;
+
+use super::Lookup;
+
+#[derive(Clone)]
+struct Entry {
+    version: u64,
+    data: Arc<[u8]>,
+    ttl: Option<Duration>,
+}
+
+struct EntryTtl;
+
+impl Expiry<String, Entry> for EntryTtl {
+    fn expire_after_create(&self, _: &String, entry: &Entry, _: Instant) -> Option<Duration> {
+        entry.ttl
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        entry: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        entry.ttl
+    }
+}
+
+/// Values in process memory, bounded by total bytes (least recently used
+/// entries are evicted first).
+pub(crate) struct MemoryStore {
+    cache: Cache<String, Entry>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.cache.entry_count())
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    pub(crate) fn new(capacity_bytes: u64) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(capacity_bytes)
+            .weigher(|key: &String, entry: &Entry| {
+                u32::try_from(key.len() + entry.data.len() + 32).unwrap_or(u32::MAX)
+            })
+            .expire_after(EntryTtl)
+            .build();
+        MemoryStore { cache }
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Lookup {
+        match self.cache.get(key) {
+            Some(entry) => Lookup::Hit {
+                version: entry.version,
+                data: entry.data.to_vec(),
+            },
+            None => Lookup::Miss,
+        }
+    }
+
+    pub(crate) fn set(&self, key: &str, data: Vec<u8>, ttl: Option<Duration>) -> u64 {
+        let data: Arc<[u8]> = data.into();
+        let entry = self.cache.entry_by_ref(key).and_upsert_with(|old| Entry {
+            version: old.map_or(0, |old| old.value().version) + 1,
+            data,
+            ttl,
+        });
+        entry.value().version
+    }
+
+    pub(crate) fn delete(&self, key: &str) -> bool {
+        self.cache.remove(key).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increase_and_delete_forgets() {
+        let store = MemoryStore::new(1 << 20);
+        assert!(matches!(store.get("k"), Lookup::Miss));
+        assert_eq!(store.set("k", b"a".to_vec(), None), 1);
+        assert_eq!(store.set("k", b"b".to_vec(), None), 2);
+        match store.get("k") {
+            Lookup::Hit { version, data } => {
+                assert_eq!(version, 2);
+                assert_eq!(data, b"b");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(store.delete("k"));
+        assert!(!store.delete("k"));
+        assert!(matches!(store.get("k"), Lookup::Miss));
+    }
+
+    #[test]
+    fn entries_expire() {
+        let store = MemoryStore::new(1 << 20);
+        store.set("k", b"a".to_vec(), Some(Duration::from_millis(30)));
+        assert!(matches!(store.get("k"), Lookup::Hit { .. }));
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(matches!(store.get("k"), Lookup::Miss));
+    }
+}
