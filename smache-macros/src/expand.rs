@@ -64,11 +64,9 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
             let name = &name.value;
             quote!(#name)
         }
-        None => {
-            let ident = fn_ident.to_string();
-            let ident = ident.trim_start_matches("r#");
-            quote!(::core::concat!(::core::module_path!(), "::", #ident))
-        }
+        // SPEC lives in the generated module named after the function, so
+        // there `module_path!()` is exactly `path::to::function`.
+        None => quote!(::core::module_path!()),
     };
     let version = args.version.as_ref().map_or(1, |v| v.value);
     let ttl_secs = args.ttl_secs.as_ref().map_or(0, |t| t.value);

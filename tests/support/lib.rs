@@ -1,1 +1,157 @@
-//! Shared helpers for the integration tests (placeholder, filled below).
+//! Helpers shared by the integration tests in `tests/`.
+//!
+//! The tests run against real servers. `scripts/test.sh` starts a
+//! `redis-server` and the Mongo test server on free loopback ports and
+//! exports their addresses; set the variables yourself to use other servers:
+//!
+//! | variable | what |
+//! |---|---|
+//! | `SMACHE_TEST_REDIS_URL` | a Redis the tests may write to (keys under unique prefixes) |
+//! | `SMACHE_TEST_MONGODB_URI` | a MongoDB replica set, or the Mongo test server |
+//! | `SMACHE_TEST_REDIS_SERVER` | the `redis-server` binary, for tests that start and kill their own |
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn required(var: &str) -> String {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!(
+            "{var} is not set: run the suite with `./scripts/test.sh`, which starts the test servers, \
+             or point {var} at a server you run"
+        ),
+    }
+}
+
+/// The Redis the tests share.
+pub fn redis_url() -> String {
+    required("SMACHE_TEST_REDIS_URL")
+}
+
+/// The MongoDB server the tests share.
+pub fn mongodb_uri() -> String {
+    required("SMACHE_TEST_MONGODB_URI")
+}
+
+/// A name no other test (in this run or an earlier one) uses.
+pub fn unique(label: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() % 1_000_000_000_000);
+    format!(
+        "{label}-{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A plain connection for checking what smache wrote.
+pub async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("valid redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the test redis")
+}
+
+/// A `redis-server` of the test's own, to stop and start at will.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free loopback port, with no persistence.
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("smache-redis"));
+        std::fs::create_dir_all(&dir).expect("create redis dir");
+        let mut server = RedisServer {
+            port,
+            dir,
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to clients).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "server already running");
+        let binary =
+            std::env::var("SMACHE_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(&binary)
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!("cannot start {binary} (set SMACHE_TEST_REDIS_SERVER or run ./scripts/test.sh): {err}")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("bind a loopback port")
+}
+
+/// Polls `check` every 50 ms until it is true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
