@@ -1,0 +1,63 @@
+//! Building instances: from the environment, from an existing Redis
+//! connection manager, and the process-wide default.
+//!
+//! One test per concern in its own binary, since the environment and the
+//! process-wide default are process state.
+
+use smache::{computed, Backend, Smache};
+use smache_suite::{mongodb_uri, redis_url, unique};
+
+#[computed(Raw)]
+async fn echo(x: String) -> String {
+    x
+}
+
+#[tokio::test]
+async fn configuration_sources() {
+    // 1. Nothing set: the embedded store.
+    for var in ["SMACHE_REDIS_URL", "SMACHE_MONGODB_URI", "SMACHE_PREFIX", "SMACHE_MONGODB_DATABASE"] {
+        std::env::remove_var(var);
+    }
+    let smache = Smache::from_env().unwrap();
+    assert_eq!(smache.backend(), Backend::Embedded);
+    assert!(smache.mongodb().is_none());
+
+    // 2. The environment.
+    let prefix = unique("env");
+    std::env::set_var("SMACHE_REDIS_URL", redis_url());
+    std::env::set_var("SMACHE_MONGODB_URI", mongodb_uri());
+    std::env::set_var("SMACHE_MONGODB_DATABASE", "smache_env_test");
+    std::env::set_var("SMACHE_PREFIX", &prefix);
+    let smache = Smache::from_env().unwrap();
+    assert_eq!(smache.backend(), Backend::Redis);
+    assert_eq!(smache.prefix(), prefix);
+    assert_eq!(smache.mongodb().unwrap().name(), "smache_env_test");
+    assert_eq!(smache.scope(echo("env".into())).await, "env");
+    assert!(smache.is_fresh(&echo::key("env".into()).unwrap()).await.unwrap());
+
+    // 3. The process-wide default is built from the environment on first use,
+    //    and cannot be replaced afterwards.
+    assert_eq!(echo("global".into()).await, "global");
+    assert_eq!(Smache::global().prefix(), prefix);
+    assert!(Smache::global()
+        .is_fresh(&echo::key("global".into()).unwrap())
+        .await
+        .unwrap());
+    let late = Smache::builder().prefix("late").build().unwrap();
+    assert!(matches!(late.install(), Err(smache::Error::AlreadyInstalled)));
+
+    // 4. A bad URL in the environment is a configuration error.
+    std::env::set_var("SMACHE_REDIS_URL", "http://nope");
+    assert!(matches!(Smache::from_env(), Err(smache::Error::Config(_))));
+
+    // 5. An existing connection manager.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let smache = Smache::builder()
+        .redis_connection(manager)
+        .prefix(unique("cm"))
+        .build()
+        .unwrap();
+    assert_eq!(smache.scope(echo("cm".into())).await, "cm");
+    assert!(smache.is_fresh(&echo::key("cm".into()).unwrap()).await.unwrap());
+}
