@@ -14,6 +14,8 @@ use crate::store::{MemoryStore, RedisStore, Store};
 pub const DEFAULT_PREFIX: &str = "smache";
 /// The default bound on one store operation.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(500);
+/// The default bound on serving a stale value; see [`SmacheBuilder::max_stale`].
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(30);
 /// The default size of the embedded store.
 pub const DEFAULT_MEMORY_CAPACITY: u64 = 64 * 1024 * 1024;
 
@@ -44,6 +46,7 @@ pub struct SmacheBuilder {
     prefix: Option<String>,
     default_ttl: Option<Duration>,
     op_timeout: Option<Duration>,
+    max_stale: Option<Duration>,
     memory_capacity: Option<u64>,
 }
 
@@ -61,6 +64,7 @@ impl fmt::Debug for SmacheBuilder {
             .field("prefix", &self.prefix)
             .field("default_ttl", &self.default_ttl)
             .field("op_timeout", &self.op_timeout)
+            .field("max_stale", &self.max_stale)
             .field("memory_capacity", &self.memory_capacity)
             .finish()
     }
@@ -105,6 +109,15 @@ impl SmacheBuilder {
     /// caller computes the value directly.
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
         self.op_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a stale value may still be served while its recompute is
+    /// pending (default 30 s). A `write_through` value whose documents
+    /// changed is returned as it is while an executor recomputes it; past
+    /// this bound (executors down or behind) callers compute it themselves.
+    pub fn max_stale(mut self, max_stale: Duration) -> Self {
+        self.max_stale = Some(max_stale);
         self
     }
 
@@ -168,6 +181,7 @@ impl SmacheBuilder {
             prefix,
             store,
             self.default_ttl,
+            self.max_stale.unwrap_or(DEFAULT_MAX_STALE),
             self.mongo,
         ))
     }

@@ -11,11 +11,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::builder::SmacheBuilder;
+use crate::call::Outcome;
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::runtime;
-use crate::store::{Backend, Lookup, Store};
+use crate::store::{Backend, Lookup, Put, Slot, Store};
 
 static GLOBAL: OnceCell<Smache> = OnceCell::new();
 
@@ -52,6 +53,9 @@ pub struct Smache {
 
 pub(crate) struct Inner {
     pub(crate) prefix: String,
+    /// `{prefix}:`, the start of every key.
+    pub(crate) base: String,
+    pub(crate) max_stale: Duration,
     pub(crate) store: Store,
     pub(crate) default_ttl: Option<Duration>,
     pub(crate) mongo: Option<mongodb::Database>,
@@ -113,10 +117,13 @@ impl Smache {
         prefix: String,
         store: Store,
         default_ttl: Option<Duration>,
+        max_stale: Duration,
         mongo: Option<mongodb::Database>,
     ) -> Smache {
         Smache {
             inner: Arc::new(Inner {
+                base: format!("{{{prefix}}}:"),
+                max_stale,
                 prefix,
                 store,
                 default_ttl,
@@ -234,6 +241,19 @@ impl Smache {
         key.storage_key(&self.inner.prefix)
     }
 
+    pub(crate) fn locate(&self, key: &CacheKey) -> Located {
+        let id = key.value_id();
+        Located {
+            key: format!("{}v:{id}", self.inner.base),
+            full_args: if key.is_hashed() {
+                key.args().to_owned()
+            } else {
+                String::new()
+            },
+            id,
+        }
+    }
+
     /// Removes the cached value of `key`; the next call computes it again.
     /// Returns whether a value was stored.
     ///
@@ -241,16 +261,20 @@ impl Smache {
     /// When the store cannot be reached.
     pub async fn invalidate(&self, key: &CacheKey) -> Result<bool> {
         let inner = Arc::clone(&self.inner);
-        let storage_key = self.storage_key(key);
-        runtime::in_tokio(async move { inner.store.delete(&storage_key).await }).await?
+        let at = self.locate(key);
+        runtime::in_tokio(async move { inner.store.drop_value(at.slot(&inner.base)).await }).await?
     }
 
-    /// Whether a valid value is stored for `key`, so a call would not compute.
+    /// Whether a valid value is stored for `key` and no document it depends
+    /// on changed since it was computed (no recompute is pending).
     ///
     /// # Errors
     /// When the store cannot be reached.
     pub async fn is_fresh(&self, key: &CacheKey) -> Result<bool> {
-        Ok(self.entry(key).await?.is_some())
+        Ok(self
+            .entry(key)
+            .await?
+            .is_some_and(|entry| !entry.is_stale()))
     }
 
     /// What is stored for `key`: its value version and when it was computed.
@@ -283,9 +307,14 @@ impl Smache {
         let lookup =
             runtime::in_tokio(async move { inner.store.get(&storage_key).await }).await??;
         Ok(match lookup {
-            Lookup::Hit { version, data } => envelope::decode(&data).ok().map(|env| EntryInfo {
+            Lookup::Hit {
+                version,
+                data,
+                stale_since_ms,
+            } => envelope::decode(&data).ok().map(|env| EntryInfo {
                 version,
                 computed_at_ms: env.computed_at_ms,
+                stale: stale_since_ms.is_some(),
             }),
             Lookup::Miss | Lookup::Foreign(_) => None,
         })
@@ -297,6 +326,7 @@ impl Smache {
 pub struct EntryInfo {
     version: u64,
     computed_at_ms: u64,
+    stale: bool,
 }
 
 impl EntryInfo {
@@ -313,16 +343,61 @@ impl EntryInfo {
     pub fn computed_at(&self) -> std::time::SystemTime {
         std::time::UNIX_EPOCH + Duration::from_millis(self.computed_at_ms)
     }
+
+    /// Whether a document the value depends on changed after it was
+    /// computed (a recompute is pending, or the next call recomputes).
+    #[must_use]
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+}
+
+/// Where a value lives, resolved against an instance's prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Located {
+    pub(crate) key: String,
+    pub(crate) id: String,
+    pub(crate) full_args: String,
+}
+
+impl Located {
+    pub(crate) fn slot<'a>(&'a self, base: &'a str) -> Slot<'a> {
+        Slot {
+            key: &self.key,
+            base,
+            id: &self.id,
+            full_args: &self.full_args,
+        }
+    }
+}
+
+/// A stored value as read by a call.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    pub(crate) data: Vec<u8>,
+    pub(crate) stale: bool,
+    /// How long it has been stale.
+    pub(crate) stale_for: Duration,
 }
 
 impl Inner {
-    /// Reads the stored bytes of `storage_key`. `Err` means the store
+    /// Reads what is stored under `storage_key`. `Err` means the store
     /// could not be asked (already logged).
-    pub(crate) async fn fetch(&self, storage_key: &str) -> Result<Option<Vec<u8>>, ()> {
+    pub(crate) async fn fetch(&self, storage_key: &str) -> Result<Option<Fetched>, ()> {
         match self.store.get(storage_key).await {
-            Ok(Lookup::Hit { data, .. }) => {
+            Ok(Lookup::Hit {
+                data,
+                stale_since_ms,
+                ..
+            }) => {
                 self.health.ok();
-                Ok(Some(data))
+                Ok(Some(Fetched {
+                    data,
+                    stale: stale_since_ms.is_some(),
+                    stale_for: Duration::from_millis(
+                        stale_since_ms.map_or(0, |since| envelope::now_ms().saturating_sub(since)),
+                    ),
+                }))
             }
             Ok(Lookup::Miss) => {
                 self.health.ok();
@@ -336,6 +411,21 @@ impl Inner {
             Err(err) => {
                 self.health.failed(&err);
                 Err(())
+            }
+        }
+    }
+
+    /// Records a computation about to start; returns its change generation,
+    /// or `None` if the store is unreachable (logged).
+    pub(crate) async fn begin(&self, at: &Located, deps: &[String]) -> Option<u64> {
+        match self.store.begin(at.slot(&self.base), deps).await {
+            Ok(generation) => {
+                self.health.ok();
+                Some(generation)
+            }
+            Err(err) => {
+                self.health.failed(&err);
+                None
             }
         }
     }
@@ -363,11 +453,26 @@ impl Inner {
         }
     }
 
-    /// Stores encoded bytes; failures are logged.
-    pub(crate) async fn put(&self, storage_key: &str, data: Vec<u8>, ttl: Option<Duration>) {
-        match self.store.set(storage_key, data, ttl).await {
-            Ok(_) => self.health.ok(),
-            Err(err) => self.health.failed(&err),
+    /// Stores a value; failures are logged.
+    pub(crate) async fn put(&self, put: Put<'_>) -> Outcome {
+        let key = put.slot.key;
+        match self.store.put(put).await {
+            Ok(Some(_)) => {
+                self.health.ok();
+                Outcome::Stored
+            }
+            Ok(None) => {
+                self.health.ok();
+                tracing::debug!(
+                    key,
+                    "smache: a value computed from newer data is already stored"
+                );
+                Outcome::Superseded
+            }
+            Err(err) => {
+                self.health.failed(&err);
+                Outcome::Unreachable
+            }
         }
     }
 }

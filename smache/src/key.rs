@@ -52,10 +52,12 @@ pub const MAX_INLINE_ARGS: usize = 160;
 #[derive(Clone)]
 pub struct CacheKey {
     spec: &'static FnSpec,
-    /// `<name>#<version>:<args>`, the part after `{prefix}:v:`.
+    /// `<name>#<version>:<args>`.
     path: String,
     /// Where the arguments start in `path`.
     args_at: usize,
+    /// The entity arguments: collection and the id segment's range in `path`.
+    entities: Vec<(&'static str, usize, usize)>,
 }
 
 impl CacheKey {
@@ -71,25 +73,50 @@ impl CacheKey {
         &self.path[self.args_at..]
     }
 
+    /// Whether the stored key holds a hash of the arguments rather than them.
+    pub(crate) fn is_hashed(&self) -> bool {
+        self.args().len() > MAX_INLINE_ARGS
+    }
+
+    /// The value id: the key without the `{prefix}:v:` part. It is the
+    /// path itself, or with long arguments `<name>#<version>:h:<hash>`.
+    pub(crate) fn value_id(&self) -> String {
+        if !self.is_hashed() {
+            return self.path.clone();
+        }
+        let mut out = String::with_capacity(self.args_at + 34);
+        out.push_str(&self.path[..self.args_at]);
+        out.push_str("h:");
+        let digest = Sha256::digest(self.args().as_bytes());
+        for byte in &digest[..16] {
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+        out
+    }
+
     /// The full Redis key under `prefix`.
     pub(crate) fn storage_key(&self, prefix: &str) -> String {
-        let args = self.args();
-        let mut out = String::with_capacity(prefix.len() + self.path.len() + 8);
+        let id = self.value_id();
+        let mut out = String::with_capacity(prefix.len() + id.len() + 5);
         out.push('{');
         out.push_str(prefix);
         out.push_str("}:v:");
-        if args.len() <= MAX_INLINE_ARGS {
-            out.push_str(&self.path);
-        } else {
-            out.push_str(&self.path[..self.args_at]);
-            out.push_str("h:");
-            let digest = Sha256::digest(args.as_bytes());
-            for byte in &digest[..16] {
-                out.push(char::from(HEX[usize::from(byte >> 4)]));
-                out.push(char::from(HEX[usize::from(byte & 0xf)]));
-            }
-        }
+        out.push_str(&id);
         out
+    }
+
+    /// The dependency tokens known from the arguments alone: one
+    /// `e:<collection>:<id>` per entity argument, one `c:<collection>` per
+    /// declared source.
+    pub(crate) fn static_deps(&self) -> Vec<String> {
+        let mut deps: Vec<String> = self
+            .entities
+            .iter()
+            .map(|(collection, start, end)| format!("e:{collection}:{}", &self.path[*start..*end]))
+            .collect();
+        deps.extend(self.spec.sources().iter().map(|c| format!("c:{c}")));
+        deps
     }
 }
 
@@ -130,6 +157,7 @@ pub struct KeyBuilder {
     spec: &'static FnSpec,
     path: String,
     args_at: usize,
+    entities: Vec<(&'static str, usize, usize)>,
     first: bool,
     error: Option<Error>,
 }
@@ -146,6 +174,7 @@ impl KeyBuilder {
             spec,
             path,
             args_at,
+            entities: Vec::new(),
             first: true,
             error: None,
         }
@@ -161,7 +190,9 @@ impl KeyBuilder {
     #[must_use]
     pub fn entity<E: Entity + ?Sized>(mut self, entity: &E) -> Self {
         self.separator();
+        let start = self.path.len();
         entity.id().write_key(&mut self.path);
+        self.entities.push((E::COLLECTION, start, self.path.len()));
         self
     }
 
@@ -191,6 +222,7 @@ impl KeyBuilder {
                 spec: self.spec,
                 path: self.path,
                 args_at: self.args_at,
+                entities: self.entities,
             }),
         }
     }

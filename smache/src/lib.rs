@@ -81,13 +81,13 @@ mod store;
 pub use smache_macros::{computed, Entity};
 
 pub use crate::builder::{
-    SmacheBuilder, DEFAULT_MEMORY_CAPACITY, DEFAULT_OP_TIMEOUT, DEFAULT_PREFIX,
+    SmacheBuilder, DEFAULT_MAX_STALE, DEFAULT_MEMORY_CAPACITY, DEFAULT_OP_TIMEOUT, DEFAULT_PREFIX,
 };
 pub use crate::entity::{Entity, EntityId, IntoEntityId};
 pub use crate::error::{Error, Result};
 pub use crate::instance::{EntryInfo, Smache};
 pub use crate::key::CacheKey;
-pub use crate::spec::{ArgKind, FnSpec};
+pub use crate::spec::{ArgKind, FnSpec, Refresh};
 pub use crate::store::Backend;
 
 /// Items used by the code `#[computed]` and `#[derive(Entity)]` generate.

@@ -37,6 +37,20 @@ pub struct FnSpec {
     version: u32,
     ttl_secs: u64,
     kinds: &'static [ArgKind],
+    sources: &'static [&'static str],
+    mode: Refresh,
+}
+
+/// What happens to a value when a document it depends on changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Refresh {
+    /// Recompute it in the background; meanwhile callers get the previous
+    /// value (the default, `write_through`).
+    #[default]
+    WriteThrough,
+    /// Only mark it stale: the next call computes it (`mark_stale`).
+    MarkStale,
 }
 
 impl FnSpec {
@@ -54,7 +68,38 @@ impl FnSpec {
             version,
             ttl_secs,
             kinds,
+            sources: &[],
+            mode: Refresh::WriteThrough,
         }
+    }
+
+    /// Used by the generated code: the declared `sources(...)` collections.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn __sources(mut self, sources: &'static [&'static str]) -> Self {
+        self.sources = sources;
+        self
+    }
+
+    /// Used by the generated code: the refresh mode.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn __mode(mut self, mode: Refresh) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The collections declared with `sources(...)`: any change in them
+    /// refreshes every value of the function.
+    #[must_use]
+    pub fn sources(&self) -> &'static [&'static str] {
+        self.sources
+    }
+
+    /// What happens to the values when their documents change.
+    #[must_use]
+    pub fn refresh(&self) -> Refresh {
+        self.mode
     }
 
     /// The stable name used in keys: `name = "…"` if given, else the

@@ -64,6 +64,7 @@ impl MemoryStore {
             Some(entry) => Lookup::Hit {
                 version: entry.version,
                 data: entry.data.to_vec(),
+                stale_since_ms: None,
             },
             None => Lookup::Miss,
         }
@@ -95,7 +96,7 @@ mod tests {
         assert_eq!(store.set("k", b"a".to_vec(), None), 1);
         assert_eq!(store.set("k", b"b".to_vec(), None), 2);
         match store.get("k") {
-            Lookup::Hit { version, data } => {
+            Lookup::Hit { version, data, .. } => {
                 assert_eq!(version, 2);
                 assert_eq!(data, b"b");
             }

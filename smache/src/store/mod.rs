@@ -1,7 +1,9 @@
 //! Where values are kept: Redis, or the embedded in-process store.
 //!
 //! The set of stores is closed, so it is an enum rather than a trait object:
-//! the hot path (a hit) is a direct call with no boxing.
+//! the hot path (a hit) is a direct call with no boxing. Only the Redis
+//! store keeps the dependency graph (see `lua/common.lua` for its layout):
+//! the worker that refreshes values needs Redis anyway.
 
 mod memory;
 mod redis;
@@ -11,14 +13,21 @@ use std::time::Duration;
 pub(crate) use self::memory::MemoryStore;
 pub(crate) use self::redis::RedisStore;
 use crate::error::Result;
+use crate::spec::Refresh;
 
 /// What a store found under a key.
 #[derive(Debug)]
 pub(crate) enum Lookup {
     /// Nothing is stored.
     Miss,
-    /// An entry: the store-assigned value version and the envelope bytes.
-    Hit { version: u64, data: Vec<u8> },
+    /// An entry: the store-assigned value version, the envelope bytes, and
+    /// whether a document it depends on changed since it was computed.
+    Hit {
+        version: u64,
+        data: Vec<u8>,
+        /// When it went stale (Unix ms, the store's clock), if it is stale.
+        stale_since_ms: Option<u64>,
+    },
     /// Something is stored that is not a smache entry.
     Foreign(String),
 }
@@ -31,6 +40,30 @@ pub enum Backend {
     Embedded,
     /// Redis.
     Redis,
+}
+
+/// Where a value lives: its key, the `{prefix}:` base of the graph keys, and
+/// its value id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slot<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) base: &'a str,
+    pub(crate) id: &'a str,
+    /// The full arguments when `id` holds only their hash, else "".
+    pub(crate) full_args: &'a str,
+}
+
+/// A computed value to store.
+#[derive(Debug)]
+pub(crate) struct Put<'a> {
+    pub(crate) slot: Slot<'a>,
+    pub(crate) data: Vec<u8>,
+    pub(crate) ttl: Option<Duration>,
+    /// The change generation the computation started from.
+    pub(crate) started: u64,
+    pub(crate) refresh: Refresh,
+    /// Every dependency token of the value.
+    pub(crate) deps: &'a [String],
 }
 
 // One per instance, behind its `Arc`: the variants' sizes do not matter.
@@ -56,19 +89,29 @@ impl Store {
         }
     }
 
-    /// Stores an envelope; returns the new value version.
-    pub(crate) async fn set(&self, key: &str, data: Vec<u8>, ttl: Option<Duration>) -> Result<u64> {
+    /// Records a miss about to be computed; returns the change generation
+    /// the computation starts from.
+    pub(crate) async fn begin(&self, slot: Slot<'_>, deps: &[String]) -> Result<u64> {
         match self {
-            Store::Memory(store) => Ok(store.set(key, data, ttl)),
-            Store::Redis(store) => store.set(key, data, ttl).await,
+            Store::Memory(_) => Ok(0),
+            Store::Redis(store) => store.begin(slot, deps).await,
         }
     }
 
-    /// Removes a key; returns whether it existed.
-    pub(crate) async fn delete(&self, key: &str) -> Result<bool> {
+    /// Stores a value; `None` when a value computed from newer data is
+    /// already stored (the new one is dropped).
+    pub(crate) async fn put(&self, put: Put<'_>) -> Result<Option<u64>> {
         match self {
-            Store::Memory(store) => Ok(store.delete(key)),
-            Store::Redis(store) => store.delete(key).await,
+            Store::Memory(store) => Ok(Some(store.set(put.slot.key, put.data, put.ttl))),
+            Store::Redis(store) => store.put(put).await,
+        }
+    }
+
+    /// Removes a value (and its edges); returns whether it existed.
+    pub(crate) async fn drop_value(&self, slot: Slot<'_>) -> Result<bool> {
+        match self {
+            Store::Memory(store) => Ok(store.delete(slot.key)),
+            Store::Redis(store) => store.drop_value(slot).await,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The Redis store.
 //!
-//! Each value is a small hash `{ v: <value version>, d: <envelope> }`, read
-//! with one `HMGET` and written with one `EVALSHA` of `lua/set.lua`. One
+//! Each value is a small hash (`v` value version, `d` envelope, `g`/`w`
+//! change generations; see `lua/common.lua`), read with one `HMGET` and
+//! written, with its dependency edges, by one `EVALSHA` of `lua/store.lua`. One
 //! [`ConnectionManager`] (a multiplexed connection that reconnects by itself)
 //! serves every call; it is made on first use, so an application starts even
 //! while Redis is down, and after a failed attempt no new attempt is made for
@@ -15,8 +16,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 use tokio::sync::OnceCell;
 
-use super::Lookup;
+use super::{Lookup, Put, Slot};
 use crate::error::{Error, Result};
+use crate::spec::Refresh;
 
 /// How long after a failed connection attempt calls skip Redis.
 pub(crate) const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
@@ -25,8 +27,38 @@ pub(crate) struct RedisStore {
     client: Option<Client>,
     manager: OnceCell<ConnectionManager>,
     failed_at: Mutex<Option<Instant>>,
-    set_script: Script,
+    scripts: Scripts,
     timeout: Duration,
+}
+
+/// The Lua scripts, each with `lua/common.lua` in front.
+struct Scripts {
+    begin: Script,
+    store: Script,
+    drop: Script,
+    start: Script,
+    change: Script,
+}
+
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(
+            include_str!("../../lua/common.lua"),
+            include_str!(concat!("../../lua/", $file))
+        ))
+    };
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            begin: script!("begin.lua"),
+            store: script!("store.lua"),
+            drop: script!("drop.lua"),
+            start: script!("start.lua"),
+            change: script!("change.lua"),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -57,7 +89,7 @@ impl RedisStore {
             client,
             manager,
             failed_at: Mutex::new(None),
-            set_script: Script::new(include_str!("../../lua/set.lua")),
+            scripts: Scripts::new(),
             timeout,
         }
     }
@@ -117,8 +149,8 @@ impl RedisStore {
     pub(crate) async fn get(&self, key: &str) -> Result<Lookup> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(key).arg("v").arg("d");
-        let query = cmd.query_async::<(Option<Vec<u8>>, Option<Vec<u8>>)>(&mut conn);
+        cmd.arg(key).arg("v").arg("d").arg("g").arg("w").arg("t");
+        let query = cmd.query_async::<[Option<Vec<u8>>; 5]>(&mut conn);
         let reply = tokio::time::timeout(self.timeout, query)
             .await
             .map_err(|_| Error::Timeout {
@@ -126,15 +158,17 @@ impl RedisStore {
                 timeout: self.timeout,
             })?;
         match reply {
-            Ok((_, None)) => Ok(Lookup::Miss),
-            Ok((version, Some(data))) => {
-                let version = version
-                    .as_deref()
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                Ok(match version {
-                    Some(version) => Lookup::Hit { version, data },
-                    None => Lookup::Foreign("the value version is not a number".into()),
+            Ok([_, None, ..]) => Ok(Lookup::Miss),
+            Ok([version, Some(data), generation, computed_from, stale_at]) => {
+                let Some(version) = parse_u64(version.as_deref()) else {
+                    return Ok(Lookup::Foreign("the value version is not a number".into()));
+                };
+                let stale = parse_u64(generation.as_deref()).unwrap_or(0)
+                    > parse_u64(computed_from.as_deref()).unwrap_or(0);
+                Ok(Lookup::Hit {
+                    version,
+                    data,
+                    stale_since_ms: stale.then(|| parse_u64(stale_at.as_deref()).unwrap_or(0)),
                 })
             }
             Err(err) if is_wrong_type(&err) => Ok(Lookup::Foreign(
@@ -144,31 +178,110 @@ impl RedisStore {
         }
     }
 
-    pub(crate) async fn set(&self, key: &str, data: Vec<u8>, ttl: Option<Duration>) -> Result<u64> {
+    pub(crate) async fn begin(&self, slot: Slot<'_>, deps: &[String]) -> Result<u64> {
         let mut conn = self.connection().await?;
-        let ttl_ms = ttl.map_or(0, |ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-        let version: u64 = self
-            .bounded("set", async {
-                self.set_script
-                    .key(key)
-                    .arg(data)
-                    .arg(ttl_ms)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
-        Ok(version)
+        let mut invocation = self.scripts.begin.key(slot.key);
+        invocation
+            .arg(slot.base)
+            .arg(slot.id)
+            .arg(slot.full_args)
+            .arg(BEGIN_LEASE_MS)
+            .arg(deps);
+        self.bounded("begin", invocation.invoke_async(&mut conn))
+            .await
     }
 
-    pub(crate) async fn delete(&self, key: &str) -> Result<bool> {
+    pub(crate) async fn put(&self, put: Put<'_>) -> Result<Option<u64>> {
         let mut conn = self.connection().await?;
-        let removed: i64 = self
-            .bounded("delete", async {
-                redis::cmd("DEL").arg(key).query_async(&mut conn).await
-            })
+        let ttl_ms = put
+            .ttl
+            .map_or(0, |ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let mark_stale = if put.refresh == Refresh::MarkStale {
+            "1"
+        } else {
+            "0"
+        };
+        let mut invocation = self.scripts.store.key(put.slot.key);
+        invocation
+            .arg(put.slot.base)
+            .arg(put.slot.id)
+            .arg(put.data)
+            .arg(ttl_ms)
+            .arg(put.started)
+            .arg(put.slot.full_args)
+            .arg(mark_stale)
+            .arg(put.deps);
+        let version: i64 = self
+            .bounded("store", invocation.invoke_async(&mut conn))
             .await?;
-        Ok(removed > 0)
+        Ok(u64::try_from(version).ok())
     }
+
+    pub(crate) async fn drop_value(&self, slot: Slot<'_>) -> Result<bool> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.drop.key(slot.key);
+        invocation.arg(slot.base).arg(slot.id);
+        let existed: i64 = self
+            .bounded("drop", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(existed > 0)
+    }
+
+    /// An executor takes a job: `None` if the value is gone, else the
+    /// generation to compute from and the full arguments ("" if the id has them).
+    pub(crate) async fn start_job(&self, key: &str) -> Result<Option<(u64, String)>> {
+        let mut conn = self.connection().await?;
+        let reply: Option<(String, String)> = self
+            .bounded("start", self.scripts.start.key(key).invoke_async(&mut conn))
+            .await?;
+        Ok(reply.map(|(generation, args)| (generation.parse().unwrap_or(0), args)))
+    }
+
+    /// The worker saw changes to `tokens`; queues the jobs and saves `resume`.
+    pub(crate) async fn changed(
+        &self,
+        token_key: &str,
+        base: &str,
+        resume: &[u8],
+        tokens: &[String],
+    ) -> Result<u64> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.change.key(token_key);
+        invocation.arg(base).arg(resume).arg(tokens);
+        self.bounded("change", invocation.invoke_async(&mut conn))
+            .await
+    }
+
+    /// The shared connection, for the worker and executors.
+    pub(crate) async fn shared(&self) -> Result<ConnectionManager> {
+        self.connection().await
+    }
+
+    /// A connection of its own, for blocking reads (`XREADGROUP BLOCK`)
+    /// that must not hold up the shared one. `None` when the store was
+    /// built from a connection manager and knows no URL.
+    pub(crate) async fn dedicated(&self) -> Result<Option<redis::aio::MultiplexedConnection>> {
+        let Some(client) = &self.client else {
+            return Ok(None);
+        };
+        let connect = client.get_multiplexed_async_connection();
+        match tokio::time::timeout(self.timeout, connect).await {
+            Ok(Ok(conn)) => Ok(Some(conn)),
+            Ok(Err(err)) => Err(Error::Redis(err)),
+            Err(_) => Err(Error::Timeout {
+                op: "connect",
+                timeout: self.timeout,
+            }),
+        }
+    }
+}
+
+/// How long a key that holds no value yet keeps the edges of a computation
+/// in progress, should the caller die.
+const BEGIN_LEASE_MS: u64 = 60_000;
+
+fn parse_u64(bytes: Option<&[u8]>) -> Option<u64> {
+    std::str::from_utf8(bytes?).ok()?.parse().ok()
 }
 
 fn is_wrong_type(err: &redis::RedisError) -> bool {

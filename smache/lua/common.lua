@@ -1,0 +1,78 @@
+-- Shared by the scripts below (prepended to each of them).
+--
+-- Key layout, all under one hash tag `{prefix}` (written `base` = "{prefix}:"):
+--   base.."v:"..id     value hash: v value version, d envelope, g change generation,
+--                      w generation the stored value was computed at, q job pending,
+--                      a full arguments (only when the id holds their hash),
+--                      m "1" when the function is `mark_stale` (no background job),
+--                      t when it went stale (ms, Redis clock)
+--   base.."d:"..id     set: the dependency tokens of value `id` (forward edges)
+--   base.."r:"..token  set: the value ids that depend on `token` (reverse edges)
+--   base.."collections" set: the collections that some value depends on
+--   base.."jobs"       stream of recompute jobs (field `id`)
+-- Tokens: "e:<collection>:<id key>" a document, "c:<collection>" a whole
+-- collection, "v:<value id>" another computed value.
+
+local function num(value)
+  return tonumber(value) or 0
+end
+
+-- The collection named by a token, if any.
+local function collection_of(token)
+  local coll = string.match(token, '^e:([^:]+):')
+  if coll then return coll end
+  return string.match(token, '^c:(.+)$')
+end
+
+local function add_edges(base, id, tokens)
+  local dkey = base .. 'd:' .. id
+  for _, token in ipairs(tokens) do
+    redis.call('SADD', dkey, token)
+    redis.call('SADD', base .. 'r:' .. token, id)
+    local coll = collection_of(token)
+    if coll then redis.call('SADD', base .. 'collections', coll) end
+  end
+end
+
+local function drop_edges(base, id)
+  local dkey = base .. 'd:' .. id
+  for _, token in ipairs(redis.call('SMEMBERS', dkey)) do
+    redis.call('SREM', base .. 'r:' .. token, id)
+  end
+  redis.call('DEL', dkey)
+end
+
+-- A document or value that `id` depends on changed: bump its generation
+-- and queue one recompute job, unless one is already pending or the
+-- function only wants its values marked stale. A value that
+-- no longer exists only loses its edges. Returns 1 if a job was queued.
+local function signal(base, id)
+  local vkey = base .. 'v:' .. id
+  if redis.call('TYPE', vkey)['ok'] ~= 'hash' then
+    drop_edges(base, id)
+    return 0
+  end
+  local g = num(redis.call('HGET', vkey, 'g'))
+  if g <= num(redis.call('HGET', vkey, 'w')) then
+    local now = redis.call('TIME')
+    redis.call('HSET', vkey, 't', now[1] * 1000 + math.floor(now[2] / 1000))
+  end
+  redis.call('HSET', vkey, 'g', g + 1)
+  if redis.call('HGET', vkey, 'm') == '1' then
+    return 0
+  end
+  if redis.call('HSETNX', vkey, 'q', 1) == 1 then
+    redis.call('XADD', base .. 'jobs', '*', 'id', id)
+    return 1
+  end
+  return 0
+end
+
+local function signal_dependents(base, token)
+  local queued = 0
+  for _, id in ipairs(redis.call('SMEMBERS', base .. 'r:' .. token)) do
+    queued = queued + signal(base, id)
+  end
+  return queued
+end
+

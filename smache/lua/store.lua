@@ -1,0 +1,38 @@
+-- Stores a computed value with its dependencies, unless a value computed
+-- from newer data is already stored; then tells the values that depend on
+-- this one, if its payload changed.
+--
+-- KEYS[1]  the value key
+-- ARGV[1]  base, ARGV[2] value id, ARGV[3] envelope, ARGV[4] ttl ms (0 none),
+-- ARGV[5]  the change generation the computation started from,
+-- ARGV[6]  full arguments or "", ARGV[7] "1" for mark_stale functions else "0",
+-- ARGV[8..] the complete dependency tokens
+-- Returns the new value version, or -1 when a newer value is stored.
+local vkey = KEYS[1]
+local base, id, data = ARGV[1], ARGV[2], ARGV[3]
+local started = num(ARGV[5])
+local kind = redis.call('TYPE', vkey)['ok']
+if kind ~= 'hash' and kind ~= 'none' then
+  redis.call('DEL', vkey)
+end
+local old = redis.call('HMGET', vkey, 'v', 'd', 'w')
+if old[2] and tonumber(old[3]) and started < tonumber(old[3]) then
+  return -1
+end
+local version = num(old[1]) + 1
+redis.call('HSET', vkey, 'v', version, 'd', data, 'w', started, 'm', ARGV[7])
+if redis.call('HEXISTS', vkey, 'g') == 0 then redis.call('HSET', vkey, 'g', started) end
+if ARGV[6] ~= '' then redis.call('HSET', vkey, 'a', ARGV[6]) end
+local ttl = num(ARGV[4])
+if ttl > 0 then
+  redis.call('PEXPIRE', vkey, ttl)
+else
+  redis.call('PERSIST', vkey)
+end
+drop_edges(base, id)
+add_edges(base, id, {unpack(ARGV, 8)})
+-- Bytes 13.. are the payload (the header holds the computed-at time).
+if not old[2] or string.sub(old[2], 13) ~= string.sub(data, 13) then
+  signal_dependents(base, 'v:' .. id)
+end
+return version
