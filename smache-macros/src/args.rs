@@ -31,6 +31,10 @@ pub(crate) struct Args {
     pub(crate) name: Option<Setting<String>>,
     pub(crate) version: Option<Setting<u32>>,
     pub(crate) krate: Option<Setting<Path>>,
+    /// `sources(A, B)`: entity types whose whole collection the values depend on.
+    pub(crate) sources: Option<Setting<Vec<Type>>>,
+    /// `refresh = mark_stale` (true) or `write_through` (false, the default).
+    pub(crate) mark_stale: Option<Setting<bool>>,
 }
 
 /// The value of an option.
@@ -38,12 +42,13 @@ pub(crate) struct Setting<T> {
     pub(crate) value: T,
 }
 
-const OPTIONS: &str = "`ttl`, `ttl_secs`, `name`, `version` or `crate`";
+const OPTIONS: &str = "`ttl`, `ttl_secs`, `name`, `version`, `refresh`, `sources(...)` or `crate`";
 
 /// One comma-separated element of the attribute.
 enum Element {
     Kind(Kind),
     Option { key: Ident, value: OptionValue },
+    Sources { key: Ident, types: Vec<Type> },
 }
 
 enum OptionValue {
@@ -73,6 +78,26 @@ impl Parse for Element {
                 value: OptionValue::Path(path),
             });
         }
+        if input.peek(Ident) && input.peek2(syn::token::Paren) {
+            let fork = input.fork();
+            let key: Ident = fork.parse()?;
+            if key == "sources" {
+                input.parse::<Ident>()?;
+                let content;
+                syn::parenthesized!(content in input);
+                let types = Punctuated::<Type, Token![,]>::parse_terminated(&content)?;
+                if types.is_empty() {
+                    return Err(syn::Error::new(
+                        key.span(),
+                        "`sources(...)` needs at least one entity type",
+                    ));
+                }
+                return Ok(Element::Sources {
+                    key,
+                    types: types.into_iter().collect(),
+                });
+            }
+        }
         if input.peek(Ident) && input.peek2(Token![=]) {
             let key: Ident = input.parse()?;
             input.parse::<Token![=]>()?;
@@ -81,6 +106,8 @@ impl Parse for Element {
                 OptionValue::Str(input.parse()?)
             } else if lookahead.peek(LitInt) {
                 OptionValue::Int(input.parse()?)
+            } else if lookahead.peek(Ident) {
+                OptionValue::Path(input.parse()?)
             } else {
                 return Err(lookahead.error());
             };
@@ -107,6 +134,9 @@ impl Args {
             match element {
                 Element::Kind(kind) => args.kinds.push(kind),
                 Element::Option { key, value } => errors.push(args.apply(&key, value)),
+                Element::Sources { key, types } => {
+                    errors.push(set_once(&mut args.sources, "sources", &key, types));
+                }
             }
         }
         errors.finish()?;
@@ -138,6 +168,19 @@ impl Args {
                 let lit = expect_int(key, value)?;
                 let version: u32 = lit.base10_parse()?;
                 set_once(&mut self.version, "version", key, version)
+            }
+            "refresh" => {
+                let mark_stale = match &value {
+                    OptionValue::Path(path) if path.is_ident("mark_stale") => true,
+                    OptionValue::Path(path) if path.is_ident("write_through") => false,
+                    other => {
+                        return Err(syn::Error::new(
+                            other.span(),
+                            "`refresh` is `write_through` (the default) or `mark_stale`",
+                        ))
+                    }
+                };
+                set_once(&mut self.mark_stale, "refresh", key, mark_stale)
             }
             "crate" => match value {
                 OptionValue::Path(path) => set_once(&mut self.krate, "crate", key, path),
@@ -264,6 +307,17 @@ mod tests {
         assert_eq!(args.ttl_secs.unwrap().value, 300);
         assert_eq!(args.name.unwrap().value, "a.b");
         assert_eq!(args.version.unwrap().value, 3);
+    }
+
+    #[test]
+    fn parses_sources_and_refresh() {
+        let args =
+            Args::parse(quote!(User, sources(Settings, Plan), refresh = mark_stale)).unwrap();
+        assert_eq!(args.kinds.len(), 1);
+        assert_eq!(args.sources.unwrap().value.len(), 2);
+        assert!(args.mark_stale.unwrap().value);
+        assert!(Args::parse(quote!(Raw, refresh = sometimes)).is_err());
+        assert!(Args::parse(quote!(Raw, sources())).is_err());
     }
 
     #[test]

@@ -20,7 +20,8 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{ItemFn, Path};
+use syn::visit_mut::VisitMut;
+use syn::{ItemFn, Path, Type};
 
 use crate::args::{Args, Kind};
 use crate::fallback;
@@ -70,6 +71,17 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
     };
     let version = args.version.as_ref().map_or(1, |v| v.value);
     let ttl_secs = args.ttl_secs.as_ref().map_or(0, |t| t.value);
+    let sources = args
+        .sources
+        .iter()
+        .flat_map(|s| &s.value)
+        .map(|ty| quote_spanned!(ty.span()=> <#ty as #krate::Entity>::COLLECTION));
+    let refresh = if args.mark_stale.as_ref().is_some_and(|m| m.value) {
+        quote!(#krate::Refresh::MarkStale)
+    } else {
+        quote!(#krate::Refresh::WriteThrough)
+    };
+    let recompute = recompute(checked, fn_ident, sig.asyncness.is_some(), &krate);
 
     let idents: Vec<_> = checked.args.iter().map(|arg| arg.ident).collect();
     let tys: Vec<_> = checked.args.iter().map(|arg| arg.ty).collect();
@@ -123,6 +135,12 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
             #body
         }
 
+        // Beside the function rather than in its module, so the function is
+        // in scope even when it is declared inside a block.
+        const _: () = {
+            #recompute
+        };
+
         #[doc = #module_doc]
         #[allow(dead_code, unused_imports, clippy::needless_lifetimes)]
         #vis mod #module {
@@ -134,7 +152,9 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
                 #version,
                 #ttl_secs,
                 &[#(#kinds),*],
-            );
+            )
+            .__sources(&[#(#sources),*])
+            .__mode(#refresh);
 
             #[doc(hidden)]
             pub fn __key #lifetimes (#(#idents: &#tys),*) -> #krate::Result<#krate::CacheKey> {
@@ -168,5 +188,107 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
                 #krate::Smache::current().invalidate(&key).await
             }
         }
+    }
+}
+
+/// The registration that lets an executor recompute a value: decode each
+/// argument from the job (entities loaded fresh from MongoDB, raw values
+/// from their JSON), then call the function, which stores the result.
+fn recompute(
+    checked: &Checked<'_>,
+    fn_ident: &syn::Ident,
+    is_async: bool,
+    krate: &Path,
+) -> TokenStream {
+    let private = quote!(#krate::__private);
+    let reader = format_ident!("__smache_args", span = Span::mixed_site());
+    let job = format_ident!("__smache_job", span = Span::mixed_site());
+    let mut decode = Vec::new();
+    let mut pass = Vec::new();
+    for (index, arg) in checked.args.iter().enumerate() {
+        let var = format_ident!("__smache_arg{}", index, span = Span::mixed_site());
+        let ty = arg.ty;
+        let (reference, target) = match ty {
+            Type::Reference(r) => (Some(r.mutability.is_some()), &*r.elem),
+            other => (None, other),
+        };
+        match arg.kind {
+            Kind::Entity(entity) => {
+                decode.push(quote_spanned! {ty.span()=>
+                    let mut #var: #entity = #reader.entity::<#entity>().await?;
+                });
+                pass.push(match reference {
+                    Some(false) => quote!(&#var),
+                    Some(true) => quote!(&mut #var),
+                    None => quote_spanned! {ty.span()=>
+                        <#ty as #private::FromLoaded<#entity>>::from_loaded(#var)
+                    },
+                });
+            }
+            Kind::Raw(_) => {
+                let owned = owned_type(target);
+                decode.push(quote_spanned! {ty.span()=>
+                    let mut #var: #owned = #reader.raw::<#owned>()?;
+                });
+                pass.push(match reference {
+                    Some(false) => quote!(&#var),
+                    Some(true) => quote!(&mut #var),
+                    None => quote!(#var),
+                });
+            }
+        }
+    }
+    let call = if is_async {
+        quote!(#job.run(#fn_ident(#(#pass),*)).await)
+    } else {
+        quote!(#job.run_sync(|| #fn_ident(#(#pass),*)))
+    };
+    quote! {
+        #[allow(unused_mut, clippy::needless_borrow)]
+        fn __recompute(#job: #private::Job) -> #private::LocalBoxFuture<#krate::Result<()>> {
+            ::std::boxed::Box::pin(async move {
+                let mut #reader = #job.args();
+                #(#decode)*
+                #call
+            })
+        }
+
+        #private::inventory::submit! {
+            #private::Registration::new(&#fn_ident::SPEC, __recompute)
+        }
+    }
+}
+
+/// The owned type an executor decodes for a raw argument of type `ty` (or
+/// `&ty`): `str` → `String`, `[T]` → `Vec<T>`, `Path` → `PathBuf`, `OsStr` →
+/// `OsString`; other types as they are, with every lifetime made `'static`.
+fn owned_type(ty: &Type) -> TokenStream {
+    match ty {
+        Type::Slice(slice) => {
+            let elem = owned_type(&slice.elem);
+            quote!(::std::vec::Vec<#elem>)
+        }
+        Type::Path(path) if path.qself.is_none() && path.path.is_ident("str") => {
+            quote!(::std::string::String)
+        }
+        Type::Path(path) if path.qself.is_none() && path.path.is_ident("Path") => {
+            quote!(::std::path::PathBuf)
+        }
+        Type::Path(path) if path.qself.is_none() && path.path.is_ident("OsStr") => {
+            quote!(::std::ffi::OsString)
+        }
+        other => {
+            let mut other = other.clone();
+            StaticLifetimes.visit_type_mut(&mut other);
+            quote!(#other)
+        }
+    }
+}
+
+struct StaticLifetimes;
+
+impl syn::visit_mut::VisitMut for StaticLifetimes {
+    fn visit_lifetime_mut(&mut self, lifetime: &mut syn::Lifetime) {
+        *lifetime = syn::Lifetime::new("'static", lifetime.span());
     }
 }

@@ -1,16 +1,22 @@
 -- The worker saw documents change: queue a recompute of every value that
 -- depends on them, and save the change stream's resume token, atomically,
--- so a crash never loses a change nor its jobs.
+-- so a crash never loses a change nor its jobs. Only the worker holding
+-- the lease may do this (fencing: a worker that lost its lease and does
+-- not know it yet is refused).
 --
--- KEYS[1]  the resume token key
--- ARGV[1]  base, ARGV[2] resume token ("" to keep), ARGV[3..] changed tokens
--- Returns the number of jobs queued.
+-- KEYS[1]  the resume token key, KEYS[2] the lease key
+-- ARGV[1]  base, ARGV[2] this worker's id, ARGV[3] resume token ("" to keep),
+-- ARGV[4..] changed tokens
+-- Returns the number of jobs queued, or -1 if this worker lost the lease.
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return -1
+end
 local base = ARGV[1]
 local queued = 0
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   queued = queued + signal_dependents(base, ARGV[i])
 end
-if ARGV[2] ~= '' then
-  redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[3])
 end
 return queued

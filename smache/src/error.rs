@@ -46,6 +46,18 @@ pub enum Error {
     /// The configuration is invalid (bad URL, bad prefix, …).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// An executor could not recompute a value because an entity document
+    /// it depends on no longer exists (the value is removed).
+    #[error("the document {id} of collection {collection} no longer exists")]
+    EntityGone {
+        /// The entity's collection.
+        collection: &'static str,
+        /// The document's id.
+        id: crate::EntityId,
+    },
+    /// A recompute job's arguments do not match the function's.
+    #[error("malformed job: {0}")]
+    Job(String),
     /// [`Smache::install`](crate::Smache::install) was called after a
     /// process-wide default was already in place.
     #[error("a process-wide smache default is already installed")]

@@ -72,11 +72,14 @@ mod call;
 mod entity;
 mod envelope;
 mod error;
+pub mod executor;
 mod instance;
 pub mod key;
+pub mod registry;
 mod runtime;
 mod spec;
 mod store;
+pub mod worker;
 
 pub use smache_macros::{computed, Entity};
 
@@ -95,7 +98,10 @@ pub use crate::store::Backend;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::call::{call_async, call_sync, Mode, OkOnly, Plain};
+    pub use crate::executor::Job;
     pub use crate::key::KeyBuilder;
+    pub use crate::registry::{LocalBoxFuture, Registration};
+    pub use inventory;
 
     use crate::entity::Entity;
     use std::rc::Rc;
@@ -127,4 +133,26 @@ pub mod __private {
             self
         }
     }
+
+    /// Builds an entity argument from a document an executor loaded.
+    pub trait FromLoaded<E> {
+        fn from_loaded(entity: E) -> Self;
+    }
+
+    impl<E: Entity> FromLoaded<E> for E {
+        fn from_loaded(entity: E) -> Self {
+            entity
+        }
+    }
+
+    macro_rules! from_loaded {
+        ($($wrapper:ident),*) => {$(
+            impl<E: Entity> FromLoaded<E> for $wrapper<E> {
+                fn from_loaded(entity: E) -> Self {
+                    $wrapper::new(entity)
+                }
+            }
+        )*};
+    }
+    from_loaded!(Box, Arc, Rc);
 }

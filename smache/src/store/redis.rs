@@ -19,6 +19,7 @@ use tokio::sync::OnceCell;
 use super::{Lookup, Put, Slot};
 use crate::error::{Error, Result};
 use crate::spec::Refresh;
+use crate::worker::WorkerKeys;
 
 /// How long after a failed connection attempt calls skip Redis.
 pub(crate) const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
@@ -38,6 +39,8 @@ struct Scripts {
     drop: Script,
     start: Script,
     change: Script,
+    lease: Script,
+    stale: Script,
 }
 
 macro_rules! script {
@@ -57,6 +60,8 @@ impl Scripts {
             drop: script!("drop.lua"),
             start: script!("start.lua"),
             change: script!("change.lua"),
+            lease: Script::new(include_str!("../../lua/lease.lua")),
+            stale: script!("stale.lua"),
         }
     }
 }
@@ -237,18 +242,55 @@ impl RedisStore {
         Ok(reply.map(|(generation, args)| (generation.parse().unwrap_or(0), args)))
     }
 
-    /// The worker saw changes to `tokens`; queues the jobs and saves `resume`.
+    /// The worker saw changes to `tokens`; queues the jobs and saves
+    /// `resume`. `None` if `worker` no longer holds the lease.
     pub(crate) async fn changed(
         &self,
-        token_key: &str,
-        base: &str,
+        keys: &WorkerKeys,
+        worker: &str,
         resume: &[u8],
         tokens: &[String],
-    ) -> Result<u64> {
+    ) -> Result<Option<u64>> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.change.key(token_key);
-        invocation.arg(base).arg(resume).arg(tokens);
-        self.bounded("change", invocation.invoke_async(&mut conn))
+        let mut invocation = self.scripts.change.key(&keys.token);
+        invocation
+            .key(&keys.lease)
+            .arg(&keys.base)
+            .arg(worker)
+            .arg(resume)
+            .arg(tokens);
+        let queued: i64 = self
+            .bounded("change", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(u64::try_from(queued).ok())
+    }
+
+    /// Takes or renews the watcher lease; the fencing token, or `None` if
+    /// another worker holds it.
+    pub(crate) async fn lease(
+        &self,
+        keys: &WorkerKeys,
+        worker: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.lease.key(&keys.lease);
+        invocation
+            .key(&keys.fence)
+            .arg(worker)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let fence: u64 = self
+            .bounded("lease", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok((fence > 0).then_some(fence))
+    }
+
+    /// Signals every value in `ids` as changed.
+    pub(crate) async fn mark_stale(&self, base: &str, ids: &[String]) -> Result<u64> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.stale.prepare_invoke();
+        invocation.arg(base).arg(ids);
+        self.bounded("stale", invocation.invoke_async(&mut conn))
             .await
     }
 

@@ -1,0 +1,536 @@
+//! Executors: the processes that recompute values in the background.
+//!
+//! `smache-worker` turns document changes into recompute jobs on a Redis
+//! stream (`{prefix}:jobs`, consumer group `executors`). Running a job needs
+//! the user's function, so jobs are executed by processes that link the
+//! `#[computed]` functions: an application with the executor enabled, or a
+//! dedicated process:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), smache::Error> {
+//! let smache = smache::Smache::from_env()?; // Redis + MongoDB from SMACHE_*
+//! smache::executor::run(smache).await // until Ctrl-C or SIGTERM
+//! # }
+//! ```
+//!
+//! Each job names one value. The executor loads the value's entity
+//! arguments fresh from MongoDB, calls the function, and stores the result
+//! only if no value computed from newer data was stored meanwhile. A job is
+//! acknowledged only once its value is stored (or is gone); jobs of a
+//! crashed executor are reclaimed by the others after [`RECLAIM_AFTER`].
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+use redis::streams::{StreamAutoClaimReply, StreamReadReply};
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::call::{Outcome, Target};
+use crate::entity::{Entity, EntityId};
+use crate::error::{Error, Result};
+use crate::instance::{Located, Smache};
+use crate::registry;
+use crate::store::{RedisStore, Store};
+
+/// The consumer group all executors share.
+pub const GROUP: &str = "executors";
+/// A job left unacknowledged this long (its executor died, or it failed)
+/// is handed to another executor.
+pub const RECLAIM_AFTER: Duration = Duration::from_secs(30);
+
+/// One recompute job, handed to the generated code of the function it names.
+#[derive(Debug)]
+pub struct Job {
+    smache: Smache,
+    target: Arc<Target>,
+    args: String,
+}
+
+impl Job {
+    /// A reader over the job's encoded arguments, in order.
+    #[must_use]
+    pub fn args(&self) -> ArgReader<'_> {
+        ArgReader {
+            job: self,
+            rest: &self.args,
+            first: true,
+        }
+    }
+
+    /// Runs the function's call `fut`, which recomputes and stores the value.
+    ///
+    /// # Errors
+    /// Never fails itself; the outcome is read by the executor.
+    pub async fn run<R>(&self, fut: impl std::future::Future<Output = R>) -> Result<()> {
+        self.smache.scope(self.target.scope(fut)).await;
+        Ok(())
+    }
+
+    /// [`run`](Job::run) for synchronous functions.
+    ///
+    /// # Errors
+    /// Never fails itself; the outcome is read by the executor.
+    pub fn run_sync<R>(&self, f: impl FnOnce() -> R) -> Result<()> {
+        self.smache.scope_sync(|| self.target.scope_sync(f));
+        Ok(())
+    }
+}
+
+/// Decodes a job's arguments; see the key layout in [`crate::key`].
+#[derive(Debug)]
+pub struct ArgReader<'a> {
+    job: &'a Job,
+    rest: &'a str,
+    first: bool,
+}
+
+impl ArgReader<'_> {
+    fn separator(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.first) {
+            self.rest = self
+                .rest
+                .strip_prefix(':')
+                .ok_or_else(|| Error::Job(format!("expected `:` before {:?}", self.rest)))?;
+        }
+        Ok(())
+    }
+
+    /// The next argument as an entity id.
+    fn entity_id(&mut self) -> Result<EntityId> {
+        self.separator()?;
+        let malformed = || Error::Job(format!("expected an entity id at {:?}", self.rest));
+        let (kind, body) = (self.rest.get(..2).ok_or_else(malformed)?, &self.rest[2..]);
+        let (id, used) = match kind {
+            "o:" => {
+                let hex = body.get(..24).ok_or_else(malformed)?;
+                let oid = ObjectId::parse_str(hex).map_err(|_| malformed())?;
+                (EntityId::ObjectId(oid), 24)
+            }
+            "i:" => {
+                let end = body.find(':').unwrap_or(body.len());
+                let n = body[..end].parse::<i64>().map_err(|_| malformed())?;
+                (EntityId::Int(n), end)
+            }
+            "s:" => {
+                let (s, used) = json_prefix::<String>(body).map_err(|_| malformed())?;
+                (EntityId::String(s), used)
+            }
+            _ => return Err(malformed()),
+        };
+        self.rest = &body[used..];
+        Ok(id)
+    }
+
+    /// The next argument, an entity, loaded fresh from MongoDB.
+    ///
+    /// # Errors
+    /// [`Error::EntityGone`] if the document no longer exists; MongoDB errors.
+    pub async fn entity<E: Entity + DeserializeOwned>(&mut self) -> Result<E> {
+        let id = self.entity_id()?;
+        let db = self.job.smache.mongodb().ok_or_else(|| {
+            Error::Config("executors need a MongoDB database (SmacheBuilder::mongodb)".into())
+        })?;
+        let found = db
+            .collection::<bson::Document>(E::COLLECTION)
+            .find_one(bson::doc! { "_id": id.to_bson() })
+            .await?;
+        let doc = found.ok_or(Error::EntityGone {
+            collection: E::COLLECTION,
+            id,
+        })?;
+        bson::from_document(doc).map_err(|err| {
+            Error::Job(format!(
+                "a {} document does not deserialize: {err}",
+                E::COLLECTION
+            ))
+        })
+    }
+
+    /// The next argument, a raw value.
+    ///
+    /// # Errors
+    /// When the encoded value does not deserialize into `T`.
+    pub fn raw<T: DeserializeOwned>(&mut self) -> Result<T> {
+        self.separator()?;
+        let (value, used) = json_prefix::<T>(self.rest)
+            .map_err(|err| Error::Job(format!("a raw argument does not decode: {err}")))?;
+        self.rest = &self.rest[used..];
+        Ok(value)
+    }
+}
+
+/// Decodes the JSON value at the start of `text`; returns it and its length.
+fn json_prefix<T: DeserializeOwned>(text: &str) -> serde_json::Result<(T, usize)> {
+    let mut values = serde_json::Deserializer::from_str(text).into_iter::<T>();
+    let value = values.next().unwrap_or_else(|| {
+        // An empty input: let serde_json word the error.
+        serde_json::from_str::<T>(text)
+    })?;
+    Ok((value, values.byte_offset()))
+}
+
+/// Runs an executor until Ctrl-C or SIGTERM.
+///
+/// # Errors
+/// When the instance has no Redis store.
+pub async fn run(smache: Smache) -> Result<()> {
+    run_until(smache, shutdown_signal()).await
+}
+
+/// Runs an executor until `shutdown` completes; jobs in progress finish first.
+///
+/// # Errors
+/// When the instance has no Redis store.
+pub async fn run_until(
+    smache: Smache,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let executor = Executor::new(smache)?;
+    tokio::pin!(shutdown);
+    let mut running = JoinSet::new();
+    let permits = Arc::new(Semaphore::new(executor.concurrency));
+    let mut last_reclaim = tokio::time::Instant::now() - RECLAIM_AFTER;
+    let mut conn = None;
+    loop {
+        if conn.is_none() {
+            conn = match executor.store.dedicated().await {
+                Ok(Some(conn)) => Some(conn),
+                Ok(None) => {
+                    return Err(Error::Config(
+                        "executors need SmacheBuilder::redis_url (a connection of their own for blocking reads)".into(),
+                    ))
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "smache executor: redis unavailable; retrying");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            if let Some(conn) = conn.as_mut() {
+                executor.ensure_group(conn).await;
+            }
+        }
+        let Some(connection) = conn.as_mut() else {
+            continue;
+        };
+        let mut batch = Vec::new();
+        if last_reclaim.elapsed() >= RECLAIM_AFTER / 3 {
+            last_reclaim = tokio::time::Instant::now();
+            batch.extend(executor.reclaim(connection).await);
+        }
+        let read = tokio::select! {
+            () = &mut shutdown => break,
+            read = executor.read(connection) => read,
+        };
+        match read {
+            Ok(entries) => batch.extend(entries),
+            Err(err) => {
+                tracing::warn!(error = %err, "smache executor: reading jobs failed; reconnecting");
+                conn = None;
+                continue;
+            }
+        }
+        for (entry, id) in batch {
+            let permit = Arc::clone(&permits)
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            let executor = executor.clone();
+            running.spawn(async move {
+                executor.process(&entry, &id).await;
+                drop(permit);
+            });
+        }
+        while running.try_join_next().is_some() {}
+    }
+    while running.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Starts an executor as a background task of the current tokio runtime.
+/// Dropping the handle does not stop it; call [`ExecutorHandle::shutdown`].
+///
+/// # Panics
+/// Outside a tokio runtime.
+pub fn spawn(smache: &Smache) -> ExecutorHandle {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run_until(smache.clone(), async move {
+        let _ = stopped.await;
+    }));
+    ExecutorHandle { stop, task }
+}
+
+/// A running background executor; see [`spawn`].
+#[derive(Debug)]
+pub struct ExecutorHandle {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl ExecutorHandle {
+    /// Stops taking jobs, waits for the running ones, and returns.
+    ///
+    /// # Errors
+    /// The executor's own error, if it stopped on one.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+#[derive(Clone)]
+struct Executor {
+    smache: Smache,
+    store: Arc<RedisStoreRef>,
+    stream: String,
+    consumer: String,
+    concurrency: usize,
+}
+
+/// Borrows the Redis store out of the instance.
+struct RedisStoreRef(Smache);
+
+impl std::ops::Deref for RedisStoreRef {
+    type Target = RedisStore;
+    fn deref(&self) -> &RedisStore {
+        match &self.0.inner.store {
+            Store::Redis(store) => store,
+            Store::Memory(_) => unreachable!("checked in Executor::new"),
+        }
+    }
+}
+
+impl Executor {
+    fn new(smache: Smache) -> Result<Self> {
+        if !matches!(smache.inner.store, Store::Redis(_)) {
+            return Err(Error::Config("executors need the Redis store".into()));
+        }
+        let concurrency = std::thread::available_parallelism().map_or(4, |n| n.get() * 2);
+        Ok(Executor {
+            stream: format!("{}jobs", smache.inner.base),
+            consumer: consumer_name(),
+            store: Arc::new(RedisStoreRef(smache.clone())),
+            smache,
+            concurrency,
+        })
+    }
+
+    async fn ensure_group(&self, conn: &mut redis::aio::MultiplexedConnection) {
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        if let Err(err) = created {
+            if err.code() != Some("BUSYGROUP") {
+                tracing::warn!(error = %err, "smache executor: cannot create the consumer group");
+            }
+        }
+    }
+
+    async fn read(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+    ) -> redis::RedisResult<Vec<(String, String)>> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(self.concurrency)
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(">")
+            .query_async(conn)
+            .await?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|reply| reply.keys)
+            .flat_map(|key| key.ids)
+            .filter_map(|entry| {
+                let id = entry.get::<String>("id");
+                if id.is_none() {
+                    tracing::warn!(
+                        entry = entry.id,
+                        "smache executor: a job without an `id` field; ignored"
+                    );
+                }
+                Some((entry.id, id?))
+            })
+            .collect())
+    }
+
+    /// Jobs another executor took and did not finish.
+    async fn reclaim(&self, conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, String)> {
+        let reply: redis::RedisResult<StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(u64::try_from(RECLAIM_AFTER.as_millis()).unwrap_or(u64::MAX))
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(100)
+            .query_async(conn)
+            .await;
+        match reply {
+            Ok(reply) => reply
+                .claimed
+                .into_iter()
+                .filter_map(|entry| {
+                    let id = entry.get::<String>("id")?;
+                    Some((entry.id, id))
+                })
+                .collect(),
+            Err(err) => {
+                tracing::debug!(error = %err, "smache executor: XAUTOCLAIM failed");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn ack(&self, entry: &str) {
+        let Ok(mut conn) = self.store.shared().await else {
+            return;
+        };
+        let result: redis::RedisResult<()> = redis::pipe()
+            .cmd("XACK")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(entry)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&self.stream)
+            .arg(entry)
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        if let Err(err) = result {
+            tracing::warn!(error = %err, entry, "smache executor: cannot acknowledge a job; it will run again");
+        }
+    }
+
+    /// Runs one job; acknowledges it when it is done for good.
+    async fn process(&self, entry: &str, id: &str) {
+        let base = &self.smache.inner.base;
+        let at = Located {
+            key: format!("{base}v:{id}"),
+            id: id.to_owned(),
+            full_args: String::new(),
+        };
+        let Some((head, id_args)) = id.split_once(':') else {
+            tracing::warn!(id, "smache executor: malformed job; dropped");
+            return self.ack(entry).await;
+        };
+        let Some(registration) = registry::find(head) else {
+            // Another version of the application may have it (a deploy in
+            // progress): leave the job for an executor that does.
+            tracing::warn!(function = head, "smache executor: no such function in this process; leaving the job for another executor");
+            return;
+        };
+        let (started, full_args) = match self.store.start_job(&at.key).await {
+            Ok(Some(started)) => started,
+            Ok(None) => return self.ack(entry).await, // the value is gone
+            Err(err) => {
+                tracing::warn!(error = %err, id, "smache executor: redis unavailable; job left for retry");
+                return;
+            }
+        };
+        let target = Arc::new(Target {
+            key: at.key.clone(),
+            started,
+            outcome: Mutex::new(None),
+        });
+        let job = Job {
+            smache: self.smache.clone(),
+            target: Arc::clone(&target),
+            args: if full_args.is_empty() {
+                id_args.to_owned()
+            } else {
+                full_args
+            },
+        };
+        let recompute = registration.recompute;
+        let handle = tokio::runtime::Handle::current();
+        let ran = tokio::task::spawn_blocking(move || handle.block_on(recompute(job))).await;
+        let outcome = *target
+            .outcome
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (ran, outcome) {
+            (Ok(Ok(())), Some(Outcome::Stored | Outcome::Superseded)) => self.ack(entry).await,
+            (Ok(Ok(())), Some(Outcome::NotCached)) => {
+                tracing::warn!(id, "smache executor: the function returned an error or an unserializable value; the old value stays (stale)");
+                self.ack(entry).await;
+            }
+            (Ok(Ok(())), _) => {
+                tracing::warn!(
+                    id,
+                    "smache executor: the value could not be stored; job left for retry"
+                );
+            }
+            (
+                Ok(Err(Error::EntityGone {
+                    collection,
+                    id: gone,
+                })),
+                _,
+            ) => {
+                tracing::debug!(id, collection, %gone, "smache executor: an entity is gone; dropping the value");
+                match self.store.drop_value(at.slot(base)).await {
+                    Ok(_) => self.ack(entry).await,
+                    Err(err) => {
+                        tracing::warn!(error = %err, id, "smache executor: cannot drop the value; job left for retry")
+                    }
+                }
+            }
+            (Ok(Err(err @ Error::Job(_))), _) => {
+                tracing::error!(error = %err, id, "smache executor: the job does not match the function; dropped");
+                self.ack(entry).await;
+            }
+            (Ok(Err(err)), _) => {
+                tracing::warn!(error = %err, id, "smache executor: recompute failed; job left for retry");
+            }
+            (Err(panic), _) => {
+                tracing::error!(error = %panic, id, "smache executor: the function panicked; job dropped, the old value stays (stale)");
+                self.ack(entry).await;
+            }
+        }
+    }
+}
+
+fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+    format!("{host}-{}-{}", std::process::id(), ObjectId::new().to_hex())
+}

@@ -1,0 +1,68 @@
+//! Every `#[computed]` function linked into this process, by stable name,
+//! so an executor can turn a recompute job back into a call.
+//!
+//! The macro submits one [`Registration`] per function with `inventory`;
+//! a job names the function by `name#version`, and only a function
+//! registered under exactly that name and version can run it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use once_cell::sync::Lazy;
+
+use crate::error::Result;
+use crate::executor::Job;
+use crate::spec::FnSpec;
+
+/// A boxed future that need not be `Send`: jobs run on a blocking thread
+/// of their own, so the user's function may hold non-`Send` state.
+pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// Decodes a job's arguments and calls the function with them.
+pub type Recompute = fn(Job) -> LocalBoxFuture<Result<()>>;
+
+/// One registered `#[computed]` function.
+#[derive(Debug)]
+pub struct Registration {
+    pub(crate) spec: &'static FnSpec,
+    pub(crate) recompute: Recompute,
+}
+
+impl Registration {
+    /// Used by the generated code.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn new(spec: &'static FnSpec, recompute: Recompute) -> Self {
+        Registration { spec, recompute }
+    }
+}
+
+inventory::collect!(Registration);
+
+/// Keyed by `name#version`, the head of every value id.
+static BY_NAME: Lazy<HashMap<String, &'static Registration>> = Lazy::new(|| {
+    let mut map = HashMap::new();
+    for registration in inventory::iter::<Registration> {
+        let spec = registration.spec;
+        let head = format!("{}#{}", spec.name(), spec.version());
+        if map.insert(head, registration).is_some() {
+            tracing::error!(
+                name = spec.name(),
+                version = spec.version(),
+                "smache: two #[computed] functions share a name and version; jobs may run either"
+            );
+        }
+    }
+    map
+});
+
+/// The function registered under `head` (`name#version`).
+pub(crate) fn find(head: &str) -> Option<&'static Registration> {
+    BY_NAME.get(head).copied()
+}
+
+/// Every registered function.
+pub fn functions() -> impl Iterator<Item = &'static FnSpec> {
+    inventory::iter::<Registration>.into_iter().map(|r| r.spec)
+}

@@ -1,0 +1,467 @@
+//! The worker: follows MongoDB's change stream and queues a recompute job
+//! for every value that depends on a changed document.
+//!
+//! `smache-worker` (the bundled binary) runs [`run_until`]. Several workers
+//! may run for availability: one holds a lease in Redis and watches, the
+//! others wait and take over within [`WorkerOptions::lease`] of its death.
+//! Each change is turned into jobs, and the stream's resume token saved, in
+//! one atomic script that only the lease holder may run (fencing), so a
+//! change is never lost nor its jobs queued twice by two workers. On
+//! restart the worker resumes after the saved token; if MongoDB no longer
+//! has that point of its history, every value is marked stale and the
+//! worker carries on from now.
+//!
+//! Key layout (beside the graph keys described in `lua/common.lua`):
+//! `{prefix}:w:token` the resume token, `{prefix}:w:lease` the lease holder,
+//! `{prefix}:w:fence` the fencing counter.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bson::doc;
+use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
+use mongodb::change_stream::ChangeStream;
+use mongodb::error::ErrorKind;
+
+use crate::entity::EntityId;
+use crate::error::{Error, Result};
+use crate::instance::Smache;
+use crate::store::{RedisStore, Store};
+
+/// The worker's tunables.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct WorkerOptions {
+    lease: Duration,
+    await_time: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            lease: Duration::from_secs(10),
+            await_time: Duration::from_millis(500),
+        }
+    }
+}
+
+impl WorkerOptions {
+    /// How long the watcher's lease lasts without renewal (default 10 s): a
+    /// standby worker takes over within this long after the watcher dies.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long one poll of the change stream waits for events (default
+    /// 500 ms); also the worker's reaction time to shutdown.
+    pub fn await_time(mut self, await_time: Duration) -> Self {
+        self.await_time = await_time;
+        self
+    }
+}
+
+/// The Redis keys the worker uses.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerKeys {
+    pub(crate) base: String,
+    pub(crate) token: String,
+    pub(crate) lease: String,
+    pub(crate) fence: String,
+}
+
+impl WorkerKeys {
+    fn new(base: &str) -> Self {
+        WorkerKeys {
+            base: base.to_owned(),
+            token: format!("{base}w:token"),
+            lease: format!("{base}w:lease"),
+            fence: format!("{base}w:fence"),
+        }
+    }
+}
+
+/// Runs a worker until Ctrl-C or SIGTERM.
+///
+/// # Errors
+/// When the instance lacks Redis or MongoDB.
+pub async fn run(smache: Smache, options: WorkerOptions) -> Result<()> {
+    run_until(smache, options, crate::executor::shutdown_signal()).await
+}
+
+/// Runs a worker until `shutdown` completes, then releases its lease.
+///
+/// # Errors
+/// When the instance lacks Redis or MongoDB. Outages of either are
+/// retried, not returned.
+pub async fn run_until(
+    smache: Smache,
+    options: WorkerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let Store::Redis(store) = &smache.inner.store else {
+        return Err(Error::Config("the worker needs the Redis store".into()));
+    };
+    let Some(db) = smache.mongodb().cloned() else {
+        return Err(Error::Config("the worker needs a MongoDB database".into()));
+    };
+    let worker = Worker {
+        store,
+        db,
+        keys: WorkerKeys::new(&smache.inner.base),
+        id: format!(
+            "{}-{}",
+            std::process::id(),
+            bson::oid::ObjectId::new().to_hex()
+        ),
+        options,
+        history_lost: false,
+    };
+    worker.run(shutdown).await;
+    Ok(())
+}
+
+struct Worker<'a> {
+    store: &'a RedisStore,
+    db: mongodb::Database,
+    keys: WorkerKeys,
+    id: String,
+    options: WorkerOptions,
+    /// Set when the stream could not resume: mark everything stale once a
+    /// new stream is open.
+    history_lost: bool,
+}
+
+/// Why a watch ended.
+enum Ended {
+    Shutdown,
+    LeaseLost,
+    Restart,
+}
+
+impl Worker<'_> {
+    async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+        let mut leader = false;
+        loop {
+            if futures::FutureExt::now_or_never(shutdown.clone()).is_some() {
+                break;
+            }
+            match self
+                .store
+                .lease(&self.keys, &self.id, self.options.lease)
+                .await
+            {
+                Ok(Some(fence)) => {
+                    if !leader {
+                        tracing::info!(worker = %self.id, fence, "smache worker: holds the lease; watching");
+                        leader = true;
+                    }
+                    match self.watch(&shutdown).await {
+                        Ok(Ended::Shutdown) => break,
+                        Ok(Ended::LeaseLost) => {
+                            tracing::warn!(worker = %self.id, "smache worker: lost the lease; standing by");
+                            leader = false;
+                        }
+                        Ok(Ended::Restart) => {}
+                        Err(err) => {
+                            tracing::warn!(error = %err, "smache worker: watching failed; retrying");
+                            self.pause(&shutdown, Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                Ok(None) => {
+                    leader = false;
+                    self.pause(&shutdown, self.options.lease / 4).await;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "smache worker: redis unavailable; retrying");
+                    self.pause(&shutdown, Duration::from_secs(1)).await;
+                }
+            }
+        }
+        self.release().await;
+        tracing::info!(worker = %self.id, "smache worker: stopped");
+    }
+
+    async fn pause(&self, shutdown: &(impl Future<Output = ()> + Clone), delay: Duration) {
+        tokio::select! {
+            () = shutdown.clone() => {},
+            () = tokio::time::sleep(delay) => {},
+        }
+    }
+
+    /// Follows the change stream until shutdown, loss of the lease or an error.
+    async fn watch(&mut self, shutdown: &(impl Future<Output = ()> + Clone)) -> Result<Ended> {
+        let saved = self.saved_token().await?;
+        let mut stream = match self.open(saved).await {
+            Ok(stream) => stream,
+            Err(err) if history_lost(&err) => {
+                self.forget_history(&err).await?;
+                return Ok(Ended::Restart);
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if std::mem::take(&mut self.history_lost) {
+            // The new stream starts now: save its position, then mark
+            // everything stale, so no change from here on is missed.
+            let token = stream.resume_token();
+            if self.record(token.as_ref(), &[]).await?.is_none() {
+                return Ok(Ended::LeaseLost);
+            }
+            self.mark_everything_stale().await?;
+        }
+        let mut saved = stream.resume_token();
+        let mut renewed = Instant::now();
+        loop {
+            if futures::FutureExt::now_or_never(shutdown.clone()).is_some() {
+                return Ok(Ended::Shutdown);
+            }
+            if renewed.elapsed() >= self.options.lease / 3 {
+                if self
+                    .store
+                    .lease(&self.keys, &self.id, self.options.lease)
+                    .await?
+                    .is_none()
+                {
+                    return Ok(Ended::LeaseLost);
+                }
+                renewed = Instant::now();
+            }
+            // Never cancelled mid-poll: a dropped getMore could lose a batch.
+            let event = match stream.next_if_any().await {
+                Ok(event) => event,
+                Err(err) if history_lost(&err) => {
+                    self.forget_history(&err).await?;
+                    return Ok(Ended::Restart);
+                }
+                Err(err) => return Err(err.into()),
+            };
+            let token = stream.resume_token();
+            let recorded = match event {
+                Some(event) => {
+                    let (tokens, restart) = self.tokens_of(&event).await?;
+                    let recorded = self.record(token.as_ref(), &tokens).await?;
+                    if restart {
+                        return Ok(Ended::Restart);
+                    }
+                    recorded
+                }
+                // An empty batch still moves the stream's position on.
+                None if token != saved => self.record(token.as_ref(), &[]).await?,
+                None => Some(0),
+            };
+            if recorded.is_none() {
+                return Ok(Ended::LeaseLost);
+            }
+            saved = token;
+        }
+    }
+
+    async fn open(
+        &self,
+        saved: Option<ResumeToken>,
+    ) -> mongodb::error::Result<ChangeStream<ChangeStreamEvent<bson::Document>>> {
+        // The whole database, unfiltered: a collection that gains its first
+        // dependant later is covered without restarting the stream.
+        let watch = self.db.watch().max_await_time(self.options.await_time);
+        let stream = match saved {
+            Some(token) => watch.start_after(token).await?,
+            None => watch.await?,
+        };
+        Ok(stream)
+    }
+
+    /// The dependency tokens a change touches, and whether the stream must
+    /// be reopened after it (it was invalidated).
+    async fn tokens_of(
+        &self,
+        event: &ChangeStreamEvent<bson::Document>,
+    ) -> Result<(Vec<String>, bool)> {
+        let coll = event.ns.as_ref().and_then(|ns| ns.coll.clone());
+        match (&event.operation_type, coll) {
+            (
+                OperationType::Insert
+                | OperationType::Update
+                | OperationType::Replace
+                | OperationType::Delete,
+                Some(coll),
+            ) => {
+                let mut tokens = vec![format!("c:{coll}")];
+                let id = event
+                    .document_key
+                    .as_ref()
+                    .and_then(|key| key.get("_id"))
+                    .and_then(EntityId::from_bson);
+                if let Some(id) = id {
+                    let mut token = format!("e:{coll}:");
+                    id.write_key(&mut token);
+                    tokens.push(token);
+                }
+                Ok((tokens, false))
+            }
+            (OperationType::Drop | OperationType::Rename, Some(coll)) => {
+                tracing::warn!(collection = coll, "smache worker: a collection was dropped or renamed; refreshing everything that depends on it");
+                Ok((self.collection_tokens(&coll).await?, false))
+            }
+            (OperationType::Invalidate, _) => Ok((Vec::new(), true)),
+            (other, coll) => {
+                tracing::warn!(operation = ?other, collection = ?coll, "smache worker: a change smache cannot map to documents; marking every value stale");
+                self.mark_everything_stale().await?;
+                Ok((Vec::new(), false))
+            }
+        }
+    }
+
+    /// Every token of a collection: the collection itself and each of its
+    /// documents that some value depends on.
+    async fn collection_tokens(&self, coll: &str) -> Result<Vec<String>> {
+        let prefix = format!("{}r:", self.keys.base);
+        let mut tokens = vec![format!("c:{coll}")];
+        let pattern = format!("{prefix}e:{}:*", glob_escape(coll));
+        for key in self.scan(&pattern).await? {
+            if let Some(token) = key.strip_prefix(&prefix) {
+                tokens.push(token.to_owned());
+            }
+        }
+        Ok(tokens)
+    }
+
+    async fn record(&self, token: Option<&ResumeToken>, tokens: &[String]) -> Result<Option<u64>> {
+        let bytes = match token {
+            Some(token) => encode_token(token)?,
+            None => Vec::new(),
+        };
+        let queued = self
+            .store
+            .changed(&self.keys, &self.id, &bytes, tokens)
+            .await?;
+        if let Some(queued) = queued.filter(|n| *n > 0) {
+            tracing::debug!(queued, "smache worker: recompute jobs queued");
+        }
+        Ok(queued)
+    }
+
+    async fn saved_token(&self) -> Result<Option<ResumeToken>> {
+        let mut conn = self.store.shared().await?;
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&self.keys.token)
+            .query_async(&mut conn)
+            .await?;
+        Ok(bytes.and_then(|bytes| match decode_token(&bytes) {
+            Some(token) => Some(token),
+            None => {
+                tracing::error!("smache worker: the saved resume token is corrupt; treating the history as lost");
+                None
+            }
+        }))
+    }
+
+    async fn forget_history(&mut self, err: &mongodb::error::Error) -> Result<()> {
+        tracing::error!(
+            error = %err,
+            "smache worker: MongoDB no longer has the change history after the saved resume token \
+             (the worker was down longer than the oplog window); changes in that gap cannot be \
+             replayed, so every cached value is marked stale and will be recomputed"
+        );
+        let mut conn = self.store.shared().await?;
+        let _: () = redis::cmd("DEL")
+            .arg(&self.keys.token)
+            .query_async(&mut conn)
+            .await?;
+        self.history_lost = true;
+        Ok(())
+    }
+
+    async fn mark_everything_stale(&self) -> Result<()> {
+        let prefix = format!("{}d:", self.keys.base);
+        let ids: Vec<String> = self
+            .scan(&format!("{prefix}*"))
+            .await?
+            .into_iter()
+            .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+        let mut queued = 0;
+        for chunk in ids.chunks(500) {
+            queued += self.store.mark_stale(&self.keys.base, chunk).await?;
+        }
+        tracing::warn!(
+            values = ids.len(),
+            queued,
+            "smache worker: marked every value stale"
+        );
+        Ok(())
+    }
+
+    async fn scan(&self, pattern: &str) -> Result<Vec<String>> {
+        let mut conn = self.store.shared().await?;
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn release(&self) {
+        let Ok(mut conn) = self.store.shared().await else {
+            return;
+        };
+        let released: redis::RedisResult<i64> = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        )
+        .key(&self.keys.lease)
+        .arg(&self.id)
+        .invoke_async(&mut conn)
+        .await;
+        if let Err(err) = released {
+            tracing::debug!(error = %err, "smache worker: could not release the lease; it will expire");
+        }
+    }
+}
+
+/// The server cannot resume from the token: the history is gone.
+fn history_lost(err: &mongodb::error::Error) -> bool {
+    // 286 ChangeStreamHistoryLost, 280 ChangeStreamFatalError,
+    // 136 CappedPositionLost.
+    matches!(&*err.kind, ErrorKind::Command(cmd) if matches!(cmd.code, 286 | 280 | 136))
+}
+
+fn encode_token(token: &ResumeToken) -> Result<Vec<u8>> {
+    let value = bson::to_bson(token).map_err(|err| Error::Serialize {
+        what: "resume token",
+        message: err.to_string(),
+    })?;
+    bson::to_vec(&doc! { "t": value }).map_err(|err| Error::Serialize {
+        what: "resume token",
+        message: err.to_string(),
+    })
+}
+
+fn decode_token(bytes: &[u8]) -> Option<ResumeToken> {
+    let doc: bson::Document = bson::from_slice(bytes).ok()?;
+    bson::from_bson(doc.get("t")?.clone()).ok()
+}
+
+/// Escapes Redis glob characters in a literal.
+fn glob_escape(literal: &str) -> String {
+    let mut out = String::with_capacity(literal.len());
+    for c in literal.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
