@@ -277,6 +277,28 @@ impl Smache {
             .is_some_and(|entry| !entry.is_stale()))
     }
 
+    /// Waits until the value of `key` is fresh (stored, and no recompute
+    /// pending), for at most `timeout`; returns whether it is. For tests,
+    /// and for callers that need to read their own writes after changing a
+    /// document.
+    ///
+    /// # Errors
+    /// When the store cannot be reached.
+    pub async fn wait_fresh(&self, key: &CacheKey, timeout: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if self.is_fresh(key).await? {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(pause.min(deadline - tokio::time::Instant::now())).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
     /// What is stored for `key`: its value version and when it was computed.
     /// `None` when nothing valid is stored.
     ///

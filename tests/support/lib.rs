@@ -155,3 +155,121 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The `smache-worker` binary: `SMACHE_TEST_WORKER_BIN`, else built once
+/// with the cargo that runs the tests.
+pub fn worker_binary() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            if let Ok(path) = std::env::var("SMACHE_TEST_WORKER_BIN") {
+                return PathBuf::from(path);
+            }
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-q", "-p", "smache", "--bin", "smache-worker"])
+                .status()
+                .expect("run cargo build for smache-worker");
+            assert!(status.success(), "building smache-worker failed");
+            // target/<profile>/deps/<test> -> target/<profile>/smache-worker
+            let exe = std::env::current_exe().expect("test executable path");
+            exe.parent()
+                .and_then(|deps| deps.parent())
+                .expect("target dir")
+                .join("smache-worker")
+        })
+        .clone()
+}
+
+/// A `smache-worker` process of the test's own.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    child: Option<Child>,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl WorkerProcess {
+    /// Starts a worker for `prefix` on `database`, with a short lease so
+    /// takeovers are quick.
+    pub fn start(redis_url: &str, mongodb_uri: &str, database: &str, prefix: &str) -> Self {
+        let args = vec![
+            format!("--redis-url={redis_url}"),
+            format!("--mongodb-uri={mongodb_uri}"),
+            format!("--database={database}"),
+            format!("--prefix={prefix}"),
+            "--lease-secs=2".to_owned(),
+            "--log=smache=debug,info".to_owned(),
+        ];
+        let log = std::env::temp_dir().join(format!("{}.log", unique("smache-worker")));
+        let mut worker = WorkerProcess {
+            child: None,
+            args,
+            log,
+        };
+        worker.restart();
+        worker
+    }
+
+    /// Starts the process again after [`kill`](Self::kill).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "worker already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("worker log file");
+        let child = Command::new(worker_binary())
+            .args(&self.args)
+            .env_remove("SMACHE_REDIS_URL")
+            .env_remove("SMACHE_MONGODB_URI")
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start smache-worker");
+        self.child = Some(child);
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the worker gets no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a graceful exit; returns its success.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What the worker logged so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,217 @@
+//! The dependency graph in Redis: edges recorded with each value, cleaned
+//! when it goes, and change generations that keep a slow computation from
+//! overwriting a newer value.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use smache::{computed, Entity, Smache};
+use smache_suite::{redis_connection, redis_url, unique};
+use tokio::sync::Notify;
+
+#[derive(Clone, Debug, Serialize, Deserialize, Entity)]
+#[entity(collection = "users")]
+struct User {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Entity)]
+#[entity(collection = "plans")]
+struct Plan {
+    #[serde(rename = "_id")]
+    id: i64,
+}
+
+#[computed(User)]
+async fn name_of(user: &User) -> String {
+    user.name.clone()
+}
+
+#[computed(User, sources(Plan))]
+async fn badge(user: &User) -> String {
+    format!("<{}>", name_of(user).await)
+}
+
+fn instance() -> Smache {
+    Smache::builder()
+        .redis_url(redis_url())
+        .prefix(unique("g"))
+        .build()
+        .unwrap()
+}
+
+fn ada() -> User {
+    User {
+        id: ObjectId::new(),
+        name: "Ada".into(),
+    }
+}
+
+/// The value id of a key: the storage key without `{prefix}:v:`.
+fn id_of(smache: &Smache, key: &smache::CacheKey) -> String {
+    let storage = smache.storage_key(key);
+    storage[format!("{{{}}}:v:", smache.prefix()).len()..].to_owned()
+}
+
+async fn members(conn: &mut redis::aio::MultiplexedConnection, key: String) -> HashSet<String> {
+    conn.smembers(key).await.unwrap()
+}
+
+#[tokio::test]
+async fn edges_are_recorded_with_the_value_in_both_directions() {
+    let smache = instance();
+    let base = format!("{{{}}}:", smache.prefix());
+    let user = ada();
+    assert_eq!(smache.scope(badge(&user)).await, "<Ada>");
+
+    let badge_id = id_of(&smache, &badge::key(&user).unwrap());
+    let name_id = id_of(&smache, &name_of::key(&user).unwrap());
+    let doc = format!("e:users:o:{}", user.id.to_hex());
+    let mut conn = redis_connection(&redis_url()).await;
+
+    let forward = members(&mut conn, format!("{base}d:{badge_id}")).await;
+    let expected: HashSet<String> =
+        [doc.clone(), "c:plans".to_owned(), format!("v:{name_id}")].into();
+    assert_eq!(
+        forward, expected,
+        "entity argument, declared source, nested call"
+    );
+    assert_eq!(
+        members(&mut conn, format!("{base}r:{doc}")).await,
+        [badge_id.clone(), name_id.clone()].into()
+    );
+    assert_eq!(
+        members(&mut conn, format!("{base}r:v:{name_id}")).await,
+        [badge_id.clone()].into()
+    );
+    assert_eq!(
+        members(&mut conn, format!("{base}r:c:plans")).await,
+        [badge_id.clone()].into()
+    );
+    assert_eq!(
+        members(&mut conn, format!("{base}collections")).await,
+        ["users".to_owned(), "plans".to_owned()].into()
+    );
+
+    // Dropping a value leaves no edge behind.
+    assert!(smache
+        .invalidate(&badge::key(&user).unwrap())
+        .await
+        .unwrap());
+    assert!(members(&mut conn, format!("{base}d:{badge_id}"))
+        .await
+        .is_empty());
+    assert_eq!(
+        members(&mut conn, format!("{base}r:{doc}")).await,
+        [name_id.clone()].into()
+    );
+    assert!(members(&mut conn, format!("{base}r:v:{name_id}"))
+        .await
+        .is_empty());
+    assert!(members(&mut conn, format!("{base}r:c:plans"))
+        .await
+        .is_empty());
+}
+
+#[tokio::test]
+async fn a_changed_dependency_makes_the_value_stale_until_recomputed() {
+    let smache = Smache::builder()
+        .redis_url(redis_url())
+        .prefix(unique("g"))
+        .max_stale(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let user = ada();
+    smache.scope(name_of(&user)).await;
+    let key = name_of::key(&user).unwrap();
+    let mut conn = redis_connection(&redis_url()).await;
+    // What the worker's script does to a value when its document changes.
+    let _: () = conn.hincr(smache.storage_key(&key), "g", 1).await.unwrap();
+    let _: () = conn
+        .hset(smache.storage_key(&key), "t", smache_now_ms())
+        .await
+        .unwrap();
+
+    let entry = smache.entry(&key).await.unwrap().unwrap();
+    assert!(entry.is_stale());
+    assert!(!smache.is_fresh(&key).await.unwrap());
+    // Within max_stale the previous value is served (an executor is on it).
+    let renamed = User {
+        name: "Augusta".into(),
+        ..user.clone()
+    };
+    assert_eq!(smache.scope(name_of(&renamed)).await, "Ada");
+    // Past it, the caller computes.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(smache.scope(name_of(&renamed)).await, "Augusta");
+    assert!(smache.is_fresh(&key).await.unwrap());
+    assert_eq!(smache.entry(&key).await.unwrap().unwrap().version(), 2);
+}
+
+fn smache_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The data the racing function reads, and a gate to hold it mid-compute.
+static DATA: Mutex<String> = Mutex::new(String::new());
+static GATE: Notify = Notify::const_new();
+static HOLD: Mutex<bool> = Mutex::new(false);
+
+#[computed(Raw)]
+async fn report(tag: String) -> String {
+    let data = DATA.lock().unwrap().clone();
+    let hold = std::mem::take(&mut *HOLD.lock().unwrap());
+    if hold {
+        GATE.notified().await;
+    }
+    format!("{tag}:{data}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_computation_never_overwrites_a_newer_value() {
+    let smache = instance();
+    let tag = unique("race");
+    let key = report::key(tag.clone()).unwrap();
+    let mut conn = redis_connection(&redis_url()).await;
+
+    *DATA.lock().unwrap() = "old".into();
+    *HOLD.lock().unwrap() = true;
+    // A reads "old" and stalls.
+    let slow = tokio::spawn({
+        let smache = smache.clone();
+        let tag = tag.clone();
+        async move { smache.scope(report(tag)).await }
+    });
+    while *HOLD.lock().unwrap() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The data changes; the worker would bump the value's generation.
+    *DATA.lock().unwrap() = "new".into();
+    let _: () = conn.hincr(smache.storage_key(&key), "g", 1).await.unwrap();
+    // B computes from the new data and stores first.
+    assert_eq!(
+        smache.scope(report(tag.clone())).await,
+        format!("{tag}:new")
+    );
+    // A finishes late; its older value must not replace B's.
+    GATE.notify_one();
+    assert_eq!(
+        slow.await.unwrap(),
+        format!("{tag}:old"),
+        "A's caller gets what A computed"
+    );
+    assert_eq!(
+        smache.scope(report(tag.clone())).await,
+        format!("{tag}:new")
+    );
+    assert!(smache.is_fresh(&key).await.unwrap());
+}

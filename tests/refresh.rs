@@ -1,0 +1,444 @@
+//! The self-refreshing loop end to end: a real `smache-worker` process
+//! follows the Mongo server's change stream, an executor in this process
+//! recomputes, and cached values follow the documents without any caller
+//! computing them.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bson::doc;
+use bson::oid::ObjectId;
+use serde::{Deserialize, Serialize};
+use smache::executor::ExecutorHandle;
+use smache::{computed, Entity, Smache};
+use smache_suite::{mongodb_uri, redis_url, unique, WorkerProcess};
+
+#[derive(Clone, Debug, Serialize, Deserialize, Entity)]
+#[entity(collection = "users")]
+struct User {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Entity)]
+#[entity(collection = "settings")]
+struct Setting {
+    #[serde(rename = "_id")]
+    id: String,
+    value: String,
+}
+
+/// Calls per function and argument, to tell caller computes from executor ones.
+static CALLS: Mutex<Option<HashMap<String, usize>>> = Mutex::new(None);
+
+fn bump(what: String) {
+    let mut calls = CALLS.lock().unwrap();
+    *calls
+        .get_or_insert_with(HashMap::new)
+        .entry(what)
+        .or_default() += 1;
+}
+
+fn calls(what: &str) -> usize {
+    CALLS
+        .lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|c| c.get(what).copied())
+        .unwrap_or(0)
+}
+
+#[computed(User)]
+async fn profile(user: &User) -> String {
+    bump(format!("profile:{}", user.id));
+    format!("profile of {}", user.name)
+}
+
+/// Nested: depends on `profile` of the same user.
+#[computed(User)]
+async fn card(user: &User) -> String {
+    format!("[{}]", profile(user).await)
+}
+
+/// Reads a whole collection: refreshed by any change in it.
+#[computed(Raw, sources(Setting))]
+async fn greeting(name: String) -> String {
+    let db = Smache::current().mongodb().cloned().expect("a database");
+    let mut settings = db
+        .collection::<Setting>("settings")
+        .find(doc! {})
+        .await
+        .expect("find settings");
+    let mut salutation = String::from("Hello");
+    while settings.advance().await.expect("cursor") {
+        let setting = settings.deserialize_current().expect("setting");
+        if setting.id == "salutation" {
+            salutation = setting.value;
+        }
+    }
+    format!("{salutation}, {name}")
+}
+
+#[computed(User, refresh = mark_stale)]
+async fn lazy_profile(user: &User) -> String {
+    bump(format!("lazy:{}", user.id));
+    format!("lazy {}", user.name)
+}
+
+/// One test's world: its own prefix, database, worker process and executor.
+struct World {
+    smache: Smache,
+    db: mongodb::Database,
+    worker: WorkerProcess,
+    executor: Option<ExecutorHandle>,
+}
+
+impl World {
+    async fn new() -> World {
+        let database = unique("refresh").replace('-', "_");
+        let prefix = unique("r");
+        let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
+        let smache = Smache::builder()
+            .redis_url(redis_url())
+            .mongodb(&client, &database)
+            .prefix(&prefix)
+            .build()
+            .unwrap();
+        let worker = WorkerProcess::start(&redis_url(), &mongodb_uri(), &database, &prefix);
+        let executor = Some(smache::executor::spawn(&smache));
+        World {
+            db: client.database(&database),
+            smache,
+            worker,
+            executor,
+        }
+    }
+
+    async fn insert_user(&self, name: &str) -> User {
+        let user = User {
+            id: ObjectId::new(),
+            name: name.into(),
+        };
+        self.db
+            .collection::<User>("users")
+            .insert_one(&user)
+            .await
+            .unwrap();
+        user
+    }
+
+    async fn rename(&self, user: &User, name: &str) {
+        self.db
+            .collection::<User>("users")
+            .update_one(doc! { "_id": user.id }, doc! { "$set": { "name": name } })
+            .await
+            .unwrap();
+    }
+
+    /// Waits until a call returns `expected` (each call is a cache hit
+    /// once the value is stored), or fails with the worker's log.
+    async fn eventually<F, Fut>(&self, what: &str, expected: &str, call: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = String>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            last = self.smache.scope(call()).await;
+            if last == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "{what}: expected {expected:?}, still {last:?}\n--- worker log ---\n{}",
+            self.worker.log()
+        );
+    }
+
+    /// Waits until the worker holds its lease and follows the stream, so
+    /// that changes made from now on are seen.
+    async fn watching(&self) {
+        let mut conn = smache_suite::redis_connection(&redis_url()).await;
+        let key = format!("{{{}}}:w:token", self.smache.prefix());
+        for _ in 0..400 {
+            let exists: bool = redis::AsyncCommands::exists(&mut conn, &key).await.unwrap();
+            if exists {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the worker never started watching\n{}", self.worker.log());
+    }
+
+    async fn stop(mut self) {
+        if let Some(executor) = self.executor.take() {
+            executor.shutdown().await.unwrap();
+        }
+        assert!(
+            self.worker.terminate(),
+            "the worker exits cleanly on SIGTERM\n{}",
+            self.worker.log()
+        );
+        let _ = self.db.drop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_refreshes_the_value_without_a_caller_computing_it() {
+    let world = World::new().await;
+    let ada = world.insert_user("Ada").await;
+    world.watching().await;
+    assert_eq!(world.smache.scope(profile(&ada)).await, "profile of Ada");
+    let computed_by_callers = calls(&format!("profile:{}", ada.id));
+
+    world.rename(&ada, "Augusta").await;
+    // The caller still holds the old struct: only a background recompute
+    // from the updated document can produce the new name.
+    world
+        .eventually("refresh", "profile of Augusta", || profile(&ada))
+        .await;
+    assert_eq!(
+        calls(&format!("profile:{}", ada.id)),
+        computed_by_callers + 1,
+        "exactly one recompute, by the executor"
+    );
+    let key = profile::key(&ada).unwrap();
+    assert!(world
+        .smache
+        .wait_fresh(&key, Duration::from_secs(5))
+        .await
+        .unwrap());
+    let entry = world.smache.entry(&key).await.unwrap().unwrap();
+    assert_eq!(entry.version(), 2);
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_values_refresh_after_the_values_they_call() {
+    let world = World::new().await;
+    let ada = world.insert_user("Ada").await;
+    world.watching().await;
+    assert_eq!(world.smache.scope(card(&ada)).await, "[profile of Ada]");
+
+    world.rename(&ada, "Augusta").await;
+    world
+        .eventually("nested refresh", "[profile of Augusta]", || card(&ada))
+        .await;
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_wide_source_refreshes_every_value() {
+    let world = World::new().await;
+    let settings = world.db.collection::<Setting>("settings");
+    settings
+        .insert_one(Setting {
+            id: "salutation".into(),
+            value: "Hello".into(),
+        })
+        .await
+        .unwrap();
+    world.watching().await;
+    assert_eq!(
+        world.smache.scope(greeting("Ada".into())).await,
+        "Hello, Ada"
+    );
+    assert_eq!(
+        world.smache.scope(greeting("Bob".into())).await,
+        "Hello, Bob"
+    );
+
+    settings
+        .update_one(
+            doc! { "_id": "salutation" },
+            doc! { "$set": { "value": "Howdy" } },
+        )
+        .await
+        .unwrap();
+    world
+        .eventually("source refresh", "Howdy, Ada", || greeting("Ada".into()))
+        .await;
+    world
+        .eventually("source refresh", "Howdy, Bob", || greeting("Bob".into()))
+        .await;
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_document_drops_its_values() {
+    let world = World::new().await;
+    let ada = world.insert_user("Ada").await;
+    world.watching().await;
+    world.smache.scope(card(&ada)).await;
+    let key = profile::key(&ada).unwrap();
+    assert!(world.smache.is_fresh(&key).await.unwrap());
+
+    world
+        .db
+        .collection::<User>("users")
+        .delete_one(doc! { "_id": ada.id })
+        .await
+        .unwrap();
+    let mut gone = false;
+    for _ in 0..400 {
+        let profile_gone = world.smache.entry(&key).await.unwrap().is_none();
+        let card_gone = world
+            .smache
+            .entry(&card::key(&ada).unwrap())
+            .await
+            .unwrap()
+            .is_none();
+        if profile_gone && card_gone {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        gone,
+        "values of a deleted document are removed\n{}",
+        world.worker.log()
+    );
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_updates_ends_with_the_last_one_and_few_recomputes() {
+    let world = World::new().await;
+    let ada = world.insert_user("v0").await;
+    world.watching().await;
+    world.smache.scope(profile(&ada)).await;
+    let before = calls(&format!("profile:{}", ada.id));
+
+    for i in 1..=100 {
+        world.rename(&ada, &format!("v{i}")).await;
+    }
+    world
+        .eventually("burst", "profile of v100", || profile(&ada))
+        .await;
+    assert!(world
+        .smache
+        .wait_fresh(&profile::key(&ada).unwrap(), Duration::from_secs(10))
+        .await
+        .unwrap());
+    let recomputes = calls(&format!("profile:{}", ada.id)) - before;
+    assert!(
+        recomputes < 50,
+        "duplicate jobs coalesce: {recomputes} recomputes for 100 updates"
+    );
+    eprintln!("burst of 100 updates: {recomputes} recomputes");
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mark_stale_values_are_recomputed_by_the_next_call() {
+    let world = World::new().await;
+    let ada = world.insert_user("Ada").await;
+    world.watching().await;
+    assert_eq!(world.smache.scope(lazy_profile(&ada)).await, "lazy Ada");
+    let key = lazy_profile::key(&ada).unwrap();
+
+    world.rename(&ada, "Augusta").await;
+    let mut stale = false;
+    for _ in 0..400 {
+        if world
+            .smache
+            .entry(&key)
+            .await
+            .unwrap()
+            .is_some_and(|e| e.is_stale())
+        {
+            stale = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(stale, "the value is marked stale\n{}", world.worker.log());
+    assert_eq!(
+        calls(&format!("lazy:{}", ada.id)),
+        1,
+        "no background recompute"
+    );
+
+    // The caller's own (updated) struct is used by the recompute.
+    let fresh = User {
+        name: "Augusta".into(),
+        ..ada.clone()
+    };
+    assert_eq!(
+        world.smache.scope(lazy_profile(&fresh)).await,
+        "lazy Augusta"
+    );
+    assert_eq!(calls(&format!("lazy:{}", ada.id)), 2);
+    assert!(world.smache.is_fresh(&key).await.unwrap());
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_while_the_worker_is_down_are_applied_after_restart() {
+    let mut world = World::new().await;
+    let ada = world.insert_user("Ada").await;
+    world.watching().await;
+    world.smache.scope(profile(&ada)).await;
+    world.rename(&ada, "Augusta").await;
+    world
+        .eventually("first refresh", "profile of Augusta", || profile(&ada))
+        .await;
+
+    world.worker.kill();
+    world.rename(&ada, "Ada again").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        world.smache.scope(profile(&ada)).await,
+        "profile of Augusta",
+        "no worker, no refresh yet"
+    );
+    world.worker.restart();
+    world
+        .eventually("resumed", "profile of Ada again", || profile(&ada))
+        .await;
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_worker_takes_over_when_the_watcher_dies() {
+    let mut world = World::new().await;
+    let database = world.db.name().to_owned();
+    let mut standby = WorkerProcess::start(
+        &redis_url(),
+        &mongodb_uri(),
+        &database,
+        world.smache.prefix(),
+    );
+    let ada = world.insert_user("Ada").await;
+    world.watching().await;
+    world.smache.scope(profile(&ada)).await;
+
+    // Kill whichever worker holds the lease.
+    let mut conn = smache_suite::redis_connection(&redis_url()).await;
+    let holder: String =
+        redis::AsyncCommands::get(&mut conn, format!("{{{}}}:w:lease", world.smache.prefix()))
+            .await
+            .unwrap();
+    let leader_pid = holder.split('-').next().unwrap().parse::<u32>().unwrap();
+    if world.worker.pid() == Some(leader_pid) {
+        world.worker.kill();
+    } else {
+        assert_eq!(standby.pid(), Some(leader_pid));
+        standby.kill();
+    }
+
+    world.rename(&ada, "Augusta").await;
+    world
+        .eventually("takeover", "profile of Augusta", || profile(&ada))
+        .await;
+    standby.kill();
+    world.worker.kill();
+    if let Some(executor) = world.executor.take() {
+        executor.shutdown().await.unwrap();
+    }
+}
