@@ -30,6 +30,15 @@ struct Setting {
     value: String,
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize, Entity)]
+#[entity(collection = "orders")]
+struct Order {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    user_id: ObjectId,
+    total: i64,
+}
+
 /// Calls per function and argument, to tell caller computes from executor ones.
 static CALLS: Mutex<Option<HashMap<String, usize>>> = Mutex::new(None);
 
@@ -79,6 +88,23 @@ async fn greeting(name: String) -> String {
         }
     }
     format!("{salutation}, {name}")
+}
+
+/// Depends on the user's orders through a relation: a changed order maps
+/// to its user.
+#[computed(User, relations(Order => |o: &Order| o.user_id))]
+async fn spent(user: &User) -> i64 {
+    let db = Smache::current().mongodb().cloned().expect("a database");
+    let mut orders = db
+        .collection::<Order>("orders")
+        .find(doc! { "user_id": user.id })
+        .await
+        .expect("find orders");
+    let mut total = 0;
+    while orders.advance().await.expect("cursor") {
+        total += orders.deserialize_current().expect("order").total;
+    }
+    total
 }
 
 #[computed(User, refresh = mark_stale)]
@@ -265,6 +291,37 @@ async fn a_collection_wide_source_refreshes_every_value() {
     world
         .eventually("source refresh", "Howdy, Bob", || greeting("Bob".into()))
         .await;
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn related_documents_refresh_the_values_they_map_to() {
+    let world = World::new().await;
+    let ada = world.insert_user("Ada").await;
+    let orders = world.db.collection::<Order>("orders");
+    let order = |total| Order {
+        id: ObjectId::new(),
+        user_id: ada.id,
+        total,
+    };
+    let first = order(10);
+    orders.insert_one(&first).await.unwrap();
+    world.watching().await;
+    let total = || async { spent(&ada).await.to_string() };
+    assert_eq!(world.smache.scope(total()).await, "10");
+
+    let second = order(5);
+    orders.insert_one(&second).await.unwrap();
+    world.eventually("related insert", "15", total).await;
+
+    orders
+        .update_one(doc! { "_id": first.id }, doc! { "$set": { "total": 20 } })
+        .await
+        .unwrap();
+    world.eventually("related update", "25", total).await;
+
+    orders.delete_one(doc! { "_id": second.id }).await.unwrap();
+    world.eventually("related delete", "20", total).await;
     world.stop().await;
 }
 

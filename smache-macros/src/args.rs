@@ -33,8 +33,26 @@ pub(crate) struct Args {
     pub(crate) krate: Option<Setting<Path>>,
     /// `sources(A, B)`: entity types whose whole collection the values depend on.
     pub(crate) sources: Option<Setting<Vec<Type>>>,
+    /// `relations(Order => |o: &Order| o.user_id)`.
+    pub(crate) relations: Option<Setting<Vec<Relation>>>,
     /// `refresh = mark_stale` (true) or `write_through` (false, the default).
     pub(crate) mark_stale: Option<Setting<bool>>,
+}
+
+/// `Source => mapper`: a changed `Source` document maps to the ids of the
+/// function's (first) entity argument whose values depend on it.
+pub(crate) struct Relation {
+    pub(crate) source: Type,
+    pub(crate) map: syn::Expr,
+}
+
+impl Parse for Relation {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let source: Type = input.parse()?;
+        input.parse::<Token![=>]>()?;
+        let map: syn::Expr = input.parse()?;
+        Ok(Relation { source, map })
+    }
 }
 
 /// The value of an option.
@@ -47,8 +65,18 @@ const OPTIONS: &str = "`ttl`, `ttl_secs`, `name`, `version`, `refresh`, `sources
 /// One comma-separated element of the attribute.
 enum Element {
     Kind(Kind),
-    Option { key: Ident, value: OptionValue },
-    Sources { key: Ident, types: Vec<Type> },
+    Option {
+        key: Ident,
+        value: OptionValue,
+    },
+    Sources {
+        key: Ident,
+        types: Vec<Type>,
+    },
+    Relations {
+        key: Ident,
+        relations: Vec<Relation>,
+    },
 }
 
 enum OptionValue {
@@ -97,6 +125,22 @@ impl Parse for Element {
                     types: types.into_iter().collect(),
                 });
             }
+            if key == "relations" {
+                input.parse::<Ident>()?;
+                let content;
+                syn::parenthesized!(content in input);
+                let relations = Punctuated::<Relation, Token![,]>::parse_terminated(&content)?;
+                if relations.is_empty() {
+                    return Err(syn::Error::new(
+                        key.span(),
+                        "`relations(...)` needs at least one `Source => |doc: &Source| id`",
+                    ));
+                }
+                return Ok(Element::Relations {
+                    key,
+                    relations: relations.into_iter().collect(),
+                });
+            }
         }
         if input.peek(Ident) && input.peek2(Token![=]) {
             let key: Ident = input.parse()?;
@@ -136,6 +180,9 @@ impl Args {
                 Element::Option { key, value } => errors.push(args.apply(&key, value)),
                 Element::Sources { key, types } => {
                     errors.push(set_once(&mut args.sources, "sources", &key, types));
+                }
+                Element::Relations { key, relations } => {
+                    errors.push(set_once(&mut args.relations, "relations", &key, relations));
                 }
             }
         }
@@ -318,6 +365,8 @@ mod tests {
         assert!(args.mark_stale.unwrap().value);
         assert!(Args::parse(quote!(Raw, refresh = sometimes)).is_err());
         assert!(Args::parse(quote!(Raw, sources())).is_err());
+        let args = Args::parse(quote!(User, relations(Order => |o: &Order| o.user_id))).unwrap();
+        assert_eq!(args.relations.unwrap().value.len(), 1);
     }
 
     #[test]

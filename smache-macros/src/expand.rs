@@ -81,7 +81,15 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
     } else {
         quote!(#krate::Refresh::WriteThrough)
     };
-    let recompute = recompute(checked, fn_ident, sig.asyncness.is_some(), &krate);
+    let relation_sources = args
+        .relations
+        .iter()
+        .flat_map(|r| &r.value)
+        .map(|relation| {
+            let source = &relation.source;
+            quote_spanned!(source.span()=> <#source as #krate::Entity>::COLLECTION)
+        });
+    let recompute = recompute(checked, args, fn_ident, sig.asyncness.is_some(), &krate);
 
     let idents: Vec<_> = checked.args.iter().map(|arg| arg.ident).collect();
     let tys: Vec<_> = checked.args.iter().map(|arg| arg.ty).collect();
@@ -154,6 +162,7 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
                 &[#(#kinds),*],
             )
             .__sources(&[#(#sources),*])
+            .__relations(&[#(#relation_sources),*])
             .__mode(#refresh);
 
             #[doc(hidden)]
@@ -196,6 +205,7 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
 /// from their JSON), then call the function, which stores the result.
 fn recompute(
     checked: &Checked<'_>,
+    args: &Args,
     fn_ident: &syn::Ident,
     is_async: bool,
     krate: &Path,
@@ -243,7 +253,38 @@ fn recompute(
     } else {
         quote!(#job.run_sync(|| #fn_ident(#(#pass),*)))
     };
+    let target = checked.args.iter().find_map(|arg| match arg.kind {
+        Kind::Entity(entity) => Some(entity),
+        Kind::Raw(_) => None,
+    });
+    let mut mappers = Vec::new();
+    let mut relations = Vec::new();
+    if let (Some(target), Some(declared)) = (target, &args.relations) {
+        for (index, relation) in declared.value.iter().enumerate() {
+            let mapper = format_ident!("__smache_relation{}", index, span = Span::mixed_site());
+            let source = &relation.source;
+            let map = &relation.map;
+            mappers.push(quote_spanned! {map.span()=>
+                fn #mapper(
+                    document: #private::bson::Document,
+                ) -> #krate::Result<::std::vec::Vec<#krate::EntityId>> {
+                    let source: #source = #private::decode_document(document)?;
+                    let map = #map;
+                    ::std::result::Result::Ok(#private::IntoEntityIds::into_entity_ids(map(&source)))
+                }
+            });
+            relations.push(quote! {
+                #private::Relation::new(
+                    <#source as #krate::Entity>::COLLECTION,
+                    <#target as #krate::Entity>::COLLECTION,
+                    #mapper,
+                )
+            });
+        }
+    }
     quote! {
+        #(#mappers)*
+
         #[allow(unused_mut, clippy::needless_borrow)]
         fn __recompute(#job: #private::Job) -> #private::LocalBoxFuture<#krate::Result<()>> {
             ::std::boxed::Box::pin(async move {
@@ -255,6 +296,7 @@ fn recompute(
 
         #private::inventory::submit! {
             #private::Registration::new(&#fn_ident::SPEC, __recompute)
+                .with_relations(&[#(#relations),*])
         }
     }
 }

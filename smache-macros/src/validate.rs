@@ -125,6 +125,16 @@ pub(crate) fn check<'a>(args: &'a Args, sig: &'a Signature) -> syn::Result<Check
         ));
     }
 
+    if let Some(relations) = &args.relations {
+        if !args.kinds.iter().any(|k| matches!(k, Kind::Entity(_))) {
+            let first = &relations.value[0];
+            errors.add(syn::Error::new(
+                first.source.span(),
+                "`relations(...)` map a document to the ids of the function's entity argument, and this function has none",
+            ));
+        }
+    }
+
     let ret = match &sig.output {
         ReturnType::Default => {
             errors.add(syn::Error::new(

@@ -7,6 +7,9 @@
 -- KEYS[1]  the resume token key, KEYS[2] the lease key
 -- ARGV[1]  base, ARGV[2] this worker's id, ARGV[3] resume token ("" to keep),
 -- ARGV[4..] changed tokens
+-- A changed document of a collection that some function declares in
+-- `relations(...)` also queues a relation job (fields `rel`, `doc`): an
+-- executor maps the document to the entities whose values depend on it.
 -- Returns the number of jobs queued, or -1 if this worker lost the lease.
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return -1
@@ -14,7 +17,13 @@ end
 local base = ARGV[1]
 local queued = 0
 for i = 4, #ARGV do
-  queued = queued + signal_dependents(base, ARGV[i])
+  local token = ARGV[i]
+  queued = queued + signal_dependents(base, token)
+  local coll, doc = string.match(token, '^e:([^:]+):(.+)$')
+  if coll and redis.call('EXISTS', base .. 'rel:' .. coll) == 1 then
+    redis.call('XADD', base .. 'jobs', '*', 'rel', coll, 'doc', doc)
+    queued = queued + 1
+  end
 end
 if ARGV[3] ~= '' then
   redis.call('SET', KEYS[1], ARGV[3])

@@ -6,7 +6,8 @@
 -- ARGV[1]  base, ARGV[2] value id, ARGV[3] envelope, ARGV[4] ttl ms (0 none),
 -- ARGV[5]  the change generation the computation started from,
 -- ARGV[6]  full arguments or "", ARGV[7] "1" for mark_stale functions else "0",
--- ARGV[8..] the complete dependency tokens
+-- ARGV[8]  n, the number of collections in the function's relations(...),
+-- ARGV[9 .. 8+n] those collections, ARGV[9+n ..] the complete dependency tokens
 -- Returns the new value version, or -1 when a newer value is stored.
 local vkey = KEYS[1]
 local base, id, data = ARGV[1], ARGV[2], ARGV[3]
@@ -29,8 +30,13 @@ if ttl > 0 then
 else
   redis.call('PERSIST', vkey)
 end
+local relations = num(ARGV[8])
+for i = 9, 8 + relations do
+  -- Which functions a change in this collection concerns (see change.lua).
+  redis.call('SADD', base .. 'rel:' .. ARGV[i], string.match(id, '^(.-#%d+):'))
+end
 drop_edges(base, id)
-add_edges(base, id, {unpack(ARGV, 8)})
+add_edges(base, id, {unpack(ARGV, 9 + relations)})
 -- Bytes 13.. are the payload (the header holds the computed-at time).
 if not old[2] or string.sub(old[2], 13) ~= string.sub(data, 13) then
   signal_dependents(base, 'v:' .. id)

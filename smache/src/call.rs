@@ -168,6 +168,7 @@ impl Call {
             ttl: self.ttl,
             started,
             refresh: self.spec.refresh(),
+            relations: self.spec.relations(),
             deps,
         }
     }

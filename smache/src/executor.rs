@@ -235,14 +235,26 @@ pub async fn run_until(
                 continue;
             }
         }
-        for (entry, id) in batch {
+        for (entry, task) in batch {
             let permit = Arc::clone(&permits)
                 .acquire_owned()
                 .await
                 .expect("never closed");
             let executor = executor.clone();
             running.spawn(async move {
-                executor.process(&entry, &id).await;
+                match task {
+                    Task::Value(id) => executor.process(&entry, &id).await,
+                    Task::Related { collection, doc } => {
+                        executor.relate(&entry, &collection, &doc).await;
+                    }
+                    Task::Malformed => {
+                        tracing::warn!(
+                            entry,
+                            "smache executor: a job with neither `id` nor `rel`; dropped"
+                        );
+                        executor.ack(&entry).await;
+                    }
+                }
                 drop(permit);
             });
         }
@@ -305,6 +317,31 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+/// What a stream entry asks for.
+#[derive(Debug)]
+enum Task {
+    /// Recompute the value with this id.
+    Value(String),
+    /// A document of a collection named in some `relations(...)` changed.
+    Related {
+        collection: String,
+        doc: String,
+    },
+    Malformed,
+}
+
+impl Task {
+    fn of(entry: &redis::streams::StreamId) -> Task {
+        if let Some(id) = entry.get::<String>("id") {
+            return Task::Value(id);
+        }
+        match (entry.get::<String>("rel"), entry.get::<String>("doc")) {
+            (Some(collection), Some(doc)) => Task::Related { collection, doc },
+            _ => Task::Malformed,
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Executor {
     smache: Smache,
@@ -361,7 +398,7 @@ impl Executor {
     async fn read(
         &self,
         conn: &mut redis::aio::MultiplexedConnection,
-    ) -> redis::RedisResult<Vec<(String, String)>> {
+    ) -> redis::RedisResult<Vec<(String, Task)>> {
         let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(GROUP)
@@ -379,21 +416,12 @@ impl Executor {
             .into_iter()
             .flat_map(|reply| reply.keys)
             .flat_map(|key| key.ids)
-            .filter_map(|entry| {
-                let id = entry.get::<String>("id");
-                if id.is_none() {
-                    tracing::warn!(
-                        entry = entry.id,
-                        "smache executor: a job without an `id` field; ignored"
-                    );
-                }
-                Some((entry.id, id?))
-            })
+            .map(|entry| (entry.id.clone(), Task::of(&entry)))
             .collect())
     }
 
     /// Jobs another executor took and did not finish.
-    async fn reclaim(&self, conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, String)> {
+    async fn reclaim(&self, conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, Task)> {
         let reply: redis::RedisResult<StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
             .arg(&self.stream)
             .arg(GROUP)
@@ -408,10 +436,7 @@ impl Executor {
             Ok(reply) => reply
                 .claimed
                 .into_iter()
-                .filter_map(|entry| {
-                    let id = entry.get::<String>("id")?;
-                    Some((entry.id, id))
-                })
+                .map(|entry| (entry.id.clone(), Task::of(&entry)))
                 .collect(),
             Err(err) => {
                 tracing::debug!(error = %err, "smache executor: XAUTOCLAIM failed");
@@ -527,6 +552,156 @@ impl Executor {
                 self.ack(entry).await;
             }
         }
+    }
+}
+
+impl Executor {
+    /// A related document changed: for each function with a relation on
+    /// its collection, map it to entity ids and refresh their values.
+    async fn relate(&self, entry: &str, collection: &str, doc: &str) {
+        let base = &self.smache.inner.base;
+        let Some(id) = parse_entity_id(doc) else {
+            tracing::warn!(
+                entry,
+                doc,
+                "smache executor: malformed relation job; dropped"
+            );
+            return self.ack(entry).await;
+        };
+        let heads: Vec<String> = match self.store.shared().await {
+            Ok(mut conn) => match redis::cmd("SMEMBERS")
+                .arg(format!("{base}rel:{collection}"))
+                .query_async(&mut conn)
+                .await
+            {
+                Ok(heads) => heads,
+                Err(err) => {
+                    tracing::warn!(error = %err, "smache executor: redis unavailable; job left for retry");
+                    return;
+                }
+            },
+            Err(err) => {
+                tracing::warn!(error = %err, "smache executor: redis unavailable; job left for retry");
+                return;
+            }
+        };
+        let Some(db) = self.smache.mongodb() else {
+            tracing::error!(
+                "smache executor: relation jobs need a MongoDB database (SmacheBuilder::mongodb)"
+            );
+            return;
+        };
+        let document = match db
+            .collection::<bson::Document>(collection)
+            .find_one(bson::doc! { "_id": id.to_bson() })
+            .await
+        {
+            Ok(document) => document,
+            Err(err) => {
+                tracing::warn!(error = %err, "smache executor: mongodb unavailable; job left for retry");
+                return;
+            }
+        };
+        let source = format!("{collection}:{doc}");
+        for head in &heads {
+            let Some(registration) = registry::find(head) else {
+                tracing::debug!(
+                    function = head,
+                    "smache executor: relation of a function this process does not have"
+                );
+                continue;
+            };
+            for relation in registration
+                .relations
+                .iter()
+                .filter(|r| r.source == collection)
+            {
+                let ids = match &document {
+                    Some(document) => match (relation.map)(document.clone()) {
+                        Ok(ids) => ids,
+                        Err(err) => {
+                            tracing::warn!(error = %err, function = head, "smache executor: a relation mapper failed; skipped");
+                            continue;
+                        }
+                    },
+                    None => Vec::new(),
+                };
+                let keys: Vec<String> = ids
+                    .iter()
+                    .map(|id| {
+                        let mut key = String::new();
+                        id.write_key(&mut key);
+                        key
+                    })
+                    .collect();
+                let related = self
+                    .store
+                    .relate(
+                        base,
+                        head,
+                        &source,
+                        relation.target,
+                        document.is_none(),
+                        &keys,
+                    )
+                    .await;
+                match related {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        tracing::warn!(function = head, source, "smache executor: a related document was deleted before smache saw it; refreshing all of the function's values");
+                        if let Err(err) = self.stale_function(head).await {
+                            tracing::warn!(error = %err, "smache executor: job left for retry");
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "smache executor: redis unavailable; job left for retry");
+                        return;
+                    }
+                }
+            }
+        }
+        self.ack(entry).await;
+    }
+
+    /// Marks every value of one function stale.
+    async fn stale_function(&self, head: &str) -> Result<()> {
+        let base = &self.smache.inner.base;
+        let prefix = format!("{base}d:");
+        let mut conn = self.store.shared().await?;
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}{}:*", crate::worker::glob_escape(head)))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            let ids: Vec<String> = keys
+                .iter()
+                .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
+                .collect();
+            if !ids.is_empty() {
+                self.store.mark_stale(base, &ids).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Parses a whole entity id key segment (`o:<hex>`, `i:<n>`, `s:"<json>"`).
+fn parse_entity_id(key: &str) -> Option<EntityId> {
+    let (kind, body) = (key.get(..2)?, key.get(2..)?);
+    match kind {
+        "o:" => ObjectId::parse_str(body).ok().map(EntityId::ObjectId),
+        "i:" => body.parse().ok().map(EntityId::Int),
+        "s:" => serde_json::from_str(body).ok().map(EntityId::String),
+        _ => None,
     }
 }
 

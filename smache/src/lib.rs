@@ -100,8 +100,49 @@ pub mod __private {
     pub use crate::call::{call_async, call_sync, Mode, OkOnly, Plain};
     pub use crate::executor::Job;
     pub use crate::key::KeyBuilder;
-    pub use crate::registry::{LocalBoxFuture, Registration};
-    pub use inventory;
+    pub use crate::registry::{LocalBoxFuture, Registration, Relation};
+    pub use {bson, inventory};
+
+    use crate::entity::{EntityId, IntoEntityId};
+
+    /// Reads a related document for a `relations(...)` mapper.
+    pub fn decode_document<T: serde::de::DeserializeOwned>(
+        document: bson::Document,
+    ) -> crate::Result<T> {
+        bson::from_document(document).map_err(|err| {
+            crate::Error::Job(format!("a related document does not deserialize: {err}"))
+        })
+    }
+
+    /// What a `relations(...)` mapper may return: one id, an optional id,
+    /// or several.
+    #[diagnostic::on_unimplemented(
+        message = "a `relations(...)` mapper must return an id, an `Option` of one, or a `Vec` of them; not `{Self}`"
+    )]
+    pub trait IntoEntityIds {
+        fn into_entity_ids(self) -> Vec<EntityId>;
+    }
+
+    macro_rules! into_entity_ids {
+        ($($t:ty),*) => {$(
+            impl IntoEntityIds for $t {
+                fn into_entity_ids(self) -> Vec<EntityId> {
+                    vec![self.to_entity_id()]
+                }
+            }
+            impl IntoEntityIds for Option<$t> {
+                fn into_entity_ids(self) -> Vec<EntityId> {
+                    self.iter().map(IntoEntityId::to_entity_id).collect()
+                }
+            }
+            impl IntoEntityIds for Vec<$t> {
+                fn into_entity_ids(self) -> Vec<EntityId> {
+                    self.iter().map(IntoEntityId::to_entity_id).collect()
+                }
+            }
+        )*};
+    }
+    into_entity_ids!(EntityId, bson::oid::ObjectId, String, &str, i32, i64, u32);
 
     use crate::entity::Entity;
     use std::rc::Rc;

@@ -11,6 +11,7 @@ use std::pin::Pin;
 
 use once_cell::sync::Lazy;
 
+use crate::entity::EntityId;
 use crate::error::Result;
 use crate::executor::Job;
 use crate::spec::FnSpec;
@@ -22,11 +23,36 @@ pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 /// Decodes a job's arguments and calls the function with them.
 pub type Recompute = fn(Job) -> LocalBoxFuture<Result<()>>;
 
+/// Maps a changed document of a related collection to entity ids.
+pub type MapRelated = fn(bson::Document) -> Result<Vec<EntityId>>;
+
+/// One `relations(Source => mapper)` of a function.
+#[derive(Debug)]
+pub struct Relation {
+    pub(crate) source: &'static str,
+    pub(crate) target: &'static str,
+    pub(crate) map: MapRelated,
+}
+
+impl Relation {
+    /// Used by the generated code.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn new(source: &'static str, target: &'static str, map: MapRelated) -> Self {
+        Relation {
+            source,
+            target,
+            map,
+        }
+    }
+}
+
 /// One registered `#[computed]` function.
 #[derive(Debug)]
 pub struct Registration {
     pub(crate) spec: &'static FnSpec,
     pub(crate) recompute: Recompute,
+    pub(crate) relations: &'static [Relation],
 }
 
 impl Registration {
@@ -34,7 +60,19 @@ impl Registration {
     #[doc(hidden)]
     #[must_use]
     pub const fn new(spec: &'static FnSpec, recompute: Recompute) -> Self {
-        Registration { spec, recompute }
+        Registration {
+            spec,
+            recompute,
+            relations: &[],
+        }
+    }
+
+    /// Used by the generated code.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn with_relations(mut self, relations: &'static [Relation]) -> Self {
+        self.relations = relations;
+        self
     }
 }
 

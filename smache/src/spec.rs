@@ -38,6 +38,7 @@ pub struct FnSpec {
     ttl_secs: u64,
     kinds: &'static [ArgKind],
     sources: &'static [&'static str],
+    relations: &'static [&'static str],
     mode: Refresh,
 }
 
@@ -69,6 +70,7 @@ impl FnSpec {
             ttl_secs,
             kinds,
             sources: &[],
+            relations: &[],
             mode: Refresh::WriteThrough,
         }
     }
@@ -79,6 +81,21 @@ impl FnSpec {
     pub const fn __sources(mut self, sources: &'static [&'static str]) -> Self {
         self.sources = sources;
         self
+    }
+
+    /// Used by the generated code: the collections of `relations(...)`.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn __relations(mut self, relations: &'static [&'static str]) -> Self {
+        self.relations = relations;
+        self
+    }
+
+    /// The collections named in `relations(...)`: a change to one of their
+    /// documents refreshes the values of the entities it maps to.
+    #[must_use]
+    pub fn relations(&self) -> &'static [&'static str] {
+        self.relations
     }
 
     /// Used by the generated code: the refresh mode.

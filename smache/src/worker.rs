@@ -455,7 +455,7 @@ fn decode_token(bytes: &[u8]) -> Option<ResumeToken> {
 }
 
 /// Escapes Redis glob characters in a literal.
-fn glob_escape(literal: &str) -> String {
+pub(crate) fn glob_escape(literal: &str) -> String {
     let mut out = String::with_capacity(literal.len());
     for c in literal.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {

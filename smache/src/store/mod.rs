@@ -62,6 +62,8 @@ pub(crate) struct Put<'a> {
     /// The change generation the computation started from.
     pub(crate) started: u64,
     pub(crate) refresh: Refresh,
+    /// The collections of the function's `relations(...)`.
+    pub(crate) relations: &'static [&'static str],
     /// Every dependency token of the value.
     pub(crate) deps: &'a [String],
 }

@@ -41,6 +41,7 @@ struct Scripts {
     change: Script,
     lease: Script,
     stale: Script,
+    relate: Script,
 }
 
 macro_rules! script {
@@ -62,6 +63,7 @@ impl Scripts {
             change: script!("change.lua"),
             lease: Script::new(include_str!("../../lua/lease.lua")),
             stale: script!("stale.lua"),
+            relate: script!("relate.lua"),
         }
     }
 }
@@ -215,6 +217,8 @@ impl RedisStore {
             .arg(put.started)
             .arg(put.slot.full_args)
             .arg(mark_stale)
+            .arg(put.relations.len())
+            .arg(put.relations)
             .arg(put.deps);
         let version: i64 = self
             .bounded("store", invocation.invoke_async(&mut conn))
@@ -292,6 +296,32 @@ impl RedisStore {
         invocation.arg(base).arg(ids);
         self.bounded("stale", invocation.invoke_async(&mut conn))
             .await
+    }
+
+    /// Refreshes the values of `head` that a related document maps to;
+    /// `None` for a deleted document whose mapping was never recorded.
+    pub(crate) async fn relate(
+        &self,
+        base: &str,
+        head: &str,
+        source: &str,
+        target: &str,
+        gone: bool,
+        ids: &[String],
+    ) -> Result<Option<u64>> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.relate.prepare_invoke();
+        invocation
+            .arg(base)
+            .arg(head)
+            .arg(source)
+            .arg(target)
+            .arg(if gone { "1" } else { "0" })
+            .arg(ids);
+        let queued: i64 = self
+            .bounded("relate", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(u64::try_from(queued).ok())
     }
 
     /// The shared connection, for the worker and executors.

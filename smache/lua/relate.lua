@@ -1,0 +1,35 @@
+-- An executor mapped a changed document of a related collection to the
+-- entities it concerns for one function: refresh that function's values
+-- of those entities, the ones it concerned before too (a moved order
+-- changes two users' totals), and remember the mapping, so that when the
+-- document is deleted its old targets are known.
+--
+-- ARGV[1]  base, ARGV[2] function head ("name#version"),
+-- ARGV[3]  the source document ("<collection>:<id key>"),
+-- ARGV[4]  the target collection, ARGV[5] "1" if the document is gone,
+-- ARGV[6..] the target id keys it maps to now
+-- Returns the number of jobs queued, or -1 for a deleted document whose
+-- mapping was never recorded.
+local base, head, source, target = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local gone = ARGV[5] == '1'
+local mkey = base .. 'm:' .. head .. '|' .. source
+local targets = {}
+for _, t in ipairs(redis.call('SMEMBERS', mkey)) do targets[t] = true end
+if gone and next(targets) == nil then
+  return -1
+end
+for i = 6, #ARGV do targets[ARGV[i]] = true end
+local queued = 0
+local mine = head .. ':'
+for t in pairs(targets) do
+  for _, id in ipairs(redis.call('SMEMBERS', base .. 'r:e:' .. target .. ':' .. t)) do
+    if string.sub(id, 1, #mine) == mine then
+      queued = queued + signal(base, id)
+    end
+  end
+end
+redis.call('DEL', mkey)
+if not gone and #ARGV >= 6 then
+  redis.call('SADD', mkey, unpack(ARGV, 6))
+end
+return queued
