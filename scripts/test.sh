@@ -1,119 +1,15 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against real servers, on a fresh Debian machine:
+# The README's test command: the whole suite against real servers.
 #
 #   ./scripts/test.sh [extra `cargo test` arguments]
 #
-# 1. installs redis-server (Debian package) if it is missing;
-# 2. makes a Python 3.13 venv with mongoeco for the Mongo test server
-#    (tests/mongo-test-server, test-only) unless SMACHE_TEST_MONGODB_URI
-#    already names a MongoDB (a real replica set, say);
-# 3. starts redis-server and the Mongo test server on free loopback ports;
-# 4. runs `cargo test --workspace` with their addresses in
-#    SMACHE_TEST_REDIS_URL / SMACHE_TEST_MONGODB_URI;
-# 5. stops the servers, whatever happened.
+# scripts/with-servers.sh installs and starts redis-server and the Mongo
+# test server on free loopback ports (or uses SMACHE_TEST_REDIS_URL /
+# SMACHE_TEST_MONGODB_URI if set), runs the tests, and stops them after.
 set -euo pipefail
-
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-state="$root/.test-servers"
-venv="$root/.venv-test"
-mkdir -p "$state"
-
-log() { printf '[test.sh] %s\n' "$*" >&2; }
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-ensure_redis() {
-  if command -v redis-server >/dev/null 2>&1; then return; fi
-  log "installing redis-server from Debian"
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
-}
-
-find_python313() {
-  local candidate
-  for candidate in "${SMACHE_TEST_PYTHON:-}" python3.13 \
-      "$HOME"/.pyenv/versions/3.13*/bin/python3.13 /usr/local/bin/python3.13 /usr/bin/python3.13; do
-    [ -n "$candidate" ] || continue
-    if "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' >/dev/null 2>&1; then
-      command -v "$candidate" 2>/dev/null || echo "$candidate"
-      return 0
-    fi
-  done
-  return 1
-}
-
-ensure_venv() {
-  local requirements="$root/tests/mongo-test-server/requirements.txt"
-  local stamp="$venv/.requirements"
-  if [ -x "$venv/bin/python" ] && cmp -s "$requirements" "$stamp"; then return; fi
-  local python
-  python=$(find_python313) || { log "Python 3.13 not found (set SMACHE_TEST_PYTHON)"; exit 1; }
-  log "making $venv with $python"
-  rm -rf "$venv"
-  "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements"
-  cp "$requirements" "$stamp"
-}
-
-free_port() {
-  "${venv}/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null \
-    || python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT INT TERM
-
-start_redis() {
-  local port
-  port=$(free_port)
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$state" >"$state/redis.log" 2>&1 &
-  pids+=("$!")
-  for _ in $(seq 1 100); do
-    if redis-cli -p "$port" ping >/dev/null 2>&1; then
-      export SMACHE_TEST_REDIS_URL="redis://127.0.0.1:$port/"
-      log "redis-server on $SMACHE_TEST_REDIS_URL"
-      return
-    fi
-    sleep 0.1
-  done
-  log "redis-server did not start:"; cat "$state/redis.log" >&2; exit 1
-}
-
-start_mongo() {
-  local out="$state/mongo.log"
-  "$venv/bin/python" -u "$root/tests/mongo-test-server/server.py" --host 127.0.0.1 --port 0 >"$out" 2>&1 &
-  pids+=("$!")
-  for _ in $(seq 1 300); do
-    local ready
-    ready=$(grep -m1 '^SMACHE-MONGO-TEST-SERVER READY ' "$out" 2>/dev/null || true)
-    if [ -n "$ready" ]; then
-      export SMACHE_TEST_MONGODB_URI="mongodb://${ready##* }/"
-      log "Mongo test server on $SMACHE_TEST_MONGODB_URI"
-      return
-    fi
-    sleep 0.1
-  done
-  log "the Mongo test server did not start:"; cat "$out" >&2; exit 1
-}
-
-ensure_redis
-export SMACHE_TEST_REDIS_SERVER
-SMACHE_TEST_REDIS_SERVER=$(command -v redis-server)
-if [ -z "${SMACHE_TEST_REDIS_URL:-}" ]; then start_redis; fi
-if [ -z "${SMACHE_TEST_MONGODB_URI:-}" ]; then
-  ensure_venv
-  start_mongo
-else
-  log "using the MongoDB at SMACHE_TEST_MONGODB_URI"
-fi
-
-cargo test --workspace "$@"
+# The end-to-end tests run the smache-worker binary: build it first.
+cargo build -q -p smache --bin smache-worker
+export SMACHE_TEST_WORKER_BIN="$root/target/debug/smache-worker"
+exec "$root/scripts/with-servers.sh" cargo test --workspace "$@"
