@@ -123,6 +123,7 @@ struct World {
 
 impl World {
     async fn new() -> World {
+        smache_suite::init_logs();
         let database = unique("refresh").replace('-', "_");
         let prefix = unique("r");
         let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
@@ -383,8 +384,10 @@ async fn a_burst_of_updates_ends_with_the_last_one_and_few_recomputes() {
         .await
         .unwrap());
     let recomputes = calls(&format!("profile:{}", ada.id)) - before;
+    // Recomputes of one value start at least 50 ms apart, so a burst costs
+    // about one recompute per 50 ms it lasts (about 10 here), not one per update.
     assert!(
-        recomputes < 50,
+        recomputes <= 25,
         "duplicate jobs coalesce: {recomputes} recomputes for 100 updates"
     );
     eprintln!("burst of 100 updates: {recomputes} recomputes");

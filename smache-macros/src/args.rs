@@ -60,7 +60,8 @@ pub(crate) struct Setting<T> {
     pub(crate) value: T,
 }
 
-const OPTIONS: &str = "`ttl`, `ttl_secs`, `name`, `version`, `refresh`, `sources(...)` or `crate`";
+const OPTIONS: &str =
+    "`ttl`, `ttl_secs`, `name`, `version`, `refresh`, `sources(...)`, `relations(...)` or `crate`";
 
 /// One comma-separated element of the attribute.
 enum Element {

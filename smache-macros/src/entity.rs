@@ -61,9 +61,13 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let krate = options.krate.unwrap_or_else(|| syn::parse_quote!(::smache));
     let ident = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
-    let member = field.ident.as_ref().expect("named field");
+    // Every token at the field's type, where an id type that is no
+    // `IntoEntityId` is reported.
+    let mut member = field.ident.clone().expect("named field");
+    member.set_span(field.ty.span());
+    let into_entity_id = crate::expand::respan(quote!(#krate::IntoEntityId), field.ty.span());
     let id = quote_spanned! {field.ty.span()=>
-        #krate::IntoEntityId::to_entity_id(&self.#member)
+        #into_entity_id::to_entity_id(&self.#member)
     };
     Ok(quote! {
         impl #impl_generics #krate::Entity for #ident #ty_generics #where_clause {
@@ -114,29 +118,22 @@ fn container_options(attrs: &[Attribute]) -> syn::Result<Options> {
 /// The field holding `_id`: marked `#[entity(id)]`, else named `_id`, else
 /// renamed to `_id` by serde, else named `id`.
 fn id_field(input: &DeriveInput) -> syn::Result<&Field> {
+    const NAMED_FIELDS: &str = "#[derive(Entity)] needs a struct with named fields";
     let fields = match &input.data {
         Data::Struct(data) => match &data.fields {
             Fields::Named(fields) => &fields.named,
-            _ => {
-                return Err(syn::Error::new(
-                    input.ident.span(),
-                    "#[derive(Entity)] needs a struct with named fields",
-                ))
-            }
+            Fields::Unnamed(fields) => return Err(syn::Error::new_spanned(fields, NAMED_FIELDS)),
+            Fields::Unit => return Err(syn::Error::new(input.ident.span(), NAMED_FIELDS)),
         },
-        _ => {
-            return Err(syn::Error::new(
-                input.ident.span(),
-                "#[derive(Entity)] needs a struct with named fields",
-            ))
-        }
+        Data::Enum(data) => return Err(syn::Error::new(data.enum_token.span, NAMED_FIELDS)),
+        Data::Union(data) => return Err(syn::Error::new(data.union_token.span, NAMED_FIELDS)),
     };
     let mut marked = Vec::new();
     for field in fields {
         for attr in field.attrs.iter().filter(|a| a.path().is_ident("entity")) {
             attr.parse_nested_meta(|meta| {
                 if meta.path.is_ident("id") {
-                    marked.push(field);
+                    marked.push((field, attr));
                     Ok(())
                 } else {
                     Err(meta.error("unknown field option; expected `id`"))
@@ -144,9 +141,9 @@ fn id_field(input: &DeriveInput) -> syn::Result<&Field> {
             })?;
         }
     }
-    if let Some(second) = marked.get(1) {
-        return Err(syn::Error::new(
-            second.span(),
+    if let Some((_, second)) = marked.get(1) {
+        return Err(syn::Error::new_spanned(
+            second,
             "only one field can be `#[entity(id)]`",
         ));
     }
@@ -157,7 +154,7 @@ fn id_field(input: &DeriveInput) -> syn::Result<&Field> {
     };
     marked
         .first()
-        .copied()
+        .map(|(field, _)| *field)
         .or_else(|| named("_id"))
         .or_else(|| fields.iter().find(|f| serde_renamed_to_id(f)))
         .or_else(|| named("id"))

@@ -17,11 +17,11 @@
 //! for `fn`) whose type is pinned to the declared return type, so `return`
 //! and `?` behave as they did.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
-use syn::{ItemFn, Path, Type};
+use syn::{Ident, ItemFn, Path, Type};
 
 use crate::args::{Args, Kind};
 use crate::fallback;
@@ -104,22 +104,29 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
         let ty = arg.ty;
         match arg.kind {
             Kind::Raw(_) => quote_spanned! {ty.span()=> .raw::<#ty>(#ident) },
-            Kind::Entity(entity) => quote_spanned! {ty.span()=>
-                .entity(<#ty as #private::EntityArg<#entity>>::entity_ref(#ident))
-            },
+            Kind::Entity(entity) => {
+                let entity_ref = quote_spanned! {ty.span()=>
+                    <#ty as #private::EntityArg<#entity>>::entity_ref(#ident)
+                };
+                quote_spanned! {entity.span()=> .entity::<#entity>(#entity_ref) }
+            }
         }
     });
 
+    // The call's `Mode<R>` bound (the return value must be `Serialize +
+    // DeserializeOwned`) is reported at the callee: give every token of it,
+    // the `::smache` path included, the return type's span.
+    let private_at_ret = respan(private.clone(), ret.span());
     let mode = if checked.returns_result {
-        quote_spanned!(ret.span()=> #private::OkOnly)
+        quote_spanned!(ret.span()=> #private_at_ret::OkOnly)
     } else {
-        quote_spanned!(ret.span()=> #private::Plain)
+        quote_spanned!(ret.span()=> #private_at_ret::Plain)
     };
     let key_var = format_ident!("__smache_key", span = Span::mixed_site());
     let ret_var = format_ident!("__smache_ret", span = Span::mixed_site());
     let body = if sig.asyncness.is_some() {
-        let call = quote_spanned!(ret.span()=> #private::call_async::<#mode, #ret>);
-        quote! {
+        let call = quote_spanned!(ret.span()=> #private_at_ret::call_async::<#mode, #ret>);
+        quote_spanned! {ret.span()=>
             #call(&#module::SPEC, #key_var, async move {
                 let #ret_var: #ret = #block;
                 #[allow(unreachable_code)]
@@ -128,8 +135,8 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
             .await
         }
     } else {
-        let call = quote_spanned!(ret.span()=> #private::call_sync::<#mode, #ret>);
-        quote! {
+        let call = quote_spanned!(ret.span()=> #private_at_ret::call_sync::<#mode, #ret>);
+        quote_spanned! {ret.span()=>
             #call(&#module::SPEC, #key_var, move || -> #ret #block)
         }
     };
@@ -142,12 +149,6 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
             let #key_var = #module::__key(#(&#idents),*);
             #body
         }
-
-        // Beside the function rather than in its module, so the function is
-        // in scope even when it is declared inside a block.
-        const _: () = {
-            #recompute
-        };
 
         #[doc = #module_doc]
         #[allow(dead_code, unused_imports, clippy::needless_lifetimes)]
@@ -197,6 +198,13 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
                 #krate::Smache::current().invalidate(&key).await
             }
         }
+
+        // Beside the function rather than in its module, so the function is
+        // in scope even when it is declared inside a block. After the module,
+        // so that type errors in the arguments are reported there first.
+        const _: () = {
+            #recompute
+        };
     }
 }
 
@@ -224,12 +232,22 @@ fn recompute(
         };
         match arg.kind {
             Kind::Entity(entity) => {
-                decode.push(quote_spanned! {ty.span()=>
-                    let mut #var: #entity = #reader.entity::<#entity>().await?;
+                // At the kind, like every other use of `#entity: Entity`, so
+                // that a kind that is no entity is reported there.
+                let reader = Ident::new(
+                    "__smache_args",
+                    Span::mixed_site().located_at(entity.span()),
+                );
+                decode.push(quote_spanned! {entity.span()=>
+                    let mut #var: #entity = (&mut #reader).entity::<#entity>().await?;
                 });
+                // At the argument's type, where a type that is no form of
+                // the entity is reported.
+                let var_at_ty =
+                    Ident::new(&var.to_string(), Span::mixed_site().located_at(ty.span()));
                 pass.push(match reference {
-                    Some(false) => quote!(&#var),
-                    Some(true) => quote!(&mut #var),
+                    Some(false) => quote_spanned!(ty.span()=> &#var_at_ty),
+                    Some(true) => quote_spanned!(ty.span()=> &mut #var_at_ty),
                     None => quote_spanned! {ty.span()=>
                         <#ty as #private::FromLoaded<#entity>>::from_loaded(#var)
                     },
@@ -325,6 +343,24 @@ fn owned_type(ty: &Type) -> TokenStream {
             quote!(#other)
         }
     }
+}
+
+/// `tokens` with every span set to `span`, so that errors about them point
+/// at the user's code rather than at the whole attribute.
+pub(crate) fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let TokenTree::Group(group) = &tree {
+                let mut inner = Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                tree = TokenTree::Group(inner);
+            } else {
+                tree.set_span(span);
+            }
+            tree
+        })
+        .collect()
 }
 
 struct StaticLifetimes;

@@ -1,10 +1,10 @@
 //! Checks a `#[computed]` function against its attribute. Every error points
 //! at the token that causes it; independent errors are reported together.
 
-use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::{
-    FnArg, GenericArgument, GenericParam, Ident, Pat, PathArguments, ReturnType, Signature, Type,
+    FnArg, GenericArgument, GenericParam, Ident, Pat, PatType, PathArguments, ReturnType,
+    Signature, Type, TypeImplTrait,
 };
 
 use crate::args::{Args, Errors, Kind};
@@ -40,8 +40,8 @@ pub(crate) fn check<'a>(args: &'a Args, sig: &'a Signature) -> syn::Result<Check
         ));
     }
     if let Some(abi) = &sig.abi {
-        errors.add(syn::Error::new(
-            abi.span(),
+        errors.add(syn::Error::new_spanned(
+            abi,
             "#[computed] cannot be used on an `extern fn`",
         ));
     }
@@ -53,8 +53,8 @@ pub(crate) fn check<'a>(args: &'a Args, sig: &'a Signature) -> syn::Result<Check
     }
     for param in &sig.generics.params {
         if !matches!(param, GenericParam::Lifetime(_)) {
-            errors.add(syn::Error::new(
-                param.span(),
+            errors.add(syn::Error::new_spanned(
+                param,
                 "#[computed] functions cannot be generic: the cache key must name every argument's type; write one function per type",
             ));
         }
@@ -68,12 +68,12 @@ pub(crate) fn check<'a>(args: &'a Args, sig: &'a Signature) -> syn::Result<Check
 
     let mut checked_args = Vec::new();
     let mut kinds = args.kinds.iter();
-    let mut missing_kind: Option<Span> = None;
+    let mut missing_kind: Option<&PatType> = None;
     for input in &sig.inputs {
         let typed = match input {
             FnArg::Receiver(receiver) => {
-                errors.add(syn::Error::new(
-                    receiver.self_token.span,
+                errors.add(syn::Error::new_spanned(
+                    receiver,
                     "#[computed] cannot be used on methods with a `self` receiver; write a free function that takes the value as an argument",
                 ));
                 continue;
@@ -82,21 +82,21 @@ pub(crate) fn check<'a>(args: &'a Args, sig: &'a Signature) -> syn::Result<Check
         };
         let kind = kinds.next();
         if kind.is_none() && missing_kind.is_none() {
-            missing_kind = Some(typed.span());
+            missing_kind = Some(typed);
         }
         let ident = match &*typed.pat {
             Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => &pat.ident,
             other => {
-                errors.add(syn::Error::new(
-                    other.span(),
+                errors.add(syn::Error::new_spanned(
+                    other,
                     "#[computed] arguments must be plain names (`user: &User`), not patterns",
                 ));
                 continue;
             }
         };
-        if let Some(span) = impl_trait(&typed.ty) {
-            errors.add(syn::Error::new(
-                span,
+        if let Some(impl_trait) = impl_trait(&typed.ty) {
+            errors.add(syn::Error::new_spanned(
+                impl_trait,
                 "#[computed] arguments cannot be `impl Trait`: the cache key must name every argument's type",
             ));
             continue;
@@ -110,19 +110,20 @@ pub(crate) fn check<'a>(args: &'a Args, sig: &'a Signature) -> syn::Result<Check
         }
     }
     let expected = sig.inputs.len();
-    if let Some(span) = missing_kind {
-        errors.add(syn::Error::new(
-            span,
+    if let Some(arg) = missing_kind {
+        errors.add(syn::Error::new_spanned(
+            arg,
             format!(
                 "this argument has no kind: #[computed] needs one kind per argument ({expected} here), like `#[computed(User, Raw)]`",
             ),
         ));
     }
     if let Some(extra) = kinds.next() {
-        errors.add(syn::Error::new(
-            extra.span(),
-            format!("too many kinds: the function has {expected} argument(s)"),
-        ));
+        let message = format!("too many kinds: the function has {expected} argument(s)");
+        errors.add(match extra {
+            Kind::Entity(ty) => syn::Error::new_spanned(ty, message),
+            Kind::Raw(_) => syn::Error::new(extra.span(), message),
+        });
     }
 
     if let Some(relations) = &args.relations {
@@ -144,9 +145,9 @@ pub(crate) fn check<'a>(args: &'a Args, sig: &'a Signature) -> syn::Result<Check
             None
         }
         ReturnType::Type(_, ty) => {
-            if let Some(span) = impl_trait(ty) {
-                errors.add(syn::Error::new(
-                    span,
+            if let Some(impl_trait) = impl_trait(ty) {
+                errors.add(syn::Error::new_spanned(
+                    impl_trait,
                     "#[computed] functions must return a concrete type, not `impl Trait`",
                 ));
             }
@@ -163,10 +164,10 @@ pub(crate) fn check<'a>(args: &'a Args, sig: &'a Signature) -> syn::Result<Check
     })
 }
 
-/// The span of an `impl Trait` anywhere in `ty`.
-fn impl_trait(ty: &Type) -> Option<Span> {
+/// An `impl Trait` anywhere in `ty`.
+fn impl_trait(ty: &Type) -> Option<&TypeImplTrait> {
     match ty {
-        Type::ImplTrait(it) => Some(it.span()),
+        Type::ImplTrait(it) => Some(it),
         Type::Reference(r) => impl_trait(&r.elem),
         Type::Paren(p) => impl_trait(&p.elem),
         Type::Group(g) => impl_trait(&g.elem),

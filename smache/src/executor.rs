@@ -33,13 +33,17 @@ use crate::entity::{Entity, EntityId};
 use crate::error::{Error, Result};
 use crate::instance::{Located, Smache};
 use crate::registry;
-use crate::store::{RedisStore, Store};
+use crate::store::{RedisStore, Start, Store, BLOCK_FOR};
 
 /// The consumer group all executors share.
 pub const GROUP: &str = "executors";
 /// A job left unacknowledged this long (its executor died, or it failed)
 /// is handed to another executor.
 pub const RECLAIM_AFTER: Duration = Duration::from_secs(30);
+
+/// Recomputes of one value start at least this far apart. A lone change is
+/// recomputed at once; the changes of a burst coalesce into a few jobs.
+pub const MIN_RECOMPUTE_INTERVAL: Duration = Duration::from_millis(50);
 
 /// One recompute job, handed to the generated code of the function it names.
 #[derive(Debug)]
@@ -406,7 +410,7 @@ impl Executor {
             .arg("COUNT")
             .arg(self.concurrency)
             .arg("BLOCK")
-            .arg(1000)
+            .arg(u64::try_from(BLOCK_FOR.as_millis()).unwrap_or(1000))
             .arg("STREAMS")
             .arg(&self.stream)
             .arg(">")
@@ -474,7 +478,7 @@ impl Executor {
             id: id.to_owned(),
             full_args: String::new(),
         };
-        let Some((head, id_args)) = id.split_once(':') else {
+        let Some((head, id_args)) = split_value_id(id) else {
             tracing::warn!(id, "smache executor: malformed job; dropped");
             return self.ack(entry).await;
         };
@@ -484,12 +488,15 @@ impl Executor {
             tracing::warn!(function = head, "smache executor: no such function in this process; leaving the job for another executor");
             return;
         };
-        let (started, full_args) = match self.store.start_job(&at.key).await {
-            Ok(Some(started)) => started,
-            Ok(None) => return self.ack(entry).await, // the value is gone
-            Err(err) => {
-                tracing::warn!(error = %err, id, "smache executor: redis unavailable; job left for retry");
-                return;
+        let (started, full_args) = loop {
+            match self.store.start_job(&at.key, MIN_RECOMPUTE_INTERVAL).await {
+                Ok(Start::Run { started, full_args }) => break (started, full_args),
+                Ok(Start::Wait(delay)) => tokio::time::sleep(delay).await,
+                Ok(Start::Gone) => return self.ack(entry).await,
+                Err(err) => {
+                    tracing::warn!(error = %err, id, "smache executor: redis unavailable; job left for retry");
+                    return;
+                }
             }
         };
         let target = Arc::new(Target {
@@ -694,6 +701,14 @@ impl Executor {
     }
 }
 
+/// Splits a value id `<name>#<version>:<args>` into `<name>#<version>` and
+/// the arguments. Names never contain `#`; they may contain `:`.
+fn split_value_id(id: &str) -> Option<(&str, &str)> {
+    let hash = id.find('#')?;
+    let colon = hash + id[hash..].find(':')?;
+    Some((&id[..colon], &id[colon + 1..]))
+}
+
 /// Parses a whole entity id key segment (`o:<hex>`, `i:<n>`, `s:"<json>"`).
 fn parse_entity_id(key: &str) -> Option<EntityId> {
     let (kind, body) = (key.get(..2)?, key.get(2..)?);
@@ -702,6 +717,36 @@ fn parse_entity_id(key: &str) -> Option<EntityId> {
         "i:" => body.parse().ok().map(EntityId::Int),
         "s:" => serde_json::from_str(body).ok().map(EntityId::String),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_ids_split_after_the_version() {
+        assert_eq!(
+            split_value_id(r#"app::users::card#2:o:65f000000000000000000001:"en""#),
+            Some(("app::users::card#2", r#"o:65f000000000000000000001:"en""#))
+        );
+        assert_eq!(split_value_id("f#1:"), Some(("f#1", "")));
+        assert_eq!(split_value_id("no-version"), None);
+    }
+
+    #[test]
+    fn entity_id_keys_parse() {
+        let oid = ObjectId::new();
+        for id in [
+            EntityId::ObjectId(oid),
+            EntityId::Int(-4),
+            EntityId::String("a:\"b".into()),
+        ] {
+            let mut key = String::new();
+            id.write_key(&mut key);
+            assert_eq!(parse_entity_id(&key), Some(id));
+        }
+        assert_eq!(parse_entity_id("x:1"), None);
     }
 }
 

@@ -47,7 +47,9 @@
 //!
 //! * an [`Entity`] type (`User`): the argument is that entity (by value or
 //!   through `&`, `Box`, `Arc`) and is keyed by its id;
-//! * `Raw`: the argument is any `Serialize` value, keyed by its JSON form.
+//! * `Raw`: the argument is any `Serialize + DeserializeOwned` value (or a
+//!   reference to one, `&str` and `&[T]` included), keyed by its JSON form;
+//!   executors decode it back to recompute the value.
 //!
 //! Options:
 //!
@@ -176,6 +178,10 @@ pub mod __private {
     }
 
     /// Builds an entity argument from a document an executor loaded.
+    #[diagnostic::on_unimplemented(
+        message = "this argument is declared as the entity `{E}`, but its type is `{Self}`",
+        label = "expected `{E}`, `&{E}`, `Box<{E}>` or `Arc<{E}>`"
+    )]
     pub trait FromLoaded<E> {
         fn from_loaded(entity: E) -> Self;
     }

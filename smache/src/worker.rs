@@ -202,16 +202,18 @@ impl Worker<'_> {
             }
             Err(err) => return Err(err.into()),
         };
+        // Save where the stream starts at once: should this worker die
+        // before the first event, its successor resumes from here rather
+        // than from its own later start.
+        let mut saved = stream.resume_token();
+        if self.record(saved.as_ref(), &[]).await?.is_none() {
+            return Ok(Ended::LeaseLost);
+        }
         if std::mem::take(&mut self.history_lost) {
-            // The new stream starts now: save its position, then mark
-            // everything stale, so no change from here on is missed.
-            let token = stream.resume_token();
-            if self.record(token.as_ref(), &[]).await?.is_none() {
-                return Ok(Ended::LeaseLost);
-            }
+            // The new stream starts now and its position is saved: mark
+            // everything stale, so no change in the lost gap stays unseen.
             self.mark_everything_stale().await?;
         }
-        let mut saved = stream.resume_token();
         let mut renewed = Instant::now();
         loop {
             if futures::FutureExt::now_or_never(shutdown.clone()).is_some() {

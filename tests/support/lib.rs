@@ -273,3 +273,13 @@ impl Drop for WorkerProcess {
         self.kill();
     }
 }
+
+/// Sends the test's own logs to the test output, filtered by `SMACHE_TEST_LOG`
+/// (default `smache=warn`); shown for failing tests.
+pub fn init_logs() {
+    let filter = std::env::var("SMACHE_TEST_LOG").unwrap_or_else(|_| "smache=warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}

@@ -11,7 +11,7 @@ mod redis;
 use std::time::Duration;
 
 pub(crate) use self::memory::MemoryStore;
-pub(crate) use self::redis::RedisStore;
+pub(crate) use self::redis::{RedisStore, Start, BLOCK_FOR};
 use crate::error::Result;
 use crate::spec::Refresh;
 

@@ -236,14 +236,26 @@ impl RedisStore {
         Ok(existed > 0)
     }
 
-    /// An executor takes a job: `None` if the value is gone, else the
-    /// generation to compute from and the full arguments ("" if the id has them).
-    pub(crate) async fn start_job(&self, key: &str) -> Result<Option<(u64, String)>> {
+    /// An executor takes a job: `Gone` if the value is gone, `Wait` if its
+    /// last recompute started less than `interval` ago, else the generation
+    /// to compute from and the full arguments ("" if the id has them).
+    pub(crate) async fn start_job(&self, key: &str, interval: Duration) -> Result<Start> {
         let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.start.key(key);
+        invocation.arg(u64::try_from(interval.as_millis()).unwrap_or(u64::MAX));
         let reply: Option<(String, String)> = self
-            .bounded("start", self.scripts.start.key(key).invoke_async(&mut conn))
+            .bounded("start", invocation.invoke_async(&mut conn))
             .await?;
-        Ok(reply.map(|(generation, args)| (generation.parse().unwrap_or(0), args)))
+        Ok(match reply {
+            None => Start::Gone,
+            Some((first, wait)) if first == "wait" => {
+                Start::Wait(Duration::from_millis(wait.parse().unwrap_or(1)))
+            }
+            Some((generation, args)) => Start::Run {
+                started: generation.parse().unwrap_or(0),
+                full_args: args,
+            },
+        })
     }
 
     /// The worker saw changes to `tokens`; queues the jobs and saves
@@ -336,7 +348,11 @@ impl RedisStore {
         let Some(client) = &self.client else {
             return Ok(None);
         };
-        let connect = client.get_multiplexed_async_connection();
+        // Blocking reads wait up to `BLOCK_FOR` for a reply: allow for it.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(BLOCK_FOR + self.timeout));
+        let connect = client.get_multiplexed_async_connection_with_config(&config);
         match tokio::time::timeout(self.timeout, connect).await {
             Ok(Ok(conn)) => Ok(Some(conn)),
             Ok(Err(err)) => Err(Error::Redis(err)),
@@ -347,6 +363,20 @@ impl RedisStore {
         }
     }
 }
+
+/// The answer to an executor starting a job.
+#[derive(Debug)]
+pub(crate) enum Start {
+    /// The value no longer exists.
+    Gone,
+    /// Recomputed too recently: try again after this long.
+    Wait(Duration),
+    /// Go: compute from this change generation.
+    Run { started: u64, full_args: String },
+}
+
+/// How long a blocking read (`XREADGROUP BLOCK`) waits for jobs.
+pub(crate) const BLOCK_FOR: Duration = Duration::from_secs(1);
 
 /// How long a key that holds no value yet keeps the edges of a computation
 /// in progress, should the caller die.

@@ -1,0 +1,6 @@
+#[derive(smache::Entity)]
+struct User {
+    id: String,
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[derive(smache::Entity)]
+#[entity(collection = "users")]
+struct User {
+    name: String,
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[smache::computed(Raw)]
+fn describe(value: impl serde::Serialize) -> String {
+    let _ = value;
+    String::new()
+}
+
+fn main() {}

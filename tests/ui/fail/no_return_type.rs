@@ -1,0 +1,6 @@
+#[smache::computed(Raw)]
+fn log(x: u32) {
+    println!("{x}");
+}
+
+fn main() {}
