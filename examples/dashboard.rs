@@ -41,7 +41,10 @@ struct Dashboard {
 /// Refreshed when the user changes, and when any of their orders does.
 #[computed(User, relations(Order => |o: &Order| o.user_id))]
 async fn dashboard(user: &User) -> Dashboard {
-    let db = Smache::current().mongodb().cloned().expect("configured with MongoDB");
+    let db = Smache::current()
+        .mongodb()
+        .cloned()
+        .expect("configured with MongoDB");
     let mut cursor = db
         .collection::<Order>("orders")
         .find(doc! { "user_id": user.id })
@@ -62,10 +65,13 @@ async fn dashboard(user: &User) -> Dashboard {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_env_filter("smache=warn").init();
-    let (Ok(redis_url), Ok(mongodb_uri)) =
-        (std::env::var("SMACHE_REDIS_URL"), std::env::var("SMACHE_MONGODB_URI"))
-    else {
+    tracing_subscriber::fmt()
+        .with_env_filter("smache=warn")
+        .init();
+    let (Ok(redis_url), Ok(mongodb_uri)) = (
+        std::env::var("SMACHE_REDIS_URL"),
+        std::env::var("SMACHE_MONGODB_URI"),
+    ) else {
         eprintln!("set SMACHE_REDIS_URL and SMACHE_MONGODB_URI, or run:\n  ./scripts/with-servers.sh cargo run --example dashboard");
         std::process::exit(2);
     };

@@ -15,7 +15,12 @@ async fn echo(x: String) -> String {
 #[tokio::test]
 async fn configuration_sources() {
     // 1. Nothing set: the embedded store.
-    for var in ["SMACHE_REDIS_URL", "SMACHE_MONGODB_URI", "SMACHE_PREFIX", "SMACHE_MONGODB_DATABASE"] {
+    for var in [
+        "SMACHE_REDIS_URL",
+        "SMACHE_MONGODB_URI",
+        "SMACHE_PREFIX",
+        "SMACHE_MONGODB_DATABASE",
+    ] {
         std::env::remove_var(var);
     }
     let smache = Smache::from_env().unwrap();
@@ -33,7 +38,10 @@ async fn configuration_sources() {
     assert_eq!(smache.prefix(), prefix);
     assert_eq!(smache.mongodb().unwrap().name(), "smache_env_test");
     assert_eq!(smache.scope(echo("env".into())).await, "env");
-    assert!(smache.is_fresh(&echo::key("env".into()).unwrap()).await.unwrap());
+    assert!(smache
+        .is_fresh(&echo::key("env".into()).unwrap())
+        .await
+        .unwrap());
 
     // 3. The process-wide default is built from the environment on first use,
     //    and cannot be replaced afterwards.
@@ -44,7 +52,10 @@ async fn configuration_sources() {
         .await
         .unwrap());
     let late = Smache::builder().prefix("late").build().unwrap();
-    assert!(matches!(late.install(), Err(smache::Error::AlreadyInstalled)));
+    assert!(matches!(
+        late.install(),
+        Err(smache::Error::AlreadyInstalled)
+    ));
 
     // 4. A bad URL in the environment is a configuration error.
     std::env::set_var("SMACHE_REDIS_URL", "http://nope");
@@ -59,5 +70,8 @@ async fn configuration_sources() {
         .build()
         .unwrap();
     assert_eq!(smache.scope(echo("cm".into())).await, "cm");
-    assert!(smache.is_fresh(&echo::key("cm".into()).unwrap()).await.unwrap());
+    assert!(smache
+        .is_fresh(&echo::key("cm".into()).unwrap())
+        .await
+        .unwrap());
 }

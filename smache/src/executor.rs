@@ -720,6 +720,11 @@ fn parse_entity_id(key: &str) -> Option<EntityId> {
     }
 }
 
+fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+    format!("{host}-{}-{}", std::process::id(), ObjectId::new().to_hex())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,9 +753,4 @@ mod tests {
         }
         assert_eq!(parse_entity_id("x:1"), None);
     }
-}
-
-fn consumer_name() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
-    format!("{host}-{}-{}", std::process::id(), ObjectId::new().to_hex())
 }
