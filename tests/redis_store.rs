@@ -152,31 +152,59 @@ async fn entities_are_keyed_by_id_and_raw_args_by_value() {
 }
 
 #[tokio::test]
-async fn values_expire_after_their_ttl() {
+async fn past_its_ttl_a_value_is_served_once_more_and_refreshed() {
     let tag = unique("ttl");
-    let smache = instance(&unique("p"));
+    let smache = Smache::builder()
+        .redis_url(redis_url())
+        .prefix(unique("p"))
+        .max_stale(Duration::from_millis(500))
+        .build()
+        .unwrap();
     assert_eq!(smache.scope(short_lived(&tag, 1)).await, 2);
-
-    let key = smache.storage_key(&short_lived::key(&tag, 1).unwrap());
+    let key = short_lived::key(&tag, 1).unwrap();
+    let storage = smache.storage_key(&key);
     let mut conn = redis_connection(&redis_url()).await;
-    let pttl: i64 = conn.pttl(&key).await.unwrap();
-    assert!(pttl > 0 && pttl <= 1000, "pttl {pttl}");
+    // The key itself lives twice the time-to-live.
+    let pttl: i64 = conn.pttl(&storage).await.unwrap();
+    assert!(pttl > 1000 && pttl <= 2000, "pttl {pttl}");
 
-    // Redis removes the key once its TTL has passed.
-    let expired = eventually(Duration::from_secs(5), || {
-        let smache = smache.clone();
-        let tag = tag.clone();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(!smache.is_fresh(&key).await.unwrap(), "past its ttl");
+    // Served once more, and a refresh is queued for the executors.
+    assert_eq!(smache.scope(short_lived(&tag, 1)).await, 2);
+    assert_eq!(calls(&tag), 1);
+    let jobs = format!("{{{}}}:jobs", smache.prefix());
+    let queued = eventually(Duration::from_secs(5), || {
+        let jobs = jobs.clone();
         async move {
-            !smache
-                .is_fresh(&short_lived::key(&tag, 1).unwrap())
-                .await
-                .unwrap()
+            let mut conn = redis_connection(&redis_url()).await;
+            conn.xlen::<_, u64>(&jobs).await.unwrap() == 1
         }
     })
     .await;
-    assert!(expired, "the value outlived its ttl");
+    assert!(queued, "one refresh job");
+    // No executor runs here: past max_stale the caller computes itself.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(smache.scope(short_lived(&tag, 1)).await, 2);
-    assert_eq!(calls(&tag), 2, "an expired value is computed again");
+    assert_eq!(calls(&tag), 2);
+    assert!(smache.is_fresh(&key).await.unwrap());
+}
+
+#[tokio::test]
+async fn redis_drops_values_nobody_reads() {
+    let tag = unique("ttl-gone");
+    let smache = instance(&unique("p"));
+    smache.scope(short_lived(&tag, 3)).await;
+    let key = short_lived::key(&tag, 3).unwrap();
+    let gone = eventually(Duration::from_secs(5), || {
+        let smache = smache.clone();
+        let key = key.clone();
+        async move { smache.entry(&key).await.unwrap().is_none() }
+    })
+    .await;
+    assert!(gone, "the key expires after twice its ttl");
+    smache.scope(short_lived(&tag, 3)).await;
+    assert_eq!(calls(&tag), 2);
 }
 
 #[tokio::test]
@@ -200,12 +228,13 @@ async fn the_instance_default_ttl_applies_to_functions_without_one() {
         .pttl(smache.storage_key(&short_lived::key(&tag, 5).unwrap()))
         .await
         .unwrap();
+    // Keys live twice their time-to-live (see `past_its_ttl_…`).
     assert!(
-        default > 1_000 && default <= 30_000,
+        default > 30_000 && default <= 60_000,
         "default ttl {default}"
     );
     assert!(
-        own > 0 && own <= 1_000,
+        own > 1_000 && own <= 2_000,
         "the function's own ttl wins: {own}"
     );
 

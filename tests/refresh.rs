@@ -107,6 +107,12 @@ async fn spent(user: &User) -> i64 {
     total
 }
 
+#[computed(User, ttl_secs = 1)]
+async fn short_profile(user: &User) -> String {
+    bump(format!("short:{}", user.id));
+    format!("short {}", user.name)
+}
+
 #[computed(User, refresh = mark_stale)]
 async fn lazy_profile(user: &User) -> String {
     bump(format!("lazy:{}", user.id));
@@ -501,4 +507,33 @@ async fn a_standby_worker_takes_over_when_the_watcher_dies() {
     if let Some(executor) = world.executor.take() {
         executor.shutdown().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_ttl_a_value_is_refreshed_in_the_background() {
+    let world = World::new().await;
+    let ada = world.insert_user("Ada").await;
+    world.smache.scope(short_profile(&ada)).await;
+    let key = short_profile::key(&ada).unwrap();
+    let first = world.smache.entry(&key).await.unwrap().unwrap();
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Served once more at once; an executor recomputes it.
+    assert_eq!(world.smache.scope(short_profile(&ada)).await, "short Ada");
+    let mut refreshed = false;
+    for _ in 0..400 {
+        let entry = world.smache.entry(&key).await.unwrap();
+        if entry.is_some_and(|e| e.version() > first.version() && !e.is_stale()) {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refreshed, "the executor refreshed the expired value");
+    assert_eq!(
+        calls(&format!("short:{}", ada.id)),
+        2,
+        "one call, one background refresh"
+    );
+    world.stop().await;
 }

@@ -6,7 +6,8 @@
 --                      a full arguments (only when the id holds their hash),
 --                      m "1" when the function is `mark_stale` (no background job),
 --                      t when it went stale, s when its last recompute started
---                      (ms, Redis clock)
+--                      (ms, Redis clock), e when its time-to-live ends (ms,
+--                      the writer's clock)
 --   base.."d:"..id     set: the dependency tokens of value `id` (forward edges)
 --   base.."r:"..token  set: the value ids that depend on `token` (reverse edges)
 --   base.."collections" set: the collections that some value depends on

@@ -3,7 +3,10 @@
 -- this one, if its payload changed.
 --
 -- KEYS[1]  the value key
--- ARGV[1]  base, ARGV[2] value id, ARGV[3] envelope, ARGV[4] ttl ms (0 none),
+-- ARGV[1]  base, ARGV[2] value id, ARGV[3] envelope,
+-- ARGV[4]  the time-to-live "<ms> <expires at, Unix ms>" or "0" for none: past
+--          it the value is served once more while it is refreshed, and the
+--          key itself expires after twice the time-to-live,
 -- ARGV[5]  the change generation the computation started from,
 -- ARGV[6]  full arguments or "", ARGV[7] "1" for mark_stale functions else "0",
 -- ARGV[8]  n, the number of collections in the function's relations(...),
@@ -24,10 +27,12 @@ local version = num(old[1]) + 1
 redis.call('HSET', vkey, 'v', version, 'd', data, 'w', started, 'm', ARGV[7])
 if redis.call('HEXISTS', vkey, 'g') == 0 then redis.call('HSET', vkey, 'g', started) end
 if ARGV[6] ~= '' then redis.call('HSET', vkey, 'a', ARGV[6]) end
-local ttl = num(ARGV[4])
-if ttl > 0 then
-  redis.call('PEXPIRE', vkey, ttl)
+local ttl, expires = string.match(ARGV[4], '^(%d+) (%d+)$')
+if ttl and num(ttl) > 0 then
+  redis.call('HSET', vkey, 'e', expires)
+  redis.call('PEXPIRE', vkey, 2 * num(ttl))
 else
+  redis.call('HDEL', vkey, 'e')
   redis.call('PERSIST', vkey)
 end
 local relations = num(ARGV[8])

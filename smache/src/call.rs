@@ -149,16 +149,51 @@ impl Call {
             .flatten()
     }
 
-    /// A usable stored value, if any. `Err` means the store is unreachable.
-    fn usable<V: DeserializeOwned>(&self, fetched: Option<crate::instance::Fetched>) -> Option<V> {
+    /// A usable stored value, if any. A `write_through` value that is stale
+    /// is served while an executor refreshes it (for at most `max_stale`),
+    /// and one past its time-to-live is served once more and a refresh
+    /// queued; `mark_stale` values are recomputed by the caller instead.
+    fn usable<V: DeserializeOwned>(
+        self: &Arc<Self>,
+        fetched: Option<crate::instance::Fetched>,
+    ) -> Option<V> {
         let fetched = fetched?;
-        if fetched.stale
-            && (self.spec.refresh() == Refresh::MarkStale
-                || fetched.stale_for > self.inner.max_stale)
-        {
+        let write_through = self.spec.refresh() == Refresh::WriteThrough;
+        if fetched.stale && (!write_through || fetched.stale_for > self.inner.max_stale) {
             return None;
         }
+        if fetched.expired {
+            if !write_through {
+                return None;
+            }
+            if !fetched.stale {
+                self.refresh_in_background();
+            }
+        }
         Inner::decode(&self.at.key, &fetched.data)
+    }
+
+    /// Queues a refresh without making the caller wait for it.
+    fn refresh_in_background(self: &Arc<Self>) {
+        let call = Arc::clone(self);
+        let refresh = async move {
+            if let Err(err) = call
+                .inner
+                .store
+                .refresh(call.at.slot(&call.inner.base))
+                .await
+            {
+                tracing::debug!(key = %call.at.key, error = %err, "smache: could not queue the refresh of an expired value");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(refresh);
+            }
+            Err(_) => {
+                let _ = runtime::block_on(refresh);
+            }
+        }
     }
 
     fn put_request<'a>(&'a self, data: Vec<u8>, started: u64, deps: &'a [String]) -> Put<'a> {

@@ -333,10 +333,11 @@ impl Smache {
                 version,
                 data,
                 stale_since_ms,
+                expired,
             } => envelope::decode(&data).ok().map(|env| EntryInfo {
                 version,
                 computed_at_ms: env.computed_at_ms,
-                stale: stale_since_ms.is_some(),
+                stale: stale_since_ms.is_some() || expired,
             }),
             Lookup::Miss | Lookup::Foreign(_) => None,
         })
@@ -367,7 +368,8 @@ impl EntryInfo {
     }
 
     /// Whether a document the value depends on changed after it was
-    /// computed (a recompute is pending, or the next call recomputes).
+    /// computed, or its time-to-live has passed (a recompute is pending, or
+    /// the next call recomputes).
     #[must_use]
     pub fn is_stale(&self) -> bool {
         self.stale
@@ -397,6 +399,8 @@ impl Located {
 #[derive(Debug)]
 pub(crate) struct Fetched {
     pub(crate) data: Vec<u8>,
+    /// Past its time-to-live: serve it once more and refresh it.
+    pub(crate) expired: bool,
     pub(crate) stale: bool,
     /// How long it has been stale.
     pub(crate) stale_for: Duration,
@@ -410,11 +414,13 @@ impl Inner {
             Ok(Lookup::Hit {
                 data,
                 stale_since_ms,
+                expired,
                 ..
             }) => {
                 self.health.ok();
                 Ok(Some(Fetched {
                     data,
+                    expired,
                     stale: stale_since_ms.is_some(),
                     stale_for: Duration::from_millis(
                         stale_since_ms.map_or(0, |since| envelope::now_ms().saturating_sub(since)),

@@ -65,6 +65,7 @@ impl MemoryStore {
                 version: entry.version,
                 data: entry.data.to_vec(),
                 stale_since_ms: None,
+                expired: false,
             },
             None => Lookup::Miss,
         }

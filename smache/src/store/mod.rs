@@ -27,6 +27,9 @@ pub(crate) enum Lookup {
         data: Vec<u8>,
         /// When it went stale (Unix ms, the store's clock), if it is stale.
         stale_since_ms: Option<u64>,
+        /// Whether it is past its time-to-live (Redis only: the embedded
+        /// store drops such values).
+        expired: bool,
     },
     /// Something is stored that is not a smache entry.
     Foreign(String),
@@ -106,6 +109,14 @@ impl Store {
         match self {
             Store::Memory(store) => Ok(Some(store.set(put.slot.key, put.data, put.ttl))),
             Store::Redis(store) => store.put(put).await,
+        }
+    }
+
+    /// Queues a background refresh of a value past its time-to-live.
+    pub(crate) async fn refresh(&self, slot: Slot<'_>) -> Result<()> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(store) => store.refresh(slot.base, slot.id).await,
         }
     }
 

@@ -42,6 +42,7 @@ struct Scripts {
     lease: Script,
     stale: Script,
     relate: Script,
+    refresh: Script,
 }
 
 macro_rules! script {
@@ -64,6 +65,7 @@ impl Scripts {
             lease: Script::new(include_str!("../../lua/lease.lua")),
             stale: script!("stale.lua"),
             relate: script!("relate.lua"),
+            refresh: script!("refresh.lua"),
         }
     }
 }
@@ -156,8 +158,14 @@ impl RedisStore {
     pub(crate) async fn get(&self, key: &str) -> Result<Lookup> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(key).arg("v").arg("d").arg("g").arg("w").arg("t");
-        let query = cmd.query_async::<[Option<Vec<u8>>; 5]>(&mut conn);
+        cmd.arg(key)
+            .arg("v")
+            .arg("d")
+            .arg("g")
+            .arg("w")
+            .arg("t")
+            .arg("e");
+        let query = cmd.query_async::<[Option<Vec<u8>>; 6]>(&mut conn);
         let reply = tokio::time::timeout(self.timeout, query)
             .await
             .map_err(|_| Error::Timeout {
@@ -166,7 +174,7 @@ impl RedisStore {
             })?;
         match reply {
             Ok([_, None, ..]) => Ok(Lookup::Miss),
-            Ok([version, Some(data), generation, computed_from, stale_at]) => {
+            Ok([version, Some(data), generation, computed_from, stale_at, expires]) => {
                 let Some(version) = parse_u64(version.as_deref()) else {
                     return Ok(Lookup::Foreign("the value version is not a number".into()));
                 };
@@ -176,6 +184,8 @@ impl RedisStore {
                     version,
                     data,
                     stale_since_ms: stale.then(|| parse_u64(stale_at.as_deref()).unwrap_or(0)),
+                    expired: parse_u64(expires.as_deref())
+                        .is_some_and(|at| at <= crate::envelope::now_ms()),
                 })
             }
             Err(err) if is_wrong_type(&err) => Ok(Lookup::Foreign(
@@ -200,9 +210,13 @@ impl RedisStore {
 
     pub(crate) async fn put(&self, put: Put<'_>) -> Result<Option<u64>> {
         let mut conn = self.connection().await?;
-        let ttl_ms = put
-            .ttl
-            .map_or(0, |ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let ttl = match put.ttl {
+            Some(ttl) if !ttl.is_zero() => {
+                let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 4);
+                format!("{ms} {}", crate::envelope::now_ms().saturating_add(ms))
+            }
+            _ => "0".to_owned(),
+        };
         let mark_stale = if put.refresh == Refresh::MarkStale {
             "1"
         } else {
@@ -213,7 +227,7 @@ impl RedisStore {
             .arg(put.slot.base)
             .arg(put.slot.id)
             .arg(put.data)
-            .arg(ttl_ms)
+            .arg(ttl)
             .arg(put.started)
             .arg(put.slot.full_args)
             .arg(mark_stale)
@@ -334,6 +348,17 @@ impl RedisStore {
             .bounded("relate", invocation.invoke_async(&mut conn))
             .await?;
         Ok(u64::try_from(queued).ok())
+    }
+
+    /// Queues a background refresh of a value past its time-to-live.
+    pub(crate) async fn refresh(&self, base: &str, id: &str) -> Result<()> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.refresh.prepare_invoke();
+        invocation.arg(base).arg(id);
+        let _: i64 = self
+            .bounded("refresh", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(())
     }
 
     /// The shared connection, for the worker and executors.

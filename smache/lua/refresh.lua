@@ -1,0 +1,6 @@
+-- A reader found a value past its time-to-live: it is served once more,
+-- and refreshed in the background as if a document it depends on changed.
+--
+-- ARGV[1]  base, ARGV[2] value id
+-- Returns 1 if a job was queued.
+return signal(ARGV[1], ARGV[2])
