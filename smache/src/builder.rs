@@ -137,16 +137,19 @@ impl SmacheBuilder {
             builder = builder.prefix(prefix);
         }
         if let Some(uri) = env("SMACHE_MONGODB_URI") {
-            // Parsing may resolve DNS (mongodb+srv), which is async.
-            let options =
-                runtime::block_on(
-                    async move { mongodb::options::ClientOptions::parse(uri).await },
-                )??;
-            let database = env("SMACHE_MONGODB_DATABASE")
-                .or_else(|| options.default_database.clone())
-                .unwrap_or_else(|| "smache".to_owned());
-            let client = mongodb::Client::with_options(options)?;
-            builder.mongo = Some(client.database(&database));
+            // Parsing may resolve DNS (mongodb+srv), which is async, and the
+            // client starts background tasks: both need a runtime, which a
+            // synchronous caller may not have, so they run on smache's own.
+            let database = env("SMACHE_MONGODB_DATABASE");
+            let db = runtime::block_on(async move {
+                let options = mongodb::options::ClientOptions::parse(uri).await?;
+                let database = database
+                    .or_else(|| options.default_database.clone())
+                    .unwrap_or_else(|| "smache".to_owned());
+                let client = mongodb::Client::with_options(options)?;
+                Ok::<_, Error>(client.database(&database))
+            })??;
+            builder.mongo = Some(db);
         }
         Ok(builder)
     }
