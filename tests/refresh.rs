@@ -537,3 +537,47 @@ async fn past_its_ttl_a_value_is_refreshed_in_the_background() {
     );
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_change_history_marks_every_value_stale_and_carries_on() {
+    if std::env::var_os("SMACHE_TEST_REAL_MONGODB").is_some() {
+        eprintln!("skipped: smacheTestForgetHistory exists on the test server only");
+        return;
+    }
+    let mut world = World::new().await;
+    let ada = world.insert_user("Ada").await;
+    let bob = world.insert_user("Bob").await;
+    world.watching().await;
+    world.smache.scope(profile(&ada)).await;
+    world.smache.scope(profile(&bob)).await;
+
+    // The worker is down while Ada changes, and MongoDB forgets that part
+    // of its history (the worker was down longer than the oplog window).
+    world.worker.kill();
+    world.rename(&ada, "Augusta").await;
+    let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
+    client
+        .database("admin")
+        .run_command(doc! { "smacheTestForgetHistory": 1, "db": world.db.name() })
+        .await
+        .unwrap();
+
+    world.worker.restart();
+    world
+        .eventually("after lost history", "profile of Augusta", || profile(&ada))
+        .await;
+    assert!(
+        world
+            .worker
+            .log()
+            .contains("no longer has the change history"),
+        "the loss is logged loudly\n{}",
+        world.worker.log()
+    );
+    // Changes after the restart are followed again.
+    world.rename(&bob, "Robert").await;
+    world
+        .eventually("carries on", "profile of Robert", || profile(&bob))
+        .await;
+    world.stop().await;
+}
