@@ -10,7 +10,6 @@ use std::time::Duration;
 use bson::doc;
 use bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
-use smache::executor::ExecutorHandle;
 use smache::{computed, Entity, Smache};
 use smache_suite::{mongodb_uri, redis_url, unique, WorkerProcess};
 
@@ -124,7 +123,6 @@ struct World {
     smache: Smache,
     db: mongodb::Database,
     worker: WorkerProcess,
-    executor: Option<ExecutorHandle>,
 }
 
 impl World {
@@ -137,15 +135,14 @@ impl World {
             .redis_url(redis_url())
             .mongodb(&client, &database)
             .prefix(&prefix)
+            .run_executor()
             .build()
             .unwrap();
         let worker = WorkerProcess::start(&redis_url(), &mongodb_uri(), &database, &prefix);
-        let executor = Some(smache::executor::spawn(&smache));
         World {
             db: client.database(&database),
             smache,
             worker,
-            executor,
         }
     }
 
@@ -208,9 +205,7 @@ impl World {
     }
 
     async fn stop(mut self) {
-        if let Some(executor) = self.executor.take() {
-            executor.shutdown().await.unwrap();
-        }
+        self.smache.stop_executor().await.unwrap();
         assert!(
             self.worker.terminate(),
             "the worker exits cleanly on SIGTERM\n{}",
@@ -378,9 +373,11 @@ async fn a_burst_of_updates_ends_with_the_last_one_and_few_recomputes() {
     world.smache.scope(profile(&ada)).await;
     let before = calls(&format!("profile:{}", ada.id));
 
+    let burst = std::time::Instant::now();
     for i in 1..=100 {
         world.rename(&ada, &format!("v{i}")).await;
     }
+    let burst = burst.elapsed();
     world
         .eventually("burst", "profile of v100", || profile(&ada))
         .await;
@@ -391,12 +388,15 @@ async fn a_burst_of_updates_ends_with_the_last_one_and_few_recomputes() {
         .unwrap());
     let recomputes = calls(&format!("profile:{}", ada.id)) - before;
     // Recomputes of one value start at least 50 ms apart, so a burst costs
-    // about one recompute per 50 ms it lasts (about 10 here), not one per update.
+    // about one recompute per 50 ms it lasts, not one per update (about 10
+    // for a burst of half a second). The bound follows the burst's length,
+    // which depends on the machine, plus the few that may follow it.
+    let bound = usize::try_from(burst.as_millis() / 50).unwrap_or(usize::MAX) + 4;
     assert!(
-        recomputes <= 25,
-        "duplicate jobs coalesce: {recomputes} recomputes for 100 updates"
+        recomputes <= bound,
+        "duplicate jobs coalesce: {recomputes} recomputes for 100 updates over {burst:?}"
     );
-    eprintln!("burst of 100 updates: {recomputes} recomputes");
+    eprintln!("burst of 100 updates over {burst:?}: {recomputes} recomputes");
     world.stop().await;
 }
 
@@ -504,9 +504,7 @@ async fn a_standby_worker_takes_over_when_the_watcher_dies() {
         .await;
     standby.kill();
     world.worker.kill();
-    if let Some(executor) = world.executor.take() {
-        executor.shutdown().await.unwrap();
-    }
+    world.smache.stop_executor().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

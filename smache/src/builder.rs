@@ -48,6 +48,7 @@ pub struct SmacheBuilder {
     op_timeout: Option<Duration>,
     max_stale: Option<Duration>,
     memory_capacity: Option<u64>,
+    executor: bool,
 }
 
 impl fmt::Debug for SmacheBuilder {
@@ -66,6 +67,7 @@ impl fmt::Debug for SmacheBuilder {
             .field("op_timeout", &self.op_timeout)
             .field("max_stale", &self.max_stale)
             .field("memory_capacity", &self.memory_capacity)
+            .field("executor", &self.executor)
             .finish()
     }
 }
@@ -127,6 +129,29 @@ impl SmacheBuilder {
         self
     }
 
+    /// Runs an executor (see [`crate::executor`]) as a background task of
+    /// the current tokio runtime, from [`build`](Self::build) on, so this
+    /// process recomputes values in the background; stop it with
+    /// [`Smache::stop_executor`]. Needs Redis (by URL) and MongoDB.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mongo = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017/").await?;
+    /// let smache = smache::Smache::builder()
+    ///     .redis_url("redis://127.0.0.1:6379/")
+    ///     .mongodb(&mongo, "shop")
+    ///     .run_executor()
+    ///     .build()?;
+    /// # smache.stop_executor().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn run_executor(mut self) -> Self {
+        self.executor = true;
+        self
+    }
+
     /// A builder preset from the environment; see [`Smache::from_env`].
     pub(crate) fn from_env() -> Result<Self> {
         let mut builder = SmacheBuilder::default();
@@ -157,7 +182,9 @@ impl SmacheBuilder {
     /// Builds the instance. Nothing is connected yet.
     ///
     /// # Errors
-    /// [`Error::Config`] for an invalid prefix, Redis URL or timeout.
+    /// [`Error::Config`] for an invalid prefix, Redis URL or timeout, or
+    /// for [`run_executor`](Self::run_executor) outside a tokio runtime or
+    /// without Redis.
     pub fn build(self) -> Result<Smache> {
         let prefix = self.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
         validate_prefix(&prefix)?;
@@ -180,13 +207,26 @@ impl SmacheBuilder {
                 Store::Redis(RedisStore::from_manager(manager, timeout))
             }
         };
-        Ok(Smache::from_parts(
+        let is_redis = matches!(store, Store::Redis(_));
+        let smache = Smache::from_parts(
             prefix,
             store,
             self.default_ttl,
             self.max_stale.unwrap_or(DEFAULT_MAX_STALE),
             self.mongo,
-        ))
+        );
+        if self.executor {
+            if !is_redis {
+                return Err(Error::Config("run_executor needs the Redis store".into()));
+            }
+            if tokio::runtime::Handle::try_current().is_err() {
+                return Err(Error::Config(
+                    "run_executor needs build() to be called inside a tokio runtime".into(),
+                ));
+            }
+            smache.attach_executor(crate::executor::spawn(&smache));
+        }
+        Ok(smache)
     }
 }
 

@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     pub(crate) default_ttl: Option<Duration>,
     pub(crate) mongo: Option<mongodb::Database>,
     health: Health,
+    /// The executor started by `SmacheBuilder::run_executor`.
+    executor: std::sync::Mutex<Option<crate::executor::ExecutorHandle>>,
 }
 
 impl fmt::Debug for Smache {
@@ -129,7 +131,35 @@ impl Smache {
                 default_ttl,
                 mongo,
                 health: Health::default(),
+                executor: std::sync::Mutex::new(None),
             }),
+        }
+    }
+
+    pub(crate) fn attach_executor(&self, handle: crate::executor::ExecutorHandle) {
+        *self
+            .inner
+            .executor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
+    }
+
+    /// Stops the executor started by
+    /// [`SmacheBuilder::run_executor`](crate::SmacheBuilder::run_executor),
+    /// after its running jobs finish. Does nothing if there is none.
+    ///
+    /// # Errors
+    /// The executor's own error, if it stopped on one.
+    pub async fn stop_executor(&self) -> Result<()> {
+        let handle = self
+            .inner
+            .executor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match handle {
+            Some(handle) => handle.shutdown().await,
+            None => Ok(()),
         }
     }
 
