@@ -178,30 +178,37 @@ async fn report(tag: String) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_computation_never_overwrites_a_newer_value() {
-    let smache = instance();
+    // Two instances on one prefix stand for two processes: each has its
+    // own in-process single flight, and they meet in Redis.
+    let prefix = unique("race");
+    let process = || {
+        Smache::builder()
+            .redis_url(redis_url())
+            .prefix(&prefix)
+            .compute_lease(Duration::from_millis(200))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (process(), process());
     let tag = unique("race");
     let key = report::key(tag.clone()).unwrap();
     let mut conn = redis_connection(&redis_url()).await;
 
     *DATA.lock().unwrap() = "old".into();
     *HOLD.lock().unwrap() = true;
-    // A reads "old" and stalls.
+    // A reads "old" and stalls past its compute lease.
     let slow = tokio::spawn({
-        let smache = smache.clone();
         let tag = tag.clone();
-        async move { smache.scope(report(tag)).await }
+        async move { a.scope(report(tag)).await }
     });
     while *HOLD.lock().unwrap() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The data changes; the worker would bump the value's generation.
     *DATA.lock().unwrap() = "new".into();
-    let _: () = conn.hincr(smache.storage_key(&key), "g", 1).await.unwrap();
-    // B computes from the new data and stores first.
-    assert_eq!(
-        smache.scope(report(tag.clone())).await,
-        format!("{tag}:new")
-    );
+    let _: () = conn.hincr(b.storage_key(&key), "g", 1).await.unwrap();
+    // B waits for A's lease to run out, then computes from the new data.
+    assert_eq!(b.scope(report(tag.clone())).await, format!("{tag}:new"));
     // A finishes late; its older value must not replace B's.
     GATE.notify_one();
     assert_eq!(
@@ -209,9 +216,6 @@ async fn a_slow_computation_never_overwrites_a_newer_value() {
         format!("{tag}:old"),
         "A's caller gets what A computed"
     );
-    assert_eq!(
-        smache.scope(report(tag.clone())).await,
-        format!("{tag}:new")
-    );
-    assert!(smache.is_fresh(&key).await.unwrap());
+    assert_eq!(b.scope(report(tag.clone())).await, format!("{tag}:new"));
+    assert!(b.is_fresh(&key).await.unwrap());
 }

@@ -1,21 +1,37 @@
--- A caller missed and is about to compute: record the value's known
--- dependencies first, so a change made while it computes is seen, and
--- return the change generation the computation starts from.
+-- A caller missed and is about to compute. Two jobs, atomically:
+--
+-- 1. Single flight: one computation of a value at a time across every
+--    process. The first caller takes a compute lease (fields c = owner,
+--    cx = lease end, ms); others get {"wait", ms} and wait for the
+--    `{prefix}:done` notification that store.lua / release.lua publish.
+--    A lease that ran out (its holder died) is taken over.
+-- 2. Record the value's known dependencies first, so a change made while
+--    it computes is seen, and return {"go", g}: the change generation the
+--    computation starts from.
 --
 -- KEYS[1]  the value key
 -- ARGV[1]  base ("{prefix}:"), ARGV[2] value id, ARGV[3] full arguments or "",
--- ARGV[4]  lease in ms for a key that holds no value yet, ARGV[5..] tokens
+-- ARGV[4]  lease in ms of a key that holds no value yet (orphan cleanup),
+-- ARGV[5]  this caller's owner token, ARGV[6] compute lease in ms,
+-- ARGV[7..] tokens
 local vkey = KEYS[1]
 local base, id = ARGV[1], ARGV[2]
 local kind = redis.call('TYPE', vkey)['ok']
 if kind ~= 'hash' and kind ~= 'none' then
   redis.call('DEL', vkey)
 end
+local now = redis.call('TIME')
+local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local holder = redis.call('HGET', vkey, 'c')
+local lease_end = num(redis.call('HGET', vkey, 'cx'))
+if holder and holder ~= ARGV[5] and lease_end > now_ms then
+  return {'wait', tostring(lease_end - now_ms)}
+end
 local g = num(redis.call('HGET', vkey, 'g'))
+redis.call('HSET', vkey, 'g', g, 'c', ARGV[5], 'cx', now_ms + num(ARGV[6]))
 if redis.call('HEXISTS', vkey, 'd') == 0 then
-  redis.call('HSET', vkey, 'g', g)
   if ARGV[3] ~= '' then redis.call('HSET', vkey, 'a', ARGV[3]) end
   redis.call('PEXPIRE', vkey, ARGV[4])
 end
-add_edges(base, id, {unpack(ARGV, 5)})
-return g
+add_edges(base, id, {unpack(ARGV, 7)})
+return {'go', tostring(g)}

@@ -7,11 +7,12 @@
 --                      m "1" when the function is `mark_stale` (no background job),
 --                      t when it went stale, s when its last recompute started
 --                      (ms, Redis clock), e when its time-to-live ends (ms,
---                      the writer's clock)
+--                      the writer's clock), c/cx the compute lease (owner, end)
 --   base.."d:"..id     set: the dependency tokens of value `id` (forward edges)
 --   base.."r:"..token  set: the value ids that depend on `token` (reverse edges)
 --   base.."collections" set: the collections that some value depends on
 --   base.."jobs"       stream of recompute jobs (field `id`)
+--   base.."done"       pub/sub channel: a value id whose computation ended
 -- Tokens: "e:<collection>:<id key>" a document, "c:<collection>" a whole
 -- collection, "v:<value id>" another computed value.
 

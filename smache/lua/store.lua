@@ -20,6 +20,9 @@ if kind ~= 'hash' and kind ~= 'none' then
   redis.call('DEL', vkey)
 end
 local old = redis.call('HMGET', vkey, 'v', 'd', 'w')
+-- Whoever stores ends the computation in flight: waiters wake and read.
+redis.call('HDEL', vkey, 'c', 'cx')
+redis.call('PUBLISH', base .. 'done', id)
 if old[2] and tonumber(old[3]) and started < tonumber(old[3]) then
   return -1
 end

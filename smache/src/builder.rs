@@ -16,6 +16,8 @@ pub const DEFAULT_PREFIX: &str = "smache";
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// The default bound on serving a stale value; see [`SmacheBuilder::max_stale`].
 pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(30);
+/// The default compute lease; see [`SmacheBuilder::compute_lease`].
+pub const DEFAULT_COMPUTE_LEASE: Duration = Duration::from_secs(30);
 /// The default size of the embedded store.
 pub const DEFAULT_MEMORY_CAPACITY: u64 = 64 * 1024 * 1024;
 
@@ -47,6 +49,7 @@ pub struct SmacheBuilder {
     default_ttl: Option<Duration>,
     op_timeout: Option<Duration>,
     max_stale: Option<Duration>,
+    compute_lease: Option<Duration>,
     memory_capacity: Option<u64>,
     executor: bool,
 }
@@ -66,6 +69,7 @@ impl fmt::Debug for SmacheBuilder {
             .field("default_ttl", &self.default_ttl)
             .field("op_timeout", &self.op_timeout)
             .field("max_stale", &self.max_stale)
+            .field("compute_lease", &self.compute_lease)
             .field("memory_capacity", &self.memory_capacity)
             .field("executor", &self.executor)
             .finish()
@@ -120,6 +124,17 @@ impl SmacheBuilder {
     /// this bound (executors down or behind) callers compute it themselves.
     pub fn max_stale(mut self, max_stale: Duration) -> Self {
         self.max_stale = Some(max_stale);
+        self
+    }
+
+    /// How long one computation of a missing value may hold its key before
+    /// a caller in another process takes over (default 30 s). While it
+    /// holds it, callers everywhere wait for its result instead of
+    /// computing the same value; if its process dies, one of them computes
+    /// once the lease ends. A computation slower than this may run twice
+    /// (harmless: the newer value wins).
+    pub fn compute_lease(mut self, lease: Duration) -> Self {
+        self.compute_lease = Some(lease);
         self
     }
 
@@ -189,6 +204,12 @@ impl SmacheBuilder {
         let prefix = self.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
         validate_prefix(&prefix)?;
         let timeout = self.op_timeout.unwrap_or(DEFAULT_OP_TIMEOUT);
+        if self
+            .compute_lease
+            .is_some_and(|lease| lease < Duration::from_millis(10))
+        {
+            return Err(Error::Config("compute_lease must be at least 10 ms".into()));
+        }
         if timeout.is_zero() {
             return Err(Error::Config("op_timeout must be more than zero".into()));
         }
@@ -213,6 +234,7 @@ impl SmacheBuilder {
             store,
             self.default_ttl,
             self.max_stale.unwrap_or(DEFAULT_MAX_STALE),
+            self.compute_lease.unwrap_or(DEFAULT_COMPUTE_LEASE),
             self.mongo,
         );
         if self.executor {

@@ -19,11 +19,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::instance::{Inner, Located, Smache};
+use crate::flight::{follow, Join, Landing};
+use crate::instance::{Fetched, Inner, Located, Smache};
 use crate::key::CacheKey;
 use crate::runtime;
 use crate::spec::{FnSpec, Refresh};
-use crate::store::{Backend, Put};
+use crate::store::{Backend, Begin, Put};
 
 /// How a function's return value maps to the cached value.
 pub trait Mode<R> {
@@ -149,28 +150,130 @@ impl Call {
             .flatten()
     }
 
-    /// A usable stored value, if any. A `write_through` value that is stale
-    /// is served while an executor refreshes it (for at most `max_stale`),
-    /// and one past its time-to-live is served once more and a refresh
-    /// queued; `mark_stale` values are recomputed by the caller instead.
-    fn usable<V: DeserializeOwned>(
-        self: &Arc<Self>,
-        fetched: Option<crate::instance::Fetched>,
-    ) -> Option<V> {
-        let fetched = fetched?;
+    /// Whether a stored value may be served. A `write_through` value that
+    /// is stale is served while an executor refreshes it (for at most
+    /// `max_stale`); `mark_stale` values that are stale or past their
+    /// time-to-live are recomputed by the caller instead.
+    fn acceptable(&self, fetched: &Fetched) -> bool {
         let write_through = self.spec.refresh() == Refresh::WriteThrough;
         if fetched.stale && (!write_through || fetched.stale_for > self.inner.max_stale) {
+            return false;
+        }
+        !(fetched.expired && !write_through)
+    }
+
+    /// A usable stored value, if any; one past its time-to-live is served
+    /// once more and a refresh queued.
+    fn usable<V: DeserializeOwned>(self: &Arc<Self>, fetched: Option<Fetched>) -> Option<V> {
+        let fetched = fetched?;
+        if !self.acceptable(&fetched) {
             return None;
         }
-        if fetched.expired {
-            if !write_through {
-                return None;
-            }
-            if !fetched.stale {
-                self.refresh_in_background();
-            }
+        if fetched.expired && !fetched.stale {
+            self.refresh_in_background();
         }
         Inner::decode(&self.at.key, &fetched.data)
+    }
+
+    /// After a miss, waits for this caller's turn across processes: compute
+    /// (holding the compute lease), or read the value another process
+    /// stored meanwhile.
+    async fn take_turn(self: Arc<Self>) -> Turn {
+        let owner = bson::oid::ObjectId::new().to_hex();
+        loop {
+            // Registered before asking, so a notification cannot slip by.
+            let waiter = self.inner.store.waiter(&self.inner.base, &self.at.id).await;
+            let begun = self
+                .inner
+                .store
+                .begin(
+                    self.at.slot(&self.inner.base),
+                    &self.static_deps,
+                    &owner,
+                    self.inner.compute_lease,
+                )
+                .await;
+            match begun {
+                Ok(Begin::Go(generation)) => {
+                    self.inner.store_ok();
+                    return Turn::Compute {
+                        started: Some(generation),
+                        owner,
+                    };
+                }
+                Ok(Begin::Wait(left)) => {
+                    // Woken by the notification; re-checked at least every
+                    // 250 ms in case it is lost, and when the lease ends.
+                    let pause = left.clamp(Duration::from_millis(1), Duration::from_millis(250));
+                    match waiter {
+                        Some(waiter) => {
+                            let _ = tokio::time::timeout(pause, waiter).await;
+                        }
+                        None => tokio::time::sleep(pause.min(Duration::from_millis(25))).await,
+                    }
+                    match self.inner.fetch(&self.at.key).await {
+                        Ok(Some(fetched)) if self.acceptable(&fetched) => {
+                            return Turn::Ready(fetched.data)
+                        }
+                        Ok(_) => {}
+                        Err(()) => {
+                            return Turn::Compute {
+                                started: None,
+                                owner,
+                            }
+                        }
+                    }
+                }
+                Err(err) => {
+                    self.inner.store_failed(&err);
+                    return Turn::Compute {
+                        started: None,
+                        owner,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Stores what a computation produced (or gives up its lease), and says
+    /// what the callers waiting on it in this process get.
+    async fn settle(
+        self: Arc<Self>,
+        started: Option<u64>,
+        owner: Option<String>,
+        data: Option<Vec<u8>>,
+        deps: Vec<String>,
+    ) -> (Outcome, Landing) {
+        match (started, data) {
+            (Some(started), Some(data)) => {
+                let shared = Arc::new(data.clone());
+                let outcome = self.inner.put(self.put_request(data, started, &deps)).await;
+                let landing = match outcome {
+                    Outcome::Stored | Outcome::Superseded | Outcome::Unreachable => {
+                        Landing::Value(shared)
+                    }
+                    Outcome::NotCached => Landing::Failed,
+                };
+                (outcome, landing)
+            }
+            (Some(_), None) => {
+                if let Some(owner) = owner {
+                    if let Err(err) = self
+                        .inner
+                        .store
+                        .release(self.at.slot(&self.inner.base), &owner)
+                        .await
+                    {
+                        self.inner.store_failed(&err);
+                    }
+                }
+                (Outcome::NotCached, Landing::Failed)
+            }
+            (None, data) => (
+                Outcome::Unreachable,
+                data.map_or(Landing::Failed, |data| Landing::Value(Arc::new(data))),
+            ),
+        }
     }
 
     /// Queues a refresh without making the caller wait for it.
@@ -213,6 +316,15 @@ impl Call {
     }
 }
 
+/// What a caller that missed does after [`Call::take_turn`].
+enum Turn {
+    /// Compute: from this change generation (`None`: the store is
+    /// unreachable, compute without storing), holding the lease as `owner`.
+    Compute { started: Option<u64>, owner: String },
+    /// Another process stored the value meanwhile.
+    Ready(Vec<u8>),
+}
+
 /// The body of an `async` computed function.
 pub async fn call_async<M, R>(
     spec: &'static FnSpec,
@@ -226,54 +338,68 @@ where
         return compute.await;
     };
     let call = Arc::new(call);
-    let (started, target) = match call.target() {
-        Some(target) => (Some(target.started), Some(target)),
-        None => {
-            let fetched = {
-                let call = Arc::clone(&call);
-                runtime::in_tokio(async move { call.inner.fetch(&call.at.key).await })
-                    .await
-                    .unwrap_or(Err(()))
+    if let Some(target) = call.target() {
+        // An executor's recompute: no lookup, no single flight.
+        let deps = call.deps();
+        let result = DEPS.scope(Arc::clone(&deps), compute).await;
+        let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
+        let deps = lock(&deps).clone();
+        let settled = Arc::clone(&call).settle(Some(target.started), None, data, deps);
+        let (outcome, _) = runtime::in_tokio(settled)
+            .await
+            .unwrap_or((Outcome::Unreachable, Landing::Failed));
+        target.finish(outcome);
+        return result;
+    }
+    let fetched = {
+        let call = Arc::clone(&call);
+        runtime::in_tokio(async move { call.inner.fetch(&call.at.key).await })
+            .await
+            .unwrap_or(Err(()))
+    };
+    let Ok(fetched) = fetched else {
+        return compute.await;
+    };
+    if let Some(value) = call.usable::<M::Value>(fetched) {
+        return M::from_cached(value);
+    }
+    let pilot = match call.inner.flights.join(&call.at.key) {
+        Join::Lead(pilot) => pilot,
+        Join::Follow(rx) => {
+            return match follow(rx).await {
+                Landing::Value(data) => match Inner::decode::<M::Value>(&call.at.key, &data) {
+                    Some(value) => M::from_cached(value),
+                    None => compute.await,
+                },
+                Landing::Failed => compute.await,
             };
-            let Ok(fetched) = fetched else {
-                return compute.await;
-            };
-            if let Some(value) = call.usable::<M::Value>(fetched) {
+        }
+    };
+    let turn = runtime::in_tokio(Arc::clone(&call).take_turn())
+        .await
+        .unwrap_or(Turn::Compute {
+            started: None,
+            owner: String::new(),
+        });
+    let (started, owner) = match turn {
+        Turn::Ready(data) => {
+            if let Some(value) = Inner::decode::<M::Value>(&call.at.key, &data) {
+                pilot.land(Landing::Value(Arc::new(data)));
                 return M::from_cached(value);
             }
-            let begun = {
-                let call = Arc::clone(&call);
-                runtime::in_tokio(
-                    async move { call.inner.begin(&call.at, &call.static_deps).await },
-                )
-                .await
-                .ok()
-                .flatten()
-            };
-            (begun, None)
+            (None, String::new())
         }
+        Turn::Compute { started, owner } => (started, owner),
     };
     let deps = call.deps();
     let result = DEPS.scope(Arc::clone(&deps), compute).await;
-    let outcome = match (started, M::cacheable(&result)) {
-        (None, _) => Outcome::Unreachable,
-        (Some(started), Some(value)) => match Inner::encode(&call.at.key, value) {
-            Some(data) => {
-                let deps = lock(&deps).clone();
-                let call = Arc::clone(&call);
-                runtime::in_tokio(async move {
-                    call.inner.put(call.put_request(data, started, &deps)).await
-                })
-                .await
-                .unwrap_or(Outcome::Unreachable)
-            }
-            None => Outcome::NotCached,
-        },
-        (Some(_), None) => Outcome::NotCached,
-    };
-    if let Some(target) = target {
-        target.finish(outcome);
-    }
+    let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
+    let deps = lock(&deps).clone();
+    let settled = Arc::clone(&call).settle(started, Some(owner), data, deps);
+    let (_, landing) = runtime::in_tokio(settled)
+        .await
+        .unwrap_or((Outcome::Unreachable, Landing::Failed));
+    pilot.land(landing);
     result
 }
 
@@ -291,46 +417,65 @@ where
         return compute();
     };
     let call = Arc::new(call);
-    let (started, target) = match call.target() {
-        Some(target) => (Some(target.started), Some(target)),
-        None => {
-            let fetched = blocking(
-                &call,
-                |call| async move { call.inner.fetch(&call.at.key).await },
-            )
-            .unwrap_or(Err(()));
-            let Ok(fetched) = fetched else {
-                return compute();
+    if let Some(target) = call.target() {
+        let deps = call.deps();
+        let result = DEPS.sync_scope(Arc::clone(&deps), compute);
+        let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
+        let deps = lock(&deps).clone();
+        let started = target.started;
+        let (outcome, _) = blocking(&call, move |call| {
+            call.settle(Some(started), None, data, deps)
+        })
+        .unwrap_or((Outcome::Unreachable, Landing::Failed));
+        target.finish(outcome);
+        return result;
+    }
+    let fetched = blocking(
+        &call,
+        |call| async move { call.inner.fetch(&call.at.key).await },
+    )
+    .unwrap_or(Err(()));
+    let Ok(fetched) = fetched else {
+        return compute();
+    };
+    if let Some(value) = call.usable::<M::Value>(fetched) {
+        return M::from_cached(value);
+    }
+    let pilot = match call.inner.flights.join(&call.at.key) {
+        Join::Lead(pilot) => pilot,
+        Join::Follow(rx) => {
+            return match futures::executor::block_on(follow(rx)) {
+                Landing::Value(data) => match Inner::decode::<M::Value>(&call.at.key, &data) {
+                    Some(value) => M::from_cached(value),
+                    None => compute(),
+                },
+                Landing::Failed => compute(),
             };
-            if let Some(value) = call.usable::<M::Value>(fetched) {
+        }
+    };
+    let turn = blocking(&call, Call::take_turn).unwrap_or(Turn::Compute {
+        started: None,
+        owner: String::new(),
+    });
+    let (started, owner) = match turn {
+        Turn::Ready(data) => {
+            if let Some(value) = Inner::decode::<M::Value>(&call.at.key, &data) {
+                pilot.land(Landing::Value(Arc::new(data)));
                 return M::from_cached(value);
             }
-            let begun = blocking(&call, |call| async move {
-                call.inner.begin(&call.at, &call.static_deps).await
-            })
-            .flatten();
-            (begun, None)
+            (None, String::new())
         }
+        Turn::Compute { started, owner } => (started, owner),
     };
     let deps = call.deps();
     let result = DEPS.sync_scope(Arc::clone(&deps), compute);
-    let outcome = match (started, M::cacheable(&result)) {
-        (None, _) => Outcome::Unreachable,
-        (Some(started), Some(value)) => match Inner::encode(&call.at.key, value) {
-            Some(data) => {
-                let deps = lock(&deps).clone();
-                blocking(&call, move |call| async move {
-                    call.inner.put(call.put_request(data, started, &deps)).await
-                })
-                .unwrap_or(Outcome::Unreachable)
-            }
-            None => Outcome::NotCached,
-        },
-        (Some(_), None) => Outcome::NotCached,
-    };
-    if let Some(target) = target {
-        target.finish(outcome);
-    }
+    let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
+    let deps = lock(&deps).clone();
+    let (_, landing) = blocking(&call, move |call| {
+        call.settle(started, Some(owner), data, deps)
+    })
+    .unwrap_or((Outcome::Unreachable, Landing::Failed));
+    pilot.land(landing);
     result
 }
 

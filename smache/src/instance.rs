@@ -59,6 +59,11 @@ pub(crate) struct Inner {
     pub(crate) store: Store,
     pub(crate) default_ttl: Option<Duration>,
     pub(crate) mongo: Option<mongodb::Database>,
+    /// Computations in flight in this process.
+    pub(crate) flights: Arc<crate::flight::Flights>,
+    /// How long one computation may hold a key before another process
+    /// takes over.
+    pub(crate) compute_lease: Duration,
     health: Health,
     /// The executor started by `SmacheBuilder::run_executor`.
     executor: std::sync::Mutex<Option<crate::executor::ExecutorHandle>>,
@@ -120,6 +125,7 @@ impl Smache {
         store: Store,
         default_ttl: Option<Duration>,
         max_stale: Duration,
+        compute_lease: Duration,
         mongo: Option<mongodb::Database>,
     ) -> Smache {
         Smache {
@@ -131,6 +137,8 @@ impl Smache {
                 default_ttl,
                 mongo,
                 health: Health::default(),
+                flights: Arc::default(),
+                compute_lease,
                 executor: std::sync::Mutex::new(None),
             }),
         }
@@ -473,19 +481,14 @@ impl Inner {
         }
     }
 
-    /// Records a computation about to start; returns its change generation,
-    /// or `None` if the store is unreachable (logged).
-    pub(crate) async fn begin(&self, at: &Located, deps: &[String]) -> Option<u64> {
-        match self.store.begin(at.slot(&self.base), deps).await {
-            Ok(generation) => {
-                self.health.ok();
-                Some(generation)
-            }
-            Err(err) => {
-                self.health.failed(&err);
-                None
-            }
-        }
+    /// Logs a store failure (rate-limited) and marks the store degraded.
+    pub(crate) fn store_failed(&self, err: &Error) {
+        self.health.failed(err);
+    }
+
+    /// Notes a store success (ends a degraded period).
+    pub(crate) fn store_ok(&self) {
+        self.health.ok();
     }
 
     /// Decodes fetched bytes; a corrupt entry is logged and treated as a miss.

@@ -11,7 +11,7 @@ mod redis;
 use std::time::Duration;
 
 pub(crate) use self::memory::MemoryStore;
-pub(crate) use self::redis::{RedisStore, Start, BLOCK_FOR};
+pub(crate) use self::redis::{Begin, RedisStore, Start, BLOCK_FOR};
 use crate::error::Result;
 use crate::spec::Refresh;
 
@@ -94,12 +94,39 @@ impl Store {
         }
     }
 
-    /// Records a miss about to be computed; returns the change generation
-    /// the computation starts from.
-    pub(crate) async fn begin(&self, slot: Slot<'_>, deps: &[String]) -> Result<u64> {
+    /// Records a miss about to be computed: [`Begin::Go`] with the change
+    /// generation it starts from, or [`Begin::Wait`] while another process
+    /// computes it.
+    pub(crate) async fn begin(
+        &self,
+        slot: Slot<'_>,
+        deps: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Begin> {
         match self {
-            Store::Memory(_) => Ok(0),
-            Store::Redis(store) => store.begin(slot, deps).await,
+            Store::Memory(_) => Ok(Begin::Go(0)),
+            Store::Redis(store) => store.begin(slot, deps, owner, lease).await,
+        }
+    }
+
+    /// Gives up a compute lease taken by [`begin`](Self::begin).
+    pub(crate) async fn release(&self, slot: Slot<'_>, owner: &str) -> Result<()> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(store) => store.release(slot, owner).await,
+        }
+    }
+
+    /// A receiver woken when the computation of `id` ends in any process.
+    pub(crate) async fn waiter(
+        &self,
+        base: &str,
+        id: &str,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(store) => store.waiter(base, id).await,
         }
     }
 

@@ -16,8 +16,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 use tokio::sync::OnceCell;
 
+use tokio::sync::oneshot;
+
 use super::{Lookup, Put, Slot};
 use crate::error::{Error, Result};
+use crate::flight::Notifier;
 use crate::spec::Refresh;
 use crate::worker::WorkerKeys;
 
@@ -30,6 +33,7 @@ pub(crate) struct RedisStore {
     failed_at: Mutex<Option<Instant>>,
     scripts: Scripts,
     timeout: Duration,
+    notifier: tokio::sync::Mutex<Option<Notifier>>,
 }
 
 /// The Lua scripts, each with `lua/common.lua` in front.
@@ -43,6 +47,7 @@ struct Scripts {
     stale: Script,
     relate: Script,
     refresh: Script,
+    release: Script,
 }
 
 macro_rules! script {
@@ -66,6 +71,7 @@ impl Scripts {
             stale: script!("stale.lua"),
             relate: script!("relate.lua"),
             refresh: script!("refresh.lua"),
+            release: script!("release.lua"),
         }
     }
 }
@@ -99,6 +105,7 @@ impl RedisStore {
             manager,
             failed_at: Mutex::new(None),
             scripts: Scripts::new(),
+            notifier: tokio::sync::Mutex::new(None),
             timeout,
         }
     }
@@ -195,17 +202,58 @@ impl RedisStore {
         }
     }
 
-    pub(crate) async fn begin(&self, slot: Slot<'_>, deps: &[String]) -> Result<u64> {
+    pub(crate) async fn begin(
+        &self,
+        slot: Slot<'_>,
+        deps: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Begin> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.begin.key(slot.key);
         invocation
             .arg(slot.base)
             .arg(slot.id)
             .arg(slot.full_args)
-            .arg(BEGIN_LEASE_MS)
+            .arg(BEGIN_LEASE_MS.max(millis(lease)))
+            .arg(owner)
+            .arg(millis(lease))
             .arg(deps);
-        self.bounded("begin", invocation.invoke_async(&mut conn))
-            .await
+        let (verdict, number): (String, String) = self
+            .bounded("begin", invocation.invoke_async(&mut conn))
+            .await?;
+        let number = number.parse().unwrap_or(0);
+        Ok(if verdict == "wait" {
+            Begin::Wait(Duration::from_millis(number))
+        } else {
+            Begin::Go(number)
+        })
+    }
+
+    /// Gives up a compute lease without storing, and wakes the waiters.
+    pub(crate) async fn release(&self, slot: Slot<'_>, owner: &str) -> Result<()> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.release.key(slot.key);
+        invocation.arg(slot.base).arg(slot.id).arg(owner);
+        let _: i64 = self
+            .bounded("release", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(())
+    }
+
+    /// A receiver woken when the computation of `id` ends in any process;
+    /// `None` when notifications are unavailable (callers poll instead).
+    pub(crate) async fn waiter(&self, base: &str, id: &str) -> Option<oneshot::Receiver<()>> {
+        let client = self.client.as_ref()?;
+        let mut slot = self.notifier.lock().await;
+        if !slot.as_ref().is_some_and(|n| n.is_alive()) {
+            let channel = format!("{base}done");
+            match tokio::time::timeout(self.timeout, Notifier::start(client, &channel)).await {
+                Ok(Ok(notifier)) => *slot = Some(notifier),
+                _ => return None,
+            }
+        }
+        slot.as_ref().map(|notifier| notifier.register(id))
     }
 
     pub(crate) async fn put(&self, put: Put<'_>) -> Result<Option<u64>> {
@@ -387,6 +435,19 @@ impl RedisStore {
             }),
         }
     }
+}
+
+/// The answer to a caller about to compute a missing value.
+#[derive(Debug)]
+pub(crate) enum Begin {
+    /// Compute, from this change generation.
+    Go(u64),
+    /// Another process is computing it; its lease ends in this long.
+    Wait(Duration),
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The answer to an executor starting a job.

@@ -1,0 +1,200 @@
+//! Single flight: while a value is being computed, other callers for the
+//! same key wait for that result instead of computing it again.
+//!
+//! * In one process, concurrent callers share one computation ([`Flights`]):
+//!   the first becomes the pilot, the others follow and receive the stored
+//!   bytes when it lands.
+//! * Across processes, the pilots of each process meet in Redis: the first
+//!   takes a compute lease (`lua/begin.lua`), the others wait for the
+//!   `{prefix}:done` notification ([`Notifier`]) and then read the value.
+//!   A lease whose holder died runs out, and one waiter takes over.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use tokio::sync::{oneshot, watch};
+
+/// How a computation in flight ended.
+#[derive(Debug, Clone)]
+pub(crate) enum Landing {
+    /// The stored envelope: followers decode it.
+    Value(Arc<Vec<u8>>),
+    /// No value to share (an error, or the pilot was cancelled): followers
+    /// compute for themselves.
+    Failed,
+}
+
+/// The computations in flight in this process, by value key.
+#[derive(Debug, Default)]
+pub(crate) struct Flights {
+    map: Mutex<HashMap<String, watch::Receiver<Option<Landing>>>>,
+}
+
+/// Joining a flight: lead it, or follow the one in progress.
+pub(crate) enum Join {
+    Lead(Pilot),
+    Follow(watch::Receiver<Option<Landing>>),
+}
+
+impl Flights {
+    pub(crate) fn join(self: &Arc<Self>, key: &str) -> Join {
+        let mut map = lock(&self.map);
+        if let Some(rx) = map.get(key) {
+            return Join::Follow(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        map.insert(key.to_owned(), rx);
+        Join::Lead(Pilot {
+            flights: Arc::clone(self),
+            key: key.to_owned(),
+            tx,
+            landed: false,
+        })
+    }
+}
+
+/// The caller computing a value for every caller of this process.
+/// Dropping it without [`land`](Pilot::land) (a panic, a cancelled
+/// future) lets the followers compute for themselves.
+pub(crate) struct Pilot {
+    flights: Arc<Flights>,
+    key: String,
+    tx: watch::Sender<Option<Landing>>,
+    landed: bool,
+}
+
+impl Pilot {
+    pub(crate) fn land(mut self, landing: Landing) {
+        self.finish(landing);
+    }
+
+    fn finish(&mut self, landing: Landing) {
+        if !std::mem::replace(&mut self.landed, true) {
+            lock(&self.flights.map).remove(&self.key);
+            let _ = self.tx.send(Some(landing));
+        }
+    }
+}
+
+impl Drop for Pilot {
+    fn drop(&mut self) {
+        self.finish(Landing::Failed);
+    }
+}
+
+/// Waits for the pilot of this process to land.
+pub(crate) async fn follow(mut rx: watch::Receiver<Option<Landing>>) -> Landing {
+    match rx.wait_for(Option::is_some).await {
+        Ok(landing) => landing.clone().unwrap_or(Landing::Failed),
+        Err(_) => Landing::Failed,
+    }
+}
+
+/// Wakes the waiters of this process when a computation ends anywhere:
+/// one subscription to `{prefix}:done` per instance.
+pub(crate) struct Notifier {
+    waiters: Arc<Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>>,
+    alive: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("alive", &self.alive.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Notifier {
+    /// Subscribes on a connection of its own; the listening task runs on
+    /// the current tokio runtime.
+    pub(crate) async fn start(client: &redis::Client, channel: &str) -> redis::RedisResult<Self> {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        let waiters: Arc<Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>> = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let (task_waiters, task_alive) = (Arc::clone(&waiters), Arc::clone(&alive));
+        tokio::spawn(async move {
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                let Ok(id) = message.get_payload::<String>() else {
+                    continue;
+                };
+                let woken = lock(&task_waiters).remove(&id);
+                for waiter in woken.into_iter().flatten() {
+                    let _ = waiter.send(());
+                }
+            }
+            // The connection is gone: wake everyone (they re-check) and let
+            // the next waiter start a new subscription.
+            task_alive.store(false, Ordering::Relaxed);
+            for (_, list) in lock(&task_waiters).drain() {
+                for waiter in list {
+                    let _ = waiter.send(());
+                }
+            }
+        });
+        Ok(Notifier { waiters, alive })
+    }
+
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+
+    /// A receiver woken when the computation of `id` ends.
+    pub(crate) fn register(&self, id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut waiters = lock(&self.waiters);
+        let list = waiters.entry(id.to_owned()).or_default();
+        // Waiters that gave up (their lease check timed out) are dropped
+        // here, so ids whose computation never reports do not pile up.
+        list.retain(|waiter| !waiter.is_closed());
+        list.push(tx);
+        rx
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn followers_get_the_pilots_landing() {
+        let flights = Arc::new(Flights::default());
+        let Join::Lead(pilot) = flights.join("k") else {
+            panic!("first is the pilot")
+        };
+        let Join::Follow(rx) = flights.join("k") else {
+            panic!("second follows")
+        };
+        let follower = tokio::spawn(follow(rx));
+        pilot.land(Landing::Value(Arc::new(b"v".to_vec())));
+        match follower.await.unwrap() {
+            Landing::Value(bytes) => assert_eq!(bytes.as_slice(), b"v"),
+            Landing::Failed => panic!("expected the value"),
+        }
+        // Landed: the next caller leads a new flight.
+        assert!(matches!(flights.join("k"), Join::Lead(_)));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_pilot_fails_its_followers() {
+        let flights = Arc::new(Flights::default());
+        let Join::Lead(pilot) = flights.join("k") else {
+            panic!()
+        };
+        let Join::Follow(rx) = flights.join("k") else {
+            panic!()
+        };
+        drop(pilot);
+        assert!(matches!(follow(rx).await, Landing::Failed));
+    }
+}
