@@ -159,7 +159,7 @@ impl Call {
         if fetched.stale && (!write_through || fetched.stale_for > self.inner.max_stale) {
             return false;
         }
-        !(fetched.expired && !write_through)
+        write_through || !fetched.expired
     }
 
     /// A usable stored value, if any; one past its time-to-live is served
