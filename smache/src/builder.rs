@@ -127,12 +127,11 @@ impl SmacheBuilder {
         self
     }
 
-    /// How long one computation of a missing value may hold its key before
-    /// a caller in another process takes over (default 30 s). While it
-    /// holds it, callers everywhere wait for its result instead of
-    /// computing the same value; if its process dies, one of them computes
-    /// once the lease ends. A computation slower than this may run twice
-    /// (harmless: the newer value wins).
+    /// The compute lease of a missing value (default 30 s): while a caller
+    /// computes it, callers everywhere wait for its result instead of
+    /// computing the same value. The lease is renewed every third of its
+    /// length while the computation runs; if the computing process dies,
+    /// one waiter takes over within one lease.
     pub fn compute_lease(mut self, lease: Duration) -> Self {
         self.compute_lease = Some(lease);
         self

@@ -235,6 +235,35 @@ impl Call {
         }
     }
 
+    /// Keeps the compute lease alive while the computation runs; dropping
+    /// the keeper stops it.
+    fn keep_lease(self: &Arc<Self>, owner: &str) -> LeaseKeeper {
+        if self.inner.store.backend() == Backend::Embedded || owner.is_empty() {
+            return LeaseKeeper(None);
+        }
+        let call = Arc::clone(self);
+        let owner = owner.to_owned();
+        let every = call.inner.compute_lease / 3;
+        let task = runtime::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match call
+                    .inner
+                    .store
+                    .renew(&call.at.key, &owner, call.inner.compute_lease)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => break, // taken over, or already stored
+                    Err(err) => {
+                        tracing::debug!(key = %call.at.key, error = %err, "smache: could not renew a compute lease");
+                    }
+                }
+            }
+        });
+        LeaseKeeper(Some(task.abort_handle()))
+    }
+
     /// Stores what a computation produced (or gives up its lease), and says
     /// what the callers waiting on it in this process get.
     async fn settle(
@@ -316,6 +345,17 @@ impl Call {
     }
 }
 
+/// Stops renewing a compute lease when dropped.
+struct LeaseKeeper(Option<tokio::task::AbortHandle>);
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
 /// What a caller that missed does after [`Call::take_turn`].
 enum Turn {
     /// Compute: from this change generation (`None`: the store is
@@ -391,8 +431,10 @@ where
         }
         Turn::Compute { started, owner } => (started, owner),
     };
+    let keeper = call.keep_lease(&owner);
     let deps = call.deps();
     let result = DEPS.scope(Arc::clone(&deps), compute).await;
+    drop(keeper);
     let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
     let deps = lock(&deps).clone();
     let settled = Arc::clone(&call).settle(started, Some(owner), data, deps);
@@ -467,8 +509,10 @@ where
         }
         Turn::Compute { started, owner } => (started, owner),
     };
+    let keeper = call.keep_lease(&owner);
     let deps = call.deps();
     let result = DEPS.sync_scope(Arc::clone(&deps), compute);
+    drop(keeper);
     let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
     let deps = lock(&deps).clone();
     let (_, landing) = blocking(&call, move |call| {

@@ -7,7 +7,8 @@
 //! * Across processes, the pilots of each process meet in Redis: the first
 //!   takes a compute lease (`lua/begin.lua`), the others wait for the
 //!   `{prefix}:done` notification ([`Notifier`]) and then read the value.
-//!   A lease whose holder died runs out, and one waiter takes over.
+//!   The holder renews its lease while it computes (`lua/renew.lua`); the
+//!   lease of a holder that died runs out, and one waiter takes over.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

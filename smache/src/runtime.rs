@@ -43,3 +43,16 @@ where
         BACKGROUND.spawn(fut).await.map_err(|_| Error::Unavailable)
     }
 }
+
+/// Spawns `fut` on the caller's tokio runtime if there is one, else on the
+/// background runtime.
+pub(crate) fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle.spawn(fut),
+        Err(_) => BACKGROUND.spawn(fut),
+    }
+}

@@ -118,6 +118,14 @@ impl Store {
         }
     }
 
+    /// Extends a compute lease; `false` once `owner` no longer holds it.
+    pub(crate) async fn renew(&self, key: &str, owner: &str, lease: Duration) -> Result<bool> {
+        match self {
+            Store::Memory(_) => Ok(false),
+            Store::Redis(store) => store.renew(key, owner, lease).await,
+        }
+    }
+
     /// A receiver woken when the computation of `id` ends in any process.
     pub(crate) async fn waiter(
         &self,

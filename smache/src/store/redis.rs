@@ -48,6 +48,7 @@ struct Scripts {
     relate: Script,
     refresh: Script,
     release: Script,
+    renew: Script,
 }
 
 macro_rules! script {
@@ -72,6 +73,7 @@ impl Scripts {
             relate: script!("relate.lua"),
             refresh: script!("refresh.lua"),
             release: script!("release.lua"),
+            renew: script!("renew.lua"),
         }
     }
 }
@@ -239,6 +241,17 @@ impl RedisStore {
             .bounded("release", invocation.invoke_async(&mut conn))
             .await?;
         Ok(())
+    }
+
+    /// Extends a compute lease; `false` if `owner` no longer holds it.
+    pub(crate) async fn renew(&self, key: &str, owner: &str, lease: Duration) -> Result<bool> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.renew.key(key);
+        invocation.arg(owner).arg(millis(lease));
+        let renewed: i64 = self
+            .bounded("renew", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(renewed == 1)
     }
 
     /// A receiver woken when the computation of `id` ends in any process;
