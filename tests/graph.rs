@@ -221,3 +221,42 @@ async fn a_slow_computation_never_overwrites_a_newer_value() {
     assert_eq!(b.scope(report(tag.clone())).await, format!("{tag}:new"));
     assert!(b.is_fresh(&key).await.unwrap());
 }
+
+#[tokio::test]
+async fn foreign_data_under_graph_keys_is_replaced_not_fatal() {
+    let smache = instance();
+    let base = format!("{{{}}}:", smache.prefix());
+    let user = ada();
+    let doc = format!("e:users:o:{}", user.id.to_hex());
+    let name_id = id_of(&smache, &name_of::key(&user).unwrap());
+    let mut conn = redis_connection(&redis_url()).await;
+    // Strings where the scripts expect sets and a stream.
+    for key in [
+        format!("{base}r:{doc}"),
+        format!("{base}collections"),
+        format!("{base}d:{name_id}"),
+        format!("{base}jobs"),
+    ] {
+        let _: () = conn.set(&key, "garbage").await.unwrap();
+    }
+    assert_eq!(smache.scope(name_of(&user)).await, "Ada");
+    assert!(smache
+        .is_fresh(&name_of::key(&user).unwrap())
+        .await
+        .unwrap());
+    assert_eq!(
+        members(&mut conn, format!("{base}r:{doc}")).await,
+        [name_id.clone()].into()
+    );
+    assert!(members(&mut conn, format!("{base}collections"))
+        .await
+        .contains("users"));
+    // Dropping works too.
+    assert!(smache
+        .invalidate(&name_of::key(&user).unwrap())
+        .await
+        .unwrap());
+    assert!(members(&mut conn, format!("{base}r:{doc}"))
+        .await
+        .is_empty());
+}

@@ -33,5 +33,5 @@ if redis.call('HEXISTS', vkey, 'd') == 0 then
   if ARGV[3] ~= '' then redis.call('HSET', vkey, 'a', ARGV[3]) end
   redis.call('PEXPIRE', vkey, ARGV[4])
 end
-add_edges(base, id, {unpack(ARGV, 7)})
+add_edges(base, id, argv_from(7))
 return {'go', tostring(g)}

@@ -20,8 +20,8 @@ for i = 4, #ARGV do
   local token = ARGV[i]
   queued = queued + signal_dependents(base, token)
   local coll, doc = string.match(token, '^e:([^:]+):(.+)$')
-  if coll and redis.call('EXISTS', base .. 'rel:' .. coll) == 1 then
-    redis.call('XADD', base .. 'jobs', '*', 'rel', coll, 'doc', doc)
+  if coll and redis.call('TYPE', base .. 'rel:' .. coll)['ok'] == 'set' then
+    redis.call('XADD', typed(base .. 'jobs', 'stream'), '*', 'rel', coll, 'doc', doc)
     queued = queued + 1
   end
 end

@@ -20,6 +20,23 @@ local function num(value)
   return tonumber(value) or 0
 end
 
+-- Returns `key`, first deleting it if it holds a Redis type other than
+-- `kind` (foreign or corrupt data must never wedge a script).
+local function typed(key, kind)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= kind and t ~= 'none' then
+    redis.call('DEL', key)
+  end
+  return key
+end
+
+-- ARGV[from..] as a table, without unpack's limit on its size.
+local function argv_from(from)
+  local out = {}
+  for i = from, #ARGV do out[#out + 1] = ARGV[i] end
+  return out
+end
+
 -- The collection named by a token, if any.
 local function collection_of(token)
   local coll = string.match(token, '^e:([^:]+):')
@@ -28,19 +45,20 @@ local function collection_of(token)
 end
 
 local function add_edges(base, id, tokens)
-  local dkey = base .. 'd:' .. id
+  local dkey = typed(base .. 'd:' .. id, 'set')
+  local collections = typed(base .. 'collections', 'set')
   for _, token in ipairs(tokens) do
     redis.call('SADD', dkey, token)
-    redis.call('SADD', base .. 'r:' .. token, id)
+    redis.call('SADD', typed(base .. 'r:' .. token, 'set'), id)
     local coll = collection_of(token)
-    if coll then redis.call('SADD', base .. 'collections', coll) end
+    if coll then redis.call('SADD', collections, coll) end
   end
 end
 
 local function drop_edges(base, id)
-  local dkey = base .. 'd:' .. id
+  local dkey = typed(base .. 'd:' .. id, 'set')
   for _, token in ipairs(redis.call('SMEMBERS', dkey)) do
-    redis.call('SREM', base .. 'r:' .. token, id)
+    redis.call('SREM', typed(base .. 'r:' .. token, 'set'), id)
   end
   redis.call('DEL', dkey)
 end
@@ -65,7 +83,7 @@ local function signal(base, id)
     return 0
   end
   if redis.call('HSETNX', vkey, 'q', 1) == 1 then
-    redis.call('XADD', base .. 'jobs', '*', 'id', id)
+    redis.call('XADD', typed(base .. 'jobs', 'stream'), '*', 'id', id)
     return 1
   end
   return 0
@@ -73,7 +91,7 @@ end
 
 local function signal_dependents(base, token)
   local queued = 0
-  for _, id in ipairs(redis.call('SMEMBERS', base .. 'r:' .. token)) do
+  for _, id in ipairs(redis.call('SMEMBERS', typed(base .. 'r:' .. token, 'set'))) do
     queued = queued + signal(base, id)
   end
   return queued

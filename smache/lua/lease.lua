@@ -8,10 +8,19 @@
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return tonumber(redis.call('GET', KEYS[2])) or 0
+  local fence = tonumber(redis.call('GET', KEYS[2]))
+  if not fence or fence < 1 then
+    -- The counter was lost or is corrupt: start a new one (never 0).
+    redis.call('SET', KEYS[2], 1)
+    fence = 1
+  end
+  return fence
 end
 if holder then
   return 0
+end
+if not tonumber(redis.call('GET', KEYS[2])) then
+  redis.call('DEL', KEYS[2])
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return redis.call('INCR', KEYS[2])

@@ -4,6 +4,7 @@
 -- changes two users' totals), and remember the mapping, so that when the
 -- document is deleted its old targets are known.
 --
+-- KEYS[1]  the jobs stream (declares the hash tag for Redis Cluster routing)
 -- ARGV[1]  base, ARGV[2] function head ("name#version"),
 -- ARGV[3]  the source document ("<collection>:<id key>"),
 -- ARGV[4]  the target collection, ARGV[5] "1" if the document is gone,
@@ -12,7 +13,7 @@
 -- mapping was never recorded.
 local base, head, source, target = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local gone = ARGV[5] == '1'
-local mkey = base .. 'm:' .. head .. '|' .. source
+local mkey = typed(base .. 'm:' .. head .. '|' .. source, 'set')
 local targets = {}
 for _, t in ipairs(redis.call('SMEMBERS', mkey)) do targets[t] = true end
 if gone and next(targets) == nil then
@@ -22,14 +23,14 @@ for i = 6, #ARGV do targets[ARGV[i]] = true end
 local queued = 0
 local mine = head .. ':'
 for t in pairs(targets) do
-  for _, id in ipairs(redis.call('SMEMBERS', base .. 'r:e:' .. target .. ':' .. t)) do
+  for _, id in ipairs(redis.call('SMEMBERS', typed(base .. 'r:e:' .. target .. ':' .. t, 'set'))) do
     if string.sub(id, 1, #mine) == mine then
       queued = queued + signal(base, id)
     end
   end
 end
 redis.call('DEL', mkey)
-if not gone and #ARGV >= 6 then
-  redis.call('SADD', mkey, unpack(ARGV, 6))
+if not gone then
+  for i = 6, #ARGV do redis.call('SADD', mkey, ARGV[i]) end
 end
 return queued

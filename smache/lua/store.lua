@@ -41,10 +41,10 @@ end
 local relations = num(ARGV[8])
 for i = 9, 8 + relations do
   -- Which functions a change in this collection concerns (see change.lua).
-  redis.call('SADD', base .. 'rel:' .. ARGV[i], string.match(id, '^(.-#%d+):'))
+  redis.call('SADD', typed(base .. 'rel:' .. ARGV[i], 'set'), string.match(id, '^(.-#%d+):'))
 end
 drop_edges(base, id)
-add_edges(base, id, {unpack(ARGV, 9 + relations)})
+add_edges(base, id, argv_from(9 + relations))
 -- Bytes 13.. are the payload (the header holds the computed-at time).
 if not old[2] or string.sub(old[2], 13) ~= string.sub(data, 13) then
   signal_dependents(base, 'v:' .. id)

@@ -353,6 +353,8 @@ struct Executor {
     stream: String,
     consumer: String,
     concurrency: usize,
+    /// Where the next XAUTOCLAIM scan starts.
+    reclaim_from: Arc<Mutex<String>>,
 }
 
 /// Borrows the Redis store out of the instance.
@@ -380,6 +382,7 @@ impl Executor {
             store: Arc::new(RedisStoreRef(smache.clone())),
             smache,
             concurrency,
+            reclaim_from: Arc::new(Mutex::new("0-0".to_owned())),
         })
     }
 
@@ -426,22 +429,35 @@ impl Executor {
 
     /// Jobs another executor took and did not finish.
     async fn reclaim(&self, conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, Task)> {
+        let from = self
+            .reclaim_from
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let reply: redis::RedisResult<StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
             .arg(&self.stream)
             .arg(GROUP)
             .arg(&self.consumer)
             .arg(u64::try_from(RECLAIM_AFTER.as_millis()).unwrap_or(u64::MAX))
-            .arg("0-0")
+            .arg(from)
             .arg("COUNT")
             .arg(100)
             .query_async(conn)
             .await;
         match reply {
-            Ok(reply) => reply
-                .claimed
-                .into_iter()
-                .map(|entry| (entry.id.clone(), Task::of(&entry)))
-                .collect(),
+            Ok(reply) => {
+                // Go on from where this scan stopped next time ("0-0" once
+                // it went round), so old entries cannot hide newer ones.
+                *self
+                    .reclaim_from
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = reply.next_stream_id;
+                reply
+                    .claimed
+                    .into_iter()
+                    .map(|entry| (entry.id.clone(), Task::of(&entry)))
+                    .collect()
+            }
             Err(err) => {
                 tracing::debug!(error = %err, "smache executor: XAUTOCLAIM failed");
                 Vec::new()
@@ -610,14 +626,19 @@ impl Executor {
             }
         };
         let source = format!("{collection}:{doc}");
+        // Every function concerned must be known here, or the job is left
+        // for an executor that has them all (a deploy in progress).
+        let mut registrations = Vec::with_capacity(heads.len());
         for head in &heads {
-            let Some(registration) = registry::find(head) else {
-                tracing::debug!(
-                    function = head,
-                    "smache executor: relation of a function this process does not have"
-                );
-                continue;
-            };
+            match registry::find(head) {
+                Some(registration) => registrations.push((head, registration)),
+                None => {
+                    tracing::warn!(function = head, "smache executor: a relation of a function this process does not have; leaving the job for another executor");
+                    return;
+                }
+            }
+        }
+        for (head, registration) in registrations {
             for relation in registration
                 .relations
                 .iter()

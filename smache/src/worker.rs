@@ -13,7 +13,8 @@
 //!
 //! Key layout (beside the graph keys described in `lua/common.lua`):
 //! `{prefix}:w:token` the resume token, `{prefix}:w:lease` the lease holder,
-//! `{prefix}:w:fence` the fencing counter.
+//! `{prefix}:w:fence` the fencing counter, `{prefix}:w:lost` set while
+//! marking every value stale after lost history is still owed.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -68,6 +69,9 @@ pub(crate) struct WorkerKeys {
     pub(crate) token: String,
     pub(crate) lease: String,
     pub(crate) fence: String,
+    /// Set while "history lost: mark everything stale" is owed, so a
+    /// crash in between does not drop it.
+    pub(crate) lost: String,
 }
 
 impl WorkerKeys {
@@ -77,6 +81,7 @@ impl WorkerKeys {
             token: format!("{base}w:token"),
             lease: format!("{base}w:lease"),
             fence: format!("{base}w:fence"),
+            lost: format!("{base}w:lost"),
         }
     }
 }
@@ -115,7 +120,6 @@ pub async fn run_until(
             bson::oid::ObjectId::new().to_hex()
         ),
         options,
-        history_lost: false,
     };
     worker.run(shutdown).await;
     Ok(())
@@ -127,9 +131,6 @@ struct Worker<'a> {
     keys: WorkerKeys,
     id: String,
     options: WorkerOptions,
-    /// Set when the stream could not resume: mark everything stale once a
-    /// new stream is open.
-    history_lost: bool,
 }
 
 /// Why a watch ended.
@@ -209,10 +210,16 @@ impl Worker<'_> {
         if self.record(saved.as_ref(), &[]).await?.is_none() {
             return Ok(Ended::LeaseLost);
         }
-        if std::mem::take(&mut self.history_lost) {
+        if self.history_was_lost().await? {
             // The new stream starts now and its position is saved: mark
             // everything stale, so no change in the lost gap stays unseen.
+            // The marker goes only once that is done.
             self.mark_everything_stale().await?;
+            let mut conn = self.store.shared().await?;
+            let _: () = redis::cmd("DEL")
+                .arg(&self.keys.lost)
+                .query_async(&mut conn)
+                .await?;
         }
         let mut renewed = Instant::now();
         loop {
@@ -350,29 +357,54 @@ impl Worker<'_> {
             .arg(&self.keys.token)
             .query_async(&mut conn)
             .await?;
-        Ok(bytes.and_then(|bytes| match decode_token(&bytes) {
-            Some(token) => Some(token),
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        match decode_token(&bytes) {
+            Some(token) => Ok(Some(token)),
             None => {
-                tracing::error!("smache worker: the saved resume token is corrupt; treating the history as lost");
-                None
+                tracing::error!("smache worker: the saved resume token is corrupt; treating the history as lost: every value will be marked stale");
+                self.owe_stale_marking().await?;
+                Ok(None)
             }
-        }))
+        }
     }
 
-    async fn forget_history(&mut self, err: &mongodb::error::Error) -> Result<()> {
+    async fn forget_history(&self, err: &mongodb::error::Error) -> Result<()> {
         tracing::error!(
             error = %err,
             "smache worker: MongoDB no longer has the change history after the saved resume token \
              (the worker was down longer than the oplog window); changes in that gap cannot be \
              replayed, so every cached value is marked stale and will be recomputed"
         );
+        self.owe_stale_marking().await
+    }
+
+    /// Records that everything must be marked stale and drops the token,
+    /// in one step, so whichever worker watches next does it.
+    async fn owe_stale_marking(&self) -> Result<()> {
         let mut conn = self.store.shared().await?;
-        let _: () = redis::cmd("DEL")
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(&self.keys.lost)
+            .arg(1)
+            .ignore()
+            .cmd("DEL")
             .arg(&self.keys.token)
+            .ignore()
             .query_async(&mut conn)
             .await?;
-        self.history_lost = true;
         Ok(())
+    }
+
+    async fn history_was_lost(&self) -> Result<bool> {
+        let mut conn = self.store.shared().await?;
+        let lost: bool = redis::cmd("EXISTS")
+            .arg(&self.keys.lost)
+            .query_async(&mut conn)
+            .await?;
+        Ok(lost)
     }
 
     async fn mark_everything_stale(&self) -> Result<()> {

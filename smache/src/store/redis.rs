@@ -273,7 +273,10 @@ impl RedisStore {
         let mut conn = self.connection().await?;
         let ttl = match put.ttl {
             Some(ttl) if !ttl.is_zero() => {
-                let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 4);
+                // Redis takes expiries up to 2^63 ms; twice this must fit.
+                let ms = u64::try_from(ttl.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .min(MAX_TTL_MS);
                 format!("{ms} {}", crate::envelope::now_ms().saturating_add(ms))
             }
             _ => "0".to_owned(),
@@ -379,7 +382,7 @@ impl RedisStore {
     /// Signals every value in `ids` as changed.
     pub(crate) async fn mark_stale(&self, base: &str, ids: &[String]) -> Result<u64> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.stale.prepare_invoke();
+        let mut invocation = self.scripts.stale.key(format!("{base}jobs"));
         invocation.arg(base).arg(ids);
         self.bounded("stale", invocation.invoke_async(&mut conn))
             .await
@@ -397,7 +400,7 @@ impl RedisStore {
         ids: &[String],
     ) -> Result<Option<u64>> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.relate.prepare_invoke();
+        let mut invocation = self.scripts.relate.key(format!("{base}jobs"));
         invocation
             .arg(base)
             .arg(head)
@@ -414,7 +417,7 @@ impl RedisStore {
     /// Queues a background refresh of a value past its time-to-live.
     pub(crate) async fn refresh(&self, base: &str, id: &str) -> Result<()> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.refresh.prepare_invoke();
+        let mut invocation = self.scripts.refresh.key(format!("{base}jobs"));
         invocation.arg(base).arg(id);
         let _: i64 = self
             .bounded("refresh", invocation.invoke_async(&mut conn))
@@ -473,6 +476,9 @@ pub(crate) enum Start {
     /// Go: compute from this change generation.
     Run { started: u64, full_args: String },
 }
+
+/// The longest time-to-live smache passes to Redis (about 35 years).
+const MAX_TTL_MS: u64 = 1 << 40;
 
 /// How long a blocking read (`XREADGROUP BLOCK`) waits for jobs.
 pub(crate) const BLOCK_FOR: Duration = Duration::from_secs(1);
