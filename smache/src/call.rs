@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::flight::{follow, Join, Landing};
+use crate::flight::{follow, Join, Landing, Pilot};
 use crate::instance::{Fetched, Inner, Located, Smache};
 use crate::key::CacheKey;
 use crate::runtime;
@@ -235,6 +235,31 @@ impl Call {
         }
     }
 
+    /// What a follower in this process gets from its pilot.
+    fn landed<V: DeserializeOwned>(&self, landing: Landing) -> Option<V> {
+        match landing {
+            Landing::Value(data) => Inner::decode(&self.at.key, &data),
+            Landing::Failed => None,
+        }
+    }
+
+    /// Resolves a caller's turn: the value another process stored (its
+    /// bytes handed on to this process's followers), or what to compute
+    /// with. No turn (the store failed) means computing without storing.
+    fn resolve<V: DeserializeOwned>(&self, turn: Option<Turn>, pilot: Pilot) -> Resolved<V> {
+        match turn {
+            Some(Turn::Ready(data)) => match Inner::decode(&self.at.key, &data) {
+                Some(value) => {
+                    pilot.land(Landing::Value(Arc::new(data)));
+                    Resolved::Cached(value)
+                }
+                None => Resolved::Compute(pilot, None, String::new()),
+            },
+            Some(Turn::Compute { started, owner }) => Resolved::Compute(pilot, started, owner),
+            None => Resolved::Compute(pilot, None, String::new()),
+        }
+    }
+
     /// Keeps the compute lease alive while the computation runs; dropping
     /// the keeper stops it.
     fn keep_lease(self: &Arc<Self>, owner: &str) -> LeaseKeeper {
@@ -345,6 +370,13 @@ impl Call {
     }
 }
 
+/// A resolved turn: a value to return, or a computation to run (as pilot,
+/// from this generation, holding the lease as this owner).
+enum Resolved<V> {
+    Cached(V),
+    Compute(Pilot, Option<u64>, String),
+}
+
 /// Stops renewing a compute lease when dropped.
 struct LeaseKeeper(Option<tokio::task::AbortHandle>);
 
@@ -406,30 +438,16 @@ where
     let pilot = match call.inner.flights.join(&call.at.key) {
         Join::Lead(pilot) => pilot,
         Join::Follow(rx) => {
-            return match follow(rx).await {
-                Landing::Value(data) => match Inner::decode::<M::Value>(&call.at.key, &data) {
-                    Some(value) => M::from_cached(value),
-                    None => compute.await,
-                },
-                Landing::Failed => compute.await,
+            return match call.landed::<M::Value>(follow(rx).await) {
+                Some(value) => M::from_cached(value),
+                None => compute.await,
             };
         }
     };
-    let turn = runtime::in_tokio(Arc::clone(&call).take_turn())
-        .await
-        .unwrap_or(Turn::Compute {
-            started: None,
-            owner: String::new(),
-        });
-    let (started, owner) = match turn {
-        Turn::Ready(data) => {
-            if let Some(value) = Inner::decode::<M::Value>(&call.at.key, &data) {
-                pilot.land(Landing::Value(Arc::new(data)));
-                return M::from_cached(value);
-            }
-            (None, String::new())
-        }
-        Turn::Compute { started, owner } => (started, owner),
+    let turn = runtime::in_tokio(Arc::clone(&call).take_turn()).await.ok();
+    let (pilot, started, owner) = match call.resolve::<M::Value>(turn, pilot) {
+        Resolved::Cached(value) => return M::from_cached(value),
+        Resolved::Compute(pilot, started, owner) => (pilot, started, owner),
     };
     let keeper = call.keep_lease(&owner);
     let deps = call.deps();
@@ -486,28 +504,16 @@ where
     let pilot = match call.inner.flights.join(&call.at.key) {
         Join::Lead(pilot) => pilot,
         Join::Follow(rx) => {
-            return match futures::executor::block_on(follow(rx)) {
-                Landing::Value(data) => match Inner::decode::<M::Value>(&call.at.key, &data) {
-                    Some(value) => M::from_cached(value),
-                    None => compute(),
-                },
-                Landing::Failed => compute(),
+            return match call.landed::<M::Value>(futures::executor::block_on(follow(rx))) {
+                Some(value) => M::from_cached(value),
+                None => compute(),
             };
         }
     };
-    let turn = blocking(&call, Call::take_turn).unwrap_or(Turn::Compute {
-        started: None,
-        owner: String::new(),
-    });
-    let (started, owner) = match turn {
-        Turn::Ready(data) => {
-            if let Some(value) = Inner::decode::<M::Value>(&call.at.key, &data) {
-                pilot.land(Landing::Value(Arc::new(data)));
-                return M::from_cached(value);
-            }
-            (None, String::new())
-        }
-        Turn::Compute { started, owner } => (started, owner),
+    let turn = blocking(&call, Call::take_turn);
+    let (pilot, started, owner) = match call.resolve::<M::Value>(turn, pilot) {
+        Resolved::Cached(value) => return M::from_cached(value),
+        Resolved::Compute(pilot, started, owner) => (pilot, started, owner),
     };
     let keeper = call.keep_lease(&owner);
     let deps = call.deps();
