@@ -1,7 +1,6 @@
 //! `#[computed]` functions against a real Redis: caching, keys, TTL,
 //! invalidation, errors, bad data and outages.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,27 +8,11 @@ use bson::oid::ObjectId;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use smache::{computed, Entity, Smache};
-use smache_suite::{eventually, redis_connection, redis_url, unique, RedisServer};
+use smache_suite::{eventually, redis_connection, redis_url, unique, Calls, RedisServer};
 
-/// How often each test's functions ran, by the test's tag.
-static CALLS: Mutex<Option<HashMap<String, usize>>> = Mutex::new(None);
-
-fn bump(tag: &str) {
-    let mut calls = CALLS.lock().unwrap();
-    *calls
-        .get_or_insert_with(HashMap::new)
-        .entry(tag.to_owned())
-        .or_default() += 1;
-}
-
-fn calls(tag: &str) -> usize {
-    CALLS
-        .lock()
-        .unwrap()
-        .as_ref()
-        .and_then(|calls| calls.get(tag).copied())
-        .unwrap_or(0)
-}
+/// Calls per test tag (or function and argument), to tell caller
+/// computes from executor ones.
+static CALLS: Calls = Calls::new();
 
 #[derive(Clone, Debug, Serialize, Deserialize, Entity)]
 #[entity(collection = "users")]
@@ -47,7 +30,7 @@ struct Card {
 
 #[computed(Raw, User, Raw)]
 async fn card(tag: &str, user: &User, lang: &str) -> Card {
-    bump(tag);
+    CALLS.bump(tag);
     Card {
         title: format!("{} ({lang})", user.name),
         lang: lang.to_owned(),
@@ -56,25 +39,25 @@ async fn card(tag: &str, user: &User, lang: &str) -> Card {
 
 #[computed(Raw, Raw)]
 fn square(tag: &str, x: u64) -> u64 {
-    bump(tag);
+    CALLS.bump(tag);
     x * x
 }
 
 #[computed(Raw, Raw, ttl_secs = 1)]
 async fn short_lived(tag: &str, x: u32) -> u32 {
-    bump(tag);
+    CALLS.bump(tag);
     x + 1
 }
 
 #[computed(Raw, Raw)]
 async fn no_ttl(tag: &str, x: u32) -> u32 {
-    bump(tag);
+    CALLS.bump(tag);
     x
 }
 
 #[computed(Raw, Raw)]
 async fn parse(tag: &str, input: &str) -> Result<u32, String> {
-    bump(tag);
+    CALLS.bump(tag);
     let n: u32 = input
         .parse()
         .map_err(|_| format!("not a number: {input}"))?;
@@ -107,7 +90,7 @@ async fn a_miss_computes_once_and_stores_in_redis() {
 
     assert_eq!(first, second);
     assert_eq!(first.title, "Ada (en)");
-    assert_eq!(calls(&tag), 1, "the hit must not compute");
+    assert_eq!(CALLS.get(&tag), 1, "the hit must not compute");
 
     let key = smache.storage_key(&card::key(&tag, &user, "en").unwrap());
     assert!(
@@ -139,12 +122,12 @@ async fn entities_are_keyed_by_id_and_raw_args_by_value() {
     // Same id: the same value, even though another field differs.
     let same = smache.scope(card(&tag, &renamed, "en")).await;
     assert_eq!(same.title, "Ada (en)");
-    assert_eq!(calls(&tag), 1);
+    assert_eq!(CALLS.get(&tag), 1);
 
     // A different raw argument or a different entity: a different key.
     smache.scope(card(&tag, &user, "fr")).await;
     smache.scope(card(&tag, &ada(), "en")).await;
-    assert_eq!(calls(&tag), 3);
+    assert_eq!(CALLS.get(&tag), 3);
     assert_ne!(
         card::key(&tag, &user, "en").unwrap(),
         card::key(&tag, &user, "fr").unwrap()
@@ -172,7 +155,7 @@ async fn past_its_ttl_a_value_is_served_once_more_and_refreshed() {
     assert!(!smache.is_fresh(&key).await.unwrap(), "past its ttl");
     // Served once more, and a refresh is queued for the executors.
     assert_eq!(smache.scope(short_lived(&tag, 1)).await, 2);
-    assert_eq!(calls(&tag), 1);
+    assert_eq!(CALLS.get(&tag), 1);
     let jobs = format!("{{{}}}:jobs", smache.prefix());
     let queued = eventually(Duration::from_secs(5), || {
         let jobs = jobs.clone();
@@ -186,7 +169,7 @@ async fn past_its_ttl_a_value_is_served_once_more_and_refreshed() {
     // No executor runs here: past max_stale the caller computes itself.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(smache.scope(short_lived(&tag, 1)).await, 2);
-    assert_eq!(calls(&tag), 2);
+    assert_eq!(CALLS.get(&tag), 2);
     assert!(smache.is_fresh(&key).await.unwrap());
 }
 
@@ -204,7 +187,7 @@ async fn redis_drops_values_nobody_reads() {
     .await;
     assert!(gone, "the key expires after twice its ttl");
     smache.scope(short_lived(&tag, 3)).await;
-    assert_eq!(calls(&tag), 2);
+    assert_eq!(CALLS.get(&tag), 2);
 }
 
 #[tokio::test]
@@ -273,7 +256,7 @@ async fn invalidate_forces_a_recompute() {
         .unwrap());
 
     smache.scope(card(&tag, &user, "en")).await;
-    assert_eq!(calls(&tag), 2);
+    assert_eq!(CALLS.get(&tag), 2);
     assert!(smache
         .is_fresh(&card::key(&tag, &user, "en").unwrap())
         .await
@@ -288,7 +271,7 @@ async fn errors_are_not_cached() {
         let err = smache.scope(parse(&tag, "x")).await.unwrap_err();
         assert_eq!(err, "not a number: x");
     }
-    assert_eq!(calls(&tag), 2, "each Err is computed again");
+    assert_eq!(CALLS.get(&tag), 2, "each Err is computed again");
     assert!(!smache
         .is_fresh(&parse::key(&tag, "x").unwrap())
         .await
@@ -296,7 +279,7 @@ async fn errors_are_not_cached() {
 
     assert_eq!(smache.scope(parse(&tag, "7")).await, Ok(7));
     assert_eq!(smache.scope(parse(&tag, "7")).await, Ok(7));
-    assert_eq!(calls(&tag), 3, "Ok is cached");
+    assert_eq!(CALLS.get(&tag), 3, "Ok is cached");
 }
 
 #[test]
@@ -305,7 +288,7 @@ fn sync_functions_work_without_a_runtime() {
     let smache = instance(&unique("p"));
     assert_eq!(smache.scope_sync(|| square(&tag, 12)), 144);
     assert_eq!(smache.scope_sync(|| square(&tag, 12)), 144);
-    assert_eq!(calls(&tag), 1);
+    assert_eq!(CALLS.get(&tag), 1);
 
     let key = smache.storage_key(&square::key(&tag, 12).unwrap());
     let mut conn = redis::Client::open(redis_url())
@@ -328,7 +311,7 @@ async fn sync_functions_work_inside_a_runtime() {
     .await
     .unwrap();
     assert_eq!(result, (9, 9));
-    assert_eq!(calls(&tag), 1);
+    assert_eq!(CALLS.get(&tag), 1);
     assert!(smache
         .is_fresh(&square::key(&tag, 3).unwrap())
         .await
@@ -343,7 +326,7 @@ async fn instances_with_different_prefixes_do_not_collide() {
     a.scope(no_ttl(&tag, 1)).await;
     b.scope(no_ttl(&tag, 1)).await;
     a.scope(no_ttl(&tag, 1)).await;
-    assert_eq!(calls(&tag), 2, "one computation per instance");
+    assert_eq!(CALLS.get(&tag), 2, "one computation per instance");
 
     assert!(a.invalidate(&no_ttl::key(&tag, 1).unwrap()).await.unwrap());
     assert!(b.is_fresh(&no_ttl::key(&tag, 1).unwrap()).await.unwrap());
@@ -367,12 +350,12 @@ async fn garbage_under_a_key_is_recomputed_and_overwritten() {
         smache.scope(card(&tag, &user, "en")).await.title,
         "Ada (en)"
     );
-    assert_eq!(calls(&tag), 1);
+    assert_eq!(CALLS.get(&tag), 1);
     assert_eq!(
         smache.scope(card(&tag, &user, "en")).await.title,
         "Ada (en)"
     );
-    assert_eq!(calls(&tag), 1, "the overwritten value is a hit");
+    assert_eq!(CALLS.get(&tag), 1, "the overwritten value is a hit");
 
     // A hash with a corrupt envelope keeps its version counter going.
     let _: () = conn
@@ -383,7 +366,7 @@ async fn garbage_under_a_key_is_recomputed_and_overwritten() {
         smache.scope(card(&tag, &user, "en")).await.title,
         "Ada (en)"
     );
-    assert_eq!(calls(&tag), 2);
+    assert_eq!(CALLS.get(&tag), 2);
     let entry = smache
         .entry(&card::key(&tag, &user, "en").unwrap())
         .await
@@ -403,7 +386,7 @@ async fn garbage_under_a_key_is_recomputed_and_overwritten() {
         smache.scope(card(&tag, &user, "en")).await.title,
         "Ada (en)"
     );
-    assert_eq!(calls(&tag), 3);
+    assert_eq!(CALLS.get(&tag), 3);
 
     // A version that is not a number.
     let _: () = conn.hset(&key, "v", "many").await.unwrap();
@@ -411,7 +394,7 @@ async fn garbage_under_a_key_is_recomputed_and_overwritten() {
         smache.scope(card(&tag, &user, "en")).await.title,
         "Ada (en)"
     );
-    assert_eq!(calls(&tag), 4);
+    assert_eq!(CALLS.get(&tag), 4);
     assert!(smache
         .is_fresh(&card::key(&tag, &user, "en").unwrap())
         .await
@@ -431,14 +414,14 @@ async fn calls_survive_redis_going_away_and_cache_again_when_it_returns() {
 
     assert_eq!(smache.scope(no_ttl(&tag, 1)).await, 1);
     assert_eq!(smache.scope(no_ttl(&tag, 1)).await, 1);
-    assert_eq!(calls(&tag), 1);
+    assert_eq!(CALLS.get(&tag), 1);
 
     server.kill();
     // Every call still returns the right value, computed directly.
     for x in [1, 2, 2, 3] {
         assert_eq!(smache.scope(no_ttl(&tag, x)).await, x);
     }
-    assert_eq!(calls(&tag), 5);
+    assert_eq!(CALLS.get(&tag), 5);
     assert!(smache
         .is_fresh(&no_ttl::key(&tag, 1).unwrap())
         .await
@@ -458,9 +441,9 @@ async fn calls_survive_redis_going_away_and_cache_again_when_it_returns() {
     })
     .await;
     assert!(recovered, "caching resumes once redis is back");
-    let before = calls(&tag);
+    let before = CALLS.get(&tag);
     assert_eq!(smache.scope(no_ttl(&tag, 9)).await, 9);
-    assert_eq!(calls(&tag), before, "a hit again");
+    assert_eq!(CALLS.get(&tag), before, "a hit again");
 }
 
 #[tokio::test]
@@ -488,5 +471,5 @@ async fn a_redis_that_never_answers_costs_one_timeout_not_a_hang() {
         .expect("the call must not hang on a silent redis");
     assert_eq!(value, 4);
     assert_eq!(smache.scope(no_ttl(&tag, 4)).await, 4);
-    assert_eq!(calls(&tag), 2, "no cache, so each call computes");
+    assert_eq!(CALLS.get(&tag), 2, "no cache, so each call computes");
 }

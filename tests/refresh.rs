@@ -3,15 +3,13 @@
 //! recomputes, and cached values follow the documents without any caller
 //! computing them.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use bson::doc;
 use bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use smache::{computed, Entity, Smache};
-use smache_suite::{mongodb_uri, redis_url, unique, WorkerProcess};
+use smache_suite::{mongodb_uri, redis_url, unique, Calls, WorkerProcess};
 
 #[derive(Clone, Debug, Serialize, Deserialize, Entity)]
 #[entity(collection = "users")]
@@ -38,29 +36,13 @@ struct Order {
     total: i64,
 }
 
-/// Calls per function and argument, to tell caller computes from executor ones.
-static CALLS: Mutex<Option<HashMap<String, usize>>> = Mutex::new(None);
-
-fn bump(what: String) {
-    let mut calls = CALLS.lock().unwrap();
-    *calls
-        .get_or_insert_with(HashMap::new)
-        .entry(what)
-        .or_default() += 1;
-}
-
-fn calls(what: &str) -> usize {
-    CALLS
-        .lock()
-        .unwrap()
-        .as_ref()
-        .and_then(|c| c.get(what).copied())
-        .unwrap_or(0)
-}
+/// Calls per test tag (or function and argument), to tell caller
+/// computes from executor ones.
+static CALLS: Calls = Calls::new();
 
 #[computed(User)]
 async fn profile(user: &User) -> String {
-    bump(format!("profile:{}", user.id));
+    CALLS.bump(format!("profile:{}", user.id));
     format!("profile of {}", user.name)
 }
 
@@ -108,13 +90,13 @@ async fn spent(user: &User) -> i64 {
 
 #[computed(User, ttl_secs = 1)]
 async fn short_profile(user: &User) -> String {
-    bump(format!("short:{}", user.id));
+    CALLS.bump(format!("short:{}", user.id));
     format!("short {}", user.name)
 }
 
 #[computed(User, refresh = mark_stale)]
 async fn lazy_profile(user: &User) -> String {
-    bump(format!("lazy:{}", user.id));
+    CALLS.bump(format!("lazy:{}", user.id));
     format!("lazy {}", user.name)
 }
 
@@ -221,7 +203,7 @@ async fn an_update_refreshes_the_value_without_a_caller_computing_it() {
     let ada = world.insert_user("Ada").await;
     world.watching().await;
     assert_eq!(world.smache.scope(profile(&ada)).await, "profile of Ada");
-    let computed_by_callers = calls(&format!("profile:{}", ada.id));
+    let computed_by_callers = CALLS.get(&format!("profile:{}", ada.id));
 
     world.rename(&ada, "Augusta").await;
     // The caller still holds the old struct: only a background recompute
@@ -230,7 +212,7 @@ async fn an_update_refreshes_the_value_without_a_caller_computing_it() {
         .eventually("refresh", "profile of Augusta", || profile(&ada))
         .await;
     assert_eq!(
-        calls(&format!("profile:{}", ada.id)),
+        CALLS.get(&format!("profile:{}", ada.id)),
         computed_by_callers + 1,
         "exactly one recompute, by the executor"
     );
@@ -371,7 +353,7 @@ async fn a_burst_of_updates_ends_with_the_last_one_and_few_recomputes() {
     let ada = world.insert_user("v0").await;
     world.watching().await;
     world.smache.scope(profile(&ada)).await;
-    let before = calls(&format!("profile:{}", ada.id));
+    let before = CALLS.get(&format!("profile:{}", ada.id));
 
     let burst = std::time::Instant::now();
     for i in 1..=100 {
@@ -386,7 +368,7 @@ async fn a_burst_of_updates_ends_with_the_last_one_and_few_recomputes() {
         .wait_fresh(&profile::key(&ada).unwrap(), Duration::from_secs(10))
         .await
         .unwrap());
-    let recomputes = calls(&format!("profile:{}", ada.id)) - before;
+    let recomputes = CALLS.get(&format!("profile:{}", ada.id)) - before;
     // Recomputes of one value start at least 50 ms apart, so a burst costs
     // about one recompute per 50 ms it lasts, not one per update (about 10
     // for a burst of half a second). The bound follows the burst's length,
@@ -425,7 +407,7 @@ async fn mark_stale_values_are_recomputed_by_the_next_call() {
     }
     assert!(stale, "the value is marked stale\n{}", world.worker.log());
     assert_eq!(
-        calls(&format!("lazy:{}", ada.id)),
+        CALLS.get(&format!("lazy:{}", ada.id)),
         1,
         "no background recompute"
     );
@@ -439,7 +421,7 @@ async fn mark_stale_values_are_recomputed_by_the_next_call() {
         world.smache.scope(lazy_profile(&fresh)).await,
         "lazy Augusta"
     );
-    assert_eq!(calls(&format!("lazy:{}", ada.id)), 2);
+    assert_eq!(CALLS.get(&format!("lazy:{}", ada.id)), 2);
     assert!(world.smache.is_fresh(&key).await.unwrap());
     world.stop().await;
 }
@@ -529,7 +511,7 @@ async fn past_its_ttl_a_value_is_refreshed_in_the_background() {
     }
     assert!(refreshed, "the executor refreshed the expired value");
     assert_eq!(
-        calls(&format!("short:{}", ada.id)),
+        CALLS.get(&format!("short:{}", ada.id)),
         2,
         "one call, one background refresh"
     );

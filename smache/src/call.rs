@@ -25,6 +25,7 @@ use crate::key::CacheKey;
 use crate::runtime;
 use crate::spec::{FnSpec, Refresh};
 use crate::store::{Backend, Begin, Put};
+use crate::sync::lock;
 
 /// How a function's return value maps to the cached value.
 pub trait Mode<R> {
@@ -104,12 +105,6 @@ impl Target {
     fn finish(&self, outcome: Outcome) {
         *lock(&self.outcome) = Some(outcome);
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 struct Call {

@@ -429,11 +429,7 @@ impl Executor {
 
     /// Jobs another executor took and did not finish.
     async fn reclaim(&self, conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, Task)> {
-        let from = self
-            .reclaim_from
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let from = crate::sync::lock(&self.reclaim_from).clone();
         let reply: redis::RedisResult<StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
             .arg(&self.stream)
             .arg(GROUP)
@@ -448,10 +444,7 @@ impl Executor {
             Ok(reply) => {
                 // Go on from where this scan stopped next time ("0-0" once
                 // it went round), so old entries cannot hide newer ones.
-                *self
-                    .reclaim_from
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = reply.next_stream_id;
+                *crate::sync::lock(&self.reclaim_from) = reply.next_stream_id;
                 reply
                     .claimed
                     .into_iter()
@@ -532,10 +525,7 @@ impl Executor {
         let recompute = registration.recompute;
         let handle = tokio::runtime::Handle::current();
         let ran = tokio::task::spawn_blocking(move || handle.block_on(recompute(job))).await;
-        let outcome = *target
-            .outcome
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let outcome = *crate::sync::lock(&target.outcome);
         match (ran, outcome) {
             (Ok(Ok(())), Some(Outcome::Stored | Outcome::Superseded)) => self.ack(entry).await,
             (Ok(Ok(())), Some(Outcome::NotCached)) => {

@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use tokio::sync::{oneshot, watch};
 
+use crate::sync::lock;
+
 /// How a computation in flight ended.
 #[derive(Debug, Clone)]
 pub(crate) enum Landing {
@@ -155,12 +157,6 @@ impl Notifier {
         list.push(tx);
         rx
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

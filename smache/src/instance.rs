@@ -145,11 +145,7 @@ impl Smache {
     }
 
     pub(crate) fn attach_executor(&self, handle: crate::executor::ExecutorHandle) {
-        *self
-            .inner
-            .executor
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle);
+        *crate::sync::lock(&self.inner.executor) = Some(handle);
     }
 
     /// Stops the executor started by
@@ -159,12 +155,7 @@ impl Smache {
     /// # Errors
     /// The executor's own error, if it stopped on one.
     pub async fn stop_executor(&self) -> Result<()> {
-        let handle = self
-            .inner
-            .executor
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let handle = crate::sync::lock(&self.inner.executor).take();
         match handle {
             Some(handle) => handle.shutdown().await,
             None => Ok(()),

@@ -82,6 +82,7 @@ pub mod registry;
 mod runtime;
 mod spec;
 mod store;
+mod sync;
 pub mod worker;
 
 pub use smache_macros::{computed, Entity};

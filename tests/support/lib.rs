@@ -283,3 +283,40 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// How often each test's functions ran, by a key the test chooses, so
+/// tests running in parallel on shared functions keep apart.
+#[derive(Debug)]
+pub struct Calls(std::sync::Mutex<Option<std::collections::HashMap<String, usize>>>);
+
+impl Calls {
+    /// An empty counter, usable in a `static`.
+    pub const fn new() -> Self {
+        Calls(std::sync::Mutex::new(None))
+    }
+
+    /// Counts one call under `key`.
+    pub fn bump(&self, key: impl Into<String>) {
+        let mut calls = self.0.lock().unwrap();
+        *calls
+            .get_or_insert_with(Default::default)
+            .entry(key.into())
+            .or_default() += 1;
+    }
+
+    /// The calls counted under `key`.
+    pub fn get(&self, key: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|c| c.get(key).copied())
+            .unwrap_or(0)
+    }
+}
+
+impl Default for Calls {
+    fn default() -> Self {
+        Calls::new()
+    }
+}

@@ -22,6 +22,7 @@ use super::{Lookup, Put, Slot};
 use crate::error::{Error, Result};
 use crate::flight::Notifier;
 use crate::spec::Refresh;
+use crate::sync::lock;
 use crate::worker::WorkerKeys;
 
 /// How long after a failed connection attempt calls skip Redis.
@@ -493,10 +494,4 @@ fn parse_u64(bytes: Option<&[u8]>) -> Option<u64> {
 
 fn is_wrong_type(err: &redis::RedisError) -> bool {
     err.code() == Some("WRONGTYPE")
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
