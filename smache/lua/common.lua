@@ -7,11 +7,17 @@
 --                      m "1" when the function is `mark_stale` (no background job),
 --                      t when it went stale, s when its last recompute started
 --                      (ms, Redis clock), e when its time-to-live ends (ms,
---                      the writer's clock), c/cx the compute lease (owner, end)
+--                      the writer's clock), c/cx the compute lease (owner, end),
+--                      k the id of the submitted task pending for it
 --   base.."d:"..id     set: the dependency tokens of value `id` (forward edges)
 --   base.."r:"..token  set: the value ids that depend on `token` (reverse edges)
 --   base.."collections" set: the collections that some value depends on
---   base.."jobs"       stream of recompute jobs (field `id`)
+--   base.."jobs"       stream of jobs: `id` a recompute; `id`+`task`(+`args`) a
+--                      submitted task; `cb`+`args`+`task` a callback to run;
+--                      `rel`+`doc` a related document changed
+--   base.."t:"..task   task hash: s state (p pending, d done, f failed),
+--                      v value id, r result (envelope, or error message)
+--   base.."t:"..task..":cb"  list of the callbacks attached to a pending task
 --   base.."done"       pub/sub channel: a value id whose computation ended
 -- Tokens: "e:<collection>:<id key>" a document, "c:<collection>" a whole
 -- collection, "v:<value id>" another computed value.

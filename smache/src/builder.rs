@@ -1,14 +1,17 @@
 //! [`SmacheBuilder`]: how a [`Smache`] instance is configured.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
 use crate::error::{Error, Result};
-use crate::instance::Smache;
+use crate::instance::{Parts, Smache};
 use crate::runtime;
 use crate::store::{MemoryStore, RedisStore, Store};
+use crate::task::{self, Callback, CallbackResult, Completion, Retry, DEFAULT_TASK_RETENTION};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "smache";
@@ -52,6 +55,9 @@ pub struct SmacheBuilder {
     compute_lease: Option<Duration>,
     memory_capacity: Option<u64>,
     executor: bool,
+    task_retention: Option<Duration>,
+    retry: Option<Retry>,
+    callbacks: HashMap<String, Callback>,
 }
 
 impl fmt::Debug for SmacheBuilder {
@@ -72,6 +78,9 @@ impl fmt::Debug for SmacheBuilder {
             .field("compute_lease", &self.compute_lease)
             .field("memory_capacity", &self.memory_capacity)
             .field("executor", &self.executor)
+            .field("task_retention", &self.task_retention)
+            .field("retry", &self.retry)
+            .field("callbacks", &self.callbacks.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -166,6 +175,58 @@ impl SmacheBuilder {
         self
     }
 
+    /// How long a finished task and its result stay readable with
+    /// [`Smache::task`] (default [`DEFAULT_TASK_RETENTION`], 10 minutes). A
+    /// pending task is kept as long, counted from its submission.
+    pub fn task_retention(mut self, retention: Duration) -> Self {
+        self.task_retention = Some(retention);
+        self
+    }
+
+    /// How this process's executor retries failed background work
+    /// (default [`Retry::default`]: three runs, 100 ms then 200 ms apart).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let smache = smache::Smache::builder()
+    ///     .retry(smache::Retry::new(5, Duration::from_secs(1)))
+    ///     .build()?;
+    /// # Ok::<(), smache::Error>(())
+    /// ```
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Registers a callback under `name`, for [`Task::on_complete`](crate::Task::on_complete).
+    /// It runs on an executor of an instance that registered it, once per
+    /// attachment, after the task finishes (done or failed); an error it
+    /// returns, or a panic, is logged and affects nothing else. Register
+    /// the same callbacks in every process that runs an executor.
+    ///
+    /// ```
+    /// let smache = smache::Smache::builder()
+    ///     .callback("notify", |done: smache::Completion| async move {
+    ///         let user: String = done.args()?;
+    ///         match done.value::<u64>() {
+    ///             Ok(total) => println!("{user}: your report is ready ({total})"),
+    ///             Err(err) => println!("{user}: {err}"),
+    ///         }
+    ///         Ok(())
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), smache::Error>(())
+    /// ```
+    pub fn callback<F, Fut>(mut self, name: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(Completion) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = CallbackResult> + Send + 'static,
+    {
+        self.callbacks.insert(name.into(), task::callback(handler));
+        self
+    }
+
     /// A builder preset from the environment; see [`Smache::from_env`].
     pub(crate) fn from_env() -> Result<Self> {
         let mut builder = SmacheBuilder::default();
@@ -228,14 +289,26 @@ impl SmacheBuilder {
             }
         };
         let is_redis = matches!(store, Store::Redis(_));
-        let smache = Smache::from_parts(
+        if let Some(name) = self
+            .callbacks
+            .keys()
+            .find(|n| n.is_empty() || n.contains('\n'))
+        {
+            return Err(Error::Config(format!(
+                "invalid callback name {name:?} (empty, or with a newline)"
+            )));
+        }
+        let smache = Smache::from_parts(Parts {
             prefix,
             store,
-            self.default_ttl,
-            self.max_stale.unwrap_or(DEFAULT_MAX_STALE),
-            self.compute_lease.unwrap_or(DEFAULT_COMPUTE_LEASE),
-            self.mongo,
-        );
+            default_ttl: self.default_ttl,
+            max_stale: self.max_stale.unwrap_or(DEFAULT_MAX_STALE),
+            compute_lease: self.compute_lease.unwrap_or(DEFAULT_COMPUTE_LEASE),
+            mongo: self.mongo,
+            task_retention: self.task_retention.unwrap_or(DEFAULT_TASK_RETENTION),
+            retry: self.retry.unwrap_or_default(),
+            callbacks: self.callbacks,
+        });
         if self.executor {
             if !is_redis {
                 return Err(Error::Config("run_executor needs the Redis store".into()));

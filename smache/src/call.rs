@@ -23,7 +23,7 @@ use crate::flight::{follow, Join, Landing, Pilot};
 use crate::instance::{Fetched, Inner, Located, Smache};
 use crate::key::CacheKey;
 use crate::runtime;
-use crate::spec::{FnSpec, Refresh};
+use crate::spec::FnSpec;
 use crate::store::{Backend, Begin, Put};
 use crate::sync::lock;
 
@@ -35,6 +35,25 @@ pub trait Mode<R> {
     fn cacheable(result: &R) -> Option<&Self::Value>;
     /// Rebuilds a result from a stored value.
     fn from_cached(value: Self::Value) -> R;
+    /// Why a result is not cached, for the waiters of a submitted task and
+    /// the executor's log: the error's message.
+    fn failure(result: &R) -> Option<String>;
+}
+
+/// The cached value type of a mode, without [`Mode`]'s serde bounds: the
+/// generated `submit` names its return type with it, so that a return type
+/// that cannot be cached is reported once, by the call.
+pub trait ValueType<R> {
+    /// The type that is stored.
+    type Value;
+}
+
+impl<T> ValueType<T> for Plain {
+    type Value = T;
+}
+
+impl<T, E> ValueType<Result<T, E>> for OkOnly {
+    type Value = T;
 }
 
 /// Every return value is cached.
@@ -49,19 +68,26 @@ impl<T: Serialize + DeserializeOwned> Mode<T> for Plain {
     fn from_cached(value: T) -> T {
         value
     }
+    fn failure(_: &T) -> Option<String> {
+        None
+    }
 }
 
-/// For functions returning `Result`: only `Ok` values are cached.
+/// For functions returning `Result`: only `Ok` values are cached; the
+/// message of an `Err` is what waiters on a submitted task are told.
 #[derive(Debug)]
 pub struct OkOnly;
 
-impl<T: Serialize + DeserializeOwned, E> Mode<Result<T, E>> for OkOnly {
+impl<T: Serialize + DeserializeOwned, E: std::fmt::Display> Mode<Result<T, E>> for OkOnly {
     type Value = T;
     fn cacheable(result: &Result<T, E>) -> Option<&T> {
         result.as_ref().ok()
     }
     fn from_cached(value: T) -> Result<T, E> {
         Ok(value)
+    }
+    fn failure(result: &Result<T, E>) -> Option<String> {
+        result.as_ref().err().map(ToString::to_string)
     }
 }
 
@@ -72,12 +98,18 @@ tokio::task_local! {
     static TARGET: Arc<Target>;
 }
 
-/// A recompute an executor asked for.
+/// A call an executor makes on behalf of a job.
 #[derive(Debug)]
 pub(crate) struct Target {
     pub(crate) key: String,
-    pub(crate) started: u64,
+    /// A recompute from this change generation: no lookup, no single
+    /// flight, a conditional store. `None`: a submitted task, which goes
+    /// through the plain call path (lookup, single flight) and only has
+    /// its failure observed.
+    pub(crate) started: Option<u64>,
     pub(crate) outcome: Mutex<Option<Outcome>>,
+    /// Why the function's result was not cached, if it was not.
+    pub(crate) failure: Mutex<Option<String>>,
 }
 
 /// What became of a recompute.
@@ -102,8 +134,34 @@ impl Target {
         TARGET.sync_scope(Arc::clone(self), f)
     }
 
+    pub(crate) fn new(key: String, started: Option<u64>) -> Arc<Self> {
+        Arc::new(Target {
+            key,
+            started,
+            outcome: Mutex::new(None),
+            failure: Mutex::new(None),
+        })
+    }
+
     fn finish(&self, outcome: Outcome) {
         *lock(&self.outcome) = Some(outcome);
+    }
+
+    /// Notes why a result is not cached (an `Err`, or a value that cannot
+    /// be serialized).
+    fn observe<M: Mode<R>, R>(&self, result: &R) {
+        let encoded = M::cacheable(result).is_some_and(|v| Inner::encode(&self.key, v).is_some());
+        self.observe_encoded::<M, R>(result, encoded);
+    }
+
+    /// [`observe`](Self::observe) when the result was already encoded.
+    fn observe_encoded<M: Mode<R>, R>(&self, result: &R, encoded: bool) {
+        let failure = match M::failure(result) {
+            Some(message) => Some(message),
+            None if !encoded => Some("the value cannot be serialized".to_owned()),
+            None => None,
+        };
+        *lock(&self.failure) = failure;
     }
 }
 
@@ -138,6 +196,7 @@ fn prepare(spec: &'static FnSpec, key: Result<CacheKey>) -> Option<Call> {
 }
 
 impl Call {
+    /// The executor's job for this very value, if this call runs one.
     fn target(&self) -> Option<Arc<Target>> {
         TARGET
             .try_with(|target| (target.key == self.at.key).then(|| Arc::clone(target)))
@@ -145,16 +204,9 @@ impl Call {
             .flatten()
     }
 
-    /// Whether a stored value may be served. A `write_through` value that
-    /// is stale is served while an executor refreshes it (for at most
-    /// `max_stale`); `mark_stale` values that are stale or past their
-    /// time-to-live are recomputed by the caller instead.
+    /// Whether a stored value may be served; see [`Inner::acceptable`].
     fn acceptable(&self, fetched: &Fetched) -> bool {
-        let write_through = self.spec.refresh() == Refresh::WriteThrough;
-        if fetched.stale && (!write_through || fetched.stale_for > self.inner.max_stale) {
-            return false;
-        }
-        write_through || !fetched.expired
+        self.inner.acceptable(self.spec, fetched)
     }
 
     /// A usable stored value, if any; one past its time-to-live is served
@@ -255,14 +307,20 @@ impl Call {
         }
     }
 
-    /// Keeps the compute lease alive while the computation runs; dropping
-    /// the keeper stops it.
+    /// Keeps the compute lease alive while the computation runs. Call
+    /// [`LeaseKeeper::done`] when it returns; a keeper dropped without it
+    /// (the function panicked, or the caller dropped its future) gives the
+    /// lease up, so that waiters elsewhere take over at once.
     fn keep_lease(self: &Arc<Self>, owner: &str) -> LeaseKeeper {
         if self.inner.store.backend() == Backend::Embedded || owner.is_empty() {
-            return LeaseKeeper(None);
+            return LeaseKeeper {
+                renewal: None,
+                release: None,
+            };
         }
         let call = Arc::clone(self);
         let owner = owner.to_owned();
+        let owner_for_release = owner.clone();
         let every = call.inner.compute_lease / 3;
         let task = runtime::spawn(async move {
             loop {
@@ -281,7 +339,10 @@ impl Call {
                 }
             }
         });
-        LeaseKeeper(Some(task.abort_handle()))
+        LeaseKeeper {
+            renewal: Some(task.abort_handle()),
+            release: Some((Arc::clone(self), owner_for_release)),
+        }
     }
 
     /// Stores what a computation produced (or gives up its lease), and says
@@ -372,13 +433,33 @@ enum Resolved<V> {
     Compute(Pilot, Option<u64>, String),
 }
 
-/// Stops renewing a compute lease when dropped.
-struct LeaseKeeper(Option<tokio::task::AbortHandle>);
+/// Renews a compute lease while a computation runs; see [`Call::keep_lease`].
+struct LeaseKeeper {
+    renewal: Option<tokio::task::AbortHandle>,
+    /// Armed until the computation returns.
+    release: Option<(Arc<Call>, String)>,
+}
+
+impl LeaseKeeper {
+    /// The computation returned: stop renewing; what follows stores the
+    /// value or gives the lease up.
+    fn done(mut self) {
+        self.release = None;
+    }
+}
 
 impl Drop for LeaseKeeper {
     fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
+        if let Some(task) = self.renewal.take() {
             task.abort();
+        }
+        if let Some((call, owner)) = self.release.take() {
+            runtime::spawn(async move {
+                let slot = call.at.slot(&call.inner.base);
+                if let Err(err) = call.inner.store.release(slot, &owner).await {
+                    call.inner.store_failed(&err);
+                }
+            });
         }
     }
 }
@@ -405,19 +486,32 @@ where
         return compute.await;
     };
     let call = Arc::new(call);
-    if let Some(target) = call.target() {
+    let target = call.target();
+    if let Some((target, started)) = target
+        .as_ref()
+        .and_then(|t| t.started.map(|started| (t, started)))
+    {
         // An executor's recompute: no lookup, no single flight.
         let deps = call.deps();
         let result = DEPS.scope(Arc::clone(&deps), compute).await;
         let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
+        target.observe_encoded::<M, R>(&result, data.is_some());
         let deps = lock(&deps).clone();
-        let settled = Arc::clone(&call).settle(Some(target.started), None, data, deps);
+        let settled = Arc::clone(&call).settle(Some(started), None, data, deps);
         let (outcome, _) = runtime::in_tokio(settled)
             .await
             .unwrap_or((Outcome::Unreachable, Landing::Failed));
         target.finish(outcome);
         return result;
     }
+    // A submitted task runs the plain path; whatever computes is observed.
+    let compute = async move {
+        let result = compute.await;
+        if let Some(target) = &target {
+            target.observe::<M, R>(&result);
+        }
+        result
+    };
     let fetched = {
         let call = Arc::clone(&call);
         runtime::in_tokio(async move { call.inner.fetch(&call.at.key).await })
@@ -447,7 +541,7 @@ where
     let keeper = call.keep_lease(&owner);
     let deps = call.deps();
     let result = DEPS.scope(Arc::clone(&deps), compute).await;
-    drop(keeper);
+    keeper.done();
     let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
     let deps = lock(&deps).clone();
     let settled = Arc::clone(&call).settle(started, Some(owner), data, deps);
@@ -472,12 +566,16 @@ where
         return compute();
     };
     let call = Arc::new(call);
-    if let Some(target) = call.target() {
+    let target = call.target();
+    if let Some((target, started)) = target
+        .as_ref()
+        .and_then(|t| t.started.map(|started| (t, started)))
+    {
         let deps = call.deps();
         let result = DEPS.sync_scope(Arc::clone(&deps), compute);
         let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
+        target.observe_encoded::<M, R>(&result, data.is_some());
         let deps = lock(&deps).clone();
-        let started = target.started;
         let (outcome, _) = blocking(&call, move |call| {
             call.settle(Some(started), None, data, deps)
         })
@@ -485,6 +583,13 @@ where
         target.finish(outcome);
         return result;
     }
+    let compute = move || {
+        let result = compute();
+        if let Some(target) = &target {
+            target.observe::<M, R>(&result);
+        }
+        result
+    };
     let fetched = blocking(
         &call,
         |call| async move { call.inner.fetch(&call.at.key).await },
@@ -513,7 +618,7 @@ where
     let keeper = call.keep_lease(&owner);
     let deps = call.deps();
     let result = DEPS.sync_scope(Arc::clone(&deps), compute);
-    drop(keeper);
+    keeper.done();
     let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
     let deps = lock(&deps).clone();
     let (_, landing) = blocking(&call, move |call| {

@@ -58,6 +58,20 @@ pub enum Error {
     /// A recompute job's arguments do not match the function's.
     #[error("malformed job: {0}")]
     Job(String),
+    /// A submitted task failed: the function returned an error (its
+    /// message), panicked, or produced a value that cannot be serialized,
+    /// on every attempt of the [`Retry`](crate::Retry) policy.
+    #[error("task {task} failed: {message}")]
+    TaskFailed {
+        /// The task's id.
+        task: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// No task has this id: it was never submitted, or it finished longer
+    /// ago than the task retention.
+    #[error("no task {0} (never submitted, or expired)")]
+    TaskNotFound(String),
     /// [`Smache::install`](crate::Smache::install) was called after a
     /// process-wide default was already in place.
     #[error("a process-wide smache default is already installed")]

@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::instance::{Located, Smache};
 use crate::registry;
 use crate::store::{RedisStore, Start, Store, BLOCK_FOR};
+use crate::task::Completion;
 
 /// The consumer group all executors share.
 pub const GROUP: &str = "executors";
@@ -248,6 +249,12 @@ pub async fn run_until(
             running.spawn(async move {
                 match task {
                     Task::Value(id) => executor.process(&entry, &id).await,
+                    Task::Submitted { id, task, args } => {
+                        executor.process_task(&entry, &id, &task, args).await;
+                    }
+                    Task::Callback { name, task, args } => {
+                        executor.callback(&entry, &name, &task, args).await;
+                    }
                     Task::Related { collection, doc } => {
                         executor.relate(&entry, &collection, &doc).await;
                     }
@@ -326,6 +333,19 @@ pub(crate) async fn shutdown_signal() {
 enum Task {
     /// Recompute the value with this id.
     Value(String),
+    /// Compute the value `id` for the submitted task `task`; `args` are the
+    /// full arguments when the id holds only their hash.
+    Submitted {
+        id: String,
+        task: String,
+        args: String,
+    },
+    /// Run the callback `name` of the finished task `task`.
+    Callback {
+        name: String,
+        task: String,
+        args: String,
+    },
     /// A document of a collection named in some `relations(...)` changed.
     Related {
         collection: String,
@@ -336,8 +356,23 @@ enum Task {
 
 impl Task {
     fn of(entry: &redis::streams::StreamId) -> Task {
+        let args = || entry.get::<String>("args").unwrap_or_default();
+        if let (Some(name), Some(task)) = (entry.get::<String>("cb"), entry.get::<String>("task")) {
+            return Task::Callback {
+                name,
+                task,
+                args: args(),
+            };
+        }
         if let Some(id) = entry.get::<String>("id") {
-            return Task::Value(id);
+            return match entry.get::<String>("task") {
+                Some(task) => Task::Submitted {
+                    id,
+                    task,
+                    args: args(),
+                },
+                None => Task::Value(id),
+            };
         }
         match (entry.get::<String>("rel"), entry.get::<String>("doc")) {
             (Some(collection), Some(doc)) => Task::Related { collection, doc },
@@ -508,63 +543,237 @@ impl Executor {
                 }
             }
         };
-        let target = Arc::new(Target {
-            key: at.key.clone(),
-            started,
-            outcome: Mutex::new(None),
-        });
+        let args = if full_args.is_empty() {
+            id_args.to_owned()
+        } else {
+            full_args
+        };
+        let retry = self.smache.inner.retry;
+        let mut run = 1;
+        loop {
+            let target = Target::new(at.key.clone(), Some(started));
+            let ran = self.run_function(registration, &target, args.clone()).await;
+            let outcome = *crate::sync::lock(&target.outcome);
+            let failure = match (ran, outcome) {
+                (Ran::Returned(Ok(())), Some(Outcome::Stored | Outcome::Superseded)) => {
+                    return self.ack(entry).await;
+                }
+                (Ran::Returned(Ok(())), Some(Outcome::NotCached)) => {
+                    crate::sync::lock(&target.failure)
+                        .take()
+                        .unwrap_or_else(|| "the value was not cached".to_owned())
+                }
+                (Ran::Returned(Ok(())), _) => {
+                    tracing::warn!(
+                        id,
+                        "smache executor: the value could not be stored; job left for retry"
+                    );
+                    return;
+                }
+                (
+                    Ran::Returned(Err(Error::EntityGone {
+                        collection,
+                        id: gone,
+                    })),
+                    _,
+                ) => {
+                    tracing::debug!(id, collection, %gone, "smache executor: an entity is gone; dropping the value");
+                    return match self.store.drop_value(at.slot(base)).await {
+                        Ok(_) => self.ack(entry).await,
+                        Err(err) => {
+                            tracing::warn!(error = %err, id, "smache executor: cannot drop the value; job left for retry");
+                        }
+                    };
+                }
+                (Ran::Returned(Err(err @ Error::Job(_))), _) => {
+                    tracing::error!(error = %err, id, "smache executor: the job does not match the function; dropped");
+                    return self.ack(entry).await;
+                }
+                (Ran::Returned(Err(err)), _) => {
+                    if run >= retry.attempts() {
+                        // MongoDB or Redis unreachable: keep the job for
+                        // another round (reclaimed after RECLAIM_AFTER).
+                        tracing::warn!(error = %err, id, "smache executor: recompute failed; job left for retry");
+                        return;
+                    }
+                    err.to_string()
+                }
+                (Ran::Panicked(message), _) => message,
+            };
+            if run >= retry.attempts() {
+                tracing::error!(id, error = %failure, runs = run, "smache executor: recompute failed on every attempt; the old value stays (stale)");
+                return self.ack(entry).await;
+            }
+            tracing::warn!(id, error = %failure, run, "smache executor: recompute failed; retrying");
+            tokio::time::sleep(retry.delay(run)).await;
+            run += 1;
+        }
+    }
+
+    /// Runs a job's function on a blocking thread of its own (the user's
+    /// function need not be `Send`), catching a panic.
+    async fn run_function(
+        &self,
+        registration: &'static registry::Registration,
+        target: &Arc<Target>,
+        args: String,
+    ) -> Ran {
         let job = Job {
             smache: self.smache.clone(),
-            target: Arc::clone(&target),
-            args: if full_args.is_empty() {
-                id_args.to_owned()
-            } else {
-                full_args
-            },
+            target: Arc::clone(target),
+            args,
         };
         let recompute = registration.recompute;
         let handle = tokio::runtime::Handle::current();
-        let ran = tokio::task::spawn_blocking(move || handle.block_on(recompute(job))).await;
-        let outcome = *crate::sync::lock(&target.outcome);
-        match (ran, outcome) {
-            (Ok(Ok(())), Some(Outcome::Stored | Outcome::Superseded)) => self.ack(entry).await,
-            (Ok(Ok(())), Some(Outcome::NotCached)) => {
-                tracing::warn!(id, "smache executor: the function returned an error or an unserializable value; the old value stays (stale)");
-                self.ack(entry).await;
-            }
-            (Ok(Ok(())), _) => {
-                tracing::warn!(
-                    id,
-                    "smache executor: the value could not be stored; job left for retry"
-                );
-            }
-            (
-                Ok(Err(Error::EntityGone {
-                    collection,
-                    id: gone,
-                })),
-                _,
-            ) => {
-                tracing::debug!(id, collection, %gone, "smache executor: an entity is gone; dropping the value");
-                match self.store.drop_value(at.slot(base)).await {
-                    Ok(_) => self.ack(entry).await,
-                    Err(err) => {
-                        tracing::warn!(error = %err, id, "smache executor: cannot drop the value; job left for retry")
+        match tokio::task::spawn_blocking(move || handle.block_on(recompute(job))).await {
+            Ok(result) => Ran::Returned(result),
+            Err(err) => Ran::Panicked(panic_message(err)),
+        }
+    }
+
+    /// Computes the value of a submitted task, with retries, and finishes
+    /// the task with its value or its error.
+    async fn process_task(&self, entry: &str, id: &str, task: &str, full_args: String) {
+        let base = &self.smache.inner.base;
+        let key = format!("{base}v:{id}");
+        let Some((head, id_args)) = split_value_id(id) else {
+            tracing::warn!(id, task, "smache executor: malformed task; failed");
+            let failed = Err(format!("malformed value id {id:?}"));
+            return self.finish(entry, task, &key, &failed).await;
+        };
+        let Some(registration) = registry::find(head) else {
+            tracing::warn!(function = head, task, "smache executor: no such function in this process; leaving the task for another executor");
+            return;
+        };
+        let args = if full_args.is_empty() {
+            id_args.to_owned()
+        } else {
+            full_args
+        };
+        let retry = self.smache.inner.retry;
+        let mut run = 1;
+        loop {
+            // No generation: the plain call path (a hit, single flight
+            // with other callers, or a computation) with its failure noted.
+            let target = Target::new(key.clone(), None);
+            let failure = match self.run_function(registration, &target, args.clone()).await {
+                Ran::Returned(Ok(())) => match self.smache.inner.fetch(&key).await {
+                    Ok(Some(fetched))
+                        if self.smache.inner.acceptable(registration.spec, &fetched) =>
+                    {
+                        return self.finish(entry, task, &key, &Ok(fetched.data)).await;
                     }
+                    Ok(_) => crate::sync::lock(&target.failure)
+                        .take()
+                        .unwrap_or_else(|| "the value was computed but not stored".to_owned()),
+                    Err(()) => {
+                        tracing::warn!(
+                            task,
+                            "smache executor: redis unavailable; task left for retry"
+                        );
+                        return;
+                    }
+                },
+                Ran::Returned(Err(err @ (Error::EntityGone { .. } | Error::Job(_)))) => {
+                    // Retrying cannot help.
+                    return self.finish(entry, task, &key, &Err(err.to_string())).await;
                 }
+                Ran::Returned(Err(err)) => err.to_string(),
+                Ran::Panicked(message) => message,
+            };
+            if run >= retry.attempts() {
+                tracing::warn!(task, id, error = %failure, runs = run, "smache executor: task failed");
+                return self.finish(entry, task, &key, &Err(failure)).await;
             }
-            (Ok(Err(err @ Error::Job(_))), _) => {
-                tracing::error!(error = %err, id, "smache executor: the job does not match the function; dropped");
-                self.ack(entry).await;
-            }
-            (Ok(Err(err)), _) => {
-                tracing::warn!(error = %err, id, "smache executor: recompute failed; job left for retry");
-            }
-            (Err(panic), _) => {
-                tracing::error!(error = %panic, id, "smache executor: the function panicked; job dropped, the old value stays (stale)");
-                self.ack(entry).await;
+            tracing::debug!(task, id, error = %failure, run, "smache executor: task run failed; retrying");
+            tokio::time::sleep(retry.delay(run)).await;
+            run += 1;
+        }
+    }
+
+    /// Records a task's result (once), queues its callbacks, wakes its
+    /// waiters; acknowledges the job once that is done.
+    async fn finish(
+        &self,
+        entry: &str,
+        task: &str,
+        value_key: &str,
+        result: &std::result::Result<Vec<u8>, String>,
+    ) {
+        let inner = &self.smache.inner;
+        match self
+            .store
+            .finish_task(&inner.base, task, value_key, result, inner.task_retention)
+            .await
+        {
+            Ok(_) => self.ack(entry).await,
+            Err(err) => {
+                tracing::warn!(error = %err, task, "smache executor: cannot finish a task; left for retry");
             }
         }
+    }
+
+    /// Runs one callback of a finished task. Whatever the callback does,
+    /// the job is acknowledged: a failing callback is logged, not retried.
+    async fn callback(&self, entry: &str, name: &str, task: &str, args: String) {
+        let Some(handler) = self.smache.inner.callbacks.get(name).cloned() else {
+            tracing::warn!(callback = name, task, "smache executor: no callback of this name is registered here; leaving it for another executor");
+            return;
+        };
+        let state = match self.store.task(&self.smache.inner.base, task).await {
+            Ok(Some(state)) => state,
+            Ok(None) => {
+                tracing::warn!(
+                    callback = name,
+                    task,
+                    "smache executor: the task expired before its callback ran; dropped"
+                );
+                return self.ack(entry).await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, task, "smache executor: redis unavailable; callback left for retry");
+                return;
+            }
+        };
+        let outcome = match state.state {
+            b'd' => Ok(state.result),
+            b'f' => Err(String::from_utf8_lossy(&state.result).into_owned()),
+            _ => Err("the task has not finished".to_owned()),
+        };
+        let completion = Completion::new(task.to_owned(), outcome, args);
+        match tokio::spawn(handler(completion)).await {
+            Ok(Ok(())) => {
+                tracing::debug!(callback = name, task, "smache executor: callback done");
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(callback = name, task, error = %err, "smache executor: a callback failed");
+            }
+            Err(err) => {
+                tracing::error!(callback = name, task, error = %panic_message(err), "smache executor: a callback panicked");
+            }
+        }
+        self.ack(entry).await;
+    }
+}
+
+/// How a job's function run ended.
+enum Ran {
+    Returned(Result<()>),
+    Panicked(String),
+}
+
+/// The message of a panicked task.
+fn panic_message(err: tokio::task::JoinError) -> String {
+    match err.try_into_panic() {
+        Ok(payload) => {
+            let text = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string payload".to_owned());
+            format!("the function panicked: {text}")
+        }
+        Err(err) => format!("the function's task ended: {err}"),
     }
 }
 

@@ -16,6 +16,7 @@ use crate::envelope;
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::runtime;
+use crate::spec::{FnSpec, Refresh};
 use crate::store::{Backend, Lookup, Put, Slot, Store};
 
 static GLOBAL: OnceCell<Smache> = OnceCell::new();
@@ -64,6 +65,12 @@ pub(crate) struct Inner {
     /// How long one computation may hold a key before another process
     /// takes over.
     pub(crate) compute_lease: Duration,
+    /// How long a finished task is kept.
+    pub(crate) task_retention: Duration,
+    /// How executors retry failed background work.
+    pub(crate) retry: crate::task::Retry,
+    /// Callbacks by name, run by this process's executor.
+    pub(crate) callbacks: std::collections::HashMap<String, crate::task::Callback>,
     health: Health,
     /// The executor started by `SmacheBuilder::run_executor`.
     executor: std::sync::Mutex<Option<crate::executor::ExecutorHandle>>,
@@ -120,14 +127,18 @@ impl Smache {
         SmacheBuilder::from_env()?.build()
     }
 
-    pub(crate) fn from_parts(
-        prefix: String,
-        store: Store,
-        default_ttl: Option<Duration>,
-        max_stale: Duration,
-        compute_lease: Duration,
-        mongo: Option<mongodb::Database>,
-    ) -> Smache {
+    pub(crate) fn from_parts(parts: Parts) -> Smache {
+        let Parts {
+            prefix,
+            store,
+            default_ttl,
+            max_stale,
+            compute_lease,
+            mongo,
+            task_retention,
+            retry,
+            callbacks,
+        } = parts;
         Smache {
             inner: Arc::new(Inner {
                 base: format!("{{{prefix}}}:"),
@@ -139,6 +150,9 @@ impl Smache {
                 health: Health::default(),
                 flights: Arc::default(),
                 compute_lease,
+                task_retention,
+                retry,
+                callbacks,
                 executor: std::sync::Mutex::new(None),
             }),
         }
@@ -373,6 +387,19 @@ impl Smache {
     }
 }
 
+/// What a built instance is made of.
+pub(crate) struct Parts {
+    pub(crate) prefix: String,
+    pub(crate) store: Store,
+    pub(crate) default_ttl: Option<Duration>,
+    pub(crate) max_stale: Duration,
+    pub(crate) compute_lease: Duration,
+    pub(crate) mongo: Option<mongodb::Database>,
+    pub(crate) task_retention: Duration,
+    pub(crate) retry: crate::task::Retry,
+    pub(crate) callbacks: std::collections::HashMap<String, crate::task::Callback>,
+}
+
 /// Metadata of a stored value; see [`Smache::entry`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryInfo {
@@ -436,6 +463,18 @@ pub(crate) struct Fetched {
 }
 
 impl Inner {
+    /// Whether a stored value of `spec`'s function may be served. A
+    /// `write_through` value that is stale is served while an executor
+    /// refreshes it (for at most `max_stale`); `mark_stale` values that are
+    /// stale or past their time-to-live are recomputed by the caller.
+    pub(crate) fn acceptable(&self, spec: &FnSpec, fetched: &Fetched) -> bool {
+        let write_through = spec.refresh() == Refresh::WriteThrough;
+        if fetched.stale && (!write_through || fetched.stale_for > self.max_stale) {
+            return false;
+        }
+        write_through || !fetched.expired
+    }
+
     /// Reads what is stored under `storage_key`. `Err` means the store
     /// could not be asked (already logged).
     pub(crate) async fn fetch(&self, storage_key: &str) -> Result<Option<Fetched>, ()> {

@@ -83,6 +83,7 @@ mod runtime;
 mod spec;
 mod store;
 mod sync;
+pub mod task;
 pub mod worker;
 
 pub use smache_macros::{computed, Entity};
@@ -97,15 +98,19 @@ pub use crate::instance::{EntryInfo, Smache};
 pub use crate::key::CacheKey;
 pub use crate::spec::{ArgKind, FnSpec, Refresh};
 pub use crate::store::Backend;
+pub use crate::task::{
+    CallbackResult, Completion, Retry, Submitted, Task, TaskStatus, DEFAULT_TASK_RETENTION,
+};
 
 /// Items used by the code `#[computed]` and `#[derive(Entity)]` generate.
 /// Not public API: no stability guarantees.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::call::{call_async, call_sync, Mode, OkOnly, Plain};
+    pub use crate::call::{call_async, call_sync, Mode, OkOnly, Plain, ValueType};
     pub use crate::executor::Job;
     pub use crate::key::KeyBuilder;
     pub use crate::registry::{LocalBoxFuture, Registration, Relation};
+    pub use crate::task::submit;
     pub use {bson, inventory};
 
     use crate::entity::{EntityId, IntoEntityId};

@@ -50,6 +50,9 @@ struct Scripts {
     refresh: Script,
     release: Script,
     renew: Script,
+    submit: Script,
+    finish: Script,
+    attach: Script,
 }
 
 macro_rules! script {
@@ -75,6 +78,9 @@ impl Scripts {
             refresh: script!("refresh.lua"),
             release: script!("release.lua"),
             renew: script!("renew.lua"),
+            submit: script!("submit.lua"),
+            finish: script!("finish.lua"),
+            attach: script!("attach.lua"),
         }
     }
 }
@@ -426,6 +432,89 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Submits the computation of a value to the executors; the id of the
+    /// task pending for it (`task` if there was none).
+    pub(crate) async fn submit(
+        &self,
+        slot: Slot<'_>,
+        task: &str,
+        retention: Duration,
+    ) -> Result<String> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.submit.key(slot.key);
+        invocation
+            .arg(slot.base)
+            .arg(slot.id)
+            .arg(slot.full_args)
+            .arg(task)
+            .arg(millis(retention).max(1));
+        self.bounded("submit", invocation.invoke_async(&mut conn))
+            .await
+    }
+
+    /// Finishes a pending task; `false` if it was not pending.
+    pub(crate) async fn finish_task(
+        &self,
+        base: &str,
+        task: &str,
+        value_key: &str,
+        result: &std::result::Result<Vec<u8>, String>,
+        retention: Duration,
+    ) -> Result<bool> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.finish.key(format!("{base}t:{task}"));
+        invocation.key(value_key).arg(base).arg(task);
+        match result {
+            Ok(data) => invocation.arg("d").arg(data.as_slice()),
+            Err(message) => invocation.arg("f").arg(message.as_str()),
+        };
+        invocation.arg(millis(retention).max(1));
+        let finished: i64 = self
+            .bounded("finish", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(finished == 1)
+    }
+
+    /// Attaches a callback to a task; `false` if the task is unknown.
+    pub(crate) async fn attach(
+        &self,
+        base: &str,
+        task: &str,
+        callback: &str,
+        args: &str,
+    ) -> Result<bool> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.attach.key(format!("{base}t:{task}"));
+        invocation.arg(base).arg(task).arg(callback).arg(args);
+        let attached: i64 = self
+            .bounded("attach", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(attached == 1)
+    }
+
+    /// A task's state; `None` if it is unknown.
+    pub(crate) async fn task(&self, base: &str, task: &str) -> Result<Option<TaskState>> {
+        let mut conn = self.connection().await?;
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(format!("{base}t:{task}"))
+            .arg("s")
+            .arg("r")
+            .arg("v");
+        match self
+            .bounded("task", cmd.query_async::<[Option<Vec<u8>>; 3]>(&mut conn))
+            .await
+        {
+            Ok([Some(state), result, value]) => Ok(Some(TaskState {
+                state: state.first().copied().unwrap_or(b'?'),
+                result: result.unwrap_or_default(),
+                value_id: String::from_utf8_lossy(&value.unwrap_or_default()).into_owned(),
+            })),
+            Ok([None, ..]) => Ok(None),
+            Err(Error::Redis(err)) if is_wrong_type(&err) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// The shared connection, for the worker and executors.
     pub(crate) async fn shared(&self) -> Result<ConnectionManager> {
         self.connection().await
@@ -452,6 +541,17 @@ impl RedisStore {
             }),
         }
     }
+}
+
+/// What is recorded about a task.
+#[derive(Debug)]
+pub(crate) struct TaskState {
+    /// `p` pending, `d` done, `f` failed.
+    pub(crate) state: u8,
+    /// The value's envelope (done), or the error message (failed).
+    pub(crate) result: Vec<u8>,
+    /// The id of the value the task computes.
+    pub(crate) value_id: String,
 }
 
 /// The answer to a caller about to compute a missing value.

@@ -1,0 +1,478 @@
+//! Submitting a computation and awaiting it later: tasks, their status,
+//! callbacks, and the retry policy of background work.
+//!
+//! Every `#[computed]` function `f` gets `f::submit(args)`. It returns at
+//! once: [`Submitted::Ready`] with the cached value on a hit, else
+//! [`Submitted::Pending`] with a [`Task`] whose work runs on the executors
+//! (see [`crate::executor`]). Concurrent submits of one value, from any
+//! process, join one task ("twice for the same price"); plain calls of the
+//! value meanwhile wait for the same computation (single flight).
+//!
+//! A task has a stable id: any process can look it up with
+//! [`Smache::task`] and attach callbacks to it, which run on an executor
+//! once the task finishes — each exactly once per completion.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), smache::Error> {
+//! #[smache::computed(Raw)]
+//! async fn report(month: u32) -> String {
+//!     format!("report for {month}") // expensive
+//! }
+//!
+//! let smache = smache::Smache::builder()
+//!     .redis_url("redis://127.0.0.1/")
+//!     .run_executor() // or executors in other processes
+//!     .build()?;
+//! let value = smache
+//!     .scope(async {
+//!         match report::submit(11).await? {
+//!             smache::Submitted::Ready(value) => Ok(value),
+//!             smache::Submitted::Pending(task) => {
+//!                 println!("computing as task {}", task.id());
+//!                 task.wait().await
+//!             }
+//!         }
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::call::Mode;
+use crate::envelope;
+use crate::error::{Error, Result};
+use crate::instance::{Inner, Smache};
+use crate::key::CacheKey;
+use crate::runtime;
+use crate::spec::FnSpec;
+use crate::store::{RedisStore, Store};
+
+/// The result of `f::submit(..)`: the cached value, or a task computing it.
+#[derive(Debug)]
+#[must_use]
+pub enum Submitted<V> {
+    /// The value was cached: no work was submitted.
+    Ready(V),
+    /// The value is being computed by an executor.
+    Pending(Task<V>),
+}
+
+impl<V: DeserializeOwned> Submitted<V> {
+    /// The value: at once if it was cached, else when the task finishes.
+    ///
+    /// # Errors
+    /// [`Error::TaskFailed`] with the function's error; store errors.
+    pub async fn wait(self) -> Result<V> {
+        match self {
+            Submitted::Ready(value) => Ok(value),
+            Submitted::Pending(task) => task.wait().await,
+        }
+    }
+}
+
+/// What became of a task; see [`Smache::task`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskStatus<V> {
+    /// Not finished yet.
+    Pending,
+    /// Finished with this value.
+    Done(V),
+    /// Finished with this error (after the retries of the [`Retry`] policy).
+    Failed(String),
+}
+
+/// A submitted computation of one value; see the [module docs](self).
+pub struct Task<V> {
+    smache: Smache,
+    id: String,
+    value_key: String,
+    value_id: String,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> fmt::Debug for Task<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Task")
+            .field("id", &self.id)
+            .field("value", &self.value_id)
+            .finish()
+    }
+}
+
+impl<V: DeserializeOwned> Task<V> {
+    /// The task's id: stable, and valid in every process sharing the Redis
+    /// (see [`Smache::task`]) until [`SmacheBuilder::task_retention`](crate::SmacheBuilder::task_retention)
+    /// after it finishes.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The task's status now.
+    ///
+    /// # Errors
+    /// [`Error::TaskNotFound`] once the task has expired; store errors.
+    pub async fn status(&self) -> Result<TaskStatus<V>> {
+        self.smache.task(&self.id).await
+    }
+
+    /// Waits for the task to finish. Woken by a notification when it does,
+    /// and re-checked every 250 ms should one be lost. To bound the wait,
+    /// wrap it in [`tokio::time::timeout`].
+    ///
+    /// # Errors
+    /// [`Error::TaskFailed`] with the function's error;
+    /// [`Error::TaskNotFound`] if the task expired; store errors.
+    pub async fn wait(&self) -> Result<V> {
+        let mut value_id = self.value_id.clone();
+        loop {
+            // Registered before checking, so a notification cannot slip by.
+            let waiter = if value_id.is_empty() {
+                None
+            } else {
+                let inner = Arc::clone(&self.smache.inner);
+                let id = value_id.clone();
+                runtime::in_tokio(async move { inner.store.waiter(&inner.base, &id).await }).await?
+            };
+            let (status, of) = self.smache.task_status(&self.id).await?;
+            match status {
+                TaskStatus::Pending => {}
+                TaskStatus::Done(value) => return Ok(value),
+                TaskStatus::Failed(message) => {
+                    return Err(Error::TaskFailed {
+                        task: self.id.clone(),
+                        message,
+                    })
+                }
+            }
+            if value_id.is_empty() && !of.is_empty() {
+                value_id = of; // a handle made from an id: now it is known
+                continue;
+            }
+            let pause = Duration::from_millis(250);
+            match waiter {
+                Some(waiter) => {
+                    let _ = tokio::time::timeout(pause, waiter).await;
+                }
+                None => tokio::time::sleep(Duration::from_millis(25)).await,
+            }
+        }
+    }
+
+    /// Attaches a callback registered with
+    /// [`SmacheBuilder::callback`](crate::SmacheBuilder::callback): when
+    /// the task finishes, an executor that has a callback of this name runs
+    /// it once with the outcome and `args`. Attaching to a task that has
+    /// already finished runs the callback at once.
+    ///
+    /// # Errors
+    /// [`Error::TaskNotFound`]; [`Error::Serialize`] if `args` cannot be
+    /// serialized; [`Error::Config`] for a name with a newline; store errors.
+    pub async fn on_complete<A: Serialize + ?Sized>(&self, callback: &str, args: &A) -> Result<()> {
+        self.smache.on_complete(&self.id, callback, args).await
+    }
+
+    /// The key of the value the task computes.
+    #[must_use]
+    pub fn value_key(&self) -> &str {
+        &self.value_key
+    }
+}
+
+/// How an executor retries background work that fails: a submitted task,
+/// or the recompute of a value after a change. A failure is an `Err` from
+/// the function, a value that cannot be serialized, a panic, or a MongoDB
+/// error while loading the arguments. The delay doubles after each attempt.
+///
+/// ```
+/// use std::time::Duration;
+/// use smache::Retry;
+///
+/// let retry = Retry::new(4, Duration::from_millis(50));
+/// assert_eq!(retry.attempts(), 4);
+/// assert_eq!(Retry::default(), Retry::new(3, Duration::from_millis(100)));
+/// assert_eq!(Retry::none().attempts(), 1);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    attempts: u32,
+    backoff: Duration,
+}
+
+impl Retry {
+    /// At most `attempts` runs in all (at least one), waiting `backoff`
+    /// before the second, twice that before the third, and so on (at most
+    /// a minute).
+    #[must_use]
+    pub const fn new(attempts: u32, backoff: Duration) -> Retry {
+        Retry {
+            attempts: if attempts == 0 { 1 } else { attempts },
+            backoff,
+        }
+    }
+
+    /// One run, no retry.
+    #[must_use]
+    pub const fn none() -> Retry {
+        Retry::new(1, Duration::ZERO)
+    }
+
+    /// The number of runs at most.
+    #[must_use]
+    pub const fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The delay before the first retry.
+    #[must_use]
+    pub const fn backoff(&self) -> Duration {
+        self.backoff
+    }
+
+    /// The delay after failed run number `run` (1-based).
+    pub(crate) fn delay(&self, run: u32) -> Duration {
+        let factor = 1u32 << run.saturating_sub(1).min(16);
+        self.backoff
+            .saturating_mul(factor)
+            .min(Duration::from_secs(60))
+    }
+}
+
+impl Default for Retry {
+    /// Three runs, 100 ms then 200 ms apart.
+    fn default() -> Self {
+        Retry::new(3, Duration::from_millis(100))
+    }
+}
+
+/// What a callback gets: the finished task's outcome and the arguments
+/// given to [`Task::on_complete`].
+#[derive(Debug, Clone)]
+pub struct Completion {
+    task: String,
+    outcome: std::result::Result<Vec<u8>, String>,
+    args: String,
+}
+
+impl Completion {
+    pub(crate) fn new(
+        task: String,
+        outcome: std::result::Result<Vec<u8>, String>,
+        args: String,
+    ) -> Self {
+        Completion {
+            task,
+            outcome,
+            args,
+        }
+    }
+
+    /// The id of the task.
+    #[must_use]
+    pub fn task_id(&self) -> &str {
+        &self.task
+    }
+
+    /// The computed value.
+    ///
+    /// # Errors
+    /// [`Error::TaskFailed`] if the task failed; [`Error::Corrupt`] if the
+    /// value does not decode as `V`.
+    pub fn value<V: DeserializeOwned>(&self) -> Result<V> {
+        match &self.outcome {
+            Ok(data) => envelope::decode(data).and_then(|env| env.value()),
+            Err(message) => Err(Error::TaskFailed {
+                task: self.task.clone(),
+                message: message.clone(),
+            }),
+        }
+    }
+
+    /// The task's error, if it failed.
+    #[must_use]
+    pub fn error(&self) -> Option<&str> {
+        self.outcome.as_ref().err().map(String::as_str)
+    }
+
+    /// The arguments given when the callback was attached.
+    ///
+    /// # Errors
+    /// [`Error::Job`] if they do not decode as `A`.
+    pub fn args<A: DeserializeOwned>(&self) -> Result<A> {
+        serde_json::from_str(&self.args)
+            .map_err(|err| Error::Job(format!("callback arguments do not decode: {err}")))
+    }
+}
+
+/// What a callback returns: an error is logged by the executor.
+pub type CallbackResult = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// A registered callback.
+pub(crate) type Callback =
+    Arc<dyn Fn(Completion) -> BoxFuture<'static, CallbackResult> + Send + Sync>;
+
+/// Wraps a user's async handler as a [`Callback`].
+pub(crate) fn callback<F, Fut>(handler: F) -> Callback
+where
+    F: Fn(Completion) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = CallbackResult> + Send + 'static,
+{
+    Arc::new(move |completion| Box::pin(handler(completion)))
+}
+
+/// How long a finished task (and its result) is kept by default.
+pub const DEFAULT_TASK_RETENTION: Duration = Duration::from_secs(600);
+
+impl Inner {
+    /// The Redis store, which tasks need.
+    pub(crate) fn redis(&self) -> Result<&RedisStore> {
+        match &self.store {
+            Store::Redis(store) => Ok(store),
+            Store::Memory(_) => Err(Error::Config(
+                "submitted tasks need the Redis store and an executor (SmacheBuilder::redis_url)"
+                    .into(),
+            )),
+        }
+    }
+}
+
+impl Smache {
+    /// The status of a task, from any process: pending, done with its
+    /// value, or failed with its error.
+    ///
+    /// # Errors
+    /// [`Error::TaskNotFound`] for an unknown or expired id;
+    /// [`Error::Corrupt`] if the value does not decode as `V`; store errors.
+    ///
+    /// ```no_run
+    /// # async fn run(smache: smache::Smache, id: String) -> Result<(), smache::Error> {
+    /// match smache.task::<String>(&id).await? {
+    ///     smache::TaskStatus::Pending => println!("still computing"),
+    ///     smache::TaskStatus::Done(value) => println!("done: {value}"),
+    ///     smache::TaskStatus::Failed(error) => println!("failed: {error}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn task<V: DeserializeOwned>(&self, id: &str) -> Result<TaskStatus<V>> {
+        Ok(self.task_status(id).await?.0)
+    }
+
+    /// A task's status and the id of the value it computes.
+    async fn task_status<V: DeserializeOwned>(&self, id: &str) -> Result<(TaskStatus<V>, String)> {
+        let inner = Arc::clone(&self.inner);
+        let task = id.to_owned();
+        let found = runtime::in_tokio(async move { inner.redis()?.task(&inner.base, &task).await })
+            .await??;
+        let Some(found) = found else {
+            return Err(Error::TaskNotFound(id.to_owned()));
+        };
+        let status = match found.state {
+            b'p' => TaskStatus::Pending,
+            b'd' => TaskStatus::Done(envelope::decode(&found.result)?.value()?),
+            _ => TaskStatus::Failed(String::from_utf8_lossy(&found.result).into_owned()),
+        };
+        Ok((status, found.value_id))
+    }
+
+    /// A handle on a task submitted by any process, to [`wait`](Task::wait)
+    /// for it or attach callbacks. The handle does not check the id; its
+    /// methods do.
+    #[must_use]
+    pub fn task_handle<V: DeserializeOwned>(&self, id: &str) -> Task<V> {
+        Task {
+            smache: self.clone(),
+            id: id.to_owned(),
+            value_key: String::new(),
+            value_id: String::new(),
+            _value: PhantomData,
+        }
+    }
+
+    /// Attaches a callback to the task `id`; see [`Task::on_complete`].
+    ///
+    /// # Errors
+    /// As [`Task::on_complete`].
+    pub async fn on_complete<A: Serialize + ?Sized>(
+        &self,
+        id: &str,
+        callback: &str,
+        args: &A,
+    ) -> Result<()> {
+        if callback.contains('\n') || callback.is_empty() {
+            return Err(Error::Config(format!(
+                "invalid callback name {callback:?} (empty, or with a newline)"
+            )));
+        }
+        let args = serde_json::to_string(args).map_err(|err| Error::Serialize {
+            what: "callback arguments",
+            message: err.to_string(),
+        })?;
+        let inner = Arc::clone(&self.inner);
+        let (task, callback) = (id.to_owned(), callback.to_owned());
+        let attached = runtime::in_tokio(async move {
+            inner
+                .redis()?
+                .attach(&inner.base, &task, &callback, &args)
+                .await
+        })
+        .await??;
+        if attached {
+            Ok(())
+        } else {
+            Err(Error::TaskNotFound(id.to_owned()))
+        }
+    }
+}
+
+/// The body of a generated `f::submit(..)`.
+///
+/// # Errors
+/// When the key cannot be built, the instance has no Redis store, or Redis
+/// cannot be reached (nothing is submitted then).
+pub async fn submit<M: Mode<R>, R>(
+    spec: &'static FnSpec,
+    key: Result<CacheKey>,
+) -> Result<Submitted<M::Value>> {
+    let smache = Smache::current();
+    let key = key?;
+    smache.inner.redis()?;
+    let at = smache.locate(&key);
+    let inner = Arc::clone(&smache.inner);
+    let lookup_at = at.clone();
+    let fetched = runtime::in_tokio(async move { inner.fetch(&lookup_at.key).await })
+        .await?
+        .map_err(|()| Error::Unavailable)?;
+    if let Some(fetched) = fetched {
+        if smache.inner.acceptable(spec, &fetched) {
+            if let Some(value) = Inner::decode(&at.key, &fetched.data) {
+                return Ok(Submitted::Ready(value));
+            }
+        }
+    }
+    let inner = Arc::clone(&smache.inner);
+    let slot_at = at.clone();
+    let id = runtime::in_tokio(async move {
+        let fresh = bson::oid::ObjectId::new().to_hex();
+        inner
+            .redis()?
+            .submit(slot_at.slot(&inner.base), &fresh, inner.task_retention)
+            .await
+    })
+    .await??;
+    Ok(Submitted::Pending(Task {
+        smache,
+        id,
+        value_key: at.key,
+        value_id: at.id,
+        _value: PhantomData,
+    }))
+}
