@@ -8,7 +8,9 @@
 --                      t when it went stale, s when its last recompute started
 --                      (ms, Redis clock), e when its time-to-live ends (ms,
 --                      the writer's clock), c/cx the compute lease (owner, end),
---                      k the id of the submitted task pending for it
+--                      k the id of the submitted task pending for it,
+--                      l (an alias, instead of a value) the id it stands for
+--   base.."al:"..id    set: the aliases of value `id`
 --   base.."d:"..id     set: the dependency tokens of value `id` (forward edges)
 --   base.."r:"..token  set: the value ids that depend on `token` (reverse edges)
 --   base.."collections" set: the collections that some value depends on

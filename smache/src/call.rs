@@ -204,6 +204,19 @@ impl Call {
             .flatten()
     }
 
+    /// The call of the value an alias stands for: it is looked up, computed
+    /// and stored in the alias's stead.
+    fn redirect(&self, target: Located) -> Call {
+        let _ = DEPS.try_with(|deps| lock(deps).push(format!("v:{}", target.id)));
+        Call {
+            inner: Arc::clone(&self.inner),
+            at: target,
+            spec: self.spec,
+            ttl: self.ttl,
+            static_deps: self.static_deps.clone(),
+        }
+    }
+
     /// Whether a stored value may be served; see [`Inner::acceptable`].
     fn acceptable(&self, fetched: &Fetched) -> bool {
         self.inner.acceptable(self.spec, fetched)
@@ -512,14 +525,18 @@ where
         }
         result
     };
-    let fetched = {
+    let looked = {
         let call = Arc::clone(&call);
-        runtime::in_tokio(async move { call.inner.fetch(&call.at.key).await })
+        runtime::in_tokio(async move { call.inner.lookup(&call.at).await })
             .await
             .unwrap_or(Err(()))
     };
-    let Ok(fetched) = fetched else {
+    let Ok((fetched, alias_of)) = looked else {
         return compute.await;
+    };
+    let call = match alias_of {
+        Some(target) => Arc::new(call.redirect(target)),
+        None => call,
     };
     if let Some(value) = call.usable::<M::Value>(fetched) {
         return M::from_cached(value);
@@ -590,13 +607,17 @@ where
         }
         result
     };
-    let fetched = blocking(
+    let looked = blocking(
         &call,
-        |call| async move { call.inner.fetch(&call.at.key).await },
+        |call| async move { call.inner.lookup(&call.at).await },
     )
     .unwrap_or(Err(()));
-    let Ok(fetched) = fetched else {
+    let Ok((fetched, alias_of)) = looked else {
         return compute();
+    };
+    let call = match alias_of {
+        Some(target) => Arc::new(call.redirect(target)),
+        None => call,
     };
     if let Some(value) = call.usable::<M::Value>(fetched) {
         return M::from_cached(value);

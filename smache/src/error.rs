@@ -58,6 +58,15 @@ pub enum Error {
     /// A recompute job's arguments do not match the function's.
     #[error("malformed job: {0}")]
     Job(String),
+    /// [`Smache::alias`](crate::Smache::alias) would make a key an alias of
+    /// itself (directly or through other aliases).
+    #[error("alias cycle: {alias} cannot stand for {target}, which stands for it")]
+    AliasCycle {
+        /// The key that was to become an alias.
+        alias: String,
+        /// The key it was to stand for.
+        target: String,
+    },
     /// A submitted task failed: the function returned an error (its
     /// message), panicked, or produced a value that cannot be serialized,
     /// on every attempt of the [`Retry`](crate::Retry) policy.

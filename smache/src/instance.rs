@@ -308,6 +308,62 @@ impl Smache {
         runtime::in_tokio(async move { inner.store.drop_value(at.slot(&inner.base)).await }).await?
     }
 
+    /// Makes `alias` stand for `target`: a call with `alias`'s arguments
+    /// returns `target`'s value, and a miss computes it (with `alias`'s
+    /// arguments) and stores it as `target`'s. Any value stored for `alias`
+    /// is dropped. Invalidating `target` invalidates its aliases with it;
+    /// invalidating `alias` removes the alias. An alias of an alias stands
+    /// for the final value; aliasing a key to itself, directly or through
+    /// other aliases, is an error.
+    ///
+    /// # Errors
+    /// [`Error::AliasCycle`]; [`Error::Config`] if the keys belong to
+    /// different functions; store errors.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), smache::Error> {
+    /// #[smache::computed(Raw)]
+    /// async fn page(url: &str) -> String {
+    ///     format!("<html>{url}</html>")
+    /// }
+    ///
+    /// let smache = smache::Smache::embedded();
+    /// smache.alias(&page::key("http://a.example/old")?, &page::key("http://a.example/")?).await?;
+    /// let value = smache.scope(page("http://a.example/")).await;
+    /// assert_eq!(smache.scope(page("http://a.example/old")).await, value);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn alias(&self, alias: &CacheKey, target: &CacheKey) -> Result<()> {
+        let (a, t) = (alias.spec(), target.spec());
+        if a.name() != t.name() || a.version() != t.version() {
+            return Err(Error::Config(format!(
+                "an alias must name a value of the same function: {}#{} is not {}#{}",
+                a.name(),
+                a.version(),
+                t.name(),
+                t.version()
+            )));
+        }
+        let inner = Arc::clone(&self.inner);
+        let (from, to) = (self.locate(alias), self.locate(target));
+        let named = runtime::in_tokio(async move {
+            inner
+                .store
+                .alias(from.slot(&inner.base), to.slot(&inner.base))
+                .await
+        })
+        .await??;
+        match named {
+            Some(_) => Ok(()),
+            None => Err(Error::AliasCycle {
+                alias: alias.to_string(),
+                target: target.to_string(),
+            }),
+        }
+    }
+
     /// Whether a valid value is stored for `key` and no document it depends
     /// on changed since it was computed (no recompute is pending).
     ///
@@ -369,8 +425,15 @@ impl Smache {
     pub async fn entry(&self, key: &CacheKey) -> Result<Option<EntryInfo>> {
         let inner = Arc::clone(&self.inner);
         let storage_key = self.storage_key(key);
-        let lookup =
-            runtime::in_tokio(async move { inner.store.get(&storage_key).await }).await??;
+        let lookup = runtime::in_tokio(async move {
+            match inner.store.get(&storage_key).await? {
+                Lookup::Alias(target) => {
+                    inner.store.get(&format!("{}v:{target}", inner.base)).await
+                }
+                lookup => Ok(lookup),
+            }
+        })
+        .await??;
         Ok(match lookup {
             Lookup::Hit {
                 version,
@@ -382,7 +445,7 @@ impl Smache {
                 computed_at_ms: env.computed_at_ms,
                 stale: stale_since_ms.is_some() || expired,
             }),
-            Lookup::Miss | Lookup::Foreign(_) => None,
+            Lookup::Miss | Lookup::Foreign(_) | Lookup::Alias(_) => None,
         })
     }
 }
@@ -475,10 +538,37 @@ impl Inner {
         write_through || !fetched.expired
     }
 
+    /// Reads the value at `at`, following an alias: what is stored, and
+    /// the value the alias stands for, if `at` is one (a call then computes
+    /// and stores that value). `Err` means the store could not be asked
+    /// (already logged).
+    pub(crate) async fn lookup(
+        &self,
+        at: &Located,
+    ) -> Result<(Option<Fetched>, Option<Located>), ()> {
+        match self.store.get(&at.key).await {
+            Ok(Lookup::Alias(target)) => {
+                let target = Located {
+                    key: format!("{}v:{target}", self.base),
+                    id: target,
+                    full_args: String::new(),
+                };
+                let fetched = self.fetch(&target.key).await?;
+                Ok((fetched, Some(target)))
+            }
+            lookup => Ok((self.fetched(&at.key, lookup)?, None)),
+        }
+    }
+
     /// Reads what is stored under `storage_key`. `Err` means the store
     /// could not be asked (already logged).
     pub(crate) async fn fetch(&self, storage_key: &str) -> Result<Option<Fetched>, ()> {
-        match self.store.get(storage_key).await {
+        let lookup = self.store.get(storage_key).await;
+        self.fetched(storage_key, lookup)
+    }
+
+    fn fetched(&self, storage_key: &str, lookup: Result<Lookup>) -> Result<Option<Fetched>, ()> {
+        match lookup {
             Ok(Lookup::Hit {
                 data,
                 stale_since_ms,
@@ -502,6 +592,12 @@ impl Inner {
             Ok(Lookup::Foreign(why)) => {
                 self.health.ok();
                 tracing::warn!(key = storage_key, reason = %why, "smache: foreign data under a value key; recomputing and overwriting");
+                Ok(None)
+            }
+            Ok(Lookup::Alias(_)) => {
+                // Aliases name values that are not aliases: only a race
+                // with a new alias gets here. Treated as a miss.
+                self.health.ok();
                 Ok(None)
             }
             Err(err) => {

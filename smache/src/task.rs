@@ -448,9 +448,11 @@ pub async fn submit<M: Mode<R>, R>(
     let at = smache.locate(&key);
     let inner = Arc::clone(&smache.inner);
     let lookup_at = at.clone();
-    let fetched = runtime::in_tokio(async move { inner.fetch(&lookup_at.key).await })
+    let (fetched, alias_of) = runtime::in_tokio(async move { inner.lookup(&lookup_at).await })
         .await?
         .map_err(|()| Error::Unavailable)?;
+    // An alias submits the computation of the value it stands for.
+    let at = alias_of.unwrap_or(at);
     if let Some(fetched) = fetched {
         if smache.inner.acceptable(spec, &fetched) {
             if let Some(value) = Inner::decode(&at.key, &fetched.data) {

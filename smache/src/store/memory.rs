@@ -6,7 +6,11 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 use moka::Expiry;
 
-use super::Lookup;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::{Lookup, Slot};
+use crate::sync::lock;
 
 #[derive(Clone)]
 struct Entry {
@@ -37,6 +41,8 @@ impl Expiry<String, Entry> for EntryTtl {
 /// entries are evicted first).
 pub(crate) struct MemoryStore {
     cache: Cache<String, Entry>,
+    /// Aliases: key → the value id it stands for. Few, and never evicted.
+    links: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -56,10 +62,16 @@ impl MemoryStore {
             })
             .expire_after(EntryTtl)
             .build();
-        MemoryStore { cache }
+        MemoryStore {
+            cache,
+            links: Mutex::default(),
+        }
     }
 
     pub(crate) fn get(&self, key: &str) -> Lookup {
+        if let Some(target) = lock(&self.links).get(key) {
+            return Lookup::Alias(target.clone());
+        }
         match self.cache.get(key) {
             Some(entry) => Lookup::Hit {
                 version: entry.version,
@@ -82,7 +94,32 @@ impl MemoryStore {
     }
 
     pub(crate) fn delete(&self, key: &str) -> bool {
-        self.cache.remove(key).is_some()
+        let linked = lock(&self.links).remove(key).is_some();
+        self.cache.remove(key).is_some() || linked
+    }
+
+    /// Makes `alias` stand for `target`'s value (see `lua/alias.lua`);
+    /// the value id it names, or `None` for a cycle.
+    pub(crate) fn alias(&self, alias: Slot<'_>, target: Slot<'_>) -> Option<String> {
+        if alias.id == target.id {
+            return None;
+        }
+        let mut links = lock(&self.links);
+        let named = links
+            .get(target.key)
+            .cloned()
+            .unwrap_or_else(|| target.id.to_owned());
+        if named == alias.id {
+            return None;
+        }
+        self.cache.remove(alias.key);
+        for link in links.values_mut() {
+            if *link == alias.id {
+                link.clone_from(&named);
+            }
+        }
+        links.insert(alias.key.to_owned(), named.clone());
+        Some(named)
     }
 }
 

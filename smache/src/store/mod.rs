@@ -33,6 +33,8 @@ pub(crate) enum Lookup {
     },
     /// Something is stored that is not a smache entry.
     Foreign(String),
+    /// An alias: the value is the one of this value id.
+    Alias(String),
 }
 
 /// Which kind of store an instance uses.
@@ -152,6 +154,15 @@ impl Store {
         match self {
             Store::Memory(_) => Ok(()),
             Store::Redis(store) => store.refresh(slot.base, slot.id).await,
+        }
+    }
+
+    /// Makes `alias` stand for `target`'s value; the value id it now
+    /// names (chains are collapsed), or `None` for a cycle.
+    pub(crate) async fn alias(&self, alias: Slot<'_>, target: Slot<'_>) -> Result<Option<String>> {
+        match self {
+            Store::Memory(store) => Ok(store.alias(alias, target)),
+            Store::Redis(store) => store.alias(alias, target).await,
         }
     }
 

@@ -50,6 +50,7 @@ struct Scripts {
     refresh: Script,
     release: Script,
     renew: Script,
+    alias: Script,
     submit: Script,
     finish: Script,
     attach: Script,
@@ -78,6 +79,7 @@ impl Scripts {
             refresh: script!("refresh.lua"),
             release: script!("release.lua"),
             renew: script!("renew.lua"),
+            alias: script!("alias.lua"),
             submit: script!("submit.lua"),
             finish: script!("finish.lua"),
             attach: script!("attach.lua"),
@@ -180,8 +182,9 @@ impl RedisStore {
             .arg("g")
             .arg("w")
             .arg("t")
-            .arg("e");
-        let query = cmd.query_async::<[Option<Vec<u8>>; 6]>(&mut conn);
+            .arg("e")
+            .arg("l");
+        let query = cmd.query_async::<[Option<Vec<u8>>; 7]>(&mut conn);
         let reply = tokio::time::timeout(self.timeout, query)
             .await
             .map_err(|_| Error::Timeout {
@@ -189,8 +192,9 @@ impl RedisStore {
                 timeout: self.timeout,
             })?;
         match reply {
+            Ok([.., Some(link)]) => Ok(Lookup::Alias(String::from_utf8_lossy(&link).into_owned())),
             Ok([_, None, ..]) => Ok(Lookup::Miss),
-            Ok([version, Some(data), generation, computed_from, stale_at, expires]) => {
+            Ok([version, Some(data), generation, computed_from, stale_at, expires, None]) => {
                 let Some(version) = parse_u64(version.as_deref()) else {
                     return Ok(Lookup::Foreign("the value version is not a number".into()));
                 };
@@ -309,6 +313,25 @@ impl RedisStore {
             .bounded("store", invocation.invoke_async(&mut conn))
             .await?;
         Ok(u64::try_from(version).ok())
+    }
+
+    /// Makes `alias` stand for `target`; `None` for a cycle.
+    pub(crate) async fn alias(&self, alias: Slot<'_>, target: Slot<'_>) -> Result<Option<String>> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.alias.key(alias.key);
+        invocation
+            .key(target.key)
+            .arg(alias.base)
+            .arg(alias.id)
+            .arg(target.id);
+        match self
+            .bounded("alias", invocation.invoke_async::<String>(&mut conn))
+            .await
+        {
+            Ok(named) => Ok(Some(named)),
+            Err(Error::Redis(err)) if err.to_string().contains("cycle") => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     pub(crate) async fn drop_value(&self, slot: Slot<'_>) -> Result<bool> {
