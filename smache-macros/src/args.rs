@@ -37,6 +37,8 @@ pub(crate) struct Args {
     pub(crate) relations: Option<Setting<Vec<Relation>>>,
     /// `refresh = mark_stale` (true) or `write_through` (false, the default).
     pub(crate) mark_stale: Option<Setting<bool>>,
+    /// `store = mongo` (true) or `redis` (false); unset: the instance's default.
+    pub(crate) store_mongo: Option<Setting<bool>>,
 }
 
 /// `Source => mapper`: a changed `Source` document maps to the ids of the
@@ -61,7 +63,7 @@ pub(crate) struct Setting<T> {
 }
 
 const OPTIONS: &str =
-    "`ttl`, `ttl_secs`, `name`, `version`, `refresh`, `sources(...)`, `relations(...)` or `crate`";
+    "`ttl`, `ttl_secs`, `name`, `version`, `refresh`, `store`, `sources(...)`, `relations(...)` or `crate`";
 
 /// One comma-separated element of the attribute.
 enum Element {
@@ -230,6 +232,19 @@ impl Args {
                 };
                 set_once(&mut self.mark_stale, "refresh", key, mark_stale)
             }
+            "store" => {
+                let mongo = match &value {
+                    OptionValue::Path(path) if path.is_ident("mongo") => true,
+                    OptionValue::Path(path) if path.is_ident("redis") => false,
+                    other => {
+                        return Err(syn::Error::new(
+                            other.span(),
+                            "`store` is `redis` or `mongo` (values kept in MongoDB)",
+                        ))
+                    }
+                };
+                set_once(&mut self.store_mongo, "store", key, mongo)
+            }
             "crate" => match value {
                 OptionValue::Path(path) => set_once(&mut self.krate, "crate", key, path),
                 other => Err(syn::Error::new(
@@ -365,6 +380,21 @@ mod tests {
         assert_eq!(args.sources.unwrap().value.len(), 2);
         assert!(args.mark_stale.unwrap().value);
         assert!(Args::parse(quote!(Raw, refresh = sometimes)).is_err());
+        assert!(
+            Args::parse(quote!(Raw, store = mongo))
+                .unwrap()
+                .store_mongo
+                .unwrap()
+                .value
+        );
+        assert!(
+            !Args::parse(quote!(Raw, store = redis))
+                .unwrap()
+                .store_mongo
+                .unwrap()
+                .value
+        );
+        assert!(Args::parse(quote!(Raw, store = "mongo")).is_err());
         assert!(Args::parse(quote!(Raw, sources())).is_err());
         let args = Args::parse(quote!(User, relations(Order => |o: &Order| o.user_id))).unwrap();
         assert_eq!(args.relations.unwrap().value.len(), 1);

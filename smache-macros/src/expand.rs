@@ -82,6 +82,11 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
     } else {
         quote!(#krate::Refresh::WriteThrough)
     };
+    let store = match args.store_mongo.as_ref().map(|s| s.value) {
+        Some(true) => quote!(.__store(#krate::ValueStore::Mongo)),
+        Some(false) => quote!(.__store(#krate::ValueStore::Redis)),
+        None => quote!(),
+    };
     let relation_sources = args
         .relations
         .iter()
@@ -173,7 +178,8 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
             )
             .__sources(&[#(#sources),*])
             .__relations(&[#(#relation_sources),*])
-            .__mode(#refresh);
+            .__mode(#refresh)
+            #store;
 
             #[doc(hidden)]
             pub fn __key #lifetimes (#(#idents: &#tys),*) -> #krate::Result<#krate::CacheKey> {

@@ -10,7 +10,8 @@ use redis::aio::ConnectionManager;
 use crate::error::{Error, Result};
 use crate::instance::{Parts, Smache};
 use crate::runtime;
-use crate::store::{MemoryStore, RedisStore, Store};
+use crate::spec::ValueStore;
+use crate::store::{MemoryStore, RedisStore, Store, DEFAULT_VALUES_COLLECTION};
 use crate::task::{self, Callback, CallbackResult, Completion, Retry, DEFAULT_TASK_RETENTION};
 
 /// The default key prefix.
@@ -58,6 +59,8 @@ pub struct SmacheBuilder {
     task_retention: Option<Duration>,
     retry: Option<Retry>,
     callbacks: HashMap<String, Callback>,
+    value_store: Option<ValueStore>,
+    values_collection: Option<String>,
 }
 
 impl fmt::Debug for SmacheBuilder {
@@ -80,6 +83,8 @@ impl fmt::Debug for SmacheBuilder {
             .field("executor", &self.executor)
             .field("task_retention", &self.task_retention)
             .field("retry", &self.retry)
+            .field("value_store", &self.value_store)
+            .field("values_collection", &self.values_collection)
             .field("callbacks", &self.callbacks.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -104,6 +109,12 @@ impl SmacheBuilder {
     /// dependency tracking and the worker).
     pub fn mongodb(mut self, client: &mongodb::Client, database: &str) -> Self {
         self.mongo = Some(client.database(database));
+        self
+    }
+
+    /// [`mongodb`](Self::mongodb), from a database handle.
+    pub fn mongodb_database(mut self, database: mongodb::Database) -> Self {
+        self.mongo = Some(database);
         self
     }
 
@@ -172,6 +183,33 @@ impl SmacheBuilder {
     /// ```
     pub fn run_executor(mut self) -> Self {
         self.executor = true;
+        self
+    }
+
+    /// Where the Redis store keeps the values of functions that do not say
+    /// (`#[computed(.., store = redis | mongo)]`): [`ValueStore::Redis`] (the
+    /// default), or [`ValueStore::Mongo`] to keep them in the MongoDB
+    /// database given to [`mongodb`](Self::mongodb), collection
+    /// [`values_collection`](Self::values_collection). The graph, versions
+    /// and leases stay in Redis either way.
+    ///
+    /// ```
+    /// let smache = smache::Smache::builder()
+    ///     .value_store(smache::ValueStore::Mongo)
+    ///     .values_collection("report_cache")
+    ///     .build()?;
+    /// # Ok::<(), smache::Error>(())
+    /// ```
+    pub fn value_store(mut self, store: ValueStore) -> Self {
+        self.value_store = Some(store);
+        self
+    }
+
+    /// The MongoDB collection of values kept in MongoDB (default
+    /// [`DEFAULT_VALUES_COLLECTION`], `smache_values`). smache makes a TTL
+    /// index on its `exp` field.
+    pub fn values_collection(mut self, collection: impl Into<String>) -> Self {
+        self.values_collection = Some(collection.into());
         self
     }
 
@@ -308,6 +346,10 @@ impl SmacheBuilder {
             task_retention: self.task_retention.unwrap_or(DEFAULT_TASK_RETENTION),
             retry: self.retry.unwrap_or_default(),
             callbacks: self.callbacks,
+            value_store: self.value_store.unwrap_or_default(),
+            values_collection: self
+                .values_collection
+                .unwrap_or_else(|| DEFAULT_VALUES_COLLECTION.to_owned()),
         });
         if self.executor {
             if !is_redis {

@@ -371,6 +371,15 @@ impl Call {
             (Some(started), Some(data)) => {
                 let shared = Arc::new(data.clone());
                 let outcome = self.inner.put(self.put_request(data, started, &deps)).await;
+                if let (Outcome::Unreachable, Some(owner)) = (outcome, &owner) {
+                    // MongoDB failed (`store = mongo`) while Redis may be
+                    // fine: let the waiters go at once.
+                    let _ = self
+                        .inner
+                        .store
+                        .release(self.at.slot(&self.inner.base), owner)
+                        .await;
+                }
                 let landing = match outcome {
                     Outcome::Stored | Outcome::Superseded | Outcome::Unreachable => {
                         Landing::Value(shared)
@@ -431,6 +440,7 @@ impl Call {
             refresh: self.spec.refresh(),
             relations: self.spec.relations(),
             deps,
+            external: self.inner.external(self.spec),
         }
     }
 

@@ -4,7 +4,8 @@
 //! offset  size  field
 //! 0       2     magic, b"sm"
 //! 2       1     format version (currently 1)
-//! 3       1     flags (reserved, 0)
+//! 3       1     flags: bit 0 set = a reference: the value is kept in
+//!               MongoDB and the payload is its SHA-256 (32 bytes)
 //! 4       8     computed-at time, Unix milliseconds, little endian
 //! 12      …     the value, MessagePack
 //! ```
@@ -37,6 +38,8 @@ const HEADER: usize = 12;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Envelope<'a> {
     pub(crate) computed_at_ms: u64,
+    /// The payload is a digest, the value is in MongoDB.
+    pub(crate) reference: bool,
     pub(crate) payload: &'a [u8],
 }
 
@@ -62,6 +65,28 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, computed_at_ms: u64) -> R
     Ok(out)
 }
 
+/// Flag bit 0: the payload is the digest of a value kept in MongoDB.
+const REFERENCE: u8 = 1;
+
+/// The reference stored in Redis for a value kept in MongoDB: the same
+/// header, flagged, and the SHA-256 of the payload (so that comparing two
+/// references compares the values).
+pub(crate) fn reference(envelope: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let (header, payload) = envelope.split_at(HEADER.min(envelope.len()));
+    let mut out = header.to_vec();
+    if let Some(flags) = out.get_mut(3) {
+        *flags |= REFERENCE;
+    }
+    out.extend_from_slice(&sha2::Sha256::digest(payload));
+    out
+}
+
+/// Whether `bytes` is a reference to a value kept in MongoDB.
+pub(crate) fn is_reference(bytes: &[u8]) -> bool {
+    bytes.len() >= HEADER && &bytes[..2] == MAGIC && bytes[3] & REFERENCE != 0
+}
+
 /// Checks the header of `bytes`. Never panics, whatever the input.
 pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>> {
     if bytes.len() < HEADER {
@@ -83,6 +108,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>> {
     at.copy_from_slice(&bytes[4..HEADER]);
     Ok(Envelope {
         computed_at_ms: u64::from_le_bytes(at),
+        reference: bytes[3] & REFERENCE != 0,
         payload: &bytes[HEADER..],
     })
 }
@@ -90,6 +116,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Envelope<'_>> {
 impl Envelope<'_> {
     /// Deserializes the payload.
     pub(crate) fn value<T: DeserializeOwned>(&self) -> Result<T> {
+        if self.reference {
+            return Err(Error::Corrupt(
+                "a reference to a value kept in MongoDB, read without it".into(),
+            ));
+        }
         rmp_serde::from_slice(self.payload)
             .map_err(|err| Error::Corrupt(format!("payload does not decode: {err}")))
     }

@@ -579,7 +579,13 @@ impl Executor {
                 ) => {
                     tracing::debug!(id, collection, %gone, "smache executor: an entity is gone; dropping the value");
                     return match self.store.drop_value(at.slot(base)).await {
-                        Ok(_) => self.ack(entry).await,
+                        Ok(_) => {
+                            self.smache
+                                .inner
+                                .forget_external(registration.spec, &at.key)
+                                .await;
+                            self.ack(entry).await;
+                        }
                         Err(err) => {
                             tracing::warn!(error = %err, id, "smache executor: cannot drop the value; job left for retry");
                         }

@@ -16,8 +16,8 @@ use crate::envelope;
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::runtime;
-use crate::spec::{FnSpec, Refresh};
-use crate::store::{Backend, Lookup, Put, Slot, Store};
+use crate::spec::{FnSpec, Refresh, ValueStore};
+use crate::store::{Backend, Lookup, MongoValues, Put, Slot, Store};
 
 static GLOBAL: OnceCell<Smache> = OnceCell::new();
 
@@ -69,6 +69,12 @@ pub(crate) struct Inner {
     pub(crate) task_retention: Duration,
     /// How executors retry failed background work.
     pub(crate) retry: crate::task::Retry,
+    /// Where values go when their function does not say.
+    pub(crate) value_store: ValueStore,
+    /// The collection of values kept in MongoDB, with a MongoDB database.
+    pub(crate) values: Option<MongoValues>,
+    /// `store = mongo` without a database: warned about once.
+    values_missing_warned: AtomicBool,
     /// Callbacks by name, run by this process's executor.
     pub(crate) callbacks: std::collections::HashMap<String, crate::task::Callback>,
     health: Health,
@@ -138,7 +144,12 @@ impl Smache {
             task_retention,
             retry,
             callbacks,
+            value_store,
+            values_collection,
         } = parts;
+        let values = mongo
+            .as_ref()
+            .map(|db| MongoValues::new(db.collection(&values_collection)));
         Smache {
             inner: Arc::new(Inner {
                 base: format!("{{{prefix}}}:"),
@@ -153,6 +164,9 @@ impl Smache {
                 task_retention,
                 retry,
                 callbacks,
+                value_store,
+                values,
+                values_missing_warned: AtomicBool::new(false),
                 executor: std::sync::Mutex::new(None),
             }),
         }
@@ -305,7 +319,13 @@ impl Smache {
     pub async fn invalidate(&self, key: &CacheKey) -> Result<bool> {
         let inner = Arc::clone(&self.inner);
         let at = self.locate(key);
-        runtime::in_tokio(async move { inner.store.drop_value(at.slot(&inner.base)).await }).await?
+        let spec = key.spec();
+        runtime::in_tokio(async move {
+            let existed = inner.store.drop_value(at.slot(&inner.base)).await?;
+            inner.forget_external(spec, &at.key).await;
+            Ok(existed)
+        })
+        .await?
     }
 
     /// Makes `alias` stand for `target`: a call with `alias`'s arguments
@@ -440,6 +460,7 @@ impl Smache {
                 data,
                 stale_since_ms,
                 expired,
+                ..
             } => envelope::decode(&data).ok().map(|env| EntryInfo {
                 version,
                 computed_at_ms: env.computed_at_ms,
@@ -461,6 +482,8 @@ pub(crate) struct Parts {
     pub(crate) task_retention: Duration,
     pub(crate) retry: crate::task::Retry,
     pub(crate) callbacks: std::collections::HashMap<String, crate::task::Callback>,
+    pub(crate) value_store: ValueStore,
+    pub(crate) values_collection: String,
 }
 
 /// Metadata of a stored value; see [`Smache::entry`].
@@ -518,6 +541,8 @@ impl Located {
 #[derive(Debug)]
 pub(crate) struct Fetched {
     pub(crate) data: Vec<u8>,
+    /// The change generation it was computed from.
+    pub(crate) computed_from: u64,
     /// Past its time-to-live: serve it once more and refresh it.
     pub(crate) expired: bool,
     pub(crate) stale: bool,
@@ -556,7 +581,66 @@ impl Inner {
                 let fetched = self.fetch(&target.key).await?;
                 Ok((fetched, Some(target)))
             }
-            lookup => Ok((self.fetched(&at.key, lookup)?, None)),
+            lookup => {
+                let fetched = self.fetched(&at.key, lookup)?;
+                Ok((self.materialize(&at.key, fetched).await?, None))
+            }
+        }
+    }
+
+    /// Whether `spec`'s values are kept in MongoDB.
+    pub(crate) fn external(&self, spec: &FnSpec) -> bool {
+        let mongo = spec.store().unwrap_or(self.value_store) == ValueStore::Mongo;
+        if !mongo || self.store.backend() != Backend::Redis {
+            return false;
+        }
+        if self.values.is_none() {
+            if !self.values_missing_warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    function = spec.name(),
+                    "smache: values kept in MongoDB need SmacheBuilder::mongodb; keeping them in Redis"
+                );
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Replaces a reference to a value kept in MongoDB by the value.
+    async fn materialize(
+        &self,
+        storage_key: &str,
+        fetched: Option<Fetched>,
+    ) -> Result<Option<Fetched>, ()> {
+        let Some(mut fetched) = fetched else {
+            return Ok(None);
+        };
+        if !envelope::is_reference(&fetched.data) {
+            return Ok(Some(fetched));
+        }
+        let Some(values) = &self.values else {
+            tracing::warn!(key = storage_key, "smache: a value is kept in MongoDB but this instance has no MongoDB database; recomputing");
+            return Ok(None);
+        };
+        match values.get(storage_key, fetched.computed_from).await {
+            Ok(Some(data)) => {
+                fetched.data = data;
+                Ok(Some(fetched))
+            }
+            Ok(None) => Ok(None),
+            Err(err) => {
+                self.health.failed(&err);
+                Err(())
+            }
+        }
+    }
+
+    /// After a value is removed: lets its MongoDB documents expire.
+    pub(crate) async fn forget_external(&self, spec: &FnSpec, storage_key: &str) {
+        if let (true, Some(values)) = (self.external(spec), &self.values) {
+            if let Err(err) = values.forget(storage_key).await {
+                tracing::debug!(key = storage_key, error = %err, "smache: cannot retire the MongoDB documents of a removed value");
+            }
         }
     }
 
@@ -564,7 +648,8 @@ impl Inner {
     /// could not be asked (already logged).
     pub(crate) async fn fetch(&self, storage_key: &str) -> Result<Option<Fetched>, ()> {
         let lookup = self.store.get(storage_key).await;
-        self.fetched(storage_key, lookup)
+        let fetched = self.fetched(storage_key, lookup)?;
+        self.materialize(storage_key, fetched).await
     }
 
     fn fetched(&self, storage_key: &str, lookup: Result<Lookup>) -> Result<Option<Fetched>, ()> {
@@ -573,11 +658,13 @@ impl Inner {
                 data,
                 stale_since_ms,
                 expired,
+                computed_from,
                 ..
             }) => {
                 self.health.ok();
                 Ok(Some(Fetched {
                     data,
+                    computed_from,
                     expired,
                     stale: stale_since_ms.is_some(),
                     stale_for: Duration::from_millis(
@@ -640,12 +727,31 @@ impl Inner {
         }
     }
 
-    /// Stores a value; failures are logged.
-    pub(crate) async fn put(&self, put: Put<'_>) -> Outcome {
+    /// Stores a value; failures are logged. A value kept in MongoDB is
+    /// written there first, then its reference in Redis.
+    pub(crate) async fn put(&self, mut put: Put<'_>) -> Outcome {
         let key = put.slot.key;
+        let started = put.started;
+        let values = if put.external {
+            self.values.as_ref()
+        } else {
+            None
+        };
+        if let Some(values) = values {
+            if let Err(err) = values.put(key, started, &put.data, put.ttl).await {
+                self.health.failed(&err);
+                return Outcome::Unreachable;
+            }
+            put.data = envelope::reference(&put.data);
+        }
         match self.store.put(put).await {
             Ok(Some(_)) => {
                 self.health.ok();
+                if let Some(values) = values {
+                    if let Err(err) = values.retire(key, started).await {
+                        tracing::debug!(key, error = %err, "smache: cannot retire replaced MongoDB documents");
+                    }
+                }
                 Outcome::Stored
             }
             Ok(None) => {
@@ -654,6 +760,11 @@ impl Inner {
                     key,
                     "smache: a value computed from newer data is already stored"
                 );
+                if let Some(values) = values {
+                    if let Err(err) = values.discard(key, started).await {
+                        tracing::debug!(key, error = %err, "smache: cannot delete a refused MongoDB document");
+                    }
+                }
                 Outcome::Superseded
             }
             Err(err) => {

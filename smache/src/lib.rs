@@ -96,8 +96,8 @@ pub use crate::entity::{Entity, EntityId, IntoEntityId};
 pub use crate::error::{Error, Result};
 pub use crate::instance::{EntryInfo, Smache};
 pub use crate::key::CacheKey;
-pub use crate::spec::{ArgKind, FnSpec, Refresh};
-pub use crate::store::Backend;
+pub use crate::spec::{ArgKind, FnSpec, Refresh, ValueStore};
+pub use crate::store::{Backend, DEFAULT_VALUES_COLLECTION};
 pub use crate::task::{
     CallbackResult, Completion, Retry, Submitted, Task, TaskStatus, DEFAULT_TASK_RETENTION,
 };

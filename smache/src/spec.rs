@@ -40,6 +40,21 @@ pub struct FnSpec {
     sources: &'static [&'static str],
     relations: &'static [&'static str],
     mode: Refresh,
+    store: Option<ValueStore>,
+}
+
+/// Where the Redis store keeps a function's values; the graph, versions
+/// and leases are in Redis either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ValueStore {
+    /// In the Redis hash of the value (the default).
+    #[default]
+    Redis,
+    /// In a MongoDB collection (`store = mongo`): for large or durable
+    /// values. Redis keeps a 44-byte reference (a digest of the value) in
+    /// the hash; a hit reads Redis, then MongoDB. Expiry uses a TTL index.
+    Mongo,
 }
 
 /// What happens to a value when a document it depends on changes.
@@ -72,7 +87,24 @@ impl FnSpec {
             sources: &[],
             relations: &[],
             mode: Refresh::WriteThrough,
+            store: None,
         }
+    }
+
+    /// Used by the generated code: `store = redis | mongo`.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn __store(mut self, store: ValueStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Where the function's values are kept, if it says
+    /// (`store = redis | mongo`); else the instance's
+    /// [`value_store`](crate::SmacheBuilder::value_store) decides.
+    #[must_use]
+    pub fn store(&self) -> Option<ValueStore> {
+        self.store
     }
 
     /// Used by the generated code: the declared `sources(...)` collections.

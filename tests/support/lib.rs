@@ -36,6 +36,34 @@ pub fn mongodb_uri() -> String {
     required("SMACHE_TEST_MONGODB_URI")
 }
 
+/// A database of the shared MongoDB, usable from any test, async or not,
+/// and from every runtime: the client lives on a runtime of its own that
+/// runs for the whole test process.
+pub fn mongo_database(name: &str) -> mongodb::Database {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    static CLIENT: std::sync::OnceLock<mongodb::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        let runtime = RUNTIME.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("a runtime for the MongoDB client")
+        });
+        let uri = mongodb_uri();
+        std::thread::spawn(move || {
+            runtime.block_on(async move {
+                mongodb::Client::with_uri_str(uri)
+                    .await
+                    .expect("a valid SMACHE_TEST_MONGODB_URI")
+            })
+        })
+        .join()
+        .expect("the MongoDB client is made")
+    });
+    client.database(name)
+}
+
 /// A name no other test (in this run or an earlier one) uses.
 pub fn unique(label: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);

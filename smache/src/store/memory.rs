@@ -78,6 +78,7 @@ impl MemoryStore {
                 data: entry.data.to_vec(),
                 stale_since_ms: None,
                 expired: false,
+                computed_from: 0,
             },
             None => Lookup::Miss,
         }

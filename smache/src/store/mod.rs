@@ -6,11 +6,14 @@
 //! the worker that refreshes values needs Redis anyway.
 
 mod memory;
+mod mongo;
 mod redis;
 
 use std::time::Duration;
 
 pub(crate) use self::memory::MemoryStore;
+pub(crate) use self::mongo::MongoValues;
+pub use self::mongo::DEFAULT_VALUES_COLLECTION;
 pub(crate) use self::redis::{Begin, RedisStore, Start, BLOCK_FOR};
 use crate::error::Result;
 use crate::spec::Refresh;
@@ -30,6 +33,8 @@ pub(crate) enum Lookup {
         /// Whether it is past its time-to-live (Redis only: the embedded
         /// store drops such values).
         expired: bool,
+        /// The change generation it was computed from (Redis only).
+        computed_from: u64,
     },
     /// Something is stored that is not a smache entry.
     Foreign(String),
@@ -71,6 +76,8 @@ pub(crate) struct Put<'a> {
     pub(crate) relations: &'static [&'static str],
     /// Every dependency token of the value.
     pub(crate) deps: &'a [String],
+    /// Keep the envelope in MongoDB (`store = mongo`), a reference in Redis.
+    pub(crate) external: bool,
 }
 
 // One per instance, behind its `Arc`: the variants' sizes do not matter.

@@ -206,6 +206,7 @@ impl RedisStore {
                     stale_since_ms: stale.then(|| parse_u64(stale_at.as_deref()).unwrap_or(0)),
                     expired: parse_u64(expires.as_deref())
                         .is_some_and(|at| at <= crate::envelope::now_ms()),
+                    computed_from: parse_u64(computed_from.as_deref()).unwrap_or(0),
                 })
             }
             Err(err) if is_wrong_type(&err) => Ok(Lookup::Foreign(
