@@ -58,14 +58,22 @@
 //! | `ttl = "5m"` / `ttl_secs = 300` | time-to-live of the values (default: the instance's) |
 //! | `name = "billing.total"` | stable name in keys, so renaming the function keeps its values |
 //! | `version = 2` | bump to ignore values stored by an older version of the function |
+//! | `sources(Settings)` | any change in that collection refreshes every value |
+//! | `relations(Order => \|o: &Order\| o.user_id)` | a changed `Order` refreshes the values of the entity it maps to |
+//! | `refresh = mark_stale` | on a change only mark values stale (default `write_through`: recompute in the background) |
+//! | `store = mongo` | keep the values in MongoDB, the graph in Redis (see [`ValueStore`]) |
 //! | `crate = path` | where the `smache` crate is, for crates that re-export it |
 //!
 //! Functions returning `Result<T, E>` (or an alias of it) cache only `Ok`
-//! values. Every return value must be `Serialize + DeserializeOwned`.
+//! values; `E` must implement `Display` (its message is what waiters on a
+//! submitted task are told). Every return value must be
+//! `Serialize + DeserializeOwned`.
 //!
 //! Beside each function `f` the macro generates a module `f` with
 //! `f::key(args…)` (its [`CacheKey`]), `f::is_fresh(args…)`,
-//! `f::invalidate(args…)` and `f::SPEC` (its [`FnSpec`]).
+//! `f::invalidate(args…)`, `f::submit(args…)` (see [`task`]) and `f::SPEC`
+//! (its [`FnSpec`]). Several keys can share one value with
+//! [`Smache::alias`].
 //!
 //! See [`key`] for the key layout.
 
