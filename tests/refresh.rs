@@ -100,6 +100,19 @@ async fn lazy_profile(user: &User) -> String {
     format!("lazy {}", user.name)
 }
 
+/// Fails twice for users named "Flaky", always for "Broken".
+#[computed(User)]
+async fn checked_profile(user: &User) -> Result<String, String> {
+    let runs_key = format!("checked:{}:{}", user.id, user.name);
+    CALLS.bump(runs_key.clone());
+    let runs = CALLS.get(&runs_key);
+    match user.name.as_str() {
+        "Flaky" if runs <= 2 => Err(format!("flaky run {runs}")),
+        "Broken" => Err("always broken".into()),
+        name => Ok(format!("checked {name}")),
+    }
+}
+
 /// One test's world: its own prefix, database, worker process and executor.
 struct World {
     smache: Smache,
@@ -224,6 +237,42 @@ async fn an_update_refreshes_the_value_without_a_caller_computing_it() {
         .unwrap());
     let entry = world.smache.entry(&key).await.unwrap().unwrap();
     assert_eq!(entry.version(), 2);
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_recompute_is_retried_by_the_policy_then_given_up() {
+    let world = World::new().await;
+    let ada = world.insert_user("Ada").await;
+    world.watching().await;
+    let checked = || async { checked_profile(&ada).await.unwrap_or_default() };
+    assert_eq!(world.smache.scope(checked()).await, "checked Ada");
+
+    // Two failures, then the third run (Retry::default) stores the value.
+    world.rename(&ada, "Flaky").await;
+    world
+        .eventually("retried refresh", "checked Flaky", checked)
+        .await;
+    assert_eq!(CALLS.get(&format!("checked:{}:Flaky", ada.id)), 3);
+
+    // Always failing: three runs, then the job is given up (acknowledged)
+    // and the previous value is still served.
+    world.rename(&ada, "Broken").await;
+    let broken = format!("checked:{}:Broken", ada.id);
+    assert!(
+        smache_suite::eventually(Duration::from_secs(10), || async {
+            CALLS.get(&broken) >= 3
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(CALLS.get(&broken), 3, "no run after the last attempt");
+    assert_eq!(world.smache.scope(checked()).await, "checked Flaky");
+    assert!(!world
+        .smache
+        .is_fresh(&checked_profile::key(&ada).unwrap())
+        .await
+        .unwrap());
     world.stop().await;
 }
 
