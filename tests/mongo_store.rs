@@ -204,3 +204,35 @@ async fn a_change_refreshes_a_value_kept_in_mongodb() {
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_task_of_a_value_kept_in_mongodb_keeps_only_a_reference_in_redis() {
+    let tag = unique("task");
+    let prefix = unique("mv-task");
+    let smache = builder(redis_url())
+        .prefix(&prefix)
+        .run_executor()
+        .build()
+        .unwrap();
+    let task = match smache.scope(big::submit(&tag, 30_000)).await.unwrap() {
+        smache::Submitted::Pending(task) => task,
+        smache::Submitted::Ready(_) => panic!("a cold key gives a task"),
+    };
+    let value = task.wait().await.unwrap();
+    assert_eq!(value.len(), 30_000);
+    let mut conn = redis_connection(&redis_url()).await;
+    let result: Vec<u8> = conn
+        .hget(format!("{{{prefix}}}:t:{}", task.id()), "r")
+        .await
+        .unwrap();
+    assert_eq!(
+        result.len(),
+        44,
+        "the task holds a reference, not the value"
+    );
+    assert_eq!(
+        smache.task::<Vec<u64>>(task.id()).await.unwrap(),
+        smache::TaskStatus::Done(value)
+    );
+    smache.stop_executor().await.unwrap();
+}

@@ -667,7 +667,15 @@ impl Executor {
                     Ok(Some(fetched))
                         if self.smache.inner.acceptable(registration.spec, &fetched) =>
                     {
-                        return self.finish(entry, task, &key, &Ok(fetched.data)).await;
+                        // A value kept in MongoDB stays there: the task
+                        // records its reference.
+                        let data = if self.smache.inner.external(registration.spec) {
+                            crate::envelope::reference(&fetched.data)
+                        } else {
+                            fetched.data
+                        };
+                        let done = Ok((data, fetched.computed_from));
+                        return self.finish(entry, task, &key, &done).await;
                     }
                     Ok(_) => crate::sync::lock(&target.failure)
                         .take()
@@ -704,7 +712,7 @@ impl Executor {
         entry: &str,
         task: &str,
         value_key: &str,
-        result: &std::result::Result<Vec<u8>, String>,
+        result: &std::result::Result<(Vec<u8>, u64), String>,
     ) {
         let inner = &self.smache.inner;
         match self
@@ -742,7 +750,13 @@ impl Executor {
             }
         };
         let outcome = match state.state {
-            b'd' => Ok(state.result),
+            b'd' => match self.smache.inner.task_value(&state).await {
+                Ok(data) => Ok(data),
+                Err(err) => {
+                    tracing::warn!(error = %err, task, "smache executor: cannot read a task's value; callback left for retry");
+                    return;
+                }
+            },
             b'f' => Err(String::from_utf8_lossy(&state.result).into_owned()),
             _ => Err("the task has not finished".to_owned()),
         };

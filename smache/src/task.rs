@@ -54,7 +54,7 @@ use crate::instance::{Inner, Smache};
 use crate::key::CacheKey;
 use crate::runtime;
 use crate::spec::FnSpec;
-use crate::store::{RedisStore, Store};
+use crate::store::{RedisStore, Store, TaskState};
 
 /// The result of `f::submit(..)`: the cached value, or a task computing it.
 #[derive(Debug)]
@@ -333,6 +333,31 @@ where
 pub const DEFAULT_TASK_RETENTION: Duration = Duration::from_secs(600);
 
 impl Inner {
+    /// The envelope of a task that is done. A value kept in MongoDB is
+    /// read from there: the document of the generation the task recorded,
+    /// else (replaced since) the value's current one.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the value is no longer kept anywhere;
+    /// MongoDB errors.
+    pub(crate) async fn task_value(&self, state: &TaskState) -> Result<Vec<u8>> {
+        if !envelope::is_reference(&state.result) {
+            return Ok(state.result.clone());
+        }
+        let key = format!("{}v:{}", self.base, state.value_id);
+        if let Some(values) = &self.values {
+            if let Some(data) = values.get(&key, state.generation).await? {
+                return Ok(data);
+            }
+        }
+        match self.fetch(&key).await {
+            Ok(Some(fetched)) => Ok(fetched.data),
+            _ => Err(Error::Corrupt(format!(
+                "the value of a finished task is no longer kept ({key})"
+            ))),
+        }
+    }
+
     /// The Redis store, which tasks need.
     pub(crate) fn redis(&self) -> Result<&RedisStore> {
         match &self.store {
@@ -370,15 +395,24 @@ impl Smache {
     async fn task_status<V: DeserializeOwned>(&self, id: &str) -> Result<(TaskStatus<V>, String)> {
         let inner = Arc::clone(&self.inner);
         let task = id.to_owned();
-        let found = runtime::in_tokio(async move { inner.redis()?.task(&inner.base, &task).await })
-            .await??;
-        let Some(found) = found else {
+        let found = runtime::in_tokio(async move {
+            let Some(found) = inner.redis()?.task(&inner.base, &task).await? else {
+                return Ok(None);
+            };
+            let result = match found.state {
+                b'd' => inner.task_value(&found).await?,
+                _ => found.result.clone(),
+            };
+            Ok::<_, Error>(Some((found, result)))
+        })
+        .await??;
+        let Some((found, result)) = found else {
             return Err(Error::TaskNotFound(id.to_owned()));
         };
         let status = match found.state {
             b'p' => TaskStatus::Pending,
-            b'd' => TaskStatus::Done(envelope::decode(&found.result)?.value()?),
-            _ => TaskStatus::Failed(String::from_utf8_lossy(&found.result).into_owned()),
+            b'd' => TaskStatus::Done(envelope::decode(&result)?.value()?),
+            _ => TaskStatus::Failed(String::from_utf8_lossy(&result).into_owned()),
         };
         Ok((status, found.value_id))
     }
@@ -456,6 +490,14 @@ pub async fn submit<M: Mode<R>, R>(
     if let Some(fetched) = fetched {
         if smache.inner.acceptable(spec, &fetched) {
             if let Some(value) = Inner::decode(&at.key, &fetched.data) {
+                if fetched.expired && !fetched.stale {
+                    // Past its time-to-live: served, and refreshed.
+                    let inner = Arc::clone(&smache.inner);
+                    let refresh_at = at.clone();
+                    runtime::spawn(async move {
+                        let _ = inner.store.refresh(refresh_at.slot(&inner.base)).await;
+                    });
+                }
                 return Ok(Submitted::Ready(value));
             }
         }

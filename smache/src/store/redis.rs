@@ -482,17 +482,23 @@ impl RedisStore {
         base: &str,
         task: &str,
         value_key: &str,
-        result: &std::result::Result<Vec<u8>, String>,
+        result: &std::result::Result<(Vec<u8>, u64), String>,
         retention: Duration,
     ) -> Result<bool> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.finish.key(format!("{base}t:{task}"));
         invocation.key(value_key).arg(base).arg(task);
-        match result {
-            Ok(data) => invocation.arg("d").arg(data.as_slice()),
-            Err(message) => invocation.arg("f").arg(message.as_str()),
+        let generation = match result {
+            Ok((data, generation)) => {
+                invocation.arg("d").arg(data.as_slice());
+                *generation
+            }
+            Err(message) => {
+                invocation.arg("f").arg(message.as_str());
+                0
+            }
         };
-        invocation.arg(millis(retention).max(1));
+        invocation.arg(millis(retention).max(1)).arg(generation);
         let finished: i64 = self
             .bounded("finish", invocation.invoke_async(&mut conn))
             .await?;
@@ -523,15 +529,17 @@ impl RedisStore {
         cmd.arg(format!("{base}t:{task}"))
             .arg("s")
             .arg("r")
-            .arg("v");
+            .arg("v")
+            .arg("rw");
         match self
-            .bounded("task", cmd.query_async::<[Option<Vec<u8>>; 3]>(&mut conn))
+            .bounded("task", cmd.query_async::<[Option<Vec<u8>>; 4]>(&mut conn))
             .await
         {
-            Ok([Some(state), result, value]) => Ok(Some(TaskState {
+            Ok([Some(state), result, value, generation]) => Ok(Some(TaskState {
                 state: state.first().copied().unwrap_or(b'?'),
                 result: result.unwrap_or_default(),
                 value_id: String::from_utf8_lossy(&value.unwrap_or_default()).into_owned(),
+                generation: parse_u64(generation.as_deref()).unwrap_or(0),
             })),
             Ok([None, ..]) => Ok(None),
             Err(Error::Redis(err)) if is_wrong_type(&err) => Ok(None),
@@ -576,6 +584,8 @@ pub(crate) struct TaskState {
     pub(crate) result: Vec<u8>,
     /// The id of the value the task computes.
     pub(crate) value_id: String,
+    /// The generation the value was computed from.
+    pub(crate) generation: u64,
 }
 
 /// The answer to a caller about to compute a missing value.
