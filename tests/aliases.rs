@@ -159,3 +159,30 @@ async fn aliases_join_values_of_one_function_only() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_alias_to_a_value_with_hashed_arguments_keeps_them_for_executors() {
+    use redis::AsyncCommands;
+    let smache = Smache::builder()
+        .redis_url(redis_url())
+        .prefix(unique("alias-long"))
+        .build()
+        .unwrap();
+    let tag = unique("alias-long");
+    let long = format!("/{}", "x".repeat(300));
+    let target = page::key(&tag, &long).unwrap();
+    assert!(
+        target.is_hashed(),
+        "over 160 bytes of arguments: the id is a hash"
+    );
+    smache
+        .alias(&page::key(&tag, "/short").unwrap(), &target)
+        .await
+        .unwrap();
+    // A miss through the alias stores the target with its full arguments,
+    // which an executor needs to recompute it.
+    assert_eq!(smache.scope(page(&tag, "/short")).await, "<page /short>");
+    let mut conn = smache_suite::redis_connection(&redis_url()).await;
+    let args: Option<String> = conn.hget(smache.storage_key(&target), "a").await.unwrap();
+    assert_eq!(args.as_deref(), Some(target.args()));
+}

@@ -47,9 +47,10 @@ async fn the_value_is_in_mongodb_and_redis_keeps_a_reference() {
     assert_eq!(value.len(), 10_000);
     let key = smache.storage_key(&big::key(&tag, 10_000).unwrap());
 
-    // Redis: the 12-byte header, flagged, and a 32-byte digest.
+    // Redis: the 12-byte header, flagged, a 32-byte digest and the
+    // document's 12-byte id.
     let reference = redis_data(&key).await;
-    assert_eq!(reference.len(), 44, "a reference, not the value");
+    assert_eq!(reference.len(), 56, "a reference, not the value");
     assert_eq!(&reference[..3], b"sm\x01");
     assert_eq!(reference[3] & 1, 1, "the reference flag");
 
@@ -60,7 +61,11 @@ async fn the_value_is_in_mongodb_and_redis_keeps_a_reference() {
         .await
         .unwrap()
         .expect("the value's document");
-    assert_eq!(stored.get_str("_id").unwrap(), format!("{key}@0"));
+    let document = bson::oid::ObjectId::from_bytes(reference[44..].try_into().unwrap());
+    assert_eq!(
+        stored.get_str("_id").unwrap(),
+        format!("{key}@{}", document.to_hex())
+    );
     let envelope = stored.get_binary_generic("d").unwrap();
     assert!(envelope.len() > 10_000, "{} bytes", envelope.len());
     assert!(!stored.contains_key("exp"), "no ttl: kept until replaced");
@@ -227,9 +232,21 @@ async fn a_task_of_a_value_kept_in_mongodb_keeps_only_a_reference_in_redis() {
         .unwrap();
     assert_eq!(
         result.len(),
-        44,
+        56,
         "the task holds a reference, not the value"
     );
+    // Its copy in MongoDB outlives the value's own document.
+    assert!(smache
+        .invalidate(&big::key(&tag, 30_000).unwrap())
+        .await
+        .unwrap());
+    let copy = mongo_database(DATABASE)
+        .collection::<bson::Document>("smache_values")
+        .find_one(doc! { "_id": format!("{{{prefix}}}:t:{}", task.id()) })
+        .await
+        .unwrap()
+        .expect("the task's copy");
+    assert!(copy.get_datetime("exp").is_ok(), "kept as long as the task");
     assert_eq!(
         smache.task::<Vec<u64>>(task.id()).await.unwrap(),
         smache::TaskStatus::Done(value)

@@ -20,6 +20,10 @@ local kind = redis.call('TYPE', vkey)['ok']
 if kind ~= 'hash' and kind ~= 'none' then
   redis.call('DEL', vkey)
 end
+if redis.call('HEXISTS', vkey, 'l') == 1 then
+  -- An alias now: compute without lease or edges (store.lua refuses it).
+  return {'go', '0'}
+end
 local now = redis.call('TIME')
 local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
 local holder = redis.call('HGET', vkey, 'c')

@@ -45,6 +45,17 @@ local function argv_from(from)
   return out
 end
 
+-- What identifies an envelope's value: the payload (bytes 13.., after the
+-- header), or for a reference to a value kept in MongoDB (flag bit 0 of
+-- byte 4) its 32-byte digest, without the document id that follows it.
+local function payload(envelope)
+  local flags = string.byte(envelope, 4) or 0
+  if flags % 2 == 1 then
+    return string.sub(envelope, 13, 44)
+  end
+  return string.sub(envelope, 13)
+end
+
 -- The collection named by a token, if any.
 local function collection_of(token)
   local coll = string.match(token, '^e:([^:]+):')
@@ -77,7 +88,7 @@ end
 -- no longer exists only loses its edges. Returns 1 if a job was queued.
 local function signal(base, id)
   local vkey = base .. 'v:' .. id
-  if redis.call('TYPE', vkey)['ok'] ~= 'hash' then
+  if redis.call('TYPE', vkey)['ok'] ~= 'hash' or redis.call('HEXISTS', vkey, 'l') == 1 then
     drop_edges(base, id)
     return 0
   end

@@ -5,9 +5,7 @@
 -- KEYS[1]  the task key, KEYS[2] the value key
 -- ARGV[1]  base, ARGV[2] task id, ARGV[3] "d" (done) or "f" (failed),
 -- ARGV[4]  the value's envelope, or the error message,
--- ARGV[5]  how long the finished task is kept (ms), ARGV[6] the change
---          generation the value was computed from (to find a value kept in
---          MongoDB: its envelope is then a reference)
+-- ARGV[5]  how long the finished task is kept (ms)
 -- Returns 1 if this call finished the task, 0 if it was not pending.
 local tkey, vkey = KEYS[1], KEYS[2]
 local base, task = ARGV[1], ARGV[2]
@@ -15,7 +13,7 @@ if redis.call('TYPE', tkey)['ok'] ~= 'hash' or redis.call('HGET', tkey, 's') ~= 
   return 0
 end
 local id = redis.call('HGET', tkey, 'v') or ''
-redis.call('HSET', tkey, 's', ARGV[3], 'r', ARGV[4], 'rw', ARGV[6] or '0')
+redis.call('HSET', tkey, 's', ARGV[3], 'r', ARGV[4])
 redis.call('PEXPIRE', tkey, ARGV[5])
 if redis.call('TYPE', vkey)['ok'] == 'hash' and redis.call('HGET', vkey, 'k') == task then
   redis.call('HDEL', vkey, 'k')

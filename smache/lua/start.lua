@@ -1,6 +1,6 @@
 -- An executor starts a job: clear the pending flag (a change from now on
 -- queues a new job) and return the generation to compute from and the
--- full arguments; false if the value is gone.
+-- full arguments; false if the value is gone (or became an alias).
 --
 -- Recomputes of one value are spaced at least ARGV[1] ms apart: if the
 -- last one started more recently, nothing changes (the pending flag stays,
@@ -8,7 +8,8 @@
 -- A lone change is recomputed at once; a burst costs a few recomputes.
 --
 -- KEYS[1]  the value key; ARGV[1] the minimum interval in ms
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' or redis.call('HEXISTS', KEYS[1], 'l') == 1 then
+  -- Gone, or an alias now (its target has jobs of its own).
   return false
 end
 local now = redis.call('TIME')

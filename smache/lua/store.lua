@@ -11,7 +11,8 @@
 -- ARGV[6]  full arguments or "", ARGV[7] "1" for mark_stale functions else "0",
 -- ARGV[8]  n, the number of collections in the function's relations(...),
 -- ARGV[9 .. 8+n] those collections, ARGV[9+n ..] the complete dependency tokens
--- Returns the new value version, or -1 when a newer value is stored.
+-- Returns the new value version, or -1 when a newer value is stored (or
+-- the key is an alias).
 local vkey = KEYS[1]
 local base, id, data = ARGV[1], ARGV[2], ARGV[3]
 local started = num(ARGV[5])
@@ -23,6 +24,10 @@ local old = redis.call('HMGET', vkey, 'v', 'd', 'w')
 -- Whoever stores ends the computation in flight: waiters wake and read.
 redis.call('HDEL', vkey, 'c', 'cx')
 redis.call('PUBLISH', base .. 'done', id)
+if redis.call('HEXISTS', vkey, 'l') == 1 then
+  -- The key became an alias while this value was computed: refused.
+  return -1
+end
 if old[2] and tonumber(old[3]) and started < tonumber(old[3]) then
   return -1
 end
@@ -45,8 +50,7 @@ for i = 9, 8 + relations do
 end
 drop_edges(base, id)
 add_edges(base, id, argv_from(9 + relations))
--- Bytes 13.. are the payload (the header holds the computed-at time).
-if not old[2] or string.sub(old[2], 13) ~= string.sub(data, 13) then
+if not old[2] or payload(old[2]) ~= payload(data) then
   signal_dependents(base, 'v:' .. id)
 end
 return version

@@ -4,7 +4,9 @@
 --
 -- KEYS[1]  the value key
 -- ARGV[1]  base, ARGV[2] value id, ARGV[3] full arguments or "",
--- ARGV[4]  the id for a new task, ARGV[5] how long a task is kept (ms)
+-- ARGV[4]  the id for a new task, ARGV[5] how long a key with no value yet
+--          is kept for it (ms); the task itself is kept until it finishes
+--          (finish.lua then gives it its retention)
 -- Returns the task id.
 local vkey = KEYS[1]
 local base, id = ARGV[1], ARGV[2]
@@ -18,8 +20,8 @@ if current and redis.call('HGET', typed(base .. 't:' .. current, 'hash'), 's') =
 end
 local task = ARGV[4]
 local tkey = base .. 't:' .. task
+redis.call('DEL', tkey)
 redis.call('HSET', tkey, 's', 'p', 'v', id)
-redis.call('PEXPIRE', tkey, ARGV[5])
 redis.call('HSET', vkey, 'k', task)
 if redis.call('HEXISTS', vkey, 'd') == 0 then
   -- No value yet: keep the key (and with it the task's mark) for as long

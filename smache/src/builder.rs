@@ -215,7 +215,7 @@ impl SmacheBuilder {
 
     /// How long a finished task and its result stay readable with
     /// [`Smache::task`] (default [`DEFAULT_TASK_RETENTION`], 10 minutes). A
-    /// pending task is kept as long, counted from its submission.
+    /// pending task is kept until it finishes.
     pub fn task_retention(mut self, retention: Duration) -> Self {
         self.task_retention = Some(retention);
         self

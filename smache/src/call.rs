@@ -464,8 +464,8 @@ struct LeaseKeeper {
 }
 
 impl LeaseKeeper {
-    /// The computation returned: stop renewing; what follows stores the
-    /// value or gives the lease up.
+    /// The value was stored (or the lease given up): stop renewing,
+    /// nothing to release.
     fn done(mut self) {
         self.release = None;
     }
@@ -568,13 +568,14 @@ where
     let keeper = call.keep_lease(&owner);
     let deps = call.deps();
     let result = DEPS.scope(Arc::clone(&deps), compute).await;
-    keeper.done();
     let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
     let deps = lock(&deps).clone();
     let settled = Arc::clone(&call).settle(started, Some(owner), data, deps);
     let (_, landing) = runtime::in_tokio(settled)
         .await
         .unwrap_or((Outcome::Unreachable, Landing::Failed));
+    // Only now: a caller dropped while storing still lets the lease go.
+    keeper.done();
     pilot.land(landing);
     result
 }
@@ -649,13 +650,13 @@ where
     let keeper = call.keep_lease(&owner);
     let deps = call.deps();
     let result = DEPS.sync_scope(Arc::clone(&deps), compute);
-    keeper.done();
     let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
     let deps = lock(&deps).clone();
     let (_, landing) = blocking(&call, move |call| {
         call.settle(started, Some(owner), data, deps)
     })
     .unwrap_or((Outcome::Unreachable, Landing::Failed));
+    keeper.done();
     pilot.land(landing);
     result
 }

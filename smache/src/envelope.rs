@@ -5,7 +5,8 @@
 //! 0       2     magic, b"sm"
 //! 2       1     format version (currently 1)
 //! 3       1     flags: bit 0 set = a reference: the value is kept in
-//!               MongoDB and the payload is its SHA-256 (32 bytes)
+//!               MongoDB and the payload is its SHA-256 (32 bytes) and
+//!               the id of its document (12 bytes)
 //! 4       8     computed-at time, Unix milliseconds, little endian
 //! 12      …     the value, MessagePack
 //! ```
@@ -69,22 +70,32 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, computed_at_ms: u64) -> R
 const REFERENCE: u8 = 1;
 
 /// The reference stored in Redis for a value kept in MongoDB: the same
-/// header, flagged, and the SHA-256 of the payload (so that comparing two
-/// references compares the values).
-pub(crate) fn reference(envelope: &[u8]) -> Vec<u8> {
+/// header, flagged; the SHA-256 of the payload (so that comparing two
+/// references compares the values); and the 12-byte id of the document.
+pub(crate) fn reference(envelope: &[u8], document: [u8; 12]) -> Vec<u8> {
     use sha2::Digest;
     let (header, payload) = envelope.split_at(HEADER.min(envelope.len()));
-    let mut out = header.to_vec();
+    let mut out = Vec::with_capacity(HEADER + 32 + 12);
+    out.extend_from_slice(header);
     if let Some(flags) = out.get_mut(3) {
         *flags |= REFERENCE;
     }
     out.extend_from_slice(&sha2::Sha256::digest(payload));
+    out.extend_from_slice(&document);
     out
 }
 
 /// Whether `bytes` is a reference to a value kept in MongoDB.
 pub(crate) fn is_reference(bytes: &[u8]) -> bool {
     bytes.len() >= HEADER && &bytes[..2] == MAGIC && bytes[3] & REFERENCE != 0
+}
+
+/// The document id in a reference; `None` if `bytes` is not a whole one.
+pub(crate) fn referenced_document(bytes: &[u8]) -> Option<[u8; 12]> {
+    if !is_reference(bytes) || bytes.len() != HEADER + 32 + 12 {
+        return None;
+    }
+    bytes[HEADER + 32..].try_into().ok()
 }
 
 /// Checks the header of `bytes`. Never panics, whatever the input.

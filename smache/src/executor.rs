@@ -13,12 +13,17 @@
 //! # }
 //! ```
 //!
-//! Each job names one value. The executor loads the value's entity
+//! A job is a recompute (a change made a value stale), a submitted task
+//! (see [`crate::task`]), a callback of a finished task, or a changed
+//! document of a collection named in some `relations(...)`.
+//!
+//! To recompute a value, the executor loads its entity
 //! arguments fresh from MongoDB, calls the function, and stores the result
 //! only if no value computed from newer data was stored meanwhile. A job is
 //! acknowledged only once its value is stored (or is gone); jobs of a
 //! crashed executor are reclaimed by the others after [`RECLAIM_AFTER`].
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -199,6 +204,8 @@ pub async fn run_until(
     let permits = Arc::new(Semaphore::new(executor.concurrency));
     let mut last_reclaim = tokio::time::Instant::now() - RECLAIM_AFTER;
     let mut conn = None;
+    let held = Arc::new(Mutex::new(HashSet::new()));
+    let heartbeat = tokio::spawn(executor.clone().keep_claimed(Arc::clone(&held)));
     loop {
         if conn.is_none() {
             conn = match executor.store.dedicated().await {
@@ -240,12 +247,17 @@ pub async fn run_until(
                 continue;
             }
         }
+        // Entries this process holds, running or waiting for a permit: a
+        // reclaim may hand one back to us while it runs (it is skipped),
+        // and the heartbeat keeps them from looking abandoned to others.
+        batch.retain(|(entry, _)| crate::sync::lock(&held).insert(entry.clone()));
         for (entry, task) in batch {
             let permit = Arc::clone(&permits)
                 .acquire_owned()
                 .await
                 .expect("never closed");
             let executor = executor.clone();
+            let held = Arc::clone(&held);
             running.spawn(async move {
                 match task {
                     Task::Value(id) => executor.process(&entry, &id).await,
@@ -266,12 +278,14 @@ pub async fn run_until(
                         executor.ack(&entry).await;
                     }
                 }
+                crate::sync::lock(&held).remove(&entry);
                 drop(permit);
             });
         }
         while running.try_join_next().is_some() {}
     }
     while running.join_next().await.is_some() {}
+    heartbeat.abort();
     Ok(())
 }
 
@@ -493,6 +507,34 @@ impl Executor {
         }
     }
 
+    /// Claims the entries this process holds again every third of
+    /// [`RECLAIM_AFTER`], so that a long job (or one waiting for a permit,
+    /// or between retries) is never taken for abandoned and run twice.
+    async fn keep_claimed(self, held: Arc<Mutex<HashSet<String>>>) {
+        loop {
+            tokio::time::sleep(RECLAIM_AFTER / 3).await;
+            let ids: Vec<String> = crate::sync::lock(&held).iter().cloned().collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let Ok(mut conn) = self.store.shared().await else {
+                continue;
+            };
+            let claimed: redis::RedisResult<redis::Value> = redis::cmd("XCLAIM")
+                .arg(&self.stream)
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg(0)
+                .arg(&ids)
+                .arg("JUSTID")
+                .query_async(&mut conn)
+                .await;
+            if let Err(err) = claimed {
+                tracing::debug!(error = %err, "smache executor: cannot renew the claim on running jobs");
+            }
+        }
+    }
+
     async fn ack(&self, entry: &str) {
         let Ok(mut conn) = self.store.shared().await else {
             return;
@@ -663,19 +705,24 @@ impl Executor {
             // with other callers, or a computation) with its failure noted.
             let target = Target::new(key.clone(), None);
             let failure = match self.run_function(registration, &target, args.clone()).await {
-                Ran::Returned(Ok(())) => match self.smache.inner.fetch(&key).await {
+                Ran::Returned(Ok(())) => match self.reread(&key, id).await {
                     Ok(Some(fetched))
                         if self.smache.inner.acceptable(registration.spec, &fetched) =>
                     {
-                        // A value kept in MongoDB stays there: the task
-                        // records its reference.
+                        // A value kept in MongoDB stays there: a copy for
+                        // the task, and a reference in the task's record.
                         let data = if self.smache.inner.external(registration.spec) {
-                            crate::envelope::reference(&fetched.data)
+                            match self.smache.inner.keep_for_task(task, &fetched.data).await {
+                                Ok(reference) => reference,
+                                Err(err) => {
+                                    tracing::warn!(error = %err, task, "smache executor: mongodb unavailable; task left for retry");
+                                    return;
+                                }
+                            }
                         } else {
                             fetched.data
                         };
-                        let done = Ok((data, fetched.computed_from));
-                        return self.finish(entry, task, &key, &done).await;
+                        return self.finish(entry, task, &key, &Ok(data)).await;
                     }
                     Ok(_) => crate::sync::lock(&target.failure)
                         .take()
@@ -705,6 +752,21 @@ impl Executor {
         }
     }
 
+    /// Reads a task's value after its run, following an alias (a key that
+    /// became one meanwhile has its value under the target's key).
+    async fn reread(
+        &self,
+        key: &str,
+        id: &str,
+    ) -> std::result::Result<Option<crate::instance::Fetched>, ()> {
+        let at = Located {
+            key: key.to_owned(),
+            id: id.to_owned(),
+            full_args: String::new(),
+        };
+        Ok(self.smache.inner.lookup(&at).await?.0)
+    }
+
     /// Records a task's result (once), queues its callbacks, wakes its
     /// waiters; acknowledges the job once that is done.
     async fn finish(
@@ -712,7 +774,7 @@ impl Executor {
         entry: &str,
         task: &str,
         value_key: &str,
-        result: &std::result::Result<(Vec<u8>, u64), String>,
+        result: &std::result::Result<Vec<u8>, String>,
     ) {
         let inner = &self.smache.inner;
         match self
@@ -731,6 +793,14 @@ impl Executor {
     /// the job is acknowledged: a failing callback is logged, not retried.
     async fn callback(&self, entry: &str, name: &str, task: &str, args: String) {
         let Some(handler) = self.smache.inner.callbacks.get(name).cloned() else {
+            if let Ok(None) = self.store.task(&self.smache.inner.base, task).await {
+                tracing::warn!(
+                    callback = name,
+                    task,
+                    "smache executor: a callback nobody here has, of a task that expired; dropped"
+                );
+                return self.ack(entry).await;
+            }
             tracing::warn!(callback = name, task, "smache executor: no callback of this name is registered here; leaving it for another executor");
             return;
         };
@@ -750,7 +820,7 @@ impl Executor {
             }
         };
         let outcome = match state.state {
-            b'd' => match self.smache.inner.task_value(&state).await {
+            b'd' => match self.smache.inner.task_value(task, &state).await {
                 Ok(data) => Ok(data),
                 Err(err) => {
                     tracing::warn!(error = %err, task, "smache executor: cannot read a task's value; callback left for retry");

@@ -447,7 +447,7 @@ impl Smache {
         let storage_key = self.storage_key(key);
         let lookup = runtime::in_tokio(async move {
             match inner.store.get(&storage_key).await? {
-                Lookup::Alias(target) => {
+                Lookup::Alias { target, .. } => {
                     inner.store.get(&format!("{}v:{target}", inner.base)).await
                 }
                 lookup => Ok(lookup),
@@ -466,7 +466,7 @@ impl Smache {
                 computed_at_ms: env.computed_at_ms,
                 stale: stale_since_ms.is_some() || expired,
             }),
-            Lookup::Miss | Lookup::Foreign(_) | Lookup::Alias(_) => None,
+            Lookup::Miss | Lookup::Foreign(_) | Lookup::Alias { .. } => None,
         })
     }
 }
@@ -541,8 +541,6 @@ impl Located {
 #[derive(Debug)]
 pub(crate) struct Fetched {
     pub(crate) data: Vec<u8>,
-    /// The change generation it was computed from.
-    pub(crate) computed_from: u64,
     /// Past its time-to-live: serve it once more and refresh it.
     pub(crate) expired: bool,
     pub(crate) stale: bool,
@@ -572,11 +570,11 @@ impl Inner {
         at: &Located,
     ) -> Result<(Option<Fetched>, Option<Located>), ()> {
         match self.store.get(&at.key).await {
-            Ok(Lookup::Alias(target)) => {
+            Ok(Lookup::Alias { target, full_args }) => {
                 let target = Located {
                     key: format!("{}v:{target}", self.base),
                     id: target,
-                    full_args: String::new(),
+                    full_args,
                 };
                 let fetched = self.fetch(&target.key).await?;
                 Ok((fetched, Some(target)))
@@ -618,11 +616,21 @@ impl Inner {
         if !envelope::is_reference(&fetched.data) {
             return Ok(Some(fetched));
         }
+        let Some(document) = envelope::referenced_document(&fetched.data) else {
+            tracing::warn!(
+                key = storage_key,
+                "smache: a malformed reference to MongoDB; recomputing"
+            );
+            return Ok(None);
+        };
         let Some(values) = &self.values else {
             tracing::warn!(key = storage_key, "smache: a value is kept in MongoDB but this instance has no MongoDB database; recomputing");
             return Ok(None);
         };
-        match values.get(storage_key, fetched.computed_from).await {
+        match values
+            .get(storage_key, &bson::oid::ObjectId::from_bytes(document))
+            .await
+        {
             Ok(Some(data)) => {
                 fetched.data = data;
                 Ok(Some(fetched))
@@ -658,13 +666,11 @@ impl Inner {
                 data,
                 stale_since_ms,
                 expired,
-                computed_from,
                 ..
             }) => {
                 self.health.ok();
                 Ok(Some(Fetched {
                     data,
-                    computed_from,
                     expired,
                     stale: stale_since_ms.is_some(),
                     stale_for: Duration::from_millis(
@@ -681,7 +687,7 @@ impl Inner {
                 tracing::warn!(key = storage_key, reason = %why, "smache: foreign data under a value key; recomputing and overwriting");
                 Ok(None)
             }
-            Ok(Lookup::Alias(_)) => {
+            Ok(Lookup::Alias { .. }) => {
                 // Aliases name values that are not aliases: only a race
                 // with a new alias gets here. Treated as a miss.
                 self.health.ok();
@@ -737,18 +743,24 @@ impl Inner {
         } else {
             None
         };
+        let mut document = None;
         if let Some(values) = values {
-            if let Err(err) = values.put(key, started, &put.data, put.ttl).await {
-                self.health.failed(&err);
-                return Outcome::Unreachable;
+            match values.put(key, started, &put.data, put.ttl).await {
+                Ok(oid) => {
+                    put.data = envelope::reference(&put.data, oid.bytes());
+                    document = Some((values, oid));
+                }
+                Err(err) => {
+                    self.health.failed(&err);
+                    return Outcome::Unreachable;
+                }
             }
-            put.data = envelope::reference(&put.data);
         }
         match self.store.put(put).await {
             Ok(Some(_)) => {
                 self.health.ok();
-                if let Some(values) = values {
-                    if let Err(err) = values.retire(key, started).await {
+                if let Some((values, oid)) = document {
+                    if let Err(err) = values.retire(key, &oid, started).await {
                         tracing::debug!(key, error = %err, "smache: cannot retire replaced MongoDB documents");
                     }
                 }
@@ -760,8 +772,8 @@ impl Inner {
                     key,
                     "smache: a value computed from newer data is already stored"
                 );
-                if let Some(values) = values {
-                    if let Err(err) = values.discard(key, started).await {
+                if let Some((values, oid)) = document {
+                    if let Err(err) = values.discard(key, &oid).await {
                         tracing::debug!(key, error = %err, "smache: cannot delete a refused MongoDB document");
                     }
                 }

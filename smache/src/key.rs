@@ -73,8 +73,21 @@ impl CacheKey {
         &self.path[self.args_at..]
     }
 
-    /// Whether the stored key holds a hash of the arguments rather than them.
-    pub(crate) fn is_hashed(&self) -> bool {
+    /// Whether the stored key holds a hash of the arguments rather than
+    /// them (arguments over 160 bytes); the full arguments are then kept
+    /// in the value's hash, for executors.
+    ///
+    /// ```
+    /// #[smache::computed(Raw)]
+    /// fn echo(text: &str) -> usize {
+    ///     text.len()
+    /// }
+    ///
+    /// assert!(!echo::key("short").unwrap().is_hashed());
+    /// assert!(echo::key(&"long ".repeat(50)).unwrap().is_hashed());
+    /// ```
+    #[must_use]
+    pub fn is_hashed(&self) -> bool {
         self.args().len() > MAX_INLINE_ARGS
     }
 

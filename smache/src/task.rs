@@ -94,7 +94,6 @@ pub enum TaskStatus<V> {
 pub struct Task<V> {
     smache: Smache,
     id: String,
-    value_key: String,
     value_id: String,
     _value: PhantomData<fn() -> V>,
 }
@@ -108,7 +107,7 @@ impl<V> fmt::Debug for Task<V> {
     }
 }
 
-impl<V: DeserializeOwned> Task<V> {
+impl<V> Task<V> {
     /// The task's id: stable, and valid in every process sharing the Redis
     /// (see [`Smache::task`]) until [`SmacheBuilder::task_retention`](crate::SmacheBuilder::task_retention)
     /// after it finishes.
@@ -116,7 +115,9 @@ impl<V: DeserializeOwned> Task<V> {
     pub fn id(&self) -> &str {
         &self.id
     }
+}
 
+impl<V: DeserializeOwned> Task<V> {
     /// The task's status now.
     ///
     /// # Errors
@@ -172,19 +173,13 @@ impl<V: DeserializeOwned> Task<V> {
     /// [`SmacheBuilder::callback`](crate::SmacheBuilder::callback): when
     /// the task finishes, an executor that has a callback of this name runs
     /// it once with the outcome and `args`. Attaching to a task that has
-    /// already finished runs the callback at once.
+    /// already finished queues the callback at once.
     ///
     /// # Errors
     /// [`Error::TaskNotFound`]; [`Error::Serialize`] if `args` cannot be
     /// serialized; [`Error::Config`] for a name with a newline; store errors.
     pub async fn on_complete<A: Serialize + ?Sized>(&self, callback: &str, args: &A) -> Result<()> {
         self.smache.on_complete(&self.id, callback, args).await
-    }
-
-    /// The key of the value the task computes.
-    #[must_use]
-    pub fn value_key(&self) -> &str {
-        &self.value_key
     }
 }
 
@@ -333,29 +328,37 @@ where
 pub const DEFAULT_TASK_RETENTION: Duration = Duration::from_secs(600);
 
 impl Inner {
-    /// The envelope of a task that is done. A value kept in MongoDB is
-    /// read from there: the document of the generation the task recorded,
-    /// else (replaced since) the value's current one.
+    /// The envelope of a task that is done: in the task's record, or for a
+    /// value kept in MongoDB in the task's copy there.
     ///
     /// # Errors
-    /// [`Error::Corrupt`] when the value is no longer kept anywhere;
-    /// MongoDB errors.
-    pub(crate) async fn task_value(&self, state: &TaskState) -> Result<Vec<u8>> {
+    /// [`Error::Corrupt`] when the copy is gone; MongoDB errors.
+    pub(crate) async fn task_value(&self, task: &str, state: &TaskState) -> Result<Vec<u8>> {
         if !envelope::is_reference(&state.result) {
             return Ok(state.result.clone());
         }
-        let key = format!("{}v:{}", self.base, state.value_id);
-        if let Some(values) = &self.values {
-            if let Some(data) = values.get(&key, state.generation).await? {
-                return Ok(data);
-            }
+        let key = format!("{}t:{task}", self.base);
+        match &self.values {
+            Some(values) => values.task_value(&key).await?.ok_or_else(|| {
+                Error::Corrupt(format!("the MongoDB copy of task {task}'s value is gone"))
+            }),
+            None => Err(Error::Config(
+                "this task's value is kept in MongoDB: configure SmacheBuilder::mongodb".into(),
+            )),
         }
-        match self.fetch(&key).await {
-            Ok(Some(fetched)) => Ok(fetched.data),
-            _ => Err(Error::Corrupt(format!(
-                "the value of a finished task is no longer kept ({key})"
-            ))),
-        }
+    }
+
+    /// Keeps a copy of a finished task's value (kept in MongoDB) beside it
+    /// in MongoDB; the reference for the task's record.
+    pub(crate) async fn keep_for_task(&self, task: &str, envelope: &[u8]) -> Result<Vec<u8>> {
+        let values = self.values.as_ref().ok_or_else(|| {
+            Error::Config("values kept in MongoDB need SmacheBuilder::mongodb".into())
+        })?;
+        let key = format!("{}t:{task}", self.base);
+        values
+            .keep_for_task(&key, envelope, self.task_retention)
+            .await?;
+        Ok(envelope::reference(envelope, [0; 12]))
     }
 
     /// The Redis store, which tasks need.
@@ -400,7 +403,7 @@ impl Smache {
                 return Ok(None);
             };
             let result = match found.state {
-                b'd' => inner.task_value(&found).await?,
+                b'd' => inner.task_value(&task, &found).await?,
                 _ => found.result.clone(),
             };
             Ok::<_, Error>(Some((found, result)))
@@ -425,7 +428,6 @@ impl Smache {
         Task {
             smache: self.clone(),
             id: id.to_owned(),
-            value_key: String::new(),
             value_id: String::new(),
             _value: PhantomData,
         }
@@ -515,7 +517,6 @@ pub async fn submit<M: Mode<R>, R>(
     Ok(Submitted::Pending(Task {
         smache,
         id,
-        value_key: at.key,
         value_id: at.id,
         _value: PhantomData,
     }))

@@ -70,7 +70,10 @@ impl MemoryStore {
 
     pub(crate) fn get(&self, key: &str) -> Lookup {
         if let Some(target) = lock(&self.links).get(key) {
-            return Lookup::Alias(target.clone());
+            return Lookup::Alias {
+                target: target.clone(),
+                full_args: String::new(), // no executors here
+            };
         }
         match self.cache.get(key) {
             Some(entry) => Lookup::Hit {
@@ -78,7 +81,6 @@ impl MemoryStore {
                 data: entry.data.to_vec(),
                 stale_since_ms: None,
                 expired: false,
-                computed_from: 0,
             },
             None => Lookup::Miss,
         }

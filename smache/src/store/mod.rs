@@ -33,13 +33,12 @@ pub(crate) enum Lookup {
         /// Whether it is past its time-to-live (Redis only: the embedded
         /// store drops such values).
         expired: bool,
-        /// The change generation it was computed from (Redis only).
-        computed_from: u64,
     },
     /// Something is stored that is not a smache entry.
     Foreign(String),
-    /// An alias: the value is the one of this value id.
-    Alias(String),
+    /// An alias: the value is the one of value id `target`, whose full
+    /// arguments are `full_args` when the id holds only their hash.
+    Alias { target: String, full_args: String },
 }
 
 /// Which kind of store an instance uses.

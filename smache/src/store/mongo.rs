@@ -2,24 +2,27 @@
 //!
 //! Redis stays the arbiter: it holds the value hash (versions, change
 //! generations, leases), the graph, and in place of the envelope a
-//! reference (the envelope's header and a digest of the value, see
-//! [`crate::envelope::reference`]). MongoDB holds the envelopes, one
-//! immutable document per computation:
+//! reference (the envelope's header, a digest of the value and the id of
+//! its document, see [`crate::envelope::reference`]). MongoDB holds the
+//! envelopes, one immutable document per computation:
 //!
 //! ```text
-//! { _id: "<value key>@<generation>", k: "<value key>", w: <generation>,
+//! { _id: "<value key>@<ObjectId>", k: "<value key>", w: <generation>,
 //!   d: <envelope>, exp: <date, when it may be deleted> }
 //! ```
 //!
 //! The document is written first, then the reference in Redis (whose
 //! script refuses a value older than the stored one); a hit reads the hash,
-//! then the document of the generation it names. Replaced documents are
-//! not deleted at once but given an `exp` a little ahead, so that a reader
-//! who just read the old reference still finds them; a TTL index on `exp`
-//! deletes them, and the values of functions with a time-to-live.
+//! then the document it names. A refused document is deleted; replaced
+//! ones are given an `exp` a little ahead, so that a reader who just read
+//! the old reference still finds them; a TTL index on `exp` deletes them,
+//! and the values of functions with a time-to-live. A finished task whose
+//! value is kept here gets a copy of its own (`_id` the task's key), kept
+//! as long as the task.
 
 use std::time::Duration;
 
+use bson::oid::ObjectId;
 use bson::spec::BinarySubtype;
 use bson::{doc, Binary, DateTime, Document};
 use mongodb::options::IndexOptions;
@@ -47,8 +50,8 @@ impl std::fmt::Debug for MongoValues {
     }
 }
 
-fn id(key: &str, generation: u64) -> String {
-    format!("{key}@{generation}")
+fn id(key: &str, oid: &ObjectId) -> String {
+    format!("{key}@{}", oid.to_hex())
 }
 
 fn at(from_now: Duration) -> DateTime {
@@ -97,56 +100,54 @@ impl MongoValues {
             .map(|_| ())
     }
 
-    /// Writes the envelope computed from `generation`; it expires after
-    /// twice `ttl` (like the Redis key), or never.
+    /// Writes the envelope computed from `generation` as a new document;
+    /// it expires after twice `ttl` (like the Redis key), or never. Returns
+    /// the document's id, for the reference.
     pub(crate) async fn put(
         &self,
         key: &str,
         generation_: u64,
         envelope: &[u8],
         ttl: Option<Duration>,
-    ) -> Result<()> {
+    ) -> Result<ObjectId> {
         self.ensure_indexes().await?;
-        let mut set = doc! {
+        let oid = ObjectId::new();
+        let mut document = doc! {
+            "_id": id(key, &oid),
             "k": key,
             "w": generation(generation_),
-            "d": Binary { subtype: BinarySubtype::Generic, bytes: envelope.to_vec() },
+            "d": binary(envelope),
         };
-        let mut update = doc! {};
-        match ttl.filter(|ttl| !ttl.is_zero()) {
-            Some(ttl) => {
-                set.insert("exp", at(ttl.saturating_mul(2)));
-            }
-            None => {
-                update.insert("$unset", doc! { "exp": "" });
-            }
+        if let Some(ttl) = ttl.filter(|ttl| !ttl.is_zero()) {
+            document.insert("exp", at(ttl.saturating_mul(2)));
         }
-        update.insert("$set", set);
-        self.values
-            .update_one(doc! { "_id": id(key, generation_) }, update)
-            .upsert(true)
-            .await?;
-        Ok(())
+        self.values.insert_one(document).await?;
+        Ok(oid)
     }
 
-    /// The envelope computed from `generation`, if it is kept.
-    pub(crate) async fn get(&self, key: &str, generation_: u64) -> Result<Option<Vec<u8>>> {
-        let found = self
-            .values
-            .find_one(doc! { "_id": id(key, generation_) })
-            .await?;
+    /// The envelope of document `oid` of `key`, if it is kept.
+    pub(crate) async fn get(&self, key: &str, oid: &ObjectId) -> Result<Option<Vec<u8>>> {
+        self.get_by_id(&id(key, oid)).await
+    }
+
+    async fn get_by_id(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        let found = self.values.find_one(doc! { "_id": id }).await?;
         Ok(found.and_then(|doc| match doc.get("d") {
             Some(bson::Bson::Binary(binary)) => Some(binary.bytes.clone()),
             _ => None,
         }))
     }
 
-    /// Lets the documents of generations before `generation` expire soon:
-    /// a newer value replaced them.
-    pub(crate) async fn retire(&self, key: &str, generation_: u64) -> Result<()> {
+    /// Lets the other documents of `key` computed from `generation` or
+    /// before expire soon: document `kept` replaced them.
+    pub(crate) async fn retire(&self, key: &str, kept: &ObjectId, generation_: u64) -> Result<()> {
         self.values
             .update_many(
-                doc! { "k": key, "w": { "$lt": generation(generation_) } },
+                doc! {
+                    "k": key,
+                    "_id": { "$ne": id(key, kept) },
+                    "w": { "$lte": generation(generation_) },
+                },
                 doc! { "$set": { "exp": at(GRACE) } },
             )
             .await?;
@@ -155,10 +156,8 @@ impl MongoValues {
 
     /// Deletes the document of a computation Redis refused (a newer value
     /// was stored first).
-    pub(crate) async fn discard(&self, key: &str, generation_: u64) -> Result<()> {
-        self.values
-            .delete_one(doc! { "_id": id(key, generation_) })
-            .await?;
+    pub(crate) async fn discard(&self, key: &str, oid: &ObjectId) -> Result<()> {
+        self.values.delete_one(doc! { "_id": id(key, oid) }).await?;
         Ok(())
     }
 
@@ -168,5 +167,35 @@ impl MongoValues {
             .update_many(doc! { "k": key }, doc! { "$set": { "exp": at(GRACE) } })
             .await?;
         Ok(())
+    }
+
+    /// Keeps a copy of a finished task's value for as long as the task.
+    pub(crate) async fn keep_for_task(
+        &self,
+        task_key: &str,
+        envelope: &[u8],
+        retention: Duration,
+    ) -> Result<()> {
+        self.ensure_indexes().await?;
+        self.values
+            .update_one(
+                doc! { "_id": task_key },
+                doc! { "$set": { "d": binary(envelope), "exp": at(retention.saturating_add(GRACE)) } },
+            )
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    /// A finished task's copy of its value.
+    pub(crate) async fn task_value(&self, task_key: &str) -> Result<Option<Vec<u8>>> {
+        self.get_by_id(task_key).await
+    }
+}
+
+fn binary(bytes: &[u8]) -> Binary {
+    Binary {
+        subtype: BinarySubtype::Generic,
+        bytes: bytes.to_vec(),
     }
 }

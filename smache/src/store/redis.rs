@@ -183,8 +183,9 @@ impl RedisStore {
             .arg("w")
             .arg("t")
             .arg("e")
-            .arg("l");
-        let query = cmd.query_async::<[Option<Vec<u8>>; 7]>(&mut conn);
+            .arg("l")
+            .arg("la");
+        let query = cmd.query_async::<[Option<Vec<u8>>; 8]>(&mut conn);
         let reply = tokio::time::timeout(self.timeout, query)
             .await
             .map_err(|_| Error::Timeout {
@@ -192,9 +193,12 @@ impl RedisStore {
                 timeout: self.timeout,
             })?;
         match reply {
-            Ok([.., Some(link)]) => Ok(Lookup::Alias(String::from_utf8_lossy(&link).into_owned())),
+            Ok([.., Some(link), args]) => Ok(Lookup::Alias {
+                target: String::from_utf8_lossy(&link).into_owned(),
+                full_args: String::from_utf8_lossy(&args.unwrap_or_default()).into_owned(),
+            }),
             Ok([_, None, ..]) => Ok(Lookup::Miss),
-            Ok([version, Some(data), generation, computed_from, stale_at, expires, None]) => {
+            Ok([version, Some(data), generation, computed_from, stale_at, expires, None, _]) => {
                 let Some(version) = parse_u64(version.as_deref()) else {
                     return Ok(Lookup::Foreign("the value version is not a number".into()));
                 };
@@ -206,7 +210,6 @@ impl RedisStore {
                     stale_since_ms: stale.then(|| parse_u64(stale_at.as_deref()).unwrap_or(0)),
                     expired: parse_u64(expires.as_deref())
                         .is_some_and(|at| at <= crate::envelope::now_ms()),
-                    computed_from: parse_u64(computed_from.as_deref()).unwrap_or(0),
                 })
             }
             Err(err) if is_wrong_type(&err) => Ok(Lookup::Foreign(
@@ -324,7 +327,8 @@ impl RedisStore {
             .key(target.key)
             .arg(alias.base)
             .arg(alias.id)
-            .arg(target.id);
+            .arg(target.id)
+            .arg(target.full_args);
         match self
             .bounded("alias", invocation.invoke_async::<String>(&mut conn))
             .await
@@ -482,23 +486,17 @@ impl RedisStore {
         base: &str,
         task: &str,
         value_key: &str,
-        result: &std::result::Result<(Vec<u8>, u64), String>,
+        result: &std::result::Result<Vec<u8>, String>,
         retention: Duration,
     ) -> Result<bool> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.finish.key(format!("{base}t:{task}"));
         invocation.key(value_key).arg(base).arg(task);
-        let generation = match result {
-            Ok((data, generation)) => {
-                invocation.arg("d").arg(data.as_slice());
-                *generation
-            }
-            Err(message) => {
-                invocation.arg("f").arg(message.as_str());
-                0
-            }
+        match result {
+            Ok(data) => invocation.arg("d").arg(data.as_slice()),
+            Err(message) => invocation.arg("f").arg(message.as_str()),
         };
-        invocation.arg(millis(retention).max(1)).arg(generation);
+        invocation.arg(millis(retention).max(1));
         let finished: i64 = self
             .bounded("finish", invocation.invoke_async(&mut conn))
             .await?;
@@ -529,17 +527,15 @@ impl RedisStore {
         cmd.arg(format!("{base}t:{task}"))
             .arg("s")
             .arg("r")
-            .arg("v")
-            .arg("rw");
+            .arg("v");
         match self
-            .bounded("task", cmd.query_async::<[Option<Vec<u8>>; 4]>(&mut conn))
+            .bounded("task", cmd.query_async::<[Option<Vec<u8>>; 3]>(&mut conn))
             .await
         {
-            Ok([Some(state), result, value, generation]) => Ok(Some(TaskState {
+            Ok([Some(state), result, value]) => Ok(Some(TaskState {
                 state: state.first().copied().unwrap_or(b'?'),
                 result: result.unwrap_or_default(),
                 value_id: String::from_utf8_lossy(&value.unwrap_or_default()).into_owned(),
-                generation: parse_u64(generation.as_deref()).unwrap_or(0),
             })),
             Ok([None, ..]) => Ok(None),
             Err(Error::Redis(err)) if is_wrong_type(&err) => Ok(None),
@@ -584,8 +580,6 @@ pub(crate) struct TaskState {
     pub(crate) result: Vec<u8>,
     /// The id of the value the task computes.
     pub(crate) value_id: String,
-    /// The generation the value was computed from.
-    pub(crate) generation: u64,
 }
 
 /// The answer to a caller about to compute a missing value.
