@@ -14,12 +14,13 @@ pub(crate) type Result<T> = std::result::Result<T, Error>;
 pub(crate) struct Ctx {
     pub(crate) quick: bool,
     pub(crate) redis_url: String,
-    /// Eight hex digits naming this run's keys.
+    pub(crate) mongodb_uri: Option<String>,
+    /// Eight hex digits naming this run's keys and databases.
     pub(crate) run: String,
     /// A plain connection for baselines and inspection (60 s response
     /// timeout).
     pub(crate) redis: ConnectionManager,
-    /// What this run wrote, for cleaning up.
+    /// Redis prefixes and MongoDB databases this run wrote, for cleaning up.
     pub(crate) written: std::sync::Mutex<Vec<Written>>,
 }
 
@@ -28,15 +29,20 @@ pub(crate) struct Ctx {
 pub(crate) enum Written {
     /// Keys matching `{prefix}:*`, and plain keys under `prefix:`.
     Prefix(String),
+    /// A MongoDB database.
+    Database(String),
 }
 
 impl Ctx {
-    /// Reads `SMACHE_REDIS_URL`.
+    /// Reads `SMACHE_REDIS_URL` (required) and `SMACHE_MONGODB_URI`.
     pub(crate) async fn from_env(quick: bool) -> Result<Ctx> {
         let redis_url = std::env::var("SMACHE_REDIS_URL").map_err(|_| {
             "SMACHE_REDIS_URL is not set: run `./scripts/with-servers.sh cargo run --release -p smache-bench`"
         })?;
-        // Patient: a long script (a change with many dependants) may
+        let mongodb_uri = std::env::var("SMACHE_MONGODB_URI")
+            .ok()
+            .filter(|uri| !uri.is_empty());
+        // Patient: a long script (P3's change with 100k dependants) may
         // hold Redis for longer than the default 500 ms.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(60)));
@@ -47,6 +53,7 @@ impl Ctx {
         Ok(Ctx {
             quick,
             redis_url,
+            mongodb_uri,
             run,
             redis,
             written: std::sync::Mutex::new(Vec::new()),
@@ -69,6 +76,13 @@ impl Ctx {
         prefix
     }
 
+    /// A MongoDB database name of this run for `scenario`.
+    pub(crate) fn database(&self, scenario: &str) -> String {
+        let name = format!("smache_bench_{}_{scenario}", self.run);
+        self.wrote(Written::Database(name.clone()));
+        name
+    }
+
     fn wrote(&self, written: Written) {
         if let Ok(mut all) = self.written.lock() {
             all.push(written);
@@ -81,6 +95,15 @@ impl Ctx {
             .redis_url(&self.redis_url)
             .prefix(prefix)
             .build()?)
+    }
+
+    /// The MongoDB client, or why there is none.
+    pub(crate) async fn mongo(&self) -> Result<mongodb::Client> {
+        let uri = self
+            .mongodb_uri
+            .as_deref()
+            .ok_or("SMACHE_MONGODB_URI is not set")?;
+        Ok(mongodb::Client::with_uri_str(uri).await?)
     }
 
     /// `n` sequential `PING` round trips on the shared connection manager.
@@ -100,9 +123,14 @@ impl Ctx {
             .lock()
             .map(|all| all.clone())
             .unwrap_or_default();
+        let mongo = self.mongo().await.ok();
         for item in written {
             let done = match &item {
                 Written::Prefix(prefix) => self.unlink_prefix(prefix).await,
+                Written::Database(name) => match &mongo {
+                    Some(client) => client.database(name).drop().await.map_err(Into::into),
+                    None => Ok(()),
+                },
             };
             if let Err(err) = done {
                 eprintln!("[smache-bench] cleaning up {item:?} failed: {err}");
@@ -155,4 +183,9 @@ pub(crate) async fn scan(conn: &mut ConnectionManager, pattern: &str) -> Result<
         }
         cursor = next;
     }
+}
+
+/// Sleeps about `d` on this thread, below tokio's 1 ms timer resolution.
+pub(crate) fn short_sleep(d: Duration) {
+    tokio::task::block_in_place(|| std::thread::sleep(d));
 }

@@ -1,6 +1,6 @@
 //! The entities and `#[computed]` functions the scenarios call. They live in
-//! the binary, so the child processes it starts (P4's callers) know them
-//! too.
+//! the binary, so the child processes it starts (P4's callers, P2/P3's
+//! worker and executor) know them too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -11,7 +11,7 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use smache::{computed, Entity};
 
-/// A document values depend on (P5).
+/// A document values depend on (P2, P5).
 #[derive(Clone, Debug, Serialize, Deserialize, Entity)]
 #[entity(collection = "users")]
 pub(crate) struct User {
@@ -20,7 +20,7 @@ pub(crate) struct User {
     pub(crate) name: String,
 }
 
-/// A collection whole functions depend on through `sources(Setting)` (P5).
+/// A collection whole functions depend on through `sources(Setting)` (P3, P5).
 #[derive(Clone, Debug, Serialize, Deserialize, Entity)]
 #[entity(collection = "settings")]
 pub(crate) struct Setting {
@@ -89,6 +89,20 @@ pub(crate) async fn flight_value(tag: String) -> String {
         *span = Some((start, Instant::now()));
     }
     format!("{tag} computed by pid {}", std::process::id())
+}
+
+/// Depends on one user document; no work of its own (P2).
+#[computed(User)]
+pub(crate) async fn label(user: &User) -> String {
+    user.name.clone()
+}
+
+/// Depends on the whole `settings` collection; no work of its own (P3).
+/// No entity argument: a recompute loads nothing from MongoDB, so P3
+/// measures smache's own fan-out.
+#[computed(Raw, sources(Setting))]
+pub(crate) async fn fan(n: u32) -> u32 {
+    n
 }
 
 /// Two dependency edges a value: its user and the `settings` collection (P5).

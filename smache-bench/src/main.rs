@@ -27,10 +27,10 @@ use serde_json::json;
 use crate::ctx::{Ctx, Result};
 use crate::probe::load_average;
 use crate::report::{Report, Row};
-use crate::scenarios::{flight, hits, memory, miss};
+use crate::scenarios::{fanout, flight, hits, memory, miss, refresh, refresher};
 
-/// smache's benchmark: scenarios P1, P4–P6 against the Redis in
-/// SMACHE_REDIS_URL, each beside a baseline.
+/// smache's benchmark: scenarios P1–P6 against the servers in
+/// SMACHE_REDIS_URL and SMACHE_MONGODB_URI, each beside a baseline.
 #[derive(Debug, Parser)]
 #[command(name = "smache-bench", args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -43,6 +43,10 @@ struct Cli {
     /// Where to write the JSON report.
     #[arg(long, default_value = "target/smache-bench.json")]
     json: PathBuf,
+    /// P3's numbers of dependants, comma-separated (default: 10000,100000;
+    /// 1000 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    p3_sizes: Vec<u32>,
     /// Leave the keys and databases the run wrote.
     #[arg(long)]
     keep: bool,
@@ -59,6 +63,10 @@ enum Scenario {
     P1b,
     /// Hit, Redis store, against the `cached` crate.
     P1c,
+    /// Update → fresh value readable.
+    P2,
+    /// One change with 10k / 100k dependants.
+    P3,
     /// 1,000 concurrent misses from 4 processes.
     P4,
     /// Redis memory per dependency edge.
@@ -73,6 +81,9 @@ enum ChildMode {
     /// One process of P4's callers.
     #[command(hide = true)]
     FlightChild(flight::FlightChild),
+    /// A worker and an executor for P2/P3.
+    #[command(hide = true)]
+    Refresher(refresher::Refresher),
 }
 
 #[tokio::main]
@@ -86,6 +97,7 @@ async fn main() -> std::result::Result<(), ctx::Error> {
         .init();
     match cli.child {
         Some(ChildMode::FlightChild(args)) => flight::child(args).await,
+        Some(ChildMode::Refresher(args)) => refresher::refresher(args).await,
         None => run(&cli).await,
     }
 }
@@ -151,6 +163,24 @@ async fn run(cli: &Cli) -> Result<()> {
             "P5",
             ("P5", "Redis memory per dependency edge", "≤ 100 B"),
             memory::memory_per_edge(&ctx)
+        );
+    }
+    if wants(Scenario::P2) {
+        group!(
+            "P2",
+            (
+                "P2",
+                "update committed → fresh value",
+                "p50 ≤ 5 ms, p99 ≤ 20 ms"
+            ),
+            refresh::update_to_fresh(&ctx)
+        );
+    }
+    if wants(Scenario::P3) {
+        group!(
+            "P3",
+            ("P3", "one change, many dependants", "≥ 0.50×"),
+            fanout::fan_outs(&ctx, &cli.p3_sizes)
         );
     }
     if !cli.keep {
