@@ -121,6 +121,25 @@ pub mod __private {
     pub use crate::task::submit;
     pub use {bson, inventory};
 
+    /// Encodes `value` as a stored envelope; for the benchmarks.
+    ///
+    /// # Errors
+    /// When the value does not serialize.
+    pub fn envelope_encode<T: serde::Serialize + ?Sized>(
+        value: &T,
+        computed_at_ms: u64,
+    ) -> crate::Result<Vec<u8>> {
+        crate::envelope::encode(value, computed_at_ms)
+    }
+
+    /// Decodes a stored envelope and its value; for the benchmarks.
+    ///
+    /// # Errors
+    /// When the bytes are not an envelope of a `T`.
+    pub fn envelope_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> crate::Result<T> {
+        crate::envelope::decode(bytes)?.value()
+    }
+
     use crate::entity::{EntityId, IntoEntityId};
 
     /// Reads a related document for a `relations(...)` mapper.

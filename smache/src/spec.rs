@@ -52,7 +52,7 @@ pub enum ValueStore {
     #[default]
     Redis,
     /// In a MongoDB collection (`store = mongo`): for large or durable
-    /// values. Redis keeps a 44-byte reference (a digest of the value) in
+    /// values. Redis keeps a 56-byte reference (a digest of the value and the id of its document) in
     /// the hash; a hit reads Redis, then MongoDB. Expiry uses a TTL index.
     Mongo,
 }

@@ -1,0 +1,191 @@
+//! What every scenario shares: the servers, the run's id, the size.
+
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use smache::Smache;
+
+/// Errors of the bench: any, with a message.
+pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
+/// A bench result.
+pub(crate) type Result<T> = std::result::Result<T, Error>;
+
+/// The servers and settings of one run.
+pub(crate) struct Ctx {
+    pub(crate) quick: bool,
+    pub(crate) redis_url: String,
+    pub(crate) mongodb_uri: Option<String>,
+    /// Eight hex digits naming this run's keys and databases.
+    pub(crate) run: String,
+    /// A plain connection for baselines and inspection (60 s response
+    /// timeout).
+    pub(crate) redis: ConnectionManager,
+    /// Redis prefixes and MongoDB databases this run wrote, for cleaning up.
+    pub(crate) written: std::sync::Mutex<Vec<Written>>,
+}
+
+/// Something a scenario left behind.
+#[derive(Debug, Clone)]
+pub(crate) enum Written {
+    /// Keys matching `{prefix}:*`, and plain keys under `prefix:`.
+    Prefix(String),
+    /// A MongoDB database.
+    Database(String),
+}
+
+impl Ctx {
+    /// Reads `SMACHE_REDIS_URL` (required) and `SMACHE_MONGODB_URI`.
+    pub(crate) async fn from_env(quick: bool) -> Result<Ctx> {
+        let redis_url = std::env::var("SMACHE_REDIS_URL").map_err(|_| {
+            "SMACHE_REDIS_URL is not set: run `./scripts/with-servers.sh cargo run --release -p smache-bench`"
+        })?;
+        let mongodb_uri = std::env::var("SMACHE_MONGODB_URI")
+            .ok()
+            .filter(|uri| !uri.is_empty());
+        // Patient: a long script (P3's change with 100k dependants) may
+        // hold Redis for longer than the default 500 ms.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(60)));
+        let redis =
+            ConnectionManager::new_with_config(redis::Client::open(redis_url.as_str())?, config)
+                .await?;
+        let run = bson::oid::ObjectId::new().to_hex()[16..].to_owned();
+        Ok(Ctx {
+            quick,
+            redis_url,
+            mongodb_uri,
+            run,
+            redis,
+            written: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// `quick` in a quick run, else `full`.
+    pub(crate) fn pick<T>(&self, quick: T, full: T) -> T {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+
+    /// A key prefix of this run for `scenario`, short like a real one.
+    pub(crate) fn prefix(&self, scenario: &str) -> String {
+        let prefix = format!("sb{}-{scenario}", self.run);
+        self.wrote(Written::Prefix(prefix.clone()));
+        prefix
+    }
+
+    /// A MongoDB database name of this run for `scenario`.
+    pub(crate) fn database(&self, scenario: &str) -> String {
+        let name = format!("smache_bench_{}_{scenario}", self.run);
+        self.wrote(Written::Database(name.clone()));
+        name
+    }
+
+    fn wrote(&self, written: Written) {
+        if let Ok(mut all) = self.written.lock() {
+            all.push(written);
+        }
+    }
+
+    /// A smache instance on Redis under `prefix`.
+    pub(crate) fn redis_instance(&self, prefix: &str) -> Result<Smache> {
+        Ok(Smache::builder()
+            .redis_url(&self.redis_url)
+            .prefix(prefix)
+            .build()?)
+    }
+
+    /// The MongoDB client, or why there is none.
+    pub(crate) async fn mongo(&self) -> Result<mongodb::Client> {
+        let uri = self
+            .mongodb_uri
+            .as_deref()
+            .ok_or("SMACHE_MONGODB_URI is not set")?;
+        Ok(mongodb::Client::with_uri_str(uri).await?)
+    }
+
+    /// `n` sequential `PING` round trips on the shared connection manager.
+    pub(crate) async fn rtt(&self, n: usize) -> Result<Vec<Duration>> {
+        let mut conn = self.redis.clone();
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            samples.push(ping(&mut conn).await?);
+        }
+        Ok(samples)
+    }
+
+    /// Removes what the scenarios wrote (best effort).
+    pub(crate) async fn clean_up(&self) {
+        let written = self
+            .written
+            .lock()
+            .map(|all| all.clone())
+            .unwrap_or_default();
+        let mongo = self.mongo().await.ok();
+        for item in written {
+            let done = match &item {
+                Written::Prefix(prefix) => self.unlink_prefix(prefix).await,
+                Written::Database(name) => match &mongo {
+                    Some(client) => client.database(name).drop().await.map_err(Into::into),
+                    None => Ok(()),
+                },
+            };
+            if let Err(err) = done {
+                eprintln!("[smache-bench] cleaning up {item:?} failed: {err}");
+            }
+        }
+    }
+
+    async fn unlink_prefix(&self, prefix: &str) -> Result<()> {
+        let mut conn = self.redis.clone();
+        for pattern in [format!("{{{prefix}}}:*"), format!("{prefix}:*")] {
+            for chunk in scan(&mut conn, &pattern).await?.chunks(1000) {
+                let _: () = redis::cmd("UNLINK")
+                    .arg(chunk)
+                    .query_async(&mut conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A connection manager to `url`, the kind smache itself uses.
+pub(crate) async fn connection_manager(url: &str) -> Result<ConnectionManager> {
+    Ok(ConnectionManager::new(redis::Client::open(url)?).await?)
+}
+
+/// One timed `PING`.
+pub(crate) async fn ping(conn: &mut ConnectionManager) -> Result<Duration> {
+    let start = Instant::now();
+    let _: String = redis::cmd("PING").query_async(conn).await?;
+    Ok(start.elapsed())
+}
+
+/// Every key matching `pattern`.
+pub(crate) async fn scan(conn: &mut ConnectionManager, pattern: &str) -> Result<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
+/// Sleeps about `d` on this thread, below tokio's 1 ms timer resolution.
+pub(crate) fn short_sleep(d: Duration) {
+    tokio::task::block_in_place(|| std::thread::sleep(d));
+}

@@ -1,0 +1,103 @@
+//! P5: Redis memory per dependency edge. Values with a known number of
+//! edges each are computed, then `MEMORY USAGE` (exact: `SAMPLES 0`) of
+//! every graph key (`{prefix}:d:<id>`, `{prefix}:r:<token>`) is summed.
+
+use bson::oid::ObjectId;
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::ctx::{scan, Ctx, Result};
+use crate::fns::{edge_value, User};
+use crate::report::{Met, Row};
+
+/// P5.
+pub(crate) async fn memory_per_edge(ctx: &Ctx) -> Result<Vec<Row>> {
+    let prefix = ctx.prefix("p5");
+    let smache = ctx.redis_instance(&prefix)?;
+    let (users, per_user) = ctx.pick((100u32, 10u32), (1_000, 10));
+    eprintln!("[smache-bench] P5: {} values × 2 edges", users * per_user);
+    let all: Vec<User> = (0..users)
+        .map(|i| User {
+            id: ObjectId::new(),
+            name: format!("user {i}"),
+        })
+        .collect();
+    let calls = all
+        .iter()
+        .flat_map(|user| (0..per_user).map(move |n| (user, n)))
+        .map(|(user, n)| {
+            let smache = smache.clone();
+            async move { smache.scope(edge_value(user, n)).await }
+        });
+    futures::stream::iter(calls)
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    // Each value depends on its user (e:users:<id>) and on the settings
+    // collection (c:settings): 2 edges, each stored in both directions.
+    let values = u64::from(users * per_user);
+    let edges = values * 2;
+    let mut conn = ctx.redis.clone();
+    let forward = scan(&mut conn, &format!("{{{prefix}}}:d:*")).await?;
+    let reverse = scan(&mut conn, &format!("{{{prefix}}}:r:*")).await?;
+    let mut bytes = [0u64; 2];
+    for (side, keys) in [&forward, &reverse].into_iter().enumerate() {
+        for key in keys {
+            let usage: Option<u64> = redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(key)
+                .arg("SAMPLES")
+                .arg(0)
+                .query_async(&mut conn)
+                .await?;
+            bytes[side] += usage.unwrap_or(0);
+        }
+    }
+    let mut check = Vec::new();
+    if forward.len() as u64 != values {
+        check.push(format!(
+            "{} forward keys for {values} values",
+            forward.len()
+        ));
+    }
+    if reverse.len() as u64 != u64::from(users) + 1 {
+        check.push(format!(
+            "{} reverse keys for {users} users + 1 collection",
+            reverse.len()
+        ));
+    }
+    let per_edge = (bytes[0] + bytes[1]) as f64 / edges as f64;
+    let id_len =
+        smache.storage_key(&edge_value::key(&all[0], 0)?).len() - format!("{{{prefix}}}:v:").len();
+    let mut notes = vec![
+        format!(
+            "{values} values × 2 edges (their user, the settings collection); forward sets {} B, reverse sets {} B in all",
+            bytes[0], bytes[1]
+        ),
+        format!(
+            "each edge is stored twice (forward and reverse); a value id here is {id_len} bytes (prefix `{prefix}`)"
+        ),
+    ];
+    notes.extend(check.iter().cloned());
+    Ok(vec![Row {
+        id: "P5".to_owned(),
+        scenario: "Redis memory per dependency edge (MEMORY USAGE)".to_owned(),
+        smache: format!("{per_edge:.0} B per edge"),
+        baseline: "—".to_owned(),
+        ratio: None,
+        ratio_of: String::new(),
+        target: "≤ 100 B".to_owned(),
+        met: Met::from(check.is_empty() && per_edge <= 100.0),
+        notes,
+        data: json!({
+            "values": values,
+            "edges": edges,
+            "forward_bytes": bytes[0],
+            "reverse_bytes": bytes[1],
+            "forward_keys": forward.len(),
+            "reverse_keys": reverse.len(),
+            "bytes_per_edge": per_edge,
+            "value_id_len": id_len,
+        }),
+    }])
+}
