@@ -260,3 +260,79 @@ async fn foreign_data_under_graph_keys_is_replaced_not_fatal() {
         .await
         .is_empty());
 }
+
+#[computed(Raw)]
+async fn shared_setting(tag: String) -> String {
+    format!("setting of {tag}")
+}
+
+#[computed(Raw, Raw)]
+async fn many_parents(tag: String, n: u32) -> String {
+    format!("{n}: {}", shared_setting(tag).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_with_many_dependants_fans_out_in_chunks() {
+    const PARENTS: u32 = 2_500; // over 2 chunks of 1,000
+    let smache = instance();
+    let tag = unique("fan");
+    for n in 0..PARENTS {
+        smache.scope(many_parents(tag.clone(), n)).await;
+    }
+    let base = format!("{{{}}}:", smache.prefix());
+    let child = id_of(&smache, &shared_setting::key(tag.clone()).unwrap());
+    let mut conn = redis_connection(&redis_url()).await;
+    let dependants: u64 = conn.scard(format!("{base}r:v:{child}")).await.unwrap();
+    assert_eq!(dependants, u64::from(PARENTS));
+
+    // Dropping the child signals its 2,500 parents: not in that script,
+    // but as one fan-out job.
+    assert!(smache
+        .invalidate(&shared_setting::key(tag.clone()).unwrap())
+        .await
+        .unwrap());
+    let jobs: Vec<redis::streams::StreamId> = conn
+        .xrange_all::<_, redis::streams::StreamRangeReply>(format!("{base}jobs"))
+        .await
+        .unwrap()
+        .ids;
+    assert_eq!(jobs.len(), 1, "one fan-out job, no recompute job yet");
+    assert_eq!(jobs[0].get::<String>("fan"), Some(format!("v:{child}")));
+    assert!(smache
+        .is_fresh(&many_parents::key(tag.clone(), 7).unwrap())
+        .await
+        .unwrap());
+
+    // An executor signals them a chunk at a time, then recomputes them all.
+    let executor = smache::executor::spawn(&smache);
+    let all_fresh_again = smache_suite::eventually(Duration::from_secs(60), || {
+        let smache = smache.clone();
+        let tag = tag.clone();
+        async move {
+            let len: u64 = redis_connection(&redis_url())
+                .await
+                .xlen(format!("{{{}}}:jobs", smache.prefix()))
+                .await
+                .unwrap();
+            len == 0
+                && smache
+                    .is_fresh(&shared_setting::key(tag).unwrap())
+                    .await
+                    .unwrap()
+        }
+    })
+    .await;
+    assert!(all_fresh_again, "every job done");
+    for n in [0, 999, 1_000, 1_999, 2_499] {
+        let entry = smache
+            .entry(&many_parents::key(tag.clone(), n).unwrap())
+            .await
+            .unwrap()
+            .expect("stored");
+        // Recomputed: once for the drop, and maybe again when the first
+        // recompute stored the child anew (a new value tells its parents).
+        assert!(entry.version() >= 2, "parent {n} was recomputed");
+        assert!(!entry.is_stale());
+    }
+    executor.shutdown().await.unwrap();
+}

@@ -16,7 +16,8 @@
 --   base.."collections" set: the collections that some value depends on
 --   base.."jobs"       stream of jobs: `id` a recompute; `id`+`task`(+`args`) a
 --                      submitted task; `cb`+`args`+`task` a callback to run;
---                      `rel`+`doc` a related document changed
+--                      `rel`+`doc` a related document changed; `fan`+`cur`
+--                      signal the dependants of a token, a chunk at a time
 --   base.."t:"..task   task hash: s state (p pending, d done, f failed),
 --                      v value id, r result (envelope, or error message)
 --   base.."t:"..task..":cb"  list of the callbacks attached to a pending task
@@ -108,9 +109,20 @@ local function signal(base, id)
   return 0
 end
 
+-- Above this many dependants, a change is not signalled in the script at
+-- hand but queued as a fan-out job (fields `fan`, `cur`) that executors run
+-- in chunks of this size (fanout.lua), so that no script holds Redis for
+-- long however many values depend on one document.
+local FANOUT_CHUNK = 1000
+
 local function signal_dependents(base, token)
+  local rkey = typed(base .. 'r:' .. token, 'set')
+  if redis.call('SCARD', rkey) > FANOUT_CHUNK then
+    redis.call('XADD', typed(base .. 'jobs', 'stream'), '*', 'fan', token, 'cur', '0')
+    return 1
+  end
   local queued = 0
-  for _, id in ipairs(redis.call('SMEMBERS', typed(base .. 'r:' .. token, 'set'))) do
+  for _, id in ipairs(redis.call('SMEMBERS', rkey)) do
     queued = queued + signal(base, id)
   end
   return queued

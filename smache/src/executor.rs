@@ -267,6 +267,9 @@ pub async fn run_until(
                     Task::Callback { name, task, args } => {
                         executor.callback(&entry, &name, &task, args).await;
                     }
+                    Task::FanOut { token, cursor } => {
+                        executor.fan_out(&entry, &token, &cursor).await;
+                    }
                     Task::Related { collection, doc } => {
                         executor.relate(&entry, &collection, &doc).await;
                     }
@@ -354,6 +357,11 @@ enum Task {
         task: String,
         args: String,
     },
+    /// Signal the dependants of `token`, a chunk from SSCAN `cursor`.
+    FanOut {
+        token: String,
+        cursor: String,
+    },
     /// Run the callback `name` of the finished task `task`.
     Callback {
         name: String,
@@ -371,6 +379,12 @@ enum Task {
 impl Task {
     fn of(entry: &redis::streams::StreamId) -> Task {
         let args = || entry.get::<String>("args").unwrap_or_default();
+        if let Some(token) = entry.get::<String>("fan") {
+            return Task::FanOut {
+                token,
+                cursor: entry.get::<String>("cur").unwrap_or_else(|| "0".into()),
+            };
+        }
         if let (Some(name), Some(task)) = (entry.get::<String>("cb"), entry.get::<String>("task")) {
             return Task::Callback {
                 name,
@@ -749,6 +763,24 @@ impl Executor {
             tracing::debug!(task, id, error = %failure, run, "smache executor: task run failed; retrying");
             tokio::time::sleep(retry.delay(run)).await;
             run += 1;
+        }
+    }
+
+    /// Signals one chunk of a token's many dependants (the script queues
+    /// the next chunk), then acknowledges the job.
+    async fn fan_out(&self, entry: &str, token: &str, cursor: &str) {
+        match self
+            .store
+            .fan_out(&self.smache.inner.base, token, cursor)
+            .await
+        {
+            Ok(queued) => {
+                tracing::debug!(token, cursor, queued, "smache executor: fanned out a chunk");
+                self.ack(entry).await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, token, "smache executor: redis unavailable; fan-out left for retry");
+            }
         }
     }
 

@@ -51,6 +51,7 @@ struct Scripts {
     release: Script,
     renew: Script,
     alias: Script,
+    fanout: Script,
     submit: Script,
     finish: Script,
     attach: Script,
@@ -80,6 +81,7 @@ impl Scripts {
             release: script!("release.lua"),
             renew: script!("renew.lua"),
             alias: script!("alias.lua"),
+            fanout: script!("fanout.lua"),
             submit: script!("submit.lua"),
             finish: script!("finish.lua"),
             attach: script!("attach.lua"),
@@ -447,6 +449,16 @@ impl RedisStore {
             .bounded("relate", invocation.invoke_async(&mut conn))
             .await?;
         Ok(u64::try_from(queued).ok())
+    }
+
+    /// Signals one chunk of the dependants of `token` (a fan-out job) and
+    /// queues the next; the number of recompute jobs queued.
+    pub(crate) async fn fan_out(&self, base: &str, token: &str, cursor: &str) -> Result<u64> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.fanout.key(format!("{base}jobs"));
+        invocation.arg(base).arg(token).arg(cursor);
+        self.bounded("fanout", invocation.invoke_async(&mut conn))
+            .await
     }
 
     /// Queues a background refresh of a value past its time-to-live.
