@@ -1051,6 +1051,41 @@ fn split_value_id(id: &str) -> Option<(&str, &str)> {
     Some((&id[..colon], &id[colon + 1..]))
 }
 
+/// What [`crate::__private::decode_job`] runs: every decoder a job's
+/// value id meets, on arbitrary input. Never panics.
+pub(crate) fn decode_for_fuzzing(id: &str) -> usize {
+    let Some((_, args)) = split_value_id(id) else {
+        return 0;
+    };
+    for segment in args.split(':') {
+        let _ = parse_entity_id(segment);
+    }
+    let job = Job {
+        smache: Smache::embedded(),
+        target: Target::new(String::new(), Some(0)),
+        args: args.to_owned(),
+    };
+    let mut reader = job.args();
+    let mut decoded = 0;
+    loop {
+        if reader.rest.is_empty() && !reader.first {
+            return decoded;
+        }
+        let before = reader.rest;
+        let first = reader.first;
+        if reader.entity_id().is_ok() {
+            decoded += 1;
+            continue;
+        }
+        reader.rest = before;
+        reader.first = first;
+        if reader.raw::<serde_json::Value>().is_err() {
+            return decoded;
+        }
+        decoded += 1;
+    }
+}
+
 /// Parses a whole entity id key segment (`o:<hex>`, `i:<n>`, `s:"<json>"`).
 fn parse_entity_id(key: &str) -> Option<EntityId> {
     let (kind, body) = (key.get(..2)?, key.get(2..)?);

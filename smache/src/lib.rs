@@ -132,12 +132,22 @@ pub mod __private {
         crate::envelope::encode(value, computed_at_ms)
     }
 
-    /// Decodes a stored envelope and its value; for the benchmarks.
+    /// Decodes a stored envelope and its value; for the benchmarks and
+    /// the fuzz targets.
     ///
     /// # Errors
     /// When the bytes are not an envelope of a `T`.
     pub fn envelope_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> crate::Result<T> {
-        crate::envelope::decode(bytes)?.value()
+        let envelope = crate::envelope::decode(bytes)?;
+        let _ = crate::envelope::referenced_document(bytes);
+        envelope.value()
+    }
+
+    /// Decodes a job's value id the way an executor does (function head,
+    /// then entity ids and raw JSON arguments in turn); for the fuzz
+    /// targets. Returns how many arguments decoded.
+    pub fn decode_job(id: &str) -> usize {
+        crate::executor::decode_for_fuzzing(id)
     }
 
     use crate::entity::{EntityId, IntoEntityId};
