@@ -140,6 +140,36 @@ impl Envelope<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Inputs the fuzz target `envelope` found or that once broke the
+    /// decoder (one file each in fuzz/regressions/envelope).
+    #[test]
+    fn fuzz_regressions_of_envelopes_stay_fixed() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/envelope");
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            if let Ok(envelope) = decode(&bytes) {
+                let _ = envelope.value::<serde_json::Value>();
+            }
+            let _ = referenced_document(&bytes);
+        }
+    }
+
+    #[test]
+    fn references_name_their_document_and_hide_their_payload() {
+        let envelope = encode(&"a value", 7).unwrap();
+        let reference = reference(&envelope, [9; 12]);
+        assert!(is_reference(&reference) && !is_reference(&envelope));
+        assert_eq!(referenced_document(&reference), Some([9; 12]));
+        assert_eq!(referenced_document(&reference[..50]), None);
+        let decoded = decode(&reference).unwrap();
+        assert_eq!(decoded.computed_at_ms, 7);
+        assert!(
+            decoded.value::<String>().is_err(),
+            "a reference has no value"
+        );
+    }
     use serde::Deserialize;
 
     #[derive(Serialize, Deserialize, Debug, PartialEq)]

@@ -1117,6 +1117,45 @@ mod tests {
     }
 
     #[test]
+    fn job_ids_decode_without_panicking_whatever_they_hold() {
+        assert_eq!(
+            decode_for_fuzzing(r#"app::card#2:o:65f000000000000000000001:"en":3"#),
+            3
+        );
+        assert_eq!(decode_for_fuzzing(r#"f#1:i:-4:s:"a:\"b""#), 2);
+        for odd in [
+            "",
+            "#",
+            "#:",
+            "f#1:",
+            "f#1::",
+            "f#1:o:",
+            "f#1:o:zz",
+            "f#1:o:65f00000000000000000000",
+            "f#1:i:99999999999999999999999",
+            "f#1:s:\"unterminated",
+            "f#1:s:",
+            "é#1:s:\"é\":ö",
+            "f#1:[1,2",
+            "f#1:{\"a\":1}:x",
+            "f#1:\u{0}",
+        ] {
+            let _ = decode_for_fuzzing(odd);
+        }
+    }
+
+    /// Inputs the fuzz target `job` found or that once broke a decoder
+    /// (one file each in fuzz/regressions/job).
+    #[test]
+    fn fuzz_regressions_of_job_ids_stay_fixed() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/job");
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            let _ = decode_for_fuzzing(&String::from_utf8_lossy(&bytes));
+        }
+    }
+
+    #[test]
     fn entity_id_keys_parse() {
         let oid = ObjectId::new();
         for id in [
