@@ -437,3 +437,30 @@ async fn unknown_tasks_and_the_embedded_store_are_clear_errors() {
         Err(Error::Config(message)) if message.contains("Redis")
     ));
 }
+
+#[tokio::test]
+async fn a_task_whose_value_is_too_large_fails_with_that_reason() {
+    let prefix = unique("task-large");
+    let tag = unique("task-large-tag");
+    let smache = builder(&prefix)
+        .max_value_size(16)
+        .run_executor()
+        .build()
+        .unwrap();
+    let outcome = smache
+        .scope(slow_upper::submit(
+            tag.clone(),
+            "a text longer than sixteen bytes".into(),
+        ))
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    match outcome {
+        Err(Error::TaskFailed { message, .. }) => {
+            assert!(message.contains("max_value_size"), "{message}");
+        }
+        other => panic!("expected the size as the failure, got {other:?}"),
+    }
+    smache.stop_executor().await.unwrap();
+}

@@ -22,6 +22,8 @@ pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(500);
 pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(30);
 /// The default compute lease; see [`SmacheBuilder::compute_lease`].
 pub const DEFAULT_COMPUTE_LEASE: Duration = Duration::from_secs(30);
+/// The default bound on one stored value; see [`SmacheBuilder::max_value_size`].
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 64 * 1024 * 1024;
 /// The default size of the embedded store.
 pub const DEFAULT_MEMORY_CAPACITY: u64 = 64 * 1024 * 1024;
 
@@ -61,6 +63,7 @@ pub struct SmacheBuilder {
     callbacks: HashMap<String, Callback>,
     value_store: Option<ValueStore>,
     values_collection: Option<String>,
+    max_value_size: Option<usize>,
 }
 
 impl fmt::Debug for SmacheBuilder {
@@ -85,6 +88,7 @@ impl fmt::Debug for SmacheBuilder {
             .field("retry", &self.retry)
             .field("value_store", &self.value_store)
             .field("values_collection", &self.values_collection)
+            .field("max_value_size", &self.max_value_size)
             .field("callbacks", &self.callbacks.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -202,6 +206,23 @@ impl SmacheBuilder {
     /// ```
     pub fn value_store(mut self, store: ValueStore) -> Self {
         self.value_store = Some(store);
+        self
+    }
+
+    /// The largest value stored, in bytes as encoded (default
+    /// [`DEFAULT_MAX_VALUE_SIZE`], 64 MiB; values kept in MongoDB stop at
+    /// its 16 MiB document limit). A larger value is returned to its
+    /// callers but not cached, with a warning; a submitted task of it
+    /// fails with that reason.
+    ///
+    /// ```
+    /// let smache = smache::Smache::builder()
+    ///     .max_value_size(1 << 20)
+    ///     .build()?;
+    /// # Ok::<(), smache::Error>(())
+    /// ```
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.max_value_size = Some(bytes);
         self
     }
 
@@ -350,6 +371,7 @@ impl SmacheBuilder {
             values_collection: self
                 .values_collection
                 .unwrap_or_else(|| DEFAULT_VALUES_COLLECTION.to_owned()),
+            max_value_size: self.max_value_size.unwrap_or(DEFAULT_MAX_VALUE_SIZE),
         });
         if self.executor {
             if !is_redis {

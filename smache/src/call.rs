@@ -123,6 +123,8 @@ pub(crate) enum Outcome {
     NotCached,
     /// The store could not be reached.
     Unreachable,
+    /// The value is larger than the instance's `max_value_size`.
+    TooLarge,
 }
 
 impl Target {
@@ -371,9 +373,17 @@ impl Call {
             (Some(started), Some(data)) => {
                 let shared = Arc::new(data.clone());
                 let outcome = self.inner.put(self.put_request(data, started, &deps)).await;
-                if let (Outcome::Unreachable, Some(owner)) = (outcome, &owner) {
-                    // MongoDB failed (`store = mongo`) while Redis may be
-                    // fine: let the waiters go at once.
+                if outcome == Outcome::TooLarge {
+                    if let Some(target) = self.target() {
+                        *lock(&target.failure) = Some(format!(
+                            "the value ({} bytes) is larger than max_value_size",
+                            shared.len()
+                        ));
+                    }
+                }
+                if let (Outcome::Unreachable | Outcome::TooLarge, Some(owner)) = (outcome, &owner) {
+                    // Nothing was stored (MongoDB failed while Redis may be
+                    // fine, or the value is too large): let waiters go.
                     let _ = self
                         .inner
                         .store
@@ -381,9 +391,10 @@ impl Call {
                         .await;
                 }
                 let landing = match outcome {
-                    Outcome::Stored | Outcome::Superseded | Outcome::Unreachable => {
-                        Landing::Value(shared)
-                    }
+                    Outcome::Stored
+                    | Outcome::Superseded
+                    | Outcome::Unreachable
+                    | Outcome::TooLarge => Landing::Value(shared),
                     Outcome::NotCached => Landing::Failed,
                 };
                 (outcome, landing)

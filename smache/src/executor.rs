@@ -614,6 +614,10 @@ impl Executor {
                 (Ran::Returned(Ok(())), Some(Outcome::Stored | Outcome::Superseded)) => {
                     return self.ack(entry).await;
                 }
+                (Ran::Returned(Ok(())), Some(Outcome::TooLarge)) => {
+                    tracing::error!(id, "smache executor: the recomputed value is larger than max_value_size; not stored, the old value stays (stale)");
+                    return self.ack(entry).await;
+                }
                 (Ran::Returned(Ok(())), Some(Outcome::NotCached)) => {
                     crate::sync::lock(&target.failure)
                         .take()

@@ -71,6 +71,8 @@ pub(crate) struct Inner {
     pub(crate) retry: crate::task::Retry,
     /// Where values go when their function does not say.
     pub(crate) value_store: ValueStore,
+    /// The largest envelope stored.
+    pub(crate) max_value_size: usize,
     /// The collection of values kept in MongoDB, with a MongoDB database.
     pub(crate) values: Option<MongoValues>,
     /// `store = mongo` without a database: warned about once.
@@ -146,6 +148,7 @@ impl Smache {
             callbacks,
             value_store,
             values_collection,
+            max_value_size,
         } = parts;
         let values = mongo
             .as_ref()
@@ -166,6 +169,7 @@ impl Smache {
                 callbacks,
                 value_store,
                 values,
+                max_value_size,
                 values_missing_warned: AtomicBool::new(false),
                 executor: std::sync::Mutex::new(None),
             }),
@@ -484,7 +488,11 @@ pub(crate) struct Parts {
     pub(crate) callbacks: std::collections::HashMap<String, crate::task::Callback>,
     pub(crate) value_store: ValueStore,
     pub(crate) values_collection: String,
+    pub(crate) max_value_size: usize,
 }
+
+/// MongoDB documents hold at most 16 MiB; leave room for the fields.
+const MONGO_MAX_VALUE_SIZE: usize = 16 * 1024 * 1024 - 64 * 1024;
 
 /// Metadata of a stored value; see [`Smache::entry`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -743,6 +751,19 @@ impl Inner {
         } else {
             None
         };
+        let limit = match values {
+            Some(_) => self.max_value_size.min(MONGO_MAX_VALUE_SIZE),
+            None => self.max_value_size,
+        };
+        if put.data.len() > limit {
+            tracing::warn!(
+                key,
+                bytes = put.data.len(),
+                limit,
+                "smache: value larger than max_value_size; returned but not cached"
+            );
+            return Outcome::TooLarge;
+        }
         let mut document = None;
         if let Some(values) = values {
             match values.put(key, started, &put.data, put.ttl).await {

@@ -467,3 +467,33 @@ async fn a_redis_that_never_answers_costs_one_timeout_not_a_hang() {
     assert_eq!(smache.scope(no_ttl(&tag, 4)).await, 4);
     assert_eq!(CALLS.get(&tag), 2, "no cache, so each call computes");
 }
+
+#[computed(Raw, Raw)]
+async fn sized(tag: &str, bytes: usize) -> String {
+    CALLS.bump(tag);
+    "x".repeat(bytes)
+}
+
+#[tokio::test]
+async fn a_value_over_max_value_size_is_returned_but_not_cached() {
+    let tag = unique("too-large");
+    let smache = super::builder(redis_url())
+        .prefix(unique("p"))
+        .max_value_size(1024)
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(smache.scope(sized(&tag, 4096)).await.len(), 4096);
+    }
+    assert_eq!(CALLS.get(&tag), 2, "not cached: computed each time");
+    assert!(smache
+        .entry(&sized::key(&tag, 4096).unwrap())
+        .await
+        .unwrap()
+        .is_none());
+    // Below the limit, cached as usual.
+    for _ in 0..2 {
+        assert_eq!(smache.scope(sized(&tag, 100)).await.len(), 100);
+    }
+    assert_eq!(CALLS.get(&tag), 3);
+}
