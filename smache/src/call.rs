@@ -226,7 +226,10 @@ impl Call {
 
     /// A usable stored value, if any; one past its time-to-live is served
     /// once more and a refresh queued.
-    fn usable<V: DeserializeOwned>(self: &Arc<Self>, fetched: Option<Fetched>) -> Option<V> {
+    fn usable<V: DeserializeOwned>(
+        self: &Arc<Self>,
+        fetched: Option<Fetched>,
+    ) -> Option<(V, Vec<u8>)> {
         let fetched = fetched?;
         if !self.acceptable(&fetched) {
             return None;
@@ -234,7 +237,15 @@ impl Call {
         if fetched.expired && !fetched.stale {
             self.refresh_in_background();
         }
-        Inner::decode(&self.at.key, &fetched.data)
+        let value = Inner::decode(&self.at.key, &fetched.data)?;
+        Some((value, fetched.data))
+    }
+
+    /// What a pilot that computed without the store (unreachable) hands
+    /// its followers: the value, so that they need not compute it too.
+    fn share<M: Mode<R>, R>(&self, pilot: Pilot, result: &R) {
+        let data = M::cacheable(result).and_then(|v| Inner::encode(&self.at.key, v));
+        pilot.land(data.map_or(Landing::Failed, |data| Landing::Value(Arc::new(data))));
     }
 
     /// After a miss, waits for this caller's turn across processes: compute
@@ -546,22 +557,8 @@ where
         }
         result
     };
-    let looked = {
-        let call = Arc::clone(&call);
-        runtime::in_tokio(async move { call.inner.lookup(&call.at).await })
-            .await
-            .unwrap_or(Err(()))
-    };
-    let Ok((fetched, alias_of)) = looked else {
-        return compute.await;
-    };
-    let call = match alias_of {
-        Some(target) => Arc::new(call.redirect(target)),
-        None => call,
-    };
-    if let Some(value) = call.usable::<M::Value>(fetched) {
-        return M::from_cached(value);
-    }
+    // Concurrent callers of this process share one lookup (and, on a
+    // miss, one computation): the first leads, the others follow.
     let pilot = match call.inner.flights.join(&call.at.key) {
         Join::Lead(pilot) => pilot,
         Join::Follow(rx) => {
@@ -571,6 +568,25 @@ where
             };
         }
     };
+    let looked = {
+        let call = Arc::clone(&call);
+        runtime::in_tokio(async move { call.inner.lookup(&call.at).await })
+            .await
+            .unwrap_or(Err(()))
+    };
+    let Ok((fetched, alias_of)) = looked else {
+        let result = compute.await;
+        call.share::<M, R>(pilot, &result);
+        return result;
+    };
+    let call = match alias_of {
+        Some(target) => Arc::new(call.redirect(target)),
+        None => call,
+    };
+    if let Some((value, data)) = call.usable::<M::Value>(fetched) {
+        pilot.land(Landing::Value(Arc::new(data)));
+        return M::from_cached(value);
+    }
     let turn = runtime::in_tokio(Arc::clone(&call).take_turn()).await.ok();
     let (pilot, started, owner) = match call.resolve::<M::Value>(turn, pilot) {
         Resolved::Cached(value) => return M::from_cached(value),
@@ -629,21 +645,6 @@ where
         }
         result
     };
-    let looked = blocking(
-        &call,
-        |call| async move { call.inner.lookup(&call.at).await },
-    )
-    .unwrap_or(Err(()));
-    let Ok((fetched, alias_of)) = looked else {
-        return compute();
-    };
-    let call = match alias_of {
-        Some(target) => Arc::new(call.redirect(target)),
-        None => call,
-    };
-    if let Some(value) = call.usable::<M::Value>(fetched) {
-        return M::from_cached(value);
-    }
     let pilot = match call.inner.flights.join(&call.at.key) {
         Join::Lead(pilot) => pilot,
         Join::Follow(rx) => {
@@ -653,6 +654,24 @@ where
             };
         }
     };
+    let looked = blocking(
+        &call,
+        |call| async move { call.inner.lookup(&call.at).await },
+    )
+    .unwrap_or(Err(()));
+    let Ok((fetched, alias_of)) = looked else {
+        let result = compute();
+        call.share::<M, R>(pilot, &result);
+        return result;
+    };
+    let call = match alias_of {
+        Some(target) => Arc::new(call.redirect(target)),
+        None => call,
+    };
+    if let Some((value, data)) = call.usable::<M::Value>(fetched) {
+        pilot.land(Landing::Value(Arc::new(data)));
+        return M::from_cached(value);
+    }
     let turn = blocking(&call, Call::take_turn);
     let (pilot, started, owner) = match call.resolve::<M::Value>(turn, pilot) {
         Resolved::Cached(value) => return M::from_cached(value),
