@@ -336,3 +336,112 @@ async fn a_value_with_many_dependants_fans_out_in_chunks() {
     }
     executor.shutdown().await.unwrap();
 }
+
+/// Per-tag gates for `raced`: each computation takes the next gate and
+/// the data as it is when it starts.
+static GATES: Mutex<Vec<(String, std::sync::Arc<Notify>)>> = Mutex::new(Vec::new());
+static RACE_DATA: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
+
+#[computed(Raw)]
+async fn raced(tag: String) -> u32 {
+    let data = RACE_DATA
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(t, _)| *t == tag)
+        .map_or(0, |(_, d)| *d);
+    let gate = {
+        let mut gates = GATES.lock().unwrap();
+        let at = gates.iter().position(|(t, _)| *t == tag);
+        at.map(|at| gates.remove(at).1)
+    };
+    if let Some(gate) = gate {
+        gate.notified().await;
+    }
+    data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_computations_finishing_in_any_order_leave_the_newest_value() {
+    const ROUNDS: u64 = 12;
+    const RACERS: usize = 4;
+    let prefix = unique("races");
+    let mut seed = smache_now_ms() | 1;
+    let mut next = move |n: usize| {
+        // xorshift: a reproducible order per seed, no extra crate.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        usize::try_from(seed % n as u64).unwrap()
+    };
+    let seed_shown = smache_now_ms();
+    let mut conn = redis_connection(&redis_url()).await;
+    for round in 0..ROUNDS {
+        let tag = unique("raced");
+        let instances: Vec<Smache> = (0..RACERS)
+            .map(|_| {
+                Smache::builder()
+                    .redis_url(redis_url())
+                    .prefix(&prefix)
+                    .compute_lease(Duration::from_millis(200))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let key = raced::key(tag.clone()).unwrap();
+        let storage = instances[0].storage_key(&key);
+        let mut gates = Vec::new();
+        let mut running = Vec::new();
+        for (i, smache) in instances.iter().enumerate() {
+            // The data changes (generation bumped as the worker would),
+            // and the previous racer loses its lease: this one starts from
+            // newer data than every racer before it.
+            RACE_DATA.lock().unwrap().retain(|(t, _)| *t != tag);
+            RACE_DATA.lock().unwrap().push((tag.clone(), i as u32));
+            if i > 0 {
+                let _: () = conn.hincr(&storage, "g", 1).await.unwrap();
+                let _: () = conn.hdel(&storage, &["c", "cx"]).await.unwrap();
+            }
+            let gate = std::sync::Arc::new(Notify::new());
+            GATES
+                .lock()
+                .unwrap()
+                .push((tag.clone(), std::sync::Arc::clone(&gate)));
+            gates.push(gate);
+            let (smache, racer_tag) = (smache.clone(), tag.clone());
+            running.push(tokio::spawn(
+                async move { smache.scope(raced(racer_tag)).await },
+            ));
+            // Wait until it took its gate (it is computing).
+            while GATES.lock().unwrap().iter().any(|(t, _)| *t == tag) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        // Finish in a random order.
+        let mut order: Vec<usize> = (0..RACERS).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, next(i + 1));
+        }
+        for &i in &order {
+            gates[i].notify_one();
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        for (i, task) in running.into_iter().enumerate() {
+            assert_eq!(
+                task.await.unwrap(),
+                i as u32,
+                "each caller gets its own computation"
+            );
+        }
+        // Stored, from the newest generation (not computed again below).
+        assert!(instances[0].is_fresh(&key).await.unwrap(), "round {round}");
+        let computed_from: u64 = conn.hget(&storage, "w").await.unwrap();
+        assert_eq!(computed_from, RACERS as u64 - 1, "round {round}");
+        let stored = instances[0].scope(raced(tag.clone())).await;
+        assert_eq!(
+            stored,
+            RACERS as u32 - 1,
+            "round {round} (seed {seed_shown}, order {order:?}): the newest value stays"
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! Faults the whole loop must survive: Redis restarting without its data
+//! while a worker, an executor and callers keep going.
+
+use std::time::Duration;
+
+use bson::doc;
+use bson::oid::ObjectId;
+use serde::{Deserialize, Serialize};
+use smache::{computed, Entity, Smache};
+use smache_suite::{eventually, mongodb_uri, unique, RedisServer, WorkerProcess};
+
+#[derive(Clone, Debug, Serialize, Deserialize, Entity)]
+#[entity(collection = "users")]
+struct User {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    name: String,
+}
+
+#[computed(User)]
+async fn greeting(user: &User) -> String {
+    format!("hello {}", user.name)
+}
+
+/// What a caller holding `user` gets, with the document's current name:
+/// the function reads only its argument, so a correct cached value is
+/// the one computed from the current document.
+async fn current(db: &mongodb::Database, id: ObjectId) -> User {
+    db.collection::<User>("users")
+        .find_one(doc! { "_id": id })
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarting_empty_breaks_no_caller_and_the_loop_recovers() {
+    smache_suite::init_logs();
+    let mut redis = RedisServer::start();
+    let database = unique("faults").replace('-', "_");
+    let prefix = unique("faults");
+    let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
+    let db = client.database(&database);
+    let smache = Smache::builder()
+        .redis_url(redis.url())
+        .mongodb(&client, &database)
+        .prefix(&prefix)
+        .op_timeout(Duration::from_millis(300))
+        .run_executor()
+        .build()
+        .unwrap();
+    let mut worker = WorkerProcess::start(&redis.url(), &mongodb_uri(), &database, &prefix);
+    let users = db.collection::<User>("users");
+    let ada = User {
+        id: ObjectId::new(),
+        name: "Ada".into(),
+    };
+    users.insert_one(&ada).await.unwrap();
+    assert_eq!(smache.scope(greeting(&ada)).await, "hello Ada");
+    let key = greeting::key(&ada).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            smache.is_fresh(&key).await.unwrap_or(false)
+        })
+        .await
+    );
+
+    // Redis goes away; the document changes meanwhile. Callers get values
+    // computed directly from what they pass, with no error.
+    redis.kill();
+    users
+        .update_one(
+            doc! { "_id": ada.id },
+            doc! { "$set": { "name": "Augusta" } },
+        )
+        .await
+        .unwrap();
+    let during = current(&db, ada.id).await;
+    for _ in 0..3 {
+        assert_eq!(smache.scope(greeting(&during)).await, "hello Augusta");
+    }
+
+    // It comes back empty: no value, no graph, no resume token, no lease.
+    redis.resume();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            smache.scope(greeting(&during)).await;
+            smache.is_fresh(&key).await.unwrap_or(false)
+        })
+        .await,
+        "caching resumes"
+    );
+    assert_eq!(smache.scope(greeting(&during)).await, "hello Augusta");
+
+    // The worker and the executor reconnected by themselves: a change made
+    // now refreshes the value in the background, as before the outage.
+    // (Wait for the worker to hold its lease again and save a position.)
+    let mut conn = smache_suite::redis_connection(&redis.url()).await;
+    let token = format!("{{{prefix}}}:w:token");
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let mut conn = conn.clone();
+            let token = token.clone();
+            async move {
+                redis::AsyncCommands::exists::<_, bool>(&mut conn, &token)
+                    .await
+                    .unwrap_or(false)
+            }
+        })
+        .await,
+        "the worker watches again\n{}",
+        worker.log()
+    );
+    users
+        .update_one(doc! { "_id": ada.id }, doc! { "$set": { "name": "Grace" } })
+        .await
+        .unwrap();
+    // The caller still holds the old struct: only a background recompute
+    // from the updated document produces the new name.
+    let refreshed = eventually(Duration::from_secs(20), || async {
+        smache.scope(greeting(&during)).await == "hello Grace"
+    })
+    .await;
+    assert!(refreshed, "refreshed after the restart\n{}", worker.log());
+    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+
+    smache.stop_executor().await.unwrap();
+    assert!(worker.terminate(), "{}", worker.log());
+    let _ = db.drop().await;
+}
