@@ -431,6 +431,16 @@ mod tests {
     }
 
     #[test]
+    fn tls_redis_urls_are_accepted() {
+        let smache = Smache::builder()
+            .redis_url("rediss://user:hunter2@redis.example:6380/0")
+            .build()
+            .expect("rediss:// is a valid Redis URL");
+        assert_eq!(smache.backend(), crate::Backend::Redis);
+        assert!(!format!("{smache:?}").contains("hunter2"));
+    }
+
+    #[test]
     fn debug_output_redacts_urls() {
         let builder = Smache::builder().redis_url("redis://:hunter2@localhost/");
         let debug = format!("{builder:?}");
