@@ -128,3 +128,105 @@ async fn redis_restarting_empty_breaks_no_caller_and_the_loop_recovers() {
     assert!(worker.terminate(), "{}", worker.log());
     let _ = db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_without_mongodb_acknowledges_nothing_and_another_finishes_the_job() {
+    smache_suite::init_logs();
+    let redis_url = smache_suite::redis_url();
+    let database = unique("faults_mongo").replace('-', "_");
+    let prefix = unique("faults-mongo");
+    let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
+    let db = client.database(&database);
+    // The caller's instance has MongoDB; the first executor's does not
+    // reach it (nothing listens on that port).
+    let smache = Smache::builder()
+        .redis_url(&redis_url)
+        .mongodb(&client, &database)
+        .prefix(&prefix)
+        .build()
+        .unwrap();
+    let port = smache_suite::free_port();
+    let unreachable = mongodb::Client::with_uri_str(format!(
+        "mongodb://127.0.0.1:{port}/?serverSelectionTimeoutMS=300&connectTimeoutMS=300"
+    ))
+    .await
+    .unwrap();
+    let cut_off = Smache::builder()
+        .redis_url(&redis_url)
+        .mongodb(&unreachable, &database)
+        .prefix(&prefix)
+        .retry(smache::Retry::new(2, Duration::from_millis(50)))
+        .build()
+        .unwrap();
+    let mut worker = WorkerProcess::start(&redis_url, &mongodb_uri(), &database, &prefix);
+    let users = db.collection::<User>("users");
+    let ada = User {
+        id: ObjectId::new(),
+        name: "Ada".into(),
+    };
+    users.insert_one(&ada).await.unwrap();
+    assert_eq!(smache.scope(greeting(&ada)).await, "hello Ada");
+    let key = greeting::key(&ada).unwrap();
+    let mut conn = smache_suite::redis_connection(&redis_url).await;
+    let token = format!("{{{prefix}}}:w:token");
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let mut conn = conn.clone();
+            let token = token.clone();
+            async move {
+                redis::AsyncCommands::exists::<_, bool>(&mut conn, &token)
+                    .await
+                    .unwrap_or(false)
+            }
+        })
+        .await,
+        "{}",
+        worker.log()
+    );
+
+    let first = smache::executor::spawn(&cut_off);
+    users
+        .update_one(doc! { "_id": ada.id }, doc! { "$set": { "name": "Grace" } })
+        .await
+        .unwrap();
+    // The job is taken, its reload fails (twice, by the retry policy), and
+    // it stays pending: not acknowledged, the value still stale.
+    let jobs = format!("{{{prefix}}}:jobs");
+    let pending = || {
+        let mut conn = conn.clone();
+        let jobs = jobs.clone();
+        async move {
+            let reply: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+                .arg(&jobs)
+                .arg(smache::executor::GROUP)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            reply.count()
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async { pending().await == 1 }).await,
+        "the job was taken\n{}",
+        worker.log()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pending().await, 1, "nothing acknowledged early");
+    assert!(!smache.is_fresh(&key).await.unwrap(), "still stale");
+    first.shutdown().await.unwrap();
+
+    // An executor that reaches MongoDB reclaims it once it has been idle
+    // for RECLAIM_AFTER, and refreshes the value.
+    let second = smache::executor::spawn(&smache);
+    let refreshed = eventually(
+        smache::executor::RECLAIM_AFTER + Duration::from_secs(20),
+        || async { smache.is_fresh(&key).await.unwrap_or(false) },
+    )
+    .await;
+    assert!(refreshed, "reclaimed and refreshed\n{}", worker.log());
+    assert_eq!(smache.scope(greeting(&ada)).await, "hello Grace");
+    assert_eq!(pending().await, 0);
+    second.shutdown().await.unwrap();
+    assert!(worker.terminate(), "{}", worker.log());
+    let _ = db.drop().await;
+}
