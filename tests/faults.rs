@@ -167,7 +167,7 @@ async fn an_executor_without_mongodb_acknowledges_nothing_and_another_finishes_t
     users.insert_one(&ada).await.unwrap();
     assert_eq!(smache.scope(greeting(&ada)).await, "hello Ada");
     let key = greeting::key(&ada).unwrap();
-    let mut conn = smache_suite::redis_connection(&redis_url).await;
+    let conn = smache_suite::redis_connection(&redis_url).await;
     let token = format!("{{{prefix}}}:w:token");
     assert!(
         eventually(Duration::from_secs(20), || {
