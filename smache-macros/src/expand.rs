@@ -132,12 +132,15 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
     let ret_var = format_ident!("__smache_ret", span = Span::mixed_site());
     let body = if sig.asyncness.is_some() {
         let call = quote_spanned!(ret.span()=> #private_at_ret::call_async::<#mode, #ret>);
+        // Boxed: a computed function that awaits another would otherwise
+        // hold the callee's whole future inline, and nesting multiplies
+        // future sizes (and, in debug builds, stack use).
         quote_spanned! {ret.span()=>
-            #call(&#module::SPEC, #key_var, async move {
+            #call(&#module::SPEC, #key_var, ::std::boxed::Box::pin(async move {
                 let #ret_var: #ret = #block;
                 #[allow(unreachable_code)]
                 #ret_var
-            })
+            }))
             .await
         }
     } else {
