@@ -159,23 +159,9 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
-#[test]
-fn every_value_is_fresh_after_random_changes_and_kills() {
-    // The driver's future is deep in a debug build: give it a thread with
-    // a larger stack than the test harness's 2 MiB.
-    std::thread::Builder::new()
-        .stack_size(32 << 20)
-        .spawn(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(chaos_run());
-        })
-        .unwrap()
-        .join()
-        .expect("the chaos run");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_value_is_fresh_after_random_changes_and_kills() {
+    chaos_run().await;
 }
 
 async fn chaos_run() {
