@@ -1,18 +1,29 @@
 -- An executor signals one chunk of the dependants of a token with many
--- (see signal_dependents in common.lua), and queues the next chunk. SSCAN
--- returns every member present for the whole scan at least once; a value
--- that starts depending on the token later was computed from newer data.
+-- (see signal_dependents in common.lua), queues the next chunk first (so
+-- the marking runs ahead of the recomputes each chunk queues), and
+-- acknowledges its own job in the same script: a job run twice after a
+-- lost acknowledgement finds itself gone and does nothing, so a chain is
+-- never doubled. SSCAN returns every member present for the whole scan at
+-- least once; a value that starts depending on the token later was
+-- computed from newer data.
 --
 -- KEYS[1]  the jobs stream
--- ARGV[1]  base, ARGV[2] token, ARGV[3] SSCAN cursor
+-- ARGV[1]  base, ARGV[2] token, ARGV[3] SSCAN cursor, ARGV[4] this job's
+--          stream entry id, ARGV[5] the consumer group
 -- Returns the number of recompute jobs queued.
-local base, token = ARGV[1], ARGV[2]
+local base, token, entry = ARGV[1], ARGV[2], ARGV[4]
+local jobs = typed(KEYS[1], 'stream')
+if #redis.call('XRANGE', jobs, entry, entry) == 0 then
+  return 0
+end
 local reply = redis.call('SSCAN', typed(base .. 'r:' .. token, 'set'), ARGV[3], 'COUNT', FANOUT_CHUNK)
+if reply[1] ~= '0' then
+  redis.call('XADD', jobs, '*', 'fan', token, 'cur', reply[1])
+end
 local queued = 0
 for _, id in ipairs(reply[2]) do
   queued = queued + signal(base, id)
 end
-if reply[1] ~= '0' then
-  redis.call('XADD', typed(KEYS[1], 'stream'), '*', 'fan', token, 'cur', reply[1])
-end
+redis.call('XACK', jobs, ARGV[5], entry)
+redis.call('XDEL', jobs, entry)
 return queued

@@ -173,6 +173,8 @@ struct Call {
     spec: &'static FnSpec,
     ttl: Option<Duration>,
     static_deps: Vec<String>,
+    /// Reached through an alias: `at` is the value it stands for.
+    redirected: bool,
 }
 
 fn prepare(spec: &'static FnSpec, key: Result<CacheKey>) -> Option<Call> {
@@ -183,6 +185,7 @@ fn prepare(spec: &'static FnSpec, key: Result<CacheKey>) -> Option<Call> {
             // A computation in progress depends on this value.
             let _ = DEPS.try_with(|deps| lock(deps).push(format!("v:{}", at.id)));
             Some(Call {
+                redirected: false,
                 ttl: spec.ttl().or(smache.inner.default_ttl),
                 static_deps: key.static_deps(),
                 inner: smache.inner,
@@ -216,7 +219,14 @@ impl Call {
             spec: self.spec,
             ttl: self.ttl,
             static_deps: self.static_deps.clone(),
+            redirected: true,
         }
+    }
+
+    /// What this call's followers get for these bytes.
+    fn landing(&self, data: Arc<Vec<u8>>) -> Landing {
+        let alias_of = self.redirected.then(|| Arc::from(self.at.id.as_str()));
+        Landing::Value(data, alias_of)
     }
 
     /// Whether a stored value may be served; see [`Inner::acceptable`].
@@ -245,7 +255,7 @@ impl Call {
     /// its followers: the value, so that they need not compute it too.
     fn share<M: Mode<R>, R>(&self, pilot: Pilot, result: &R) {
         let data = M::cacheable(result).and_then(|v| Inner::encode(&self.at.key, v));
-        pilot.land(data.map_or(Landing::Failed, |data| Landing::Value(Arc::new(data))));
+        pilot.land(data.map_or(Landing::Failed, |data| self.landing(Arc::new(data))));
     }
 
     /// After a miss, waits for this caller's turn across processes: compute
@@ -311,8 +321,15 @@ impl Call {
     /// What a follower in this process gets from its pilot.
     fn landed<V: DeserializeOwned>(&self, landing: Landing) -> Option<V> {
         match landing {
-            Landing::Value(data) => Inner::decode(&self.at.key, &data),
-            Landing::Failed => None,
+            Landing::Value(data, alias_of) => {
+                if let Some(target) = alias_of {
+                    // The pilot followed an alias: this value depends on
+                    // the target's, as the pilot's does.
+                    let _ = DEPS.try_with(|deps| lock(deps).push(format!("v:{target}")));
+                }
+                Inner::decode(&self.at.key, &data)
+            }
+            Landing::Failed | Landing::Cancelled => None,
         }
     }
 
@@ -323,7 +340,7 @@ impl Call {
         match turn {
             Some(Turn::Ready(data)) => match Inner::decode(&self.at.key, &data) {
                 Some(value) => {
-                    pilot.land(Landing::Value(Arc::new(data)));
+                    pilot.land(self.landing(Arc::new(data)));
                     Resolved::Cached(value)
                 }
                 None => Resolved::Compute(pilot, None, String::new()),
@@ -405,7 +422,7 @@ impl Call {
                     Outcome::Stored
                     | Outcome::Superseded
                     | Outcome::Unreachable
-                    | Outcome::TooLarge => Landing::Value(shared),
+                    | Outcome::TooLarge => self.landing(shared),
                     Outcome::NotCached => Landing::Failed,
                 };
                 (outcome, landing)
@@ -425,7 +442,7 @@ impl Call {
             }
             (None, data) => (
                 Outcome::Unreachable,
-                data.map_or(Landing::Failed, |data| Landing::Value(Arc::new(data))),
+                data.map_or(Landing::Failed, |data| self.landing(Arc::new(data))),
             ),
         }
     }
@@ -559,13 +576,19 @@ where
     };
     // Concurrent callers of this process share one lookup (and, on a
     // miss, one computation): the first leads, the others follow.
-    let pilot = match call.inner.flights.join(&call.at.key) {
-        Join::Lead(pilot) => pilot,
-        Join::Follow(rx) => {
-            return match call.landed::<M::Value>(follow(rx).await) {
-                Some(value) => M::from_cached(value),
-                None => compute.await,
-            };
+    let pilot = loop {
+        match call.inner.flights.join(&call.at.key) {
+            Join::Lead(pilot) => break pilot,
+            Join::Follow(rx) => match follow(rx).await {
+                // The pilot gave up (its caller was dropped): start over.
+                Landing::Cancelled => {}
+                landing => {
+                    return match call.landed::<M::Value>(landing) {
+                        Some(value) => M::from_cached(value),
+                        None => compute.await,
+                    }
+                }
+            },
         }
     };
     let looked = {
@@ -584,7 +607,7 @@ where
         None => call,
     };
     if let Some((value, data)) = call.usable::<M::Value>(fetched) {
-        pilot.land(Landing::Value(Arc::new(data)));
+        pilot.land(call.landing(Arc::new(data)));
         return M::from_cached(value);
     }
     let turn = runtime::in_tokio(Arc::clone(&call).take_turn()).await.ok();
@@ -645,13 +668,18 @@ where
         }
         result
     };
-    let pilot = match call.inner.flights.join(&call.at.key) {
-        Join::Lead(pilot) => pilot,
-        Join::Follow(rx) => {
-            return match call.landed::<M::Value>(futures::executor::block_on(follow(rx))) {
-                Some(value) => M::from_cached(value),
-                None => compute(),
-            };
+    let pilot = loop {
+        match call.inner.flights.join(&call.at.key) {
+            Join::Lead(pilot) => break pilot,
+            Join::Follow(rx) => match futures::executor::block_on(follow(rx)) {
+                Landing::Cancelled => {}
+                landing => {
+                    return match call.landed::<M::Value>(landing) {
+                        Some(value) => M::from_cached(value),
+                        None => compute(),
+                    }
+                }
+            },
         }
     };
     let looked = blocking(
@@ -669,7 +697,7 @@ where
         None => call,
     };
     if let Some((value, data)) = call.usable::<M::Value>(fetched) {
-        pilot.land(Landing::Value(Arc::new(data)));
+        pilot.land(call.landing(Arc::new(data)));
         return M::from_cached(value);
     }
     let turn = blocking(&call, Call::take_turn);

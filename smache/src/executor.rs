@@ -211,9 +211,10 @@ pub async fn run_until(
             conn = match executor.store.dedicated().await {
                 Ok(Some(conn)) => Some(conn),
                 Ok(None) => {
+                    heartbeat.abort();
                     return Err(Error::Config(
                         "executors need SmacheBuilder::redis_url (a connection of their own for blocking reads)".into(),
-                    ))
+                    ));
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "smache executor: redis unavailable; retrying");
@@ -257,8 +258,11 @@ pub async fn run_until(
                 .await
                 .expect("never closed");
             let executor = executor.clone();
-            let held = Arc::clone(&held);
+            // Forgets the entry however the job ends (a panicking relation
+            // mapper included), so the heartbeat stops claiming it.
+            let release = Held(Arc::clone(&held), entry.clone());
             running.spawn(async move {
+                let _release = release;
                 match task {
                     Task::Value(id) => executor.process(&entry, &id).await,
                     Task::Submitted { id, task, args } => {
@@ -281,7 +285,6 @@ pub async fn run_until(
                         executor.ack(&entry).await;
                     }
                 }
-                crate::sync::lock(&held).remove(&entry);
                 drop(permit);
             });
         }
@@ -770,17 +773,17 @@ impl Executor {
         }
     }
 
-    /// Signals one chunk of a token's many dependants (the script queues
-    /// the next chunk), then acknowledges the job.
+    /// Signals one chunk of a token's many dependants; the script queues
+    /// the next chunk and acknowledges the job.
     async fn fan_out(&self, entry: &str, token: &str, cursor: &str) {
         match self
             .store
-            .fan_out(&self.smache.inner.base, token, cursor)
+            .fan_out(&self.smache.inner.base, token, cursor, entry)
             .await
         {
             Ok(queued) => {
+                // Acknowledged by the script itself.
                 tracing::debug!(token, cursor, queued, "smache executor: fanned out a chunk");
-                self.ack(entry).await;
             }
             Err(err) => {
                 tracing::warn!(error = %err, token, "smache executor: redis unavailable; fan-out left for retry");
@@ -879,6 +882,15 @@ impl Executor {
             }
         }
         self.ack(entry).await;
+    }
+}
+
+/// An entry this process holds; dropping it lets go.
+struct Held(Arc<Mutex<HashSet<String>>>, String);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        crate::sync::lock(&self.0).remove(&self.1);
     }
 }
 

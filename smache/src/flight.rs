@@ -22,11 +22,16 @@ use crate::sync::lock;
 /// How a computation in flight ended.
 #[derive(Debug, Clone)]
 pub(crate) enum Landing {
-    /// The stored envelope: followers decode it.
-    Value(Arc<Vec<u8>>),
-    /// No value to share (an error, or the pilot was cancelled): followers
-    /// compute for themselves.
+    /// The stored envelope: followers decode it. With the value id an
+    /// alias stood for, when the pilot followed one (followers depend on
+    /// that value too).
+    Value(Arc<Vec<u8>>, Option<Arc<str>>),
+    /// No value to share (the function failed): followers compute for
+    /// themselves.
     Failed,
+    /// The pilot was dropped before it landed (its caller gave up, or it
+    /// panicked): followers start over.
+    Cancelled,
 }
 
 /// The computations in flight in this process, by value key.
@@ -83,15 +88,15 @@ impl Pilot {
 
 impl Drop for Pilot {
     fn drop(&mut self) {
-        self.finish(Landing::Failed);
+        self.finish(Landing::Cancelled);
     }
 }
 
 /// Waits for the pilot of this process to land.
 pub(crate) async fn follow(mut rx: watch::Receiver<Option<Landing>>) -> Landing {
     match rx.wait_for(Option::is_some).await {
-        Ok(landing) => landing.clone().unwrap_or(Landing::Failed),
-        Err(_) => Landing::Failed,
+        Ok(landing) => landing.clone().unwrap_or(Landing::Cancelled),
+        Err(_) => Landing::Cancelled,
     }
 }
 
@@ -173,17 +178,17 @@ mod tests {
             panic!("second follows")
         };
         let follower = tokio::spawn(follow(rx));
-        pilot.land(Landing::Value(Arc::new(b"v".to_vec())));
+        pilot.land(Landing::Value(Arc::new(b"v".to_vec()), None));
         match follower.await.unwrap() {
-            Landing::Value(bytes) => assert_eq!(bytes.as_slice(), b"v"),
-            Landing::Failed => panic!("expected the value"),
+            Landing::Value(bytes, _) => assert_eq!(bytes.as_slice(), b"v"),
+            other => panic!("expected the value, got {other:?}"),
         }
         // Landed: the next caller leads a new flight.
         assert!(matches!(flights.join("k"), Join::Lead(_)));
     }
 
     #[tokio::test]
-    async fn a_dropped_pilot_fails_its_followers() {
+    async fn a_dropped_pilot_cancels_its_followers() {
         let flights = Arc::new(Flights::default());
         let Join::Lead(pilot) = flights.join("k") else {
             panic!()
@@ -192,6 +197,6 @@ mod tests {
             panic!()
         };
         drop(pilot);
-        assert!(matches!(follow(rx).await, Landing::Failed));
+        assert!(matches!(follow(rx).await, Landing::Cancelled));
     }
 }

@@ -451,12 +451,24 @@ impl RedisStore {
         Ok(u64::try_from(queued).ok())
     }
 
-    /// Signals one chunk of the dependants of `token` (a fan-out job) and
-    /// queues the next; the number of recompute jobs queued.
-    pub(crate) async fn fan_out(&self, base: &str, token: &str, cursor: &str) -> Result<u64> {
+    /// Signals one chunk of the dependants of `token` (a fan-out job),
+    /// queues the next and acknowledges `entry`; the number of recompute
+    /// jobs queued.
+    pub(crate) async fn fan_out(
+        &self,
+        base: &str,
+        token: &str,
+        cursor: &str,
+        entry: &str,
+    ) -> Result<u64> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.fanout.key(format!("{base}jobs"));
-        invocation.arg(base).arg(token).arg(cursor);
+        invocation
+            .arg(base)
+            .arg(token)
+            .arg(cursor)
+            .arg(entry)
+            .arg(crate::executor::GROUP);
         self.bounded("fanout", invocation.invoke_async(&mut conn))
             .await
     }
