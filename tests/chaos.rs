@@ -216,17 +216,8 @@ async fn chaos_run() {
         smache.scope(headline(user)).await;
         smache.scope(spent(user)).await;
     }
+    worker.wait_watching(Duration::from_secs(20)).await;
     let mut conn = redis_connection(&redis_url()).await;
-    let token = format!("{{{prefix}}}:w:token");
-    let started = Instant::now();
-    while !conn.exists::<_, bool>(&token).await.unwrap() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{}",
-            worker.log()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 
     let (mut worker_kills, mut executor_kills) = (0, 0);
     let mut live_orders: Vec<ObjectId> = Vec::new();

@@ -187,16 +187,7 @@ impl World {
     /// Waits until the worker holds its lease and follows the stream, so
     /// that changes made from now on are seen.
     async fn watching(&self) {
-        let mut conn = smache_suite::redis_connection(&redis_url()).await;
-        let key = format!("{{{}}}:w:token", self.smache.prefix());
-        for _ in 0..400 {
-            let exists: bool = redis::AsyncCommands::exists(&mut conn, &key).await.unwrap();
-            if exists {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("the worker never started watching\n{}", self.worker.log());
+        self.worker.wait_watching(Duration::from_secs(10)).await;
     }
 
     async fn stop(mut self) {

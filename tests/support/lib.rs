@@ -215,6 +215,8 @@ pub struct WorkerProcess {
     child: Option<Child>,
     args: Vec<String>,
     log: PathBuf,
+    redis_url: String,
+    prefix: String,
 }
 
 impl WorkerProcess {
@@ -234,6 +236,8 @@ impl WorkerProcess {
             child: None,
             args,
             log,
+            redis_url: redis_url.to_owned(),
+            prefix: prefix.to_owned(),
         };
         worker.restart();
         worker
@@ -293,6 +297,30 @@ impl WorkerProcess {
     /// What the worker logged so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until a worker of this prefix holds the lease and has saved
+    /// its position in the change stream, so that changes made from now on
+    /// are seen; panics with the worker's log after `timeout`.
+    pub async fn wait_watching(&self, timeout: Duration) {
+        let mut conn = redis_connection(&self.redis_url).await;
+        let token = format!("{{{}}}:w:token", self.prefix);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let exists: redis::RedisResult<bool> = redis::cmd("EXISTS")
+                .arg(&token)
+                .query_async(&mut conn)
+                .await;
+            if exists.unwrap_or(false) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker never started watching\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 }
 
