@@ -54,7 +54,7 @@ use crate::instance::{Inner, Smache};
 use crate::key::CacheKey;
 use crate::runtime;
 use crate::spec::FnSpec;
-use crate::store::{RedisStore, Store, TaskState};
+use crate::store::{task_key, RedisStore, Store, TaskState};
 
 /// The result of `f::submit(..)`: the cached value, or a task computing it.
 #[derive(Debug)]
@@ -337,7 +337,7 @@ impl Inner {
         if !envelope::is_reference(&state.result) {
             return Ok(state.result.clone());
         }
-        let key = format!("{}t:{task}", self.base);
+        let key = task_key(&self.base, task);
         match &self.values {
             Some(values) => values.task_value(&key).await?.ok_or_else(|| {
                 Error::Corrupt(format!("the MongoDB copy of task {task}'s value is gone"))
@@ -354,7 +354,7 @@ impl Inner {
         let values = self.values.as_ref().ok_or_else(|| {
             Error::Config("values kept in MongoDB need SmacheBuilder::mongodb".into())
         })?;
-        let key = format!("{}t:{task}", self.base);
+        let key = task_key(&self.base, task);
         values
             .keep_for_task(&key, envelope, self.task_retention)
             .await?;

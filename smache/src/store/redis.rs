@@ -514,7 +514,7 @@ impl RedisStore {
         retention: Duration,
     ) -> Result<bool> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.finish.key(format!("{base}t:{task}"));
+        let mut invocation = self.scripts.finish.key(task_key(base, task));
         invocation.key(value_key).arg(base).arg(task);
         match result {
             Ok(data) => invocation.arg("d").arg(data.as_slice()),
@@ -536,7 +536,7 @@ impl RedisStore {
         args: &str,
     ) -> Result<bool> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.attach.key(format!("{base}t:{task}"));
+        let mut invocation = self.scripts.attach.key(task_key(base, task));
         invocation.arg(base).arg(task).arg(callback).arg(args);
         let attached: i64 = self
             .bounded("attach", invocation.invoke_async(&mut conn))
@@ -548,10 +548,7 @@ impl RedisStore {
     pub(crate) async fn task(&self, base: &str, task: &str) -> Result<Option<TaskState>> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(format!("{base}t:{task}"))
-            .arg("s")
-            .arg("r")
-            .arg("v");
+        cmd.arg(task_key(base, task)).arg("s").arg("r").arg("v");
         match self
             .bounded("task", cmd.query_async::<[Option<Vec<u8>>; 3]>(&mut conn))
             .await
@@ -593,6 +590,11 @@ impl RedisStore {
             }),
         }
     }
+}
+
+/// The key of a task's record (see `lua/common.lua`).
+pub(crate) fn task_key(base: &str, task: &str) -> String {
+    format!("{base}t:{task}")
 }
 
 /// What is recorded about a task.
