@@ -1,5 +1,6 @@
-//! Faults the whole loop must survive: Redis restarting without its data
-//! while a worker, an executor and callers keep going.
+//! Faults the whole loop must survive: Redis restarting without its data,
+//! or with it, while a worker, an executor and callers keep going; an
+//! executor that cannot reach MongoDB.
 
 use std::time::Duration;
 
@@ -116,6 +117,127 @@ async fn redis_restarting_empty_breaks_no_caller_and_the_loop_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarting_with_its_data_serves_nothing_stale_after_the_outage() {
+    smache_suite::init_logs();
+    let mut redis = RedisServer::start();
+    let database = unique("faults").replace('-', "_");
+    let prefix = unique("faults");
+    let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
+    let db = client.database(&database);
+    let smache = Smache::builder()
+        .redis_url(redis.url())
+        .mongodb(&client, &database)
+        .prefix(&prefix)
+        .op_timeout(Duration::from_millis(300))
+        .run_executor()
+        .build()
+        .unwrap();
+    let mut worker = WorkerProcess::start(&redis.url(), &mongodb_uri(), &database, &prefix);
+    let users = db.collection::<User>("users");
+    let ada = User {
+        id: ObjectId::new(),
+        name: "Ada".into(),
+    };
+    users.insert_one(&ada).await.unwrap();
+    worker.wait_watching(Duration::from_secs(20)).await;
+    assert_eq!(smache.scope(greeting(&ada)).await, "hello Ada");
+    let key = greeting::key(&ada).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            smache.is_fresh(&key).await.unwrap_or(false)
+        })
+        .await
+    );
+
+    // Redis stops with its data (the value, the graph, the resume token)
+    // and the document changes while it is down: no caller sees an error.
+    redis.save_and_kill();
+    users
+        .update_one(
+            doc! { "_id": ada.id },
+            doc! { "$set": { "name": "Augusta" } },
+        )
+        .await
+        .unwrap();
+    let during = current(&db, ada.id).await;
+    for _ in 0..3 {
+        assert_eq!(smache.scope(greeting(&during)).await, "hello Augusta");
+    }
+
+    // It comes back with the value computed before the change, which it
+    // still calls fresh. The worker resumes from the saved token, sees the
+    // change made in the outage, and the value is recomputed: a caller
+    // holding the old struct gets the new name, from the cache.
+    redis.resume();
+    let refreshed = eventually(Duration::from_secs(30), || async {
+        smache.scope(greeting(&ada)).await == "hello Augusta"
+    })
+    .await;
+    assert!(
+        refreshed,
+        "the change made during the outage reached the value\n{}",
+        worker.log()
+    );
+    assert!(smache.is_fresh(&key).await.unwrap());
+
+    smache.stop_executor().await.unwrap();
+    assert!(worker.terminate(), "{}", worker.log());
+    let _ = db.drop().await;
+}
+
+/// Redis holds no resume token (it came back empty, or no worker ever
+/// ran) while callers store values and documents change: the first worker
+/// to start cannot replay those changes, so it marks the values stored
+/// before it stale, and they are recomputed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_starting_without_a_saved_position_leaves_no_value_stale() {
+    smache_suite::init_logs();
+    let redis = RedisServer::start();
+    let database = unique("faults").replace('-', "_");
+    let prefix = unique("faults");
+    let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
+    let db = client.database(&database);
+    let smache = Smache::builder()
+        .redis_url(redis.url())
+        .mongodb(&client, &database)
+        .prefix(&prefix)
+        .run_executor()
+        .build()
+        .unwrap();
+    let users = db.collection::<User>("users");
+    let ada = User {
+        id: ObjectId::new(),
+        name: "Ada".into(),
+    };
+    users.insert_one(&ada).await.unwrap();
+    assert_eq!(smache.scope(greeting(&ada)).await, "hello Ada");
+    users
+        .update_one(
+            doc! { "_id": ada.id },
+            doc! { "$set": { "name": "Augusta" } },
+        )
+        .await
+        .unwrap();
+    // No worker watched: the cached value is out of date and nothing knows.
+    assert_eq!(smache.scope(greeting(&ada)).await, "hello Ada");
+
+    let mut worker = WorkerProcess::start(&redis.url(), &mongodb_uri(), &database, &prefix);
+    let refreshed = eventually(Duration::from_secs(30), || async {
+        smache.scope(greeting(&ada)).await == "hello Augusta"
+    })
+    .await;
+    assert!(
+        refreshed,
+        "the value stored before the worker started was refreshed\n{}",
+        worker.log()
+    );
+
+    smache.stop_executor().await.unwrap();
+    assert!(worker.terminate(), "{}", worker.log());
+    let _ = db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_executor_without_mongodb_acknowledges_nothing_and_another_finishes_the_job() {
     smache_suite::init_logs();
     let redis_url = smache_suite::redis_url();
@@ -151,9 +273,9 @@ async fn an_executor_without_mongodb_acknowledges_nothing_and_another_finishes_t
         name: "Ada".into(),
     };
     users.insert_one(&ada).await.unwrap();
+    worker.wait_watching(Duration::from_secs(20)).await;
     assert_eq!(smache.scope(greeting(&ada)).await, "hello Ada");
     let key = greeting::key(&ada).unwrap();
-    worker.wait_watching(Duration::from_secs(20)).await;
     let conn = smache_suite::redis_connection(&redis_url).await;
 
     let first = smache::executor::spawn(&cut_off);

@@ -134,6 +134,7 @@ impl World {
             .build()
             .unwrap();
         let worker = WorkerProcess::start(&redis_url(), &mongodb_uri(), &database, &prefix);
+        worker.wait_watching(Duration::from_secs(20)).await;
         World {
             db: client.database(&database),
             smache,

@@ -9,7 +9,10 @@
 //! change is never lost nor its jobs queued twice by two workers. On
 //! restart the worker resumes after the saved token; if MongoDB no longer
 //! has that point of its history, every value is marked stale and the
-//! worker carries on from now.
+//! worker carries on from now. If Redis holds no token (a first start, or
+//! Redis restarted empty), a worker that was watching resumes from its own
+//! last position; one that was not starts from now and marks every value
+//! stored so far stale, since the changes before its start never reach them.
 //!
 //! Key layout (beside the graph keys described in `lua/common.lua`):
 //! `{prefix}:w:token` the resume token, `{prefix}:w:lease` the lease holder,
@@ -120,6 +123,7 @@ pub async fn run_until(
             bson::oid::ObjectId::new().to_hex()
         ),
         options,
+        last_token: None,
     };
     worker.run(shutdown).await;
     Ok(())
@@ -131,6 +135,8 @@ struct Worker<'a> {
     keys: WorkerKeys,
     id: String,
     options: WorkerOptions,
+    /// The last position this worker saved, should Redis lose it.
+    last_token: Option<ResumeToken>,
 }
 
 /// Why a watch ended.
@@ -194,7 +200,10 @@ impl Worker<'_> {
 
     /// Follows the change stream until shutdown, loss of the lease or an error.
     async fn watch(&mut self, shutdown: &(impl Future<Output = ()> + Clone)) -> Result<Ended> {
-        let saved = self.saved_token().await?;
+        let saved = match self.saved_token().await? {
+            Some(token) => Some(token),
+            None => self.position_when_none_is_saved().await?,
+        };
         let mut stream = match self.open(saved).await {
             Ok(stream) => stream,
             Err(err) if history_lost(&err) => {
@@ -210,6 +219,7 @@ impl Worker<'_> {
         if self.record(saved.as_ref(), &[]).await?.is_none() {
             return Ok(Ended::LeaseLost);
         }
+        self.last_token.clone_from(&saved);
         if self.history_was_lost().await? {
             // The new stream starts now and its position is saved: mark
             // everything stale, so no change in the lost gap stays unseen.
@@ -263,6 +273,7 @@ impl Worker<'_> {
             if recorded.is_none() {
                 return Ok(Ended::LeaseLost);
             }
+            self.last_token.clone_from(&token);
             saved = token;
         }
     }
@@ -368,6 +379,28 @@ impl Worker<'_> {
                 Ok(None)
             }
         }
+    }
+
+    /// Where to start when Redis holds no position: where this worker last
+    /// was, if it watched before (Redis lost its data while we ran: replay
+    /// the changes since); else from now, owing a stale-marking of every
+    /// value stored so far, since changes made before the stream opens
+    /// would never reach them (a first start finds few; a Redis that came
+    /// back empty while no worker watched finds the values stored since).
+    async fn position_when_none_is_saved(&self) -> Result<Option<ResumeToken>> {
+        if let Some(token) = &self.last_token {
+            tracing::warn!(
+                "smache worker: Redis holds no resume token (it restarted empty?); resuming from \
+                 this worker's last position"
+            );
+            return Ok(Some(token.clone()));
+        }
+        tracing::info!(
+            "smache worker: no saved position; watching from now, and marking the values stored \
+             before stale"
+        );
+        self.owe_stale_marking().await?;
+        Ok(None)
     }
 
     async fn forget_history(&self, err: &mongodb::error::Error) -> Result<()> {

@@ -122,7 +122,18 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port, empty.
+    /// Saves the data to disk (`SAVE`), then kills the server: the next
+    /// [`resume`](RedisServer::resume) starts with that data, as a Redis
+    /// with persistence does after a restart.
+    pub fn save_and_kill(&mut self) {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut conn = client.get_connection().expect("connect to redis");
+        let () = redis::cmd("SAVE").query(&mut conn).expect("SAVE");
+        self.kill();
+    }
+
+    /// Starts the server again on the same port: empty, or with the data
+    /// of the last [`save_and_kill`](RedisServer::save_and_kill).
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "server already running");
         let binary =
@@ -301,17 +312,23 @@ impl WorkerProcess {
 
     /// Waits until a worker of this prefix holds the lease and has saved
     /// its position in the change stream, so that changes made from now on
-    /// are seen; panics with the worker's log after `timeout`.
+    /// are seen, and has marked stale what it owed (a worker starting
+    /// without a saved position marks the values stored before it); panics
+    /// with the worker's log after `timeout`.
     pub async fn wait_watching(&self, timeout: Duration) {
         let mut conn = redis_connection(&self.redis_url).await;
         let token = format!("{{{}}}:w:token", self.prefix);
+        let lost = format!("{{{}}}:w:lost", self.prefix);
         let deadline = Instant::now() + timeout;
         loop {
-            let exists: redis::RedisResult<bool> = redis::cmd("EXISTS")
+            let exists: redis::RedisResult<(bool, bool)> = redis::pipe()
+                .cmd("EXISTS")
                 .arg(&token)
+                .cmd("EXISTS")
+                .arg(&lost)
                 .query_async(&mut conn)
                 .await;
-            if exists.unwrap_or(false) {
+            if let Ok((true, false)) = exists {
                 return;
             }
             assert!(
