@@ -40,6 +40,19 @@ pub enum Error {
         /// The serializer's message.
         message: String,
     },
+    /// A cache key would be longer than smache allows: an entity id over
+    /// [`MAX_ENTITY_ID_LEN`](crate::key::MAX_ENTITY_ID_LEN) bytes, or
+    /// arguments over [`MAX_ARGS_LEN`](crate::key::MAX_ARGS_LEN) bytes
+    /// once encoded. A call with such arguments computes without the cache.
+    #[error("cache key too long: {what} takes {len} bytes, more than the {max} allowed")]
+    KeyTooLong {
+        /// What is too long (`an entity id`, `the arguments`).
+        what: &'static str,
+        /// Its encoded length in bytes.
+        len: usize,
+        /// The limit it exceeds.
+        max: usize,
+    },
     /// The bytes under a key are not a valid smache entry.
     #[error("corrupt cache entry: {0}")]
     Corrupt(String),

@@ -19,6 +19,12 @@
 //!   argument lists never share a key. Arguments that take more than
 //!   [`MAX_INLINE_ARGS`] bytes are replaced by `h:<sha-256 of them, 32 hex>`.
 //!
+//! Limits: an entity id may take up to [`MAX_ENTITY_ID_LEN`] bytes (it names
+//! graph keys as it is) and all the arguments together up to
+//! [`MAX_ARGS_LEN`] (they are kept whole beside a hashed key, for the
+//! executors). Past either, building the key fails with
+//! [`Error::KeyTooLong`] and a call computes without the cache.
+//!
 //! Raw arguments are keyed by their serde JSON form: map types with an
 //! unspecified iteration order (`HashMap`) give unstable keys; use `BTreeMap`.
 
@@ -33,6 +39,15 @@ use crate::spec::FnSpec;
 
 /// Arguments longer than this many bytes are hashed in the stored key.
 pub const MAX_INLINE_ARGS: usize = 160;
+
+/// The longest entity id a key may hold, in bytes as encoded (`o:<hex>`,
+/// `i:<n>`, `s:<json string>`). Ids name dependency-graph keys unhashed.
+pub const MAX_ENTITY_ID_LEN: usize = 1024;
+
+/// The longest argument list a key may hold, in bytes as encoded. Beyond
+/// [`MAX_INLINE_ARGS`] they are hashed in the key but stored whole in the
+/// value's hash and read by every executor's recompute.
+pub const MAX_ARGS_LEN: usize = 64 * 1024;
 
 /// The key of one computed value: a function and its arguments.
 ///
@@ -227,17 +242,38 @@ impl KeyBuilder {
         self
     }
 
-    /// The finished key, or the first argument's serialization error.
+    /// The finished key; the first argument's serialization error, or
+    /// [`Error::KeyTooLong`] past [`MAX_ENTITY_ID_LEN`] or [`MAX_ARGS_LEN`].
     pub fn finish(self) -> Result<CacheKey> {
-        match self.error {
-            Some(err) => Err(err),
-            None => Ok(CacheKey {
-                spec: self.spec,
-                path: self.path,
-                args_at: self.args_at,
-                entities: self.entities,
-            }),
+        if let Some(err) = self.error {
+            return Err(err);
         }
+        if let Some(len) = self
+            .entities
+            .iter()
+            .map(|(_, start, end)| end - start)
+            .find(|len| *len > MAX_ENTITY_ID_LEN)
+        {
+            return Err(Error::KeyTooLong {
+                what: "an entity id",
+                len,
+                max: MAX_ENTITY_ID_LEN,
+            });
+        }
+        let len = self.path.len() - self.args_at;
+        if len > MAX_ARGS_LEN {
+            return Err(Error::KeyTooLong {
+                what: "the arguments",
+                len,
+                max: MAX_ARGS_LEN,
+            });
+        }
+        Ok(CacheKey {
+            spec: self.spec,
+            path: self.path,
+            args_at: self.args_at,
+            entities: self.entities,
+        })
     }
 }
 
@@ -248,6 +284,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     static SPEC: FnSpec = FnSpec::__new("app::f", 3, 0, &[ArgKind::Raw, ArgKind::Raw]);
+    static ONE: FnSpec = FnSpec::__new("app::g", 1, 0, &[ArgKind::Raw]);
 
     #[test]
     fn layout_is_stable() {
@@ -275,6 +312,50 @@ mod tests {
         assert_eq!(stored, again.storage_key("p"));
         let other = KeyBuilder::new(&SPEC).raw(&long).raw(&2).finish().unwrap();
         assert_ne!(stored, other.storage_key("p"));
+    }
+
+    #[test]
+    fn keys_past_the_limits_are_clear_errors() {
+        let at_limit = "x".repeat(MAX_ARGS_LEN - 2);
+        let key = KeyBuilder::new(&ONE).raw(&at_limit).finish().unwrap();
+        assert_eq!(key.args().len(), MAX_ARGS_LEN);
+        let over = "x".repeat(MAX_ARGS_LEN - 1);
+        let err = KeyBuilder::new(&ONE).raw(&over).finish().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::KeyTooLong {
+                    what: "the arguments",
+                    len,
+                    max: MAX_ARGS_LEN
+                } if len == MAX_ARGS_LEN + 1
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("more than the 65536 allowed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn entity_ids_past_their_limit_are_clear_errors() {
+        struct Doc(String);
+        impl Entity for Doc {
+            const COLLECTION: &'static str = "docs";
+            fn id(&self) -> crate::EntityId {
+                crate::EntityId::String(self.0.clone())
+            }
+        }
+        // `s:` and the JSON quotes take 4 bytes.
+        let fits = Doc("d".repeat(MAX_ENTITY_ID_LEN - 4));
+        assert!(KeyBuilder::new(&ONE).entity(&fits).finish().is_ok());
+        let long = Doc("d".repeat(MAX_ENTITY_ID_LEN - 3));
+        let err = KeyBuilder::new(&ONE).entity(&long).finish().unwrap_err();
+        assert!(
+            matches!(err, Error::KeyTooLong { what: "an entity id", len, .. } if len == MAX_ENTITY_ID_LEN + 1),
+            "{err}"
+        );
     }
 
     #[test]
