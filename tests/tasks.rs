@@ -309,6 +309,30 @@ async fn callbacks_run_once_per_attachment_with_their_arguments() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(recorded(&tag).await, expected);
     assert_eq!(runs(&tag).await, 1);
+    // The failing and panicking callbacks are dead letters, with why.
+    let report = smache.inspect_jobs().await.unwrap();
+    assert_eq!(report.dead, 8, "{report}");
+    let reasons: Vec<&str> = report
+        .recent_dead
+        .iter()
+        .map(|letter| letter.reason.as_str())
+        .collect();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| **r == "the callback failed: this callback always fails")
+            .count(),
+        4,
+        "{report}"
+    );
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.starts_with("the callback panicked: this callback always panics"))
+            .count(),
+        4,
+        "{report}"
+    );
     smache.stop_executor().await.unwrap();
 }
 

@@ -18,6 +18,12 @@
 --                      submitted task; `cb`+`args`+`task` a callback to run;
 --                      `rel`+`doc` a related document changed; `fan`+`cur`
 --                      signal the dependants of a token, a chunk at a time
+--   base.."dead"       stream of the jobs executors gave up (dead.lua): the
+--                      job's own fields plus `job` its entry id, `reason`,
+--                      `by` the executor
+--   base.."fns"        hash: `name#version` (a function) or `cb:<name>` (a
+--                      callback) → when an executor that has it last said
+--                      so (ms); what `inspect` reads to spot orphaned jobs
 --   base.."t:"..task   task hash: s state (p pending, d done, f failed),
 --                      v value id, r result (envelope, or error message)
 --   base.."t:"..task..":cb"  list of the callbacks attached to a pending task

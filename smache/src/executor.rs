@@ -47,6 +47,10 @@ pub const GROUP: &str = "executors";
 /// is handed to another executor.
 pub const RECLAIM_AFTER: Duration = Duration::from_secs(30);
 
+/// How many given-up jobs the dead-letter stream (`{prefix}:dead`) keeps,
+/// about: older ones are trimmed. See [`crate::inspect`].
+pub const DEAD_LETTERS_KEPT: usize = 10_000;
+
 /// Recomputes of one value start at least this far apart. A lone change is
 /// recomputed at once; the changes of a burst coalesce into a few jobs.
 pub const MIN_RECOMPUTE_INTERVAL: Duration = Duration::from_millis(50);
@@ -280,9 +284,14 @@ pub async fn run_until(
                     Task::Malformed => {
                         tracing::warn!(
                             entry,
-                            "smache executor: a job with neither `id` nor `rel`; dropped"
+                            "smache executor: a job of no known kind; dead-lettered"
                         );
-                        executor.ack(&entry).await;
+                        executor
+                            .give_up(
+                                &entry,
+                                "a job of no known kind (no `id`, `cb`, `fan` or `rel` field)",
+                            )
+                            .await;
                     }
                 }
                 drop(permit);
@@ -527,8 +536,10 @@ impl Executor {
     /// Claims the entries this process holds again every third of
     /// [`RECLAIM_AFTER`], so that a long job (or one waiting for a permit,
     /// or between retries) is never taken for abandoned and run twice.
+    /// Also announces this executor's functions, at once and then as often.
     async fn keep_claimed(self, held: Arc<Mutex<HashSet<String>>>) {
         loop {
+            self.announce().await;
             tokio::time::sleep(RECLAIM_AFTER / 3).await;
             let ids: Vec<String> = crate::sync::lock(&held).iter().cloned().collect();
             if ids.is_empty() {
@@ -573,6 +584,45 @@ impl Executor {
         }
     }
 
+    /// Moves a job that can never succeed to the dead-letter stream, with
+    /// why, acknowledging it; if Redis cannot be told, the job stays
+    /// pending and comes back.
+    async fn give_up(&self, entry: &str, reason: &str) {
+        let base = &self.smache.inner.base;
+        if let Err(err) = self
+            .store
+            .dead_letter(base, entry, reason, &self.consumer)
+            .await
+        {
+            tracing::warn!(error = %err, entry, "smache executor: cannot dead-letter a job; it will run again");
+        }
+    }
+
+    /// Tells `inspect` which functions and callbacks this executor runs
+    /// (`{prefix}:fns`), so jobs nobody can run stand out.
+    async fn announce(&self) {
+        let Ok(mut conn) = self.store.shared().await else {
+            return;
+        };
+        let now = crate::envelope::now_ms();
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(format!("{}fns", self.smache.inner.base));
+        for spec in registry::functions() {
+            cmd.arg(format!("{}#{}", spec.name(), spec.version()))
+                .arg(now);
+        }
+        for name in self.smache.inner.callbacks.keys() {
+            cmd.arg(format!("cb:{name}")).arg(now);
+        }
+        if registry::functions().next().is_none() && self.smache.inner.callbacks.is_empty() {
+            return;
+        }
+        let announced: redis::RedisResult<()> = cmd.query_async(&mut conn).await;
+        if let Err(err) = announced {
+            tracing::debug!(error = %err, "smache executor: cannot announce its functions");
+        }
+    }
+
     /// Runs one job; acknowledges it when it is done for good.
     async fn process(&self, entry: &str, id: &str) {
         let base = &self.smache.inner.base;
@@ -582,8 +632,8 @@ impl Executor {
             full_args: String::new(),
         };
         let Some((head, id_args)) = split_value_id(id) else {
-            tracing::warn!(id, "smache executor: malformed job; dropped");
-            return self.ack(entry).await;
+            tracing::warn!(id, "smache executor: malformed job; dead-lettered");
+            return self.give_up(entry, "malformed value id").await;
         };
         let Some(registration) = registry::find(head) else {
             // Another version of the application may have it (a deploy in
@@ -618,8 +668,10 @@ impl Executor {
                     return self.ack(entry).await;
                 }
                 (Ran::Returned(Ok(())), Some(Outcome::TooLarge)) => {
-                    tracing::error!(id, "smache executor: the recomputed value is larger than max_value_size; not stored, the old value stays (stale)");
-                    return self.ack(entry).await;
+                    tracing::error!(id, "smache executor: the recomputed value is larger than max_value_size; not stored, the old value stays (stale); dead-lettered");
+                    return self
+                        .give_up(entry, "the value is larger than max_value_size")
+                        .await;
                 }
                 (Ran::Returned(Ok(())), Some(Outcome::NotCached)) => {
                     crate::sync::lock(&target.failure)
@@ -655,8 +707,8 @@ impl Executor {
                     };
                 }
                 (Ran::Returned(Err(err @ Error::Job(_))), _) => {
-                    tracing::error!(error = %err, id, "smache executor: the job does not match the function; dropped");
-                    return self.ack(entry).await;
+                    tracing::error!(error = %err, id, "smache executor: the job does not match the function; dead-lettered");
+                    return self.give_up(entry, &err.to_string()).await;
                 }
                 (Ran::Returned(Err(err)), _) => {
                     if run >= retry.attempts() {
@@ -670,8 +722,9 @@ impl Executor {
                 (Ran::Panicked(message), _) => message,
             };
             if run >= retry.attempts() {
-                tracing::error!(id, error = %failure, runs = run, "smache executor: recompute failed on every attempt; the old value stays (stale)");
-                return self.ack(entry).await;
+                tracing::error!(id, error = %failure, runs = run, "smache executor: recompute failed on every attempt; the old value stays (stale); dead-lettered");
+                let reason = format!("recompute failed on every attempt ({run} runs): {failure}");
+                return self.give_up(entry, &reason).await;
             }
             tracing::warn!(id, error = %failure, run, "smache executor: recompute failed; retrying");
             tokio::time::sleep(retry.delay(run)).await;
@@ -875,10 +928,15 @@ impl Executor {
                 tracing::debug!(callback = name, task, "smache executor: callback done");
             }
             Ok(Err(err)) => {
-                tracing::warn!(callback = name, task, error = %err, "smache executor: a callback failed");
+                tracing::warn!(callback = name, task, error = %err, "smache executor: a callback failed; dead-lettered");
+                return self
+                    .give_up(entry, &format!("the callback failed: {err}"))
+                    .await;
             }
             Err(err) => {
-                tracing::error!(callback = name, task, error = %panic_message(err), "smache executor: a callback panicked");
+                let message = panic_of("the callback", err);
+                tracing::error!(callback = name, task, error = %message, "smache executor: a callback panicked; dead-lettered");
+                return self.give_up(entry, &message).await;
             }
         }
         self.ack(entry).await;
@@ -902,6 +960,11 @@ enum Ran {
 
 /// The message of a panicked task.
 fn panic_message(err: tokio::task::JoinError) -> String {
+    panic_of("the function", err)
+}
+
+/// What ended `what`'s task: "<what> panicked: <message>", or how else.
+fn panic_of(what: &str, err: tokio::task::JoinError) -> String {
     match err.try_into_panic() {
         Ok(payload) => {
             let text = payload
@@ -909,9 +972,9 @@ fn panic_message(err: tokio::task::JoinError) -> String {
                 .map(|s| (*s).to_owned())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a non-string payload".to_owned());
-            format!("the function panicked: {text}")
+            format!("{what} panicked: {text}")
         }
-        Err(err) => format!("the function's task ended: {err}"),
+        Err(err) => format!("{what}'s task ended: {err}"),
     }
 }
 
@@ -924,9 +987,11 @@ impl Executor {
             tracing::warn!(
                 entry,
                 doc,
-                "smache executor: malformed relation job; dropped"
+                "smache executor: malformed relation job; dead-lettered"
             );
-            return self.ack(entry).await;
+            return self
+                .give_up(entry, "malformed document id in a relation job")
+                .await;
         };
         let heads: Vec<String> = match self.store.shared().await {
             Ok(mut conn) => match redis::cmd("SMEMBERS")
@@ -1061,7 +1126,7 @@ impl Executor {
 
 /// Splits a value id `<name>#<version>:<args>` into `<name>#<version>` and
 /// the arguments. Names never contain `#`; they may contain `:`.
-fn split_value_id(id: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_value_id(id: &str) -> Option<(&str, &str)> {
     let hash = id.find('#')?;
     let colon = hash + id[hash..].find(':')?;
     Some((&id[..colon], &id[colon + 1..]))

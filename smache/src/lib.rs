@@ -84,6 +84,7 @@ mod envelope;
 mod error;
 pub mod executor;
 mod flight;
+pub mod inspect;
 mod instance;
 pub mod key;
 pub mod registry;

@@ -3,10 +3,13 @@
 //!
 //! Run one or more (one watches, the others stand by); the jobs are run by
 //! executors, the processes that link your `#[computed]` functions.
+//!
+//! `smache-worker inspect jobs` prints the jobs queued, held and given up
+//! (see `smache::inspect`); it needs only `--redis-url`.
 
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use smache::worker::WorkerOptions;
 use smache::Smache;
 use tracing_subscriber::EnvFilter;
@@ -17,16 +20,25 @@ use tracing_subscriber::EnvFilter;
     name = "smache-worker",
     version,
     about = "Follows MongoDB change streams and queues smache recompute jobs",
-    long_about = None
+    long_about = None,
+    subcommand_negates_reqs = true
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Redis URL (redis:// or rediss://).
-    #[arg(long, env = "SMACHE_REDIS_URL", hide_env_values = true)]
-    redis_url: String,
+    #[arg(long, env = "SMACHE_REDIS_URL", hide_env_values = true, global = true)]
+    redis_url: Option<String>,
 
     /// MongoDB URI of a replica set (change streams need one).
-    #[arg(long, env = "SMACHE_MONGODB_URI", hide_env_values = true)]
-    mongodb_uri: String,
+    #[arg(
+        long,
+        env = "SMACHE_MONGODB_URI",
+        hide_env_values = true,
+        required = true
+    )]
+    mongodb_uri: Option<String>,
 
     /// The database whose collections hold the entities [default: the
     /// URI's, else `smache`].
@@ -34,7 +46,7 @@ struct Args {
     database: Option<String>,
 
     /// The key prefix of the applications' smache instances.
-    #[arg(long, env = "SMACHE_PREFIX", default_value = smache::DEFAULT_PREFIX)]
+    #[arg(long, env = "SMACHE_PREFIX", default_value = smache::DEFAULT_PREFIX, global = true)]
     prefix: String,
 
     /// Seconds the watcher's lease lasts; a standby worker takes over
@@ -43,8 +55,24 @@ struct Args {
     lease_secs: u64,
 
     /// Log filter, as RUST_LOG (e.g. `info`, `smache=debug`).
-    #[arg(long, env = "SMACHE_LOG", default_value = "info")]
+    #[arg(long, env = "SMACHE_LOG", default_value = "info", global = true)]
     log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prints what smache holds in Redis, for operators.
+    Inspect {
+        #[command(subcommand)]
+        what: Inspect,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Inspect {
+    /// The jobs queued, held by executors and given up (dead letters),
+    /// grouped by function; flags jobs no live executor can run.
+    Jobs,
 }
 
 #[tokio::main]
@@ -63,7 +91,28 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), smache::Error> {
-    let options = mongodb::options::ClientOptions::parse(&args.mongodb_uri).await?;
+    let Some(redis_url) = args.redis_url.clone() else {
+        return Err(smache::Error::Config(
+            "--redis-url (or SMACHE_REDIS_URL) is required".into(),
+        ));
+    };
+    if let Some(Command::Inspect {
+        what: Inspect::Jobs,
+    }) = args.command
+    {
+        let smache = Smache::builder()
+            .redis_url(redis_url)
+            .prefix(args.prefix)
+            .build()?;
+        print!("{}", smache.inspect_jobs().await?);
+        return Ok(());
+    }
+    let Some(mongodb_uri) = args.mongodb_uri.clone() else {
+        return Err(smache::Error::Config(
+            "--mongodb-uri (or SMACHE_MONGODB_URI) is required".into(),
+        ));
+    };
+    let options = mongodb::options::ClientOptions::parse(&mongodb_uri).await?;
     let database = args
         .database
         .clone()
@@ -71,7 +120,7 @@ async fn run(args: Args) -> Result<(), smache::Error> {
         .unwrap_or_else(|| "smache".to_owned());
     let client = mongodb::Client::with_options(options)?;
     let smache = Smache::builder()
-        .redis_url(args.redis_url)
+        .redis_url(redis_url)
         .mongodb(&client, &database)
         .prefix(args.prefix)
         .build()?;

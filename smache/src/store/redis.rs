@@ -52,6 +52,7 @@ struct Scripts {
     renew: Script,
     alias: Script,
     fanout: Script,
+    dead: Script,
     submit: Script,
     finish: Script,
     attach: Script,
@@ -82,6 +83,7 @@ impl Scripts {
             renew: script!("renew.lua"),
             alias: script!("alias.lua"),
             fanout: script!("fanout.lua"),
+            dead: script!("dead.lua"),
             submit: script!("submit.lua"),
             finish: script!("finish.lua"),
             attach: script!("attach.lua"),
@@ -471,6 +473,30 @@ impl RedisStore {
             .arg(crate::executor::GROUP);
         self.bounded("fanout", invocation.invoke_async(&mut conn))
             .await
+    }
+
+    /// Moves job `entry` to the dead-letter stream with `reason` and
+    /// acknowledges it; false if it was gone already.
+    pub(crate) async fn dead_letter(
+        &self,
+        base: &str,
+        entry: &str,
+        reason: &str,
+        consumer: &str,
+    ) -> Result<bool> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.dead.key(format!("{base}jobs"));
+        invocation
+            .key(format!("{base}dead"))
+            .arg(entry)
+            .arg(crate::executor::GROUP)
+            .arg(reason)
+            .arg(consumer)
+            .arg(crate::executor::DEAD_LETTERS_KEPT);
+        let moved: i64 = self
+            .bounded("dead_letter", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(moved == 1)
     }
 
     /// Queues a background refresh of a value past its time-to-live.

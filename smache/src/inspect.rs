@@ -1,0 +1,470 @@
+//! What operators see: the jobs queued, held and given up.
+//!
+//! [`Smache::inspect_jobs`] reads the job stream (`{prefix}:jobs`), its
+//! consumer group, the dead letters (`{prefix}:dead`) and what the live
+//! executors announced they can run (`{prefix}:fns`), and groups the jobs by
+//! what they run. A job for a function that no live executor has (a deploy
+//! in progress, a function renamed or given a new `version`) is never
+//! dropped: it stays queued for an executor that has it, and shows here.
+//! `smache-worker inspect jobs` prints the report.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), smache::Error> {
+//! let smache = smache::Smache::builder()
+//!     .redis_url("redis://127.0.0.1:6379/")
+//!     .build()?;
+//! let report = smache.inspect_jobs().await?;
+//! for group in report.groups.iter().filter(|g| g.orphaned()) {
+//!     eprintln!("{}: {} jobs no executor can run", group.what, group.queued);
+//! }
+//! println!("{report}");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use redis::streams::StreamRangeReply;
+
+use crate::error::{Error, Result};
+use crate::executor::GROUP;
+use crate::instance::Smache;
+use crate::store::Store;
+
+/// An executor that has not announced a function for this long is taken
+/// for gone (they announce every third of
+/// [`RECLAIM_AFTER`](crate::executor::RECLAIM_AFTER)).
+pub const ANNOUNCED_WITHIN: Duration = Duration::from_secs(60);
+
+/// At most this many jobs are read to group them; a longer stream is
+/// reported as [`JobsReport::truncated`].
+pub const MAX_SCANNED: usize = 100_000;
+
+/// How many of the latest dead letters a report lists.
+pub const RECENT_DEAD_LETTERS: usize = 10;
+
+/// The state of the job stream; see the [module docs](self).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct JobsReport {
+    /// The stream's key.
+    pub stream: String,
+    /// Jobs in the stream (acknowledged jobs are deleted, so all of these
+    /// are either held by an executor or waiting for one).
+    pub queued: u64,
+    /// Jobs delivered to an executor and not acknowledged yet: running,
+    /// waiting between retries, or left for an executor that can run them.
+    pub held: u64,
+    /// Held jobs per executor (consumer name).
+    pub held_by: Vec<(String, u64)>,
+    /// The jobs grouped by what they run, most queued first.
+    pub groups: Vec<JobGroup>,
+    /// Whether the stream held more than [`MAX_SCANNED`] jobs, so the
+    /// groups count only the oldest of them.
+    pub truncated: bool,
+    /// The dead-letter stream's key.
+    pub dead_stream: String,
+    /// Jobs given up (kept up to about
+    /// [`DEAD_LETTERS_KEPT`](crate::executor::DEAD_LETTERS_KEPT)).
+    pub dead: u64,
+    /// The latest dead letters, newest first.
+    pub recent_dead: Vec<DeadLetter>,
+}
+
+/// The jobs of one kind, for one function or callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobGroup {
+    /// What the jobs run: `recompute <name>#<version>`, `task <name>#<version>`,
+    /// `callback <name>`, `fan-out`, `relation <collection>`, or `unknown`.
+    pub what: String,
+    /// Jobs of this group in the stream.
+    pub queued: u64,
+    /// Of those, delivered and not acknowledged.
+    pub held: u64,
+    /// The most times one of them was delivered: a number that keeps
+    /// growing means no executor finishes it.
+    pub max_deliveries: u64,
+    /// The age of the oldest.
+    pub oldest: Duration,
+    /// Whether any executor runs these jobs (fan-out, relation, and jobs
+    /// of no known kind, which executors dead-letter).
+    pub any_executor: bool,
+    /// How long ago a live executor last announced it can run these jobs;
+    /// `None` if none did within [`ANNOUNCED_WITHIN`].
+    pub announced: Option<Duration>,
+}
+
+impl JobGroup {
+    /// Whether no live executor can run these jobs: they wait for one.
+    #[must_use]
+    pub fn orphaned(&self) -> bool {
+        !self.any_executor && self.announced.is_none()
+    }
+}
+
+/// A job an executor gave up: malformed, or failed on every attempt of the
+/// [`Retry`](crate::Retry) policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// How long ago it was given up.
+    pub age: Duration,
+    /// What the job ran, as in [`JobGroup::what`], with its value id.
+    pub job: String,
+    /// Why it was given up.
+    pub reason: String,
+    /// The executor that gave it up.
+    pub by: String,
+}
+
+impl Smache {
+    /// Reports the jobs queued, held and given up; see [`crate::inspect`].
+    ///
+    /// # Errors
+    /// [`Error::Config`] without the Redis store; [`Error::Redis`] if Redis
+    /// cannot be read.
+    pub async fn inspect_jobs(&self) -> Result<JobsReport> {
+        let Store::Redis(store) = &self.inner.store else {
+            return Err(Error::Config("inspect needs the Redis store".into()));
+        };
+        let base = &self.inner.base;
+        let stream = format!("{base}jobs");
+        let dead_stream = format!("{base}dead");
+        let mut conn = store.shared().await?;
+        let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        let now_ms = seconds * 1000 + micros / 1000;
+        let age = |entry: &str| Duration::from_millis(now_ms.saturating_sub(entry_ms(entry)));
+
+        let announced: HashMap<String, u64> = redis::cmd("HGETALL")
+            .arg(format!("{base}fns"))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        let announced_age = |field: &str| {
+            announced
+                .get(field)
+                .map(|at| Duration::from_millis(now_ms.saturating_sub(*at)))
+                .filter(|age| *age <= ANNOUNCED_WITHIN)
+        };
+
+        // Held entries: who holds them and how often each was delivered.
+        let mut deliveries: HashMap<String, u64> = HashMap::new();
+        let mut held_by: BTreeMap<String, u64> = BTreeMap::new();
+        let mut from = "-".to_owned();
+        loop {
+            let page: redis::RedisResult<Vec<(String, String, u64, u64)>> = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg(GROUP)
+                .arg(&from)
+                .arg("+")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await;
+            // No stream or no group yet: nothing is held.
+            let page = page.unwrap_or_default();
+            for (entry, consumer, _idle, delivered) in &page {
+                deliveries.insert(entry.clone(), *delivered);
+                *held_by.entry(consumer.clone()).or_default() += 1;
+            }
+            match page.last() {
+                Some((last, ..)) if page.len() == 1000 && deliveries.len() < MAX_SCANNED => {
+                    from = format!("({last}");
+                }
+                _ => break,
+            }
+        }
+
+        let mut groups: BTreeMap<String, JobGroup> = BTreeMap::new();
+        let mut scanned = 0;
+        let mut from = "-".to_owned();
+        let mut truncated = false;
+        loop {
+            let page: Vec<(String, HashMap<String, String>)> =
+                read_page(&mut conn, &stream, &from, 1000)
+                    .await
+                    .unwrap_or_default();
+            for (entry, fields) in &page {
+                let (what, announced_as) = describe(fields);
+                let group = groups.entry(what.clone()).or_insert_with(|| JobGroup {
+                    what,
+                    queued: 0,
+                    held: 0,
+                    max_deliveries: 0,
+                    oldest: Duration::ZERO,
+                    any_executor: announced_as.is_none(),
+                    announced: announced_as.as_deref().and_then(announced_age),
+                });
+                group.queued += 1;
+                if let Some(delivered) = deliveries.get(entry) {
+                    group.held += 1;
+                    group.max_deliveries = group.max_deliveries.max(*delivered);
+                }
+                group.oldest = group.oldest.max(age(entry));
+            }
+            scanned += page.len();
+            match page.last() {
+                Some((last, _)) if page.len() == 1000 => {
+                    if scanned >= MAX_SCANNED {
+                        truncated = true;
+                        break;
+                    }
+                    from = format!("({last}");
+                }
+                _ => break,
+            }
+        }
+        let mut groups: Vec<JobGroup> = groups.into_values().collect();
+        groups.sort_by(|a, b| b.queued.cmp(&a.queued).then_with(|| a.what.cmp(&b.what)));
+
+        let queued: u64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(0);
+        let dead: u64 = redis::cmd("XLEN")
+            .arg(&dead_stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(0);
+        let latest: StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(&dead_stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(RECENT_DEAD_LETTERS)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        let latest = entries(latest);
+        let recent_dead = latest
+            .into_iter()
+            .map(|(entry, fields)| {
+                let (what, _) = describe(&fields);
+                let job = match fields.get("id") {
+                    Some(id) => format!("{} {id}", what.split(' ').next().unwrap_or("")),
+                    None => what,
+                };
+                DeadLetter {
+                    age: age(&entry),
+                    job,
+                    reason: fields.get("reason").cloned().unwrap_or_default(),
+                    by: fields.get("by").cloned().unwrap_or_default(),
+                }
+            })
+            .collect();
+        Ok(JobsReport {
+            stream,
+            queued,
+            held: deliveries.len() as u64,
+            held_by: held_by.into_iter().collect(),
+            groups,
+            truncated,
+            dead_stream,
+            dead,
+            recent_dead,
+        })
+    }
+}
+
+async fn read_page(
+    conn: &mut redis::aio::ConnectionManager,
+    stream: &str,
+    from: &str,
+    count: usize,
+) -> redis::RedisResult<Vec<(String, HashMap<String, String>)>> {
+    let reply: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(from)
+        .arg("+")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    Ok(entries(reply))
+}
+
+/// Stream entries as their ids and text fields (other bytes lossily).
+fn entries(reply: StreamRangeReply) -> Vec<(String, HashMap<String, String>)> {
+    reply
+        .ids
+        .into_iter()
+        .map(|entry| {
+            let fields = entry
+                .map
+                .into_iter()
+                .map(|(field, value)| {
+                    let text = match value {
+                        redis::Value::BulkString(bytes) => {
+                            String::from_utf8_lossy(&bytes).into_owned()
+                        }
+                        redis::Value::SimpleString(text) => text,
+                        other => format!("{other:?}"),
+                    };
+                    (field, text)
+                })
+                .collect();
+            (entry.id, fields)
+        })
+        .collect()
+}
+
+/// What a job runs, and the `{prefix}:fns` field of the executors that
+/// can run it (`None`: any executor can).
+fn describe(fields: &HashMap<String, String>) -> (String, Option<String>) {
+    let head = |id: &str| {
+        crate::executor::split_value_id(id)
+            .map_or(id, |(head, _)| head)
+            .to_owned()
+    };
+    if fields.contains_key("fan") {
+        return ("fan-out".into(), None);
+    }
+    if let (Some(name), true) = (fields.get("cb"), fields.contains_key("task")) {
+        return (format!("callback {name}"), Some(format!("cb:{name}")));
+    }
+    if let Some(id) = fields.get("id") {
+        let head = head(id);
+        let kind = if fields.contains_key("task") {
+            "task"
+        } else {
+            "recompute"
+        };
+        return (format!("{kind} {head}"), Some(head));
+    }
+    if let Some(collection) = fields.get("rel") {
+        return (format!("relation {collection}"), None);
+    }
+    ("unknown".into(), None)
+}
+
+/// The milliseconds part of a stream entry id (`<ms>-<seq>`).
+fn entry_ms(entry: &str) -> u64 {
+    entry
+        .split_once('-')
+        .map_or(entry, |(ms, _)| ms)
+        .parse()
+        .unwrap_or(0)
+}
+
+/// A compact age: `850 ms`, `12 s`, `3.5 min`, `2.0 h`.
+fn age(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{} s", ms / 1000)
+    } else if ms < 3_600_000 {
+        format!("{:.1} min", d.as_secs_f64() / 60.0)
+    } else {
+        format!("{:.1} h", d.as_secs_f64() / 3600.0)
+    }
+}
+
+impl fmt::Display for JobsReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "jobs ({}): {} queued, {} held by an executor, {} waiting",
+            self.stream,
+            self.queued,
+            self.held,
+            self.queued.saturating_sub(self.held)
+        )?;
+        for (consumer, held) in &self.held_by {
+            writeln!(f, "  held by {consumer}: {held}")?;
+        }
+        if !self.groups.is_empty() {
+            let width = self.groups.iter().map(|g| g.what.len()).max().unwrap_or(0);
+            writeln!(
+                f,
+                "  {:width$}  {:>7}  {:>5}  {:>10}  {:>9}  executor",
+                "job", "queued", "held", "deliveries", "oldest"
+            )?;
+            for group in &self.groups {
+                let executor = match group.announced {
+                    _ if group.any_executor => "any".to_owned(),
+                    Some(seen) => format!("seen {} ago", age(seen)),
+                    None => "NONE: waits for an executor that has it".to_owned(),
+                };
+                writeln!(
+                    f,
+                    "  {:width$}  {:>7}  {:>5}  {:>10}  {:>9}  {executor}",
+                    group.what,
+                    group.queued,
+                    group.held,
+                    group.max_deliveries,
+                    age(group.oldest),
+                )?;
+            }
+        }
+        if self.truncated {
+            writeln!(f, "  (only the oldest {MAX_SCANNED} jobs were grouped)")?;
+        }
+        writeln!(f, "dead letters ({}): {}", self.dead_stream, self.dead)?;
+        for letter in &self.recent_dead {
+            writeln!(
+                f,
+                "  {} ago  {}  {}  (by {})",
+                age(letter.age),
+                letter.job,
+                letter.reason,
+                letter.by
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn jobs_are_described_by_what_runs_them() {
+        assert_eq!(
+            describe(&fields(&[("id", "app::card#2:o:0123")])),
+            ("recompute app::card#2".into(), Some("app::card#2".into()))
+        );
+        assert_eq!(
+            describe(&fields(&[("id", "card#2:o:0123")])),
+            ("recompute card#2".into(), Some("card#2".into()))
+        );
+        assert_eq!(
+            describe(&fields(&[("id", "app::card#2:1"), ("task", "t")])),
+            ("task app::card#2".into(), Some("app::card#2".into()))
+        );
+        assert_eq!(
+            describe(&fields(&[("cb", "mail"), ("task", "t"), ("args", "")])),
+            ("callback mail".into(), Some("cb:mail".into()))
+        );
+        assert_eq!(
+            describe(&fields(&[("fan", "e:users:o:1"), ("cur", "0")])),
+            ("fan-out".into(), None)
+        );
+        assert_eq!(
+            describe(&fields(&[("rel", "orders"), ("doc", "o:1")])),
+            ("relation orders".into(), None)
+        );
+        assert_eq!(describe(&fields(&[("x", "y")])), ("unknown".into(), None));
+    }
+
+    #[test]
+    fn ages_read_at_a_glance() {
+        assert_eq!(entry_ms("1700000000123-4"), 1_700_000_000_123);
+        assert_eq!(entry_ms("garbage"), 0);
+        assert_eq!(age(Duration::from_millis(850)), "850 ms");
+        assert_eq!(age(Duration::from_secs(12)), "12 s");
+        assert_eq!(age(Duration::from_secs(210)), "3.5 min");
+        assert_eq!(age(Duration::from_secs(7200)), "2.0 h");
+    }
+}
