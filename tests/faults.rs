@@ -231,6 +231,15 @@ async fn a_worker_starting_without_a_saved_position_leaves_no_value_stale() {
         "the value stored before the worker started was refreshed\n{}",
         worker.log()
     );
+    // The watching worker published its settings for the scripts.
+    let mut conn = smache_suite::redis_connection(&redis.url()).await;
+    let max_fanout: u64 = redis::cmd("HGET")
+        .arg(format!("{{{prefix}}}:config"))
+        .arg("max_fanout")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(max_fanout, smache::worker::DEFAULT_MAX_FANOUT);
 
     smache.stop_executor().await.unwrap();
     assert!(worker.terminate(), "{}", worker.log());

@@ -337,6 +337,81 @@ async fn a_value_with_many_dependants_fans_out_in_chunks() {
     executor.shutdown().await.unwrap();
 }
 
+#[computed(Raw, Raw)]
+async fn counted_parent(tag: String, n: u32) -> String {
+    let mut conn = redis_connection(&redis_url()).await;
+    let _: u64 = conn.incr(format!("{tag}:runs:{n}"), 1).await.unwrap();
+    format!("{n}: {}", shared_setting(tag).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_past_max_fanout_marks_its_dependants_stale_and_readers_recompute() {
+    const PARENTS: u32 = 12;
+    let smache = instance();
+    let tag = unique("lazy");
+    let base = format!("{{{}}}:", smache.prefix());
+    let mut conn = redis_connection(&redis_url()).await;
+    // As the watching worker does with WorkerOptions::max_fanout(5).
+    let _: () = conn
+        .hset(format!("{base}config"), "max_fanout", 5)
+        .await
+        .unwrap();
+    for n in 0..PARENTS {
+        smache.scope(counted_parent(tag.clone(), n)).await;
+    }
+    let child = id_of(&smache, &shared_setting::key(tag.clone()).unwrap());
+    assert!(smache
+        .invalidate(&shared_setting::key(tag.clone()).unwrap())
+        .await
+        .unwrap());
+    let jobs = conn
+        .xrange_all::<_, redis::streams::StreamRangeReply>(format!("{base}jobs"))
+        .await
+        .unwrap()
+        .ids;
+    assert_eq!(jobs.len(), 1, "one lazy fan-out job");
+    assert_eq!(jobs[0].get::<String>("fan"), Some(format!("v:{child}")));
+    assert_eq!(jobs[0].get::<String>("lazy"), Some("1".into()));
+    assert_eq!(jobs[0].get::<u64>("n"), Some(u64::from(PARENTS)));
+
+    // The executor marks them stale and queues no recompute.
+    let executor = smache::executor::spawn(&smache);
+    let marked = smache_suite::eventually(Duration::from_secs(10), || async {
+        let len: u64 = redis_connection(&redis_url())
+            .await
+            .xlen(format!("{base}jobs"))
+            .await
+            .unwrap();
+        len == 0
+    })
+    .await;
+    assert!(marked, "the fan-out job is done");
+    for n in 0..PARENTS {
+        let key = counted_parent::key(tag.clone(), n).unwrap();
+        assert!(!smache.is_fresh(&key).await.unwrap(), "parent {n} is stale");
+        let runs: u64 = conn.get(format!("{tag}:runs:{n}")).await.unwrap();
+        assert_eq!(runs, 1, "parent {n} was not recomputed in the background");
+    }
+    // Its next read recomputes it rather than serving the stale value.
+    smache.scope(counted_parent(tag.clone(), 3)).await;
+    let runs: u64 = conn.get(format!("{tag}:runs:3")).await.unwrap();
+    assert_eq!(runs, 2, "recomputed by its reader");
+    // (That read stored the child anew, which tells its 12 parents: past
+    // the limit again, so they are marked once more, and a read after that
+    // finds everything settled.)
+    let key = counted_parent::key(tag.clone(), 4).unwrap();
+    let settled = smache_suite::eventually(Duration::from_secs(10), || async {
+        smache.scope(counted_parent(tag.clone(), 4)).await;
+        smache.is_fresh(&key).await.unwrap()
+    })
+    .await;
+    assert!(
+        settled,
+        "a read leaves the value fresh once nothing changes"
+    );
+    executor.shutdown().await.unwrap();
+}
+
 /// Per-tag gates for `raced`: each computation takes the next gate and
 /// the data as it is when it starts.
 static GATES: Mutex<Vec<(String, std::sync::Arc<Notify>)>> = Mutex::new(Vec::new());

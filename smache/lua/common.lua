@@ -5,7 +5,8 @@
 --                      w generation the stored value was computed at, q job pending,
 --                      a full arguments (only when the id holds their hash),
 --                      m "1" when the function is `mark_stale` (no background job),
---                      t when it went stale, s when its last recompute started
+--                      t when it went stale (0: no recompute is queued, the
+--                      next read recomputes), s when its last recompute started
 --                      (ms, Redis clock), e when its time-to-live ends (ms,
 --                      the writer's clock), c/cx the compute lease (owner, end),
 --                      k the id of the submitted task pending for it,
@@ -18,9 +19,12 @@
 --                      submitted task; `cb`+`args`+`task` a callback to run;
 --                      `rel`+`doc` a related document changed; `fan`+`cur`
 --                      signal the dependants of a token, a chunk at a time
+--                      (`lazy` "1": past max_fanout, mark them stale only)
 --   base.."dead"       stream of the jobs executors gave up (dead.lua): the
 --                      job's own fields plus `job` its entry id, `reason`,
 --                      `by` the executor
+--   base.."config"     hash: `max_fanout` the most dependants one change
+--                      recomputes eagerly (set by the watching worker)
 --   base.."fns"        hash: `name#version` (a function) or `cb:<name>` (a
 --                      callback) → when an executor that has it last said
 --                      so (ms); what `inspect` reads to spot orphaned jobs
@@ -93,7 +97,10 @@ end
 -- and queue one recompute job, unless one is already pending or the
 -- function only wants its values marked stale. A value that
 -- no longer exists only loses its edges. Returns 1 if a job was queued.
-local function signal(base, id)
+-- `lazy` (a change past max_fanout): no job; unless one is pending, the
+-- value is marked as stale with none coming (`t` 0), so the next read
+-- recomputes it rather than serving it stale.
+local function signal(base, id, lazy)
   local vkey = base .. 'v:' .. id
   if redis.call('TYPE', vkey)['ok'] ~= 'hash' or redis.call('HEXISTS', vkey, 'l') == 1 then
     drop_edges(base, id)
@@ -106,6 +113,12 @@ local function signal(base, id)
   end
   redis.call('HSET', vkey, 'g', g + 1)
   if redis.call('HGET', vkey, 'm') == '1' then
+    return 0
+  end
+  if lazy then
+    if redis.call('HEXISTS', vkey, 'q') == 0 then
+      redis.call('HSET', vkey, 't', 0)
+    end
     return 0
   end
   if redis.call('HSETNX', vkey, 'q', 1) == 1 then
@@ -121,9 +134,28 @@ end
 -- long however many values depend on one document.
 local FANOUT_CHUNK = 1000
 
+-- The most dependants one change recomputes eagerly, unless the watching
+-- worker set another (`config` max_fanout; WorkerOptions::max_fanout). Past
+-- it they are marked stale in chunks and recomputed when next read.
+local DEFAULT_MAX_FANOUT = 100000
+
+local function max_fanout(base)
+  return tonumber(redis.call('HGET', typed(base .. 'config', 'hash'), 'max_fanout'))
+    or DEFAULT_MAX_FANOUT
+end
+
 local function signal_dependents(base, token)
   local rkey = typed(base .. 'r:' .. token, 'set')
-  if redis.call('SCARD', rkey) > FANOUT_CHUNK then
+  local n = redis.call('SCARD', rkey)
+  if n == 0 then
+    return 0
+  end
+  if n > max_fanout(base) then
+    redis.call('XADD', typed(base .. 'jobs', 'stream'), '*', 'fan', token, 'cur', '0',
+      'lazy', '1', 'n', n)
+    return 1
+  end
+  if n > FANOUT_CHUNK then
     redis.call('XADD', typed(base .. 'jobs', 'stream'), '*', 'fan', token, 'cur', '0')
     return 1
   end

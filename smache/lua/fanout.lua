@@ -9,7 +9,8 @@
 --
 -- KEYS[1]  the jobs stream
 -- ARGV[1]  base, ARGV[2] token, ARGV[3] SSCAN cursor, ARGV[4] this job's
---          stream entry id, ARGV[5] the consumer group
+--          stream entry id, ARGV[5] the consumer group, ARGV[6] "1" for a
+--          change past max_fanout (mark stale only, no recompute jobs)
 -- Returns the number of recompute jobs queued.
 local base, token, entry = ARGV[1], ARGV[2], ARGV[4]
 local jobs = typed(KEYS[1], 'stream')
@@ -17,12 +18,17 @@ if #redis.call('XRANGE', jobs, entry, entry) == 0 then
   return 0
 end
 local reply = redis.call('SSCAN', typed(base .. 'r:' .. token, 'set'), ARGV[3], 'COUNT', FANOUT_CHUNK)
+local lazy = ARGV[6] == '1'
 if reply[1] ~= '0' then
-  redis.call('XADD', jobs, '*', 'fan', token, 'cur', reply[1])
+  if lazy then
+    redis.call('XADD', jobs, '*', 'fan', token, 'cur', reply[1], 'lazy', '1')
+  else
+    redis.call('XADD', jobs, '*', 'fan', token, 'cur', reply[1])
+  end
 end
 local queued = 0
 for _, id in ipairs(reply[2]) do
-  queued = queued + signal(base, id)
+  queued = queued + signal(base, id, lazy)
 end
 redis.call('XACK', jobs, ARGV[5], entry)
 redis.call('XDEL', jobs, entry)

@@ -275,8 +275,15 @@ pub async fn run_until(
                     Task::Callback { name, task, args } => {
                         executor.callback(&entry, &name, &task, args).await;
                     }
-                    Task::FanOut { token, cursor } => {
-                        executor.fan_out(&entry, &token, &cursor).await;
+                    Task::FanOut {
+                        token,
+                        cursor,
+                        lazy,
+                        dependants,
+                    } => {
+                        executor
+                            .fan_out(&entry, &token, &cursor, lazy, dependants)
+                            .await;
                     }
                     Task::Related { collection, doc } => {
                         executor.relate(&entry, &collection, &doc).await;
@@ -373,6 +380,10 @@ enum Task {
     FanOut {
         token: String,
         cursor: String,
+        /// Past max_fanout: mark stale only.
+        lazy: bool,
+        /// How many dependants the change had (lazy jobs say).
+        dependants: Option<u64>,
     },
     /// Run the callback `name` of the finished task `task`.
     Callback {
@@ -395,6 +406,8 @@ impl Task {
             return Task::FanOut {
                 token,
                 cursor: entry.get::<String>("cur").unwrap_or_else(|| "0".into()),
+                lazy: entry.get::<String>("lazy").is_some_and(|v| v == "1"),
+                dependants: entry.get::<u64>("n"),
             };
         }
         if let (Some(name), Some(task)) = (entry.get::<String>("cb"), entry.get::<String>("task")) {
@@ -827,11 +840,27 @@ impl Executor {
     }
 
     /// Signals one chunk of a token's many dependants; the script queues
-    /// the next chunk and acknowledges the job.
-    async fn fan_out(&self, entry: &str, token: &str, cursor: &str) {
+    /// the next chunk and acknowledges the job. `lazy`: the change has more
+    /// dependants than `max_fanout`; they are only marked stale.
+    async fn fan_out(
+        &self,
+        entry: &str,
+        token: &str,
+        cursor: &str,
+        lazy: bool,
+        dependants: Option<u64>,
+    ) {
+        if lazy && cursor == "0" {
+            tracing::warn!(
+                token,
+                dependants,
+                "smache executor: a change has more dependants than max_fanout; they are marked \
+                 stale without a recompute each, and recomputed when next read"
+            );
+        }
         match self
             .store
-            .fan_out(&self.smache.inner.base, token, cursor, entry)
+            .fan_out(&self.smache.inner.base, token, cursor, entry, lazy)
             .await
         {
             Ok(queued) => {

@@ -32,12 +32,25 @@ use crate::error::{Error, Result};
 use crate::instance::Smache;
 use crate::store::{RedisStore, Store};
 
+/// The default of [`WorkerOptions::max_fanout`].
+pub const DEFAULT_MAX_FANOUT: u64 = 100_000;
+
 /// The worker's tunables.
+///
+/// ```
+/// use std::time::Duration;
+/// use smache::worker::WorkerOptions;
+///
+/// let options = WorkerOptions::default()
+///     .lease(Duration::from_secs(5))
+///     .max_fanout(20_000);
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct WorkerOptions {
     lease: Duration,
     await_time: Duration,
+    max_fanout: u64,
 }
 
 impl Default for WorkerOptions {
@@ -45,6 +58,7 @@ impl Default for WorkerOptions {
         WorkerOptions {
             lease: Duration::from_secs(10),
             await_time: Duration::from_millis(500),
+            max_fanout: DEFAULT_MAX_FANOUT,
         }
     }
 }
@@ -61,6 +75,22 @@ impl WorkerOptions {
     /// 500 ms); also the worker's reaction time to shutdown.
     pub fn await_time(mut self, await_time: Duration) -> Self {
         self.await_time = await_time;
+        self
+    }
+
+    /// The most values one change recomputes in the background (default
+    /// [`DEFAULT_MAX_FANOUT`]). A document with more dependants is logged
+    /// (a warning naming it and the count) and its dependants are marked
+    /// stale without a job each: every one is recomputed by its next
+    /// caller, and never served stale. Protects the executors from a hot
+    /// document (a shared settings record, say) that would queue a
+    /// recompute of half the cache on each change.
+    ///
+    /// The watching worker stores it in Redis (`{prefix}:config`), where
+    /// every script that signals dependants reads it, so the worker that
+    /// watches sets it for the deployment.
+    pub fn max_fanout(mut self, max: u64) -> Self {
+        self.max_fanout = max;
         self
     }
 }
@@ -200,6 +230,7 @@ impl Worker<'_> {
 
     /// Follows the change stream until shutdown, loss of the lease or an error.
     async fn watch(&mut self, shutdown: &(impl Future<Output = ()> + Clone)) -> Result<Ended> {
+        self.publish_config().await?;
         let saved = match self.saved_token().await? {
             Some(token) => Some(token),
             None => self.position_when_none_is_saved().await?,
@@ -381,6 +412,18 @@ impl Worker<'_> {
         }
     }
 
+    /// Stores the settings the scripts read (`{prefix}:config`).
+    async fn publish_config(&self) -> Result<()> {
+        let mut conn = self.store.shared().await?;
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{}config", self.keys.base))
+            .arg("max_fanout")
+            .arg(self.options.max_fanout)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// Where to start when Redis holds no position: where this worker last
     /// was, if it watched before (Redis lost its data while we ran: replay
     /// the changes since); else from now, owing a stale-marking of every
@@ -531,4 +574,20 @@ pub(crate) fn glob_escape(literal: &str) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scripts_default_fanout_limit_is_the_documented_one() {
+        let common = include_str!("../lua/common.lua");
+        assert!(
+            common.contains(&format!(
+                "local DEFAULT_MAX_FANOUT = {DEFAULT_MAX_FANOUT}\n"
+            )),
+            "lua/common.lua and worker::DEFAULT_MAX_FANOUT disagree"
+        );
+    }
 }

@@ -54,6 +54,12 @@ struct Args {
     #[arg(long, env = "SMACHE_WORKER_LEASE_SECS", default_value_t = 10)]
     lease_secs: u64,
 
+    /// The most values one change recomputes in the background; a
+    /// document with more dependants has them marked stale, each
+    /// recomputed by its next caller.
+    #[arg(long, env = "SMACHE_MAX_FANOUT", default_value_t = smache::worker::DEFAULT_MAX_FANOUT)]
+    max_fanout: u64,
+
     /// Log filter, as RUST_LOG (e.g. `info`, `smache=debug`).
     #[arg(long, env = "SMACHE_LOG", default_value = "info", global = true)]
     log: String,
@@ -129,6 +135,8 @@ async fn run(args: Args) -> Result<(), smache::Error> {
         database,
         "smache-worker: starting"
     );
-    let options = WorkerOptions::default().lease(Duration::from_secs(args.lease_secs.max(1)));
+    let options = WorkerOptions::default()
+        .lease(Duration::from_secs(args.lease_secs.max(1)))
+        .max_fanout(args.max_fanout);
     smache::worker::run(smache, options).await
 }

@@ -462,6 +462,7 @@ impl RedisStore {
         token: &str,
         cursor: &str,
         entry: &str,
+        lazy: bool,
     ) -> Result<u64> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.fanout.key(format!("{base}jobs"));
@@ -470,7 +471,8 @@ impl RedisStore {
             .arg(token)
             .arg(cursor)
             .arg(entry)
-            .arg(crate::executor::GROUP);
+            .arg(crate::executor::GROUP)
+            .arg(if lazy { "1" } else { "0" });
         self.bounded("fanout", invocation.invoke_async(&mut conn))
             .await
     }
