@@ -29,6 +29,7 @@ pub const DEFAULT_MEMORY_CAPACITY: u64 = 64 * 1024 * 1024;
 
 enum RedisSource {
     Url(String),
+    Client(Box<redis::Client>),
     Manager(ConnectionManager),
 }
 
@@ -72,6 +73,7 @@ impl fmt::Debug for SmacheBuilder {
             None => "none",
             // A URL can carry a password: never print it.
             Some(RedisSource::Url(_)) => "url (redacted)",
+            Some(RedisSource::Client(_)) => "client (redacted)",
             Some(RedisSource::Manager(_)) => "connection manager",
         };
         f.debug_struct("SmacheBuilder")
@@ -102,8 +104,35 @@ impl SmacheBuilder {
         self
     }
 
+    /// Use a Redis client you built: for TLS with your own certificate
+    /// authority or a client certificate (`redis::Client::build_with_tls`),
+    /// or any connection setting a URL cannot express. Like
+    /// [`redis_url`](Self::redis_url), connections are made on first use,
+    /// and executors open their own from it for blocking reads.
+    ///
+    /// ```no_run
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/ssl/private-ca.pem")?;
+    /// let client = redis::Client::build_with_tls(
+    ///     "rediss://redis.internal:6380/",
+    ///     redis::TlsCertificates {
+    ///         client_tls: None,
+    ///         root_cert: Some(ca),
+    ///     },
+    /// )?;
+    /// let smache = smache::Smache::builder().redis_client(client).build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn redis_client(mut self, client: redis::Client) -> Self {
+        self.redis = Some(RedisSource::Client(Box::new(client)));
+        self
+    }
+
     /// Use an existing Redis connection manager (it is cloned per call, as
-    /// redis-rs intends).
+    /// redis-rs intends). Executors need [`redis_url`](Self::redis_url) or
+    /// [`redis_client`](Self::redis_client) instead, for connections of
+    /// their own.
     pub fn redis_connection(mut self, manager: ConnectionManager) -> Self {
         self.redis = Some(RedisSource::Manager(manager));
         self
@@ -342,6 +371,9 @@ impl SmacheBuilder {
                     Error::Config(format!("invalid Redis URL: {err}"))
                 })?;
                 Store::Redis(RedisStore::from_client(client, timeout))
+            }
+            Some(RedisSource::Client(client)) => {
+                Store::Redis(RedisStore::from_client(*client, timeout))
             }
             Some(RedisSource::Manager(manager)) => {
                 Store::Redis(RedisStore::from_manager(manager, timeout))

@@ -217,7 +217,7 @@ pub async fn run_until(
                 Ok(None) => {
                     heartbeat.abort();
                     return Err(Error::Config(
-                        "executors need SmacheBuilder::redis_url (a connection of their own for blocking reads)".into(),
+                        "executors need SmacheBuilder::redis_url or redis_client (a connection of their own for blocking reads)".into(),
                     ));
                 }
                 Err(err) => {
