@@ -133,8 +133,9 @@ impl World {
             .run_executor()
             .build()
             .unwrap();
-        let worker = WorkerProcess::start(&redis_url(), &mongodb_uri(), &database, &prefix);
-        worker.wait_watching(Duration::from_secs(20)).await;
+        // Started by `watching`, once the test's documents are in: their
+        // inserts are no changes to the values computed after.
+        let worker = WorkerProcess::prepare(&redis_url(), &mongodb_uri(), &database, &prefix);
         World {
             db: client.database(&database),
             smache,
@@ -185,10 +186,14 @@ impl World {
         );
     }
 
-    /// Waits until the worker holds its lease and follows the stream, so
-    /// that changes made from now on are seen.
-    async fn watching(&self) {
-        self.worker.wait_watching(Duration::from_secs(10)).await;
+    /// Starts the worker if it is not running, and waits until it holds
+    /// its lease and follows the stream, so that changes made from now on
+    /// are seen.
+    async fn watching(&mut self) {
+        if self.worker.pid().is_none() {
+            self.worker.restart();
+        }
+        self.worker.wait_watching(Duration::from_secs(20)).await;
     }
 
     async fn stop(mut self) {
@@ -204,7 +209,7 @@ impl World {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_refreshes_the_value_without_a_caller_computing_it() {
-    let world = World::new().await;
+    let mut world = World::new().await;
     let ada = world.insert_user("Ada").await;
     world.watching().await;
     assert_eq!(world.smache.scope(profile(&ada)).await, "profile of Ada");
@@ -234,7 +239,7 @@ async fn an_update_refreshes_the_value_without_a_caller_computing_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_recompute_is_retried_by_the_policy_then_given_up() {
-    let world = World::new().await;
+    let mut world = World::new().await;
     let ada = world.insert_user("Ada").await;
     world.watching().await;
     let checked = || async { checked_profile(&ada).await.unwrap_or_default() };
@@ -270,7 +275,7 @@ async fn a_failing_recompute_is_retried_by_the_policy_then_given_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nested_values_refresh_after_the_values_they_call() {
-    let world = World::new().await;
+    let mut world = World::new().await;
     let ada = world.insert_user("Ada").await;
     world.watching().await;
     assert_eq!(world.smache.scope(card(&ada)).await, "[profile of Ada]");
@@ -284,7 +289,7 @@ async fn nested_values_refresh_after_the_values_they_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collection_wide_source_refreshes_every_value() {
-    let world = World::new().await;
+    let mut world = World::new().await;
     let settings = world.db.collection::<Setting>("settings");
     settings
         .insert_one(Setting {
@@ -321,7 +326,7 @@ async fn a_collection_wide_source_refreshes_every_value() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn related_documents_refresh_the_values_they_map_to() {
-    let world = World::new().await;
+    let mut world = World::new().await;
     let ada = world.insert_user("Ada").await;
     let orders = world.db.collection::<Order>("orders");
     let order = |total| Order {
@@ -352,7 +357,7 @@ async fn related_documents_refresh_the_values_they_map_to() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_document_drops_its_values() {
-    let world = World::new().await;
+    let mut world = World::new().await;
     let ada = world.insert_user("Ada").await;
     world.watching().await;
     world.smache.scope(card(&ada)).await;
@@ -390,7 +395,7 @@ async fn a_deleted_document_drops_its_values() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_updates_ends_with_the_last_one_and_few_recomputes() {
-    let world = World::new().await;
+    let mut world = World::new().await;
     let ada = world.insert_user("v0").await;
     world.watching().await;
     world.smache.scope(profile(&ada)).await;
@@ -425,7 +430,7 @@ async fn a_burst_of_updates_ends_with_the_last_one_and_few_recomputes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mark_stale_values_are_recomputed_by_the_next_call() {
-    let world = World::new().await;
+    let mut world = World::new().await;
     let ada = world.insert_user("Ada").await;
     world.watching().await;
     assert_eq!(world.smache.scope(lazy_profile(&ada)).await, "lazy Ada");
@@ -532,8 +537,9 @@ async fn a_standby_worker_takes_over_when_the_watcher_dies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_its_ttl_a_value_is_refreshed_in_the_background() {
-    let world = World::new().await;
+    let mut world = World::new().await;
     let ada = world.insert_user("Ada").await;
+    world.watching().await;
     world.smache.scope(short_profile(&ada)).await;
     let key = short_profile::key(&ada).unwrap();
     let first = world.smache.entry(&key).await.unwrap().unwrap();

@@ -234,6 +234,15 @@ impl WorkerProcess {
     /// Starts a worker for `prefix` on `database`, with a short lease so
     /// takeovers are quick.
     pub fn start(redis_url: &str, mongodb_uri: &str, database: &str, prefix: &str) -> Self {
+        let mut worker = Self::prepare(redis_url, mongodb_uri, database, prefix);
+        worker.restart();
+        worker
+    }
+
+    /// A worker as [`start`](Self::start) makes, not started yet: start it
+    /// with [`restart`](Self::restart) once the test's data is in place, so
+    /// that the stream does not report the test's own setup.
+    pub fn prepare(redis_url: &str, mongodb_uri: &str, database: &str, prefix: &str) -> Self {
         let args = vec![
             format!("--redis-url={redis_url}"),
             format!("--mongodb-uri={mongodb_uri}"),
@@ -243,15 +252,13 @@ impl WorkerProcess {
             "--log=smache=debug,info".to_owned(),
         ];
         let log = std::env::temp_dir().join(format!("{}.log", unique("smache-worker")));
-        let mut worker = WorkerProcess {
+        WorkerProcess {
             child: None,
             args,
             log,
             redis_url: redis_url.to_owned(),
             prefix: prefix.to_owned(),
-        };
-        worker.restart();
-        worker
+        }
     }
 
     /// Starts the process again after [`kill`](Self::kill).
