@@ -16,24 +16,21 @@
 -- ARGV[7..] tokens
 local vkey = KEYS[1]
 local base, id = ARGV[1], ARGV[2]
-local kind = redis.call('TYPE', vkey)['ok']
-if kind ~= 'hash' and kind ~= 'none' then
-  redis.call('DEL', vkey)
-end
-if redis.call('HEXISTS', vkey, 'l') == 1 then
+local link, holder, lease_end, g, has_value =
+  unpack(call_on('HMGET', vkey, 'l', 'c', 'cx', 'g', 'v'))
+if link then
   -- An alias now: compute without lease or edges (store.lua refuses it).
   return {'go', '0'}
 end
 local now = redis.call('TIME')
 local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
-local holder = redis.call('HGET', vkey, 'c')
-local lease_end = num(redis.call('HGET', vkey, 'cx'))
+lease_end = num(lease_end)
 if holder and holder ~= ARGV[5] and lease_end > now_ms then
   return {'wait', tostring(lease_end - now_ms)}
 end
-local g = num(redis.call('HGET', vkey, 'g'))
+g = num(g)
 redis.call('HSET', vkey, 'g', g, 'c', ARGV[5], 'cx', now_ms + num(ARGV[6]))
-if redis.call('HEXISTS', vkey, 'd') == 0 then
+if not has_value then
   if ARGV[3] ~= '' then redis.call('HSET', vkey, 'a', ARGV[3]) end
   redis.call('PEXPIRE', vkey, ARGV[4])
 end

@@ -74,21 +74,65 @@ local function collection_of(token)
   return string.match(token, '^c:(.+)$')
 end
 
+-- Runs command `cmd` on `key`; if the key holds another type (foreign or
+-- corrupt data), deletes it and runs the command again. One command on the
+-- usual path, where `typed` costs a TYPE before each.
+local function call_on(cmd, key, ...)
+  local reply = redis.pcall(cmd, key, ...)
+  if type(reply) == 'table' and reply.err then
+    if string.find(reply.err, 'WRONGTYPE', 1, true) then
+      redis.call('DEL', key)
+      return redis.call(cmd, key, ...)
+    end
+    error(reply)
+  end
+  return reply
+end
+
 local function add_edges(base, id, tokens)
-  local dkey = typed(base .. 'd:' .. id, 'set')
-  local collections = typed(base .. 'collections', 'set')
+  local dkey = base .. 'd:' .. id
   for _, token in ipairs(tokens) do
-    redis.call('SADD', dkey, token)
-    redis.call('SADD', typed(base .. 'r:' .. token, 'set'), id)
+    call_on('SADD', dkey, token)
+    call_on('SADD', base .. 'r:' .. token, id)
     local coll = collection_of(token)
-    if coll then redis.call('SADD', collections, coll) end
+    if coll then call_on('SADD', base .. 'collections', coll) end
+  end
+end
+
+-- Makes `tokens` the complete dependencies of `id`, touching only what
+-- changed: a recompute that reads what it read before costs one SMEMBERS
+-- and one SADD per token (re-asserting each reverse edge, in case it was
+-- lost), instead of dropping and re-adding every edge.
+local function set_edges(base, id, tokens)
+  local dkey = base .. 'd:' .. id
+  local old = {}
+  for _, token in ipairs(call_on('SMEMBERS', dkey)) do
+    old[token] = true
+  end
+  local new = {}
+  for _, token in ipairs(tokens) do
+    if not new[token] then
+      new[token] = true
+      call_on('SADD', base .. 'r:' .. token, id)
+      if not old[token] then
+        call_on('SADD', dkey, token)
+        local coll = collection_of(token)
+        if coll then call_on('SADD', base .. 'collections', coll) end
+      end
+    end
+  end
+  for token in pairs(old) do
+    if not new[token] then
+      redis.call('SREM', dkey, token)
+      call_on('SREM', base .. 'r:' .. token, id)
+    end
   end
 end
 
 local function drop_edges(base, id)
-  local dkey = typed(base .. 'd:' .. id, 'set')
-  for _, token in ipairs(redis.call('SMEMBERS', dkey)) do
-    redis.call('SREM', typed(base .. 'r:' .. token, 'set'), id)
+  local dkey = base .. 'd:' .. id
+  for _, token in ipairs(call_on('SMEMBERS', dkey)) do
+    call_on('SREM', base .. 'r:' .. token, id)
   end
   redis.call('DEL', dkey)
 end
@@ -102,27 +146,34 @@ end
 -- recomputes it rather than serving it stale.
 local function signal(base, id, lazy)
   local vkey = base .. 'v:' .. id
-  if redis.call('TYPE', vkey)['ok'] ~= 'hash' or redis.call('HEXISTS', vkey, 'l') == 1 then
+  if redis.call('TYPE', vkey)['ok'] ~= 'hash' then
     drop_edges(base, id)
     return 0
   end
-  local g = num(redis.call('HGET', vkey, 'g'))
-  if g <= num(redis.call('HGET', vkey, 'w')) then
+  local link, g, w, m, q = unpack(redis.call('HMGET', vkey, 'l', 'g', 'w', 'm', 'q'))
+  if link then
+    drop_edges(base, id)
+    return 0
+  end
+  g = num(g)
+  local update = {'g', g + 1}
+  if g <= num(w) then
     local now = redis.call('TIME')
-    redis.call('HSET', vkey, 't', now[1] * 1000 + math.floor(now[2] / 1000))
+    update[#update + 1] = 't'
+    update[#update + 1] = now[1] * 1000 + math.floor(now[2] / 1000)
   end
-  redis.call('HSET', vkey, 'g', g + 1)
-  if redis.call('HGET', vkey, 'm') == '1' then
-    return 0
+  local queue = m ~= '1' and not q and not lazy
+  if lazy and m ~= '1' and not q then
+    update[#update + 1] = 't'
+    update[#update + 1] = 0
   end
-  if lazy then
-    if redis.call('HEXISTS', vkey, 'q') == 0 then
-      redis.call('HSET', vkey, 't', 0)
-    end
-    return 0
+  if queue then
+    update[#update + 1] = 'q'
+    update[#update + 1] = 1
   end
-  if redis.call('HSETNX', vkey, 'q', 1) == 1 then
-    redis.call('XADD', typed(base .. 'jobs', 'stream'), '*', 'id', id)
+  redis.call('HSET', vkey, unpack(update))
+  if queue then
+    call_on('XADD', base .. 'jobs', '*', 'id', id)
     return 1
   end
   return 0

@@ -8,19 +8,22 @@
 -- A lone change is recomputed at once; a burst costs a few recomputes.
 --
 -- KEYS[1]  the value key; ARGV[1] the minimum interval in ms
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' or redis.call('HEXISTS', KEYS[1], 'l') == 1 then
-  -- Gone, or an alias now (its target has jobs of its own).
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then
+  -- Gone.
+  return false
+end
+local link, last, g, a = unpack(redis.call('HMGET', KEYS[1], 'l', 's', 'g', 'a'))
+if link then
+  -- An alias now (its target has jobs of its own).
   return false
 end
 local now = redis.call('TIME')
 local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
-local last = tonumber(redis.call('HGET', KEYS[1], 's'))
+last = tonumber(last)
 local interval = tonumber(ARGV[1]) or 0
 if last and now_ms - last < interval then
   return {'wait', tostring(interval - (now_ms - last))}
 end
 redis.call('HSET', KEYS[1], 's', now_ms)
 redis.call('HDEL', KEYS[1], 'q')
-local g = redis.call('HGET', KEYS[1], 'g') or '0'
-local a = redis.call('HGET', KEYS[1], 'a') or ''
-return {g, a}
+return {g or '0', a or ''}

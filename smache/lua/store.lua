@@ -16,15 +16,11 @@
 local vkey = KEYS[1]
 local base, id, data = ARGV[1], ARGV[2], ARGV[3]
 local started = num(ARGV[5])
-local kind = redis.call('TYPE', vkey)['ok']
-if kind ~= 'hash' and kind ~= 'none' then
-  redis.call('DEL', vkey)
-end
-local old = redis.call('HMGET', vkey, 'v', 'd', 'w')
+local old = call_on('HMGET', vkey, 'v', 'd', 'w', 'l', 'g')
 -- Whoever stores ends the computation in flight: waiters wake and read.
 redis.call('HDEL', vkey, 'c', 'cx')
 redis.call('PUBLISH', base .. 'done', id)
-if redis.call('HEXISTS', vkey, 'l') == 1 then
+if old[4] then
   -- The key became an alias while this value was computed: refused.
   return -1
 end
@@ -33,7 +29,7 @@ if old[2] and tonumber(old[3]) and started < tonumber(old[3]) then
 end
 local version = num(old[1]) + 1
 redis.call('HSET', vkey, 'v', version, 'd', data, 'w', started, 'm', ARGV[7])
-if redis.call('HEXISTS', vkey, 'g') == 0 then redis.call('HSET', vkey, 'g', started) end
+if not old[5] then redis.call('HSET', vkey, 'g', started) end
 if ARGV[6] ~= '' then redis.call('HSET', vkey, 'a', ARGV[6]) end
 local ttl, expires = string.match(ARGV[4], '^(%d+) (%d+)$')
 if ttl and num(ttl) > 0 then
@@ -48,8 +44,7 @@ for i = 9, 8 + relations do
   -- Which functions a change in this collection concerns (see change.lua).
   redis.call('SADD', typed(base .. 'rel:' .. ARGV[i], 'set'), string.match(id, '^(.-#%d+):'))
 end
-drop_edges(base, id)
-add_edges(base, id, argv_from(9 + relations))
+set_edges(base, id, argv_from(9 + relations))
 if not old[2] or payload(old[2]) ~= payload(data) then
   signal_dependents(base, 'v:' .. id)
 end
