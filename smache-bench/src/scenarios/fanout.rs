@@ -80,6 +80,9 @@ async fn fan_out(ctx: &Ctx, client: &mongodb::Client, n: u32) -> Result<FanOut> 
             value: "0".to_owned(),
         })
         .await?;
+    // The worker and executor first: a worker that starts after the values
+    // were stored (with no saved position) would mark them all stale.
+    let refresher = RefresherProcess::start(&prefix, &database).await?;
     eprintln!("[smache-bench] P3: computing {n} dependants of one collection");
     let setup = Instant::now();
     let calls = (0..n).map(|i| {
@@ -116,7 +119,6 @@ async fn fan_out(ctx: &Ctx, client: &mongodb::Client, n: u32) -> Result<FanOut> 
     let baseline = baseline.elapsed();
 
     eprintln!("[smache-bench] P3: one change, {n} dependants");
-    let refresher = RefresherProcess::start(&prefix, &database).await?;
     let generation = |conn: &mut redis::aio::ConnectionManager| {
         let mut conn = conn.clone();
         let key = keys[0].clone();

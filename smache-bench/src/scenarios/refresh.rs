@@ -35,10 +35,12 @@ pub(crate) async fn update_to_fresh(ctx: &Ctx) -> Result<Vec<Row>> {
         })
         .collect();
     users.insert_many(&all).await?;
+    // The worker first: one that starts after the values were stored (with
+    // no saved position) marks them all stale.
+    let refresher = RefresherProcess::start(&prefix, &database).await?;
     for user in &all {
         smache.scope(label(user)).await;
     }
-    let refresher = RefresherProcess::start(&prefix, &database).await?;
     let mut samples = Vec::with_capacity(updates);
     for i in 0..warmup + updates {
         let user = &mut all[i % users_n];
