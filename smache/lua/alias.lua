@@ -24,8 +24,8 @@ end
 if target == alias then
   return redis.error_reply('cycle')
 end
-redis.call('DEL', akey)
 drop_edges(base, alias)
+redis.call('DEL', akey)
 signal_dependents(base, 'v:' .. alias)
 redis.call('HSET', akey, 'l', target)
 if args ~= '' then redis.call('HSET', akey, 'la', args) end

@@ -16,8 +16,8 @@
 -- ARGV[7..] tokens
 local vkey = KEYS[1]
 local base, id = ARGV[1], ARGV[2]
-local link, holder, lease_end, g, has_value =
-  unpack(call_on('HMGET', vkey, 'l', 'c', 'cx', 'g', 'v'))
+local link, holder, lease_end, g, has_value, f =
+  unpack(call_on('HMGET', vkey, 'l', 'c', 'cx', 'g', 'v', 'f'))
 if link then
   -- An alias now: compute without lease or edges (store.lua refuses it).
   return {'go', '0'}
@@ -34,5 +34,5 @@ if not has_value then
   if ARGV[3] ~= '' then redis.call('HSET', vkey, 'a', ARGV[3]) end
   redis.call('PEXPIRE', vkey, ARGV[4])
 end
-add_edges(base, id, argv_from(7))
+add_edges(base, id, vkey, f, argv_from(7))
 return {'go', tostring(g)}

@@ -10,9 +10,10 @@
 --                      (ms, Redis clock), e when its time-to-live ends (ms,
 --                      the writer's clock), c/cx the compute lease (owner, end),
 --                      k the id of the submitted task pending for it,
+--                      f its dependency tokens (forward edges), each ended
+--                      by a NUL byte,
 --                      l (an alias, instead of a value) the id it stands for
 --   base.."al:"..id    set: the aliases of value `id`
---   base.."d:"..id     set: the dependency tokens of value `id` (forward edges)
 --   base.."r:"..token  set: the value ids that depend on `token` (reverse edges)
 --   base.."collections" set: the collections that some value depends on
 --   base.."jobs"       stream of jobs: `id` a recompute; `id`+`task`(+`args`) a
@@ -89,33 +90,52 @@ local function call_on(cmd, key, ...)
   return reply
 end
 
-local function add_edges(base, id, tokens)
-  local dkey = base .. 'd:' .. id
+-- A value's dependencies (its forward edges) live in its own hash, field
+-- `f`: each token followed by a NUL byte (tokens never hold one: ids and
+-- arguments are JSON-escaped, collection names cannot). They go with the
+-- value when it expires; the reverse sets say who depends on a token.
+local function tokens_of(f)
+  local out = {}
+  if f then
+    for token in string.gmatch(f, '([^%z]*)%z') do out[#out + 1] = token end
+  end
+  return out
+end
+
+-- Adds `tokens` to the dependencies of `id` (its hash at `vkey` holds `f`,
+-- read by the caller), keeping those it has.
+local function add_edges(base, id, vkey, f, tokens)
+  local have = {}
+  for _, token in ipairs(tokens_of(f)) do have[token] = true end
+  local added = f or ''
   for _, token in ipairs(tokens) do
-    call_on('SADD', dkey, token)
-    call_on('SADD', base .. 'r:' .. token, id)
-    local coll = collection_of(token)
-    if coll then call_on('SADD', base .. 'collections', coll) end
+    if not have[token] then
+      have[token] = true
+      added = added .. token .. '\0'
+      call_on('SADD', base .. 'r:' .. token, id)
+      local coll = collection_of(token)
+      if coll then call_on('SADD', base .. 'collections', coll) end
+    end
+  end
+  if added ~= (f or '') then
+    redis.call('HSET', vkey, 'f', added)
   end
 end
 
--- Makes `tokens` the complete dependencies of `id`, touching only what
--- changed: a recompute that reads what it read before costs one SMEMBERS
--- and one SADD per token (re-asserting each reverse edge, in case it was
--- lost), instead of dropping and re-adding every edge.
-local function set_edges(base, id, tokens)
-  local dkey = base .. 'd:' .. id
+-- Makes `tokens` the complete dependencies of `id` (`f` as stored before),
+-- touching only what changed: a recompute that reads what it read before
+-- costs one SADD per token (re-asserting each reverse edge, in case it
+-- was lost), instead of dropping and re-adding every edge.
+local function set_edges(base, id, vkey, f, tokens)
   local old = {}
-  for _, token in ipairs(call_on('SMEMBERS', dkey)) do
-    old[token] = true
-  end
-  local new = {}
+  for _, token in ipairs(tokens_of(f)) do old[token] = true end
+  local new, list = {}, {}
   for _, token in ipairs(tokens) do
     if not new[token] then
       new[token] = true
+      list[#list + 1] = token .. '\0'
       call_on('SADD', base .. 'r:' .. token, id)
       if not old[token] then
-        call_on('SADD', dkey, token)
         local coll = collection_of(token)
         if coll then call_on('SADD', base .. 'collections', coll) end
       end
@@ -123,18 +143,27 @@ local function set_edges(base, id, tokens)
   end
   for token in pairs(old) do
     if not new[token] then
-      redis.call('SREM', dkey, token)
       call_on('SREM', base .. 'r:' .. token, id)
     end
   end
+  local joined = table.concat(list)
+  if joined ~= (f or '') then
+    redis.call('HSET', vkey, 'f', joined)
+  end
 end
 
+-- Removes every dependency of `id`, read from its hash (before the hash
+-- itself goes).
 local function drop_edges(base, id)
-  local dkey = base .. 'd:' .. id
-  for _, token in ipairs(call_on('SMEMBERS', dkey)) do
+  local vkey = base .. 'v:' .. id
+  local f = redis.pcall('HGET', vkey, 'f')
+  if type(f) ~= 'string' then
+    return
+  end
+  for _, token in ipairs(tokens_of(f)) do
     call_on('SREM', base .. 'r:' .. token, id)
   end
-  redis.call('DEL', dkey)
+  redis.call('HDEL', vkey, 'f')
 end
 
 -- A document or value that `id` depends on changed: bump its generation
@@ -144,15 +173,18 @@ end
 -- `lazy` (a change past max_fanout): no job; unless one is pending, the
 -- value is marked as stale with none coming (`t` 0), so the next read
 -- recomputes it rather than serving it stale.
-local function signal(base, id, lazy)
+local function signal(base, id, lazy, token)
   local vkey = base .. 'v:' .. id
   if redis.call('TYPE', vkey)['ok'] ~= 'hash' then
-    drop_edges(base, id)
+    -- Gone (expired, say): it no longer depends on the token at hand; its
+    -- other reverse edges go as their own tokens change.
+    if token then call_on('SREM', base .. 'r:' .. token, id) end
     return 0
   end
   local link, g, w, m, q = unpack(redis.call('HMGET', vkey, 'l', 'g', 'w', 'm', 'q'))
   if link then
     drop_edges(base, id)
+    if token then call_on('SREM', base .. 'r:' .. token, id) end
     return 0
   end
   g = num(g)
@@ -212,7 +244,7 @@ local function signal_dependents(base, token)
   end
   local queued = 0
   for _, id in ipairs(redis.call('SMEMBERS', rkey)) do
-    queued = queued + signal(base, id)
+    queued = queued + signal(base, id, false, token)
   end
   return queued
 end

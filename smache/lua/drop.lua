@@ -12,7 +12,7 @@ if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
   end
   existed = math.max(existed, redis.call('HEXISTS', KEYS[1], 'd'))
 end
-redis.call('DEL', KEYS[1])
 drop_edges(ARGV[1], ARGV[2])
+redis.call('DEL', KEYS[1])
 signal_dependents(ARGV[1], 'v:' .. ARGV[2])
 return existed

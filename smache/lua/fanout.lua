@@ -28,7 +28,7 @@ if reply[1] ~= '0' then
 end
 local queued = 0
 for _, id in ipairs(reply[2]) do
-  queued = queued + signal(base, id, lazy)
+  queued = queued + signal(base, id, lazy, token)
 end
 redis.call('XACK', jobs, ARGV[5], entry)
 redis.call('XDEL', jobs, entry)

@@ -23,9 +23,10 @@ for i = 6, #ARGV do targets[ARGV[i]] = true end
 local queued = 0
 local mine = head .. ':'
 for t in pairs(targets) do
-  for _, id in ipairs(redis.call('SMEMBERS', typed(base .. 'r:e:' .. target .. ':' .. t, 'set'))) do
+  local token = 'e:' .. target .. ':' .. t
+  for _, id in ipairs(redis.call('SMEMBERS', typed(base .. 'r:' .. token, 'set'))) do
     if string.sub(id, 1, #mine) == mine then
-      queued = queued + signal(base, id)
+      queued = queued + signal(base, id, false, token)
     end
   end
 end

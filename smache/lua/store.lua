@@ -16,7 +16,7 @@
 local vkey = KEYS[1]
 local base, id, data = ARGV[1], ARGV[2], ARGV[3]
 local started = num(ARGV[5])
-local old = call_on('HMGET', vkey, 'v', 'd', 'w', 'l', 'g')
+local old = call_on('HMGET', vkey, 'v', 'd', 'w', 'l', 'g', 'f')
 -- Whoever stores ends the computation in flight: waiters wake and read.
 redis.call('HDEL', vkey, 'c', 'cx')
 redis.call('PUBLISH', base .. 'done', id)
@@ -44,7 +44,7 @@ for i = 9, 8 + relations do
   -- Which functions a change in this collection concerns (see change.lua).
   redis.call('SADD', typed(base .. 'rel:' .. ARGV[i], 'set'), string.match(id, '^(.-#%d+):'))
 end
-set_edges(base, id, argv_from(9 + relations))
+set_edges(base, id, vkey, old[6], argv_from(9 + relations))
 if not old[2] or payload(old[2]) ~= payload(data) then
   signal_dependents(base, 'v:' .. id)
 end

@@ -1126,7 +1126,7 @@ impl Executor {
     /// Marks every value of one function stale.
     async fn stale_function(&self, head: &str) -> Result<()> {
         let base = &self.smache.inner.base;
-        let prefix = format!("{base}d:");
+        let prefix = format!("{base}v:");
         let mut conn = self.store.shared().await?;
         let mut cursor: u64 = 0;
         loop {

@@ -484,7 +484,7 @@ impl Worker<'_> {
     }
 
     async fn mark_everything_stale(&self) -> Result<()> {
-        let prefix = format!("{}d:", self.keys.base);
+        let prefix = format!("{}v:", self.keys.base);
         let ids: Vec<String> = self
             .scan(&format!("{prefix}*"))
             .await?

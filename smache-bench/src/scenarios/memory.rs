@@ -1,6 +1,9 @@
 //! P5: Redis memory per dependency edge. Values with a known number of
-//! edges each are computed, then `MEMORY USAGE` (exact: `SAMPLES 0`) of
-//! every graph key (`{prefix}:d:<id>`, `{prefix}:r:<token>`) is summed.
+//! edges each are computed, then `MEMORY USAGE` (exact: `SAMPLES 0`) is
+//! summed over every reverse set (`{prefix}:r:<token>`) and, for the
+//! forward edges (field `f` of each value's hash), over the difference
+//! each value's hash makes with and without that field (measured on a
+//! `COPY`, so the run leaves the graph as it was).
 
 use bson::oid::ObjectId;
 use futures::StreamExt;
@@ -38,27 +41,38 @@ pub(crate) async fn memory_per_edge(ctx: &Ctx) -> Result<Vec<Row>> {
     let values = u64::from(users * per_user);
     let edges = values * 2;
     let mut conn = ctx.redis.clone();
-    let forward = scan(&mut conn, &format!("{{{prefix}}}:d:*")).await?;
+    let forward = scan(&mut conn, &format!("{{{prefix}}}:v:*")).await?;
     let reverse = scan(&mut conn, &format!("{{{prefix}}}:r:*")).await?;
     let mut bytes = [0u64; 2];
-    for (side, keys) in [&forward, &reverse].into_iter().enumerate() {
-        for key in keys {
-            let usage: Option<u64> = redis::cmd("MEMORY")
-                .arg("USAGE")
-                .arg(key)
-                .arg("SAMPLES")
-                .arg(0)
-                .query_async(&mut conn)
-                .await?;
-            bytes[side] += usage.unwrap_or(0);
+    let spare = format!("{{{prefix}}}:p5-copy");
+    let mut with_edges = 0;
+    for key in &forward {
+        let whole = usage(&mut conn, key).await?;
+        let _: () = redis::pipe()
+            .cmd("COPY")
+            .arg(key)
+            .arg(&spare)
+            .arg("REPLACE")
+            .ignore()
+            .cmd("HDEL")
+            .arg(&spare)
+            .arg("f")
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        let without = usage(&mut conn, &spare).await?;
+        if without < whole {
+            with_edges += 1;
         }
+        bytes[0] += whole.saturating_sub(without);
+    }
+    let _: () = redis::cmd("DEL").arg(&spare).query_async(&mut conn).await?;
+    for key in &reverse {
+        bytes[1] += usage(&mut conn, key).await?;
     }
     let mut check = Vec::new();
-    if forward.len() as u64 != values {
-        check.push(format!(
-            "{} forward keys for {values} values",
-            forward.len()
-        ));
+    if with_edges != values {
+        check.push(format!("{with_edges} values with edges out of {values}"));
     }
     if reverse.len() as u64 != u64::from(users) + 1 {
         check.push(format!(
@@ -71,11 +85,11 @@ pub(crate) async fn memory_per_edge(ctx: &Ctx) -> Result<Vec<Row>> {
         smache.storage_key(&edge_value::key(&all[0], 0)?).len() - format!("{{{prefix}}}:v:").len();
     let mut notes = vec![
         format!(
-            "{values} values × 2 edges (their user, the settings collection); forward sets {} B, reverse sets {} B in all",
+            "{values} values × 2 edges (their user, the settings collection); forward edges (field `f` of the value hashes) {} B, reverse sets {} B in all",
             bytes[0], bytes[1]
         ),
         format!(
-            "each edge is stored twice (forward and reverse); a value id here is {id_len} bytes (prefix `{prefix}`)"
+            "each edge is stored twice (forward in the value's hash, reverse in the token's set, which holds the value id); a value id here is {id_len} bytes (prefix `{prefix}`)"
         ),
     ];
     notes.extend(check.iter().cloned());
@@ -94,10 +108,22 @@ pub(crate) async fn memory_per_edge(ctx: &Ctx) -> Result<Vec<Row>> {
             "edges": edges,
             "forward_bytes": bytes[0],
             "reverse_bytes": bytes[1],
-            "forward_keys": forward.len(),
+            "values_with_edges": with_edges,
             "reverse_keys": reverse.len(),
             "bytes_per_edge": per_edge,
             "value_id_len": id_len,
         }),
     }])
+}
+
+/// `MEMORY USAGE` of `key`, exact (`SAMPLES 0`); 0 if it does not exist.
+async fn usage(conn: &mut redis::aio::ConnectionManager, key: &str) -> Result<u64> {
+    let usage: Option<u64> = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(key)
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async(conn)
+        .await?;
+    Ok(usage.unwrap_or(0))
 }
