@@ -8,7 +8,10 @@ use bson::doc;
 use bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use smache::{computed, Entity, Smache};
-use smache_suite::{eventually, mongodb_uri, unique, RedisServer, WorkerProcess};
+use smache_suite::{
+    eventually, first_mongodb_host, mongodb_uri, mongodb_uri_via, unique, RedisServer, TcpProxy,
+    WorkerProcess,
+};
 
 #[derive(Clone, Debug, Serialize, Deserialize, Entity)]
 #[entity(collection = "users")]
@@ -240,6 +243,81 @@ async fn a_worker_starting_without_a_saved_position_leaves_no_value_stale() {
         .await
         .unwrap();
     assert_eq!(max_fanout, smache::worker::DEFAULT_MAX_FANOUT);
+
+    smache.stop_executor().await.unwrap();
+    assert!(worker.terminate(), "{}", worker.log());
+    let _ = db.drop().await;
+}
+
+/// MongoDB goes away for the worker only (a proxy between them is cut)
+/// while a document changes: the worker keeps retrying, and once MongoDB
+/// is back it resumes after its saved token and the change is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_loses_mongodb_retries_and_misses_no_change() {
+    smache_suite::init_logs();
+    let redis = RedisServer::start();
+    let database = unique("faults").replace('-', "_");
+    let prefix = unique("faults");
+    let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
+    let db = client.database(&database);
+    let smache = Smache::builder()
+        .redis_url(redis.url())
+        .mongodb(&client, &database)
+        .prefix(&prefix)
+        .run_executor()
+        .build()
+        .unwrap();
+    let users = db.collection::<User>("users");
+    let ada = User {
+        id: ObjectId::new(),
+        name: "Ada".into(),
+    };
+    users.insert_one(&ada).await.unwrap();
+    let mut proxy = TcpProxy::start(&first_mongodb_host(&mongodb_uri())).await;
+    let through_proxy = format!(
+        "{}&serverSelectionTimeoutMS=1000&connectTimeoutMS=1000",
+        mongodb_uri_via(&mongodb_uri(), proxy.port())
+    );
+    let mut worker = WorkerProcess::start(&redis.url(), &through_proxy, &database, &prefix);
+    worker.wait_watching(Duration::from_secs(20)).await;
+    assert_eq!(smache.scope(greeting(&ada)).await, "hello Ada");
+
+    proxy.cut();
+    users
+        .update_one(
+            doc! { "_id": ada.id },
+            doc! { "$set": { "name": "Augusta" } },
+        )
+        .await
+        .unwrap();
+    // The worker cannot see it; it keeps running and retrying.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        smache.scope(greeting(&ada)).await,
+        "hello Ada",
+        "nothing saw the change yet"
+    );
+    assert!(
+        worker.running(),
+        "the worker outlives the outage\n{}",
+        worker.log()
+    );
+
+    proxy.restore().await;
+    let refreshed = eventually(Duration::from_secs(30), || async {
+        smache.scope(greeting(&ada)).await == "hello Augusta"
+    })
+    .await;
+    assert!(
+        refreshed,
+        "the change made while MongoDB was away was applied\n{}",
+        worker.log()
+    );
+    assert!(
+        worker.log().contains("retrying"),
+        "the worker said it retries\n{}",
+        worker.log()
+    );
 
     smache.stop_executor().await.unwrap();
     assert!(worker.terminate(), "{}", worker.log());

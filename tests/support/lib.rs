@@ -280,6 +280,13 @@ impl WorkerProcess {
         self.child = Some(child);
     }
 
+    /// Whether the process is alive (started and not exited).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -399,4 +406,107 @@ impl Default for Calls {
     fn default() -> Self {
         Calls::new()
     }
+}
+
+/// A TCP proxy on a loopback port to `target`, that a test can cut (every
+/// connection dropped, the port closed) and restore on the same port: a
+/// server going away and coming back, seen from one client only.
+#[derive(Debug)]
+pub struct TcpProxy {
+    port: u16,
+    target: String,
+    running: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TcpProxy {
+    /// Starts proxying a free loopback port to `target` (`host:port`).
+    pub async fn start(target: &str) -> TcpProxy {
+        let mut proxy = TcpProxy {
+            port: free_port(),
+            target: target.to_owned(),
+            running: None,
+        };
+        proxy.restore().await;
+        proxy
+    }
+
+    /// The loopback port clients connect to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Drops every connection and stops listening.
+    pub fn cut(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restore(&mut self) {
+        assert!(self.running.is_none(), "proxy already running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(listener) => break listener,
+                Err(err) => {
+                    assert!(Instant::now() < deadline, "cannot listen again: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let target = self.target.clone();
+        self.running = Some(tokio::spawn(async move {
+            // The connections are tasks of this set: aborting the accept
+            // loop drops the set, which aborts them all.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        }));
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// The first `host:port` of a MongoDB URI (`mongodb://[user@]host:port,…/…`).
+pub fn first_mongodb_host(uri: &str) -> String {
+    let rest = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    let hosts = rest.split(['/', '?']).next().unwrap_or(rest);
+    let hosts = hosts.rsplit_once('@').map_or(hosts, |(_, hosts)| hosts);
+    let first = hosts.split(',').next().unwrap_or(hosts);
+    if first.contains(':') {
+        first.to_owned()
+    } else {
+        format!("{first}:27017")
+    }
+}
+
+/// `uri` with its hosts replaced by `127.0.0.1:<port>` (a [`TcpProxy`]) and
+/// `directConnection=true`, so the driver talks only through the proxy.
+pub fn mongodb_uri_via(uri: &str, port: u16) -> String {
+    let (scheme, rest) = uri.split_once("://").unwrap_or(("mongodb", uri));
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let credentials = authority
+        .rsplit_once('@')
+        .map_or(String::new(), |(user, _)| format!("{user}@"));
+    let tail = if tail.is_empty() { "/" } else { tail };
+    let separator = if tail.contains('?') { '&' } else { '?' };
+    let tail = if tail.starts_with('?') {
+        format!("/{tail}")
+    } else {
+        tail.to_owned()
+    };
+    format!("{scheme}://{credentials}127.0.0.1:{port}{tail}{separator}directConnection=true")
 }
