@@ -353,12 +353,15 @@ async fn chaos_run() {
     }
     let runs: std::collections::HashMap<String, u64> =
         conn.hgetall(format!("chaos-runs:{prefix}")).await.unwrap();
+    let report = smache.inspect_jobs().await.unwrap();
     println!(
         "chaos: seed {seed}, {ops} ops over {user_count} users ({} values), {worker_kills} worker kills, \
-         {executor_kills} executor kills, function runs {runs:?}, {} wrong",
+         {executor_kills} executor kills, function runs {runs:?}, {} dead letters, {} wrong",
         keys.len(),
+        report.dead,
         wrong.len()
     );
+    assert_eq!(report.dead, 0, "no job given up\n{report}");
     assert!(
         wrong.is_empty(),
         "seed {seed}: stale or lost values:\n{}",
