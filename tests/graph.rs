@@ -355,6 +355,13 @@ async fn counted_parent(tag: String, n: u32) -> String {
     format!("{n}: {}", shared_setting(tag).await)
 }
 
+#[computed(Raw)]
+async fn counted_grandparent(tag: String) -> String {
+    let mut conn = redis_connection(&redis_url()).await;
+    let _: u64 = conn.incr(format!("{tag}:runs:grand"), 1).await.unwrap();
+    format!("[{}]", counted_parent(tag, 0).await)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_past_max_fanout_marks_its_dependants_stale_and_readers_recompute() {
     const PARENTS: u32 = 12;
@@ -370,6 +377,10 @@ async fn a_change_past_max_fanout_marks_its_dependants_stale_and_readers_recompu
     for n in 0..PARENTS {
         smache.scope(counted_parent(tag.clone(), n)).await;
     }
+    // A value built on parent 0: no new parent is stored to tell it, so
+    // the marking must reach it too.
+    smache.scope(counted_grandparent(tag.clone())).await;
+    let grandparent = counted_grandparent::key(tag.clone()).unwrap();
     let child = id_of(&smache, &shared_setting::key(tag.clone()).unwrap());
     assert!(smache
         .invalidate(&shared_setting::key(tag.clone()).unwrap())
@@ -403,6 +414,15 @@ async fn a_change_past_max_fanout_marks_its_dependants_stale_and_readers_recompu
         let runs: u64 = conn.get(format!("{tag}:runs:{n}")).await.unwrap();
         assert_eq!(runs, 1, "parent {n} was not recomputed in the background");
     }
+    assert!(
+        !smache.is_fresh(&grandparent).await.unwrap(),
+        "the marking reached the value built on a marked one"
+    );
+    let runs: u64 = conn.get(format!("{tag}:runs:grand")).await.unwrap();
+    assert_eq!(runs, 1, "and did not recompute it either");
+    smache.scope(counted_grandparent(tag.clone())).await;
+    let runs: u64 = conn.get(format!("{tag}:runs:grand")).await.unwrap();
+    assert_eq!(runs, 2, "its next read recomputes it");
     // Its next read recomputes it rather than serving the stale value.
     smache.scope(counted_parent(tag.clone(), 3)).await;
     let runs: u64 = conn.get(format!("{tag}:runs:3")).await.unwrap();

@@ -181,20 +181,24 @@ local function signal(base, id, lazy, token)
     if token then call_on('SREM', base .. 'r:' .. token, id) end
     return 0
   end
-  local link, g, w, m, q = unpack(redis.call('HMGET', vkey, 'l', 'g', 'w', 'm', 'q'))
+  local link, g, w, m, q, t = unpack(redis.call('HMGET', vkey, 'l', 'g', 'w', 'm', 'q', 't'))
   if link then
     drop_edges(base, id)
     if token then call_on('SREM', base .. 'r:' .. token, id) end
     return 0
   end
   g = num(g)
+  local was_fresh = g <= num(w)
+  local now = redis.call('TIME')
+  now = now[1] * 1000 + math.floor(now[2] / 1000)
   local update = {'g', g + 1}
-  if g <= num(w) then
-    local now = redis.call('TIME')
-    update[#update + 1] = 't'
-    update[#update + 1] = now[1] * 1000 + math.floor(now[2] / 1000)
-  end
   local queue = m ~= '1' and not q and not lazy
+  if was_fresh or (queue and t == '0') then
+    -- Stale from now (or, marked before with no recompute coming, one is
+    -- coming now).
+    update[#update + 1] = 't'
+    update[#update + 1] = now
+  end
   if lazy and m ~= '1' and not q then
     update[#update + 1] = 't'
     update[#update + 1] = 0
@@ -206,6 +210,17 @@ local function signal(base, id, lazy, token)
   redis.call('HSET', vkey, unpack(update))
   if queue then
     call_on('XADD', base .. 'jobs', '*', 'id', id)
+    return 1
+  end
+  -- No job (a mark_stale function, or past max_fanout): no new value will
+  -- be stored to tell the values built on this one, so tell them now, once,
+  -- as it turns stale: lazily past max_fanout, else as their functions want.
+  if was_fresh and redis.call('EXISTS', base .. 'r:v:' .. id) == 1 then
+    if lazy then
+      call_on('XADD', base .. 'jobs', '*', 'fan', 'v:' .. id, 'cur', '0', 'lazy', '1')
+    else
+      call_on('XADD', base .. 'jobs', '*', 'fan', 'v:' .. id, 'cur', '0')
+    end
     return 1
   end
   return 0

@@ -552,7 +552,8 @@ pub(crate) struct Fetched {
     /// Past its time-to-live: serve it once more and refresh it.
     pub(crate) expired: bool,
     pub(crate) stale: bool,
-    /// How long it has been stale.
+    /// How long it has been stale; `Duration::MAX` when no recompute is
+    /// coming (marked past `max_fanout`, "stale since 0").
     pub(crate) stale_for: Duration,
 }
 
@@ -560,10 +561,12 @@ impl Inner {
     /// Whether a stored value of `spec`'s function may be served. A
     /// `write_through` value that is stale is served while an executor
     /// refreshes it (for at most `max_stale`); `mark_stale` values that are
-    /// stale or past their time-to-live are recomputed by the caller.
+    /// stale or past their time-to-live, and stale values no recompute is
+    /// coming for, are recomputed by the caller.
     pub(crate) fn acceptable(&self, spec: &FnSpec, fetched: &Fetched) -> bool {
         let write_through = spec.refresh() == Refresh::WriteThrough;
-        if fetched.stale && (!write_through || fetched.stale_for > self.max_stale) {
+        let abandoned = fetched.stale_for == Duration::MAX;
+        if fetched.stale && (!write_through || abandoned || fetched.stale_for > self.max_stale) {
             return false;
         }
         write_through || !fetched.expired
@@ -681,9 +684,12 @@ impl Inner {
                     data,
                     expired,
                     stale: stale_since_ms.is_some(),
-                    stale_for: Duration::from_millis(
-                        stale_since_ms.map_or(0, |since| envelope::now_ms().saturating_sub(since)),
-                    ),
+                    stale_for: match stale_since_ms {
+                        Some(0) => Duration::MAX,
+                        since => Duration::from_millis(
+                            since.map_or(0, |since| envelope::now_ms().saturating_sub(since)),
+                        ),
+                    },
                 }))
             }
             Ok(Lookup::Miss) => {

@@ -276,6 +276,9 @@ impl Worker<'_> {
                 {
                     return Ok(Ended::LeaseLost);
                 }
+                // Again with each renewal: a Redis that came back empty
+                // lost it while this worker kept (or retook) the lease.
+                self.publish_config().await?;
                 renewed = Instant::now();
             }
             // Never cancelled mid-poll: a dropped getMore could lose a batch.
@@ -446,7 +449,9 @@ impl Worker<'_> {
         Ok(None)
     }
 
-    async fn forget_history(&self, err: &mongodb::error::Error) -> Result<()> {
+    async fn forget_history(&mut self, err: &mongodb::error::Error) -> Result<()> {
+        // This worker's own last position is as gone as the saved one.
+        self.last_token = None;
         tracing::error!(
             error = %err,
             "smache worker: MongoDB no longer has the change history after the saved resume token \
