@@ -123,8 +123,18 @@ impl Dice {
 }
 
 /// An executor process: this binary running `chaos_executor`.
-fn executor_process(prefix: &str, database: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+/// An executor process of the run; killed when dropped, so a failing run
+/// leaves none behind.
+struct ExecutorProcess(Child);
+
+impl Drop for ExecutorProcess {
+    fn drop(&mut self) {
+        kill(&mut self.0);
+    }
+}
+
+fn executor_process(prefix: &str, database: &str) -> ExecutorProcess {
+    let child = Command::new(std::env::current_exe().unwrap())
         .args([
             "chaos_executor",
             "--exact",
@@ -137,7 +147,8 @@ fn executor_process(prefix: &str, database: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(executor_log(prefix))
         .spawn()
-        .unwrap()
+        .unwrap();
+    ExecutorProcess(child)
 }
 
 /// Where the executors of a run write their stderr (appended).
@@ -259,7 +270,7 @@ async fn chaos_run() {
             }
             1 => {
                 let which = dice.below(executors.len());
-                kill(&mut executors[which]);
+                kill(&mut executors[which].0);
                 executor_kills += 1;
                 executors[which] = executor_process(&prefix, &database);
             }
@@ -368,9 +379,7 @@ async fn chaos_run() {
         wrong.join("\n")
     );
 
-    for executor in &mut executors {
-        kill(executor);
-    }
+    drop(executors);
     assert!(worker.terminate(), "{}", worker.log());
     let _: () = conn.del(format!("chaos-runs:{prefix}")).await.unwrap();
     let _ = db.drop().await;

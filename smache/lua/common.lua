@@ -215,7 +215,8 @@ local function signal(base, id, lazy, token)
   -- No job (a mark_stale function, or past max_fanout): no new value will
   -- be stored to tell the values built on this one, so tell them now, once,
   -- as it turns stale: lazily past max_fanout, else as their functions want.
-  if was_fresh and redis.call('EXISTS', base .. 'r:v:' .. id) == 1 then
+  -- (A pending job will store a new value and tell them.)
+  if was_fresh and (m == '1' or not q) and redis.call('EXISTS', base .. 'r:v:' .. id) == 1 then
     if lazy then
       call_on('XADD', base .. 'jobs', '*', 'fan', 'v:' .. id, 'cur', '0', 'lazy', '1')
     else
