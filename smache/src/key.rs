@@ -108,6 +108,16 @@ impl CacheKey {
         out
     }
 
+    /// Appends the value id (see [`value_id`](Self::value_id)) to `out`,
+    /// without a `String` of its own when the arguments are not hashed.
+    pub(crate) fn write_value_id(&self, out: &mut String) {
+        if self.is_hashed() {
+            out.push_str(&self.value_id());
+        } else {
+            out.push_str(&self.path);
+        }
+    }
+
     /// The full Redis key under `prefix`.
     pub(crate) fn storage_key(&self, prefix: &str) -> String {
         let id = self.value_id();
