@@ -638,7 +638,7 @@ where
         None => call,
     };
     if let Some((value, data)) = call.usable::<M::Value>(fetched) {
-        pilot.land(call.landing(Arc::new(data)));
+        pilot.land_with(|| call.landing(Arc::new(data)));
         return M::from_cached(value);
     }
     let turn = runtime::in_tokio(Arc::clone(&call).take_turn()).await.ok();
@@ -732,7 +732,7 @@ where
         None => call,
     };
     if let Some((value, data)) = call.usable::<M::Value>(fetched) {
-        pilot.land(call.landing(Arc::new(data)));
+        pilot.land_with(|| call.landing(Arc::new(data)));
         return M::from_cached(value);
     }
     let turn = blocking(&call, Call::take_turn);
