@@ -34,11 +34,16 @@ pub(crate) enum Landing {
     Cancelled,
 }
 
-/// The computations in flight in this process, by value key.
+/// The computations in flight in this process, by value key. A flight's
+/// channel is made by its first follower: a pilot nobody follows (every
+/// hit) costs one map entry and nothing else.
 #[derive(Debug, Default)]
 pub(crate) struct Flights {
-    map: Mutex<HashMap<String, watch::Receiver<Option<Landing>>>>,
+    map: Mutex<HashMap<Arc<str>, Option<LandingTx>>>,
 }
+
+/// Where a pilot announces its landing.
+type LandingTx = watch::Sender<Option<Landing>>;
 
 /// Joining a flight: lead it, or follow the one in progress.
 pub(crate) enum Join {
@@ -49,15 +54,23 @@ pub(crate) enum Join {
 impl Flights {
     pub(crate) fn join(self: &Arc<Self>, key: &str) -> Join {
         let mut map = lock(&self.map);
-        if let Some(rx) = map.get(key) {
-            return Join::Follow(rx.clone());
+        if let Some(tx) = map.get_mut(key) {
+            let rx = match tx {
+                Some(tx) => tx.subscribe(),
+                None => {
+                    let (sender, rx) = watch::channel(None);
+                    *tx = Some(sender);
+                    rx
+                }
+            };
+            return Join::Follow(rx);
         }
-        let (tx, rx) = watch::channel(None);
-        map.insert(key.to_owned(), rx);
+        // One copy of the key, shared by the map and the pilot.
+        let key: Arc<str> = Arc::from(key);
+        map.insert(Arc::clone(&key), None);
         Join::Lead(Pilot {
             flights: Arc::clone(self),
-            key: key.to_owned(),
-            tx,
+            key,
             landed: false,
         })
     }
@@ -68,27 +81,33 @@ impl Flights {
 /// future) lets the followers compute for themselves.
 pub(crate) struct Pilot {
     flights: Arc<Flights>,
-    key: String,
-    tx: watch::Sender<Option<Landing>>,
+    key: Arc<str>,
     landed: bool,
 }
 
 impl Pilot {
-    pub(crate) fn land(mut self, landing: Landing) {
+    pub(crate) fn land(self, landing: Landing) {
+        self.land_with(|| landing);
+    }
+
+    /// [`land`](Self::land), the landing made only if someone follows.
+    pub(crate) fn land_with(mut self, landing: impl FnOnce() -> Landing) {
         self.finish(landing);
     }
 
-    fn finish(&mut self, landing: Landing) {
+    fn finish(&mut self, landing: impl FnOnce() -> Landing) {
         if !std::mem::replace(&mut self.landed, true) {
-            lock(&self.flights.map).remove(&self.key);
-            let _ = self.tx.send(Some(landing));
+            let followed = lock(&self.flights.map).remove(&*self.key).flatten();
+            if let Some(tx) = followed {
+                let _ = tx.send(Some(landing()));
+            }
         }
     }
 }
 
 impl Drop for Pilot {
     fn drop(&mut self) {
-        self.finish(Landing::Cancelled);
+        self.finish(|| Landing::Cancelled);
     }
 }
 

@@ -303,9 +303,14 @@ impl Smache {
     }
 
     pub(crate) fn locate(&self, key: &CacheKey) -> Located {
-        let id = key.value_id();
+        let base = &self.inner.base;
+        let mut storage_key = String::with_capacity(base.len() + 2 + key.args().len() + 48);
+        storage_key.push_str(base);
+        storage_key.push_str("v:");
+        key.write_value_id(&mut storage_key);
+        let id = storage_key[base.len() + 2..].to_owned();
         Located {
-            key: format!("{}v:{id}", self.inner.base),
+            key: storage_key,
             full_args: if key.is_hashed() {
                 key.args().to_owned()
             } else {

@@ -123,6 +123,16 @@ impl CacheKey {
         out
     }
 
+    /// Appends the value id (see [`value_id`](Self::value_id)) to `out`,
+    /// without a `String` of its own when the arguments are not hashed.
+    pub(crate) fn write_value_id(&self, out: &mut String) {
+        if self.is_hashed() {
+            out.push_str(&self.value_id());
+        } else {
+            out.push_str(&self.path);
+        }
+    }
+
     /// The full Redis key under `prefix`.
     pub(crate) fn storage_key(&self, prefix: &str) -> String {
         let id = self.value_id();
@@ -166,6 +176,25 @@ impl std::hash::Hash for CacheKey {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Appends `n` in decimal, without the formatting machinery of `write!`
+/// (a key is built on every call).
+fn push_decimal(out: &mut String, n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[at..] {
+        out.push(char::from(digit));
+    }
+}
+
 impl fmt::Display for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.path)
@@ -193,10 +222,11 @@ pub struct KeyBuilder {
 impl KeyBuilder {
     #[must_use]
     pub fn new(spec: &'static FnSpec) -> Self {
-        use std::fmt::Write as _;
         let mut path = String::with_capacity(spec.name().len() + 48);
         path.push_str(spec.name());
-        let _ = write!(path, "#{}:", spec.version());
+        path.push('#');
+        push_decimal(&mut path, spec.version());
+        path.push(':');
         let args_at = path.len();
         KeyBuilder {
             spec,
@@ -292,6 +322,15 @@ mod tests {
         assert_eq!(key.to_string(), r#"app::f#3:"en":7"#);
         assert_eq!(key.args(), r#""en":7"#);
         assert_eq!(key.storage_key("smache"), r#"{smache}:v:app::f#3:"en":7"#);
+    }
+
+    #[test]
+    fn versions_are_written_in_decimal() {
+        for n in [0, 7, 10, 1234, u32::MAX] {
+            let mut out = String::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
     }
 
     #[test]

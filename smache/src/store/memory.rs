@@ -1,5 +1,7 @@
 //! The embedded store: a bounded in-process cache (moka) with per-entry TTL.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +45,15 @@ pub(crate) struct MemoryStore {
     cache: Cache<String, Entry>,
     /// Aliases: key → the value id it stands for. Few, and never evicted.
     links: Mutex<HashMap<String, String>>,
+    /// Whether any alias was ever made: until then a hit need not look
+    /// at `links` (see [`peek`](Self::peek)).
+    linked: AtomicBool,
+}
+
+thread_local! {
+    /// The storage key of a [`MemoryStore::peek`], built here rather than
+    /// in a new `String` on every hit.
+    static PEEK_KEY: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -65,7 +76,33 @@ impl MemoryStore {
         MemoryStore {
             cache,
             links: Mutex::default(),
+            linked: AtomicBool::new(false),
         }
+    }
+
+    /// The envelope stored under `{base}v:{id}` (the id written by
+    /// `write_id`), shared rather than copied: the read of a hit.
+    /// `None` when nothing is stored, and when the key is an alias (the
+    /// caller then takes the path of [`get`](Self::get), which follows it).
+    pub(crate) fn peek(&self, base: &str, write_id: impl FnOnce(&mut String)) -> Option<Arc<[u8]>> {
+        PEEK_KEY.with(|cell| {
+            // A re-entrant use (not expected: nothing here calls back) gets
+            // a key of its own.
+            let mut own = String::new();
+            let mut borrowed = cell.try_borrow_mut();
+            let key = match borrowed.as_deref_mut() {
+                Ok(key) => key,
+                Err(_) => &mut own,
+            };
+            key.clear();
+            key.push_str(base);
+            key.push_str("v:");
+            write_id(key);
+            if self.linked.load(Ordering::Acquire) && lock(&self.links).contains_key(key.as_str()) {
+                return None;
+            }
+            self.cache.get(key.as_str()).map(|entry| entry.data)
+        })
     }
 
     pub(crate) fn get(&self, key: &str) -> Lookup {
@@ -115,6 +152,7 @@ impl MemoryStore {
         if named == alias.id {
             return None;
         }
+        self.linked.store(true, Ordering::Release);
         self.cache.remove(alias.key);
         for link in links.values_mut() {
             if *link == alias.id {

@@ -179,7 +179,9 @@ impl RedisStore {
 
     pub(crate) async fn get(&self, key: &str) -> Result<Lookup> {
         let mut conn = self.connection().await?;
-        let mut cmd = redis::cmd("HMGET");
+        // Sized up front: no regrowth while the arguments are written.
+        let mut cmd = redis::Cmd::with_capacity(10, key.len() + 16);
+        cmd.arg("HMGET");
         cmd.arg(key)
             .arg("v")
             .arg("d")
