@@ -204,12 +204,14 @@ local function signal(base, id, lazy, token)
     update[#update + 1] = 0
   end
   if queue then
+    -- The job before its flag: should the XADD fail (out of memory), no
+    -- flag is left claiming a job that does not exist.
+    call_on('XADD', base .. 'jobs', '*', 'id', id)
     update[#update + 1] = 'q'
     update[#update + 1] = 1
   end
   redis.call('HSET', vkey, unpack(update))
   if queue then
-    call_on('XADD', base .. 'jobs', '*', 'id', id)
     return 1
   end
   -- No job (a mark_stale function, or past max_fanout): no new value will
