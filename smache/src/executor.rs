@@ -463,7 +463,7 @@ impl Executor {
         if !matches!(smache.inner.store, Store::Redis(_)) {
             return Err(Error::Config("executors need the Redis store".into()));
         }
-        let concurrency = std::thread::available_parallelism().map_or(4, |n| n.get() * 2);
+        let concurrency = smache.inner.executor_concurrency;
         Ok(Executor {
             stream: format!("{}jobs", smache.inner.base),
             consumer: consumer_name(),

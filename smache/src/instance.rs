@@ -69,6 +69,8 @@ pub(crate) struct Inner {
     pub(crate) task_retention: Duration,
     /// How executors retry failed background work.
     pub(crate) retry: crate::task::Retry,
+    /// How many jobs this process's executor runs at once.
+    pub(crate) executor_concurrency: usize,
     /// Where values go when their function does not say.
     pub(crate) value_store: ValueStore,
     /// The largest envelope stored.
@@ -145,6 +147,7 @@ impl Smache {
             mongo,
             task_retention,
             retry,
+            executor_concurrency,
             callbacks,
             value_store,
             values_collection,
@@ -166,6 +169,7 @@ impl Smache {
                 compute_lease,
                 task_retention,
                 retry,
+                executor_concurrency,
                 callbacks,
                 value_store,
                 values,
@@ -490,6 +494,7 @@ pub(crate) struct Parts {
     pub(crate) mongo: Option<mongodb::Database>,
     pub(crate) task_retention: Duration,
     pub(crate) retry: crate::task::Retry,
+    pub(crate) executor_concurrency: usize,
     pub(crate) callbacks: std::collections::HashMap<String, crate::task::Callback>,
     pub(crate) value_store: ValueStore,
     pub(crate) values_collection: String,

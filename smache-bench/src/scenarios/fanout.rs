@@ -238,7 +238,7 @@ pub(crate) async fn fan_outs(ctx: &Ctx, sizes: &[u32]) -> Result<Vec<Row>> {
                 Micros(us(run.done))
             ),
             format!(
-                "one executor (concurrency = 2 × CPUs) and the worker in a child process; its peak RSS {}",
+                "one executor (default concurrency) and the worker in a child process; its peak RSS {}",
                 run.peak_kib
                     .map_or("n/a".to_owned(), |kib| format!("{} MiB", kib / 1024))
             ),

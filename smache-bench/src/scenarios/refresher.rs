@@ -30,11 +30,18 @@ pub(crate) async fn refresher(args: Refresher) -> Result<()> {
     let redis_url = std::env::var("SMACHE_REDIS_URL")?;
     let mongodb_uri = std::env::var("SMACHE_MONGODB_URI")?;
     let client = mongodb::Client::with_uri_str(&mongodb_uri).await?;
-    let smache = Smache::builder()
+    let mut builder = Smache::builder()
         .redis_url(&redis_url)
         .mongodb(&client, &args.database)
-        .prefix(&args.prefix)
-        .build()?;
+        .prefix(&args.prefix);
+    // For experiments: the executor's concurrency (default: SmacheBuilder::executor_concurrency).
+    if let Some(jobs) = std::env::var("SMACHE_BENCH_EXECUTOR_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder = builder.executor_concurrency(jobs);
+    }
+    let smache = builder.build()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(smache::worker::run_until(
         smache.clone(),
