@@ -37,52 +37,111 @@ async fn current(db: &mongodb::Database, id: ObjectId) -> User {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_restarting_empty_breaks_no_caller_and_the_loop_recovers() {
-    smache_suite::init_logs();
-    let mut redis = RedisServer::start();
-    let database = unique("faults").replace('-', "_");
-    let prefix = unique("faults");
-    let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
-    let db = client.database(&database);
-    let smache = Smache::builder()
-        .redis_url(redis.url())
-        .mongodb(&client, &database)
-        .prefix(&prefix)
-        .op_timeout(Duration::from_millis(300))
-        .run_executor()
-        .build()
+/// What the Redis and worker tests share: a `redis-server` of their own
+/// (to stop and start), a database, an instance with an executor, and Ada
+/// inserted.
+struct Scene {
+    redis: RedisServer,
+    database: String,
+    prefix: String,
+    db: mongodb::Database,
+    smache: Smache,
+    users: mongodb::Collection<User>,
+    ada: User,
+}
+
+impl Scene {
+    async fn new() -> Scene {
+        smache_suite::init_logs();
+        let redis = RedisServer::start();
+        let database = unique("faults").replace('-', "_");
+        let prefix = unique("faults");
+        let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
+        let db = client.database(&database);
+        let smache = Smache::builder()
+            .redis_url(redis.url())
+            .mongodb(&client, &database)
+            .prefix(&prefix)
+            .op_timeout(Duration::from_millis(300))
+            .run_executor()
+            .build()
+            .unwrap();
+        let users = db.collection::<User>("users");
+        let ada = User {
+            id: ObjectId::new(),
+            name: "Ada".into(),
+        };
+        users.insert_one(&ada).await.unwrap();
+        Scene {
+            redis,
+            database,
+            prefix,
+            db,
+            smache,
+            users,
+            ada,
+        }
+    }
+}
+
+async fn rename(users: &mongodb::Collection<User>, user: &User, name: &str) {
+    users
+        .update_one(doc! { "_id": user.id }, doc! { "$set": { "name": name } })
+        .await
         .unwrap();
-    let mut worker = WorkerProcess::start(&redis.url(), &mongodb_uri(), &database, &prefix);
-    let users = db.collection::<User>("users");
-    let ada = User {
-        id: ObjectId::new(),
-        name: "Ada".into(),
-    };
-    users.insert_one(&ada).await.unwrap();
-    assert_eq!(smache.scope(greeting(&ada)).await, "hello Ada");
-    let key = greeting::key(&ada).unwrap();
+}
+
+/// Caches Ada's greeting and waits until it is fresh; its key.
+async fn cached_and_fresh(smache: &Smache, ada: &User) -> smache::CacheKey {
+    assert_eq!(smache.scope(greeting(ada)).await, "hello Ada");
+    let key = greeting::key(ada).unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
             smache.is_fresh(&key).await.unwrap_or(false)
         })
         .await
     );
+    key
+}
+
+/// Renames Ada while Redis is down: callers holding the new document get
+/// values computed directly, with no error. The new document.
+async fn rename_while_redis_is_down(
+    smache: &Smache,
+    users: &mongodb::Collection<User>,
+    db: &mongodb::Database,
+    ada: &User,
+    name: &str,
+) -> User {
+    rename(users, ada, name).await;
+    let during = current(db, ada.id).await;
+    for _ in 0..3 {
+        assert_eq!(
+            smache.scope(greeting(&during)).await,
+            format!("hello {name}")
+        );
+    }
+    during
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarting_empty_breaks_no_caller_and_the_loop_recovers() {
+    let Scene {
+        mut redis,
+        database,
+        prefix,
+        db,
+        smache,
+        users,
+        ada,
+    } = Scene::new().await;
+    let mut worker = WorkerProcess::start(&redis.url(), &mongodb_uri(), &database, &prefix);
+    let key = cached_and_fresh(&smache, &ada).await;
 
     // Redis goes away; the document changes meanwhile. Callers get values
     // computed directly from what they pass, with no error.
     redis.kill();
-    users
-        .update_one(
-            doc! { "_id": ada.id },
-            doc! { "$set": { "name": "Augusta" } },
-        )
-        .await
-        .unwrap();
-    let during = current(&db, ada.id).await;
-    for _ in 0..3 {
-        assert_eq!(smache.scope(greeting(&during)).await, "hello Augusta");
-    }
+    let during = rename_while_redis_is_down(&smache, &users, &db, &ada, "Augusta").await;
 
     // It comes back empty: no value, no graph, no resume token, no lease.
     redis.resume();
@@ -121,51 +180,23 @@ async fn redis_restarting_empty_breaks_no_caller_and_the_loop_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarting_with_its_data_serves_nothing_stale_after_the_outage() {
-    smache_suite::init_logs();
-    let mut redis = RedisServer::start();
-    let database = unique("faults").replace('-', "_");
-    let prefix = unique("faults");
-    let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
-    let db = client.database(&database);
-    let smache = Smache::builder()
-        .redis_url(redis.url())
-        .mongodb(&client, &database)
-        .prefix(&prefix)
-        .op_timeout(Duration::from_millis(300))
-        .run_executor()
-        .build()
-        .unwrap();
+    let Scene {
+        mut redis,
+        database,
+        prefix,
+        db,
+        smache,
+        users,
+        ada,
+    } = Scene::new().await;
     let mut worker = WorkerProcess::start(&redis.url(), &mongodb_uri(), &database, &prefix);
-    let users = db.collection::<User>("users");
-    let ada = User {
-        id: ObjectId::new(),
-        name: "Ada".into(),
-    };
-    users.insert_one(&ada).await.unwrap();
     worker.wait_watching(Duration::from_secs(20)).await;
-    assert_eq!(smache.scope(greeting(&ada)).await, "hello Ada");
-    let key = greeting::key(&ada).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            smache.is_fresh(&key).await.unwrap_or(false)
-        })
-        .await
-    );
+    let key = cached_and_fresh(&smache, &ada).await;
 
     // Redis stops with its data (the value, the graph, the resume token)
     // and the document changes while it is down: no caller sees an error.
     redis.save_and_kill();
-    users
-        .update_one(
-            doc! { "_id": ada.id },
-            doc! { "$set": { "name": "Augusta" } },
-        )
-        .await
-        .unwrap();
-    let during = current(&db, ada.id).await;
-    for _ in 0..3 {
-        assert_eq!(smache.scope(greeting(&during)).await, "hello Augusta");
-    }
+    rename_while_redis_is_down(&smache, &users, &db, &ada, "Augusta").await;
 
     // It comes back with the value computed before the change, which it
     // still calls fresh. The worker resumes from the saved token, sees the
@@ -194,33 +225,17 @@ async fn redis_restarting_with_its_data_serves_nothing_stale_after_the_outage() 
 /// before it stale, and they are recomputed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_starting_without_a_saved_position_leaves_no_value_stale() {
-    smache_suite::init_logs();
-    let redis = RedisServer::start();
-    let database = unique("faults").replace('-', "_");
-    let prefix = unique("faults");
-    let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
-    let db = client.database(&database);
-    let smache = Smache::builder()
-        .redis_url(redis.url())
-        .mongodb(&client, &database)
-        .prefix(&prefix)
-        .run_executor()
-        .build()
-        .unwrap();
-    let users = db.collection::<User>("users");
-    let ada = User {
-        id: ObjectId::new(),
-        name: "Ada".into(),
-    };
-    users.insert_one(&ada).await.unwrap();
+    let Scene {
+        redis,
+        database,
+        prefix,
+        db,
+        smache,
+        users,
+        ada,
+    } = Scene::new().await;
     assert_eq!(smache.scope(greeting(&ada)).await, "hello Ada");
-    users
-        .update_one(
-            doc! { "_id": ada.id },
-            doc! { "$set": { "name": "Augusta" } },
-        )
-        .await
-        .unwrap();
+    rename(&users, &ada, "Augusta").await;
     // No worker watched: the cached value is out of date and nothing knows.
     assert_eq!(smache.scope(greeting(&ada)).await, "hello Ada");
 
@@ -254,25 +269,15 @@ async fn a_worker_starting_without_a_saved_position_leaves_no_value_stale() {
 /// is back it resumes after its saved token and the change is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_loses_mongodb_retries_and_misses_no_change() {
-    smache_suite::init_logs();
-    let redis = RedisServer::start();
-    let database = unique("faults").replace('-', "_");
-    let prefix = unique("faults");
-    let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
-    let db = client.database(&database);
-    let smache = Smache::builder()
-        .redis_url(redis.url())
-        .mongodb(&client, &database)
-        .prefix(&prefix)
-        .run_executor()
-        .build()
-        .unwrap();
-    let users = db.collection::<User>("users");
-    let ada = User {
-        id: ObjectId::new(),
-        name: "Ada".into(),
-    };
-    users.insert_one(&ada).await.unwrap();
+    let Scene {
+        redis,
+        database,
+        prefix,
+        db,
+        smache,
+        users,
+        ada,
+    } = Scene::new().await;
     let mut proxy = TcpProxy::start(&first_mongodb_host(&mongodb_uri())).await;
     let through_proxy = format!(
         "{}&serverSelectionTimeoutMS=1000&connectTimeoutMS=1000",
@@ -283,13 +288,7 @@ async fn a_worker_that_loses_mongodb_retries_and_misses_no_change() {
     assert_eq!(smache.scope(greeting(&ada)).await, "hello Ada");
 
     proxy.cut();
-    users
-        .update_one(
-            doc! { "_id": ada.id },
-            doc! { "$set": { "name": "Augusta" } },
-        )
-        .await
-        .unwrap();
+    rename(&users, &ada, "Augusta").await;
     // The worker cannot see it; it keeps running and retrying.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
