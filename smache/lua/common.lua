@@ -189,19 +189,18 @@ local function signal(base, id, lazy, token)
   end
   g = num(g)
   local was_fresh = g <= num(w)
-  local now = redis.call('TIME')
-  now = now[1] * 1000 + math.floor(now[2] / 1000)
   local update = {'g', g + 1}
   local queue = m ~= '1' and not q and not lazy
-  if was_fresh or (queue and t == '0') then
-    -- Stale from now (or, marked before with no recompute coming, one is
-    -- coming now).
-    update[#update + 1] = 't'
-    update[#update + 1] = now
-  end
   if lazy and m ~= '1' and not q then
+    -- Stale with no recompute coming.
     update[#update + 1] = 't'
     update[#update + 1] = 0
+  elseif was_fresh or (queue and t == '0') then
+    -- Stale from now (or, marked before with no recompute coming, one is
+    -- coming now).
+    local now = redis.call('TIME')
+    update[#update + 1] = 't'
+    update[#update + 1] = now[1] * 1000 + math.floor(now[2] / 1000)
   end
   if queue then
     -- The job before its flag: should the XADD fail (out of memory), no
@@ -241,23 +240,21 @@ local FANOUT_CHUNK = 1000
 local DEFAULT_MAX_FANOUT = 100000
 
 local function max_fanout(base)
-  return tonumber(redis.call('HGET', typed(base .. 'config', 'hash'), 'max_fanout'))
-    or DEFAULT_MAX_FANOUT
+  return tonumber(call_on('HGET', base .. 'config', 'max_fanout')) or DEFAULT_MAX_FANOUT
 end
 
 local function signal_dependents(base, token)
-  local rkey = typed(base .. 'r:' .. token, 'set')
-  local n = redis.call('SCARD', rkey)
+  local rkey = base .. 'r:' .. token
+  local n = call_on('SCARD', rkey)
   if n == 0 then
     return 0
   end
   if n > max_fanout(base) then
-    redis.call('XADD', typed(base .. 'jobs', 'stream'), '*', 'fan', token, 'cur', '0',
-      'lazy', '1', 'n', n)
+    call_on('XADD', base .. 'jobs', '*', 'fan', token, 'cur', '0', 'lazy', '1', 'n', n)
     return 1
   end
   if n > FANOUT_CHUNK then
-    redis.call('XADD', typed(base .. 'jobs', 'stream'), '*', 'fan', token, 'cur', '0')
+    call_on('XADD', base .. 'jobs', '*', 'fan', token, 'cur', '0')
     return 1
   end
   local queued = 0
