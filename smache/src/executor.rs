@@ -614,21 +614,21 @@ impl Executor {
     /// Tells `inspect` which functions and callbacks this executor runs
     /// (`{prefix}:fns`), so jobs nobody can run stand out.
     async fn announce(&self) {
+        let callbacks = &self.smache.inner.callbacks;
+        if registry::heads().next().is_none() && callbacks.is_empty() {
+            return;
+        }
         let Ok(mut conn) = self.store.shared().await else {
             return;
         };
         let now = crate::envelope::now_ms();
         let mut cmd = redis::cmd("HSET");
         cmd.arg(format!("{}fns", self.smache.inner.base));
-        for spec in registry::functions() {
-            cmd.arg(format!("{}#{}", spec.name(), spec.version()))
-                .arg(now);
+        for head in registry::heads() {
+            cmd.arg(head).arg(now);
         }
-        for name in self.smache.inner.callbacks.keys() {
+        for name in callbacks.keys() {
             cmd.arg(format!("cb:{name}")).arg(now);
-        }
-        if registry::functions().next().is_none() && self.smache.inner.callbacks.is_empty() {
-            return;
         }
         let announced: redis::RedisResult<()> = cmd.query_async(&mut conn).await;
         if let Err(err) = announced {
@@ -1125,31 +1125,11 @@ impl Executor {
 
     /// Marks every value of one function stale.
     async fn stale_function(&self, head: &str) -> Result<()> {
-        let base = &self.smache.inner.base;
-        let prefix = format!("{base}v:");
-        let mut conn = self.store.shared().await?;
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{prefix}{}:*", crate::worker::glob_escape(head)))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            let ids: Vec<String> = keys
-                .iter()
-                .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
-                .collect();
-            if !ids.is_empty() {
-                self.store.mark_stale(base, &ids).await?;
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
-        }
+        let glob = format!("{}:*", crate::worker::glob_escape(head));
+        self.store
+            .mark_matching_stale(&self.smache.inner.base, &glob)
+            .await?;
+        Ok(())
     }
 }
 

@@ -100,6 +100,11 @@ pub(crate) fn find(head: &str) -> Option<&'static Registration> {
     BY_NAME.get(head).copied()
 }
 
+/// The `name#version` of every registered function, as jobs name them.
+pub(crate) fn heads() -> impl Iterator<Item = &'static str> {
+    BY_NAME.keys().map(String::as_str)
+}
+
 /// Every registered function.
 pub fn functions() -> impl Iterator<Item = &'static FnSpec> {
     inventory::iter::<Registration>.into_iter().map(|r| r.spec)

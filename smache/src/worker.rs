@@ -119,6 +119,39 @@ impl WorkerKeys {
     }
 }
 
+/// Whether a worker of this instance's prefix has saved its position in
+/// the change stream and owes no stale-marking (a worker starting without
+/// a saved position marks the values stored before it): from now on every
+/// change reaches the values. A readiness check for deploys and tests.
+///
+/// ```no_run
+/// # async fn run(smache: smache::Smache) -> Result<(), smache::Error> {
+/// while !smache::worker::watching(&smache).await? {
+///     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// [`Error::Config`] without the Redis store; [`Error::Redis`] if Redis
+/// cannot be asked.
+pub async fn watching(smache: &Smache) -> Result<bool> {
+    let Store::Redis(store) = &smache.inner.store else {
+        return Err(Error::Config("the worker needs the Redis store".into()));
+    };
+    let keys = WorkerKeys::new(&smache.inner.base);
+    let mut conn = store.shared().await?;
+    let (token, lost): (bool, bool) = redis::pipe()
+        .cmd("EXISTS")
+        .arg(&keys.token)
+        .cmd("EXISTS")
+        .arg(&keys.lost)
+        .query_async(&mut conn)
+        .await?;
+    Ok(token && !lost)
+}
+
 /// Runs a worker until Ctrl-C or SIGTERM.
 ///
 /// # Errors
@@ -373,7 +406,7 @@ impl Worker<'_> {
         let prefix = format!("{}r:", self.keys.base);
         let mut tokens = vec![format!("c:{coll}")];
         let pattern = format!("{prefix}e:{}:*", glob_escape(coll));
-        for key in self.scan(&pattern).await? {
+        for key in self.store.scan(&pattern).await? {
             if let Some(token) = key.strip_prefix(&prefix) {
                 tokens.push(token.to_owned());
             }
@@ -489,44 +522,9 @@ impl Worker<'_> {
     }
 
     async fn mark_everything_stale(&self) -> Result<()> {
-        let prefix = format!("{}v:", self.keys.base);
-        let ids: Vec<String> = self
-            .scan(&format!("{prefix}*"))
-            .await?
-            .into_iter()
-            .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
-            .collect();
-        let mut queued = 0;
-        for chunk in ids.chunks(500) {
-            queued += self.store.mark_stale(&self.keys.base, chunk).await?;
-        }
-        tracing::warn!(
-            values = ids.len(),
-            queued,
-            "smache worker: marked every value stale"
-        );
+        let (values, queued) = self.store.mark_matching_stale(&self.keys.base, "*").await?;
+        tracing::warn!(values, queued, "smache worker: marked every value stale");
         Ok(())
-    }
-
-    async fn scan(&self, pattern: &str) -> Result<Vec<String>> {
-        let mut conn = self.store.shared().await?;
-        let mut cursor: u64 = 0;
-        let mut keys = Vec::new();
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            keys.extend(batch);
-            if next == 0 {
-                return Ok(keys);
-            }
-            cursor = next;
-        }
     }
 
     async fn release(&self) {

@@ -330,19 +330,14 @@ impl WorkerProcess {
     /// without a saved position marks the values stored before it); panics
     /// with the worker's log after `timeout`.
     pub async fn wait_watching(&self, timeout: Duration) {
-        let mut conn = redis_connection(&self.redis_url).await;
-        let token = format!("{{{}}}:w:token", self.prefix);
-        let lost = format!("{{{}}}:w:lost", self.prefix);
+        let probe = smache::Smache::builder()
+            .redis_url(&self.redis_url)
+            .prefix(&self.prefix)
+            .build()
+            .expect("a Redis-only instance to probe the worker");
         let deadline = Instant::now() + timeout;
         loop {
-            let exists: redis::RedisResult<(bool, bool)> = redis::pipe()
-                .cmd("EXISTS")
-                .arg(&token)
-                .cmd("EXISTS")
-                .arg(&lost)
-                .query_async(&mut conn)
-                .await;
-            if let Ok((true, false)) = exists {
+            if let Ok(true) = smache::worker::watching(&probe).await {
                 return;
             }
             assert!(
@@ -479,11 +474,22 @@ impl Drop for TcpProxy {
     }
 }
 
+/// A MongoDB URI's parts: scheme, credentials (`user:pass@` or empty),
+/// hosts (`h1:p1,h2:p2`) and the rest (`/db?options`, possibly empty).
+fn mongodb_uri_parts(uri: &str) -> (&str, &str, &str, &str) {
+    let (scheme, rest) = uri.split_once("://").unwrap_or(("mongodb", uri));
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (credentials, hosts) = match authority.rfind('@') {
+        Some(at) => authority.split_at(at + 1),
+        None => ("", authority),
+    };
+    (scheme, credentials, hosts, tail)
+}
+
 /// The first `host:port` of a MongoDB URI (`mongodb://[user@]host:port,…/…`).
 pub fn first_mongodb_host(uri: &str) -> String {
-    let rest = uri.split_once("://").map_or(uri, |(_, rest)| rest);
-    let hosts = rest.split(['/', '?']).next().unwrap_or(rest);
-    let hosts = hosts.rsplit_once('@').map_or(hosts, |(_, hosts)| hosts);
+    let (_, _, hosts, _) = mongodb_uri_parts(uri);
     let first = hosts.split(',').next().unwrap_or(hosts);
     if first.contains(':') {
         first.to_owned()
@@ -495,12 +501,7 @@ pub fn first_mongodb_host(uri: &str) -> String {
 /// `uri` with its hosts replaced by `127.0.0.1:<port>` (a [`TcpProxy`]) and
 /// `directConnection=true`, so the driver talks only through the proxy.
 pub fn mongodb_uri_via(uri: &str, port: u16) -> String {
-    let (scheme, rest) = uri.split_once("://").unwrap_or(("mongodb", uri));
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let credentials = authority
-        .rsplit_once('@')
-        .map_or(String::new(), |(user, _)| format!("{user}@"));
+    let (scheme, credentials, _, tail) = mongodb_uri_parts(uri);
     let tail = if tail.is_empty() { "/" } else { tail };
     let separator = if tail.contains('?') { '&' } else { '?' };
     let tail = if tail.starts_with('?') {

@@ -54,19 +54,9 @@ pub(crate) async fn refresher(args: Refresher) -> Result<()> {
     // Watching once the worker saved where its change stream starts and
     // marked stale what it owed (a worker without a saved position marks
     // the values stored before it).
-    let mut conn = crate::ctx::connection_manager(&redis_url).await?;
-    let token_key = format!("{{{}}}:w:token", args.prefix);
-    let lost_key = format!("{{{}}}:w:lost", args.prefix);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (token, lost): (bool, bool) = redis::pipe()
-            .cmd("EXISTS")
-            .arg(&token_key)
-            .cmd("EXISTS")
-            .arg(&lost_key)
-            .query_async(&mut conn)
-            .await?;
-        if token && !lost {
+        if smache::worker::watching(&smache).await? {
             break;
         }
         if Instant::now() > deadline {

@@ -420,6 +420,64 @@ impl RedisStore {
         Ok((fence > 0).then_some(fence))
     }
 
+    /// One page of `SCAN … MATCH pattern`: the next cursor and the keys.
+    async fn scan_page(
+        conn: &mut ConnectionManager,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, Vec<String>)> {
+        Ok(redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?)
+    }
+
+    /// Every key matching `pattern`.
+    pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<String>> {
+        let mut conn = self.connection().await?;
+        let (mut cursor, mut keys) = (0, Vec::new());
+        loop {
+            let (next, page) = Self::scan_page(&mut conn, cursor, pattern).await?;
+            keys.extend(page);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Signals as changed every value whose id matches `id_glob`, a page
+    /// of the scan at a time; how many values, and how many jobs queued.
+    pub(crate) async fn mark_matching_stale(
+        &self,
+        base: &str,
+        id_glob: &str,
+    ) -> Result<(usize, u64)> {
+        let prefix = format!("{base}v:");
+        let pattern = format!("{prefix}{id_glob}");
+        let mut conn = self.connection().await?;
+        let (mut cursor, mut values, mut queued) = (0, 0, 0);
+        loop {
+            let (next, keys) = Self::scan_page(&mut conn, cursor, &pattern).await?;
+            let ids: Vec<String> = keys
+                .iter()
+                .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
+                .collect();
+            values += ids.len();
+            for chunk in ids.chunks(500) {
+                queued += self.mark_stale(base, chunk).await?;
+            }
+            if next == 0 {
+                return Ok((values, queued));
+            }
+            cursor = next;
+        }
+    }
+
     /// Signals every value in `ids` as changed.
     pub(crate) async fn mark_stale(&self, base: &str, ids: &[String]) -> Result<u64> {
         let mut conn = self.connection().await?;
