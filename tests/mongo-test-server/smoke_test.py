@@ -88,6 +88,7 @@ class SmokeTest(unittest.TestCase):
     # -- change streams -------------------------------------------------
 
     def test_event_format(self) -> None:
+        self.db.create_collection("items", changeStreamPreAndPostImages={"enabled": True})
         with self.coll.watch(
             full_document="updateLookup", full_document_before_change="whenAvailable"
         ) as stream:
@@ -97,6 +98,13 @@ class SmokeTest(unittest.TestCase):
         self.assertEqual(insert["operationType"], "insert")
         self.assertIsInstance(insert["_id"]["_data"], str)
         self.assertIsInstance(insert["clusterTime"], Timestamp)
+        # The token carries the event's cluster time after 0x82, as MongoDB's do.
+        data = insert["_id"]["_data"]
+        self.assertEqual(data[:2], "82")
+        self.assertEqual(
+            (int(data[2:10], 16), int(data[10:18], 16)),
+            (insert["clusterTime"].time, insert["clusterTime"].inc),
+        )
         self.assertEqual(insert["ns"], {"db": self.db.name, "coll": "items"})
         self.assertEqual(insert["documentKey"], {"_id": 1})
         self.assertEqual(insert["fullDocument"], {"_id": 1, "a": 1, "arr": [1, 2, 3]})
@@ -111,6 +119,24 @@ class SmokeTest(unittest.TestCase):
                 "truncatedArrays": [{"field": "arr", "newSize": 2}],
             },
         )
+
+    def test_pre_images_only_where_enabled(self) -> None:
+        with self.coll.watch(full_document_before_change="whenAvailable") as stream:
+            self.coll.insert_one({"_id": 1, "a": 1})
+            self.coll.update_one({"_id": 1}, {"$set": {"a": 2}})
+            self.db.command("collMod", "items", changeStreamPreAndPostImages={"enabled": True})
+            self.coll.update_one({"_id": 1}, {"$set": {"a": 3}})
+            events = [stream.next() for _ in range(3)]
+        self.assertIsNone(events[1]["fullDocumentBeforeChange"])
+        self.assertEqual(events[2]["fullDocumentBeforeChange"], {"_id": 1, "a": 2})
+
+    def test_writes_report_their_operation_time(self) -> None:
+        with self.client.start_session() as session:
+            self.coll.insert_one({"_id": 1}, session=session)
+            first = session.operation_time
+            self.coll.update_one({"_id": 1}, {"$set": {"a": 1}}, session=session)
+            self.assertIsInstance(first, Timestamp)
+            self.assertGreater(session.operation_time, first)
 
     def test_resume_after_and_start_at_operation_time(self) -> None:
         with self.coll.watch() as stream:
@@ -218,7 +244,7 @@ class SmokeTest(unittest.TestCase):
 
     def test_unknown_token_and_pruned_history(self) -> None:
         with self.assertRaises(OperationFailure) as unknown:
-            self.coll.watch(resume_after={"_data": "00000000" + "0" * 16 + "00"})
+            self.coll.watch(resume_after={"_data": "82" + "0" * 16 + "00000000" + "0" * 16 + "00"})
         self.assertEqual(unknown.exception.code, 286)
         with self.coll.watch() as stream:
             self.coll.insert_one({"_id": 0})

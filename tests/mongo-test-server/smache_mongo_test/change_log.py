@@ -12,7 +12,9 @@ numbers and adds what MongoDB's events carry and mongoeco's do not:
 * cluster and wall-clock times;
 * ``updateDescription`` (a diff of the pre-image it keeps per document,
   :class:`DocumentShadow`, against the post-image mongoeco reports);
-* the pre-image itself, for ``fullDocumentBeforeChange``;
+* the pre-image itself, for ``fullDocumentBeforeChange``, of the collections
+  that enabled ``changeStreamPreAndPostImages`` (``create`` or ``collMod``),
+  as MongoDB keeps pre-images only for those (:meth:`ChangeLog.set_pre_images`);
 * ``drop`` (mongoeco's ``invalidate``), ``dropDatabase`` and ``rename``
   events (the last two recorded by the command layer, see
   :meth:`ChangeLog.record_database_drop` and :meth:`ChangeLog.record_rename`).
@@ -143,6 +145,8 @@ class ChangeLog:
         self._last_seq = 0
         self._floors: dict[str | None, Floor] = {None: Floor()}  # None: global
         self._news = asyncio.Event()
+        # Collections with changeStreamPreAndPostImages enabled.
+        self._pre_images: set[tuple[str, str]] = set()
 
     # -- reading --------------------------------------------------------
 
@@ -197,16 +201,33 @@ class ChangeLog:
 
     # -- recording ------------------------------------------------------
 
+    def set_pre_images(self, db: str, coll: str, enabled: bool) -> None:
+        """``changeStreamPreAndPostImages: {enabled}`` of a collection."""
+        if enabled:
+            self._pre_images.add((db, coll))
+        else:
+            self._pre_images.discard((db, coll))
+
+    def _kept_pre_image(self, db: str, coll: str, before: dict[str, Any] | None) -> dict[str, Any] | None:
+        return before if (db, coll) in self._pre_images else None
+
     def ingest(self, payload: dict[str, Any]) -> None:
         """Records one change as mongoeco announces it (see :class:`ChangeLogFeed`)."""
         operation = payload["operation_type"]
         db, coll, key = payload["db_name"], payload["coll_name"], payload["document_key"]
         if operation == "invalidate":  # mongoeco's word for a dropped collection
             self._shadow.drop_collection(db, coll)
+            self._pre_images.discard((db, coll))
             self._append(operation_type="drop", db=db, coll=coll)
         elif operation == "delete":
             before = self._shadow.remove(db, coll, key)
-            self._append(operation_type="delete", db=db, coll=coll, document_key=deepcopy(key), before=before)
+            self._append(
+                operation_type="delete",
+                db=db,
+                coll=coll,
+                document_key=deepcopy(key),
+                before=self._kept_pre_image(db, coll, before),
+            )
         elif operation in ("insert", "update", "replace"):
             after = payload["full_document"] or {}  # mongoeco always sends it
             before = self._shadow.replace(db, coll, key, after)
@@ -217,16 +238,20 @@ class ChangeLog:
                 coll=coll,
                 document_key=deepcopy(key),
                 full_document=deepcopy(after),
-                before=before,
+                before=self._kept_pre_image(db, coll, before),
                 update_description=description,
             )
 
     def record_database_drop(self, db: str) -> None:
         self._shadow.drop_database(db)
+        self._pre_images = {namespace for namespace in self._pre_images if namespace[0] != db}
         self._append(operation_type="dropDatabase", db=db, coll=None)
 
     def record_rename(self, source: tuple[str, str], target: tuple[str, str]) -> None:
         self._shadow.rename(source, target)
+        if source in self._pre_images:
+            self._pre_images.discard(source)
+            self._pre_images.add(target)
         self._append(
             operation_type="rename",
             db=source[0],

@@ -195,7 +195,7 @@ def _parse_batch_size(cursor: object) -> int | None:
 async def render_event(change: Change, request: StreamRequest, lookup: Lookup) -> dict[str, Any]:
     """The MongoDB change event document for ``change``."""
     event: dict[str, Any] = {
-        "_id": encode_token(change.seq),
+        "_id": encode_token(change.seq, change.cluster_time),
         "operationType": change.operation_type,
         "clusterTime": Timestamp(*change.cluster_time),
         "wallTime": change.wall_time,
@@ -234,7 +234,7 @@ def _pre_image(change: Change, request: StreamRequest) -> dict[str, Any] | None:
 
 def invalidate_event(change: Change) -> dict[str, Any]:
     return {
-        "_id": encode_token(change.seq, invalidate=True),
+        "_id": encode_token(change.seq, change.cluster_time, invalidate=True),
         "operationType": "invalidate",
         "clusterTime": Timestamp(*change.cluster_time),
         "wallTime": change.wall_time,
@@ -247,10 +247,14 @@ def invalidate_event(change: Change) -> dict[str, Any]:
 class StreamCursor:
     """One open change stream."""
 
-    def __init__(self, cursor_id: int, request: StreamRequest, position: int) -> None:
+    def __init__(
+        self, cursor_id: int, request: StreamRequest, position: int, position_time: tuple[int, int]
+    ) -> None:
         self.cursor_id = cursor_id
         self.request = request
         self.position = position
+        # The cluster time of the position, carried in its resume token.
+        self.position_time = position_time
         self.closed = False
         # An invalidate still to deliver (the stream resumed right after the
         # change that invalidates it, or the batch was full when it came).
@@ -260,8 +264,9 @@ class StreamCursor:
     @property
     def resume_token(self) -> dict[str, str]:
         if self._last_invalidate is not None:
-            return encode_token(self._last_invalidate.seq, invalidate=True)
-        return encode_token(self.position)
+            change = self._last_invalidate
+            return encode_token(change.seq, change.cluster_time, invalidate=True)
+        return encode_token(self.position, self.position_time)
 
     async def next_batch(
         self, log: ChangeLog, lookup: Lookup, *, limit: int, await_seconds: float
@@ -286,9 +291,9 @@ class StreamCursor:
             log.ensure_position_available(self.position, self.request.scope)
             change = log.next_after(self.position)
             if change is None:
-                self.position = log.last_seq
+                self.position, self.position_time = log.last_seq, log.cluster_time
                 break
-            self.position = change.seq
+            self.position, self.position_time = change.seq, change.cluster_time
             event = await self._render(change, lookup)
             if event is not None:
                 batch.append(event)
@@ -340,7 +345,7 @@ class ChangeStreamService:
 
     async def open(self, db_name: str, command: dict[str, Any]) -> dict[str, Any]:
         request = parse_request(db_name, command)
-        cursor = StreamCursor(next(self._ids), request, self._log.last_seq)
+        cursor = StreamCursor(next(self._ids), request, self._log.last_seq, self._log.cluster_time)
         self._position_at_start(cursor)
         limit = FIRST_BATCH_SIZE if request.batch_size is None else request.batch_size
         batch = await cursor.next_batch(self._log, self._lookup, limit=limit, await_seconds=0)
@@ -394,13 +399,14 @@ class ChangeStreamService:
                     INVALID_RESUME_TOKEN, "cannot resumeAfter an invalidate event; use startAfter"
                 )
             log.ensure_position_available(token.seq, request.scope)
-            cursor.position = token.seq
+            cursor.position, cursor.position_time = token.seq, token.cluster_time
             change = log.change_at(token.seq)
             if not token.invalidate and change is not None and request.scope.invalidated_by(change):
                 cursor.pending_invalidate = change
         elif request.start_at is not None:
             log.ensure_time_available(request.start_at, request.scope)
-            cursor.position = log.floor(request.scope).seq
+            floor = log.floor(request.scope)
+            cursor.position, cursor.position_time = floor.seq, floor.time
 
     @staticmethod
     def _reply(cursor: StreamCursor, batch: list[dict[str, Any]], batch_name: str) -> dict[str, Any]:

@@ -21,8 +21,13 @@ killCursors, ... or to ``AsyncDatabase.command``), and to render failures
   collection's database, where mongoeco expects it;
 * ``dropDatabase`` and ``renameCollection`` are recorded as change events
   (mongoeco announces none for them);
+* ``changeStreamPreAndPostImages`` (an option of ``create``, and ``collMod``
+  with only that option) is served here: it says which collections' changes
+  keep their pre-images (``fullDocumentBeforeChange``), as on MongoDB;
 * replies are normalised: cursor ids are Int64, every error (raised, ``ok: 0``
-  or in ``writeErrors``) has a numeric ``code`` (and ``codeName``).
+  or in ``writeErrors``) has a numeric ``code`` (and ``codeName``), and every
+  reply carries ``operationTime`` (the cluster time of the latest change), so
+  a driver's session knows the time of its writes, as on a replica set.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any
 
 from bson.int64 import Int64
 from mongoeco.api import AsyncMongoClient
+from mongoeco.types import Timestamp
 from mongoeco.core.codec import DocumentCodec
 from mongoeco.core.expression_context import ExpressionExecutionContext
 from mongoeco.wire import AsyncMongoEcoProxyServer
@@ -42,16 +48,20 @@ from mongoeco.wire.requests import WireRequestContext
 
 from .change_log import ChangeLog, ChangeLogFeed
 from .change_streams import ChangeStreamService, is_change_stream_aggregate
-from .errors import complete_error_fields, error_reply
+from .errors import BAD_VALUE, CommandError, complete_error_fields, error_reply
 from .tokens import as_int
 
 FORGET_HISTORY_COMMAND = "smacheTestForgetHistory"
+PRE_IMAGES_OPTION = "changeStreamPreAndPostImages"
 
 _CHANGE_STREAM = WireCommandCapability(
     name="aggregate", kind="smache_change_stream", family="admin_read", binds_session=False
 )
 _FORGET_HISTORY = WireCommandCapability(
     name=FORGET_HISTORY_COMMAND, kind="smache_forget_history", family="admin_control", binds_session=False
+)
+_COLL_MOD = WireCommandCapability(
+    name="collMod", kind="smache_coll_mod", family="admin_namespace", binds_session=False
 )
 
 
@@ -69,6 +79,9 @@ class SmacheWireExecutor(WireCommandExecutor):
 
     def _build_request_context(self, body, *, connection, db_name, on_normalized=None) -> WireRequestContext:
         body = normalize_request(body)
+        if next(iter(body), None) == "create" and PRE_IMAGES_OPTION in body:
+            body = dict(body)
+            self._set_pre_images(db_name or body.get("$db") or "test", body["create"], body.pop(PRE_IMAGES_OPTION))
         capability = _own_capability(body)
         if capability is None:
             return super()._build_request_context(
@@ -90,6 +103,7 @@ class SmacheWireExecutor(WireCommandExecutor):
     async def execute_prepared(self, context: WireRequestContext) -> dict[str, Any]:
         reply = await self._execute(context)
         self._record_namespace_events(context, reply)
+        reply.setdefault("operationTime", Timestamp(*self._change_log.cluster_time))
         return normalize_reply(reply)
 
     @staticmethod
@@ -105,6 +119,8 @@ class SmacheWireExecutor(WireCommandExecutor):
             return await self._streams.open(context.db_name, command)
         if kind == _FORGET_HISTORY.kind:
             return self._streams.forget_history(command)
+        if kind == _COLL_MOD.kind:
+            return self._coll_mod(context.db_name, command)
         if context.command_name == "getMore" and self._streams.owns(command.get("getMore")):
             return await self._streams.get_more(context.db_name, command)
         if context.command_name == "killCursors":
@@ -115,6 +131,22 @@ class SmacheWireExecutor(WireCommandExecutor):
         if context.command_name == "find" and command.get("singleBatch") is True:
             self._close_single_batch(context, reply)
         return reply
+
+    def _coll_mod(self, db_name: str, command: dict[str, Any]) -> dict[str, Any]:
+        """``collMod``: only ``changeStreamPreAndPostImages`` is supported."""
+        others = sorted(set(command) - {"collMod", PRE_IMAGES_OPTION})
+        if others:
+            raise CommandError(BAD_VALUE, f"the test server's collMod supports only {PRE_IMAGES_OPTION}, not {others[0]}")
+        if PRE_IMAGES_OPTION in command:
+            self._set_pre_images(db_name, command["collMod"], command[PRE_IMAGES_OPTION])
+        return {"ok": 1.0}
+
+    def _set_pre_images(self, db_name: str, coll: object, option: object) -> None:
+        if not isinstance(coll, str) or not coll:
+            raise CommandError(BAD_VALUE, "a collection name is required")
+        if not isinstance(option, dict) or not isinstance(option.get("enabled"), bool):
+            raise CommandError(BAD_VALUE, f"{PRE_IMAGES_OPTION} must be {{enabled: <bool>}}")
+        self._change_log.set_pre_images(db_name, coll, option["enabled"])
 
     async def _kill_cursors(self, context: WireRequestContext) -> dict[str, Any]:
         """Stream cursors are closed here, the rest by mongoeco's cursor store."""
@@ -174,6 +206,8 @@ def _own_capability(body: dict[str, Any]) -> WireCommandCapability | None:
     name = next((key for key in body if key not in WIRE_INTERNAL_KEYS), None)
     if name == FORGET_HISTORY_COMMAND:
         return _FORGET_HISTORY
+    if name == "collMod":
+        return _COLL_MOD
     if name == "aggregate" and is_change_stream_aggregate(
         {key: body[key] for key in body if key not in WIRE_INTERNAL_KEYS}
     ):
