@@ -608,3 +608,182 @@ async fn lost_change_history_marks_every_value_stale_and_carries_on() {
         .await;
     world.stop().await;
 }
+
+/// Users Ada, Bob and Cy; one order of Ada's, inserted before the worker
+/// watches (so smache never saw it change); `spent` cached for all three.
+/// The order then moves to Bob: its first change seen is the move.
+struct Moved {
+    world: World,
+    ada: User,
+    cy: User,
+}
+
+async fn move_an_order_seen_for_the_first_time(pre_images: bool) -> Moved {
+    let mut world = World::new().await;
+    if pre_images {
+        world
+            .db
+            .run_command(doc! {
+                "create": "orders",
+                "changeStreamPreAndPostImages": { "enabled": true },
+            })
+            .await
+            .unwrap();
+    }
+    let (ada, bob, cy) = (
+        world.insert_user("Ada").await,
+        world.insert_user("Bob").await,
+        world.insert_user("Cy").await,
+    );
+    let orders = world.db.collection::<Order>("orders");
+    let order = Order {
+        id: ObjectId::new(),
+        user_id: ada.id,
+        total: 7,
+    };
+    orders.insert_one(&order).await.unwrap();
+    world.watching().await;
+    for (user, total) in [(&ada, 7), (&bob, 0), (&cy, 0)] {
+        assert_eq!(world.smache.scope(spent(user)).await, total);
+    }
+    orders
+        .update_one(
+            doc! { "_id": order.id },
+            doc! { "$set": { "user_id": bob.id } },
+        )
+        .await
+        .unwrap();
+    let bob_total = || async { spent(&bob).await.to_string() };
+    world.eventually("the new owner", "7", bob_total).await;
+    Moved { world, ada, cy }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_related_document_moved_on_its_first_seen_change_refreshes_its_old_entity_from_the_pre_image(
+) {
+    let Moved { world, ada, cy } = move_an_order_seen_for_the_first_time(true).await;
+    // The old owner is refreshed in the background (no caller computes it)…
+    let ada_key = spent::key(&ada).unwrap();
+    let mut refreshed = false;
+    for _ in 0..400 {
+        let entry = world.smache.entry(&ada_key).await.unwrap().unwrap();
+        if entry.version() > 1 && !entry.is_stale() {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        refreshed,
+        "the old owner's value is recomputed by an executor\n{}",
+        world.worker.log()
+    );
+    assert_eq!(world.smache.scope(spent(&ada)).await, 0);
+    // …and, with the pre-image, nothing else is touched.
+    let cy_entry = world
+        .smache
+        .entry(&spent::key(&cy).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (cy_entry.version(), cy_entry.is_stale()),
+        (1, false),
+        "an unrelated value stays as it was"
+    );
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_related_document_moved_on_its_first_seen_change_without_a_pre_image_leaves_nothing_fresh_and_wrong(
+) {
+    let Moved { world, ada, cy } = move_an_order_seen_for_the_first_time(false).await;
+    // What the order concerned before is unknown: every value of the
+    // function is marked stale, none served stale, each recomputed when read.
+    let (ada_key, cy_key) = (spent::key(&ada).unwrap(), spent::key(&cy).unwrap());
+    let mut marked = false;
+    for _ in 0..400 {
+        if !world.smache.is_fresh(&ada_key).await.unwrap()
+            && !world.smache.is_fresh(&cy_key).await.unwrap()
+        {
+            marked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        marked,
+        "the function's values are marked stale\n{}",
+        world.worker.log()
+    );
+    assert_eq!(world.smache.scope(spent(&ada)).await, 0);
+    assert_eq!(world.smache.scope(spent(&cy)).await, 0);
+    assert!(world.smache.is_fresh(&ada_key).await.unwrap());
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_waits_for_the_worker_and_never_returns_the_old_value() {
+    let mut world = World::new().await;
+    let ada = world.insert_user("v0").await;
+    let orders = world.db.collection::<Order>("orders");
+    let order = Order {
+        id: ObjectId::new(),
+        user_id: ada.id,
+        total: 0,
+    };
+    orders.insert_one(&order).await.unwrap();
+    world.watching().await;
+    let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
+    let users = client.database(world.db.name()).collection::<User>("users");
+    let orders = client
+        .database(world.db.name())
+        .collection::<Order>("orders");
+    let mut session = client.start_session().await.unwrap();
+    let (profile_key, spent_key) = (profile::key(&ada).unwrap(), spent::key(&ada).unwrap());
+    world.smache.scope(profile(&ada)).await;
+    world.smache.scope(spent(&ada)).await;
+    for i in 1..=200_i64 {
+        // A direct dependency and a related document, in turn.
+        let related = i % 2 == 0;
+        if related {
+            orders
+                .update_one(doc! { "_id": order.id }, doc! { "$set": { "total": i } })
+                .session(&mut session)
+                .await
+                .unwrap();
+        } else {
+            users
+                .update_one(
+                    doc! { "_id": ada.id },
+                    doc! { "$set": { "name": format!("v{i}") } },
+                )
+                .session(&mut session)
+                .await
+                .unwrap();
+        }
+        let written = session.operation_time().expect("the server reports it");
+        let key = if related { &spent_key } else { &profile_key };
+        assert!(
+            world
+                .smache
+                .wait_fresh_after(key, written, Duration::from_secs(20))
+                .await
+                .unwrap(),
+            "write {i}: not fresh in time\n{}",
+            world.worker.log()
+        );
+        // `ada` is the struct as first read: only the refreshed cache
+        // value can hold the new data.
+        if related {
+            assert_eq!(world.smache.scope(spent(&ada)).await, i, "write {i}");
+        } else {
+            assert_eq!(
+                world.smache.scope(profile(&ada)).await,
+                format!("profile of v{i}"),
+                "write {i}"
+            );
+        }
+    }
+    world.stop().await;
+}

@@ -18,7 +18,8 @@
 --   base.."collections" set: the collections that some value depends on
 --   base.."jobs"       stream of jobs: `id` a recompute; `id`+`task`(+`args`) a
 --                      submitted task; `cb`+`args`+`task` a callback to run;
---                      `rel`+`doc` a related document changed; `fan`+`cur`
+--                      `rel`+`doc`+`op` (+`pre`, the document before the
+--                      change) a related document changed; `fan`+`cur`
 --                      signal the dependants of a token, a chunk at a time
 --                      (`lazy` "1": past max_fanout, mark them stale only)
 --   base.."dead"       stream of the jobs executors gave up (dead.lua): the
@@ -170,7 +171,8 @@ end
 -- and queue one recompute job, unless one is already pending or the
 -- function only wants its values marked stale. A value that
 -- no longer exists only loses its edges. Returns 1 if a job was queued.
--- `lazy` (a change past max_fanout): no job; unless one is pending, the
+-- `lazy` (a change past max_fanout, or a related document whose earlier
+-- targets are unknown): no job; unless one is pending, the
 -- value is marked as stale with none coming (`t` 0), so the next read
 -- recomputes it rather than serving it stale.
 local function signal(base, id, lazy, token)

@@ -38,7 +38,7 @@ use crate::entity::{Entity, EntityId};
 use crate::error::{Error, Result};
 use crate::instance::{Located, Smache};
 use crate::registry;
-use crate::store::{RedisStore, Start, Store, BLOCK_FOR};
+use crate::store::{RedisStore, Related, Start, Store, BLOCK_FOR};
 use crate::task::Completion;
 
 /// The consumer group all executors share.
@@ -285,8 +285,19 @@ pub async fn run_until(
                             .fan_out(&entry, &token, &cursor, lazy, dependants)
                             .await;
                     }
-                    Task::Related { collection, doc } => {
-                        executor.relate(&entry, &collection, &doc).await;
+                    Task::Related {
+                        collection,
+                        doc,
+                        op,
+                        before,
+                    } => {
+                        let change = RelatedChange {
+                            collection: &collection,
+                            doc: &doc,
+                            op: op.as_deref(),
+                            before: before.as_deref(),
+                        };
+                        executor.relate(&entry, &change).await;
                     }
                     Task::Malformed => {
                         tracing::warn!(
@@ -395,6 +406,11 @@ enum Task {
     Related {
         collection: String,
         doc: String,
+        /// The kind of change ("i", "u", "r", "d"; none from a worker
+        /// older than this field).
+        op: Option<String>,
+        /// The document before the change (BSON), when MongoDB gave it.
+        before: Option<Vec<u8>>,
     },
     Malformed,
 }
@@ -428,7 +444,12 @@ impl Task {
             };
         }
         match (entry.get::<String>("rel"), entry.get::<String>("doc")) {
-            (Some(collection), Some(doc)) => Task::Related { collection, doc },
+            (Some(collection), Some(doc)) => Task::Related {
+                collection,
+                doc,
+                op: entry.get::<String>("op"),
+                before: entry.get::<Vec<u8>>("pre"),
+            },
             _ => Task::Malformed,
         }
     }
@@ -1009,9 +1030,13 @@ fn panic_of(what: &str, err: tokio::task::JoinError) -> String {
 
 impl Executor {
     /// A related document changed: for each function with a relation on
-    /// its collection, map it to entity ids and refresh their values.
-    async fn relate(&self, entry: &str, collection: &str, doc: &str) {
+    /// its collection, map it (as it is now, and as it was before the
+    /// change when that is known) to entity ids and refresh their values.
+    async fn relate(&self, entry: &str, change: &RelatedChange<'_>) {
         let base = &self.smache.inner.base;
+        let RelatedChange {
+            collection, doc, ..
+        } = *change;
         let Some(id) = parse_entity_id(doc) else {
             tracing::warn!(
                 entry,
@@ -1021,6 +1046,15 @@ impl Executor {
             return self
                 .give_up(entry, "malformed document id in a relation job")
                 .await;
+        };
+        let before = match change.before.map(bson::from_slice::<bson::Document>) {
+            Some(Ok(before)) => Some(before),
+            Some(Err(err)) => {
+                // Mapped as if MongoDB had given no pre-image.
+                tracing::warn!(entry, error = %err, "smache executor: a relation job's pre-image does not decode; ignored");
+                None
+            }
+            None => None,
         };
         let heads: Vec<String> = match self.store.shared().await {
             Ok(mut conn) => match redis::cmd("SMEMBERS")
@@ -1075,39 +1109,28 @@ impl Executor {
                 .iter()
                 .filter(|r| r.source == collection)
             {
-                let ids = match &document {
-                    Some(document) => match (relation.map)(document.clone()) {
-                        Ok(ids) => ids,
-                        Err(err) => {
-                            tracing::warn!(error = %err, function = head, "smache executor: a relation mapper failed; skipped");
-                            continue;
-                        }
-                    },
-                    None => Vec::new(),
+                let Some(now) = map_related(relation, head, document.as_ref()) else {
+                    continue;
                 };
-                let keys: Vec<String> = ids
-                    .iter()
-                    .map(|id| {
-                        let mut key = String::new();
-                        id.write_key(&mut key);
-                        key
-                    })
-                    .collect();
-                let related = self
-                    .store
-                    .relate(
-                        base,
-                        head,
-                        &source,
-                        relation.target,
-                        document.is_none(),
-                        &keys,
-                    )
-                    .await;
-                match related {
+                // What it mapped to before: its pre-image's targets; none
+                // for an insert; else unknown (the recorded mapping, if
+                // any, stands in).
+                let earlier = match &before {
+                    Some(before) => map_related(relation, head, Some(before)),
+                    None if change.op == Some("i") => Some(Vec::new()),
+                    None => None,
+                };
+                let related = Related {
+                    source: &source,
+                    target: relation.target,
+                    gone: document.is_none(),
+                    now: &now,
+                    before: earlier.as_deref(),
+                };
+                match self.store.relate(base, head, &related).await {
                     Ok(Some(_)) => {}
                     Ok(None) => {
-                        tracing::warn!(function = head, source, "smache executor: a related document was deleted before smache saw it; refreshing all of the function's values");
+                        unknown_earlier_targets(head, collection, &source);
                         if let Err(err) = self.stale_function(head).await {
                             tracing::warn!(error = %err, "smache executor: job left for retry");
                             return;
@@ -1123,13 +1146,65 @@ impl Executor {
         self.ack(entry).await;
     }
 
-    /// Marks every value of one function stale.
+    /// Marks every value of one function stale, with no recompute coming:
+    /// each is recomputed by its next reader (a recompute of every value
+    /// of a function on each such change could swamp the executors).
     async fn stale_function(&self, head: &str) -> Result<()> {
         let glob = format!("{}:*", crate::worker::glob_escape(head));
         self.store
-            .mark_matching_stale(&self.smache.inner.base, &glob)
+            .mark_matching_stale(&self.smache.inner.base, &glob, true)
             .await?;
         Ok(())
+    }
+}
+
+/// A related document's change, as a relation job gives it.
+#[derive(Debug, Clone, Copy)]
+struct RelatedChange<'a> {
+    collection: &'a str,
+    doc: &'a str,
+    op: Option<&'a str>,
+    before: Option<&'a [u8]>,
+}
+
+/// The id keys a relation maps a version of a related document to (none
+/// for no document); `None` if its mapper fails (logged).
+fn map_related(
+    relation: &registry::Relation,
+    head: &str,
+    document: Option<&bson::Document>,
+) -> Option<Vec<String>> {
+    let Some(document) = document else {
+        return Some(Vec::new());
+    };
+    match (relation.map)(document.clone()) {
+        Ok(ids) => Some(
+            ids.iter()
+                .map(|id| {
+                    let mut key = String::new();
+                    id.write_key(&mut key);
+                    key
+                })
+                .collect(),
+        ),
+        Err(err) => {
+            tracing::warn!(error = %err, function = head, "smache executor: a relation mapper failed; skipped");
+            None
+        }
+    }
+}
+
+/// Says, once per function and collection in this process, that a related
+/// document changed whose earlier targets are unknown, and what that costs.
+fn unknown_earlier_targets(head: &str, collection: &str, source: &str) {
+    static WARNED: Mutex<Option<HashSet<(String, String)>>> = Mutex::new(None);
+    let first = crate::sync::lock(&WARNED)
+        .get_or_insert_with(HashSet::new)
+        .insert((head.to_owned(), collection.to_owned()));
+    if first {
+        tracing::warn!(function = head, collection, source, "smache executor: a related document changed that smache had not seen change before, and MongoDB gave no pre-image: what it concerned before is unknown, so every value of the function is marked stale (recomputed when next read). Enable changeStreamPreAndPostImages on the collection to refresh only the values concerned");
+    } else {
+        tracing::debug!(function = head, source, "smache executor: a related document's earlier targets are unknown; every value of the function marked stale");
     }
 }
 

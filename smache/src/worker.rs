@@ -17,7 +17,8 @@
 //! Key layout (beside the graph keys described in `lua/common.lua`):
 //! `{prefix}:w:token` the resume token, `{prefix}:w:lease` the lease holder,
 //! `{prefix}:w:fence` the fencing counter, `{prefix}:w:lost` set while
-//! marking every value stale after lost history is still owed.
+//! marking every value stale after lost history is still owed,
+//! `{prefix}:w:time` the cluster time of the saved position (saved with it).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -26,11 +27,12 @@ use bson::doc;
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
 use mongodb::change_stream::ChangeStream;
 use mongodb::error::ErrorKind;
+use mongodb::options::FullDocumentBeforeChangeType;
 
 use crate::entity::EntityId;
 use crate::error::{Error, Result};
 use crate::instance::Smache;
-use crate::store::{RedisStore, Store};
+use crate::store::{RedisStore, Seen, Store};
 
 /// The default of [`WorkerOptions::max_fanout`].
 pub const DEFAULT_MAX_FANOUT: u64 = 100_000;
@@ -105,16 +107,20 @@ pub(crate) struct WorkerKeys {
     /// Set while "history lost: mark everything stale" is owed, so a
     /// crash in between does not drop it.
     pub(crate) lost: String,
+    /// The cluster time of the saved position, `seconds << 32 | increment`
+    /// (what read-your-writes waits for).
+    pub(crate) time: String,
 }
 
 impl WorkerKeys {
-    fn new(base: &str) -> Self {
+    pub(crate) fn new(base: &str) -> Self {
         WorkerKeys {
             base: base.to_owned(),
             token: format!("{base}w:token"),
             lease: format!("{base}w:lease"),
             fence: format!("{base}w:fence"),
             lost: format!("{base}w:lost"),
+            time: format!("{base}w:time"),
         }
     }
 }
@@ -280,7 +286,7 @@ impl Worker<'_> {
         // before the first event, its successor resumes from here rather
         // than from its own later start.
         let mut saved = stream.resume_token();
-        if self.record(saved.as_ref(), &[]).await?.is_none() {
+        if self.record(saved.as_ref(), None).await?.is_none() {
             return Ok(Ended::LeaseLost);
         }
         self.last_token.clone_from(&saved);
@@ -326,15 +332,15 @@ impl Worker<'_> {
             let token = stream.resume_token();
             let recorded = match event {
                 Some(event) => {
-                    let (tokens, restart) = self.tokens_of(&event).await?;
-                    let recorded = self.record(token.as_ref(), &tokens).await?;
+                    let (change, restart) = self.change_of(&event).await?;
+                    let recorded = self.record(token.as_ref(), Some(&change)).await?;
                     if restart {
                         return Ok(Ended::Restart);
                     }
                     recorded
                 }
                 // An empty batch still moves the stream's position on.
-                None if token != saved => self.record(token.as_ref(), &[]).await?,
+                None if token != saved => self.record(token.as_ref(), None).await?,
                 None => Some(0),
             };
             if recorded.is_none() {
@@ -350,13 +356,49 @@ impl Worker<'_> {
         saved: Option<ResumeToken>,
     ) -> mongodb::error::Result<ChangeStream<ChangeStreamEvent<bson::Document>>> {
         // The whole database, unfiltered: a collection that gains its first
-        // dependant later is covered without restarting the stream.
-        let watch = self.db.watch().max_await_time(self.options.await_time);
+        // dependant later is covered without restarting the stream. With
+        // the documents before each change where the collection keeps them
+        // (changeStreamPreAndPostImages): a related document's earlier
+        // targets.
+        let watch = self
+            .db
+            .watch()
+            .max_await_time(self.options.await_time)
+            .full_document_before_change(FullDocumentBeforeChangeType::WhenAvailable);
         let stream = match saved {
             Some(token) => watch.start_after(token).await?,
             None => watch.await?,
         };
         Ok(stream)
+    }
+
+    /// What a change event tells the scripts, and whether the stream must
+    /// be reopened after it (it was invalidated).
+    async fn change_of(&self, event: &ChangeStreamEvent<bson::Document>) -> Result<(Change, bool)> {
+        let (tokens, restart) = self.tokens_of(event).await?;
+        let op = match event.operation_type {
+            OperationType::Insert => "i",
+            OperationType::Update => "u",
+            OperationType::Replace => "r",
+            OperationType::Delete => "d",
+            _ => "",
+        };
+        let before = match &event.full_document_before_change {
+            Some(document) if !op.is_empty() => {
+                Some(bson::to_vec(document).map_err(|err| Error::Serialize {
+                    what: "pre-image",
+                    message: err.to_string(),
+                })?)
+            }
+            _ => None,
+        };
+        let change = Change {
+            tokens,
+            op,
+            before,
+            time: event.cluster_time.map(timestamp_key),
+        };
+        Ok((change, restart))
     }
 
     /// The dependency tokens a change touches, and whether the stream must
@@ -414,15 +456,31 @@ impl Worker<'_> {
         Ok(tokens)
     }
 
-    async fn record(&self, token: Option<&ResumeToken>, tokens: &[String]) -> Result<Option<u64>> {
+    /// Saves the stream's new position `token`, reached after `change`
+    /// (none: an empty batch, or where a stream starts), with the jobs of
+    /// the change, in one script.
+    async fn record(
+        &self,
+        token: Option<&ResumeToken>,
+        change: Option<&Change>,
+    ) -> Result<Option<u64>> {
         let bytes = match token {
             Some(token) => encode_token(token)?,
             None => Vec::new(),
         };
-        let queued = self
-            .store
-            .changed(&self.keys, &self.id, &bytes, tokens)
-            .await?;
+        // The token's own time where it says (a post-batch token may be
+        // later than the batch's last event), else the event's.
+        let time = token
+            .and_then(token_time)
+            .max(change.and_then(|change| change.time));
+        let seen = Seen {
+            resume: &bytes,
+            time,
+            op: change.map_or("", |change| change.op),
+            before: change.and_then(|change| change.before.as_deref()),
+            tokens: change.map_or(&[], |change| &change.tokens),
+        };
+        let queued = self.store.changed(&self.keys, &self.id, &seen).await?;
         if let Some(queued) = queued.filter(|n| *n > 0) {
             tracing::debug!(queued, "smache worker: recompute jobs queued");
         }
@@ -522,7 +580,10 @@ impl Worker<'_> {
     }
 
     async fn mark_everything_stale(&self) -> Result<()> {
-        let (values, queued) = self.store.mark_matching_stale(&self.keys.base, "*").await?;
+        let (values, queued) = self
+            .store
+            .mark_matching_stale(&self.keys.base, "*", false)
+            .await?;
         tracing::warn!(values, queued, "smache worker: marked every value stale");
         Ok(())
     }
@@ -542,6 +603,43 @@ impl Worker<'_> {
             tracing::debug!(error = %err, "smache worker: could not release the lease; it will expire");
         }
     }
+}
+
+/// What one change event means to smache.
+struct Change {
+    /// The dependency tokens it touches.
+    tokens: Vec<String>,
+    /// Its kind, as `change.lua` takes it.
+    op: &'static str,
+    /// The document before the change (BSON), when MongoDB gave it.
+    before: Option<Vec<u8>>,
+    /// Its cluster time ([`timestamp_key`]).
+    time: Option<u64>,
+}
+
+/// A cluster time as one number that orders as the time does:
+/// `seconds << 32 | increment`.
+pub(crate) fn timestamp_key(time: bson::Timestamp) -> u64 {
+    (u64::from(time.time) << 32) | u64::from(time.increment)
+}
+
+/// The cluster time a resume token stands for, where it says: MongoDB's
+/// tokens (4.2 on) are `{_data: "<hex>"}` whose first byte, 0x82, tags the
+/// Timestamp that follows (seconds and increment, big-endian). `None` for
+/// a token of another form.
+fn token_time(token: &ResumeToken) -> Option<u64> {
+    let value = bson::to_bson(token).ok()?;
+    let data = value.as_document()?.get_str("_data").ok()?;
+    let hex = data.get(..18)?;
+    if !hex.starts_with("82") {
+        return None;
+    }
+    let seconds = u32::from_str_radix(&hex[2..10], 16).ok()?;
+    let increment = u32::from_str_radix(&hex[10..18], 16).ok()?;
+    Some(timestamp_key(bson::Timestamp {
+        time: seconds,
+        increment,
+    }))
 }
 
 /// The server cannot resume from the token: the history is gone.
@@ -582,6 +680,35 @@ pub(crate) fn glob_escape(literal: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn token(data: &str) -> ResumeToken {
+        bson::from_bson(bson::bson!({ "_data": data })).unwrap()
+    }
+
+    #[test]
+    fn resume_tokens_tell_their_cluster_time() {
+        // MongoDB's form: 0x82, then seconds and increment, big-endian.
+        let mongodb = token("82654A1B2C0000000A2B022C0100296E5A1004");
+        assert_eq!(
+            token_time(&mongodb),
+            Some(timestamp_key(bson::Timestamp {
+                time: 0x654A_1B2C,
+                increment: 10
+            }))
+        );
+        assert!(
+            timestamp_key(bson::Timestamp {
+                time: 2,
+                increment: 0
+            }) > timestamp_key(bson::Timestamp {
+                time: 1,
+                increment: u32::MAX
+            })
+        );
+        for other in ["", "82", "83654A1B2C0000000A", "82zz4A1B2C0000000A"] {
+            assert_eq!(token_time(&token(other)), None, "{other:?}");
+        }
+    }
 
     #[test]
     fn the_scripts_default_fanout_limit_is_the_documented_one() {

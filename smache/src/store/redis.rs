@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::StreamRangeReply;
 use redis::{Client, Script};
 use tokio::sync::OnceCell;
 
@@ -377,27 +378,79 @@ impl RedisStore {
         })
     }
 
-    /// The worker saw changes to `tokens`; queues the jobs and saves
-    /// `resume`. `None` if `worker` no longer holds the lease.
+    /// The worker saw a change (or an empty batch); queues the jobs and
+    /// saves its position. `None` if `worker` no longer holds the lease.
     pub(crate) async fn changed(
         &self,
         keys: &WorkerKeys,
         worker: &str,
-        resume: &[u8],
-        tokens: &[String],
+        seen: &Seen<'_>,
     ) -> Result<Option<u64>> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.change.key(&keys.token);
         invocation
             .key(&keys.lease)
+            .key(&keys.time)
             .arg(&keys.base)
             .arg(worker)
-            .arg(resume)
-            .arg(tokens);
+            .arg(seen.resume)
+            .arg(seen.time.map_or_else(String::new, |time| time.to_string()))
+            .arg(seen.op)
+            .arg(seen.before.unwrap_or_default())
+            .arg(seen.tokens);
         let queued: i64 = self
             .bounded("change", invocation.invoke_async(&mut conn))
             .await?;
         Ok(u64::try_from(queued).ok())
+    }
+
+    /// How far the worker has followed the change stream: the cluster time
+    /// of its saved position (`seconds << 32 | increment`), if any, and the
+    /// entry id of the newest job in the stream, if any; read together, so
+    /// that every job queued for the changes up to that time is at or
+    /// before that entry.
+    pub(crate) async fn worker_progress(
+        &self,
+        keys: &WorkerKeys,
+    ) -> Result<(Option<u64>, Option<String>)> {
+        let mut conn = self.connection().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(&keys.time)
+            .cmd("XREVRANGE")
+            .arg(format!("{}jobs", keys.base))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+        let (time, newest): (Option<String>, StreamRangeReply) = self
+            .bounded("worker_progress", pipe.query_async(&mut conn))
+            .await?;
+        let newest = newest.ids.into_iter().next().map(|entry| entry.id);
+        Ok((time.and_then(|time| time.parse().ok()), newest))
+    }
+
+    /// Whether a relation job queued at or before stream entry `upto` is
+    /// still in the stream (waiting, or held by an executor).
+    pub(crate) async fn relations_pending(&self, base: &str, upto: &str) -> Result<bool> {
+        const PAGE: usize = 500;
+        let mut conn = self.connection().await?;
+        let jobs = format!("{base}jobs");
+        let mut from = "-".to_owned();
+        loop {
+            let mut cmd = redis::cmd("XRANGE");
+            cmd.arg(&jobs).arg(&from).arg(upto).arg("COUNT").arg(PAGE);
+            let page: StreamRangeReply = self
+                .bounded("relations_pending", cmd.query_async(&mut conn))
+                .await?;
+            if page.ids.iter().any(|entry| entry.map.contains_key("rel")) {
+                return Ok(true);
+            }
+            match page.ids.last() {
+                Some(last) if page.ids.len() == PAGE => from = format!("({}", last.id),
+                _ => return Ok(false),
+            }
+        }
     }
 
     /// Takes or renews the watcher lease; the fencing token, or `None` if
@@ -450,12 +503,14 @@ impl RedisStore {
         }
     }
 
-    /// Signals as changed every value whose id matches `id_glob`, a page
-    /// of the scan at a time; how many values, and how many jobs queued.
+    /// Signals as changed every value whose id matches `id_glob` (`lazy`:
+    /// marks them stale with no recompute coming), a page of the scan at a
+    /// time; how many values, and how many jobs queued.
     pub(crate) async fn mark_matching_stale(
         &self,
         base: &str,
         id_glob: &str,
+        lazy: bool,
     ) -> Result<(usize, u64)> {
         let prefix = format!("{base}v:");
         let pattern = format!("{prefix}{id_glob}");
@@ -469,7 +524,7 @@ impl RedisStore {
                 .collect();
             values += ids.len();
             for chunk in ids.chunks(500) {
-                queued += self.mark_stale(base, chunk).await?;
+                queued += self.mark_stale(base, chunk, lazy).await?;
             }
             if next == 0 {
                 return Ok((values, queued));
@@ -478,35 +533,40 @@ impl RedisStore {
         }
     }
 
-    /// Signals every value in `ids` as changed.
-    pub(crate) async fn mark_stale(&self, base: &str, ids: &[String]) -> Result<u64> {
+    /// Signals every value in `ids` as changed (`lazy`: marks them stale
+    /// with no recompute coming).
+    pub(crate) async fn mark_stale(&self, base: &str, ids: &[String], lazy: bool) -> Result<u64> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.stale.key(format!("{base}jobs"));
-        invocation.arg(base).arg(ids);
+        invocation
+            .arg(base)
+            .arg(if lazy { "1" } else { "0" })
+            .arg(ids);
         self.bounded("stale", invocation.invoke_async(&mut conn))
             .await
     }
 
-    /// Refreshes the values of `head` that a related document maps to;
-    /// `None` for a deleted document whose mapping was never recorded.
+    /// Refreshes the values of `head` that a related document maps to now
+    /// and mapped to before its change; `None` when what it mapped to
+    /// before is unknown (neither given nor recorded).
     pub(crate) async fn relate(
         &self,
         base: &str,
         head: &str,
-        source: &str,
-        target: &str,
-        gone: bool,
-        ids: &[String],
+        related: &Related<'_>,
     ) -> Result<Option<u64>> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.relate.key(format!("{base}jobs"));
         invocation
             .arg(base)
             .arg(head)
-            .arg(source)
-            .arg(target)
-            .arg(if gone { "1" } else { "0" })
-            .arg(ids);
+            .arg(related.source)
+            .arg(related.target)
+            .arg(if related.gone { "1" } else { "0" })
+            .arg(if related.before.is_some() { "1" } else { "0" })
+            .arg(related.now.len())
+            .arg(related.now)
+            .arg(related.before.unwrap_or_default());
         let queued: i64 = self
             .bounded("relate", invocation.invoke_async(&mut conn))
             .await?;
@@ -678,6 +738,38 @@ impl RedisStore {
             }),
         }
     }
+}
+
+/// What the worker saw, for `change.lua`: one change event, or an empty
+/// batch that moved the stream's position on.
+#[derive(Debug)]
+pub(crate) struct Seen<'a> {
+    /// The resume token of the new position (encoded), or empty to keep.
+    pub(crate) resume: &'a [u8],
+    /// The cluster time of the new position, `seconds << 32 | increment`.
+    pub(crate) time: Option<u64>,
+    /// The kind of change: "i", "u", "r", "d", or "" (another, or none).
+    pub(crate) op: &'static str,
+    /// The document before the change (BSON), when MongoDB gave it.
+    pub(crate) before: Option<&'a [u8]>,
+    /// The dependency tokens it changed.
+    pub(crate) tokens: &'a [String],
+}
+
+/// A related document mapped for one function; see [`RedisStore::relate`].
+#[derive(Debug)]
+pub(crate) struct Related<'a> {
+    /// The document, `<collection>:<id key>`.
+    pub(crate) source: &'a str,
+    /// The collection of the entities it maps to.
+    pub(crate) target: &'a str,
+    /// Whether it was deleted.
+    pub(crate) gone: bool,
+    /// The id keys it maps to now.
+    pub(crate) now: &'a [String],
+    /// The id keys it mapped to before the change, when known (its
+    /// pre-image's mapping; empty for an insert).
+    pub(crate) before: Option<&'a [String]>,
 }
 
 /// The key of a task's record (see `lua/common.lua`).
