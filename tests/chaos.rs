@@ -1,7 +1,10 @@
-//! The chaos run: random document updates, inserts and deletes feeding
-//! cached values (entity arguments, a relation, a nested function), while
-//! the worker and the executor processes are SIGKILLed and restarted at
-//! random moments. Once the writes stop and the system quiesces, every
+//! The chaos run: random document updates, inserts, deletes and moves of
+//! related documents between entities feeding cached values (entity
+//! arguments, a relation, a nested function), while the worker and the
+//! executor processes are SIGKILLed and restarted at random moments. Half
+//! the runs keep pre-images of the related collection (MongoDB's
+//! changeStreamPreAndPostImages), half do not; some related documents
+//! predate the worker, so their first change it sees may be a move. Once the writes stop and the system quiesces, every
 //! cached value must equal what its function returns on the current data:
 //! 0 stale, 0 lost.
 //!
@@ -196,6 +199,15 @@ async fn chaos_run() {
         .prefix(&prefix)
         .build()
         .unwrap();
+    let pre_images = (seed >> 1) & 1 == 1;
+    if pre_images {
+        db.run_command(doc! {
+            "create": "orders",
+            "changeStreamPreAndPostImages": { "enabled": true },
+        })
+        .await
+        .unwrap();
+    }
     let users = db.collection::<User>("users");
     let orders = db.collection::<Order>("orders");
 
@@ -208,6 +220,18 @@ async fn chaos_run() {
         };
         users.insert_one(&user).await.unwrap();
         people.push(user);
+    }
+    // Orders the worker never sees inserted: their first change it sees
+    // may move them to another user.
+    let mut live_orders: Vec<ObjectId> = Vec::new();
+    for user in people.iter().step_by(2) {
+        let order = Order {
+            id: ObjectId::new(),
+            user_id: user.id,
+            total: dice.below(100) as i64 + 1,
+        };
+        orders.insert_one(&order).await.unwrap();
+        live_orders.push(order.id);
     }
     let flag = Flag {
         id: "sentinel".into(),
@@ -231,7 +255,6 @@ async fn chaos_run() {
     let mut conn = redis_connection(&redis_url()).await;
 
     let (mut worker_kills, mut executor_kills) = (0, 0);
-    let mut live_orders: Vec<ObjectId> = Vec::new();
     for op in 0..ops {
         let user = &people[dice.below(people.len())];
         match dice.below(10) {
@@ -244,7 +267,7 @@ async fn chaos_run() {
                     .await
                     .unwrap();
             }
-            5..=7 => {
+            5..=6 => {
                 let order = Order {
                     id: ObjectId::new(),
                     user_id: user.id,
@@ -252,6 +275,18 @@ async fn chaos_run() {
                 };
                 orders.insert_one(&order).await.unwrap();
                 live_orders.push(order.id);
+            }
+            7 => {
+                if !live_orders.is_empty() {
+                    let moved = live_orders[dice.below(live_orders.len())];
+                    orders
+                        .update_one(
+                            doc! { "_id": moved },
+                            doc! { "$set": { "user_id": user.id } },
+                        )
+                        .await
+                        .unwrap();
+                }
             }
             _ => {
                 if !live_orders.is_empty() {
@@ -301,22 +336,35 @@ async fn chaos_run() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Then every value fresh (a killed executor's jobs are reclaimed after
-    // RECLAIM_AFTER) and no job left.
-    let keys: Vec<smache::CacheKey> = people
+    // RECLAIM_AFTER) and no job left. A value marked stale with no
+    // recompute coming (a related document whose earlier owner is unknown,
+    // without pre-images) is fresh once read: read those.
+    let keys: Vec<(usize, smache::CacheKey)> = people
         .iter()
-        .flat_map(|user| {
+        .enumerate()
+        .flat_map(|(i, user)| {
             [
-                card::key(user).unwrap(),
-                headline::key(user).unwrap(),
-                spent::key(user).unwrap(),
+                (i, card::key(user).unwrap()),
+                (i, headline::key(user).unwrap()),
+                (i, spent::key(user).unwrap()),
             ]
         })
         .collect();
     loop {
         let mut stale = 0;
-        for key in &keys {
-            if !smache.is_fresh(key).await.unwrap() {
-                stale += 1;
+        for (person, key) in &keys {
+            if smache.is_fresh(key).await.unwrap() {
+                continue;
+            }
+            stale += 1;
+            let since: Option<String> = conn.hget(smache.storage_key(key), "t").await.unwrap();
+            if since.as_deref() == Some("0") {
+                let now = users
+                    .find_one(doc! { "_id": people[*person].id })
+                    .await
+                    .unwrap()
+                    .unwrap();
+                smache.scope(read_all(&now)).await;
             }
         }
         let queued: u64 = conn.xlen(format!("{{{prefix}}}:jobs")).await.unwrap();
@@ -366,8 +414,9 @@ async fn chaos_run() {
         conn.hgetall(format!("chaos-runs:{prefix}")).await.unwrap();
     let report = smache.inspect_jobs().await.unwrap();
     println!(
-        "chaos: seed {seed}, {ops} ops over {user_count} users ({} values), {worker_kills} worker kills, \
-         {executor_kills} executor kills, function runs {runs:?}, {} dead letters, {} wrong",
+        "chaos: seed {seed}, {ops} ops over {user_count} users ({} values), pre-images {pre_images}, \
+         {worker_kills} worker kills, {executor_kills} executor kills, function runs {runs:?}, \
+         {} dead letters, {} wrong",
         keys.len(),
         report.dead,
         wrong.len()
@@ -383,6 +432,13 @@ async fn chaos_run() {
     assert!(worker.terminate(), "{}", worker.log());
     let _: () = conn.del(format!("chaos-runs:{prefix}")).await.unwrap();
     let _ = db.drop().await;
+}
+
+/// Reads every value of a user (a caller computes those not servable).
+async fn read_all(user: &User) {
+    card(user).await;
+    headline(user).await;
+    spent(user).await;
 }
 
 /// An executor process of the chaos run (started by it).

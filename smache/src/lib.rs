@@ -59,7 +59,7 @@
 //! | `name = "billing.total"` | stable name in keys, so renaming the function keeps its values |
 //! | `version = 2` | bump to ignore values stored by an older version of the function |
 //! | `sources(Settings)` | any change in that collection refreshes every value |
-//! | `relations(Order => \|o: &Order\| o.user_id)` | a changed `Order` refreshes the values of the entity it maps to |
+//! | `relations(Order => \|o: &Order\| o.user_id)` | a changed `Order` refreshes the values of the entities it maps to, before and after the change (see [`Smache::wait_fresh_after`] to read your writes) |
 //! | `refresh = mark_stale` | on a change only mark values stale (default `write_through`: recompute in the background) |
 //! | `store = mongo` | keep the values in MongoDB, the graph in Redis (see [`ValueStore`]) |
 //! | `crate = path` | where the `smache` crate is, for crates that re-export it |
