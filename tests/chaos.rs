@@ -222,16 +222,21 @@ async fn chaos_run() {
         people.push(user);
     }
     // Orders the worker never sees inserted: their first change it sees
-    // may move them to another user.
-    let mut live_orders: Vec<ObjectId> = Vec::new();
-    for user in people.iter().step_by(2) {
+    // may move them to another user, during the run or (`unseen`) as the
+    // last writes, when nothing else changes their old owners after.
+    let (mut live_orders, mut unseen): (Vec<ObjectId>, Vec<ObjectId>) = (Vec::new(), Vec::new());
+    for (i, user) in people.iter().enumerate() {
         let order = Order {
             id: ObjectId::new(),
             user_id: user.id,
             total: dice.below(100) as i64 + 1,
         };
         orders.insert_one(&order).await.unwrap();
-        live_orders.push(order.id);
+        if i % 2 == 0 {
+            live_orders.push(order.id);
+        } else {
+            unseen.push(order.id);
+        }
     }
     let flag = Flag {
         id: "sentinel".into(),
@@ -316,29 +321,6 @@ async fn chaos_run() {
         }
     }
 
-    // Quiesce, with a bound. First the sentinel: once its value is
-    // refreshed, the worker has turned every earlier write into jobs.
-    let deadline = Instant::now() + smache::executor::RECLAIM_AFTER * 3 + Duration::from_secs(30);
-    flags
-        .update_one(
-            doc! { "_id": "sentinel" },
-            doc! { "$set": { "value": "done" } },
-        )
-        .await
-        .unwrap();
-    while smache.scope(flag_value(&flag)).await != "done" {
-        assert!(
-            Instant::now() < deadline,
-            "seed {seed}: the sentinel was never refreshed\n--- worker ---\n{}\n--- executors ---\n{}",
-            worker.log(),
-            read_executor_log(&prefix)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Then every value fresh (a killed executor's jobs are reclaimed after
-    // RECLAIM_AFTER) and no job left. A value marked stale with no
-    // recompute coming (a related document whose earlier owner is unknown,
-    // without pre-images) is fresh once read: read those.
     let keys: Vec<(usize, smache::CacheKey)> = people
         .iter()
         .enumerate()
@@ -350,34 +332,72 @@ async fn chaos_run() {
             ]
         })
         .collect();
-    loop {
-        let mut stale = 0;
-        for (person, key) in &keys {
-            if smache.is_fresh(key).await.unwrap() {
-                continue;
-            }
-            stale += 1;
-            let since: Option<String> = conn.hget(smache.storage_key(key), "t").await.unwrap();
-            if since.as_deref() == Some("0") {
-                let now = users
-                    .find_one(doc! { "_id": people[*person].id })
+    // Quiesce twice: after the random run, and after the last writes (each
+    // unseen order moves to the next user), made once nothing else is in
+    // flight that could recompute their old owners' values by chance.
+    for phase in ["settled", "done"] {
+        if phase == "done" {
+            for (i, order) in unseen.iter().enumerate() {
+                let to = &people[(2 * i + 2) % people.len()];
+                orders
+                    .update_one(doc! { "_id": order }, doc! { "$set": { "user_id": to.id } })
                     .await
-                    .unwrap()
                     .unwrap();
-                smache.scope(read_all(&now)).await;
             }
         }
-        let queued: u64 = conn.xlen(format!("{{{prefix}}}:jobs")).await.unwrap();
-        if stale == 0 && queued == 0 {
-            break;
+        // With a bound. First the sentinel: once its value is refreshed,
+        // the worker has turned every earlier write into jobs.
+        let deadline =
+            Instant::now() + smache::executor::RECLAIM_AFTER * 3 + Duration::from_secs(30);
+        flags
+            .update_one(
+                doc! { "_id": "sentinel" },
+                doc! { "$set": { "value": phase } },
+            )
+            .await
+            .unwrap();
+        while smache.scope(flag_value(&flag)).await != phase {
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed}: the sentinel was never refreshed\n--- worker ---\n{}\n--- executors ---\n{}",
+                worker.log(),
+                read_executor_log(&prefix)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(
-            Instant::now() < deadline,
-            "seed {seed}: {stale} values still stale, {queued} jobs queued\n--- worker ---\n{}\n--- executors ---\n{}",
-            worker.log(),
-            read_executor_log(&prefix)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Then every value fresh (a killed executor's jobs are reclaimed
+        // after RECLAIM_AFTER) and no job left. A value marked stale with
+        // no recompute coming (a related document whose earlier owner is
+        // unknown, without pre-images) is fresh once read: read those.
+        loop {
+            let mut stale = 0;
+            for (person, key) in &keys {
+                if smache.is_fresh(key).await.unwrap() {
+                    continue;
+                }
+                stale += 1;
+                let since: Option<String> = conn.hget(smache.storage_key(key), "t").await.unwrap();
+                if since.as_deref() == Some("0") {
+                    let now = users
+                        .find_one(doc! { "_id": people[*person].id })
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    smache.scope(read_all(&now)).await;
+                }
+            }
+            let queued: u64 = conn.xlen(format!("{{{prefix}}}:jobs")).await.unwrap();
+            if stale == 0 && queued == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed}: {stale} values still stale, {queued} jobs queued\n--- worker ---\n{}\n--- executors ---\n{}",
+                worker.log(),
+                read_executor_log(&prefix)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     // Every cached value equals its function on the current data. Fresh
