@@ -66,12 +66,15 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
     let mut member = field.ident.clone().expect("named field");
     member.set_span(field.ty.span());
     let into_entity_id = crate::expand::respan(quote!(#krate::IntoEntityId), field.ty.span());
+    let id_type = &field.ty;
     let id = quote_spanned! {field.ty.span()=>
         #into_entity_id::to_entity_id(&self.#member)
     };
     Ok(quote! {
         impl #impl_generics #krate::Entity for #ident #ty_generics #where_clause {
             const COLLECTION: &'static str = #collection;
+
+            type Id = #id_type;
 
             fn id(&self) -> #krate::EntityId {
                 #id

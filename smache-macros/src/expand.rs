@@ -319,7 +319,9 @@ fn recompute(
                 ) -> #krate::Result<::std::vec::Vec<#krate::EntityId>> {
                     let source: #source = #private::decode_document(document)?;
                     let map = #map;
-                    ::std::result::Result::Ok(#private::IntoEntityIds::into_entity_ids(map(&source)))
+                    ::std::result::Result::Ok(#private::IntoEntityIds::<
+                        <<#target as #krate::Entity>::Id as #private::IdKind>::Kind,
+                    >::into_entity_ids(map(&source)))
                 }
             });
             relations.push(quote! {

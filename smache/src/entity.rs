@@ -41,6 +41,11 @@ pub trait Entity {
     /// The MongoDB collection the documents live in.
     const COLLECTION: &'static str;
 
+    /// The Rust type of the document's `_id`: what a `relations(...)`
+    /// mapper targeting this entity must return (one of it, an `Option` or
+    /// a `Vec`; or [`EntityId`]s).
+    type Id;
+
     /// The document's `_id`.
     fn id(&self) -> EntityId;
 }

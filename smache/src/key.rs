@@ -382,6 +382,7 @@ mod tests {
         struct Doc(String);
         impl Entity for Doc {
             const COLLECTION: &'static str = "docs";
+            type Id = String;
             fn id(&self) -> crate::EntityId {
                 crate::EntityId::String(self.0.clone())
             }

@@ -162,35 +162,96 @@ pub mod __private {
         })
     }
 
-    /// What a `relations(...)` mapper may return: one id, an optional id,
-    /// or several.
+    /// The kind of id an entity is keyed by, from the Rust type of its
+    /// `_id` ([`Entity::Id`](crate::Entity::Id)): a `relations(...)` mapper
+    /// targeting it must return ids of that kind, so that a mapper
+    /// returning, say, a `String` for an entity keyed by `ObjectId` (which
+    /// would never match a value) does not compile.
+    pub trait IdKind {
+        type Kind;
+    }
+
+    /// Ids of entities keyed by [`ObjectId`](bson::oid::ObjectId).
+    #[derive(Debug)]
+    pub enum ObjectIds {}
+    /// Ids of entities keyed by strings.
+    #[derive(Debug)]
+    pub enum StringIds {}
+    /// Ids of entities keyed by integers.
+    #[derive(Debug)]
+    pub enum IntegerIds {}
+    /// Ids of entities keyed by [`EntityId`]: any id.
+    #[derive(Debug)]
+    pub enum AnyIds {}
+
+    macro_rules! id_kinds {
+        ($($kind:ty: $($t:ty),*;)*) => {$($(
+            impl IdKind for $t {
+                type Kind = $kind;
+            }
+        )*)*};
+    }
+    id_kinds! {
+        ObjectIds: bson::oid::ObjectId;
+        StringIds: String;
+        IntegerIds: i8, i16, i32, i64, u8, u16, u32;
+        AnyIds: EntityId;
+    }
+
+    /// What a `relations(...)` mapper may return for a target entity keyed
+    /// by ids of kind `K`: one id, an optional id, or several.
     #[diagnostic::on_unimplemented(
-        message = "a `relations(...)` mapper must return an id, an `Option` of one, or a `Vec` of them; not `{Self}`"
+        message = "a `relations(...)` mapper returns `{Self}`, which is not an id of the entity it maps to",
+        label = "returns `{Self}`",
+        note = "return the target entity's id type (its `_id` field's type: here `{K}`), an `Option` of one or a `Vec` of them, or `smache::EntityId`s"
     )]
-    pub trait IntoEntityIds {
+    pub trait IntoEntityIds<K> {
         fn into_entity_ids(self) -> Vec<EntityId>;
     }
 
     macro_rules! into_entity_ids {
-        ($($t:ty),*) => {$(
-            impl IntoEntityIds for $t {
+        ($($kind:ty: $($t:ty),*;)*) => {$($(
+            impl IntoEntityIds<$kind> for $t {
                 fn into_entity_ids(self) -> Vec<EntityId> {
                     vec![self.to_entity_id()]
                 }
             }
-            impl IntoEntityIds for Option<$t> {
+            impl IntoEntityIds<$kind> for Option<$t> {
                 fn into_entity_ids(self) -> Vec<EntityId> {
                     self.iter().map(IntoEntityId::to_entity_id).collect()
                 }
             }
-            impl IntoEntityIds for Vec<$t> {
+            impl IntoEntityIds<$kind> for Vec<$t> {
                 fn into_entity_ids(self) -> Vec<EntityId> {
                     self.iter().map(IntoEntityId::to_entity_id).collect()
                 }
             }
-        )*};
+        )*)*};
     }
-    into_entity_ids!(EntityId, bson::oid::ObjectId, String, &str, i32, i64, u32);
+    into_entity_ids! {
+        ObjectIds: bson::oid::ObjectId;
+        StringIds: String, &str;
+        IntegerIds: i8, i16, i32, i64, u8, u16, u32;
+        AnyIds: bson::oid::ObjectId, String, &str, i8, i16, i32, i64, u8, u16, u32;
+    }
+
+    // `EntityId`s whatever the kind: the escape hatch (one of another kind
+    // matches no value).
+    impl<K> IntoEntityIds<K> for EntityId {
+        fn into_entity_ids(self) -> Vec<EntityId> {
+            vec![self]
+        }
+    }
+    impl<K> IntoEntityIds<K> for Option<EntityId> {
+        fn into_entity_ids(self) -> Vec<EntityId> {
+            self.into_iter().collect()
+        }
+    }
+    impl<K> IntoEntityIds<K> for Vec<EntityId> {
+        fn into_entity_ids(self) -> Vec<EntityId> {
+            self
+        }
+    }
 
     use crate::entity::Entity;
     use std::rc::Rc;
