@@ -9,8 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use bson::doc;
-use bson::oid::ObjectId;
+use smache::bson::doc;
+use smache::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use smache::{computed, Entity, Smache};
 
@@ -75,7 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("set SMACHE_REDIS_URL and SMACHE_MONGODB_URI, or run:\n  ./scripts/with-servers.sh cargo run --example dashboard");
         std::process::exit(2);
     };
-    let client = mongodb::Client::with_uri_str(&mongodb_uri).await?;
+    let client = smache::mongodb::Client::with_uri_str(&mongodb_uri).await?;
     let database = format!("dashboard_example_{}", ObjectId::new().to_hex());
     let smache = Smache::builder()
         .redis_url(redis_url)

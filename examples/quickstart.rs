@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use bson::oid::ObjectId;
+use smache::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use smache::{computed, Entity, Smache};
 

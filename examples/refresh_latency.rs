@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bson::doc;
-use bson::oid::ObjectId;
+use smache::bson::doc;
+use smache::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use smache::{computed, Entity, Smache};
 
@@ -37,7 +37,7 @@ const USERS: usize = 250;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let redis_url = std::env::var("SMACHE_REDIS_URL")?;
     let mongodb_uri = std::env::var("SMACHE_MONGODB_URI")?;
-    let client = mongodb::Client::with_uri_str(&mongodb_uri).await?;
+    let client = smache::mongodb::Client::with_uri_str(&mongodb_uri).await?;
     let database = format!("latency_{}", ObjectId::new().to_hex());
     let smache = Smache::builder()
         .redis_url(&redis_url)

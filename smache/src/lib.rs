@@ -97,6 +97,14 @@ pub mod worker;
 
 pub use smache_macros::{computed, Entity};
 
+/// The `bson` crate smache is built with (version 2). Name BSON types
+/// through it (`smache::bson::oid::ObjectId`), or depend on the same major
+/// version: entity ids of another `bson` version are other types.
+pub use bson;
+/// The `mongodb` driver smache is built with (version 3), for the client
+/// given to [`SmacheBuilder::mongodb`].
+pub use mongodb;
+
 pub use crate::builder::{
     SmacheBuilder, DEFAULT_COMPUTE_LEASE, DEFAULT_MAX_STALE, DEFAULT_MAX_VALUE_SIZE,
     DEFAULT_MEMORY_CAPACITY, DEFAULT_OP_TIMEOUT, DEFAULT_PREFIX,
