@@ -538,13 +538,15 @@ impl RedisStore {
     }
 
     /// Moves job `entry` to the dead-letter stream with `reason` and
-    /// acknowledges it; false if it was gone already.
+    /// acknowledges it, undoing what `abandon` says in the same step;
+    /// false if it was gone already or another executor holds it now.
     pub(crate) async fn dead_letter(
         &self,
         base: &str,
         entry: &str,
         reason: &str,
         consumer: &str,
+        abandon: Abandon<'_>,
     ) -> Result<bool> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.dead.key(format!("{base}jobs"));
@@ -555,6 +557,23 @@ impl RedisStore {
             .arg(reason)
             .arg(consumer)
             .arg(crate::executor::DEAD_LETTERS_KEPT);
+        match abandon {
+            Abandon::Nothing => {}
+            Abandon::Recompute { id } => {
+                invocation.arg(base).arg(id).arg("").arg(0);
+            }
+            Abandon::Task {
+                id,
+                task,
+                retention,
+            } => {
+                invocation
+                    .arg(base)
+                    .arg(id)
+                    .arg(task)
+                    .arg(millis(retention).max(1));
+            }
+        }
         let moved: i64 = self
             .bounded("dead_letter", invocation.invoke_async(&mut conn))
             .await?;
@@ -694,6 +713,22 @@ pub(crate) struct TaskState {
     pub(crate) result: Vec<u8>,
     /// The id of the value the task computes.
     pub(crate) value_id: String,
+}
+
+/// What giving a job up undoes besides (see `lua/dead.lua`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Abandon<'a> {
+    /// Nothing: the job ran (and failed), or holds nothing.
+    Nothing,
+    /// The recompute of value `id` that never started: its pending flag.
+    Recompute { id: &'a str },
+    /// The submitted task `task` of value `id` that never started: it
+    /// fails with the reason, kept for `retention`.
+    Task {
+        id: &'a str,
+        task: &'a str,
+        retention: Duration,
+    },
 }
 
 /// The answer to a caller about to compute a missing value.
