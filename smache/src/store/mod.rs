@@ -14,7 +14,9 @@ use std::time::Duration;
 pub(crate) use self::memory::MemoryStore;
 pub(crate) use self::mongo::MongoValues;
 pub use self::mongo::DEFAULT_VALUES_COLLECTION;
-pub(crate) use self::redis::{task_key, Abandon, Begin, RedisStore, Start, TaskState, BLOCK_FOR};
+pub(crate) use self::redis::{
+    task_key, Abandon, Begin, Changed, RedisStore, Start, TaskState, BLOCK_FOR,
+};
 use crate::error::Result;
 use crate::spec::Refresh;
 

@@ -378,14 +378,16 @@ impl RedisStore {
     }
 
     /// The worker saw changes to `tokens`; queues the jobs and saves
-    /// `resume`. `None` if `worker` no longer holds the lease.
+    /// `resume` (empty: keeps the saved token), if the saved token is
+    /// `expected` (empty: none).
     pub(crate) async fn changed(
         &self,
         keys: &WorkerKeys,
         worker: &str,
         resume: &[u8],
+        expected: &[u8],
         tokens: &[String],
-    ) -> Result<Option<u64>> {
+    ) -> Result<Changed> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.change.key(&keys.token);
         invocation
@@ -393,11 +395,16 @@ impl RedisStore {
             .arg(&keys.base)
             .arg(worker)
             .arg(resume)
+            .arg(expected)
             .arg(tokens);
         let queued: i64 = self
             .bounded("change", invocation.invoke_async(&mut conn))
             .await?;
-        Ok(u64::try_from(queued).ok())
+        Ok(match queued {
+            -1 => Changed::LeaseLost,
+            -2 => Changed::Moved,
+            n => Changed::Queued(u64::try_from(n).unwrap_or(0)),
+        })
     }
 
     /// Takes or renews the watcher lease; the fencing token, or `None` if
@@ -713,6 +720,17 @@ pub(crate) struct TaskState {
     pub(crate) result: Vec<u8>,
     /// The id of the value the task computes.
     pub(crate) value_id: String,
+}
+
+/// What became of the changes a worker recorded (`lua/change.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Changed {
+    /// Recorded: this many jobs queued.
+    Queued(u64),
+    /// Refused: another worker holds the lease.
+    LeaseLost,
+    /// Refused: the saved position is not the one this worker saved.
+    Moved,
 }
 
 /// What giving a job up undoes besides (see `lua/dead.lua`).
