@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use smache::bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
+use smache::bson::oid::ObjectId;
 use smache::{computed, Entity, Smache};
 
 #[derive(Serialize, Deserialize, Entity)]

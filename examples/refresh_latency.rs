@@ -13,9 +13,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use smache::bson::doc;
 use smache::bson::oid::ObjectId;
-use serde::{Deserialize, Serialize};
 use smache::{computed, Entity, Smache};
 
 #[derive(Clone, Debug, Serialize, Deserialize, Entity)]

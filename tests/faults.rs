@@ -410,3 +410,199 @@ async fn an_executor_without_mongodb_acknowledges_nothing_and_another_finishes_t
     assert!(worker.terminate(), "{}", worker.log());
     let _ = db.drop().await;
 }
+
+/// `smache-worker ready` for this Redis and prefix, with `extra` arguments.
+fn ready(redis_url: &str, prefix: &str, extra: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(smache_suite::worker_binary());
+    command
+        .args(["ready", "--redis-url", redis_url, "--prefix", prefix])
+        .args(extra)
+        .env_remove("SMACHE_REDIS_URL")
+        .env_remove("SMACHE_MONGODB_URI");
+    command
+}
+
+/// Its exit code and what it printed.
+fn run_ready(redis_url: &str, prefix: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let output = ready(redis_url, prefix, extra).output().unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), printed)
+}
+
+/// Redis loses its data (FLUSHALL: a restart without persistence) while
+/// the watching worker is idle: no change comes to make it save its
+/// position again, yet within a few lease renewals it is watching again,
+/// with its position saved, and the loop works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_watching_worker_is_ready_again_after_redis_loses_its_data() {
+    let Scene {
+        redis,
+        database,
+        prefix,
+        db,
+        smache,
+        users,
+        ada,
+    } = Scene::new().await;
+    let mut worker = WorkerProcess::start(&redis.url(), &mongodb_uri(), &database, &prefix);
+    worker.wait_watching(Duration::from_secs(20)).await;
+
+    let mut conn = smache_suite::redis_connection(&redis.url()).await;
+    let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    // Without any document change (the lease lasts 2 s).
+    let back = eventually(Duration::from_secs(10), || async {
+        smache::worker::watching(&smache).await.unwrap_or(false)
+    })
+    .await;
+    assert!(back, "watching again by itself\n{}", worker.log());
+    assert_eq!(
+        run_ready(&redis.url(), &prefix, &[]).0,
+        Some(0),
+        "{}",
+        worker.log()
+    );
+
+    // From the position it saved again: a change made now refreshes.
+    let key = cached_and_fresh(&smache, &ada).await;
+    rename(&users, &ada, "Augusta").await;
+    let refreshed = eventually(Duration::from_secs(20), || async {
+        smache.scope(greeting(&ada)).await == "hello Augusta"
+    })
+    .await;
+    assert!(refreshed, "refreshed after the flush\n{}", worker.log());
+    assert!(smache.is_fresh(&key).await.unwrap());
+
+    smache.stop_executor().await.unwrap();
+    assert!(worker.terminate(), "{}", worker.log());
+    let _ = db.drop().await;
+}
+
+/// Redis comes back from an older snapshot while the watching worker is
+/// idle: a value computed before a change, called fresh, and the position
+/// before that change, without the jobs it queued. The worker notices the
+/// saved position is not its own and resumes from it, replaying the change:
+/// the value is refreshed, with no new change to prompt it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_replays_from_an_older_saved_position() {
+    let Scene {
+        redis,
+        database,
+        prefix,
+        db,
+        smache,
+        users,
+        ada,
+    } = Scene::new().await;
+    let mut worker = WorkerProcess::start(&redis.url(), &mongodb_uri(), &database, &prefix);
+    worker.wait_watching(Duration::from_secs(20)).await;
+    let key = cached_and_fresh(&smache, &ada).await;
+    let value_key = smache.storage_key(&key);
+    let token_key = format!("{{{prefix}}}:w:token");
+    let mut conn = smache_suite::redis_connection(&redis.url()).await;
+    // The snapshot: the value and the position as they are now.
+    let value: Vec<u8> = redis::cmd("DUMP")
+        .arg(&value_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let token: Vec<u8> = redis::cmd("GET")
+        .arg(&token_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    rename(&users, &ada, "Augusta").await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            smache.scope(greeting(&ada)).await == "hello Augusta"
+        })
+        .await,
+        "{}",
+        worker.log()
+    );
+    let () = redis::cmd("RESTORE")
+        .arg(&value_key)
+        .arg(0)
+        .arg(&value)
+        .arg("REPLACE")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg(&token_key)
+        .arg(&token)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(smache.scope(greeting(&ada)).await, "hello Ada");
+
+    let replayed = eventually(Duration::from_secs(15), || async {
+        smache.scope(greeting(&ada)).await == "hello Augusta"
+    })
+    .await;
+    assert!(replayed, "the change was replayed\n{}", worker.log());
+    assert!(smache.is_fresh(&key).await.unwrap());
+
+    smache.stop_executor().await.unwrap();
+    assert!(worker.terminate(), "{}", worker.log());
+    let _ = db.drop().await;
+}
+
+/// `smache-worker ready` exits 0 only while a worker holds the lease with
+/// its position saved, else says why and exits 1; `--wait` polls until
+/// then or times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smache_worker_ready_exits_0_only_while_a_worker_watches() {
+    let Scene {
+        redis,
+        database,
+        prefix,
+        db,
+        smache,
+        ..
+    } = Scene::new().await;
+    let url = redis.url();
+    let (code, printed) = run_ready(&url, &prefix, &[]);
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(printed.contains("not ready"), "{printed}");
+    let started = std::time::Instant::now();
+    let (code, printed) = run_ready(&url, &prefix, &["--wait", "1s"]);
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "{printed}");
+
+    // Waiting for a worker that starts meanwhile.
+    let waiting = ready(&url, &prefix, &["--wait", "60s"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut worker = WorkerProcess::start(&url, &mongodb_uri(), &database, &prefix);
+    let output = tokio::task::spawn_blocking(move || waiting.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        worker.log()
+    );
+    assert!(smache::worker::watching(&smache).await.unwrap());
+    let (code, printed) = run_ready(&url, &prefix, &[]);
+    assert_eq!(code, Some(0), "{printed}");
+
+    // The worker stops (releasing its lease): its saved position is no
+    // watcher.
+    assert!(worker.terminate(), "{}", worker.log());
+    let (code, printed) = run_ready(&url, &prefix, &[]);
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(printed.contains("lease"), "{printed}");
+    assert!(!smache::worker::watching(&smache).await.unwrap());
+
+    smache.stop_executor().await.unwrap();
+    let _ = db.drop().await;
+}

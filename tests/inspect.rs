@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use smache::{computed, Retry, Smache};
-use smache_suite::{eventually, redis_connection, redis_url, unique, worker_binary};
+use smache_suite::{
+    eventually, mongo_database, redis_connection, redis_url, unique, worker_binary,
+};
 
 /// Fails while `{tag}:broken` is set in Redis.
 #[computed(Raw)]
@@ -172,5 +174,231 @@ async fn a_job_for_a_function_nobody_has_waits_and_shows_in_inspect() {
         "{stdout}"
     );
     assert!(stdout.contains("1 queued, 1 held"), "{stdout}");
+    smache.stop_executor().await.unwrap();
+}
+
+/// A `version` bump deployed: jobs of the old version wait for an executor
+/// that has it only so long. Past the orphan timeout with no live executor
+/// announcing the function, each is a dead letter with why; a recompute's
+/// value loses its pending flag (its next change queues a job again) and,
+/// stale, is recomputed by its next caller, and the values built on it are
+/// told; a submitted task fails, so its waiters get an error, not a hang.
+/// A function a live executor announced is never given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_no_live_executor_can_run_are_dead_letters_after_the_orphan_timeout() {
+    let prefix = unique("inspect-orphan-timeout");
+    let timeout = Duration::from_secs(3);
+    let smache = Smache::builder()
+        .redis_url(redis_url())
+        .prefix(&prefix)
+        .orphan_timeout(timeout)
+        .run_executor()
+        .build()
+        .unwrap();
+    let base = format!("{{{prefix}}}:");
+    let mut conn = redis_connection(&redis_url()).await;
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let now_ms = seconds * 1000 + micros / 1000;
+
+    // A stale value of the retired function, its recompute queued as a
+    // change queues it, and a value built on it (a mark_stale one).
+    let stale = "app::retired#3:\"stale\"";
+    let built_on = "app::page#1:\"p\"";
+    let _: () = conn
+        .hset_multiple(
+            format!("{base}v:{stale}"),
+            &[
+                ("v", "1"),
+                ("d", "old"),
+                ("g", "2"),
+                ("w", "1"),
+                ("q", "1"),
+                ("t", &(now_ms - 1000).to_string()),
+            ],
+        )
+        .await
+        .unwrap();
+    let _: () = conn
+        .hset_multiple(
+            format!("{base}v:{built_on}"),
+            &[
+                ("v", "1"),
+                ("d", "page"),
+                ("g", "0"),
+                ("w", "0"),
+                ("m", "1"),
+            ],
+        )
+        .await
+        .unwrap();
+    let _: () = conn
+        .sadd(format!("{base}r:v:{stale}"), built_on)
+        .await
+        .unwrap();
+    queue(&prefix, &[("id", stale)]).await;
+    // A task submitted for the retired function, and a callback nobody has.
+    let task = unique("task");
+    let _: () = conn
+        .hset_multiple(
+            format!("{base}t:{task}"),
+            &[("s", "p"), ("v", "app::retired#3:\"task\"")],
+        )
+        .await
+        .unwrap();
+    queue(
+        &prefix,
+        &[
+            ("id", "app::retired#3:\"task\""),
+            ("task", &task),
+            ("args", ""),
+        ],
+    )
+    .await;
+    let finished = unique("finished");
+    let _: () = conn
+        .hset_multiple(format!("{base}t:{finished}"), &[("s", "f"), ("r", "no")])
+        .await
+        .unwrap();
+    queue(
+        &prefix,
+        &[("cb", "retired-mail"), ("task", &finished), ("args", "")],
+    )
+    .await;
+    // A function that a live executor elsewhere has: never given up.
+    let _: () = conn
+        .hset(format!("{base}fns"), "app::elsewhere#1", now_ms)
+        .await
+        .unwrap();
+    queue(&prefix, &[("id", "app::elsewhere#1:\"e\"")]).await;
+    let handle = smache.task_handle::<u32>(&task);
+    let waiter = tokio::spawn(async move { handle.wait().await });
+
+    // Meanwhile they wait, and inspect says when they will be given up.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            smache.inspect_jobs().await.unwrap().held == 4
+        })
+        .await,
+        "{}",
+        smache.inspect_jobs().await.unwrap()
+    );
+    let report = smache.inspect_jobs().await.unwrap();
+    let retired = report
+        .groups
+        .iter()
+        .find(|g| g.what == "recompute app::retired#3")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(retired.orphaned(), "{report}");
+    assert!(
+        retired.gives_up_in.is_some_and(|d| d <= timeout),
+        "{report}"
+    );
+    let elsewhere = report
+        .groups
+        .iter()
+        .find(|g| g.what == "recompute app::elsewhere#1")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(!elsewhere.orphaned(), "{report}");
+    assert_eq!(elsewhere.gives_up_in, None, "{report}");
+    assert!(report.to_string().contains("given up"), "{report}");
+
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            smache.inspect_jobs().await.unwrap().dead == 3
+        })
+        .await,
+        "{}",
+        smache.inspect_jobs().await.unwrap()
+    );
+    let report = smache.inspect_jobs().await.unwrap();
+    assert_eq!(report.queued, 1, "only the live function's job\n{report}");
+    let mut letters: Vec<(String, String)> = report
+        .recent_dead
+        .iter()
+        .map(|l| (l.job.clone(), l.reason.clone()))
+        .collect();
+    letters.sort();
+    let gone = "no live executor has function app::retired#3 (never announced) for 3 s";
+    assert_eq!(
+        letters,
+        [
+            (
+                "callback retired-mail".to_owned(),
+                "no live executor has callback retired-mail (never announced) for 3 s".to_owned()
+            ),
+            (format!("recompute {stale}"), gone.to_owned()),
+            ("task app::retired#3:\"task\"".to_owned(), gone.to_owned()),
+        ],
+        "{report}"
+    );
+
+    // The value: no job pending any more, and stale with none coming, so
+    // its next caller recomputes it rather than being served it.
+    let (q, t): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        .arg(format!("{base}v:{stale}"))
+        .arg("q")
+        .arg("t")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((q, t.as_deref()), (None, Some("0")));
+    // The value built on it was told (marked stale).
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let mut conn = redis_connection(&redis_url()).await;
+            let g: Option<String> = conn.hget(format!("{base}v:{built_on}"), "g").await.unwrap();
+            g.as_deref() == Some("1")
+        })
+        .await
+    );
+    // The task failed with the reason; its waiter got it.
+    let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter does not hang")
+        .unwrap();
+    match waited {
+        Err(smache::Error::TaskFailed { message, .. }) => assert_eq!(message, gone),
+        other => panic!("{other:?}"),
+    }
+    smache.stop_executor().await.unwrap();
+}
+
+/// A relation job names every function with a relation on the changed
+/// collection, an old `version` included: once that one has had no live
+/// executor for the orphan timeout, the job is applied for the functions
+/// the executor has and dead-lettered for the rest, not held forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relation_job_for_a_retired_function_is_a_dead_letter_after_the_orphan_timeout() {
+    let prefix = unique("inspect-orphan-rel");
+    let database = unique("inspect_orphan_rel").replace('-', "_");
+    let smache = Smache::builder()
+        .redis_url(redis_url())
+        .mongodb_database(mongo_database(&database))
+        .prefix(&prefix)
+        .orphan_timeout(Duration::from_secs(1))
+        .run_executor()
+        .build()
+        .unwrap();
+    let mut conn = redis_connection(&redis_url()).await;
+    let _: () = conn
+        .sadd(format!("{{{prefix}}}:rel:orders"), "app::retired#3")
+        .await
+        .unwrap();
+    queue(&prefix, &[("rel", "orders"), ("doc", "i:7")]).await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            smache.inspect_jobs().await.unwrap().dead == 1
+        })
+        .await,
+        "{}",
+        smache.inspect_jobs().await.unwrap()
+    );
+    let report = smache.inspect_jobs().await.unwrap();
+    assert_eq!(report.queued, 0, "{report}");
+    assert_eq!(report.recent_dead[0].job, "relation orders");
+    assert_eq!(
+        report.recent_dead[0].reason,
+        "no live executor has function app::retired#3 (never announced) for 1 s"
+    );
     smache.stop_executor().await.unwrap();
 }

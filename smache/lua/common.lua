@@ -26,10 +26,14 @@
 --                      job's own fields plus `job` its entry id, `reason`,
 --                      `by` the executor
 --   base.."config"     hash: `max_fanout` the most dependants one change
---                      recomputes eagerly (set by the watching worker)
+--                      recomputes eagerly (set by the watching worker);
+--                      `orphan_timeout` (ms) how long executors let a job
+--                      wait for one that has its function (set by each
+--                      executor as it announces; read by `inspect`)
 --   base.."fns"        hash: `name#version` (a function) or `cb:<name>` (a
 --                      callback) → when an executor that has it last said
---                      so (ms); what `inspect` reads to spot orphaned jobs
+--                      so (ms, Redis clock); what `inspect` reads to spot orphaned jobs,
+--                      and executors to give them up (dead.lua)
 --   base.."t:"..task   task hash: s state (p pending, d done, f failed),
 --                      v value id, r result (envelope, or error message)
 --   base.."t:"..task..":cb"  list of the callbacks attached to a pending task
@@ -266,3 +270,58 @@ local function signal_dependents(base, token)
   return queued
 end
 
+
+-- A submitted task ended: record its result once (a task finishes exactly
+-- once, whichever executor gets there first), queue one job per attached
+-- callback, and wake the task's waiters. `tkey`/`vkey` the task's and its
+-- value's keys, `state` "d" (done) or "f" (failed), `result` the value's
+-- envelope or the error message, `retention` how long the finished task
+-- is kept (ms). Returns 1 if this call finished the task, 0 if it was not
+-- pending.
+local function finish_task(base, tkey, vkey, task, state, result, retention)
+  if redis.call('TYPE', tkey)['ok'] ~= 'hash' or redis.call('HGET', tkey, 's') ~= 'p' then
+    return 0
+  end
+  local id = redis.call('HGET', tkey, 'v') or ''
+  redis.call('HSET', tkey, 's', state, 'r', result)
+  redis.call('PEXPIRE', tkey, retention)
+  if redis.call('TYPE', vkey)['ok'] == 'hash' and redis.call('HGET', vkey, 'k') == task then
+    redis.call('HDEL', vkey, 'k')
+  end
+  local cbkey = base .. 't:' .. task .. ':cb'
+  if redis.call('TYPE', cbkey)['ok'] == 'list' then
+    for _, entry in ipairs(redis.call('LRANGE', cbkey, 0, -1)) do
+      local name, args = string.match(entry, '^([^\n]*)\n(.*)$')
+      if name then
+        redis.call('XADD', typed(base .. 'jobs', 'stream'), '*', 'cb', name, 'args', args, 'task', task)
+      end
+    end
+  end
+  redis.call('DEL', cbkey)
+  redis.call('PUBLISH', base .. 'done', id)
+  return 1
+end
+
+-- The recompute job of value `id` was given up before it started (no
+-- executor has its function): the pending flag it held goes, so the next
+-- change queues a job again; a value still stale has no recompute coming
+-- (`t` 0: its next caller recomputes it rather than being served it), and
+-- the values built on it are told now, as `signal` tells them of a value
+-- that turns stale with no job (the job would have told them).
+local function abandon_recompute(base, id)
+  local vkey = base .. 'v:' .. id
+  if redis.call('TYPE', vkey)['ok'] ~= 'hash' then
+    return
+  end
+  local link, g, w = unpack(redis.call('HMGET', vkey, 'l', 'g', 'w'))
+  if link then
+    return
+  end
+  redis.call('HDEL', vkey, 'q')
+  if num(g) > num(w) then
+    redis.call('HSET', vkey, 't', 0)
+    if redis.call('EXISTS', base .. 'r:v:' .. id) == 1 then
+      call_on('XADD', base .. 'jobs', '*', 'fan', 'v:' .. id, 'cur', '0')
+    end
+  end
+end

@@ -26,6 +26,9 @@ pub const DEFAULT_COMPUTE_LEASE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 64 * 1024 * 1024;
 /// The default size of the embedded store.
 pub const DEFAULT_MEMORY_CAPACITY: u64 = 64 * 1024 * 1024;
+/// The default time a job waits for an executor that has its function;
+/// see [`SmacheBuilder::orphan_timeout`].
+pub const DEFAULT_ORPHAN_TIMEOUT: Duration = Duration::from_secs(600);
 
 enum RedisSource {
     Url(String),
@@ -62,6 +65,7 @@ pub struct SmacheBuilder {
     task_retention: Option<Duration>,
     retry: Option<Retry>,
     executor_concurrency: Option<usize>,
+    orphan_timeout: Option<Duration>,
     callbacks: HashMap<String, Callback>,
     value_store: Option<ValueStore>,
     values_collection: Option<String>,
@@ -90,6 +94,7 @@ impl fmt::Debug for SmacheBuilder {
             .field("task_retention", &self.task_retention)
             .field("retry", &self.retry)
             .field("executor_concurrency", &self.executor_concurrency)
+            .field("orphan_timeout", &self.orphan_timeout)
             .field("value_store", &self.value_store)
             .field("values_collection", &self.values_collection)
             .field("max_value_size", &self.max_value_size)
@@ -308,6 +313,33 @@ impl SmacheBuilder {
         self
     }
 
+    /// How long this process's executor lets a job wait for an executor
+    /// that has its function (default [`DEFAULT_ORPHAN_TIMEOUT`], 10
+    /// minutes). A job for a function no executor here has (a deploy in
+    /// progress, or a `version` bump whose old jobs nobody runs any more)
+    /// is left for another executor; once no live executor has announced
+    /// that function (or callback) for this long, counted from the later
+    /// of the job's enqueue and the function's last announcement, the job
+    /// is moved to the dead letters with why. A recompute given up so
+    /// frees its value for the next change (its pending flag is cleared)
+    /// and, if the value is stale, has its next caller recompute it; a
+    /// submitted task fails with the reason, so its waiters get
+    /// [`Error::TaskFailed`](crate::Error::TaskFailed). A function a live
+    /// executor announced within the last minute is never given up.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let smache = smache::Smache::builder()
+    ///     .orphan_timeout(Duration::from_secs(30 * 60))
+    ///     .build()?;
+    /// # Ok::<(), smache::Error>(())
+    /// ```
+    pub fn orphan_timeout(mut self, timeout: Duration) -> Self {
+        self.orphan_timeout = Some(timeout);
+        self
+    }
+
     /// Registers a callback under `name`, for [`Task::on_complete`](crate::Task::on_complete).
     /// It runs on an executor of an instance that registered it, once per
     /// attachment, after the task finishes (done or failed); an error it
@@ -422,6 +454,7 @@ impl SmacheBuilder {
             executor_concurrency: self.executor_concurrency.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(16, |n| (n.get() * 2).max(16))
             }),
+            orphan_timeout: self.orphan_timeout.unwrap_or(DEFAULT_ORPHAN_TIMEOUT),
             callbacks: self.callbacks,
             value_store: self.value_store.unwrap_or_default(),
             values_collection: self

@@ -22,6 +22,10 @@
 //! only if no value computed from newer data was stored meanwhile. A job is
 //! acknowledged only once its value is stored (or is gone); jobs of a
 //! crashed executor are reclaimed by the others after [`RECLAIM_AFTER`].
+//! A job for a function (or callback) this process lacks is left for an
+//! executor that has it, until no live executor has announced it for
+//! [`SmacheBuilder::orphan_timeout`](crate::SmacheBuilder::orphan_timeout):
+//! then it is moved to the dead letters with why (see [`crate::inspect`]).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -30,7 +34,7 @@ use std::time::Duration;
 use bson::oid::ObjectId;
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use serde::de::DeserializeOwned;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::call::{Outcome, Target};
@@ -38,7 +42,7 @@ use crate::entity::{Entity, EntityId};
 use crate::error::{Error, Result};
 use crate::instance::{Located, Smache};
 use crate::registry;
-use crate::store::{RedisStore, Related, Start, Store, BLOCK_FOR};
+use crate::store::{Abandon, RedisStore, Related, Start, Store, BLOCK_FOR};
 use crate::task::Completion;
 
 /// The consumer group all executors share.
@@ -202,7 +206,7 @@ pub async fn run_until(
     smache: Smache,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let executor = Executor::new(smache)?;
+    let (executor, mut again) = Executor::new(smache)?;
     tokio::pin!(shutdown);
     let mut running = JoinSet::new();
     let permits = Arc::new(Semaphore::new(executor.concurrency));
@@ -267,51 +271,25 @@ pub async fn run_until(
             let release = Held(Arc::clone(&held), entry.clone());
             running.spawn(async move {
                 let _release = release;
-                match task {
-                    Task::Value(id) => executor.process(&entry, &id).await,
-                    Task::Submitted { id, task, args } => {
-                        executor.process_task(&entry, &id, &task, args).await;
-                    }
-                    Task::Callback { name, task, args } => {
-                        executor.callback(&entry, &name, &task, args).await;
-                    }
-                    Task::FanOut {
-                        token,
-                        cursor,
-                        lazy,
-                        dependants,
-                    } => {
-                        executor
-                            .fan_out(&entry, &token, &cursor, lazy, dependants)
-                            .await;
-                    }
-                    Task::Related {
-                        collection,
-                        doc,
-                        op,
-                        before,
-                    } => {
-                        let change = RelatedChange {
-                            collection: &collection,
-                            doc: &doc,
-                            op: op.as_deref(),
-                            before: before.as_deref(),
-                        };
-                        executor.relate(&entry, &change).await;
-                    }
-                    Task::Malformed => {
-                        tracing::warn!(
-                            entry,
-                            "smache executor: a job of no known kind; dead-lettered"
-                        );
-                        executor
-                            .give_up(
-                                &entry,
-                                "a job of no known kind (no `id`, `cb`, `fan` or `rel` field)",
-                            )
-                            .await;
-                    }
-                }
+                executor.run_job(&entry, task).await;
+                drop(permit);
+            });
+        }
+        // Jobs left for an executor that has their function, due to be
+        // given up before a reclaim would bring them back: looked at again
+        // now, unless running here. Not held (the heartbeat would claim
+        // them): giving one up checks that this executor still holds it.
+        while let Ok((entry, task)) = again.try_recv() {
+            if crate::sync::lock(&held).contains(&entry) {
+                continue;
+            }
+            let permit = Arc::clone(&permits)
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            let executor = executor.clone();
+            running.spawn(async move {
+                executor.run_job(&entry, task).await;
                 drop(permit);
             });
         }
@@ -376,7 +354,7 @@ pub(crate) async fn shutdown_signal() {
 }
 
 /// What a stream entry asks for.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Task {
     /// Recompute the value with this id.
     Value(String),
@@ -464,6 +442,10 @@ struct Executor {
     concurrency: usize,
     /// Where the next XAUTOCLAIM scan starts.
     reclaim_from: Arc<Mutex<String>>,
+    /// How long a job waits for an executor that has its function.
+    orphan_timeout: Duration,
+    /// Jobs to look at again (see [`Executor::recheck`]).
+    again: mpsc::UnboundedSender<(String, Task)>,
 }
 
 /// Borrows the Redis store out of the instance.
@@ -480,19 +462,70 @@ impl std::ops::Deref for RedisStoreRef {
 }
 
 impl Executor {
-    fn new(smache: Smache) -> Result<Self> {
+    /// The executor, and where the jobs it wants to look at again arrive.
+    fn new(smache: Smache) -> Result<(Self, mpsc::UnboundedReceiver<(String, Task)>)> {
         if !matches!(smache.inner.store, Store::Redis(_)) {
             return Err(Error::Config("executors need the Redis store".into()));
         }
         let concurrency = smache.inner.executor_concurrency;
-        Ok(Executor {
+        let (again, rechecks) = mpsc::unbounded_channel();
+        let executor = Executor {
             stream: format!("{}jobs", smache.inner.base),
             consumer: consumer_name(),
             store: Arc::new(RedisStoreRef(smache.clone())),
+            orphan_timeout: smache.inner.orphan_timeout,
             smache,
             concurrency,
             reclaim_from: Arc::new(Mutex::new("0-0".to_owned())),
-        })
+            again,
+        };
+        Ok((executor, rechecks))
+    }
+
+    /// Runs one job, whatever its kind.
+    async fn run_job(&self, entry: &str, task: Task) {
+        match task {
+            Task::Value(id) => self.process(entry, &id).await,
+            Task::Submitted { id, task, args } => {
+                self.process_task(entry, &id, &task, args).await;
+            }
+            Task::Callback { name, task, args } => {
+                self.callback(entry, &name, &task, args).await;
+            }
+            Task::FanOut {
+                token,
+                cursor,
+                lazy,
+                dependants,
+            } => {
+                self.fan_out(entry, &token, &cursor, lazy, dependants).await;
+            }
+            Task::Related {
+                collection,
+                doc,
+                op,
+                before,
+            } => {
+                let change = RelatedChange {
+                    collection: &collection,
+                    doc: &doc,
+                    op: op.as_deref(),
+                    before: before.as_deref(),
+                };
+                self.relate(entry, &change).await;
+            }
+            Task::Malformed => {
+                tracing::warn!(
+                    entry,
+                    "smache executor: a job of no known kind; dead-lettered"
+                );
+                self.give_up(
+                    entry,
+                    "a job of no known kind (no `id`, `cb`, `fan` or `rel` field)",
+                )
+                .await;
+            }
+        }
     }
 
     async fn ensure_group(&self, conn: &mut redis::aio::MultiplexedConnection) {
@@ -622,36 +655,132 @@ impl Executor {
     /// why, acknowledging it; if Redis cannot be told, the job stays
     /// pending and comes back.
     async fn give_up(&self, entry: &str, reason: &str) {
+        self.give_up_undoing(entry, reason, Abandon::Nothing).await;
+    }
+
+    /// [`give_up`](Self::give_up), undoing `abandon` in the same step.
+    async fn give_up_undoing(&self, entry: &str, reason: &str, abandon: Abandon<'_>) {
         let base = &self.smache.inner.base;
         if let Err(err) = self
             .store
-            .dead_letter(base, entry, reason, &self.consumer)
+            .dead_letter(base, entry, reason, &self.consumer, abandon)
             .await
         {
             tracing::warn!(error = %err, entry, "smache executor: cannot dead-letter a job; it will run again");
         }
     }
 
-    /// Tells `inspect` which functions and callbacks this executor runs
-    /// (`{prefix}:fns`), so jobs nobody can run stand out.
-    async fn announce(&self) {
-        let callbacks = &self.smache.inner.callbacks;
-        if registry::heads().next().is_none() && callbacks.is_empty() {
+    /// When the job `entry`, for `field` of `{prefix}:fns` (a function head
+    /// or `cb:<name>`) that this process lacks, is given up.
+    async fn absence(&self, entry: &str, field: &str) -> Result<Absence> {
+        let mut conn = self.store.shared().await?;
+        let ((seconds, micros), announced): ((u64, u64), Option<String>) = redis::pipe()
+            .cmd("TIME")
+            .cmd("HGET")
+            .arg(format!("{}fns", self.smache.inner.base))
+            .arg(field)
+            .query_async(&mut conn)
+            .await?;
+        let announced_ms = announced.and_then(|at| at.parse().ok());
+        Ok(Absence {
+            now_ms: seconds * 1000 + micros / 1000,
+            announced_ms,
+            deadline_ms: crate::inspect::orphan_deadline(
+                crate::inspect::entry_ms(entry),
+                announced_ms,
+                self.orphan_timeout,
+            ),
+        })
+    }
+
+    /// A job for `what` (`function <head>` or `callback <name>`), known
+    /// to executors as `field`, that this process lacks: left for an
+    /// executor that has it (a deploy in progress) until none has
+    /// announced it for the orphan timeout; then moved to the dead letters
+    /// with why, undoing `abandon`. `task` is the job, to look at again.
+    async fn orphaned(
+        &self,
+        entry: &str,
+        field: &str,
+        what: &str,
+        abandon: Abandon<'_>,
+        task: Task,
+    ) {
+        match self.absence(entry, field).await {
+            Err(err) => {
+                tracing::warn!(error = %err, entry, "smache executor: redis unavailable; job left for retry");
+            }
+            Ok(absence) if absence.due() => {
+                let reason = absence.reason(what, self.orphan_timeout);
+                tracing::error!(
+                    entry,
+                    reason,
+                    "smache executor: no live executor can run a job; dead-lettered"
+                );
+                self.give_up_undoing(entry, &reason, abandon).await;
+            }
+            Ok(absence) => {
+                tracing::warn!(
+                    entry,
+                    needs = what,
+                    given_up_in_ms = absence.deadline_ms.saturating_sub(absence.now_ms),
+                    "smache executor: not in this process; leaving the job for another executor"
+                );
+                self.recheck(entry, task, &absence);
+            }
+        }
+    }
+
+    /// Looks at a job left for another executor again at its deadline, if
+    /// that comes before a reclaim would bring it back (after
+    /// [`RECLAIM_AFTER`]), so it is given up on time.
+    fn recheck(&self, entry: &str, task: Task, absence: &Absence) {
+        let wait = Duration::from_millis(absence.deadline_ms.saturating_sub(absence.now_ms));
+        if wait >= RECLAIM_AFTER {
             return;
         }
+        let again = self.again.clone();
+        let entry = entry.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait + Duration::from_millis(10)).await;
+            // The executor stopped: nothing to do.
+            let _ = again.send((entry, task));
+        });
+    }
+
+    /// Tells `inspect` and the other executors which functions and
+    /// callbacks this executor runs (`{prefix}:fns`, by the Redis clock, as
+    /// the jobs' times are), so jobs nobody can run stand out and are given
+    /// up in time; and publishes its orphan timeout (`{prefix}:config`),
+    /// for `inspect` to say when.
+    async fn announce(&self) {
         let Ok(mut conn) = self.store.shared().await else {
             return;
         };
-        let now = crate::envelope::now_ms();
-        let mut cmd = redis::cmd("HSET");
-        cmd.arg(format!("{}fns", self.smache.inner.base));
-        for head in registry::heads() {
-            cmd.arg(head).arg(now);
+        let now: redis::RedisResult<(u64, u64)> = redis::cmd("TIME").query_async(&mut conn).await;
+        let Ok((seconds, micros)) = now else {
+            return;
+        };
+        let now = seconds * 1000 + micros / 1000;
+        let base = &self.smache.inner.base;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(format!("{base}config"))
+            .arg("orphan_timeout")
+            .arg(u64::try_from(self.orphan_timeout.as_millis()).unwrap_or(u64::MAX))
+            .ignore();
+        let callbacks = &self.smache.inner.callbacks;
+        if registry::heads().next().is_some() || !callbacks.is_empty() {
+            let cmd = pipe.cmd("HSET").arg(format!("{base}fns"));
+            for head in registry::heads() {
+                cmd.arg(head).arg(now);
+            }
+            for name in callbacks.keys() {
+                cmd.arg(format!("cb:{name}")).arg(now);
+            }
+            cmd.ignore();
         }
-        for name in callbacks.keys() {
-            cmd.arg(format!("cb:{name}")).arg(now);
-        }
-        let announced: redis::RedisResult<()> = cmd.query_async(&mut conn).await;
+        let announced: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
         if let Err(err) = announced {
             tracing::debug!(error = %err, "smache executor: cannot announce its functions");
         }
@@ -671,9 +800,16 @@ impl Executor {
         };
         let Some(registration) = registry::find(head) else {
             // Another version of the application may have it (a deploy in
-            // progress): leave the job for an executor that does.
-            tracing::warn!(function = head, "smache executor: no such function in this process; leaving the job for another executor");
-            return;
+            // progress): leave the job for an executor that does, for a while.
+            return self
+                .orphaned(
+                    entry,
+                    head,
+                    &format!("function {head}"),
+                    Abandon::Recompute { id },
+                    Task::Value(id.to_owned()),
+                )
+                .await;
         };
         let (started, full_args) = loop {
             match self.store.start_job(&at.key, MIN_RECOMPUTE_INTERVAL).await {
@@ -798,8 +934,19 @@ impl Executor {
             return self.finish(entry, task, &key, &failed).await;
         };
         let Some(registration) = registry::find(head) else {
-            tracing::warn!(function = head, task, "smache executor: no such function in this process; leaving the task for another executor");
-            return;
+            let abandon = Abandon::Task {
+                id,
+                task,
+                retention: self.smache.inner.task_retention,
+            };
+            let again = Task::Submitted {
+                id: id.to_owned(),
+                task: task.to_owned(),
+                args: full_args.clone(),
+            };
+            return self
+                .orphaned(entry, head, &format!("function {head}"), abandon, again)
+                .await;
         };
         let args = if full_args.is_empty() {
             id_args.to_owned()
@@ -943,8 +1090,20 @@ impl Executor {
                 );
                 return self.ack(entry).await;
             }
-            tracing::warn!(callback = name, task, "smache executor: no callback of this name is registered here; leaving it for another executor");
-            return;
+            let again = Task::Callback {
+                name: name.to_owned(),
+                task: task.to_owned(),
+                args,
+            };
+            return self
+                .orphaned(
+                    entry,
+                    &format!("cb:{name}"),
+                    &format!("callback {name}"),
+                    Abandon::Nothing,
+                    again,
+                )
+                .await;
         };
         let state = match self.store.task(&self.smache.inner.base, task).await {
             Ok(Some(state)) => state,
@@ -999,6 +1158,26 @@ struct Held(Arc<Mutex<HashSet<String>>>, String);
 impl Drop for Held {
     fn drop(&mut self) {
         crate::sync::lock(&self.0).remove(&self.1);
+    }
+}
+
+/// When a job for a function (or callback) this process lacks is given up.
+struct Absence {
+    /// Now, by the Redis clock (ms).
+    now_ms: u64,
+    /// When an executor last announced it has the function (ms).
+    announced_ms: Option<u64>,
+    /// When the job is given up (ms).
+    deadline_ms: u64,
+}
+
+impl Absence {
+    fn due(&self) -> bool {
+        self.now_ms >= self.deadline_ms
+    }
+
+    fn reason(&self, what: &str, timeout: Duration) -> String {
+        crate::inspect::orphan_reason(what, self.announced_ms, self.now_ms, timeout)
     }
 }
 
@@ -1092,17 +1271,41 @@ impl Executor {
         };
         let source = format!("{collection}:{doc}");
         // Every function concerned must be known here, or the job is left
-        // for an executor that has them all (a deploy in progress).
+        // for an executor that has them all (a deploy in progress), until
+        // those missing have had no live executor for the orphan timeout:
+        // then it is applied for the others and dead-lettered.
         let mut registrations = Vec::with_capacity(heads.len());
+        let mut missing = Vec::new();
         for head in &heads {
             match registry::find(head) {
                 Some(registration) => registrations.push((head, registration)),
-                None => {
+                None => missing.push(head),
+            }
+        }
+        let mut given_up = Vec::new();
+        for head in missing {
+            let what = format!("function {head}");
+            match self.absence(entry, head).await {
+                Ok(absence) if absence.due() => {
+                    given_up.push(absence.reason(&what, self.orphan_timeout));
+                }
+                Ok(absence) => {
                     tracing::warn!(function = head, "smache executor: a relation of a function this process does not have; leaving the job for another executor");
+                    let again = Task::Related {
+                        collection: collection.to_owned(),
+                        doc: doc.to_owned(),
+                        op: change.op.map(str::to_owned),
+                        before: change.before.map(<[u8]>::to_vec),
+                    };
+                    return self.recheck(entry, again, &absence);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "smache executor: redis unavailable; job left for retry");
                     return;
                 }
             }
         }
+        let applied = registrations.len();
         for (head, registration) in registrations {
             for relation in registration
                 .relations
@@ -1143,7 +1346,19 @@ impl Executor {
                 }
             }
         }
-        self.ack(entry).await;
+        if given_up.is_empty() {
+            return self.ack(entry).await;
+        }
+        let mut reason = given_up.join("; ");
+        if applied > 0 {
+            reason.push_str("; applied for the other functions");
+        }
+        tracing::error!(
+            entry,
+            reason,
+            "smache executor: no live executor can run a relation job; dead-lettered"
+        );
+        self.give_up(entry, &reason).await;
     }
 
     /// Marks every value of one function stale, with no recompute coming:

@@ -5,7 +5,11 @@
 //! executors announced they can run (`{prefix}:fns`), and groups the jobs by
 //! what they run. A job for a function that no live executor has (a deploy
 //! in progress, a function renamed or given a new `version`) is never
-//! dropped: it stays queued for an executor that has it, and shows here.
+//! dropped silently: it stays queued for an executor that has it, and shows
+//! here with when it will be given up; once no live executor has announced
+//! the function for the orphan timeout
+//! ([`SmacheBuilder::orphan_timeout`](crate::SmacheBuilder::orphan_timeout),
+//! 10 minutes by default), an executor moves it to the dead letters with why.
 //! `smache-worker inspect jobs` prints the report.
 //!
 //! ```no_run
@@ -95,6 +99,11 @@ pub struct JobGroup {
     /// How long ago a live executor last announced it can run these jobs;
     /// `None` if none did within [`ANNOUNCED_WITHIN`].
     pub announced: Option<Duration>,
+    /// For jobs no live executor can run: how long until the oldest is
+    /// given up (moved to the dead letters; zero: when an executor next
+    /// sees it), by the executors' orphan timeout
+    /// ([`SmacheBuilder::orphan_timeout`](crate::SmacheBuilder::orphan_timeout)).
+    pub gives_up_in: Option<Duration>,
 }
 
 impl JobGroup {
@@ -143,6 +152,15 @@ impl Smache {
             .query_async(&mut conn)
             .await
             .unwrap_or_default();
+        // The executors' orphan timeout, as they published it; else ours.
+        let orphan_timeout = redis::cmd("HGET")
+            .arg(format!("{base}config"))
+            .arg("orphan_timeout")
+            .query_async::<Option<u64>>(&mut conn)
+            .await
+            .ok()
+            .flatten()
+            .map_or(self.inner.orphan_timeout, Duration::from_millis);
         let announced_age = |field: &str| {
             announced
                 .get(field)
@@ -177,7 +195,9 @@ impl Smache {
             }
         }
 
-        let mut groups: BTreeMap<String, JobGroup> = BTreeMap::new();
+        // Each group, with the `fns` field of its executors and the time
+        // its oldest job was queued.
+        let mut groups: BTreeMap<String, (JobGroup, Option<String>, u64)> = BTreeMap::new();
         let mut scanned = 0;
         let mut from = "-".to_owned();
         let mut truncated = false;
@@ -188,14 +208,18 @@ impl Smache {
                     .unwrap_or_default();
             for (entry, fields) in &page {
                 let (what, announced_as) = describe(fields);
-                let group = groups.entry(what.clone()).or_insert_with(|| JobGroup {
-                    what,
-                    queued: 0,
-                    held: 0,
-                    max_deliveries: 0,
-                    oldest: Duration::ZERO,
-                    any_executor: announced_as.is_none(),
-                    announced: announced_as.as_deref().and_then(announced_age),
+                let (group, _, oldest_ms) = groups.entry(what.clone()).or_insert_with(|| {
+                    let group = JobGroup {
+                        what,
+                        queued: 0,
+                        held: 0,
+                        max_deliveries: 0,
+                        oldest: Duration::ZERO,
+                        any_executor: announced_as.is_none(),
+                        announced: announced_as.as_deref().and_then(announced_age),
+                        gives_up_in: None,
+                    };
+                    (group, announced_as, u64::MAX)
                 });
                 group.queued += 1;
                 if let Some(delivered) = deliveries.get(entry) {
@@ -203,6 +227,7 @@ impl Smache {
                     group.max_deliveries = group.max_deliveries.max(*delivered);
                 }
                 group.oldest = group.oldest.max(age(entry));
+                *oldest_ms = (*oldest_ms).min(entry_ms(entry));
             }
             scanned += page.len();
             match page.last() {
@@ -216,7 +241,18 @@ impl Smache {
                 _ => break,
             }
         }
-        let mut groups: Vec<JobGroup> = groups.into_values().collect();
+        let mut groups: Vec<JobGroup> = groups
+            .into_values()
+            .map(|(mut group, field, oldest_ms)| {
+                if group.orphaned() {
+                    let last = field.and_then(|field| announced.get(&field).copied());
+                    let deadline = orphan_deadline(oldest_ms, last, orphan_timeout);
+                    group.gives_up_in =
+                        Some(Duration::from_millis(deadline.saturating_sub(now_ms)));
+                }
+                group
+            })
+            .collect();
         groups.sort_by(|a, b| b.queued.cmp(&a.queued).then_with(|| a.what.cmp(&b.what)));
 
         let queued: u64 = redis::cmd("XLEN")
@@ -340,8 +376,45 @@ fn describe(fields: &HashMap<String, String>) -> (String, Option<String>) {
     ("unknown".into(), None)
 }
 
+/// When a job queued at `queued_ms` (its stream entry's time) for a
+/// function (or callback) that no executor at hand has, last announced at
+/// `announced_ms`, is given up (ms, Redis clock): `timeout` after the later
+/// of the two, and never while a live executor has it (announced within
+/// [`ANNOUNCED_WITHIN`]). See `SmacheBuilder::orphan_timeout`.
+pub(crate) fn orphan_deadline(queued_ms: u64, announced_ms: Option<u64>, timeout: Duration) -> u64 {
+    let timeout = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    let deadline = queued_ms
+        .max(announced_ms.unwrap_or(0))
+        .saturating_add(timeout);
+    match announced_ms {
+        Some(at) => {
+            let live = u64::try_from(ANNOUNCED_WITHIN.as_millis()).unwrap_or(u64::MAX);
+            deadline.max(at.saturating_add(live).saturating_add(1))
+        }
+        None => deadline,
+    }
+}
+
+/// Why a job was given up: `what` (`function <name>#<version>` or
+/// `callback <name>`) had no live executor for `timeout`.
+pub(crate) fn orphan_reason(
+    what: &str,
+    announced_ms: Option<u64>,
+    now_ms: u64,
+    timeout: Duration,
+) -> String {
+    let last = match announced_ms {
+        Some(at) => format!(
+            "last announced {} ago",
+            age(Duration::from_millis(now_ms.saturating_sub(at)))
+        ),
+        None => "never announced".to_owned(),
+    };
+    format!("no live executor has {what} ({last}) for {}", age(timeout))
+}
+
 /// The milliseconds part of a stream entry id (`<ms>-<seq>`).
-fn entry_ms(entry: &str) -> u64 {
+pub(crate) fn entry_ms(entry: &str) -> u64 {
     entry
         .split_once('-')
         .map_or(entry, |(ms, _)| ms)
@@ -350,7 +423,7 @@ fn entry_ms(entry: &str) -> u64 {
 }
 
 /// A compact age: `850 ms`, `12 s`, `3.5 min`, `2.0 h`.
-fn age(d: Duration) -> String {
+pub(crate) fn age(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         format!("{ms} ms")
@@ -387,7 +460,17 @@ impl fmt::Display for JobsReport {
                 let executor = match group.announced {
                     _ if group.any_executor => "any".to_owned(),
                     Some(seen) => format!("seen {} ago", age(seen)),
-                    None => "NONE: waits for an executor that has it".to_owned(),
+                    None => match group.gives_up_in {
+                        Some(Duration::ZERO) => {
+                            "NONE: waits for an executor that has it; given up when next seen"
+                                .to_owned()
+                        }
+                        Some(left) => format!(
+                            "NONE: waits for an executor that has it; given up in {}",
+                            age(left)
+                        ),
+                        None => "NONE: waits for an executor that has it".to_owned(),
+                    },
                 };
                 writeln!(
                     f,
@@ -456,6 +539,32 @@ mod tests {
             ("relation orders".into(), None)
         );
         assert_eq!(describe(&fields(&[("x", "y")])), ("unknown".into(), None));
+    }
+
+    #[test]
+    fn orphans_are_given_up_after_the_timeout_and_never_while_announced() {
+        let timeout = Duration::from_secs(100);
+        // Never announced: the timeout after the job was queued.
+        assert_eq!(orphan_deadline(1_000, None, timeout), 101_000);
+        // Announced after it was queued: the timeout after that.
+        assert_eq!(orphan_deadline(1_000, Some(5_000), timeout), 105_000);
+        // Announced long before: counted from the job.
+        assert_eq!(orphan_deadline(900_000, Some(5_000), timeout), 1_000_000);
+        // A short timeout never gives up a function announced within
+        // ANNOUNCED_WITHIN: its executor is alive.
+        let live = u64::try_from(ANNOUNCED_WITHIN.as_millis()).unwrap();
+        assert_eq!(
+            orphan_deadline(1_000, Some(5_000), Duration::from_secs(1)),
+            5_000 + live + 1
+        );
+        assert_eq!(
+            orphan_reason("function app::card#1", None, 0, Duration::from_secs(600)),
+            "no live executor has function app::card#1 (never announced) for 10.0 min"
+        );
+        assert_eq!(
+            orphan_reason("callback mail", Some(1_000), 181_000, timeout),
+            "no live executor has callback mail (last announced 3.0 min ago) for 1.7 min"
+        );
     }
 
     #[test]

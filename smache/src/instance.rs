@@ -71,6 +71,8 @@ pub(crate) struct Inner {
     pub(crate) retry: crate::task::Retry,
     /// How many jobs this process's executor runs at once.
     pub(crate) executor_concurrency: usize,
+    /// How long a job waits for an executor that has its function.
+    pub(crate) orphan_timeout: Duration,
     /// Where values go when their function does not say.
     pub(crate) value_store: ValueStore,
     /// The largest envelope stored.
@@ -148,6 +150,7 @@ impl Smache {
             task_retention,
             retry,
             executor_concurrency,
+            orphan_timeout,
             callbacks,
             value_store,
             values_collection,
@@ -170,6 +173,7 @@ impl Smache {
                 task_retention,
                 retry,
                 executor_concurrency,
+                orphan_timeout,
                 callbacks,
                 value_store,
                 values,
@@ -606,6 +610,7 @@ pub(crate) struct Parts {
     pub(crate) task_retention: Duration,
     pub(crate) retry: crate::task::Retry,
     pub(crate) executor_concurrency: usize,
+    pub(crate) orphan_timeout: Duration,
     pub(crate) callbacks: std::collections::HashMap<String, crate::task::Callback>,
     pub(crate) value_store: ValueStore,
     pub(crate) values_collection: String,

@@ -107,7 +107,7 @@ pub use mongodb;
 
 pub use crate::builder::{
     SmacheBuilder, DEFAULT_COMPUTE_LEASE, DEFAULT_MAX_STALE, DEFAULT_MAX_VALUE_SIZE,
-    DEFAULT_MEMORY_CAPACITY, DEFAULT_OP_TIMEOUT, DEFAULT_PREFIX,
+    DEFAULT_MEMORY_CAPACITY, DEFAULT_OP_TIMEOUT, DEFAULT_ORPHAN_TIMEOUT, DEFAULT_PREFIX,
 };
 pub use crate::entity::{Entity, EntityId, IntoEntityId};
 pub use crate::error::{Error, Result};

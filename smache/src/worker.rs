@@ -13,6 +13,13 @@
 //! Redis restarted empty), a worker that was watching resumes from its own
 //! last position; one that was not starts from now and marks every value
 //! stored so far stale, since the changes before its start never reach them.
+//! The watching worker checks at each lease renewal that the saved token
+//! is the one it saved last (and each change it records checks so too): if
+//! Redis lost it (restarted empty, FLUSHALL) or holds an older one (came
+//! back from an older snapshot), it restarts its watch from what is saved,
+//! else from its own last position, and saves its position at once, so
+//! [`watching`] comes back by itself, with no change needed, and the gap of
+//! an older snapshot is replayed.
 //!
 //! Key layout (beside the graph keys described in `lua/common.lua`):
 //! `{prefix}:w:token` the resume token, `{prefix}:w:lease` the lease holder,
@@ -32,7 +39,7 @@ use mongodb::options::FullDocumentBeforeChangeType;
 use crate::entity::EntityId;
 use crate::error::{Error, Result};
 use crate::instance::Smache;
-use crate::store::{RedisStore, Seen, Store};
+use crate::store::{Changed, RedisStore, Seen, Store};
 
 /// The default of [`WorkerOptions::max_fanout`].
 pub const DEFAULT_MAX_FANOUT: u64 = 100_000;
@@ -68,6 +75,8 @@ impl Default for WorkerOptions {
 impl WorkerOptions {
     /// How long the watcher's lease lasts without renewal (default 10 s): a
     /// standby worker takes over within this long after the watcher dies.
+    /// The watcher renews it every third of this, and then also restores
+    /// its saved position if Redis lost it.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -125,10 +134,13 @@ impl WorkerKeys {
     }
 }
 
-/// Whether a worker of this instance's prefix has saved its position in
-/// the change stream and owes no stale-marking (a worker starting without
-/// a saved position marks the values stored before it): from now on every
-/// change reaches the values. A readiness check for deploys and tests.
+/// Whether a worker of this instance's prefix is watching: it holds the
+/// lease (so it is alive: the lease expires unless renewed), has saved
+/// its position in the change stream, and owes no stale-marking (a worker
+/// starting without a saved position marks the values stored before it):
+/// from now on every change reaches the values. A readiness check for
+/// deploys and tests; [`readiness`] says why not, and `smache-worker
+/// ready` is the same check for scripts and probes.
 ///
 /// ```no_run
 /// # async fn run(smache: smache::Smache) -> Result<(), smache::Error> {
@@ -143,19 +155,91 @@ impl WorkerKeys {
 /// [`Error::Config`] without the Redis store; [`Error::Redis`] if Redis
 /// cannot be asked.
 pub async fn watching(smache: &Smache) -> Result<bool> {
+    Ok(readiness(smache).await?.is_ready())
+}
+
+/// What [`readiness`] found in Redis about the workers of a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Readiness {
+    /// The worker holding the lease (`{prefix}:w:lease`), if any.
+    pub watcher: Option<String>,
+    /// Whether a position in the change stream is saved (`{prefix}:w:token`).
+    pub position_saved: bool,
+    /// Whether marking every value stale is still owed (`{prefix}:w:lost`).
+    pub stale_marking_owed: bool,
+}
+
+impl Readiness {
+    /// Whether a worker watches: see [`watching`].
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.watcher.is_some() && self.position_saved && !self.stale_marking_owed
+    }
+}
+
+impl std::fmt::Display for Readiness {
+    /// `ready: …`, or `not ready: ` and why.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let (true, Some(watcher)) = (self.is_ready(), &self.watcher) {
+            return write!(
+                f,
+                "ready: worker {watcher} watches the change stream from a saved position"
+            );
+        }
+        let mut why = Vec::new();
+        match &self.watcher {
+            None => why.push(
+                "no worker holds the lease (none runs, or Redis lost it and the watcher has not \
+                 renewed it yet)"
+                    .to_owned(),
+            ),
+            Some(watcher) => why.push(format!("worker {watcher} holds the lease")),
+        }
+        if !self.position_saved {
+            why.push("no position in the change stream is saved".to_owned());
+        }
+        if self.stale_marking_owed {
+            why.push("marking every value stale is still owed".to_owned());
+        }
+        write!(f, "not ready: {}", why.join("; "))
+    }
+}
+
+/// Whether a worker of this instance's prefix is watching, and if not, why.
+///
+/// ```no_run
+/// # async fn run(smache: smache::Smache) -> Result<(), smache::Error> {
+/// let readiness = smache::worker::readiness(&smache).await?;
+/// if !readiness.is_ready() {
+///     eprintln!("{readiness}"); // "not ready: no worker holds the lease …"
+/// }
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// As [`watching`].
+pub async fn readiness(smache: &Smache) -> Result<Readiness> {
     let Store::Redis(store) = &smache.inner.store else {
         return Err(Error::Config("the worker needs the Redis store".into()));
     };
     let keys = WorkerKeys::new(&smache.inner.base);
     let mut conn = store.shared().await?;
-    let (token, lost): (bool, bool) = redis::pipe()
+    let (watcher, token, lost): (Option<String>, bool, bool) = redis::pipe()
+        .cmd("GET")
+        .arg(&keys.lease)
         .cmd("EXISTS")
         .arg(&keys.token)
         .cmd("EXISTS")
         .arg(&keys.lost)
         .query_async(&mut conn)
         .await?;
-    Ok(token && !lost)
+    Ok(Readiness {
+        watcher,
+        position_saved: token,
+        stale_marking_owed: lost,
+    })
 }
 
 /// Runs a worker until Ctrl-C or SIGTERM.
@@ -193,6 +277,7 @@ pub async fn run_until(
         ),
         options,
         last_token: None,
+        position: Vec::new(),
     };
     worker.run(shutdown).await;
     Ok(())
@@ -206,6 +291,10 @@ struct Worker<'a> {
     options: WorkerOptions,
     /// The last position this worker saved, should Redis lose it.
     last_token: Option<ResumeToken>,
+    /// What the token key holds as far as this worker knows (empty:
+    /// nothing): what it read when it started watching, then what it
+    /// saved. Anything else found there means Redis lost it or went back.
+    position: Vec<u8>,
 }
 
 /// Why a watch ended.
@@ -233,7 +322,7 @@ impl Worker<'_> {
                         tracing::info!(worker = %self.id, fence, "smache worker: holds the lease; watching");
                         leader = true;
                     }
-                    match self.watch(&shutdown).await {
+                    match self.watch(&shutdown, fence).await {
                         Ok(Ended::Shutdown) => break,
                         Ok(Ended::LeaseLost) => {
                             tracing::warn!(worker = %self.id, "smache worker: lost the lease; standing by");
@@ -267,8 +356,13 @@ impl Worker<'_> {
         }
     }
 
-    /// Follows the change stream until shutdown, loss of the lease or an error.
-    async fn watch(&mut self, shutdown: &(impl Future<Output = ()> + Clone)) -> Result<Ended> {
+    /// Follows the change stream until shutdown, loss of the lease or an
+    /// error, holding the lease with fencing token `fence`.
+    async fn watch(
+        &mut self,
+        shutdown: &(impl Future<Output = ()> + Clone),
+        fence: u64,
+    ) -> Result<Ended> {
         self.publish_config().await?;
         let saved = match self.saved_token().await? {
             Some(token) => Some(token),
@@ -286,8 +380,10 @@ impl Worker<'_> {
         // before the first event, its successor resumes from here rather
         // than from its own later start.
         let mut saved = stream.resume_token();
-        if self.record(saved.as_ref(), None).await?.is_none() {
-            return Ok(Ended::LeaseLost);
+        match self.record(saved.as_ref(), None).await? {
+            Changed::Queued(_) => {}
+            Changed::LeaseLost => return Ok(Ended::LeaseLost),
+            Changed::Moved => return Ok(self.moved()),
         }
         self.last_token.clone_from(&saved);
         if self.history_was_lost().await? {
@@ -307,13 +403,29 @@ impl Worker<'_> {
                 return Ok(Ended::Shutdown);
             }
             if renewed.elapsed() >= self.options.lease / 3 {
-                if self
+                match self
                     .store
                     .lease(&self.keys, &self.id, self.options.lease)
                     .await?
-                    .is_none()
                 {
-                    return Ok(Ended::LeaseLost);
+                    None => return Ok(Ended::LeaseLost),
+                    Some(now) if now != fence => {
+                        // Taken anew, not renewed: Redis lost the lease.
+                        tracing::warn!(
+                            worker = %self.id,
+                            fence = now,
+                            "smache worker: the lease was lost and taken again (Redis lost its \
+                             data?); restarting the watch"
+                        );
+                        return Ok(Ended::Restart);
+                    }
+                    Some(_) => {}
+                }
+                // An idle stream records nothing: check the saved position
+                // here, so a Redis that lost it (or went back to an older
+                // one) gets this worker's again without waiting for a change.
+                if self.saved_bytes().await? != self.position {
+                    return Ok(self.moved());
                 }
                 // Again with each renewal: a Redis that came back empty
                 // lost it while this worker kept (or retook) the lease.
@@ -330,21 +442,21 @@ impl Worker<'_> {
                 Err(err) => return Err(err.into()),
             };
             let token = stream.resume_token();
-            let recorded = match event {
+            let (recorded, restart) = match event {
                 Some(event) => {
                     let (change, restart) = self.change_of(&event).await?;
-                    let recorded = self.record(token.as_ref(), Some(&change)).await?;
-                    if restart {
-                        return Ok(Ended::Restart);
-                    }
-                    recorded
+                    (self.record(token.as_ref(), Some(&change)).await?, restart)
                 }
                 // An empty batch still moves the stream's position on.
-                None if token != saved => self.record(token.as_ref(), None).await?,
-                None => Some(0),
+                None if token != saved => (self.record(token.as_ref(), None).await?, false),
+                None => (Changed::Queued(0), false),
             };
-            if recorded.is_none() {
-                return Ok(Ended::LeaseLost);
+            match recorded {
+                Changed::Queued(_) if restart => return Ok(Ended::Restart),
+                Changed::Queued(_) => {}
+                Changed::LeaseLost => return Ok(Ended::LeaseLost),
+                // Not recorded: replayed from the saved position.
+                Changed::Moved => return Ok(self.moved()),
             }
             self.last_token.clone_from(&token);
             saved = token;
@@ -458,12 +570,13 @@ impl Worker<'_> {
 
     /// Saves the stream's new position `token`, reached after `change`
     /// (none: an empty batch, or where a stream starts), with the jobs of
-    /// the change, in one script.
+    /// the change, in one script, if the saved position is still the one
+    /// this worker knows.
     async fn record(
-        &self,
+        &mut self,
         token: Option<&ResumeToken>,
         change: Option<&Change>,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Changed> {
         let bytes = match token {
             Some(token) => encode_token(token)?,
             None => Vec::new(),
@@ -480,27 +593,57 @@ impl Worker<'_> {
             before: change.and_then(|change| change.before.as_deref()),
             tokens: change.map_or(&[], |change| &change.tokens),
         };
-        let queued = self.store.changed(&self.keys, &self.id, &seen).await?;
-        if let Some(queued) = queued.filter(|n| *n > 0) {
-            tracing::debug!(queued, "smache worker: recompute jobs queued");
+        let recorded = self
+            .store
+            .changed(&self.keys, &self.id, &self.position, &seen)
+            .await?;
+        if let Changed::Queued(queued) = recorded {
+            if queued > 0 {
+                tracing::debug!(queued, "smache worker: recompute jobs queued");
+            }
+            if !bytes.is_empty() {
+                self.position = bytes;
+            }
         }
-        Ok(queued)
+        Ok(recorded)
     }
 
-    async fn saved_token(&self) -> Result<Option<ResumeToken>> {
+    /// The saved position is not the one this worker saved: Redis lost it
+    /// (restarted empty, FLUSHALL) or holds an older one (an older
+    /// snapshot, without the jobs queued since). Watch again from what is
+    /// saved (replaying the gap), else from this worker's last position.
+    fn moved(&self) -> Ended {
+        tracing::warn!(
+            worker = %self.id,
+            "smache worker: the saved resume token is not the one this worker saved (Redis lost \
+             its data, or came back from an older snapshot); restarting the watch from it"
+        );
+        Ended::Restart
+    }
+
+    /// What the token key holds (empty: nothing).
+    async fn saved_bytes(&self) -> Result<Vec<u8>> {
         let mut conn = self.store.shared().await?;
         let bytes: Option<Vec<u8>> = redis::cmd("GET")
             .arg(&self.keys.token)
             .query_async(&mut conn)
             .await?;
-        let Some(bytes) = bytes else {
+        Ok(bytes.unwrap_or_default())
+    }
+
+    /// The saved position, which this worker now takes for its own.
+    async fn saved_token(&mut self) -> Result<Option<ResumeToken>> {
+        let bytes = self.saved_bytes().await?;
+        self.position.clone_from(&bytes);
+        if bytes.is_empty() {
             return Ok(None);
-        };
+        }
         match decode_token(&bytes) {
             Some(token) => Ok(Some(token)),
             None => {
                 tracing::error!("smache worker: the saved resume token is corrupt; treating the history as lost: every value will be marked stale");
                 self.owe_stale_marking().await?;
+                self.position.clear();
                 Ok(None)
             }
         }

@@ -5,7 +5,10 @@
 //! executors, the processes that link your `#[computed]` functions.
 //!
 //! `smache-worker inspect jobs` prints the jobs queued, held and given up
-//! (see `smache::inspect`); it needs only `--redis-url`.
+//! (see `smache::inspect`); `smache-worker ready [--wait 60s]` exits 0 once
+//! a worker watches with a saved position, else says why and exits 1 (a
+//! readiness probe; see `smache::worker::readiness`). Both need only
+//! `--redis-url`.
 
 use std::time::Duration;
 
@@ -72,6 +75,15 @@ enum Command {
         #[command(subcommand)]
         what: Inspect,
     },
+    /// Exits 0 if a worker of the prefix is watching: it holds the lease,
+    /// has saved its position in the change stream and owes no
+    /// stale-marking; else prints why and exits 1. For readiness probes
+    /// and deploy scripts.
+    Ready {
+        /// Poll until ready or this long has passed (e.g. `30s`, `2m`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<Duration>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,12 +99,54 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
+    if let Some(Command::Ready { wait }) = args.command {
+        return ready(args.redis_url, args.prefix, wait).await;
+    }
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "smache-worker: stopped on an error");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `smache-worker ready`: 0 once a worker watches, else 1, saying why.
+async fn ready(
+    redis_url: Option<String>,
+    prefix: String,
+    wait: Option<Duration>,
+) -> std::process::ExitCode {
+    let Some(redis_url) = redis_url else {
+        println!("not ready: --redis-url (or SMACHE_REDIS_URL) is required");
+        return std::process::ExitCode::FAILURE;
+    };
+    let smache = match Smache::builder()
+        .redis_url(redis_url)
+        .prefix(prefix)
+        .build()
+    {
+        Ok(smache) => smache,
+        Err(err) => {
+            println!("not ready: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
+    loop {
+        let status = match smache::worker::readiness(&smache).await {
+            Ok(readiness) if readiness.is_ready() => {
+                println!("{readiness}");
+                return std::process::ExitCode::SUCCESS;
+            }
+            Ok(readiness) => readiness.to_string(),
+            Err(err) => format!("not ready: cannot ask Redis: {err}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            println!("{status}");
+            return std::process::ExitCode::FAILURE;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

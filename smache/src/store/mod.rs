@@ -15,7 +15,7 @@ pub(crate) use self::memory::MemoryStore;
 pub(crate) use self::mongo::MongoValues;
 pub use self::mongo::DEFAULT_VALUES_COLLECTION;
 pub(crate) use self::redis::{
-    task_key, Begin, RedisStore, Related, Seen, Start, TaskState, BLOCK_FOR,
+    task_key, Abandon, Begin, Changed, RedisStore, Related, Seen, Start, TaskState, BLOCK_FOR,
 };
 use crate::error::Result;
 use crate::spec::Refresh;

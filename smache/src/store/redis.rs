@@ -379,13 +379,14 @@ impl RedisStore {
     }
 
     /// The worker saw a change (or an empty batch); queues the jobs and
-    /// saves its position. `None` if `worker` no longer holds the lease.
+    /// saves its position, if the saved token is `expected` (empty: none).
     pub(crate) async fn changed(
         &self,
         keys: &WorkerKeys,
         worker: &str,
+        expected: &[u8],
         seen: &Seen<'_>,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Changed> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.change.key(&keys.token);
         invocation
@@ -394,6 +395,7 @@ impl RedisStore {
             .arg(&keys.base)
             .arg(worker)
             .arg(seen.resume)
+            .arg(expected)
             .arg(seen.time.map_or_else(String::new, |time| time.to_string()))
             .arg(seen.op)
             .arg(seen.before.unwrap_or_default())
@@ -401,7 +403,11 @@ impl RedisStore {
         let queued: i64 = self
             .bounded("change", invocation.invoke_async(&mut conn))
             .await?;
-        Ok(u64::try_from(queued).ok())
+        Ok(match queued {
+            -1 => Changed::LeaseLost,
+            -2 => Changed::Moved,
+            n => Changed::Queued(u64::try_from(n).unwrap_or(0)),
+        })
     }
 
     /// How far the worker has followed the change stream: the cluster time
@@ -598,13 +604,15 @@ impl RedisStore {
     }
 
     /// Moves job `entry` to the dead-letter stream with `reason` and
-    /// acknowledges it; false if it was gone already.
+    /// acknowledges it, undoing what `abandon` says in the same step;
+    /// false if it was gone already or another executor holds it now.
     pub(crate) async fn dead_letter(
         &self,
         base: &str,
         entry: &str,
         reason: &str,
         consumer: &str,
+        abandon: Abandon<'_>,
     ) -> Result<bool> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.dead.key(format!("{base}jobs"));
@@ -615,6 +623,23 @@ impl RedisStore {
             .arg(reason)
             .arg(consumer)
             .arg(crate::executor::DEAD_LETTERS_KEPT);
+        match abandon {
+            Abandon::Nothing => {}
+            Abandon::Recompute { id } => {
+                invocation.arg(base).arg(id).arg("").arg(0);
+            }
+            Abandon::Task {
+                id,
+                task,
+                retention,
+            } => {
+                invocation
+                    .arg(base)
+                    .arg(id)
+                    .arg(task)
+                    .arg(millis(retention).max(1));
+            }
+        }
         let moved: i64 = self
             .bounded("dead_letter", invocation.invoke_async(&mut conn))
             .await?;
@@ -786,6 +811,33 @@ pub(crate) struct TaskState {
     pub(crate) result: Vec<u8>,
     /// The id of the value the task computes.
     pub(crate) value_id: String,
+}
+
+/// What became of the changes a worker recorded (`lua/change.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Changed {
+    /// Recorded: this many jobs queued.
+    Queued(u64),
+    /// Refused: another worker holds the lease.
+    LeaseLost,
+    /// Refused: the saved position is not the one this worker saved.
+    Moved,
+}
+
+/// What giving a job up undoes besides (see `lua/dead.lua`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Abandon<'a> {
+    /// Nothing: the job ran (and failed), or holds nothing.
+    Nothing,
+    /// The recompute of value `id` that never started: its pending flag.
+    Recompute { id: &'a str },
+    /// The submitted task `task` of value `id` that never started: it
+    /// fails with the reason, kept for `retention`.
+    Task {
+        id: &'a str,
+        task: &'a str,
+        retention: Duration,
+    },
 }
 
 /// The answer to a caller about to compute a missing value.
