@@ -271,7 +271,7 @@ impl Call {
             return None;
         }
         if fetched.expired && !fetched.stale {
-            self.refresh_in_background();
+            self.refresh_in_background(fetched.version);
         }
         let value = Inner::decode(&self.at.key, &fetched.data)?;
         Some((value, fetched.data))
@@ -474,14 +474,15 @@ impl Call {
         }
     }
 
-    /// Queues a refresh without making the caller wait for it.
-    fn refresh_in_background(self: &Arc<Self>) {
+    /// Queues a refresh of the value found as `version` without making
+    /// the caller wait for it.
+    fn refresh_in_background(self: &Arc<Self>, version: u64) {
         let call = Arc::clone(self);
         let refresh = async move {
             if let Err(err) = call
                 .inner
                 .store
-                .refresh(call.at.slot(&call.inner.base))
+                .refresh(call.at.slot(&call.inner.base), version)
                 .await
             {
                 tracing::debug!(key = %call.at.key, error = %err, "smache: could not queue the refresh of an expired value");

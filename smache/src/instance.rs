@@ -558,6 +558,8 @@ impl Located {
 /// A stored value as read by a call.
 #[derive(Debug)]
 pub(crate) struct Fetched {
+    /// The value version the store assigned it.
+    pub(crate) version: u64,
     pub(crate) data: Vec<u8>,
     /// Past its time-to-live: serve it once more and refresh it.
     pub(crate) expired: bool,
@@ -684,13 +686,14 @@ impl Inner {
     fn fetched(&self, storage_key: &str, lookup: Result<Lookup>) -> Result<Option<Fetched>, ()> {
         match lookup {
             Ok(Lookup::Hit {
+                version,
                 data,
                 stale_since_ms,
                 expired,
-                ..
             }) => {
                 self.health.ok();
                 Ok(Some(Fetched {
+                    version,
                     data,
                     expired,
                     stale: stale_since_ms.is_some(),

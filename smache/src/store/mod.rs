@@ -155,11 +155,13 @@ impl Store {
         }
     }
 
-    /// Queues a background refresh of a value past its time-to-live.
-    pub(crate) async fn refresh(&self, slot: Slot<'_>) -> Result<()> {
+    /// Queues a background refresh of a value past its time-to-live,
+    /// found as `version`: nothing is queued if another value was stored
+    /// since, or a recompute is already owed.
+    pub(crate) async fn refresh(&self, slot: Slot<'_>, version: u64) -> Result<()> {
         match self {
             Store::Memory(_) => Ok(()),
-            Store::Redis(store) => store.refresh(slot.base, slot.id).await,
+            Store::Redis(store) => store.refresh(slot.base, slot.id, version).await,
         }
     }
 

@@ -561,11 +561,12 @@ impl RedisStore {
         Ok(moved == 1)
     }
 
-    /// Queues a background refresh of a value past its time-to-live.
-    pub(crate) async fn refresh(&self, base: &str, id: &str) -> Result<()> {
+    /// Queues a background refresh of a value past its time-to-live,
+    /// found as `version` (see `lua/refresh.lua`).
+    pub(crate) async fn refresh(&self, base: &str, id: &str, version: u64) -> Result<()> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.refresh.key(format!("{base}jobs"));
-        invocation.arg(base).arg(id);
+        invocation.arg(base).arg(id).arg(version);
         let _: i64 = self
             .bounded("refresh", invocation.invoke_async(&mut conn))
             .await?;
