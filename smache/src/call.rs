@@ -286,8 +286,13 @@ impl Call {
 
     /// After a miss, waits for this caller's turn across processes: compute
     /// (holding the compute lease), or read the value another process
-    /// stored meanwhile.
-    async fn take_turn(self: Arc<Self>) -> Turn {
+    /// stored meanwhile. `seen` is the version of the value this caller's
+    /// lookup found, if any: the lease is never granted over a value stored
+    /// after this caller's last read (the holder it waited for finished
+    /// just before), which is read instead, and served if it may be.
+    async fn take_turn(self: Arc<Self>, seen: Option<u64>) -> Turn {
+        // As begin.lua compares it: "" for none.
+        let mut seen = seen.map_or_else(String::new, |version| version.to_string());
         let owner = bson::oid::ObjectId::new().to_hex();
         let static_deps = self.key.static_deps();
         loop {
@@ -301,9 +306,11 @@ impl Call {
                     &static_deps,
                     &owner,
                     self.inner.compute_lease,
+                    &seen,
                 )
                 .await;
-            match begun {
+            // The version begin.lua found stored when it says to read it.
+            let stored = match begun {
                 Ok(Begin::Go(generation)) => {
                     self.inner.store_ok();
                     return Turn::Compute {
@@ -311,6 +318,7 @@ impl Call {
                         owner,
                     };
                 }
+                Ok(Begin::Read(stored)) => stored,
                 Ok(Begin::Wait(left)) => {
                     // Woken by the notification; re-checked at least every
                     // 250 ms in case it is lost, and when the lease ends.
@@ -321,18 +329,7 @@ impl Call {
                         }
                         None => tokio::time::sleep(pause.min(Duration::from_millis(25))).await,
                     }
-                    match self.inner.fetch(&self.at.key).await {
-                        Ok(Some(fetched)) if self.acceptable(&fetched) => {
-                            return Turn::Ready(fetched.data)
-                        }
-                        Ok(_) => {}
-                        Err(()) => {
-                            return Turn::Compute {
-                                started: None,
-                                owner,
-                            }
-                        }
-                    }
+                    String::new()
                 }
                 Err(err) => {
                     self.inner.store_failed(&err);
@@ -340,6 +337,20 @@ impl Call {
                         started: None,
                         owner,
                     };
+                }
+            };
+            match self.inner.fetch(&self.at.key).await {
+                Ok(Some(fetched)) if self.acceptable(&fetched) => return Turn::Ready(fetched.data),
+                // Not servable (stale, say): the next turn may compute.
+                Ok(Some(fetched)) => seen = fetched.version.to_string(),
+                // Nothing readable (gone, or not a value): what begin.lua
+                // found counts as seen, so that only a newer store is new.
+                Ok(None) => seen = stored,
+                Err(()) => {
+                    return Turn::Compute {
+                        started: None,
+                        owner,
+                    }
                 }
             }
         }
@@ -638,11 +649,14 @@ where
         Some(target) => Arc::new(call.redirect(target)),
         None => call,
     };
+    let seen = fetched.as_ref().map(|fetched| fetched.version);
     if let Some((value, data)) = call.usable::<M::Value>(fetched) {
         pilot.land_with(|| call.landing(Arc::new(data)));
         return M::from_cached(value);
     }
-    let turn = runtime::in_tokio(Arc::clone(&call).take_turn()).await.ok();
+    let turn = runtime::in_tokio(Arc::clone(&call).take_turn(seen))
+        .await
+        .ok();
     let (pilot, started, owner) = match call.resolve::<M::Value>(turn, pilot) {
         Resolved::Cached(value) => return M::from_cached(value),
         Resolved::Compute(pilot, started, owner) => (pilot, started, owner),
@@ -732,11 +746,12 @@ where
         Some(target) => Arc::new(call.redirect(target)),
         None => call,
     };
+    let seen = fetched.as_ref().map(|fetched| fetched.version);
     if let Some((value, data)) = call.usable::<M::Value>(fetched) {
         pilot.land_with(|| call.landing(Arc::new(data)));
         return M::from_cached(value);
     }
-    let turn = blocking(&call, Call::take_turn);
+    let turn = blocking(&call, move |call| call.take_turn(seen));
     let (pilot, started, owner) = match call.resolve::<M::Value>(turn, pilot) {
         Resolved::Cached(value) => return M::from_cached(value),
         Resolved::Compute(pilot, started, owner) => (pilot, started, owner),

@@ -103,18 +103,20 @@ impl Store {
     }
 
     /// Records a miss about to be computed: [`Begin::Go`] with the change
-    /// generation it starts from, or [`Begin::Wait`] while another process
-    /// computes it.
+    /// generation it starts from, [`Begin::Wait`] while another process
+    /// computes it, or [`Begin::Read`] when the stored value is not the
+    /// version `seen` last (`""`: none), one stored since.
     pub(crate) async fn begin(
         &self,
         slot: Slot<'_>,
         deps: &[String],
         owner: &str,
         lease: Duration,
+        seen: &str,
     ) -> Result<Begin> {
         match self {
             Store::Memory(_) => Ok(Begin::Go(0)),
-            Store::Redis(store) => store.begin(slot, deps, owner, lease).await,
+            Store::Redis(store) => store.begin(slot, deps, owner, lease, seen).await,
         }
     }
 

@@ -231,6 +231,7 @@ impl RedisStore {
         deps: &[String],
         owner: &str,
         lease: Duration,
+        seen: &str,
     ) -> Result<Begin> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.begin.key(slot.key);
@@ -241,15 +242,15 @@ impl RedisStore {
             .arg(BEGIN_LEASE_MS.max(millis(lease)))
             .arg(owner)
             .arg(millis(lease))
+            .arg(seen)
             .arg(deps);
         let (verdict, number): (String, String) = self
             .bounded("begin", invocation.invoke_async(&mut conn))
             .await?;
-        let number = number.parse().unwrap_or(0);
-        Ok(if verdict == "wait" {
-            Begin::Wait(Duration::from_millis(number))
-        } else {
-            Begin::Go(number)
+        Ok(match verdict.as_str() {
+            "wait" => Begin::Wait(Duration::from_millis(number.parse().unwrap_or(0))),
+            "read" => Begin::Read(number),
+            _ => Begin::Go(number.parse().unwrap_or(0)),
         })
     }
 
@@ -704,6 +705,9 @@ pub(crate) enum Begin {
     Go(u64),
     /// Another process is computing it; its lease ends in this long.
     Wait(Duration),
+    /// A value was stored since the caller's last read: read it. The
+    /// version field as stored ("" for none).
+    Read(String),
 }
 
 fn millis(duration: Duration) -> u64 {
