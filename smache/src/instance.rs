@@ -761,8 +761,9 @@ impl Inner {
     }
 
     /// Stores a value; failures are logged. A value kept in MongoDB is
-    /// written there first, then its reference in Redis.
-    pub(crate) async fn put(&self, mut put: Put<'_>) -> Outcome {
+    /// written there first, then its reference in Redis. With the value
+    /// version it was stored as.
+    pub(crate) async fn put(&self, mut put: Put<'_>) -> (Outcome, Option<u64>) {
         let key = put.slot.key;
         let started = put.started;
         let values = if put.external {
@@ -781,7 +782,7 @@ impl Inner {
                 limit,
                 "smache: value larger than max_value_size; returned but not cached"
             );
-            return Outcome::TooLarge;
+            return (Outcome::TooLarge, None);
         }
         let mut document = None;
         if let Some(values) = values {
@@ -792,19 +793,19 @@ impl Inner {
                 }
                 Err(err) => {
                     self.health.failed(&err);
-                    return Outcome::Unreachable;
+                    return (Outcome::Unreachable, None);
                 }
             }
         }
         match self.store.put(put).await {
-            Ok(Some(_)) => {
+            Ok(Some(version)) => {
                 self.health.ok();
                 if let Some((values, oid)) = document {
                     if let Err(err) = values.retire(key, &oid, started).await {
                         tracing::debug!(key, error = %err, "smache: cannot retire replaced MongoDB documents");
                     }
                 }
-                Outcome::Stored
+                (Outcome::Stored, Some(version))
             }
             Ok(None) => {
                 self.health.ok();
@@ -817,11 +818,11 @@ impl Inner {
                         tracing::debug!(key, error = %err, "smache: cannot delete a refused MongoDB document");
                     }
                 }
-                Outcome::Superseded
+                (Outcome::Superseded, None)
             }
             Err(err) => {
                 self.health.failed(&err);
-                Outcome::Unreachable
+                (Outcome::Unreachable, None)
             }
         }
     }

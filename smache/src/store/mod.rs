@@ -75,6 +75,10 @@ pub(crate) struct Put<'a> {
     pub(crate) relations: &'static [&'static str],
     /// Every dependency token of the value.
     pub(crate) deps: &'a [String],
+    /// The values the computation read (nested calls): each one's id and
+    /// what was read of it, `<version>:<computed-at ms>`. The Redis store
+    /// marks the value stale if one of them was stored anew since.
+    pub(crate) read: &'a [(String, String)],
     /// Keep the envelope in MongoDB (`store = mongo`), a reference in Redis.
     pub(crate) external: bool,
 }

@@ -319,7 +319,11 @@ impl RedisStore {
             .arg(mark_stale)
             .arg(put.relations.len())
             .arg(put.relations)
-            .arg(put.deps);
+            .arg(put.read.len());
+        for (id, mark) in put.read {
+            invocation.arg(id).arg(mark);
+        }
+        invocation.arg(put.deps);
         let version: i64 = self
             .bounded("store", invocation.invoke_async(&mut conn))
             .await?;
