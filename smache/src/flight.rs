@@ -8,7 +8,9 @@
 //!   takes a compute lease (`lua/begin.lua`), the others wait for the
 //!   `{prefix}:done` notification ([`Notifier`]) and then read the value.
 //!   The holder renews its lease while it computes (`lua/renew.lua`); the
-//!   lease of a holder that died runs out, and one waiter takes over.
+//!   lease of a holder that died runs out, and one waiter takes over. No
+//!   caller is granted the lease over a value stored after its last read:
+//!   it reads that value instead.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
