@@ -551,3 +551,141 @@ async fn racing_computations_finishing_in_any_order_leave_the_newest_value() {
         );
     }
 }
+
+/// The data `leaf` reads, per tag.
+static LEAF_DATA: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+/// A run of `trunk(tag)` for a tag with a gate here says it read its leaf,
+/// and waits until the test lets it go.
+static TRUNK_GATES: Mutex<Vec<TrunkGate>> = Mutex::new(Vec::new());
+
+/// A tag, "read the leaf", "let go".
+type TrunkGate = (String, std::sync::Arc<Notify>, std::sync::Arc<Notify>);
+
+fn set_leaf(tag: &str, data: &str) {
+    let mut leaves = LEAF_DATA.lock().unwrap();
+    leaves.retain(|(t, _)| t != tag);
+    leaves.push((tag.to_owned(), data.to_owned()));
+}
+
+/// `mark_stale`: a stale leaf is recomputed by its next reader.
+#[computed(Raw, refresh = mark_stale)]
+async fn leaf(tag: String) -> String {
+    let leaves = LEAF_DATA.lock().unwrap();
+    leaves.iter().find(|(t, _)| *t == tag).unwrap().1.clone()
+}
+
+#[computed(Raw)]
+async fn trunk(tag: String) -> String {
+    let leaf = leaf(tag.clone()).await;
+    let gate = {
+        let mut gates = TRUNK_GATES.lock().unwrap();
+        let at = gates.iter().position(|(t, ..)| *t == tag);
+        at.map(|at| gates.remove(at))
+    };
+    if let Some((_, read, release)) = gate {
+        read.notify_one();
+        release.notified().await;
+    }
+    format!("<{leaf}>")
+}
+
+/// How the test stores a leaf anew while its trunk computes.
+#[derive(Clone, Copy, Debug)]
+enum Restore {
+    /// Invalidated and computed again: its version starts over at 1.
+    Invalidate,
+    /// Marked stale (as the worker does) and recomputed by a reader: its
+    /// version goes up.
+    Recompute,
+}
+
+/// A trunk reads its leaf, then pauses; meanwhile the leaf is stored anew
+/// with another value, before the trunk's first value is stored (so no
+/// edge yet tells the trunk). The trunk's value must not be fresh over the
+/// leaf's old value: it is stored stale, and recomputed from the new leaf.
+async fn a_leaf_restored_while_its_trunk_computes(smache: Smache, restore: Restore) {
+    let tag = unique("leaf");
+    let mut conn = redis_connection(&redis_url()).await;
+    let leaf_key = leaf::key(tag.clone()).unwrap();
+    let trunk_key = trunk::key(tag.clone()).unwrap();
+    set_leaf(&tag, "old");
+    if let Restore::Invalidate = restore {
+        // Read by the trunk as a hit.
+        assert_eq!(smache.scope(leaf(tag.clone())).await, "old");
+    }
+    let (read, release) = (
+        std::sync::Arc::new(Notify::new()),
+        std::sync::Arc::new(Notify::new()),
+    );
+    TRUNK_GATES.lock().unwrap().push((
+        tag.clone(),
+        std::sync::Arc::clone(&read),
+        std::sync::Arc::clone(&release),
+    ));
+    let computing = tokio::spawn({
+        let (smache, tag) = (smache.clone(), tag.clone());
+        async move { smache.scope(trunk(tag)).await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), read.notified())
+        .await
+        .expect("the trunk read its leaf");
+
+    set_leaf(&tag, "new");
+    match restore {
+        Restore::Invalidate => {
+            assert!(smache.invalidate(&leaf_key).await.unwrap());
+        }
+        Restore::Recompute => {
+            let _: () = conn
+                .hincr(smache.storage_key(&leaf_key), "g", 1)
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(smache.scope(leaf(tag.clone())).await, "new");
+    assert!(smache.is_fresh(&leaf_key).await.unwrap());
+
+    release.notify_one();
+    assert_eq!(
+        computing.await.unwrap(),
+        "<old>",
+        "the caller gets what was computed"
+    );
+    assert!(
+        !smache.is_fresh(&trunk_key).await.unwrap(),
+        "{restore:?}: a trunk computed from the leaf's old value is stale"
+    );
+    // An executor recomputes it from the new leaf.
+    let executor = smache::executor::spawn(&smache);
+    let refreshed = smache_suite::eventually(Duration::from_secs(20), || async {
+        smache.is_fresh(&trunk_key).await.unwrap()
+            && smache.scope(trunk(tag.clone())).await == "<new>"
+    })
+    .await;
+    assert!(
+        refreshed,
+        "{restore:?}: the trunk is recomputed from the new leaf"
+    );
+    executor.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_value_stored_anew_while_its_parent_computes_leaves_the_parent_stale() {
+    for restore in [Restore::Invalidate, Restore::Recompute] {
+        a_leaf_restored_while_its_trunk_computes(instance(), restore).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_value_stored_anew_while_its_parent_computes_leaves_the_parent_stale_in_mongodb() {
+    for restore in [Restore::Invalidate, Restore::Recompute] {
+        let smache = Smache::builder()
+            .redis_url(redis_url())
+            .prefix(unique("gm"))
+            .mongodb_database(smache_suite::mongo_database("smache_graph_tests"))
+            .value_store(smache::ValueStore::Mongo)
+            .build()
+            .unwrap();
+        a_leaf_restored_while_its_trunk_computes(smache, restore).await;
+    }
+}

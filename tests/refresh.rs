@@ -3,13 +3,15 @@
 //! recomputes, and cached values follow the documents without any caller
 //! computing them.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bson::doc;
 use bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use smache::{computed, Entity, Smache};
-use smache_suite::{mongodb_uri, redis_url, unique, Calls, WorkerProcess};
+use smache_suite::{mongodb_uri, redis_connection, redis_url, unique, Calls, WorkerProcess};
+use tokio::sync::Notify;
 
 #[derive(Clone, Debug, Serialize, Deserialize, Entity)]
 #[entity(collection = "users")]
@@ -92,6 +94,28 @@ async fn spent(user: &User) -> i64 {
 async fn short_profile(user: &User) -> String {
     CALLS.bump(format!("short:{}", user.id));
     format!("short {}", user.name)
+}
+
+/// A run of `gated_short` for a user with a gate here says it started
+/// (the first `Notify`) and waits until the test lets it go (the second).
+static GATES: Mutex<Vec<Gate>> = Mutex::new(Vec::new());
+
+/// A user's id, "started", "let go".
+type Gate = (ObjectId, Arc<Notify>, Arc<Notify>);
+
+#[computed(User, ttl_secs = 1)]
+async fn gated_short(user: &User) -> String {
+    CALLS.bump(format!("gated:{}", user.id));
+    let gate = {
+        let mut gates = GATES.lock().unwrap();
+        let at = gates.iter().position(|(id, ..)| *id == user.id);
+        at.map(|at| gates.remove(at))
+    };
+    if let Some((_, started, release)) = gate {
+        started.notify_one();
+        release.notified().await;
+    }
+    format!("gated {}", user.name)
 }
 
 #[computed(User, refresh = mark_stale)]
@@ -785,5 +809,139 @@ async fn read_your_writes_waits_for_the_worker_and_never_returns_the_old_value()
             );
         }
     }
+    world.stop().await;
+}
+
+/// What a [`held_reader`] is told to do, on its runtime number `.0`.
+enum Step {
+    /// Read `gated_short`: served at once; a refresh it queues is held.
+    Read(usize),
+    /// Run what the runtime holds (a queued refresh) to completion.
+    Release(usize),
+}
+
+/// A reader of `gated_short(user)` with runtimes of its own (on a thread of
+/// its own) that run nothing between steps: the refresh a read queues in
+/// the background waits on its runtime until the test releases it, so the
+/// test picks the moment it reaches Redis. Answers each step with the
+/// value read, or "released".
+fn held_reader(
+    smache: Smache,
+    user: User,
+    runtimes: usize,
+) -> (
+    std::sync::mpsc::Sender<Step>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (steps, step) = std::sync::mpsc::channel();
+    let (answer, answers) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let runtimes: Vec<_> = (0..runtimes)
+            .map(|_| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        while let Ok(step) = step.recv() {
+            let said = match step {
+                Step::Read(i) => {
+                    let value = runtimes[i].block_on(smache.scope(gated_short(&user)));
+                    assert_eq!(
+                        runtimes[i].metrics().num_alive_tasks(),
+                        1,
+                        "the read queued its refresh, and nothing ran it yet"
+                    );
+                    value
+                }
+                Step::Release(i) => {
+                    runtimes[i].block_on(async {
+                        let metrics = tokio::runtime::Handle::current().metrics();
+                        while metrics.num_alive_tasks() > 0 {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    });
+                    "released".to_owned()
+                }
+            };
+            if answer.send(said).is_err() {
+                return;
+            }
+        }
+    });
+    (steps, answers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_find_a_value_past_its_ttl_refresh_it_once() {
+    let mut world = World::new().await;
+    let ada = world.insert_user("Ada").await;
+    world.watching().await;
+    assert_eq!(world.smache.scope(gated_short(&ada)).await, "gated Ada");
+    let key = gated_short::key(&ada).unwrap();
+    let runs = format!("gated:{}", ada.id);
+    // Another process reading the value, whose background refreshes wait
+    // until the test lets them go (connected from this runtime).
+    let other = Smache::builder()
+        .redis_url(redis_url())
+        .prefix(world.smache.prefix())
+        .build()
+        .unwrap();
+    assert!(other.is_fresh(&key).await.unwrap());
+    let (steps, mut answers) = held_reader(other, ada.clone(), 2);
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Two reads there find the value past its TTL, as fresh: each is
+    // served it and queues a refresh, held for now.
+    for i in 0..2 {
+        steps.send(Step::Read(i)).unwrap();
+        assert_eq!(answers.recv().await.unwrap(), "gated Ada");
+    }
+    // A read here queues the refresh; an executor starts it and is held.
+    let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    GATES
+        .lock()
+        .unwrap()
+        .push((ada.id, Arc::clone(&started), Arc::clone(&release)));
+    assert_eq!(world.smache.scope(gated_short(&ada)).await, "gated Ada");
+    tokio::time::timeout(Duration::from_secs(20), started.notified())
+        .await
+        .expect("an executor starts the refresh");
+    // The first held refresh lands while the recompute runs...
+    steps.send(Step::Release(0)).unwrap();
+    answers.recv().await.unwrap();
+    release.notify_one();
+    let stored = smache_suite::eventually(Duration::from_secs(20), || async {
+        let entry = world.smache.entry(&key).await.unwrap();
+        entry.is_some_and(|e| e.version() >= 2)
+    })
+    .await;
+    assert!(stored, "the refresh stored a new value");
+    // ...the second once it stored the new value.
+    steps.send(Step::Release(1)).unwrap();
+    answers.recv().await.unwrap();
+
+    // Settled: no job left to run.
+    let jobs = format!("{{{}}}:jobs", world.smache.prefix());
+    let conn = redis_connection(&redis_url()).await;
+    let settled = smache_suite::eventually(Duration::from_secs(20), || {
+        let (jobs, mut conn) = (jobs.clone(), conn.clone());
+        async move {
+            let queued: u64 = redis::AsyncCommands::xlen(&mut conn, jobs).await.unwrap();
+            queued == 0
+        }
+    })
+    .await;
+    assert!(settled, "the jobs ran");
+    assert_eq!(
+        CALLS.get(&runs),
+        2,
+        "the first call and one refresh: one expiry, one recompute"
+    );
+    let entry = world.smache.entry(&key).await.unwrap().unwrap();
+    assert_eq!(entry.version(), 2);
+    assert!(!entry.is_stale(), "the refreshed value is fresh");
+    drop(conn);
     world.stop().await;
 }

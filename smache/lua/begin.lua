@@ -4,7 +4,12 @@
 --    process. The first caller takes a compute lease (fields c = owner,
 --    cx = lease end, ms); others get {"wait", ms} and wait for the
 --    `{prefix}:done` notification that store.lua / release.lua publish.
---    A lease that ran out (its holder died) is taken over.
+--    A lease that ran out (its holder died) is taken over. A caller that
+--    has not seen the value stored now (its version differs from the one
+--    the caller last read; "" for none) is not granted the lease but told
+--    {"read", version}: a value was stored since its last read (the
+--    lease holder finished), and it reads that rather than computing
+--    again.
 -- 2. Record the value's known dependencies first, so a change made while
 --    it computes is seen, and return {"go", g}: the change generation the
 --    computation starts from.
@@ -13,7 +18,8 @@
 -- ARGV[1]  base ("{prefix}:"), ARGV[2] value id, ARGV[3] full arguments or "",
 -- ARGV[4]  lease in ms of a key that holds no value yet (orphan cleanup),
 -- ARGV[5]  this caller's owner token, ARGV[6] compute lease in ms,
--- ARGV[7..] tokens
+-- ARGV[7]  the value version the caller last read ("" for none),
+-- ARGV[8..] tokens
 local vkey = KEYS[1]
 local base, id = ARGV[1], ARGV[2]
 local link, holder, lease_end, g, has_value, f =
@@ -21,6 +27,9 @@ local link, holder, lease_end, g, has_value, f =
 if link then
   -- An alias now: compute without lease or edges (store.lua refuses it).
   return {'go', '0'}
+end
+if (has_value or '') ~= ARGV[7] then
+  return {'read', has_value or ''}
 end
 local now = redis.call('TIME')
 local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
@@ -34,5 +43,5 @@ if not has_value then
   if ARGV[3] ~= '' then redis.call('HSET', vkey, 'a', ARGV[3]) end
   redis.call('PEXPIRE', vkey, ARGV[4])
 end
-add_edges(base, id, vkey, f, argv_from(7))
+add_edges(base, id, vkey, f, argv_from(8))
 return {'go', tostring(g)}

@@ -2,6 +2,15 @@
 -- from newer data is already stored; then tells the values that depend on
 -- this one, if its payload changed.
 --
+-- A value read by the computation (a nested call) may have been stored
+-- anew between that read and this store, before the reverse edge that
+-- would have told this value existed. Then the value is still stored (its
+-- caller has it, and it is no older than what was stored before) but as
+-- stale, and its recompute queued (or, for a mark_stale function, the
+-- next read recomputes it), as if that nested value had changed after it.
+-- "Stored anew": its version or its computed-at time (envelope bytes
+-- 5..12, the same in a reference) is not what was read, or it is gone.
+--
 -- KEYS[1]  the value key
 -- ARGV[1]  base, ARGV[2] value id, ARGV[3] envelope,
 -- ARGV[4]  the time-to-live "<ms> <expires at, Unix ms>" or "0" for none: past
@@ -10,7 +19,11 @@
 -- ARGV[5]  the change generation the computation started from,
 -- ARGV[6]  full arguments or "", ARGV[7] "1" for mark_stale functions else "0",
 -- ARGV[8]  n, the number of collections in the function's relations(...),
--- ARGV[9 .. 8+n] those collections, ARGV[9+n ..] the complete dependency tokens
+-- ARGV[9 .. 8+n] those collections,
+-- ARGV[9+n] r, the number of values the computation read (nested calls),
+-- ARGV[10+n .. 9+n+2r] each one's value id, then what was read of it:
+--          "<version>:<computed-at, Unix ms>",
+-- ARGV[10+n+2r ..] the complete dependency tokens
 -- Returns the new value version, or -1 when a newer value is stored (or
 -- the key is an alias).
 local vkey = KEYS[1]
@@ -44,7 +57,23 @@ for i = 9, 8 + relations do
   -- Which functions a change in this collection concerns (see change.lua).
   redis.call('SADD', typed(base .. 'rel:' .. ARGV[i], 'set'), string.match(id, '^(.-#%d+):'))
 end
-set_edges(base, id, vkey, old[6], argv_from(9 + relations))
+local reads = num(ARGV[9 + relations])
+local first = 10 + relations
+set_edges(base, id, vkey, old[6], argv_from(first + 2 * reads))
+for i = first, first + 2 * reads - 1, 2 do
+  local now = redis.pcall('HMGET', base .. 'v:' .. ARGV[i], 'v', 'd')
+  local mark = ''
+  if type(now) == 'table' and not now.err and now[1] and now[2] then
+    local at = 0
+    for b = 12, 5, -1 do at = at * 256 + (string.byte(now[2], b) or 0) end
+    mark = now[1] .. ':' .. string.format('%.0f', at)
+  end
+  if mark ~= ARGV[i + 1] then
+    -- Stored anew since it was read: this value is stale from now.
+    signal(base, id)
+    break
+  end
+end
 if not old[2] or payload(old[2]) ~= payload(data) then
   signal_dependents(base, 'v:' .. id)
 end

@@ -5,8 +5,10 @@
 //! Two task-locals carry context through a computation:
 //! * `DEPS`: the dependencies of the value being computed; a `#[computed]`
 //!   call made while computing adds itself (`v:<id>`), so nested values are
-//!   tracked without the user saying so. Work moved to other tasks
-//!   (`tokio::spawn`) is not tracked.
+//!   tracked without the user saying so, and which value it read (version
+//!   and computed-at time), so that a value stored anew before the
+//!   computation's own store makes that store stale (see `store.lua`).
+//!   Work moved to other tasks (`tokio::spawn`) is not tracked.
 //! * `TARGET`: set by an executor running a recompute job; the call whose
 //!   key it names skips the lookup, computes, and stores conditionally on
 //!   the job's change generation.
@@ -92,7 +94,27 @@ impl<T: Serialize + DeserializeOwned, E: std::fmt::Display> Mode<Result<T, E>> f
     }
 }
 
-type Deps = Arc<Mutex<Vec<String>>>;
+/// What a computation depends on, recorded as it runs.
+#[derive(Debug, Default)]
+struct Recorded {
+    /// Its dependency tokens.
+    tokens: Vec<String>,
+    /// The values it read (nested calls): each one's id and what was read
+    /// of it, `<version>:<computed-at ms>` (see [`read_mark`]).
+    read: Vec<(String, String)>,
+}
+
+type Deps = Arc<Mutex<Recorded>>;
+
+/// What identifies a value read as `version` with envelope `data`, as
+/// `store.lua` compares it: the version alone starts over at 1 when a key
+/// is removed and computed again, the computed-at time tells those apart.
+/// Version 0 (no stored value has it) for a value that is not the stored
+/// one.
+fn read_mark(version: u64, data: &[u8]) -> String {
+    let at = envelope::decode(data).map_or(0, |env| env.computed_at_ms);
+    format!("{version}:{at}")
+}
 
 tokio::task_local! {
     static DEPS: Deps;
@@ -178,6 +200,8 @@ struct Call {
     key: CacheKey,
     /// Reached through an alias: `at` is the value it stands for.
     redirected: bool,
+    /// Made while another value computes (it depends on this one).
+    nested: bool,
 }
 
 /// A hit in the embedded store, answered before anything else is set up:
@@ -199,7 +223,7 @@ fn embedded_hit<V: DeserializeOwned>(smache: &Smache, key: &Result<CacheKey>) ->
     let _ = DEPS.try_with(|deps| {
         let mut token = String::from("v:");
         key.write_value_id(&mut token);
-        lock(deps).push(token);
+        lock(deps).tokens.push(token);
     });
     Some(value)
 }
@@ -209,9 +233,12 @@ fn prepare(smache: Smache, spec: &'static FnSpec, key: Result<CacheKey>) -> Opti
         Ok(key) => {
             let at = smache.locate(&key);
             // A computation in progress depends on this value.
-            let _ = DEPS.try_with(|deps| lock(deps).push(format!("v:{}", at.id)));
+            let nested = DEPS
+                .try_with(|deps| lock(deps).tokens.push(format!("v:{}", at.id)))
+                .is_ok();
             Some(Call {
                 redirected: false,
+                nested,
                 ttl: spec.ttl().or(smache.inner.default_ttl),
                 key,
                 inner: smache.inner,
@@ -238,7 +265,7 @@ impl Call {
     /// The call of the value an alias stands for: it is looked up, computed
     /// and stored in the alias's stead.
     fn redirect(&self, target: Located) -> Call {
-        let _ = DEPS.try_with(|deps| lock(deps).push(format!("v:{}", target.id)));
+        let _ = DEPS.try_with(|deps| lock(deps).tokens.push(format!("v:{}", target.id)));
         Call {
             inner: Arc::clone(&self.inner),
             at: target,
@@ -246,13 +273,36 @@ impl Call {
             ttl: self.ttl,
             key: self.key.clone(),
             redirected: true,
+            nested: self.nested,
         }
     }
 
-    /// What this call's followers get for these bytes.
-    fn landing(&self, data: Arc<Vec<u8>>) -> Landing {
+    /// What this call's followers get for these bytes, stored as `version`
+    /// when known.
+    fn landing(&self, data: Arc<Vec<u8>>, version: Option<u64>) -> Landing {
         let alias_of = self.redirected.then(|| Arc::from(self.at.id.as_str()));
-        Landing::Value(data, alias_of)
+        Landing::Value(data, alias_of, version)
+    }
+
+    /// Tells the computation this call is nested in, if any, which value
+    /// of `id` it got: stored as `version`, with envelope `data`.
+    fn note_read(&self, id: &str, version: u64, data: &[u8]) {
+        if self.nested {
+            let _ = DEPS.try_with(|deps| {
+                lock(deps)
+                    .read
+                    .push((id.to_owned(), read_mark(version, data)));
+            });
+        }
+    }
+
+    /// [`note_read`](Self::note_read) for a value landed in this process,
+    /// if its version is known.
+    fn note_landing(&self, landing: &Landing) {
+        if let Landing::Value(data, alias_of, Some(version)) = landing {
+            let id = alias_of.as_deref().unwrap_or(&self.at.id);
+            self.note_read(id, *version, data);
+        }
     }
 
     /// Whether a stored value may be served; see [`Inner::acceptable`].
@@ -271,7 +321,7 @@ impl Call {
             return None;
         }
         if fetched.expired && !fetched.stale {
-            self.refresh_in_background();
+            self.refresh_in_background(fetched.version);
         }
         let value = Inner::decode(&self.at.key, &fetched.data)?;
         Some((value, fetched.data))
@@ -281,13 +331,18 @@ impl Call {
     /// its followers: the value, so that they need not compute it too.
     fn share<M: Mode<R>, R>(&self, pilot: Pilot, result: &R) {
         let data = M::cacheable(result).and_then(|v| Inner::encode(&self.at.key, v));
-        pilot.land(data.map_or(Landing::Failed, |data| self.landing(Arc::new(data))));
+        pilot.land(data.map_or(Landing::Failed, |data| self.landing(Arc::new(data), None)));
     }
 
     /// After a miss, waits for this caller's turn across processes: compute
     /// (holding the compute lease), or read the value another process
-    /// stored meanwhile.
-    async fn take_turn(self: Arc<Self>) -> Turn {
+    /// stored meanwhile. `seen` is the version of the value this caller's
+    /// lookup found, if any: the lease is never granted over a value stored
+    /// after this caller's last read (the holder it waited for finished
+    /// just before), which is read instead, and served if it may be.
+    async fn take_turn(self: Arc<Self>, seen: Option<u64>) -> Turn {
+        // As begin.lua compares it: "" for none.
+        let mut seen = seen.map_or_else(String::new, |version| version.to_string());
         let owner = bson::oid::ObjectId::new().to_hex();
         let static_deps = self.key.static_deps();
         loop {
@@ -301,9 +356,11 @@ impl Call {
                     &static_deps,
                     &owner,
                     self.inner.compute_lease,
+                    &seen,
                 )
                 .await;
-            match begun {
+            // The version begin.lua found stored when it says to read it.
+            let stored = match begun {
                 Ok(Begin::Go(generation)) => {
                     self.inner.store_ok();
                     return Turn::Compute {
@@ -311,6 +368,7 @@ impl Call {
                         owner,
                     };
                 }
+                Ok(Begin::Read(stored)) => stored,
                 Ok(Begin::Wait(left)) => {
                     // Woken by the notification; re-checked at least every
                     // 250 ms in case it is lost, and when the lease ends.
@@ -321,18 +379,7 @@ impl Call {
                         }
                         None => tokio::time::sleep(pause.min(Duration::from_millis(25))).await,
                     }
-                    match self.inner.fetch(&self.at.key).await {
-                        Ok(Some(fetched)) if self.acceptable(&fetched) => {
-                            return Turn::Ready(fetched.data)
-                        }
-                        Ok(_) => {}
-                        Err(()) => {
-                            return Turn::Compute {
-                                started: None,
-                                owner,
-                            }
-                        }
-                    }
+                    String::new()
                 }
                 Err(err) => {
                     self.inner.store_failed(&err);
@@ -341,6 +388,20 @@ impl Call {
                         owner,
                     };
                 }
+            };
+            match self.inner.fetch(&self.at.key).await {
+                Ok(Some(fetched)) if self.acceptable(&fetched) => return Turn::Ready(fetched),
+                // Not servable (stale, say): the next turn may compute.
+                Ok(Some(fetched)) => seen = fetched.version.to_string(),
+                // Nothing readable (gone, or not a value): what begin.lua
+                // found counts as seen, so that only a newer store is new.
+                Ok(None) => seen = stored,
+                Err(()) => {
+                    return Turn::Compute {
+                        started: None,
+                        owner,
+                    }
+                }
             }
         }
     }
@@ -348,13 +409,14 @@ impl Call {
     /// What a follower in this process gets from its pilot.
     fn landed<V: DeserializeOwned>(&self, landing: Landing) -> Option<V> {
         match landing {
-            Landing::Value(data, alias_of) => {
+            Landing::Value(ref data, ref alias_of, _) => {
                 if let Some(target) = alias_of {
                     // The pilot followed an alias: this value depends on
                     // the target's, as the pilot's does.
-                    let _ = DEPS.try_with(|deps| lock(deps).push(format!("v:{target}")));
+                    let _ = DEPS.try_with(|deps| lock(deps).tokens.push(format!("v:{target}")));
                 }
-                Inner::decode(&self.at.key, &data)
+                self.note_landing(&landing);
+                Inner::decode(&self.at.key, data)
             }
             Landing::Failed | Landing::Cancelled => None,
         }
@@ -365,9 +427,11 @@ impl Call {
     /// with. No turn (the store failed) means computing without storing.
     fn resolve<V: DeserializeOwned>(&self, turn: Option<Turn>, pilot: Pilot) -> Resolved<V> {
         match turn {
-            Some(Turn::Ready(data)) => match Inner::decode(&self.at.key, &data) {
+            Some(Turn::Ready(fetched)) => match Inner::decode(&self.at.key, &fetched.data) {
                 Some(value) => {
-                    pilot.land(self.landing(Arc::new(data)));
+                    let landing = self.landing(Arc::new(fetched.data), Some(fetched.version));
+                    self.note_landing(&landing);
+                    pilot.land(landing);
                     Resolved::Cached(value)
                 }
                 None => Resolved::Compute(pilot, None, String::new()),
@@ -422,12 +486,18 @@ impl Call {
         started: Option<u64>,
         owner: Option<String>,
         data: Option<Vec<u8>>,
-        deps: Vec<String>,
+        mut recorded: Recorded,
     ) -> (Outcome, Landing) {
         match (started, data) {
             (Some(started), Some(data)) => {
                 let shared = Arc::new(data.clone());
-                let outcome = self.inner.put(self.put_request(data, started, &deps)).await;
+                // A value read many times is checked once.
+                recorded.read.sort_unstable();
+                recorded.read.dedup();
+                let (outcome, version) = self
+                    .inner
+                    .put(self.put_request(data, started, &recorded))
+                    .await;
                 if outcome == Outcome::TooLarge {
                     if let Some(target) = self.target() {
                         *lock(&target.failure) = Some(format!(
@@ -446,10 +516,11 @@ impl Call {
                         .await;
                 }
                 let landing = match outcome {
-                    Outcome::Stored
-                    | Outcome::Superseded
-                    | Outcome::Unreachable
-                    | Outcome::TooLarge => self.landing(shared),
+                    Outcome::Stored => self.landing(shared, version),
+                    // A newer value is stored: whoever read this one read
+                    // a value that is not the stored one.
+                    Outcome::Superseded => self.landing(shared, Some(0)),
+                    Outcome::Unreachable | Outcome::TooLarge => self.landing(shared, None),
                     Outcome::NotCached => Landing::Failed,
                 };
                 (outcome, landing)
@@ -469,19 +540,20 @@ impl Call {
             }
             (None, data) => (
                 Outcome::Unreachable,
-                data.map_or(Landing::Failed, |data| self.landing(Arc::new(data))),
+                data.map_or(Landing::Failed, |data| self.landing(Arc::new(data), None)),
             ),
         }
     }
 
-    /// Queues a refresh without making the caller wait for it.
-    fn refresh_in_background(self: &Arc<Self>) {
+    /// Queues a refresh of the value found as `version` without making
+    /// the caller wait for it.
+    fn refresh_in_background(self: &Arc<Self>, version: u64) {
         let call = Arc::clone(self);
         let refresh = async move {
             if let Err(err) = call
                 .inner
                 .store
-                .refresh(call.at.slot(&call.inner.base))
+                .refresh(call.at.slot(&call.inner.base), version)
                 .await
             {
                 tracing::debug!(key = %call.at.key, error = %err, "smache: could not queue the refresh of an expired value");
@@ -497,7 +569,7 @@ impl Call {
         }
     }
 
-    fn put_request<'a>(&'a self, data: Vec<u8>, started: u64, deps: &'a [String]) -> Put<'a> {
+    fn put_request<'a>(&'a self, data: Vec<u8>, started: u64, recorded: &'a Recorded) -> Put<'a> {
         Put {
             slot: self.at.slot(&self.inner.base),
             data,
@@ -505,13 +577,17 @@ impl Call {
             started,
             refresh: self.spec.refresh(),
             relations: self.spec.relations(),
-            deps,
+            deps: &recorded.tokens,
+            read: &recorded.read,
             external: self.inner.external(self.spec),
         }
     }
 
     fn deps(&self) -> Deps {
-        Arc::new(Mutex::new(self.key.static_deps()))
+        Arc::new(Mutex::new(Recorded {
+            tokens: self.key.static_deps(),
+            read: Vec::new(),
+        }))
     }
 }
 
@@ -559,7 +635,7 @@ enum Turn {
     /// unreachable, compute without storing), holding the lease as `owner`.
     Compute { started: Option<u64>, owner: String },
     /// Another process stored the value meanwhile.
-    Ready(Vec<u8>),
+    Ready(Fetched),
 }
 
 /// The body of an `async` computed function.
@@ -589,7 +665,7 @@ where
         let result = DEPS.scope(Arc::clone(&deps), compute).await;
         let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
         target.observe_encoded::<M, R>(&result, data.is_some());
-        let deps = lock(&deps).clone();
+        let deps = std::mem::take(&mut *lock(&deps));
         let settled = Arc::clone(&call).settle(Some(started), None, data, deps);
         let (outcome, _) = runtime::in_tokio(settled)
             .await
@@ -637,11 +713,17 @@ where
         Some(target) => Arc::new(call.redirect(target)),
         None => call,
     };
+    let seen = fetched.as_ref().map(|fetched| fetched.version);
     if let Some((value, data)) = call.usable::<M::Value>(fetched) {
-        pilot.land_with(|| call.landing(Arc::new(data)));
+        if let Some(version) = seen {
+            call.note_read(&call.at.id, version, &data);
+        }
+        pilot.land_with(|| call.landing(Arc::new(data), seen));
         return M::from_cached(value);
     }
-    let turn = runtime::in_tokio(Arc::clone(&call).take_turn()).await.ok();
+    let turn = runtime::in_tokio(Arc::clone(&call).take_turn(seen))
+        .await
+        .ok();
     let (pilot, started, owner) = match call.resolve::<M::Value>(turn, pilot) {
         Resolved::Cached(value) => return M::from_cached(value),
         Resolved::Compute(pilot, started, owner) => (pilot, started, owner),
@@ -650,13 +732,14 @@ where
     let deps = call.deps();
     let result = DEPS.scope(Arc::clone(&deps), compute).await;
     let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
-    let deps = lock(&deps).clone();
+    let deps = std::mem::take(&mut *lock(&deps));
     let settled = Arc::clone(&call).settle(started, Some(owner), data, deps);
     let (_, landing) = runtime::in_tokio(settled)
         .await
         .unwrap_or((Outcome::Unreachable, Landing::Failed));
     // Only now: a caller dropped while storing still lets the lease go.
     keeper.done();
+    call.note_landing(&landing);
     pilot.land(landing);
     result
 }
@@ -688,7 +771,7 @@ where
         let result = DEPS.sync_scope(Arc::clone(&deps), compute);
         let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
         target.observe_encoded::<M, R>(&result, data.is_some());
-        let deps = lock(&deps).clone();
+        let deps = std::mem::take(&mut *lock(&deps));
         let (outcome, _) = blocking(&call, move |call| {
             call.settle(Some(started), None, data, deps)
         })
@@ -731,11 +814,15 @@ where
         Some(target) => Arc::new(call.redirect(target)),
         None => call,
     };
+    let seen = fetched.as_ref().map(|fetched| fetched.version);
     if let Some((value, data)) = call.usable::<M::Value>(fetched) {
-        pilot.land_with(|| call.landing(Arc::new(data)));
+        if let Some(version) = seen {
+            call.note_read(&call.at.id, version, &data);
+        }
+        pilot.land_with(|| call.landing(Arc::new(data), seen));
         return M::from_cached(value);
     }
-    let turn = blocking(&call, Call::take_turn);
+    let turn = blocking(&call, move |call| call.take_turn(seen));
     let (pilot, started, owner) = match call.resolve::<M::Value>(turn, pilot) {
         Resolved::Cached(value) => return M::from_cached(value),
         Resolved::Compute(pilot, started, owner) => (pilot, started, owner),
@@ -744,12 +831,13 @@ where
     let deps = call.deps();
     let result = DEPS.sync_scope(Arc::clone(&deps), compute);
     let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
-    let deps = lock(&deps).clone();
+    let deps = std::mem::take(&mut *lock(&deps));
     let (_, landing) = blocking(&call, move |call| {
         call.settle(started, Some(owner), data, deps)
     })
     .unwrap_or((Outcome::Unreachable, Landing::Failed));
     keeper.done();
+    call.note_landing(&landing);
     pilot.land(landing);
     result
 }

@@ -8,7 +8,9 @@
 //!   takes a compute lease (`lua/begin.lua`), the others wait for the
 //!   `{prefix}:done` notification ([`Notifier`]) and then read the value.
 //!   The holder renews its lease while it computes (`lua/renew.lua`); the
-//!   lease of a holder that died runs out, and one waiter takes over.
+//!   lease of a holder that died runs out, and one waiter takes over. No
+//!   caller is granted the lease over a value stored after its last read:
+//!   it reads that value instead.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,8 +26,9 @@ use crate::sync::lock;
 pub(crate) enum Landing {
     /// The stored envelope: followers decode it. With the value id an
     /// alias stood for, when the pilot followed one (followers depend on
-    /// that value too).
-    Value(Arc<Vec<u8>>, Option<Arc<str>>),
+    /// that value too), and the value version the pilot read or stored,
+    /// when known (0: not the stored one, a newer one is).
+    Value(Arc<Vec<u8>>, Option<Arc<str>>, Option<u64>),
     /// No value to share (the function failed): followers compute for
     /// themselves.
     Failed,
@@ -197,9 +200,12 @@ mod tests {
             panic!("second follows")
         };
         let follower = tokio::spawn(follow(rx));
-        pilot.land(Landing::Value(Arc::new(b"v".to_vec()), None));
+        pilot.land(Landing::Value(Arc::new(b"v".to_vec()), None, Some(1)));
         match follower.await.unwrap() {
-            Landing::Value(bytes, _) => assert_eq!(bytes.as_slice(), b"v"),
+            Landing::Value(bytes, _, version) => {
+                assert_eq!(bytes.as_slice(), b"v");
+                assert_eq!(version, Some(1));
+            }
             other => panic!("expected the value, got {other:?}"),
         }
         // Landed: the next caller leads a new flight.

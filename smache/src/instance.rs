@@ -674,6 +674,8 @@ impl Located {
 /// A stored value as read by a call.
 #[derive(Debug)]
 pub(crate) struct Fetched {
+    /// The value version the store assigned it.
+    pub(crate) version: u64,
     pub(crate) data: Vec<u8>,
     /// Past its time-to-live: serve it once more and refresh it.
     pub(crate) expired: bool,
@@ -800,13 +802,14 @@ impl Inner {
     fn fetched(&self, storage_key: &str, lookup: Result<Lookup>) -> Result<Option<Fetched>, ()> {
         match lookup {
             Ok(Lookup::Hit {
+                version,
                 data,
                 stale_since_ms,
                 expired,
-                ..
             }) => {
                 self.health.ok();
                 Ok(Some(Fetched {
+                    version,
                     data,
                     expired,
                     stale: stale_since_ms.is_some(),
@@ -874,8 +877,9 @@ impl Inner {
     }
 
     /// Stores a value; failures are logged. A value kept in MongoDB is
-    /// written there first, then its reference in Redis.
-    pub(crate) async fn put(&self, mut put: Put<'_>) -> Outcome {
+    /// written there first, then its reference in Redis. With the value
+    /// version it was stored as.
+    pub(crate) async fn put(&self, mut put: Put<'_>) -> (Outcome, Option<u64>) {
         let key = put.slot.key;
         let started = put.started;
         let values = if put.external {
@@ -894,7 +898,7 @@ impl Inner {
                 limit,
                 "smache: value larger than max_value_size; returned but not cached"
             );
-            return Outcome::TooLarge;
+            return (Outcome::TooLarge, None);
         }
         let mut document = None;
         if let Some(values) = values {
@@ -905,19 +909,19 @@ impl Inner {
                 }
                 Err(err) => {
                     self.health.failed(&err);
-                    return Outcome::Unreachable;
+                    return (Outcome::Unreachable, None);
                 }
             }
         }
         match self.store.put(put).await {
-            Ok(Some(_)) => {
+            Ok(Some(version)) => {
                 self.health.ok();
                 if let Some((values, oid)) = document {
                     if let Err(err) = values.retire(key, &oid, started).await {
                         tracing::debug!(key, error = %err, "smache: cannot retire replaced MongoDB documents");
                     }
                 }
-                Outcome::Stored
+                (Outcome::Stored, Some(version))
             }
             Ok(None) => {
                 self.health.ok();
@@ -930,11 +934,11 @@ impl Inner {
                         tracing::debug!(key, error = %err, "smache: cannot delete a refused MongoDB document");
                     }
                 }
-                Outcome::Superseded
+                (Outcome::Superseded, None)
             }
             Err(err) => {
                 self.health.failed(&err);
-                Outcome::Unreachable
+                (Outcome::Unreachable, None)
             }
         }
     }

@@ -495,9 +495,12 @@ pub async fn submit<M: Mode<R>, R>(
                 if fetched.expired && !fetched.stale {
                     // Past its time-to-live: served, and refreshed.
                     let inner = Arc::clone(&smache.inner);
-                    let refresh_at = at.clone();
+                    let (refresh_at, version) = (at.clone(), fetched.version);
                     runtime::spawn(async move {
-                        let _ = inner.store.refresh(refresh_at.slot(&inner.base)).await;
+                        let _ = inner
+                            .store
+                            .refresh(refresh_at.slot(&inner.base), version)
+                            .await;
                     });
                 }
                 return Ok(Submitted::Ready(value));

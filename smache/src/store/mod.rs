@@ -77,6 +77,10 @@ pub(crate) struct Put<'a> {
     pub(crate) relations: &'static [&'static str],
     /// Every dependency token of the value.
     pub(crate) deps: &'a [String],
+    /// The values the computation read (nested calls): each one's id and
+    /// what was read of it, `<version>:<computed-at ms>`. The Redis store
+    /// marks the value stale if one of them was stored anew since.
+    pub(crate) read: &'a [(String, String)],
     /// Keep the envelope in MongoDB (`store = mongo`), a reference in Redis.
     pub(crate) external: bool,
 }
@@ -105,18 +109,20 @@ impl Store {
     }
 
     /// Records a miss about to be computed: [`Begin::Go`] with the change
-    /// generation it starts from, or [`Begin::Wait`] while another process
-    /// computes it.
+    /// generation it starts from, [`Begin::Wait`] while another process
+    /// computes it, or [`Begin::Read`] when the stored value is not the
+    /// version `seen` last (`""`: none), one stored since.
     pub(crate) async fn begin(
         &self,
         slot: Slot<'_>,
         deps: &[String],
         owner: &str,
         lease: Duration,
+        seen: &str,
     ) -> Result<Begin> {
         match self {
             Store::Memory(_) => Ok(Begin::Go(0)),
-            Store::Redis(store) => store.begin(slot, deps, owner, lease).await,
+            Store::Redis(store) => store.begin(slot, deps, owner, lease, seen).await,
         }
     }
 
@@ -157,11 +163,13 @@ impl Store {
         }
     }
 
-    /// Queues a background refresh of a value past its time-to-live.
-    pub(crate) async fn refresh(&self, slot: Slot<'_>) -> Result<()> {
+    /// Queues a background refresh of a value past its time-to-live,
+    /// found as `version`: nothing is queued if another value was stored
+    /// since, or a recompute is already owed.
+    pub(crate) async fn refresh(&self, slot: Slot<'_>, version: u64) -> Result<()> {
         match self {
             Store::Memory(_) => Ok(()),
-            Store::Redis(store) => store.refresh(slot.base, slot.id).await,
+            Store::Redis(store) => store.refresh(slot.base, slot.id, version).await,
         }
     }
 

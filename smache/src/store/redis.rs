@@ -232,6 +232,7 @@ impl RedisStore {
         deps: &[String],
         owner: &str,
         lease: Duration,
+        seen: &str,
     ) -> Result<Begin> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.begin.key(slot.key);
@@ -242,15 +243,15 @@ impl RedisStore {
             .arg(BEGIN_LEASE_MS.max(millis(lease)))
             .arg(owner)
             .arg(millis(lease))
+            .arg(seen)
             .arg(deps);
         let (verdict, number): (String, String) = self
             .bounded("begin", invocation.invoke_async(&mut conn))
             .await?;
-        let number = number.parse().unwrap_or(0);
-        Ok(if verdict == "wait" {
-            Begin::Wait(Duration::from_millis(number))
-        } else {
-            Begin::Go(number)
+        Ok(match verdict.as_str() {
+            "wait" => Begin::Wait(Duration::from_millis(number.parse().unwrap_or(0))),
+            "read" => Begin::Read(number),
+            _ => Begin::Go(number.parse().unwrap_or(0)),
         })
     }
 
@@ -319,7 +320,11 @@ impl RedisStore {
             .arg(mark_stale)
             .arg(put.relations.len())
             .arg(put.relations)
-            .arg(put.deps);
+            .arg(put.read.len());
+        for (id, mark) in put.read {
+            invocation.arg(id).arg(mark);
+        }
+        invocation.arg(put.deps);
         let version: i64 = self
             .bounded("store", invocation.invoke_async(&mut conn))
             .await?;
@@ -646,11 +651,12 @@ impl RedisStore {
         Ok(moved == 1)
     }
 
-    /// Queues a background refresh of a value past its time-to-live.
-    pub(crate) async fn refresh(&self, base: &str, id: &str) -> Result<()> {
+    /// Queues a background refresh of a value past its time-to-live,
+    /// found as `version` (see `lua/refresh.lua`).
+    pub(crate) async fn refresh(&self, base: &str, id: &str, version: u64) -> Result<()> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.refresh.key(format!("{base}jobs"));
-        invocation.arg(base).arg(id);
+        invocation.arg(base).arg(id).arg(version);
         let _: i64 = self
             .bounded("refresh", invocation.invoke_async(&mut conn))
             .await?;
@@ -847,6 +853,9 @@ pub(crate) enum Begin {
     Go(u64),
     /// Another process is computing it; its lease ends in this long.
     Wait(Duration),
+    /// A value was stored since the caller's last read: read it. The
+    /// version field as stored ("" for none).
+    Read(String),
 }
 
 fn millis(duration: Duration) -> u64 {
