@@ -10,6 +10,6 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 # The end-to-end tests run the smache-worker binary: build it first.
-cargo build -q -p smache --bin smache-worker
+cargo build -q -p smache-worker
 export SMACHE_TEST_WORKER_BIN="$root/target/debug/smache-worker"
 exec "$root/scripts/with-servers.sh" cargo test --workspace "$@"

@@ -17,9 +17,11 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-state="$root/.test-servers"
 venv="$root/.venv-test"
-mkdir -p "$state"
+# Each run's logs and data in a directory of its own: two runs side by side
+# (a CI job beside a developer's) never read each other's startup lines.
+mkdir -p "$root/.test-servers"
+state=$(mktemp -d "$root/.test-servers/run.XXXXXX")
 
 log() { printf '[with-servers] %s\n' "$*" >&2; }
 
@@ -70,35 +72,49 @@ cleanup() {
   local pid
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$state"
 }
 trap cleanup EXIT INT TERM
 
+# redis-server cannot pick a free port itself: a port found free may be
+# taken before it binds, so a start that fails is tried again on another.
 start_redis() {
-  local port
-  port=$(free_port)
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$state" >"$state/redis.log" 2>&1 &
-  pids+=("$!")
-  for _ in $(seq 1 100); do
-    if redis-cli -p "$port" ping >/dev/null 2>&1; then
-      export SMACHE_TEST_REDIS_URL="redis://127.0.0.1:$port/"
-      log "redis-server on $SMACHE_TEST_REDIS_URL"
-      return
-    fi
-    sleep 0.1
+  local port pid attempt
+  for attempt in 1 2 3 4 5; do
+    port=$(free_port)
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+      --dir "$state" >"$state/redis.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 100); do
+      if ! kill -0 "$pid" 2>/dev/null; then break; fi  # exited: port taken?
+      if [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ]; then
+        pids+=("$pid")
+        export SMACHE_TEST_REDIS_URL="redis://127.0.0.1:$port/"
+        log "redis-server on $SMACHE_TEST_REDIS_URL"
+        return
+      fi
+      sleep 0.1
+    done
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    log "redis-server did not start on port $port (attempt $attempt):"; cat "$state/redis.log" >&2
   done
-  log "redis-server did not start:"; cat "$state/redis.log" >&2; exit 1
+  exit 1
 }
 
+# The test server binds port 0 (the kernel picks a free one, no race) and
+# prints the port it got; it is used once a connection to it succeeds.
 start_mongo() {
-  local out="$state/mongo.log"
+  local out="$state/mongo.log" pid ready address
   "$venv/bin/python" -u "$root/tests/mongo-test-server/server.py" --host 127.0.0.1 --port 0 >"$out" 2>&1 &
-  pids+=("$!")
+  pid=$!
+  pids+=("$pid")
   for _ in $(seq 1 300); do
-    local ready
+    if ! kill -0 "$pid" 2>/dev/null; then break; fi
     ready=$(grep -m1 '^SMACHE-MONGO-TEST-SERVER READY ' "$out" 2>/dev/null || true)
-    if [ -n "$ready" ]; then
-      export SMACHE_TEST_MONGODB_URI="mongodb://${ready##* }/"
+    address=${ready##* }
+    if [ -n "$ready" ] && "$venv/bin/python" -c 'import socket, sys; host, port = sys.argv[1].rsplit(":", 1); socket.create_connection((host, int(port)), timeout=1).close()' "$address" 2>/dev/null; then
+      export SMACHE_TEST_MONGODB_URI="mongodb://$address/"
       log "Mongo test server on $SMACHE_TEST_MONGODB_URI"
       return
     fi

@@ -75,3 +75,17 @@ async fn configuration_sources() {
         .await
         .unwrap());
 }
+
+#[test]
+fn an_invalid_redis_url_says_the_expected_form_and_not_the_url() {
+    for url in ["localhost:6379", "http://user:hunter2@cache:6379/"] {
+        let err = Smache::builder().redis_url(url).build().unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, smache::Error::Config(_)), "{message}");
+        assert!(
+            message.contains("expected redis://[user:password@]host[:port][/db]"),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+}

@@ -421,7 +421,9 @@ impl SmacheBuilder {
             Some(RedisSource::Url(url)) => {
                 let client = redis::Client::open(url.as_str()).map_err(|err| {
                     // The error text never includes the URL itself.
-                    Error::Config(format!("invalid Redis URL: {err}"))
+                    Error::Config(format!(
+                        "invalid Redis URL ({err}); expected redis://[user:password@]host[:port][/db] or rediss://… for TLS"
+                    ))
                 })?;
                 Store::Redis(RedisStore::from_client(client, timeout))
             }

@@ -206,7 +206,7 @@ pub fn worker_binary() -> PathBuf {
             }
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "-q", "-p", "smache", "--bin", "smache-worker"])
+                .args(["build", "-q", "-p", "smache-worker"])
                 .status()
                 .expect("run cargo build for smache-worker");
             assert!(status.success(), "building smache-worker failed");

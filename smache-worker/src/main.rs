@@ -172,13 +172,13 @@ async fn run(args: Args) -> Result<(), smache::Error> {
             "--mongodb-uri (or SMACHE_MONGODB_URI) is required".into(),
         ));
     };
-    let options = mongodb::options::ClientOptions::parse(&mongodb_uri).await?;
+    let options = smache::mongodb::options::ClientOptions::parse(&mongodb_uri).await?;
     let database = args
         .database
         .clone()
         .or_else(|| options.default_database.clone())
         .unwrap_or_else(|| "smache".to_owned());
-    let client = mongodb::Client::with_options(options)?;
+    let client = smache::mongodb::Client::with_options(options)?;
     let smache = Smache::builder()
         .redis_url(redis_url)
         .mongodb(&client, &database)
