@@ -440,9 +440,11 @@ impl Smache {
     /// until the worker's saved position in the change stream is at or past
     /// it (every change up to the write is turned into jobs), until the
     /// relation jobs of those changes have run (a related document's values
-    /// are marked by an executor), and then until the value is fresh (its
-    /// pending recompute has landed). [`wait_fresh`](Self::wait_fresh)
-    /// alone can return before the worker has seen the write.
+    /// are marked by an executor), and then until no old value of `key` can
+    /// be served: it is fresh (its pending recompute has landed), or marked
+    /// stale with no recompute coming (the next call computes it), or gone.
+    /// [`wait_fresh`](Self::wait_fresh) alone can return before the worker
+    /// has seen the write.
     ///
     /// Not covered: a change with more than 1,000 dependants of one
     /// document is marked by executors a chunk at a time, and the value may
@@ -521,8 +523,41 @@ impl Smache {
         if !caught_up {
             return Ok(false);
         }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        self.wait_fresh(key, left).await
+        let mut pause = Pause::new();
+        loop {
+            if self.serves_nothing_stale(key).await? {
+                return Ok(true);
+            }
+            if !pause.until(deadline).await {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Whether the next call of `key` returns a value computed after every
+    /// change signalled so far: nothing is stored, the value is fresh, or it
+    /// may not be served (stale with no recompute coming, or of a
+    /// `mark_stale` function), so the call computes it.
+    async fn serves_nothing_stale(&self, key: &CacheKey) -> Result<bool> {
+        let inner = Arc::clone(&self.inner);
+        let storage_key = self.storage_key(key);
+        let spec = key.spec();
+        runtime::in_tokio(async move {
+            let lookup = match inner.store.get(&storage_key).await? {
+                Lookup::Alias { target, .. } => {
+                    inner
+                        .store
+                        .get(&format!("{}v:{target}", inner.base))
+                        .await?
+                }
+                lookup => lookup,
+            };
+            let fetched = inner
+                .fetched(&storage_key, Ok(lookup))
+                .map_err(|()| Error::Unavailable)?;
+            Ok(fetched.is_none_or(|fetched| !fetched.stale || !inner.acceptable(spec, &fetched)))
+        })
+        .await?
     }
 
     /// What is stored for `key`: its value version and when it was computed.
