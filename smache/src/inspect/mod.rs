@@ -1,4 +1,7 @@
-//! What operators see: the jobs queued, held and given up.
+//! What operators see: the jobs queued, held and given up, and the
+//! dependency graph around a value or a document.
+//!
+//! ## Jobs
 //!
 //! [`Smache::inspect_jobs`](crate::Smache::inspect_jobs) reads the job
 //! stream (`{prefix}:jobs`), its consumer group, the dead letters
@@ -26,15 +29,52 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ## The graph
+//!
+//! [`Smache::inspect_graph`](crate::Smache::inspect_graph) starts from a
+//! value ([`GraphStart::Value`], or a [`CacheKey`](crate::CacheKey)), a
+//! document or a collection, and reports what the value depends on (its
+//! dependency tokens, field `f` of its hash) and what depends on it or on
+//! the document (the reverse sets `r:<token>`, aliases `al:<id>`, and the
+//! functions with `relations(...)` on the collection), transitively up to
+//! [`GraphOptions::depth`] edges away: each value with its version,
+//! [`Freshness`], pending job and computed-at time. It is bounded for huge
+//! fan-outs: of a set it reads the size and at most
+//! [`GraphOptions::limit`] members ("… and 12,345 more"). `Display` prints
+//! a tree, [`GraphReport::dot`] Graphviz dot and [`GraphReport::mermaid`]
+//! a Mermaid flowchart; `smache-worker inspect graph <start> --format
+//! text|dot|mermaid` prints them.
+//!
+//! ```no_run
+//! use smache::inspect::{GraphFormat, GraphOptions, GraphStart};
+//!
+//! # async fn run(smache: smache::Smache) -> Result<(), smache::Error> {
+//! let start: GraphStart = "users/65f000000000000000000001".parse()?;
+//! let report = smache.inspect_graph(start, GraphOptions::default().limit(20)).await?;
+//! println!("{report}");
+//! std::fs::write("graph.dot", report.format(GraphFormat::Dot)).unwrap();
+//! # Ok(())
+//! # }
+//! ```
 
+mod graph;
 mod jobs;
+mod render;
+mod start;
+mod walk;
 
 use std::time::Duration;
 
+pub use self::graph::{
+    EdgeKind, Freshness, GraphEdge, GraphNode, GraphOptions, GraphReport, NodeKind, ValueNode,
+};
 pub(crate) use self::jobs::{orphan_deadline, orphan_reason};
 pub use self::jobs::{
     DeadLetter, JobGroup, JobsReport, ANNOUNCED_WITHIN, MAX_SCANNED, RECENT_DEAD_LETTERS,
 };
+pub use self::render::GraphFormat;
+pub use self::start::GraphStart;
 
 /// The milliseconds part of a stream entry id (`<ms>-<seq>`).
 pub(crate) fn entry_ms(entry: &str) -> u64 {
