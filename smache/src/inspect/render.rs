@@ -225,7 +225,7 @@ impl GraphReport {
         prefix: &str,
         printed: &mut HashSet<String>,
     ) -> fmt::Result {
-        let children: Vec<&GraphEdge> = if up {
+        let edges: Vec<&GraphEdge> = if up {
             self.edges_to(&node.token).collect()
         } else {
             self.edges_from(&node.token).collect()
@@ -235,15 +235,30 @@ impl GraphReport {
         } else {
             node.dependants_left_out
         };
-        let count = children.len();
-        for (i, edge) in children.into_iter().enumerate() {
-            let last = i + 1 == count && left_out == 0;
+        // The node's own dependants, what is left out of them, then its
+        // collection (a document's).
+        let (edges, collection): (Vec<&GraphEdge>, Vec<&GraphEdge>) = edges
+            .into_iter()
+            .partition(|edge| edge.kind != EdgeKind::Collection);
+        let shown = edges.len();
+        let mut items: Vec<Option<&GraphEdge>> = edges.into_iter().map(Some).collect();
+        if left_out > 0 {
+            items.push(None);
+        }
+        items.extend(collection.into_iter().map(Some));
+        let count = items.len();
+        for (i, item) in items.into_iter().enumerate() {
+            let last = i + 1 == count;
+            let branch = if last { "└─ " } else { "├─ " };
+            let Some(edge) = item else {
+                writeln!(f, "{prefix}{branch}{}", more(left_out, shown))?;
+                continue;
+            };
             let token = if up { &edge.from } else { &edge.to };
             let Some(child) = self.node(token) else {
                 continue;
             };
             let (title, detail) = describe(child, self.read_at);
-            let branch = if last { "└─ " } else { "├─ " };
             if !printed.insert(child.token.clone()) {
                 writeln!(f, "{prefix}{branch}{title}  (see above)")?;
                 continue;
@@ -251,9 +266,6 @@ impl GraphReport {
             writeln!(f, "{prefix}{branch}{title}  {detail}")?;
             let deeper = format!("{prefix}{}", if last { "   " } else { "│  " });
             self.tree(f, child, up, &deeper, printed)?;
-        }
-        if left_out > 0 {
-            writeln!(f, "{prefix}└─ {}", more(left_out, count))?;
         }
         Ok(())
     }
