@@ -4,15 +4,17 @@
 //! Run one or more (one watches, the others stand by); the jobs are run by
 //! executors, the processes that link your `#[computed]` functions.
 //!
-//! `smache-worker inspect jobs` prints the jobs queued, held and given up
-//! (see `smache::inspect`); `smache-worker ready [--wait 60s]` exits 0 once
-//! a worker watches with a saved position, else says why and exits 1 (a
-//! readiness probe; see `smache::worker::readiness`). Both need only
-//! `--redis-url`.
+//! `smache-worker inspect jobs` prints the jobs queued, held and given up,
+//! `smache-worker inspect graph <start>` the dependency graph around a
+//! value, a document or a collection (see `smache::inspect`);
+//! `smache-worker ready [--wait 60s]` exits 0 once a worker watches with a
+//! saved position, else says why and exits 1 (a readiness probe; see
+//! `smache::worker::readiness`). They need only `--redis-url`.
 
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use smache::inspect::{GraphFormat, GraphOptions, GraphStart};
 use smache::worker::WorkerOptions;
 use smache::Smache;
 use tracing_subscriber::EnvFilter;
@@ -91,6 +93,39 @@ enum Inspect {
     /// The jobs queued, held by executors and given up (dead letters),
     /// grouped by function; flags jobs no live executor can run.
     Jobs,
+    /// The dependency graph around a value, a document or a collection:
+    /// what it depends on and what depends on it, each value with its
+    /// version, freshness, pending job and computed-at time.
+    Graph {
+        /// A value id (`app::card#1:o:65f0…`, as `inspect jobs` shows it),
+        /// `<collection>/<document id>` (an ObjectId's hex, an integer,
+        /// else a string; or as keys write it: `o:<hex>`, `i:<n>`,
+        /// `s:"<string>"`), or a collection alone.
+        start: String,
+        /// Output format: a text tree, Graphviz dot (`| dot -Tsvg`), or a
+        /// Mermaid flowchart.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// The most dependants (and dependencies) shown of one node; the
+        /// others are counted, never read.
+        #[arg(long, default_value_t = GraphOptions::default().limit)]
+        limit: usize,
+        /// How many edges away from the start to go, up the dependencies
+        /// and down the dependants.
+        #[arg(long, default_value_t = GraphOptions::default().depth)]
+        depth: usize,
+        /// The most nodes shown in all.
+        #[arg(long, default_value_t = GraphOptions::default().max_nodes)]
+        max_nodes: usize,
+    },
+}
+
+/// `inspect graph --format`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Dot,
+    Mermaid,
 }
 
 #[tokio::main]
@@ -156,15 +191,34 @@ async fn run(args: Args) -> Result<(), smache::Error> {
             "--redis-url (or SMACHE_REDIS_URL) is required".into(),
         ));
     };
-    if let Some(Command::Inspect {
-        what: Inspect::Jobs,
-    }) = args.command
-    {
+    if let Some(Command::Inspect { what }) = args.command {
         let smache = Smache::builder()
             .redis_url(redis_url)
             .prefix(args.prefix)
             .build()?;
-        print!("{}", smache.inspect_jobs().await?);
+        match what {
+            Inspect::Jobs => print!("{}", smache.inspect_jobs().await?),
+            Inspect::Graph {
+                start,
+                format,
+                limit,
+                depth,
+                max_nodes,
+            } => {
+                let start: GraphStart = start.parse()?;
+                let options = GraphOptions::default()
+                    .limit(limit)
+                    .depth(depth)
+                    .max_nodes(max_nodes);
+                let report = smache.inspect_graph(start, options).await?;
+                let format = match format {
+                    Format::Text => GraphFormat::Text,
+                    Format::Dot => GraphFormat::Dot,
+                    Format::Mermaid => GraphFormat::Mermaid,
+                };
+                print!("{}", report.format(format));
+            }
+        }
         return Ok(());
     }
     let Some(mongodb_uri) = args.mongodb_uri.clone() else {

@@ -112,6 +112,30 @@ impl EntityId {
             }
         }
     }
+
+    /// Parses a whole key segment written by [`write_key`](Self::write_key)
+    /// (`o:<hex>`, `i:<n>`, `s:"<json>"`); `None` for anything else.
+    pub(crate) fn from_key(key: &str) -> Option<EntityId> {
+        let (kind, body) = (key.get(..2)?, key.get(2..)?);
+        match kind {
+            "o:" => ObjectId::parse_str(body).ok().map(EntityId::ObjectId),
+            "i:" => body.parse().ok().map(EntityId::Int),
+            "s:" => serde_json::from_str(body).ok().map(EntityId::String),
+            _ => None,
+        }
+    }
+
+    /// The dependency token of the document with this id in `collection`,
+    /// `e:<collection>:<key segment>`: what a value reading it records and
+    /// what the worker signals when it changes.
+    pub(crate) fn token(&self, collection: &str) -> String {
+        let mut token = String::with_capacity(collection.len() + 32);
+        token.push_str("e:");
+        token.push_str(collection);
+        token.push(':');
+        self.write_key(&mut token);
+        token
+    }
 }
 
 impl fmt::Display for EntityId {
@@ -242,6 +266,25 @@ mod tests {
         assert_eq!(key_of(&EntityId::from("a:b\"c")), r#"s:"a:b\"c""#);
         // The string "7" and the integer 7 are different ids.
         assert_ne!(key_of(&EntityId::from("7")), key_of(&7.into()));
+        assert_eq!(
+            EntityId::from(7).token("users"),
+            "e:users:i:7",
+            "as the worker signals it"
+        );
+    }
+
+    #[test]
+    fn key_segments_parse_back() {
+        for id in [
+            EntityId::ObjectId(ObjectId::new()),
+            EntityId::Int(-4),
+            EntityId::String("a:\"b".into()),
+        ] {
+            assert_eq!(EntityId::from_key(&key_of(&id)), Some(id));
+        }
+        assert_eq!(EntityId::from_key("x:1"), None);
+        assert_eq!(EntityId::from_key("i:x"), None);
+        assert_eq!(EntityId::from_key("o"), None);
     }
 
     #[test]

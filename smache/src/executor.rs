@@ -1216,7 +1216,7 @@ impl Executor {
         let RelatedChange {
             collection, doc, ..
         } = *change;
-        let Some(id) = parse_entity_id(doc) else {
+        let Some(id) = EntityId::from_key(doc) else {
             tracing::warn!(
                 entry,
                 doc,
@@ -1438,7 +1438,7 @@ pub(crate) fn decode_for_fuzzing(id: &str) -> usize {
         return 0;
     };
     for segment in args.split(':') {
-        let _ = parse_entity_id(segment);
+        let _ = EntityId::from_key(segment);
     }
     let job = Job {
         smache: Smache::embedded(),
@@ -1463,17 +1463,6 @@ pub(crate) fn decode_for_fuzzing(id: &str) -> usize {
             return decoded;
         }
         decoded += 1;
-    }
-}
-
-/// Parses a whole entity id key segment (`o:<hex>`, `i:<n>`, `s:"<json>"`).
-fn parse_entity_id(key: &str) -> Option<EntityId> {
-    let (kind, body) = (key.get(..2)?, key.get(2..)?);
-    match kind {
-        "o:" => ObjectId::parse_str(body).ok().map(EntityId::ObjectId),
-        "i:" => body.parse().ok().map(EntityId::Int),
-        "s:" => serde_json::from_str(body).ok().map(EntityId::String),
-        _ => None,
     }
 }
 
@@ -1533,20 +1522,5 @@ mod tests {
             let bytes = std::fs::read(entry.path()).unwrap();
             let _ = decode_for_fuzzing(&String::from_utf8_lossy(&bytes));
         }
-    }
-
-    #[test]
-    fn entity_id_keys_parse() {
-        let oid = ObjectId::new();
-        for id in [
-            EntityId::ObjectId(oid),
-            EntityId::Int(-4),
-            EntityId::String("a:\"b".into()),
-        ] {
-            let mut key = String::new();
-            id.write_key(&mut key);
-            assert_eq!(parse_entity_id(&key), Some(id));
-        }
-        assert_eq!(parse_entity_id("x:1"), None);
     }
 }

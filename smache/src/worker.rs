@@ -535,9 +535,7 @@ impl Worker<'_> {
                     .and_then(|key| key.get("_id"))
                     .and_then(EntityId::from_bson);
                 if let Some(id) = id {
-                    let mut token = format!("e:{coll}:");
-                    id.write_key(&mut token);
-                    tokens.push(token);
+                    tokens.push(id.token(&coll));
                 }
                 Ok((tokens, false))
             }

@@ -5,12 +5,14 @@
 //! store keeps the dependency graph (see `lua/common.lua` for its layout):
 //! the worker that refreshes values needs Redis anyway.
 
+mod graph;
 mod memory;
 mod mongo;
 mod redis;
 
 use std::time::Duration;
 
+pub(crate) use self::graph::{TokenRead, ValueFields, ValueRead};
 pub(crate) use self::memory::MemoryStore;
 pub(crate) use self::mongo::MongoValues;
 pub use self::mongo::DEFAULT_VALUES_COLLECTION;

@@ -126,7 +126,7 @@ impl RedisStore {
         }
     }
 
-    async fn connection(&self) -> Result<ConnectionManager> {
+    pub(super) async fn connection(&self) -> Result<ConnectionManager> {
         if let Some(manager) = self.manager.get() {
             return Ok(manager.clone());
         }
@@ -164,7 +164,7 @@ impl RedisStore {
         }
     }
 
-    async fn bounded<T>(
+    pub(super) async fn bounded<T>(
         &self,
         op: &'static str,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,

@@ -1,30 +1,4 @@
-//! What operators see: the jobs queued, held and given up.
-//!
-//! [`Smache::inspect_jobs`] reads the job stream (`{prefix}:jobs`), its
-//! consumer group, the dead letters (`{prefix}:dead`) and what the live
-//! executors announced they can run (`{prefix}:fns`), and groups the jobs by
-//! what they run. A job for a function that no live executor has (a deploy
-//! in progress, a function renamed or given a new `version`) is never
-//! dropped silently: it stays queued for an executor that has it, and shows
-//! here with when it will be given up; once no live executor has announced
-//! the function for the orphan timeout
-//! ([`SmacheBuilder::orphan_timeout`](crate::SmacheBuilder::orphan_timeout),
-//! 10 minutes by default), an executor moves it to the dead letters with why.
-//! `smache-worker inspect jobs` prints the report.
-//!
-//! ```no_run
-//! # async fn run() -> Result<(), smache::Error> {
-//! let smache = smache::Smache::builder()
-//!     .redis_url("redis://127.0.0.1:6379/")
-//!     .build()?;
-//! let report = smache.inspect_jobs().await?;
-//! for group in report.groups.iter().filter(|g| g.orphaned()) {
-//!     eprintln!("{}: {} jobs no executor can run", group.what, group.queued);
-//! }
-//! println!("{report}");
-//! # Ok(())
-//! # }
-//! ```
+//! The jobs report: [`Smache::inspect_jobs`]; see the [module docs](super).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -36,6 +10,8 @@ use crate::error::{Error, Result};
 use crate::executor::GROUP;
 use crate::instance::Smache;
 use crate::store::Store;
+
+use super::{age, entry_ms};
 
 /// An executor that has not announced a function for this long is taken
 /// for gone (they announce every third of
@@ -49,7 +25,7 @@ pub const MAX_SCANNED: usize = 100_000;
 /// How many of the latest dead letters a report lists.
 pub const RECENT_DEAD_LETTERS: usize = 10;
 
-/// The state of the job stream; see the [module docs](self).
+/// The state of the job stream; see the [module docs](super).
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct JobsReport {
@@ -413,29 +389,6 @@ pub(crate) fn orphan_reason(
     format!("no live executor has {what} ({last}) for {}", age(timeout))
 }
 
-/// The milliseconds part of a stream entry id (`<ms>-<seq>`).
-pub(crate) fn entry_ms(entry: &str) -> u64 {
-    entry
-        .split_once('-')
-        .map_or(entry, |(ms, _)| ms)
-        .parse()
-        .unwrap_or(0)
-}
-
-/// A compact age: `850 ms`, `12 s`, `3.5 min`, `2.0 h`.
-pub(crate) fn age(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms} ms")
-    } else if ms < 60_000 {
-        format!("{} s", ms / 1000)
-    } else if ms < 3_600_000 {
-        format!("{:.1} min", d.as_secs_f64() / 60.0)
-    } else {
-        format!("{:.1} h", d.as_secs_f64() / 3600.0)
-    }
-}
-
 impl fmt::Display for JobsReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -565,15 +518,5 @@ mod tests {
             orphan_reason("callback mail", Some(1_000), 181_000, timeout),
             "no live executor has callback mail (last announced 3.0 min ago) for 1.7 min"
         );
-    }
-
-    #[test]
-    fn ages_read_at_a_glance() {
-        assert_eq!(entry_ms("1700000000123-4"), 1_700_000_000_123);
-        assert_eq!(entry_ms("garbage"), 0);
-        assert_eq!(age(Duration::from_millis(850)), "850 ms");
-        assert_eq!(age(Duration::from_secs(12)), "12 s");
-        assert_eq!(age(Duration::from_secs(210)), "3.5 min");
-        assert_eq!(age(Duration::from_secs(7200)), "2.0 h");
     }
 }

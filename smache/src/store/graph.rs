@@ -1,0 +1,201 @@
+//! Reading the dependency graph around some tokens, for
+//! [`Smache::inspect_graph`](crate::Smache::inspect_graph): one read-only
+//! script (`lua/graph.lua`) a batch of tokens, that counts every set and
+//! reads at most a bounded number of its members.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+use super::redis::RedisStore;
+use crate::envelope;
+use crate::error::Result;
+
+/// At most this many tokens are read by one script, so that none holds
+/// Redis for long however large the batch.
+const BATCH: usize = 100;
+
+static GRAPH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/graph.lua")));
+
+/// What a set holds: how many members, and some of them (sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Members {
+    pub(crate) total: u64,
+    pub(crate) some: Vec<String>,
+}
+
+/// What was read about one token.
+#[derive(Debug)]
+pub(crate) struct TokenRead {
+    /// The values that depend on it (`r:<token>`).
+    pub(crate) dependants: Members,
+    /// For a `v:` token, what its key holds.
+    pub(crate) value: Option<ValueRead>,
+    /// For a document or collection token, the functions with relations
+    /// on its collection (`rel:<collection>`).
+    pub(crate) relations: u64,
+    /// Some of those, each with what the document mapped to.
+    pub(crate) mapped: Vec<RelationRead>,
+}
+
+/// What a value key holds.
+#[derive(Debug)]
+pub(crate) enum ValueRead {
+    /// Nothing (expired, or dropped).
+    Gone,
+    /// Another Redis type than a hash.
+    Foreign(String),
+    /// An alias of the value `target`.
+    Alias { target: String },
+    /// A value (or a computation in progress, with no value yet).
+    Value(Box<ValueFields>),
+}
+
+/// The fields of a value's hash that say how it stands (see
+/// `lua/common.lua`).
+#[derive(Debug, Default)]
+pub(crate) struct ValueFields {
+    /// `v`: the value version; `None` before the first store.
+    pub(crate) version: Option<u64>,
+    /// `g`/`w`: the change generation, and the one it was computed at.
+    pub(crate) generation: u64,
+    pub(crate) computed_from: u64,
+    /// `q`: a recompute job is queued.
+    pub(crate) queued: bool,
+    /// `t`: when it went stale (ms, Redis clock); 0: no recompute coming.
+    pub(crate) stale_at_ms: Option<u64>,
+    /// `e`: when its time-to-live ends (ms, the writer's clock).
+    pub(crate) expires_ms: Option<u64>,
+    /// `m`: its function is `mark_stale`.
+    pub(crate) mark_stale: bool,
+    /// `c`/`cx`: the compute lease's owner and end (ms, Redis clock).
+    pub(crate) lease: Option<(String, u64)>,
+    /// `k`: the submitted task pending for it.
+    pub(crate) task: Option<String>,
+    /// `s`: when its last recompute started (ms, Redis clock).
+    pub(crate) recompute_started_ms: Option<u64>,
+    /// The size of its envelope (`d`), 0 for none.
+    pub(crate) size: u64,
+    /// From the envelope's header: when it was computed (ms, the
+    /// computer's clock), and whether the value is kept in MongoDB; `None`
+    /// when not read (no value, or one over 1 MiB).
+    pub(crate) header: Option<(u64, bool)>,
+    /// Its dependency tokens (`f`).
+    pub(crate) dependencies: Members,
+    /// Its aliases (`al:<id>`).
+    pub(crate) aliases: Members,
+}
+
+/// A function with a relation on a document's collection.
+#[derive(Debug)]
+pub(crate) struct RelationRead {
+    /// `<name>#<version>`.
+    pub(crate) head: String,
+    /// The id keys the document mapped to at its last change smache saw.
+    pub(crate) targets: Members,
+    /// Per target shown, the id of the function's value of that entity
+    /// alone (`<head>:<id key>`), if one is stored.
+    pub(crate) values: Vec<Option<String>>,
+}
+
+type Bytes = Vec<u8>;
+type ValueReply = (
+    Bytes,
+    Vec<Option<Bytes>>,
+    u64,
+    u64,
+    Vec<Bytes>,
+    u64,
+    Vec<Bytes>,
+);
+type RelationReply = (Bytes, u64, Vec<Bytes>, Vec<Option<Bytes>>);
+type EntryReply = (u64, Vec<Bytes>, ValueReply, (u64, Vec<RelationReply>));
+
+impl RedisStore {
+    /// Reads `tokens` (`v:…`, `e:…`, `c:…`), in order, at most `limit`
+    /// members of each set; the Redis clock (ms) and what was read.
+    pub(crate) async fn read_graph(
+        &self,
+        base: &str,
+        tokens: &[String],
+        limit: usize,
+    ) -> Result<(u64, Vec<TokenRead>)> {
+        let mut conn = self.connection().await?;
+        let mut now_ms = 0;
+        let mut out = Vec::with_capacity(tokens.len());
+        for batch in tokens.chunks(BATCH) {
+            let mut invocation = GRAPH.key(format!("{base}jobs"));
+            invocation.arg(base).arg(limit).arg(batch);
+            let (now, entries): (u64, Vec<EntryReply>) = self
+                .bounded("graph", invocation.invoke_async(&mut conn))
+                .await?;
+            now_ms = now;
+            out.extend(entries.into_iter().map(token_read));
+        }
+        Ok((now_ms, out))
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn members(total: u64, some: Vec<Bytes>) -> Members {
+    Members {
+        total,
+        some: some.iter().map(|m| text(m)).collect(),
+    }
+}
+
+fn token_read((total, some, value, (relations, mapped)): EntryReply) -> TokenRead {
+    let (kind, ..) = &value;
+    TokenRead {
+        dependants: members(total, some),
+        value: (!kind.is_empty()).then(|| value_read(value)),
+        relations,
+        mapped: mapped
+            .into_iter()
+            .map(|(head, total, targets, values)| RelationRead {
+                head: text(&head),
+                targets: members(total, targets),
+                values: values.iter().map(|v| v.as_deref().map(text)).collect(),
+            })
+            .collect(),
+    }
+}
+
+fn value_read(reply: ValueReply) -> ValueRead {
+    let (kind, fields, size, deps, some_deps, aliases, some_aliases) = reply;
+    match kind.as_slice() {
+        b"hash" => {}
+        b"none" => return ValueRead::Gone,
+        other => return ValueRead::Foreign(text(other)),
+    }
+    let field = |i: usize| fields.get(i).cloned().flatten();
+    let number = |i: usize| field(i).and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok());
+    if let Some(target) = field(10) {
+        return ValueRead::Alias {
+            target: text(&target),
+        };
+    }
+    ValueRead::Value(Box::new(ValueFields {
+        version: number(0),
+        generation: number(1).unwrap_or(0),
+        computed_from: number(2).unwrap_or(0),
+        queued: field(3).is_some(),
+        stale_at_ms: number(4),
+        expires_ms: number(5),
+        mark_stale: field(6).as_deref() == Some(b"1"),
+        lease: field(7).map(|owner| (text(&owner), number(8).unwrap_or(0))),
+        task: field(9).map(|task| text(&task)),
+        recompute_started_ms: number(11),
+        size,
+        header: field(12).and_then(|header| {
+            envelope::decode(&header)
+                .ok()
+                .map(|e| (e.computed_at_ms, e.reference))
+        }),
+        dependencies: members(deps, some_deps),
+        aliases: members(aliases, some_aliases),
+    }))
+}
