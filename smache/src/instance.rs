@@ -455,16 +455,16 @@ impl Smache {
     /// worker); store errors.
     ///
     /// ```no_run
-    /// # use bson::doc;
+    /// # use smache::bson::doc;
     /// # #[derive(serde::Serialize, serde::Deserialize, smache::Entity)]
     /// # #[entity(collection = "users")]
-    /// # struct User { #[serde(rename = "_id")] id: bson::oid::ObjectId, name: String }
+    /// # struct User { #[serde(rename = "_id")] id: smache::bson::oid::ObjectId, name: String }
     /// #[smache::computed(User)]
     /// async fn greeting(user: &User) -> String {
     ///     format!("Hello, {}", user.name)
     /// }
     ///
-    /// # async fn run(smache: smache::Smache, client: mongodb::Client, ada: User) -> Result<(), Box<dyn std::error::Error>> {
+    /// # async fn run(smache: smache::Smache, client: smache::mongodb::Client, ada: User) -> Result<(), Box<dyn std::error::Error>> {
     /// let users = client.database("shop").collection::<User>("users");
     /// let mut session = client.start_session().await?;
     /// users
@@ -478,6 +478,7 @@ impl Smache {
     /// }
     /// # Ok(())
     /// # }
+    /// # fn main() {}
     /// ```
     pub async fn wait_fresh_after(
         &self,
