@@ -32,8 +32,13 @@
 //! A call is one of: a hit, a miss (then a computation, or the value
 //! another process stored meanwhile), a coalesced call, or a computation
 //! with the store unavailable. An executor running a submitted task makes
-//! such a call too, and counts it here. Metrics are per process: sum them
-//! over processes (and instances of one process share them).
+//! such a call too, and counts it here. Metrics are per process (the
+//! instances of one process share them): sum counters and histograms over
+//! processes, but not `smache_job_queue_length`, the same stream as each
+//! sampling process sees it (take the latest or the largest), nor
+//! `smache_worker_lag_seconds`, which only the watching worker updates (a
+//! worker that lost the lease keeps its last value: read the largest of
+//! the recent ones, or the watcher's).
 //!
 //! Cost on the hit path, measured in isolation (release build, 2 cores):
 //! without a recorder a hit's metric costs about 4 ns; with the Prometheus
