@@ -10,7 +10,12 @@
 //! `smache-worker ready [--wait 60s]` exits 0 once a worker watches with a
 //! saved position, else says why and exits 1 (a readiness probe; see
 //! `smache::worker::readiness`). They need only `--redis-url`.
+//!
+//! `--metrics-addr 0.0.0.0:9464` serves the worker's metrics (its lag
+//! behind the change stream, the changes it handled, the job queue's
+//! length; see `smache::metrics`) as Prometheus text over HTTP.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -64,6 +69,11 @@ struct Args {
     /// recomputed by its next caller.
     #[arg(long, env = "SMACHE_MAX_FANOUT", default_value_t = smache::worker::DEFAULT_MAX_FANOUT)]
     max_fanout: u64,
+
+    /// Serve the worker's metrics as Prometheus text over HTTP on this
+    /// address (e.g. `0.0.0.0:9464`; any path answers).
+    #[arg(long, env = "SMACHE_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
 
     /// Log filter, as RUST_LOG (e.g. `info`, `smache=debug`).
     #[arg(long, env = "SMACHE_LOG", default_value = "info", global = true)]
@@ -232,6 +242,9 @@ async fn run(args: Args) -> Result<(), smache::Error> {
         .clone()
         .or_else(|| options.default_database.clone())
         .unwrap_or_else(|| "smache".to_owned());
+    if let Some(addr) = args.metrics_addr {
+        serve_metrics(addr)?;
+    }
     let client = smache::mongodb::Client::with_options(options)?;
     let smache = Smache::builder()
         .redis_url(redis_url)
@@ -247,4 +260,16 @@ async fn run(args: Args) -> Result<(), smache::Error> {
         .lease(Duration::from_secs(args.lease_secs.max(1)))
         .max_fanout(args.max_fanout);
     smache::worker::run(smache, options).await
+}
+
+/// Installs the Prometheus recorder, its HTTP listener on `addr` (a task of
+/// this runtime) and the metrics' descriptions.
+fn serve_metrics(addr: SocketAddr) -> Result<(), smache::Error> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|err| smache::Error::Config(format!("--metrics-addr {addr}: {err}")))?;
+    smache::metrics::describe();
+    tracing::info!(%addr, "smache-worker: serving metrics");
+    Ok(())
 }

@@ -15,10 +15,11 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::envelope;
 use crate::error::Result;
@@ -649,10 +650,14 @@ where
 {
     let smache = Smache::current();
     if let Some(value) = embedded_hit::<M::Value>(&smache, &key) {
+        crate::metrics::hit(spec, Backend::Embedded);
         return M::from_cached(value);
     }
     let Some(call) = prepare(smache, spec, key) else {
-        return compute.await;
+        let started = Instant::now();
+        let result = compute.await;
+        crate::metrics::computed(spec, started.elapsed());
+        return result;
     };
     let call = Arc::new(call);
     let target = call.target();
@@ -673,9 +678,14 @@ where
         target.finish(outcome);
         return result;
     }
-    // A submitted task runs the plain path; whatever computes is observed.
+    // A submitted task runs the plain path; whatever computes is observed
+    // (and measured, in a span: never on a hit).
+    let at = Arc::clone(&call);
     let compute = async move {
-        let result = compute.await;
+        let span = tracing::debug_span!("smache.compute", function = spec.name(), id = %at.at.id);
+        let started = Instant::now();
+        let result = compute.instrument(span).await;
+        crate::metrics::computed(spec, started.elapsed());
         if let Some(target) = &target {
             target.observe::<M, R>(&result);
         }
@@ -691,7 +701,10 @@ where
                 Landing::Cancelled => {}
                 landing => {
                     return match call.landed::<M::Value>(landing) {
-                        Some(value) => M::from_cached(value),
+                        Some(value) => {
+                            crate::metrics::coalesced(spec);
+                            M::from_cached(value)
+                        }
                         None => compute.await,
                     }
                 }
@@ -715,12 +728,14 @@ where
     };
     let seen = fetched.as_ref().map(|fetched| fetched.version);
     if let Some((value, data)) = call.usable::<M::Value>(fetched) {
+        crate::metrics::hit(spec, call.inner.store.backend());
         if let Some(version) = seen {
             call.note_read(&call.at.id, version, &data);
         }
         pilot.land_with(|| call.landing(Arc::new(data), seen));
         return M::from_cached(value);
     }
+    crate::metrics::miss(spec, call.inner.store.backend());
     let turn = runtime::in_tokio(Arc::clone(&call).take_turn(seen))
         .await
         .ok();
@@ -756,10 +771,14 @@ where
 {
     let smache = Smache::current();
     if let Some(value) = embedded_hit::<M::Value>(&smache, &key) {
+        crate::metrics::hit(spec, Backend::Embedded);
         return M::from_cached(value);
     }
     let Some(call) = prepare(smache, spec, key) else {
-        return compute();
+        let started = Instant::now();
+        let result = compute();
+        crate::metrics::computed(spec, started.elapsed());
+        return result;
     };
     let call = Arc::new(call);
     let target = call.target();
@@ -779,8 +798,12 @@ where
         target.finish(outcome);
         return result;
     }
+    let at = Arc::clone(&call);
     let compute = move || {
-        let result = compute();
+        let span = tracing::debug_span!("smache.compute", function = spec.name(), id = %at.at.id);
+        let started = Instant::now();
+        let result = span.in_scope(compute);
+        crate::metrics::computed(spec, started.elapsed());
         if let Some(target) = &target {
             target.observe::<M, R>(&result);
         }
@@ -793,7 +816,10 @@ where
                 Landing::Cancelled => {}
                 landing => {
                     return match call.landed::<M::Value>(landing) {
-                        Some(value) => M::from_cached(value),
+                        Some(value) => {
+                            crate::metrics::coalesced(spec);
+                            M::from_cached(value)
+                        }
                         None => compute(),
                     }
                 }
@@ -816,12 +842,14 @@ where
     };
     let seen = fetched.as_ref().map(|fetched| fetched.version);
     if let Some((value, data)) = call.usable::<M::Value>(fetched) {
+        crate::metrics::hit(spec, call.inner.store.backend());
         if let Some(version) = seen {
             call.note_read(&call.at.id, version, &data);
         }
         pilot.land_with(|| call.landing(Arc::new(data), seen));
         return M::from_cached(value);
     }
+    crate::metrics::miss(spec, call.inner.store.backend());
     let turn = blocking(&call, move |call| call.take_turn(seen));
     let (pilot, started, owner) = match call.resolve::<M::Value>(turn, pilot) {
         Resolved::Cached(value) => return M::from_cached(value),

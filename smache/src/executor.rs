@@ -29,13 +29,14 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::call::{Outcome, Target};
 use crate::entity::{Entity, EntityId};
@@ -214,6 +215,7 @@ pub async fn run_until(
     let mut conn = None;
     let held = Arc::new(Mutex::new(HashSet::new()));
     let heartbeat = tokio::spawn(executor.clone().keep_claimed(Arc::clone(&held)));
+    let _sampling = crate::metrics::Sampling::start(&executor.smache);
     loop {
         if conn.is_none() {
             conn = match executor.store.dedicated().await {
@@ -485,7 +487,13 @@ impl Executor {
     /// Runs one job, whatever its kind.
     async fn run_job(&self, entry: &str, task: Task) {
         match task {
-            Task::Value(id) => self.process(entry, &id).await,
+            Task::Value(id) => {
+                let function = split_value_id(&id)
+                    .and_then(|(head, _)| head.rsplit_once('#'))
+                    .map_or("", |(name, _)| name);
+                let span = tracing::info_span!("smache.recompute", function, id = %id, job = entry);
+                self.process(entry, &id).instrument(span).await;
+            }
             Task::Submitted { id, task, args } => {
                 self.process_task(entry, &id, &task, args).await;
             }
@@ -661,12 +669,16 @@ impl Executor {
     /// [`give_up`](Self::give_up), undoing `abandon` in the same step.
     async fn give_up_undoing(&self, entry: &str, reason: &str, abandon: Abandon<'_>) {
         let base = &self.smache.inner.base;
-        if let Err(err) = self
+        match self
             .store
             .dead_letter(base, entry, reason, &self.consumer, abandon)
             .await
         {
-            tracing::warn!(error = %err, entry, "smache executor: cannot dead-letter a job; it will run again");
+            Ok(true) => crate::metrics::dead_lettered(),
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, entry, "smache executor: cannot dead-letter a job; it will run again");
+            }
         }
     }
 
@@ -831,10 +843,16 @@ impl Executor {
         let mut run = 1;
         loop {
             let target = Target::new(at.key.clone(), Some(started));
+            let began = Instant::now();
             let ran = self.run_function(registration, &target, args.clone()).await;
             let outcome = *crate::sync::lock(&target.outcome);
+            let spec = registration.spec;
+            crate::metrics::recomputed(spec, outcome_label(&ran, outcome), began.elapsed());
             let failure = match (ran, outcome) {
                 (Ran::Returned(Ok(())), Some(Outcome::Stored | Outcome::Superseded)) => {
+                    if outcome == Some(Outcome::Stored) {
+                        crate::metrics::refreshed(spec, crate::inspect::entry_ms(entry));
+                    }
                     return self.ack(entry).await;
                 }
                 (Ran::Returned(Ok(())), Some(Outcome::TooLarge)) => {
@@ -917,7 +935,10 @@ impl Executor {
         };
         let recompute = registration.recompute;
         let handle = tokio::runtime::Handle::current();
-        match tokio::task::spawn_blocking(move || handle.block_on(recompute(job))).await {
+        // The job's span goes along to the blocking thread.
+        let span = tracing::Span::current();
+        let run = move || span.in_scope(|| handle.block_on(recompute(job)));
+        match tokio::task::spawn_blocking(run).await {
             Ok(result) => Ran::Returned(result),
             Err(err) => Ran::Panicked(panic_message(err)),
         }
@@ -1178,6 +1199,18 @@ impl Absence {
 
     fn reason(&self, what: &str, timeout: Duration) -> String {
         crate::inspect::orphan_reason(what, self.announced_ms, self.now_ms, timeout)
+    }
+}
+
+/// What a recompute run came to, for [`crate::metrics::RECOMPUTATIONS`].
+fn outcome_label(ran: &Ran, outcome: Option<Outcome>) -> &'static str {
+    match (ran, outcome) {
+        (Ran::Returned(Ok(())), Some(Outcome::Stored)) => "stored",
+        (Ran::Returned(Ok(())), Some(Outcome::Superseded)) => "superseded",
+        (Ran::Returned(Ok(())), Some(Outcome::TooLarge)) => "too_large",
+        (Ran::Returned(Ok(())), Some(Outcome::Unreachable) | None) => "unreachable",
+        (Ran::Returned(Err(Error::EntityGone { .. })), _) => "gone",
+        _ => "error",
     }
 }
 

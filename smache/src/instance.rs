@@ -994,6 +994,7 @@ const WARN_EVERY_MS: u64 = 10_000;
 impl Health {
     fn ok(&self) {
         if self.degraded.load(Ordering::Relaxed) && self.degraded.swap(false, Ordering::Relaxed) {
+            crate::metrics::store_degraded(false);
             tracing::info!("smache: the store is reachable again; caching resumed");
         }
     }
@@ -1001,6 +1002,7 @@ impl Health {
     fn failed(&self, err: &Error) {
         let now = envelope::now_ms();
         let was_degraded = self.degraded.swap(true, Ordering::Relaxed);
+        crate::metrics::store_degraded(true);
         let last = self.last_warning_ms.load(Ordering::Relaxed);
         if !was_degraded || now.saturating_sub(last) >= WARN_EVERY_MS {
             self.last_warning_ms.store(now, Ordering::Relaxed);

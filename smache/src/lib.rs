@@ -75,7 +75,9 @@
 //! (its [`FnSpec`]). Several keys can share one value with
 //! [`Smache::alias`].
 //!
-//! See [`key`] for the key layout.
+//! See [`key`] for the key layout, and [`metrics`] for what smache measures
+//! (hits, misses, computations, recomputes, refresh lag, the worker's lag)
+//! through the `metrics` facade, and the spans it makes.
 
 mod builder;
 mod call;
@@ -87,6 +89,7 @@ mod flight;
 pub mod inspect;
 mod instance;
 pub mod key;
+pub mod metrics;
 pub mod registry;
 mod runtime;
 mod spec;

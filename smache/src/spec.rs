@@ -41,6 +41,8 @@ pub struct FnSpec {
     relations: &'static [&'static str],
     mode: Refresh,
     store: Option<ValueStore>,
+    /// The keys of its metrics, made on first use.
+    metrics: crate::metrics::FnMetrics,
 }
 
 /// Where the Redis store keeps a function's values; the graph, versions
@@ -88,7 +90,12 @@ impl FnSpec {
             relations: &[],
             mode: Refresh::WriteThrough,
             store: None,
+            metrics: crate::metrics::FnMetrics::new(),
         }
+    }
+
+    pub(crate) fn metrics(&self) -> &crate::metrics::FnMetrics {
+        &self.metrics
     }
 
     /// Used by the generated code: `store = redis | mongo`.

@@ -279,6 +279,7 @@ pub async fn run_until(
         last_token: None,
         position: Vec::new(),
     };
+    let _sampling = crate::metrics::Sampling::start(&smache);
     worker.run(shutdown).await;
     Ok(())
 }
@@ -442,6 +443,8 @@ impl Worker<'_> {
                 Err(err) => return Err(err.into()),
             };
             let token = stream.resume_token();
+            // An empty batch: the stream had nothing more to give.
+            let event_was_none = event.is_none();
             let (recorded, restart) = match event {
                 Some(event) => {
                     let (change, restart) = self.change_of(&event).await?;
@@ -451,6 +454,9 @@ impl Worker<'_> {
                 None if token != saved => (self.record(token.as_ref(), None).await?, false),
                 None => (Changed::Queued(0), false),
             };
+            if event_was_none {
+                crate::metrics::worker_caught_up();
+            }
             match recorded {
                 Changed::Queued(_) if restart => return Ok(Ended::Restart),
                 Changed::Queued(_) => {}
@@ -596,6 +602,9 @@ impl Worker<'_> {
             .changed(&self.keys, &self.id, &self.position, &seen)
             .await?;
         if let Changed::Queued(queued) = recorded {
+            if let Some(change) = change {
+                crate::metrics::change_handled(change.time, queued);
+            }
             if queued > 0 {
                 tracing::debug!(queued, "smache worker: recompute jobs queued");
             }

@@ -261,6 +261,11 @@ impl WorkerProcess {
         }
     }
 
+    /// Adds a command-line argument, for the next start.
+    pub fn arg(&mut self, arg: impl Into<String>) {
+        self.args.push(arg.into());
+    }
+
     /// Starts the process again after [`kill`](Self::kill).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "worker already running");

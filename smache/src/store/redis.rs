@@ -743,6 +743,15 @@ impl RedisStore {
         }
     }
 
+    /// How many entries the job stream holds: waiting, and held by
+    /// executors (acknowledged jobs are deleted); 0 when it does not exist.
+    pub(crate) async fn job_queue_length(&self, base: &str) -> Result<u64> {
+        let mut conn = self.connection().await?;
+        let mut cmd = redis::cmd("XLEN");
+        cmd.arg(format!("{base}jobs"));
+        self.bounded("xlen", cmd.query_async(&mut conn)).await
+    }
+
     /// The shared connection, for the worker and executors.
     pub(crate) async fn shared(&self) -> Result<ConnectionManager> {
         self.connection().await

@@ -1,0 +1,348 @@
+//! What smache measures, through the [`metrics`](https://docs.rs/metrics)
+//! facade.
+//!
+//! smache records; your application decides where the numbers go by
+//! installing a recorder (an exporter) once at start-up, such as
+//! `metrics-exporter-prometheus`. Without one nothing is recorded and a
+//! metric costs a couple of loads. `smache-worker --metrics-addr <ip:port>`
+//! serves its own metrics as Prometheus text; `examples/metrics.rs` shows an
+//! application doing the same. Call [`describe`] after installing a
+//! recorder to give each metric its help text and unit.
+//!
+//! Labels are bounded: `function` is a `#[computed]` function's name (its
+//! `name = "…"` if it sets one), never a value's arguments or id.
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `smache_hits_total` | counter | `function`, `layer` | calls answered from the store, `layer` `embedded` or `redis` (values kept in MongoDB are read through Redis: `redis`) |
+//! | `smache_misses_total` | counter | `function`, `layer` | lookups that found no value to serve (none, stale past what may be served, corrupt); the caller then computes it or waits for the process that does |
+//! | `smache_calls_coalesced_total` | counter | `function` | calls that waited for a concurrent call of the same value in this process and took its result, with no lookup of their own |
+//! | `smache_computations_total` | counter | `function` | runs of the function for a caller: after a miss, or while the store is unavailable (those runs are not misses) |
+//! | `smache_computation_duration_seconds` | histogram | `function` | how long those runs took (the function alone) |
+//! | `smache_recomputations_total` | counter | `function`, `outcome` | runs of recompute jobs by this process's executor; `outcome` is `stored`, `superseded` (a value from newer data was already stored), `gone` (an entity was deleted: the value is dropped), `error` (the function failed, panicked or its value did not serialize; retried by the policy), `unreachable` (the store could not be reached; the job stays queued) or `too_large` |
+//! | `smache_recomputation_duration_seconds` | histogram | `function` | how long each run took: loading the entity arguments, the function, and storing the value |
+//! | `smache_refresh_lag_seconds` | histogram | `function` | from a recompute job's queueing (its stream entry id: Redis's clock) to its value stored (the executor's clock; skew between the two adds to it): how long a changed value waited to be fresh, beside the worker's own lag |
+//! | `smache_job_queue_length` | gauge | | entries of the job stream (`{prefix}:jobs`): waiting and held by executors; sampled every [`QUEUE_SAMPLE_EVERY`] by each executor and each `smache-worker` |
+//! | `smache_dead_letters_total` | counter | | jobs this process's executor gave up and moved to the dead letters (`{prefix}:dead`, see [`crate::inspect`]) |
+//! | `smache_store_degraded` | gauge | | 1 while this process's calls find the store unavailable (they compute directly, uncached), 0 once it answers again; absent until the first outage |
+//! | `smache_worker_lag_seconds` | gauge | | the watching worker: now minus the cluster time of the change it just handled (cluster times are whole seconds: a worker that keeps up shows 0 to 1 s); 0 when the stream had nothing more to give |
+//! | `smache_worker_changes_total` | counter | | change events the watching worker handled (recorded with their jobs and resume token) |
+//! | `smache_worker_jobs_queued_total` | counter | | jobs those changes queued (a change whose values already have a job pending queues none) |
+//!
+//! A call is one of: a hit, a miss (then a computation, or the value
+//! another process stored meanwhile), a coalesced call, or a computation
+//! with the store unavailable. An executor running a submitted task makes
+//! such a call too, and counts it here. Metrics are per process (the
+//! instances of one process share them): sum counters and histograms over
+//! processes, but not `smache_job_queue_length`, the same stream as each
+//! sampling process sees it (take the latest or the largest), nor
+//! `smache_worker_lag_seconds`, which only the watching worker updates (a
+//! worker that lost the lease keeps its last value: read the largest of
+//! the recent ones, or the watcher's).
+//!
+//! Cost on the hit path, measured in isolation (release build, 2 cores):
+//! without a recorder a hit's metric costs about 4 ns; with the Prometheus
+//! recorder about 80 ns (a lookup in its registry: a read lock, a hash
+//! probe and a few atomic operations). Each function's metric keys are made
+//! on its first call: a hit allocates and formats nothing.
+//!
+//! Traces: a caller's computation runs in a `smache.compute` span and an
+//! executor's recompute job in a `smache.recompute` span, each with the
+//! `function` and the value `id` (debug and info level); hits make no span.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Key, Label, Level, Metadata, Unit};
+
+use crate::envelope::now_ms;
+use crate::instance::Smache;
+use crate::spec::FnSpec;
+use crate::store::{Backend, Store};
+
+/// Calls answered from the store (counter; `function`, `layer`).
+pub const HITS: &str = "smache_hits_total";
+/// Lookups that found no value to serve (counter; `function`, `layer`).
+pub const MISSES: &str = "smache_misses_total";
+/// Calls that took a concurrent call's result in this process (counter;
+/// `function`).
+pub const COALESCED: &str = "smache_calls_coalesced_total";
+/// Runs of a function for a caller (counter; `function`).
+pub const COMPUTATIONS: &str = "smache_computations_total";
+/// How long those runs took (histogram, seconds; `function`).
+pub const COMPUTATION_DURATION: &str = "smache_computation_duration_seconds";
+/// Runs of recompute jobs by an executor (counter; `function`, `outcome`).
+pub const RECOMPUTATIONS: &str = "smache_recomputations_total";
+/// How long each recompute run took (histogram, seconds; `function`).
+pub const RECOMPUTATION_DURATION: &str = "smache_recomputation_duration_seconds";
+/// From a recompute job's queueing to its value stored (histogram,
+/// seconds; `function`).
+pub const REFRESH_LAG: &str = "smache_refresh_lag_seconds";
+/// Entries of the job stream (gauge).
+pub const JOB_QUEUE_LENGTH: &str = "smache_job_queue_length";
+/// Jobs moved to the dead letters (counter).
+pub const DEAD_LETTERS: &str = "smache_dead_letters_total";
+/// 1 while calls find the store unavailable (gauge).
+pub const STORE_DEGRADED: &str = "smache_store_degraded";
+/// The watching worker's lag behind the change stream (gauge, seconds).
+pub const WORKER_LAG: &str = "smache_worker_lag_seconds";
+/// Change events the watching worker handled (counter).
+pub const WORKER_CHANGES: &str = "smache_worker_changes_total";
+/// Jobs queued by those changes (counter).
+pub const WORKER_JOBS_QUEUED: &str = "smache_worker_jobs_queued_total";
+
+/// How often executors and workers sample [`JOB_QUEUE_LENGTH`].
+pub const QUEUE_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Gives every smache metric its help text and unit in the installed
+/// recorder. Call it once, after installing the recorder (describing is
+/// a call to the recorder, so nothing is kept before one is installed).
+///
+/// ```
+/// // With no recorder installed this does nothing.
+/// smache::metrics::describe();
+/// ```
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        HITS,
+        Unit::Count,
+        "Calls answered from the store, by function and layer (embedded, redis)."
+    );
+    describe_counter!(
+        MISSES,
+        Unit::Count,
+        "Lookups that found no value to serve, by function and layer."
+    );
+    describe_counter!(
+        COALESCED,
+        Unit::Count,
+        "Calls that took the result of a concurrent call of the same value in this process."
+    );
+    describe_counter!(
+        COMPUTATIONS,
+        Unit::Count,
+        "Runs of a computed function for a caller (a miss, or the store unavailable)."
+    );
+    describe_histogram!(
+        COMPUTATION_DURATION,
+        Unit::Seconds,
+        "How long a computed function ran for a caller."
+    );
+    describe_counter!(
+        RECOMPUTATIONS,
+        Unit::Count,
+        "Runs of recompute jobs by this process's executor, by function and outcome."
+    );
+    describe_histogram!(
+        RECOMPUTATION_DURATION,
+        Unit::Seconds,
+        "How long a recompute job's run took: loading its entities, the function, storing."
+    );
+    describe_histogram!(
+        REFRESH_LAG,
+        Unit::Seconds,
+        "From a recompute job's queueing to its value stored."
+    );
+    describe_gauge!(
+        JOB_QUEUE_LENGTH,
+        Unit::Count,
+        "Entries of the job stream: waiting and held by executors."
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        Unit::Count,
+        "Jobs this process's executor moved to the dead letters."
+    );
+    describe_gauge!(
+        STORE_DEGRADED,
+        "1 while this process's calls find the store unavailable and compute directly."
+    );
+    describe_gauge!(WORKER_LAG, Unit::Seconds, "The watching worker: now minus the cluster time of the change it last handled (0 when caught up).");
+    describe_counter!(
+        WORKER_CHANGES,
+        Unit::Count,
+        "Change events the watching worker handled."
+    );
+    describe_counter!(
+        WORKER_JOBS_QUEUED,
+        Unit::Count,
+        "Recompute jobs queued by the changes the worker handled."
+    );
+}
+
+static METADATA: Metadata<'static> = Metadata::new("smache", Level::INFO, Some(module_path!()));
+
+/// The keys of one function's caller-side metrics, made on its first
+/// call, so that a hit allocates nothing and hashes nothing.
+pub(crate) struct FnKeys {
+    /// By [`layer`].
+    hits: [Key; 2],
+    misses: [Key; 2],
+    coalesced: Key,
+    computations: Key,
+    computation_duration: Key,
+}
+
+/// Where a function keeps its [`FnKeys`].
+#[derive(Default)]
+pub(crate) struct FnMetrics(OnceLock<FnKeys>);
+
+impl std::fmt::Debug for FnMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FnMetrics")
+    }
+}
+
+impl FnMetrics {
+    pub(crate) const fn new() -> Self {
+        FnMetrics(OnceLock::new())
+    }
+
+    fn keys(&self, function: &'static str) -> &FnKeys {
+        self.0.get_or_init(|| {
+            // Labels made once per function and kept for the process:
+            // static labels are what a recorder retains without copying
+            // them on every call.
+            let labels = |layer: Option<&'static str>| -> &'static [Label] {
+                let function = Label::from_static_parts("function", function);
+                match layer {
+                    Some(layer) => Box::leak(Box::new([
+                        function,
+                        Label::from_static_parts("layer", layer),
+                    ])),
+                    None => Box::leak(Box::new([function])),
+                }
+            };
+            let (of, embedded, redis) = (
+                labels(None),
+                labels(Some("embedded")),
+                labels(Some("redis")),
+            );
+            FnKeys {
+                hits: [
+                    Key::from_static_parts(HITS, embedded),
+                    Key::from_static_parts(HITS, redis),
+                ],
+                misses: [
+                    Key::from_static_parts(MISSES, embedded),
+                    Key::from_static_parts(MISSES, redis),
+                ],
+                coalesced: Key::from_static_parts(COALESCED, of),
+                computations: Key::from_static_parts(COMPUTATIONS, of),
+                computation_duration: Key::from_static_parts(COMPUTATION_DURATION, of),
+            }
+        })
+    }
+}
+
+fn layer(backend: Backend) -> usize {
+    match backend {
+        Backend::Embedded => 0,
+        Backend::Redis => 1,
+    }
+}
+
+fn count(key: &Key) {
+    metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA).increment(1));
+}
+
+/// A call of `spec`'s function answered from the store.
+pub(crate) fn hit(spec: &'static FnSpec, backend: Backend) {
+    count(&spec.metrics().keys(spec.name()).hits[layer(backend)]);
+}
+
+/// A lookup of `spec`'s function that found no value to serve.
+pub(crate) fn miss(spec: &'static FnSpec, backend: Backend) {
+    count(&spec.metrics().keys(spec.name()).misses[layer(backend)]);
+}
+
+/// A call that took a concurrent call's result.
+pub(crate) fn coalesced(spec: &'static FnSpec) {
+    count(&spec.metrics().keys(spec.name()).coalesced);
+}
+
+/// `spec`'s function ran for a caller, for `took`.
+pub(crate) fn computed(spec: &'static FnSpec, took: Duration) {
+    let keys = spec.metrics().keys(spec.name());
+    metrics::with_recorder(|recorder| {
+        recorder
+            .register_counter(&keys.computations, &METADATA)
+            .increment(1);
+        recorder
+            .register_histogram(&keys.computation_duration, &METADATA)
+            .record(took.as_secs_f64());
+    });
+}
+
+/// An executor ran a recompute job of `spec`'s function, for `took`.
+pub(crate) fn recomputed(spec: &'static FnSpec, outcome: &'static str, took: Duration) {
+    let function = spec.name();
+    metrics::counter!(RECOMPUTATIONS, "function" => function, "outcome" => outcome).increment(1);
+    metrics::histogram!(RECOMPUTATION_DURATION, "function" => function).record(took.as_secs_f64());
+}
+
+/// A recompute job queued at `queued_ms` (its entry id) stored its value now.
+pub(crate) fn refreshed(spec: &'static FnSpec, queued_ms: u64) {
+    let lag = Duration::from_millis(now_ms().saturating_sub(queued_ms));
+    metrics::histogram!(REFRESH_LAG, "function" => spec.name()).record(lag.as_secs_f64());
+}
+
+/// A job was moved to the dead letters.
+pub(crate) fn dead_lettered() {
+    metrics::counter!(DEAD_LETTERS).increment(1);
+}
+
+/// Calls find the store unavailable (`true`), or reachable again.
+pub(crate) fn store_degraded(degraded: bool) {
+    metrics::gauge!(STORE_DEGRADED).set(if degraded { 1.0 } else { 0.0 });
+}
+
+/// The watching worker handled a change of cluster time `time`
+/// (`seconds << 32 | increment`, if known), queueing `queued` jobs.
+pub(crate) fn change_handled(time: Option<u64>, queued: u64) {
+    metrics::counter!(WORKER_CHANGES).increment(1);
+    metrics::counter!(WORKER_JOBS_QUEUED).increment(queued);
+    if let Some(time) = time {
+        let lag = Duration::from_millis(now_ms().saturating_sub((time >> 32) * 1000));
+        metrics::gauge!(WORKER_LAG).set(lag.as_secs_f64());
+    }
+}
+
+/// The change stream had nothing more for the watching worker.
+pub(crate) fn worker_caught_up() {
+    metrics::gauge!(WORKER_LAG).set(0.0);
+}
+
+/// Samples the length of `smache`'s job stream every
+/// [`QUEUE_SAMPLE_EVERY`], until dropped. Nothing for the embedded store.
+pub(crate) async fn sample_job_queue(smache: Smache) {
+    let Store::Redis(store) = &smache.inner.store else {
+        return;
+    };
+    loop {
+        match store.job_queue_length(&smache.inner.base).await {
+            Ok(length) => metrics::gauge!(JOB_QUEUE_LENGTH).set(length as f64),
+            Err(err) => {
+                tracing::debug!(error = %err, "smache: cannot sample the job queue's length");
+            }
+        }
+        tokio::time::sleep(QUEUE_SAMPLE_EVERY).await;
+    }
+}
+
+/// Stops a sampling task when dropped.
+pub(crate) struct Sampling(tokio::task::AbortHandle);
+
+impl Sampling {
+    /// Starts [`sample_job_queue`] on the current tokio runtime.
+    pub(crate) fn start(smache: &Smache) -> Sampling {
+        Sampling(tokio::spawn(sample_job_queue(smache.clone())).abort_handle())
+    }
+}
+
+impl Drop for Sampling {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
