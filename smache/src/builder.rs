@@ -423,13 +423,13 @@ impl SmacheBuilder {
                     // The error text never includes the URL itself.
                     Error::Config(format!("invalid Redis URL: {err}"))
                 })?;
-                Store::Redis(RedisStore::from_client(client, timeout))
+                Store::Redis(RedisStore::from_client(client, timeout, &prefix))
             }
             Some(RedisSource::Client(client)) => {
-                Store::Redis(RedisStore::from_client(*client, timeout))
+                Store::Redis(RedisStore::from_client(*client, timeout, &prefix))
             }
             Some(RedisSource::Manager(manager)) => {
-                Store::Redis(RedisStore::from_manager(manager, timeout))
+                Store::Redis(RedisStore::from_manager(manager, timeout, &prefix))
             }
         };
         let is_redis = matches!(store, Store::Redis(_));

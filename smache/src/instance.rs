@@ -944,8 +944,10 @@ impl Inner {
     }
 }
 
-/// Tracks whether the store is reachable, to log outages once rather than
-/// once per call.
+/// Tracks whether the store works, to log its failures once rather than
+/// once per call. Redis being unreachable is the Redis store's to log (its
+/// circuit breaker logs each outage once): this tracks the other failures
+/// (MongoDB, for values kept there; errors Redis answers with).
 #[derive(Default)]
 struct Health {
     degraded: AtomicBool,
@@ -963,6 +965,10 @@ impl Health {
     }
 
     fn failed(&self, err: &Error) {
+        if err.is_unreachable() {
+            tracing::debug!(error = %err, "smache: Redis unreachable; computing directly");
+            return;
+        }
         let now = envelope::now_ms();
         let was_degraded = self.degraded.swap(true, Ordering::Relaxed);
         let last = self.last_warning_ms.load(Ordering::Relaxed);

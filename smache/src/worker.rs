@@ -329,6 +329,11 @@ impl Worker<'_> {
                             leader = false;
                         }
                         Ok(Ended::Restart) => {}
+                        // The store logs a Redis outage once.
+                        Err(err) if err.is_unreachable() => {
+                            tracing::debug!(error = %err, "smache worker: redis unavailable; retrying");
+                            self.pause(&shutdown, Duration::from_secs(1)).await;
+                        }
                         Err(err) => {
                             tracing::warn!(error = %err, "smache worker: watching failed; retrying");
                             self.pause(&shutdown, Duration::from_secs(1)).await;
@@ -340,7 +345,11 @@ impl Worker<'_> {
                     self.pause(&shutdown, self.options.lease / 4).await;
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "smache worker: redis unavailable; retrying");
+                    if err.is_unreachable() {
+                        tracing::debug!(error = %err, "smache worker: redis unavailable; retrying");
+                    } else {
+                        tracing::warn!(error = %err, "smache worker: cannot take the lease; retrying");
+                    }
                     self.pause(&shutdown, Duration::from_secs(1)).await;
                 }
             }

@@ -114,6 +114,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// `127.0.0.1:<port>`, for a [`TcpProxy`] in front of it.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// Kills the server (SIGKILL: no goodbye to clients).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -404,13 +409,16 @@ impl Default for Calls {
 }
 
 /// A TCP proxy on a loopback port to `target`, that a test can cut (every
-/// connection dropped, the port closed) and restore on the same port: a
-/// server going away and coming back, seen from one client only.
+/// connection dropped, the port closed), mute (every connection dropped,
+/// new ones accepted and never answered: a server that hangs) and restore
+/// on the same port: a server going away and coming back, seen from one
+/// client only. It counts the connections it accepts.
 #[derive(Debug)]
 pub struct TcpProxy {
     port: u16,
     target: String,
     running: Option<tokio::task::JoinHandle<()>>,
+    accepted: std::sync::Arc<AtomicU64>,
 }
 
 impl TcpProxy {
@@ -420,6 +428,7 @@ impl TcpProxy {
             port: free_port(),
             target: target.to_owned(),
             running: None,
+            accepted: std::sync::Arc::default(),
         };
         proxy.restore().await;
         proxy
@@ -430,6 +439,11 @@ impl TcpProxy {
         self.port
     }
 
+    /// How many connections it accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
     /// Drops every connection and stops listening.
     pub fn cut(&mut self) {
         if let Some(running) = self.running.take() {
@@ -437,9 +451,20 @@ impl TcpProxy {
         }
     }
 
-    /// Listens again on the same port.
+    /// Drops every connection, and from now on accepts connections and
+    /// never answers on them, until [`restore`](Self::restore)d.
+    pub async fn mute(&mut self) {
+        self.cut();
+        self.listen(false).await;
+    }
+
+    /// Listens again on the same port, forwarding.
     pub async fn restore(&mut self) {
-        assert!(self.running.is_none(), "proxy already running");
+        self.cut();
+        self.listen(true).await;
+    }
+
+    async fn listen(&mut self, forward: bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         let listener = loop {
             match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
@@ -451,13 +476,19 @@ impl TcpProxy {
             }
         };
         let target = self.target.clone();
+        let accepted = std::sync::Arc::clone(&self.accepted);
         self.running = Some(tokio::spawn(async move {
             // The connections are tasks of this set: aborting the accept
             // loop drops the set, which aborts them all.
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let target = target.clone();
                 connections.spawn(async move {
+                    if !forward {
+                        // Held open, never answered.
+                        std::future::pending::<()>().await;
+                    }
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }

@@ -5,6 +5,7 @@
 //! store keeps the dependency graph (see `lua/common.lua` for its layout):
 //! the worker that refreshes values needs Redis anyway.
 
+mod breaker;
 mod memory;
 mod mongo;
 mod redis;
