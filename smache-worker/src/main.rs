@@ -10,6 +10,7 @@
 //! readiness probe; see `smache::worker::readiness`). Both need only
 //! `--redis-url`.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -45,26 +46,48 @@ struct Args {
 
     /// The database whose collections hold the entities [default: the
     /// URI's, else `smache`].
-    #[arg(long, env = "SMACHE_MONGODB_DATABASE")]
+    #[arg(long, env = "SMACHE_MONGODB_DATABASE", hide_env_values = true)]
     database: Option<String>,
 
     /// The key prefix of the applications' smache instances.
-    #[arg(long, env = "SMACHE_PREFIX", default_value = smache::DEFAULT_PREFIX, global = true)]
+    #[arg(
+        long,
+        env = "SMACHE_PREFIX",
+        hide_env_values = true,
+        default_value = smache::DEFAULT_PREFIX,
+        global = true
+    )]
     prefix: String,
 
     /// Seconds the watcher's lease lasts; a standby worker takes over
     /// within this long after the watcher dies.
-    #[arg(long, env = "SMACHE_WORKER_LEASE_SECS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "SMACHE_WORKER_LEASE_SECS",
+        hide_env_values = true,
+        default_value_t = 10
+    )]
     lease_secs: u64,
 
     /// The most values one change recomputes in the background; a
     /// document with more dependants has them marked stale, each
     /// recomputed by its next caller.
-    #[arg(long, env = "SMACHE_MAX_FANOUT", default_value_t = smache::worker::DEFAULT_MAX_FANOUT)]
+    #[arg(
+        long,
+        env = "SMACHE_MAX_FANOUT",
+        hide_env_values = true,
+        default_value_t = smache::worker::DEFAULT_MAX_FANOUT
+    )]
     max_fanout: u64,
 
     /// Log filter, as RUST_LOG (e.g. `info`, `smache=debug`).
-    #[arg(long, env = "SMACHE_LOG", default_value = "info", global = true)]
+    #[arg(
+        long,
+        env = "SMACHE_LOG",
+        hide_env_values = true,
+        default_value = "info",
+        global = true
+    )]
     log: String,
 }
 
@@ -96,8 +119,12 @@ enum Inspect {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    // Logs go to stderr (what `inspect` and `ready` print goes to stdout),
+    // coloured only on a terminal.
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let Some(Command::Ready { wait }) = args.command {
         return ready(args.redis_url, args.prefix, wait).await;

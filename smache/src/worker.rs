@@ -24,7 +24,8 @@
 //! Key layout (beside the graph keys described in `lua/common.lua`):
 //! `{prefix}:w:token` the resume token, `{prefix}:w:lease` the lease holder,
 //! `{prefix}:w:fence` the fencing counter, `{prefix}:w:lost` set while
-//! marking every value stale after lost history is still owed,
+//! marking every value stale is still owed (`start`: no position was
+//! saved; `lost`: the history after it is gone),
 //! `{prefix}:w:time` the cluster time of the saved position (saved with it).
 
 use std::future::Future;
@@ -395,11 +396,11 @@ impl Worker<'_> {
             Changed::Moved => return Ok(self.moved()),
         }
         self.last_token.clone_from(&saved);
-        if self.history_was_lost().await? {
+        if let Some(why) = self.stale_marking_owed().await? {
             // The new stream starts now and its position is saved: mark
             // everything stale, so no change in the lost gap stays unseen.
             // The marker goes only once that is done.
-            self.mark_everything_stale().await?;
+            self.mark_everything_stale(why).await?;
             let mut conn = self.store.shared().await?;
             let _: () = redis::cmd("DEL")
                 .arg(&self.keys.lost)
@@ -557,7 +558,7 @@ impl Worker<'_> {
             (OperationType::Invalidate, _) => Ok((Vec::new(), true)),
             (other, coll) => {
                 tracing::warn!(operation = ?other, collection = ?coll, "smache worker: a change smache cannot map to documents; marking every value stale");
-                self.mark_everything_stale().await?;
+                self.mark_everything_stale(Unseen::Unmappable).await?;
                 Ok((Vec::new(), false))
             }
         }
@@ -651,7 +652,7 @@ impl Worker<'_> {
             Some(token) => Ok(Some(token)),
             None => {
                 tracing::error!("smache worker: the saved resume token is corrupt; treating the history as lost: every value will be marked stale");
-                self.owe_stale_marking().await?;
+                self.owe_stale_marking(Unseen::Lost).await?;
                 self.position.clear();
                 Ok(None)
             }
@@ -688,7 +689,7 @@ impl Worker<'_> {
             "smache worker: no saved position; watching from now, and marking the values stored \
              before stale"
         );
-        self.owe_stale_marking().await?;
+        self.owe_stale_marking(Unseen::BeforeStart).await?;
         Ok(None)
     }
 
@@ -701,18 +702,18 @@ impl Worker<'_> {
              (the worker was down longer than the oplog window); changes in that gap cannot be \
              replayed, so every cached value is marked stale and will be recomputed"
         );
-        self.owe_stale_marking().await
+        self.owe_stale_marking(Unseen::Lost).await
     }
 
-    /// Records that everything must be marked stale and drops the token,
-    /// in one step, so whichever worker watches next does it.
-    async fn owe_stale_marking(&self) -> Result<()> {
+    /// Records that everything must be marked stale, and why, and drops
+    /// the token, in one step, so whichever worker watches next does it.
+    async fn owe_stale_marking(&self, why: Unseen) -> Result<()> {
         let mut conn = self.store.shared().await?;
         let _: () = redis::pipe()
             .atomic()
             .cmd("SET")
             .arg(&self.keys.lost)
-            .arg(1)
+            .arg(why.marker())
             .ignore()
             .cmd("DEL")
             .arg(&self.keys.token)
@@ -722,21 +723,33 @@ impl Worker<'_> {
         Ok(())
     }
 
-    async fn history_was_lost(&self) -> Result<bool> {
+    /// Why marking every value stale is owed, if it is.
+    async fn stale_marking_owed(&self) -> Result<Option<Unseen>> {
         let mut conn = self.store.shared().await?;
-        let lost: bool = redis::cmd("EXISTS")
+        let marker: Option<String> = redis::cmd("GET")
             .arg(&self.keys.lost)
             .query_async(&mut conn)
             .await?;
-        Ok(lost)
+        Ok(marker.map(|marker| Unseen::of_marker(&marker)))
     }
 
-    async fn mark_everything_stale(&self) -> Result<()> {
+    async fn mark_everything_stale(&self, why: Unseen) -> Result<()> {
         let (values, queued) = self
             .store
             .mark_matching_stale(&self.keys.base, "*", false)
             .await?;
-        tracing::warn!(values, queued, "smache worker: marked every value stale");
+        match why {
+            // The documented first start: no cause for alarm.
+            Unseen::BeforeStart => tracing::info!(
+                values,
+                queued,
+                "smache worker: marked the values stored before it watched stale; their \
+                 recomputes are queued"
+            ),
+            Unseen::Lost | Unseen::Unmappable => {
+                tracing::warn!(values, queued, "smache worker: marked every value stale");
+            }
+        }
         Ok(())
     }
 
@@ -753,6 +766,38 @@ impl Worker<'_> {
         .await;
         if let Err(err) = released {
             tracing::debug!(error = %err, "smache worker: could not release the lease; it will expire");
+        }
+    }
+}
+
+/// Why changes may have gone unseen, so that every value is marked stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unseen {
+    /// No position was saved: a first start (or Redis came back empty
+    /// while no worker watched); the changes before it are unknown.
+    BeforeStart,
+    /// MongoDB no longer has the history after the saved position, or
+    /// the saved position is corrupt.
+    Lost,
+    /// A change smache cannot map to documents.
+    Unmappable,
+}
+
+impl Unseen {
+    /// What `{prefix}:w:lost` holds while the marking is owed.
+    fn marker(self) -> &'static str {
+        match self {
+            Unseen::BeforeStart => "start",
+            Unseen::Lost | Unseen::Unmappable => "lost",
+        }
+    }
+
+    /// Any other marker (`1`, from older workers) is lost history.
+    fn of_marker(marker: &str) -> Self {
+        if marker == "start" {
+            Unseen::BeforeStart
+        } else {
+            Unseen::Lost
         }
     }
 }
