@@ -4,7 +4,13 @@
 
 use std::time::Duration;
 
-use smache_suite::{mongodb_uri, unique, worker_binary, RedisServer, WorkerProcess};
+use bson::oid::ObjectId;
+use serde::{Deserialize, Serialize};
+use smache::{computed, Entity, Smache};
+use smache_suite::{
+    capture_logs, eventually, mongo_database, mongodb_uri, redis_url, unique, worker_binary,
+    RedisServer, WorkerProcess,
+};
 
 /// `smache-worker` with `args` and none of the `SMACHE_*` variables set;
 /// its exit code and what it printed (stdout, then stderr).
@@ -70,4 +76,195 @@ async fn a_first_start_logs_no_warning_and_no_colour_codes() {
         .filter(|line| line.contains("WARN") || line.contains("ERROR"))
         .collect();
     assert!(warnings.is_empty(), "{warnings:#?}\n{log}");
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Entity)]
+#[entity(collection = "users")]
+struct User {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    name: String,
+}
+
+#[computed(User)]
+async fn greeting(user: &User) -> String {
+    format!("hello {}", user.name)
+}
+
+fn user(name: &str) -> User {
+    User {
+        id: ObjectId::new(),
+        name: name.into(),
+    }
+}
+
+fn redis_only(redis_url: &str, prefix: &str) -> Smache {
+    Smache::builder()
+        .redis_url(redis_url)
+        .prefix(prefix)
+        .build()
+        .unwrap()
+}
+
+/// A watching worker and a standby announce themselves: `inspect workers`
+/// (and the head of `inspect jobs`) shows the database each follows, which
+/// one watches, the collections it saw changes in and its lag. One that
+/// stops takes its record away; one that dies drops out within twice its
+/// lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_announce_what_they_watch_and_drop_out_when_they_die() {
+    let redis_url = redis_url();
+    let database = unique("ops_roster").replace('-', "_");
+    let prefix = unique("ops-roster");
+    let db = mongo_database(&database);
+    let smache = redis_only(&redis_url, &prefix);
+    let mut watcher = WorkerProcess::start(&redis_url, &mongodb_uri(), &database, &prefix);
+    watcher.wait_watching(Duration::from_secs(20)).await;
+    let mut standby = WorkerProcess::start(&redis_url, &mongodb_uri(), &database, &prefix);
+    db.collection::<User>("users")
+        .insert_one(user("Ada"))
+        .await
+        .unwrap();
+
+    let seen = eventually(Duration::from_secs(15), || async {
+        let report = smache.inspect_workers().await.unwrap();
+        report.workers.len() == 2
+            && report.workers[0].watching
+            && !report.workers[1].watching
+            && report.workers[0].collections == [("users".to_owned(), 1)]
+            && report.workers[0].lag.is_some()
+    })
+    .await;
+    let report = smache.inspect_workers().await.unwrap();
+    assert!(seen, "{report}\n{}", watcher.log());
+    assert!(report.workers.iter().all(|w| w.database == database));
+    let lag = report.workers[0].lag.unwrap();
+    assert!(lag < Duration::from_secs(10), "{lag:?}");
+    eprintln!("{report}");
+
+    let (code, printed) = worker_cli(&[
+        "inspect",
+        "workers",
+        "--redis-url",
+        &redis_url,
+        "--prefix",
+        &prefix,
+    ]);
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(printed.contains("2 live, 1 watching"), "{printed}");
+    assert!(printed.contains(&database), "{printed}");
+    assert!(printed.contains("1 (users 1)"), "{printed}");
+    let jobs = smache.inspect_jobs().await.unwrap().to_string();
+    assert!(
+        jobs.contains(&format!("workers: 1 watching (database {database}, lag"))
+            && jobs.contains("1 standing by"),
+        "{jobs}"
+    );
+
+    // Stopped: its record goes at once.
+    assert!(standby.terminate(), "{}", standby.log());
+    let report = smache.inspect_workers().await.unwrap();
+    assert_eq!(report.workers.len(), 1, "{report}");
+    // Killed: it drops out within twice its lease (2 s here).
+    watcher.kill();
+    let gone = eventually(Duration::from_secs(10), || async {
+        smache.inspect_workers().await.unwrap().workers.is_empty()
+    })
+    .await;
+    let report = smache.inspect_workers().await.unwrap();
+    assert!(gone, "{report}");
+    assert!(report.to_string().contains("NONE live"), "{report}");
+    assert!(report.depended_on.is_empty(), "no value stored: {report}");
+    let _ = db.drop().await;
+}
+
+/// An application whose workers follow another database, or use another
+/// prefix, logs one warning saying what it expected and what it found,
+/// and an info line once a worker that serves it appears. One that a
+/// worker serves says nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_no_worker_serves_warns_once_and_says_when_one_appears() {
+    let logs = capture_logs("smache=info");
+    let redis_url = redis_url();
+    let (ours, theirs) = (
+        unique("ops_ours").replace('-', "_"),
+        unique("ops_theirs").replace('-', "_"),
+    );
+    let (prefix, other_prefix) = (unique("ops-app"), unique("ops-other"));
+    // A worker of our prefix on their database, and one of our database
+    // under another prefix: neither serves us.
+    let mut wrong_db = WorkerProcess::start(&redis_url, &mongodb_uri(), &theirs, &prefix);
+    let mut wrong_prefix = WorkerProcess::start(&redis_url, &mongodb_uri(), &ours, &other_prefix);
+    wrong_db.wait_watching(Duration::from_secs(20)).await;
+    wrong_prefix.wait_watching(Duration::from_secs(20)).await;
+
+    let within = Duration::from_secs(1);
+    let app = |prefix: &str| {
+        Smache::builder()
+            .redis_url(&redis_url)
+            .mongodb_database(mongo_database(&ours))
+            .prefix(prefix)
+            .expect_worker_within(Some(within))
+            .build()
+            .unwrap()
+    };
+    let unserved = app(&prefix);
+    // Served from the start: the worker of our database, other prefix.
+    let served = app(&other_prefix);
+    let warnings = |prefix: &str| -> Vec<String> {
+        logs.lines()
+            .into_iter()
+            .filter(|line| line.contains(" WARN ") && line.contains(&format!("prefix={prefix}")))
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    let warned = eventually(Duration::from_secs(20), || async {
+        unserved.scope(greeting(&user("Ada"))).await;
+        served.scope(greeting(&user("Ada"))).await;
+        !warnings(&prefix).is_empty()
+    })
+    .await;
+    assert!(warned, "{:#?}", logs.lines());
+    eprintln!("warned after {:?}", started.elapsed());
+    let warning = warnings(&prefix).remove(0);
+    eprintln!("{warning}");
+    for said in [
+        format!("no smache-worker follows database `{ours}` for prefix `{prefix}`"),
+        format!("(database `{theirs}`)"),
+        format!("`{other_prefix}` (database `{ours}`)"),
+        format!("smache-worker --prefix {prefix} --database {ours}"),
+    ] {
+        assert!(warning.contains(&said), "{said}\n{warning}");
+    }
+    // Once: more stores and checks say nothing more.
+    for _ in 0..10 {
+        unserved.scope(greeting(&user("Grace"))).await;
+        served.scope(greeting(&user("Grace"))).await;
+        tokio::time::sleep(within / 4).await;
+    }
+    assert_eq!(warnings(&prefix).len(), 1, "{:#?}", logs.lines());
+
+    let mut right = WorkerProcess::start(&redis_url, &mongodb_uri(), &ours, &prefix);
+    let appeared = eventually(Duration::from_secs(20), || async {
+        unserved.scope(greeting(&user("Alan"))).await;
+        logs.lines().iter().any(|line| {
+            line.contains(" INFO ")
+                && line.contains(&format!("prefix={prefix}"))
+                && line.contains("serves this instance now")
+        })
+    })
+    .await;
+    assert!(appeared, "{:#?}\n{}", logs.lines(), right.log());
+    assert_eq!(warnings(&prefix).len(), 1, "{:#?}", logs.lines());
+    assert!(
+        warnings(&other_prefix).is_empty(),
+        "a served instance says nothing: {:#?}",
+        logs.lines()
+    );
+
+    for worker in [&mut wrong_db, &mut wrong_prefix, &mut right] {
+        assert!(worker.terminate(), "{}", worker.log());
+    }
+    let _ = mongo_database(&ours).drop().await;
+    let _ = mongo_database(&theirs).drop().await;
 }

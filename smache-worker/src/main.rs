@@ -4,8 +4,10 @@
 //! Run one or more (one watches, the others stand by); the jobs are run by
 //! executors, the processes that link your `#[computed]` functions.
 //!
-//! `smache-worker inspect jobs` prints the jobs queued, held and given up
-//! (see `smache::inspect`); `smache-worker ready [--wait 60s]` exits 0 once
+//! `smache-worker inspect jobs` prints the jobs queued, held and given up,
+//! `smache-worker inspect workers` the live workers, what they watch and
+//! how far behind they are (see `smache::inspect`);
+//! `smache-worker ready [--wait 60s]` exits 0 once
 //! a worker watches with a saved position, else says why and exits 1 (a
 //! readiness probe; see `smache::worker::readiness`). Both need only
 //! `--redis-url`.
@@ -114,6 +116,11 @@ enum Inspect {
     /// The jobs queued, held by executors and given up (dead letters),
     /// grouped by function; flags jobs no live executor can run.
     Jobs,
+    /// The live workers of the prefix: the database each follows, whether
+    /// it watches or stands by, how far behind the change stream it is,
+    /// the collections it saw changes in; with none, the prefixes that
+    /// have some.
+    Workers,
 }
 
 #[tokio::main]
@@ -183,15 +190,15 @@ async fn run(args: Args) -> Result<(), smache::Error> {
             "--redis-url (or SMACHE_REDIS_URL) is required".into(),
         ));
     };
-    if let Some(Command::Inspect {
-        what: Inspect::Jobs,
-    }) = args.command
-    {
+    if let Some(Command::Inspect { what }) = args.command {
         let smache = Smache::builder()
             .redis_url(redis_url)
             .prefix(args.prefix)
             .build()?;
-        print!("{}", smache.inspect_jobs().await?);
+        match what {
+            Inspect::Jobs => print!("{}", smache.inspect_jobs().await?),
+            Inspect::Workers => print!("{}", smache.inspect_workers().await?),
+        }
         return Ok(());
     }
     let Some(mongodb_uri) = args.mongodb_uri.clone() else {

@@ -1,4 +1,4 @@
-//! What operators see: the jobs queued, held and given up.
+//! What operators see: the jobs queued, held and given up, and the workers.
 //!
 //! [`Smache::inspect_jobs`] reads the job stream (`{prefix}:jobs`), its
 //! consumer group, the dead letters (`{prefix}:dead`) and what the live
@@ -10,7 +10,14 @@
 //! the function for the orphan timeout
 //! ([`SmacheBuilder::orphan_timeout`](crate::SmacheBuilder::orphan_timeout),
 //! 10 minutes by default), an executor moves it to the dead letters with why.
-//! `smache-worker inspect jobs` prints the report.
+//! `smache-worker inspect jobs` prints the report; its head says which
+//! workers are live.
+//!
+//! [`Smache::inspect_workers`] reads what the live workers announced
+//! (`{prefix}:workers`): the database each follows, whether it watches or
+//! stands by, how far behind the change stream it is, the collections it
+//! saw changes in; when none is live, the other prefixes that have some.
+//! `smache-worker inspect workers` prints it.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), smache::Error> {
@@ -36,6 +43,8 @@ use crate::error::{Error, Result};
 use crate::executor::GROUP;
 use crate::instance::Smache;
 use crate::store::Store;
+
+pub use crate::roster::{OtherPrefix, WorkerInfo, WorkersReport, MAX_COLLECTIONS_NAMED};
 
 /// An executor that has not announced a function for this long is taken
 /// for gone (they announce every third of
@@ -75,6 +84,9 @@ pub struct JobsReport {
     pub dead: u64,
     /// The latest dead letters, newest first.
     pub recent_dead: Vec<DeadLetter>,
+    /// The live workers (see [`Smache::inspect_workers`]): without one
+    /// watching, no change queues a job.
+    pub workers: Vec<WorkerInfo>,
 }
 
 /// The jobs of one kind, for one function or callback.
@@ -275,6 +287,7 @@ impl Smache {
             .await
             .unwrap_or_default();
         let latest = entries(latest);
+        let workers = self.live_workers().await?;
         let recent_dead = latest
             .into_iter()
             .map(|(entry, fields)| {
@@ -301,6 +314,7 @@ impl Smache {
             dead_stream,
             dead,
             recent_dead,
+            workers,
         })
     }
 }
@@ -446,6 +460,7 @@ impl fmt::Display for JobsReport {
             self.held,
             self.queued.saturating_sub(self.held)
         )?;
+        writeln!(f, "  workers: {}", crate::roster::summary(&self.workers))?;
         for (consumer, held) in &self.held_by {
             writeln!(f, "  held by {consumer}: {held}")?;
         }

@@ -84,6 +84,8 @@ pub(crate) struct Inner {
     /// Callbacks by name, run by this process's executor.
     pub(crate) callbacks: std::collections::HashMap<String, crate::task::Callback>,
     health: Health,
+    /// Whether a worker serves this instance (see `roster`).
+    pub(crate) watchdog: crate::roster::Watchdog,
     /// The executor started by `SmacheBuilder::run_executor`.
     executor: std::sync::Mutex<Option<crate::executor::ExecutorHandle>>,
 }
@@ -155,6 +157,7 @@ impl Smache {
             value_store,
             values_collection,
             max_value_size,
+            expect_worker_within,
         } = parts;
         let values = mongo
             .as_ref()
@@ -168,6 +171,7 @@ impl Smache {
                 default_ttl,
                 mongo,
                 health: Health::default(),
+                watchdog: crate::roster::Watchdog::new(expect_worker_within),
                 flights: Arc::default(),
                 compute_lease,
                 task_retention,
@@ -615,6 +619,7 @@ pub(crate) struct Parts {
     pub(crate) value_store: ValueStore,
     pub(crate) values_collection: String,
     pub(crate) max_value_size: usize,
+    pub(crate) expect_worker_within: Option<Duration>,
 }
 
 /// MongoDB documents hold at most 16 MiB; leave room for the fields.

@@ -26,7 +26,12 @@
 //! `{prefix}:w:fence` the fencing counter, `{prefix}:w:lost` set while
 //! marking every value stale is still owed (`start`: no position was
 //! saved; `lost`: the history after it is gone),
-//! `{prefix}:w:time` the cluster time of the saved position (saved with it).
+//! `{prefix}:w:time` the cluster time of the saved position (saved with it),
+//! `{prefix}:workers` every live worker's announcement, renewed with each
+//! lease attempt: worker id → `<heartbeat ms> <lives ms> <JSON>`, the
+//! heartbeat by the Redis clock, alive for twice the lease, the JSON with
+//! its database, host, version, uptime, changes seen per collection, lag
+//! behind the change stream and last error (see `lua/heartbeat.lua`).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -40,6 +45,7 @@ use mongodb::options::FullDocumentBeforeChangeType;
 use crate::entity::EntityId;
 use crate::error::{Error, Result};
 use crate::instance::Smache;
+use crate::roster::Presence;
 use crate::store::{Changed, RedisStore, Seen, Store};
 
 /// The default of [`WorkerOptions::max_fanout`].
@@ -269,6 +275,7 @@ pub async fn run_until(
     };
     let worker = Worker {
         store,
+        presence: Presence::new(db.name()),
         db,
         keys: WorkerKeys::new(&smache.inner.base),
         id: format!(
@@ -287,6 +294,8 @@ pub async fn run_until(
 struct Worker<'a> {
     store: &'a RedisStore,
     db: mongodb::Database,
+    /// What it announces about itself (`{prefix}:workers`).
+    presence: Presence,
     keys: WorkerKeys,
     id: String,
     options: WorkerOptions,
@@ -319,6 +328,7 @@ impl Worker<'_> {
                 .await
             {
                 Ok(Some(fence)) => {
+                    self.announce().await;
                     if !leader {
                         tracing::info!(worker = %self.id, fence, "smache worker: holds the lease; watching");
                         leader = true;
@@ -333,16 +343,20 @@ impl Worker<'_> {
                         // The store logs a Redis outage once.
                         Err(err) if err.is_unreachable() => {
                             tracing::debug!(error = %err, "smache worker: redis unavailable; retrying");
+                            self.presence.failed(&err);
                             self.pause(&shutdown, Duration::from_secs(1)).await;
                         }
                         Err(err) => {
                             tracing::warn!(error = %err, "smache worker: watching failed; retrying");
+                            self.presence.failed(&err);
                             self.pause(&shutdown, Duration::from_secs(1)).await;
                         }
                     }
                 }
                 Ok(None) => {
                     leader = false;
+                    self.presence.standby();
+                    self.announce().await;
                     self.pause(&shutdown, self.options.lease / 4).await;
                 }
                 Err(err) => {
@@ -440,6 +454,7 @@ impl Worker<'_> {
                 // Again with each renewal: a Redis that came back empty
                 // lost it while this worker kept (or retook) the lease.
                 self.publish_config().await?;
+                self.announce().await;
                 renewed = Instant::now();
             }
             // Never cancelled mid-poll: a dropped getMore could lose a batch.
@@ -454,12 +469,20 @@ impl Worker<'_> {
             let token = stream.resume_token();
             let (recorded, restart) = match event {
                 Some(event) => {
+                    let collection = event.ns.as_ref().and_then(|ns| ns.coll.as_deref());
+                    self.presence.saw(collection);
                     let (change, restart) = self.change_of(&event).await?;
                     (self.record(token.as_ref(), Some(&change)).await?, restart)
                 }
                 // An empty batch still moves the stream's position on.
-                None if token != saved => (self.record(token.as_ref(), None).await?, false),
-                None => (Changed::Queued(0), false),
+                None if token != saved => {
+                    self.presence.caught_up();
+                    (self.record(token.as_ref(), None).await?, false)
+                }
+                None => {
+                    self.presence.caught_up();
+                    (Changed::Queued(0), false)
+                }
             };
             match recorded {
                 Changed::Queued(_) if restart => return Ok(Ended::Restart),
@@ -608,6 +631,7 @@ impl Worker<'_> {
             .changed(&self.keys, &self.id, &self.position, &seen)
             .await?;
         if let Changed::Queued(queued) = recorded {
+            self.presence.saved(time);
             if queued > 0 {
                 tracing::debug!(queued, "smache worker: recompute jobs queued");
             }
@@ -753,7 +777,25 @@ impl Worker<'_> {
         Ok(())
     }
 
+    /// Tells applications and `inspect` this worker is alive, what it
+    /// watches and how far behind it is (`{prefix}:workers`), for twice
+    /// the lease.
+    async fn announce(&self) {
+        let record = self.presence.record();
+        let lives = self.options.lease * 2;
+        if let Err(err) = self
+            .store
+            .heartbeat(&self.keys.base, &self.id, &record, lives)
+            .await
+        {
+            tracing::debug!(error = %err, "smache worker: cannot announce itself");
+        }
+    }
+
     async fn release(&self) {
+        if let Err(err) = self.store.retire(&self.keys.base, &self.id).await {
+            tracing::debug!(error = %err, "smache worker: cannot withdraw its announcement; it will expire");
+        }
         let Ok(mut conn) = self.store.shared().await else {
             return;
         };

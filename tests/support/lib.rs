@@ -371,6 +371,47 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// Everything the test process logs at `filter` (e.g. `smache=info`), kept
+/// in memory, for tests that assert what was logged. The first call in a
+/// test binary installs it as the global subscriber (so do not also call
+/// [`init_logs`] there); later calls return the same capture.
+pub fn capture_logs(filter: &str) -> &'static LogCapture {
+    static CAPTURE: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+    let capture = CAPTURE.get_or_init(LogCapture::default);
+    let writer = capture.clone();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .try_init();
+    capture
+}
+
+/// What [`capture_logs`] captured.
+#[derive(Debug, Clone, Default)]
+pub struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// The lines logged so far.
+    pub fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// How often each test's functions ran, by a key the test chooses, so
 /// tests running in parallel on shared functions keep apart.
 #[derive(Debug)]

@@ -9,6 +9,7 @@ mod breaker;
 mod memory;
 mod mongo;
 mod redis;
+mod roster;
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ pub use self::mongo::DEFAULT_VALUES_COLLECTION;
 pub(crate) use self::redis::{
     task_key, Abandon, Begin, Changed, RedisStore, Related, Seen, Start, TaskState, BLOCK_FOR,
 };
+pub(crate) use self::roster::{Announced, Roll};
 use crate::error::Result;
 use crate::spec::Refresh;
 
