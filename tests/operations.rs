@@ -268,3 +268,81 @@ async fn an_application_no_worker_serves_warns_once_and_says_when_one_appears() 
     let _ = mongo_database(&ours).drop().await;
     let _ = mongo_database(&theirs).drop().await;
 }
+
+/// Redis goes away for a few seconds under an application with an
+/// executor and a worker: each process logs the outage once (and its end
+/// once), not once a call or once a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_logged_once_per_process() {
+    let logs = capture_logs("smache=info");
+    let mut redis = RedisServer::start();
+    let database = unique("ops_outage").replace('-', "_");
+    let prefix = unique("ops-outage");
+    let smache = Smache::builder()
+        .redis_url(redis.url())
+        .mongodb_database(mongo_database(&database))
+        .prefix(&prefix)
+        .op_timeout(Duration::from_millis(300))
+        .run_executor()
+        .build()
+        .unwrap();
+    let mut worker = WorkerProcess::start(&redis.url(), &mongodb_uri(), &database, &prefix);
+    worker.wait_watching(Duration::from_secs(20)).await;
+    let ada = user("Ada");
+    assert_eq!(smache.scope(greeting(&ada)).await, "hello Ada");
+    let worker_logged = worker.log().len();
+
+    redis.kill();
+    let down = std::time::Instant::now();
+    while down.elapsed() < Duration::from_secs(4) {
+        assert_eq!(smache.scope(greeting(&ada)).await, "hello Ada");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    redis.resume();
+    let back = eventually(Duration::from_secs(15), || async {
+        smache.scope(greeting(&ada)).await;
+        smache
+            .is_fresh(&greeting::key(&ada).unwrap())
+            .await
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(back, "{:#?}", logs.lines());
+    worker.wait_watching(Duration::from_secs(20)).await;
+    smache.stop_executor().await.unwrap();
+    assert!(worker.terminate(), "{}", worker.log());
+
+    let ours = |line: &&String| line.contains(&format!("prefix={prefix}"));
+    let lines = logs.lines();
+    let outage: Vec<&String> = lines
+        .iter()
+        .filter(ours)
+        .filter(|line| line.contains("Redis is unreachable"))
+        .collect();
+    let over: Vec<&String> = lines
+        .iter()
+        .filter(ours)
+        .filter(|line| line.contains("Redis answers again"))
+        .collect();
+    eprintln!("{outage:#?}\n{over:#?}");
+    assert_eq!(outage.len(), 1, "{lines:#?}");
+    assert_eq!(over.len(), 1, "{lines:#?}");
+    // Nothing else in this process warns about Redis (the executor's
+    // retries included).
+    let redis_warnings: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.contains(" WARN ") && line.to_lowercase().contains("redis"))
+        .collect();
+    assert_eq!(redis_warnings.len(), 1, "{redis_warnings:#?}");
+
+    let during = worker.log()[worker_logged..].to_owned();
+    let worker_warnings: Vec<&str> = during
+        .lines()
+        .filter(|line| {
+            line.contains("WARN") && (line.contains("unreachable") || line.contains("unavailable"))
+        })
+        .collect();
+    assert_eq!(worker_warnings.len(), 1, "{during}");
+    assert!(during.contains("Redis answers again"), "{during}");
+    let _ = mongo_database(&database).drop().await;
+}
