@@ -8,8 +8,8 @@ use bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use smache::{computed, Entity, Smache};
 use smache_suite::{
-    capture_logs, eventually, mongo_database, mongodb_uri, redis_url, unique, worker_binary,
-    RedisServer, WorkerProcess,
+    capture_logs, eventually, mongo_database, mongodb_uri, redis_connection, redis_url, unique,
+    worker_binary, RedisServer, WorkerProcess,
 };
 
 /// `smache-worker` with `args` and none of the `SMACHE_*` variables set;
@@ -118,6 +118,16 @@ async fn workers_announce_what_they_watch_and_drop_out_when_they_die() {
     let prefix = unique("ops-roster");
     let db = mongo_database(&database);
     let smache = redis_only(&redis_url, &prefix);
+    // Foreign data where the workers announce themselves reads as none,
+    // and the first heartbeat replaces it.
+    let mut conn = redis_connection(&redis_url).await;
+    let () = redis::cmd("SET")
+        .arg(format!("{{{prefix}}}:workers"))
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(smache.inspect_workers().await.unwrap().workers.is_empty());
     let mut watcher = WorkerProcess::start(&redis_url, &mongodb_uri(), &database, &prefix);
     watcher.wait_watching(Duration::from_secs(20)).await;
     let mut standby = WorkerProcess::start(&redis_url, &mongodb_uri(), &database, &prefix);

@@ -81,14 +81,15 @@ impl RedisStore {
     pub(crate) async fn roll(&self, base: &str) -> Result<Roll> {
         let mut conn = self.connection().await?;
         let mut pipe = redis::pipe();
-        pipe.cmd("TIME")
+        // Foreign data under a key reads as nothing there.
+        pipe.ignore_errors()
+            .cmd("TIME")
             .cmd("HGETALL")
             .arg(workers_key(base))
             .cmd("GET")
             .arg(format!("{base}w:lease"))
             .cmd("SMEMBERS")
             .arg(format!("{base}collections"));
-        // Foreign data under a key reads as nothing there.
         let replies: Vec<redis::Value> = self.bounded("roll", pipe.query_async(&mut conn)).await?;
         let mut replies = replies.into_iter();
         let mut next = || replies.next().unwrap_or(redis::Value::Nil);
