@@ -340,14 +340,13 @@ impl Worker<'_> {
                             leader = false;
                         }
                         Ok(Ended::Restart) => {}
-                        // The store logs a Redis outage once.
-                        Err(err) if err.is_unreachable() => {
-                            tracing::debug!(error = %err, "smache worker: redis unavailable; retrying");
-                            self.presence.failed(&err);
-                            self.pause(&shutdown, Duration::from_secs(1)).await;
-                        }
                         Err(err) => {
-                            tracing::warn!(error = %err, "smache worker: watching failed; retrying");
+                            // The store logs a Redis outage once.
+                            if err.is_unreachable() {
+                                tracing::debug!(error = %err, "smache worker: redis unavailable; retrying");
+                            } else {
+                                tracing::warn!(error = %err, "smache worker: watching failed; retrying");
+                            }
                             self.presence.failed(&err);
                             self.pause(&shutdown, Duration::from_secs(1)).await;
                         }
