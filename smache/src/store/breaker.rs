@@ -15,7 +15,7 @@
 //! `RedisStore::admit`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
@@ -55,8 +55,35 @@ pub(crate) enum Gate {
     /// Open: fail at once.
     Skip,
     /// Open, and a probe is due: start one (and report it with
-    /// [`Breaker::probed`]), then fail at once.
+    /// [`Probe::report`]), then fail at once.
     Probe,
+}
+
+/// A probe under way; see [`Gate::Probe`]. Dropped without a report (its
+/// task was cancelled with its runtime), it counts as failed, so that the
+/// next one is not held up for good.
+#[derive(Debug)]
+pub(crate) struct Probe(Option<Arc<Breaker>>);
+
+impl Probe {
+    pub(crate) fn new(breaker: Arc<Breaker>) -> Self {
+        Probe(Some(breaker))
+    }
+
+    /// What the probe found.
+    pub(crate) fn report(mut self, result: Result<(), &Error>) {
+        if let Some(breaker) = self.0.take() {
+            breaker.probed(result, Instant::now());
+        }
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.0.take() {
+            breaker.probed(Err(&Error::Unavailable), Instant::now());
+        }
+    }
 }
 
 impl Breaker {
@@ -111,7 +138,7 @@ impl Breaker {
 
     /// What a probe found at `now`: an answer closes the breaker, a
     /// failure schedules the next probe.
-    pub(crate) fn probed(&self, result: Result<(), &Error>, now: Instant) {
+    fn probed(&self, result: Result<(), &Error>, now: Instant) {
         let mut slot = lock(&self.outage);
         let Some(outage) = slot.as_mut() else {
             return;
@@ -171,6 +198,19 @@ mod tests {
         // An answer closes it.
         breaker.probed(Ok(()), due + FIRST_PROBE_AFTER * 2);
         assert_eq!(breaker.gate(due), Gate::Pass);
+    }
+
+    #[test]
+    fn a_probe_dropped_unreported_counts_as_failed() {
+        let breaker = Arc::new(Breaker::new("t"));
+        let t0 = Instant::now();
+        breaker.failed(&refused(), t0);
+        assert_eq!(breaker.gate(t0 + FIRST_PROBE_AFTER), Gate::Probe);
+        drop(Probe::new(Arc::clone(&breaker)));
+        let later = Instant::now() + PROBE_AT_MOST_EVERY;
+        assert_eq!(breaker.gate(later), Gate::Probe);
+        Probe::new(Arc::clone(&breaker)).report(Ok(()));
+        assert_eq!(breaker.gate(later), Gate::Pass);
     }
 
     #[test]

@@ -14,13 +14,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use once_cell::sync::OnceCell;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
 use redis::{Client, Script};
 
 use tokio::sync::oneshot;
 
-use super::breaker::{Breaker, Gate};
+use super::breaker::{Breaker, Gate, Probe};
 use super::{Lookup, Put, Slot};
 use crate::error::{Error, Result};
 use crate::flight::Notifier;
@@ -29,7 +30,7 @@ use crate::worker::WorkerKeys;
 
 pub(crate) struct RedisStore {
     client: Option<Client>,
-    manager: once_cell::sync::OnceCell<ConnectionManager>,
+    manager: OnceCell<ConnectionManager>,
     breaker: Arc<Breaker>,
     scripts: Scripts,
     timeout: Duration,
@@ -102,12 +103,7 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     pub(crate) fn from_client(client: Client, timeout: Duration, prefix: &str) -> Self {
-        Self::with(
-            Some(client),
-            once_cell::sync::OnceCell::new(),
-            timeout,
-            prefix,
-        )
+        Self::with(Some(client), OnceCell::new(), timeout, prefix)
     }
 
     pub(crate) fn from_manager(
@@ -115,17 +111,12 @@ impl RedisStore {
         timeout: Duration,
         prefix: &str,
     ) -> Self {
-        Self::with(
-            None,
-            once_cell::sync::OnceCell::with_value(manager),
-            timeout,
-            prefix,
-        )
+        Self::with(None, OnceCell::with_value(manager), timeout, prefix)
     }
 
     fn with(
         client: Option<Client>,
-        manager: once_cell::sync::OnceCell<ConnectionManager>,
+        manager: OnceCell<ConnectionManager>,
         timeout: Duration,
         prefix: &str,
     ) -> Self {
@@ -165,7 +156,7 @@ impl RedisStore {
             Gate::Pass => Ok(()),
             Gate::Skip => Err(Error::Unavailable),
             Gate::Probe => {
-                let breaker = Arc::clone(&self.breaker);
+                let probe = Probe::new(Arc::clone(&self.breaker));
                 let manager = self.manager();
                 let timeout = self.timeout;
                 crate::runtime::spawn(async move {
@@ -173,22 +164,11 @@ impl RedisStore {
                         Ok(manager) => ping(manager, timeout).await,
                         Err(err) => Err(err),
                     };
-                    breaker.probed(answered.as_ref().map(|_| ()), Instant::now());
+                    probe.report(answered.as_ref().map(|_| ()));
                 });
                 Err(Error::Unavailable)
             }
         }
-    }
-
-    /// Notes the outcome of an operation: one that could not reach Redis
-    /// opens the breaker.
-    fn watch<T>(&self, result: Result<T>) -> Result<T> {
-        if let Err(err) = &result {
-            if err.is_unreachable() {
-                self.breaker.failed(err, Instant::now());
-            }
-        }
-        result
     }
 
     pub(super) async fn connection(&self) -> Result<ConnectionManager> {
@@ -210,7 +190,12 @@ impl RedisStore {
                 timeout: self.timeout,
             }),
         };
-        self.watch(result)
+        if let Err(err) = &result {
+            if err.is_unreachable() {
+                self.breaker.failed(err, Instant::now());
+            }
+        }
+        result
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Lookup> {
