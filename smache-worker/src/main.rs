@@ -6,15 +6,18 @@
 //!
 //! `smache-worker inspect jobs` prints the jobs queued, held and given up,
 //! `smache-worker inspect graph <start>` the dependency graph around a
-//! value, a document or a collection (see `smache::inspect`);
-//! `smache-worker ready [--wait 60s]` exits 0 once a worker watches with a
-//! saved position, else says why and exits 1 (a readiness probe; see
-//! `smache::worker::readiness`). They need only `--redis-url`.
+//! value, a document or a collection, `smache-worker inspect workers` the
+//! live workers, what they watch and how far behind they are (see
+//! `smache::inspect`); `smache-worker ready [--wait 60s]` exits 0 once a
+//! worker watches with a saved position, else says why and exits 1 (a
+//! readiness probe; see `smache::worker::readiness`). They need only
+//! `--redis-url`.
 //!
 //! `--metrics-addr 0.0.0.0:9464` serves the worker's metrics (its lag
 //! behind the change stream, the changes it handled, the job queue's
 //! length; see `smache::metrics`) as Prometheus text over HTTP.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -52,22 +55,38 @@ struct Args {
 
     /// The database whose collections hold the entities [default: the
     /// URI's, else `smache`].
-    #[arg(long, env = "SMACHE_MONGODB_DATABASE")]
+    #[arg(long, env = "SMACHE_MONGODB_DATABASE", hide_env_values = true)]
     database: Option<String>,
 
     /// The key prefix of the applications' smache instances.
-    #[arg(long, env = "SMACHE_PREFIX", default_value = smache::DEFAULT_PREFIX, global = true)]
+    #[arg(
+        long,
+        env = "SMACHE_PREFIX",
+        hide_env_values = true,
+        default_value = smache::DEFAULT_PREFIX,
+        global = true
+    )]
     prefix: String,
 
     /// Seconds the watcher's lease lasts; a standby worker takes over
     /// within this long after the watcher dies.
-    #[arg(long, env = "SMACHE_WORKER_LEASE_SECS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "SMACHE_WORKER_LEASE_SECS",
+        hide_env_values = true,
+        default_value_t = 10
+    )]
     lease_secs: u64,
 
     /// The most values one change recomputes in the background; a
     /// document with more dependants has them marked stale, each
     /// recomputed by its next caller.
-    #[arg(long, env = "SMACHE_MAX_FANOUT", default_value_t = smache::worker::DEFAULT_MAX_FANOUT)]
+    #[arg(
+        long,
+        env = "SMACHE_MAX_FANOUT",
+        hide_env_values = true,
+        default_value_t = smache::worker::DEFAULT_MAX_FANOUT
+    )]
     max_fanout: u64,
 
     /// Serve the worker's metrics as Prometheus text over HTTP on this
@@ -76,7 +95,13 @@ struct Args {
     metrics_addr: Option<SocketAddr>,
 
     /// Log filter, as RUST_LOG (e.g. `info`, `smache=debug`).
-    #[arg(long, env = "SMACHE_LOG", default_value = "info", global = true)]
+    #[arg(
+        long,
+        env = "SMACHE_LOG",
+        hide_env_values = true,
+        default_value = "info",
+        global = true
+    )]
     log: String,
 }
 
@@ -128,6 +153,11 @@ enum Inspect {
         #[arg(long, default_value_t = GraphOptions::default().max_nodes)]
         max_nodes: usize,
     },
+    /// The live workers of the prefix: the database each follows, whether
+    /// it watches or stands by, how far behind the change stream it is,
+    /// the collections it saw changes in; with none, the prefixes that
+    /// have some.
+    Workers,
 }
 
 /// `inspect graph --format`.
@@ -141,8 +171,12 @@ enum Format {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    // Logs go to stderr (what `inspect` and `ready` print goes to stdout),
+    // coloured only on a terminal.
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let Some(Command::Ready { wait }) = args.command {
         return ready(args.redis_url, args.prefix, wait).await;
@@ -228,6 +262,7 @@ async fn run(args: Args) -> Result<(), smache::Error> {
                 };
                 print!("{}", report.format(format));
             }
+            Inspect::Workers => print!("{}", smache.inspect_workers().await?),
         }
         return Ok(());
     }

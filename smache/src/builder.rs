@@ -29,6 +29,10 @@ pub const DEFAULT_MEMORY_CAPACITY: u64 = 64 * 1024 * 1024;
 /// The default time a job waits for an executor that has its function;
 /// see [`SmacheBuilder::orphan_timeout`].
 pub const DEFAULT_ORPHAN_TIMEOUT: Duration = Duration::from_secs(600);
+/// The default time an instance may find no worker serving it before it
+/// warns (three default worker leases); see
+/// [`SmacheBuilder::expect_worker_within`].
+pub const DEFAULT_EXPECT_WORKER_WITHIN: Duration = Duration::from_secs(30);
 
 enum RedisSource {
     Url(String),
@@ -70,6 +74,7 @@ pub struct SmacheBuilder {
     value_store: Option<ValueStore>,
     values_collection: Option<String>,
     max_value_size: Option<usize>,
+    expect_worker_within: Option<Option<Duration>>,
 }
 
 impl fmt::Debug for SmacheBuilder {
@@ -98,6 +103,7 @@ impl fmt::Debug for SmacheBuilder {
             .field("value_store", &self.value_store)
             .field("values_collection", &self.values_collection)
             .field("max_value_size", &self.max_value_size)
+            .field("expect_worker_within", &self.expect_worker_within)
             .field("callbacks", &self.callbacks.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -340,6 +346,33 @@ impl SmacheBuilder {
         self
     }
 
+    /// How long this instance, once it stores values that depend on
+    /// documents, may find no live `smache-worker` of its prefix that
+    /// follows its MongoDB database (any database, without one configured
+    /// here) before it logs a warning (default
+    /// [`DEFAULT_EXPECT_WORKER_WITHIN`], 30 s). Without such a worker
+    /// nothing refreshes the values when the documents change. The warning
+    /// names what was expected and what was found (workers of other
+    /// databases, or of other prefixes), once per absence; an info line
+    /// follows when one appears. It looks in the background, at most once
+    /// per this period (a third of it while none is found), never on a
+    /// hit. `None`: no check (an application that runs no worker on
+    /// purpose). See `smache-worker inspect workers`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let smache = smache::Smache::builder()
+    ///     .redis_url("redis://127.0.0.1:6379/")
+    ///     .expect_worker_within(Some(Duration::from_secs(120)))
+    ///     .build()?;
+    /// # Ok::<(), smache::Error>(())
+    /// ```
+    pub fn expect_worker_within(mut self, within: Option<Duration>) -> Self {
+        self.expect_worker_within = Some(within);
+        self
+    }
+
     /// Registers a callback under `name`, for [`Task::on_complete`](crate::Task::on_complete).
     /// It runs on an executor of an instance that registered it, once per
     /// attachment, after the task finishes (done or failed); an error it
@@ -425,13 +458,13 @@ impl SmacheBuilder {
                         "invalid Redis URL ({err}); expected redis://[user:password@]host[:port][/db] or rediss://… for TLS"
                     ))
                 })?;
-                Store::Redis(RedisStore::from_client(client, timeout))
+                Store::Redis(RedisStore::from_client(client, timeout, &prefix))
             }
             Some(RedisSource::Client(client)) => {
-                Store::Redis(RedisStore::from_client(*client, timeout))
+                Store::Redis(RedisStore::from_client(*client, timeout, &prefix))
             }
             Some(RedisSource::Manager(manager)) => {
-                Store::Redis(RedisStore::from_manager(manager, timeout))
+                Store::Redis(RedisStore::from_manager(manager, timeout, &prefix))
             }
         };
         let is_redis = matches!(store, Store::Redis(_));
@@ -463,6 +496,9 @@ impl SmacheBuilder {
                 .values_collection
                 .unwrap_or_else(|| DEFAULT_VALUES_COLLECTION.to_owned()),
             max_value_size: self.max_value_size.unwrap_or(DEFAULT_MAX_VALUE_SIZE),
+            expect_worker_within: self
+                .expect_worker_within
+                .unwrap_or(Some(DEFAULT_EXPECT_WORKER_WITHIN)),
         });
         if self.executor {
             if !is_redis {

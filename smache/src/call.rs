@@ -499,6 +499,9 @@ impl Call {
                     .inner
                     .put(self.put_request(data, started, &recorded))
                     .await;
+                if outcome == Outcome::Stored && self.needs_a_worker(&recorded) {
+                    crate::roster::stored(&self.inner);
+                }
                 if outcome == Outcome::TooLarge {
                     if let Some(target) = self.target() {
                         *lock(&target.failure) = Some(format!(
@@ -582,6 +585,16 @@ impl Call {
             read: &recorded.read,
             external: self.inner.external(self.spec),
         }
+    }
+
+    /// Whether a value recorded so depends on documents, which only a
+    /// worker's change stream keeps it fresh from.
+    fn needs_a_worker(&self, recorded: &Recorded) -> bool {
+        !self.spec.relations().is_empty()
+            || recorded
+                .tokens
+                .iter()
+                .any(|token| token.starts_with("e:") || token.starts_with("c:"))
     }
 
     fn deps(&self) -> Deps {

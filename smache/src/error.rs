@@ -29,8 +29,10 @@ pub enum Error {
         /// The timeout that was exceeded.
         timeout: Duration,
     },
-    /// The store is in back-off after a failed connection attempt.
-    #[error("store unavailable (reconnecting after a failed attempt)")]
+    /// Redis is known to be unreachable, so the operation was not tried:
+    /// after a failure to reach it, operations skip it until a probe finds
+    /// it back (see "Degrade, never break" in the README).
+    #[error("store unavailable (Redis unreachable; skipped until a probe finds it back)")]
     Unavailable,
     /// A function argument or a value could not be serialized.
     #[error("could not serialize {what}: {message}")]
@@ -98,6 +100,27 @@ pub enum Error {
     /// process-wide default was already in place.
     #[error("a process-wide smache default is already installed")]
     AlreadyInstalled,
+}
+
+impl Error {
+    /// Whether Redis could not be reached (refused, dropped, timed out, or
+    /// skipped while known to be down), as opposed to answering with an
+    /// error: what opens the Redis store's circuit breaker, which logs the
+    /// outage once.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        match self {
+            Error::Timeout { .. } | Error::Unavailable => true,
+            Error::Redis(err) => {
+                err.is_io_error()
+                    || matches!(
+                        err.kind(),
+                        redis::ErrorKind::AuthenticationFailed
+                            | redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                    )
+            }
+            _ => false,
+        }
+    }
 }
 
 impl From<redis::RedisError> for Error {

@@ -227,7 +227,12 @@ pub async fn run_until(
                     ));
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "smache executor: redis unavailable; retrying");
+                    // The store logs an outage once; other failures here.
+                    if err.is_unreachable() {
+                        tracing::debug!(error = %err, "smache executor: redis unavailable; retrying");
+                    } else {
+                        tracing::warn!(error = %err, "smache executor: cannot connect to redis; retrying");
+                    }
                     tokio::select! {
                         () = &mut shutdown => break,
                         () = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -253,7 +258,13 @@ pub async fn run_until(
         match read {
             Ok(entries) => batch.extend(entries),
             Err(err) => {
-                tracing::warn!(error = %err, "smache executor: reading jobs failed; reconnecting");
+                // Reconnecting tells the store whether Redis is down (it
+                // logs an outage once).
+                if err.is_io_error() {
+                    tracing::debug!(error = %err, "smache executor: reading jobs failed; reconnecting");
+                } else {
+                    tracing::warn!(error = %err, "smache executor: reading jobs failed; reconnecting");
+                }
                 conn = None;
                 continue;
             }

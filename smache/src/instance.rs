@@ -84,6 +84,8 @@ pub(crate) struct Inner {
     /// Callbacks by name, run by this process's executor.
     pub(crate) callbacks: std::collections::HashMap<String, crate::task::Callback>,
     health: Health,
+    /// Whether a worker serves this instance (see `roster`).
+    pub(crate) watchdog: crate::roster::Watchdog,
     /// The executor started by `SmacheBuilder::run_executor`.
     executor: std::sync::Mutex<Option<crate::executor::ExecutorHandle>>,
 }
@@ -155,6 +157,7 @@ impl Smache {
             value_store,
             values_collection,
             max_value_size,
+            expect_worker_within,
         } = parts;
         let values = mongo
             .as_ref()
@@ -168,6 +171,7 @@ impl Smache {
                 default_ttl,
                 mongo,
                 health: Health::default(),
+                watchdog: crate::roster::Watchdog::new(expect_worker_within),
                 flights: Arc::default(),
                 compute_lease,
                 task_retention,
@@ -651,6 +655,7 @@ pub(crate) struct Parts {
     pub(crate) value_store: ValueStore,
     pub(crate) values_collection: String,
     pub(crate) max_value_size: usize,
+    pub(crate) expect_worker_within: Option<Duration>,
 }
 
 /// MongoDB documents hold at most 16 MiB; leave room for the fields.
@@ -980,8 +985,10 @@ impl Inner {
     }
 }
 
-/// Tracks whether the store is reachable, to log outages once rather than
-/// once per call.
+/// Tracks whether the store works, to log its failures once rather than
+/// once per call. Redis being unreachable is the Redis store's to log (its
+/// circuit breaker logs each outage once): this tracks the other failures
+/// (MongoDB, for values kept there; errors Redis answers with).
 #[derive(Default)]
 struct Health {
     degraded: AtomicBool,
@@ -1000,6 +1007,10 @@ impl Health {
     }
 
     fn failed(&self, err: &Error) {
+        if err.is_unreachable() {
+            tracing::debug!(error = %err, "smache: Redis unreachable; computing directly");
+            return;
+        }
         let now = envelope::now_ms();
         let was_degraded = self.degraded.swap(true, Ordering::Relaxed);
         crate::metrics::store_degraded(true);

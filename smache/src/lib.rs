@@ -91,6 +91,7 @@ mod instance;
 pub mod key;
 pub mod metrics;
 pub mod registry;
+mod roster;
 mod runtime;
 mod spec;
 mod store;
@@ -109,8 +110,9 @@ pub use bson;
 pub use mongodb;
 
 pub use crate::builder::{
-    SmacheBuilder, DEFAULT_COMPUTE_LEASE, DEFAULT_MAX_STALE, DEFAULT_MAX_VALUE_SIZE,
-    DEFAULT_MEMORY_CAPACITY, DEFAULT_OP_TIMEOUT, DEFAULT_ORPHAN_TIMEOUT, DEFAULT_PREFIX,
+    SmacheBuilder, DEFAULT_COMPUTE_LEASE, DEFAULT_EXPECT_WORKER_WITHIN, DEFAULT_MAX_STALE,
+    DEFAULT_MAX_VALUE_SIZE, DEFAULT_MEMORY_CAPACITY, DEFAULT_OP_TIMEOUT, DEFAULT_ORPHAN_TIMEOUT,
+    DEFAULT_PREFIX,
 };
 pub use crate::entity::{Entity, EntityId, IntoEntityId};
 pub use crate::error::{Error, Result};

@@ -24,8 +24,14 @@
 //! Key layout (beside the graph keys described in `lua/common.lua`):
 //! `{prefix}:w:token` the resume token, `{prefix}:w:lease` the lease holder,
 //! `{prefix}:w:fence` the fencing counter, `{prefix}:w:lost` set while
-//! marking every value stale after lost history is still owed,
-//! `{prefix}:w:time` the cluster time of the saved position (saved with it).
+//! marking every value stale is still owed (`start`: no position was
+//! saved; `lost`: the history after it is gone),
+//! `{prefix}:w:time` the cluster time of the saved position (saved with it),
+//! `{prefix}:workers` every live worker's announcement, renewed with each
+//! lease attempt: worker id → `<heartbeat ms> <lives ms> <JSON>`, the
+//! heartbeat by the Redis clock, alive for twice the lease, the JSON with
+//! its database, host, version, uptime, changes seen per collection, lag
+//! behind the change stream and last error (see `lua/heartbeat.lua`).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -39,6 +45,7 @@ use mongodb::options::FullDocumentBeforeChangeType;
 use crate::entity::EntityId;
 use crate::error::{Error, Result};
 use crate::instance::Smache;
+use crate::roster::Presence;
 use crate::store::{Changed, RedisStore, Seen, Store};
 
 /// The default of [`WorkerOptions::max_fanout`].
@@ -268,6 +275,7 @@ pub async fn run_until(
     };
     let worker = Worker {
         store,
+        presence: Presence::new(db.name()),
         db,
         keys: WorkerKeys::new(&smache.inner.base),
         id: format!(
@@ -287,6 +295,8 @@ pub async fn run_until(
 struct Worker<'a> {
     store: &'a RedisStore,
     db: mongodb::Database,
+    /// What it announces about itself (`{prefix}:workers`).
+    presence: Presence,
     keys: WorkerKeys,
     id: String,
     options: WorkerOptions,
@@ -319,6 +329,7 @@ impl Worker<'_> {
                 .await
             {
                 Ok(Some(fence)) => {
+                    self.announce().await;
                     if !leader {
                         tracing::info!(worker = %self.id, fence, "smache worker: holds the lease; watching");
                         leader = true;
@@ -331,17 +342,29 @@ impl Worker<'_> {
                         }
                         Ok(Ended::Restart) => {}
                         Err(err) => {
-                            tracing::warn!(error = %err, "smache worker: watching failed; retrying");
+                            // The store logs a Redis outage once.
+                            if err.is_unreachable() {
+                                tracing::debug!(error = %err, "smache worker: redis unavailable; retrying");
+                            } else {
+                                tracing::warn!(error = %err, "smache worker: watching failed; retrying");
+                            }
+                            self.presence.failed(&err);
                             self.pause(&shutdown, Duration::from_secs(1)).await;
                         }
                     }
                 }
                 Ok(None) => {
                     leader = false;
+                    self.presence.standby();
+                    self.announce().await;
                     self.pause(&shutdown, self.options.lease / 4).await;
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "smache worker: redis unavailable; retrying");
+                    if err.is_unreachable() {
+                        tracing::debug!(error = %err, "smache worker: redis unavailable; retrying");
+                    } else {
+                        tracing::warn!(error = %err, "smache worker: cannot take the lease; retrying");
+                    }
                     self.pause(&shutdown, Duration::from_secs(1)).await;
                 }
             }
@@ -387,11 +410,11 @@ impl Worker<'_> {
             Changed::Moved => return Ok(self.moved()),
         }
         self.last_token.clone_from(&saved);
-        if self.history_was_lost().await? {
+        if let Some(why) = self.stale_marking_owed().await? {
             // The new stream starts now and its position is saved: mark
             // everything stale, so no change in the lost gap stays unseen.
             // The marker goes only once that is done.
-            self.mark_everything_stale().await?;
+            self.mark_everything_stale(why).await?;
             let mut conn = self.store.shared().await?;
             let _: () = redis::cmd("DEL")
                 .arg(&self.keys.lost)
@@ -431,6 +454,7 @@ impl Worker<'_> {
                 // Again with each renewal: a Redis that came back empty
                 // lost it while this worker kept (or retook) the lease.
                 self.publish_config().await?;
+                self.announce().await;
                 renewed = Instant::now();
             }
             // Never cancelled mid-poll: a dropped getMore could lose a batch.
@@ -447,12 +471,20 @@ impl Worker<'_> {
             let event_was_none = event.is_none();
             let (recorded, restart) = match event {
                 Some(event) => {
+                    let collection = event.ns.as_ref().and_then(|ns| ns.coll.as_deref());
+                    self.presence.saw(collection);
                     let (change, restart) = self.change_of(&event).await?;
                     (self.record(token.as_ref(), Some(&change)).await?, restart)
                 }
                 // An empty batch still moves the stream's position on.
-                None if token != saved => (self.record(token.as_ref(), None).await?, false),
-                None => (Changed::Queued(0), false),
+                None if token != saved => {
+                    self.presence.caught_up();
+                    (self.record(token.as_ref(), None).await?, false)
+                }
+                None => {
+                    self.presence.caught_up();
+                    (Changed::Queued(0), false)
+                }
             };
             if event_was_none {
                 crate::metrics::worker_caught_up();
@@ -552,7 +584,7 @@ impl Worker<'_> {
             (OperationType::Invalidate, _) => Ok((Vec::new(), true)),
             (other, coll) => {
                 tracing::warn!(operation = ?other, collection = ?coll, "smache worker: a change smache cannot map to documents; marking every value stale");
-                self.mark_everything_stale().await?;
+                self.mark_everything_stale(Unseen::Unmappable).await?;
                 Ok((Vec::new(), false))
             }
         }
@@ -605,6 +637,7 @@ impl Worker<'_> {
             if let Some(change) = change {
                 crate::metrics::change_handled(change.time, queued);
             }
+            self.presence.saved(time);
             if queued > 0 {
                 tracing::debug!(queued, "smache worker: recompute jobs queued");
             }
@@ -649,7 +682,7 @@ impl Worker<'_> {
             Some(token) => Ok(Some(token)),
             None => {
                 tracing::error!("smache worker: the saved resume token is corrupt; treating the history as lost: every value will be marked stale");
-                self.owe_stale_marking().await?;
+                self.owe_stale_marking(Unseen::Lost).await?;
                 self.position.clear();
                 Ok(None)
             }
@@ -686,7 +719,7 @@ impl Worker<'_> {
             "smache worker: no saved position; watching from now, and marking the values stored \
              before stale"
         );
-        self.owe_stale_marking().await?;
+        self.owe_stale_marking(Unseen::BeforeStart).await?;
         Ok(None)
     }
 
@@ -699,18 +732,18 @@ impl Worker<'_> {
              (the worker was down longer than the oplog window); changes in that gap cannot be \
              replayed, so every cached value is marked stale and will be recomputed"
         );
-        self.owe_stale_marking().await
+        self.owe_stale_marking(Unseen::Lost).await
     }
 
-    /// Records that everything must be marked stale and drops the token,
-    /// in one step, so whichever worker watches next does it.
-    async fn owe_stale_marking(&self) -> Result<()> {
+    /// Records that everything must be marked stale, and why, and drops
+    /// the token, in one step, so whichever worker watches next does it.
+    async fn owe_stale_marking(&self, why: Unseen) -> Result<()> {
         let mut conn = self.store.shared().await?;
         let _: () = redis::pipe()
             .atomic()
             .cmd("SET")
             .arg(&self.keys.lost)
-            .arg(1)
+            .arg(why.marker())
             .ignore()
             .cmd("DEL")
             .arg(&self.keys.token)
@@ -720,25 +753,55 @@ impl Worker<'_> {
         Ok(())
     }
 
-    async fn history_was_lost(&self) -> Result<bool> {
+    /// Why marking every value stale is owed, if it is.
+    async fn stale_marking_owed(&self) -> Result<Option<Unseen>> {
         let mut conn = self.store.shared().await?;
-        let lost: bool = redis::cmd("EXISTS")
+        let marker: Option<String> = redis::cmd("GET")
             .arg(&self.keys.lost)
             .query_async(&mut conn)
             .await?;
-        Ok(lost)
+        Ok(marker.map(|marker| Unseen::of_marker(&marker)))
     }
 
-    async fn mark_everything_stale(&self) -> Result<()> {
+    async fn mark_everything_stale(&self, why: Unseen) -> Result<()> {
         let (values, queued) = self
             .store
             .mark_matching_stale(&self.keys.base, "*", false)
             .await?;
-        tracing::warn!(values, queued, "smache worker: marked every value stale");
+        match why {
+            // The documented first start: no cause for alarm.
+            Unseen::BeforeStart => tracing::info!(
+                values,
+                queued,
+                "smache worker: marked the values stored before it watched stale; their \
+                 recomputes are queued"
+            ),
+            Unseen::Lost | Unseen::Unmappable => {
+                tracing::warn!(values, queued, "smache worker: marked every value stale");
+            }
+        }
         Ok(())
     }
 
+    /// Tells applications and `inspect` this worker is alive, what it
+    /// watches and how far behind it is (`{prefix}:workers`), for twice
+    /// the lease.
+    async fn announce(&self) {
+        let record = self.presence.record();
+        let lives = self.options.lease * 2;
+        if let Err(err) = self
+            .store
+            .heartbeat(&self.keys.base, &self.id, &record, lives)
+            .await
+        {
+            tracing::debug!(error = %err, "smache worker: cannot announce itself");
+        }
+    }
+
     async fn release(&self) {
+        if let Err(err) = self.store.retire(&self.keys.base, &self.id).await {
+            tracing::debug!(error = %err, "smache worker: cannot withdraw its announcement; it will expire");
+        }
         let Ok(mut conn) = self.store.shared().await else {
             return;
         };
@@ -751,6 +814,38 @@ impl Worker<'_> {
         .await;
         if let Err(err) = released {
             tracing::debug!(error = %err, "smache worker: could not release the lease; it will expire");
+        }
+    }
+}
+
+/// Why changes may have gone unseen, so that every value is marked stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unseen {
+    /// No position was saved: a first start (or Redis came back empty
+    /// while no worker watched); the changes before it are unknown.
+    BeforeStart,
+    /// MongoDB no longer has the history after the saved position, or
+    /// the saved position is corrupt.
+    Lost,
+    /// A change smache cannot map to documents.
+    Unmappable,
+}
+
+impl Unseen {
+    /// What `{prefix}:w:lost` holds while the marking is owed.
+    fn marker(self) -> &'static str {
+        match self {
+            Unseen::BeforeStart => "start",
+            Unseen::Lost | Unseen::Unmappable => "lost",
+        }
+    }
+
+    /// Any other marker (`1`, from older workers) is lost history.
+    fn of_marker(marker: &str) -> Self {
+        if marker == "start" {
+            Unseen::BeforeStart
+        } else {
+            Unseen::Lost
         }
     }
 }

@@ -4,13 +4,15 @@
 //! `tests/mongo_store.rs`; each provides `super::builder(redis_url)`.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use smache::{computed, Entity, Smache};
-use smache_suite::{eventually, redis_connection, redis_url, unique, Calls, RedisServer};
+use smache_suite::{
+    eventually, free_port, redis_connection, redis_url, unique, Calls, RedisServer, TcpProxy,
+};
 
 /// Calls per test tag (or function and argument), to tell caller
 /// computes from executor ones.
@@ -439,6 +441,108 @@ async fn calls_survive_redis_going_away_and_cache_again_when_it_returns() {
     let before = CALLS.get(&tag);
     assert_eq!(smache.scope(no_ttl(&tag, 9)).await, 9);
     assert_eq!(CALLS.get(&tag), before, "a hit again");
+}
+
+/// Redis stops answering (its connections dropped, new ones accepted and
+/// never answered: the costliest outage, where every attempt waits a whole
+/// timeout). The call that finds it gone opens the circuit breaker; from
+/// then on calls compute at once without trying Redis (the only
+/// connections made are the background probes'), and caching resumes once
+/// it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_hangs_calls_skip_it_at_once_and_cache_again_when_it_answers() {
+    let tag = unique("breaker");
+    let server = RedisServer::start();
+    let mut proxy = TcpProxy::start(&server.address()).await;
+    let timeout = Duration::from_millis(300);
+    let smache = super::builder(format!("redis://127.0.0.1:{}/", proxy.port()))
+        .prefix(unique("p"))
+        .op_timeout(timeout)
+        .build()
+        .unwrap();
+    assert_eq!(smache.scope(no_ttl(&tag, 1)).await, 1);
+    assert_eq!(smache.scope(no_ttl(&tag, 1)).await, 1);
+    assert_eq!(CALLS.get(&tag), 1);
+
+    proxy.mute().await;
+    let connected = proxy.accepted();
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for x in 0..50 {
+        let call = Instant::now();
+        assert_eq!(smache.scope(no_ttl(&tag, x)).await, x);
+        slowest = slowest.max(call.elapsed());
+    }
+    let took = started.elapsed();
+    let attempts = proxy.accepted() - connected;
+    eprintln!("50 calls while Redis hangs: {took:?} in all, the slowest {slowest:?}, {attempts} connection attempts");
+    assert_eq!(CALLS.get(&tag), 51, "each computed directly");
+    assert!(
+        took < timeout * 2,
+        "one bounded wait at most, not one per call: {took:?}"
+    );
+    assert!(
+        attempts <= 4,
+        "no call tries Redis while it is known to be down: {attempts} connections for 50 calls in {took:?}"
+    );
+
+    proxy.restore().await;
+    let answered = Instant::now();
+    let recovered = eventually(Duration::from_secs(15), || {
+        let smache = smache.clone();
+        let tag = tag.clone();
+        async move {
+            smache.scope(no_ttl(&tag, 99)).await;
+            smache
+                .is_fresh(&no_ttl::key(&tag, 99).unwrap())
+                .await
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    eprintln!(
+        "caching resumed {:?} after Redis answered again",
+        answered.elapsed()
+    );
+    assert!(recovered, "caching resumes once redis answers again");
+    let before = CALLS.get(&tag);
+    assert_eq!(smache.scope(no_ttl(&tag, 99)).await, 99);
+    assert_eq!(CALLS.get(&tag), before, "a hit again");
+}
+
+/// Nothing listens where Redis should be: the first calls, however many at
+/// once, share one connection attempt, refused at once, and none waits for
+/// another's; the calls after them do not try again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_costs_the_first_calls_one_bounded_wait_together() {
+    let tag = unique("refused");
+    let timeout = Duration::from_millis(300);
+    let smache = super::builder(format!("redis://127.0.0.1:{}/", free_port()))
+        .prefix(unique("p"))
+        .op_timeout(timeout)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let first = futures::future::join_all((0..8).map(|x| {
+        let smache = smache.clone();
+        let tag = tag.clone();
+        async move { smache.scope(no_ttl(&tag, x)).await }
+    }))
+    .await;
+    let took = started.elapsed();
+    assert_eq!(first, (0..8).collect::<Vec<_>>());
+    let started = Instant::now();
+    for x in 0..50 {
+        assert_eq!(smache.scope(no_ttl(&tag, x)).await, x);
+    }
+    let then = started.elapsed();
+    eprintln!("8 first calls at once on a refused connection: {took:?}; 50 calls after: {then:?}");
+    assert!(
+        took < timeout * 2,
+        "8 first calls at once cost one bounded wait, not one each: {took:?}"
+    );
+    assert!(then < timeout * 2, "50 calls after them: {then:?}");
+    assert_eq!(CALLS.get(&tag), 58, "no cache, so each call computes");
 }
 
 #[tokio::test]

@@ -114,6 +114,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// `127.0.0.1:<port>`, for a [`TcpProxy`] in front of it.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// Kills the server (SIGKILL: no goodbye to clients).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -371,6 +376,47 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// Everything the test process logs at `filter` (e.g. `smache=info`), kept
+/// in memory, for tests that assert what was logged. The first call in a
+/// test binary installs it as the global subscriber (so do not also call
+/// [`init_logs`] there); later calls return the same capture.
+pub fn capture_logs(filter: &str) -> &'static LogCapture {
+    static CAPTURE: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+    let capture = CAPTURE.get_or_init(LogCapture::default);
+    let writer = capture.clone();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .try_init();
+    capture
+}
+
+/// What [`capture_logs`] captured.
+#[derive(Debug, Clone, Default)]
+pub struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// The lines logged so far.
+    pub fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// How often each test's functions ran, by a key the test chooses, so
 /// tests running in parallel on shared functions keep apart.
 #[derive(Debug)]
@@ -409,13 +455,16 @@ impl Default for Calls {
 }
 
 /// A TCP proxy on a loopback port to `target`, that a test can cut (every
-/// connection dropped, the port closed) and restore on the same port: a
-/// server going away and coming back, seen from one client only.
+/// connection dropped, the port closed), mute (every connection dropped,
+/// new ones accepted and never answered: a server that hangs) and restore
+/// on the same port: a server going away and coming back, seen from one
+/// client only. It counts the connections it accepts.
 #[derive(Debug)]
 pub struct TcpProxy {
     port: u16,
     target: String,
     running: Option<tokio::task::JoinHandle<()>>,
+    accepted: std::sync::Arc<AtomicU64>,
 }
 
 impl TcpProxy {
@@ -425,6 +474,7 @@ impl TcpProxy {
             port: free_port(),
             target: target.to_owned(),
             running: None,
+            accepted: std::sync::Arc::default(),
         };
         proxy.restore().await;
         proxy
@@ -435,6 +485,11 @@ impl TcpProxy {
         self.port
     }
 
+    /// How many connections it accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
     /// Drops every connection and stops listening.
     pub fn cut(&mut self) {
         if let Some(running) = self.running.take() {
@@ -442,9 +497,20 @@ impl TcpProxy {
         }
     }
 
-    /// Listens again on the same port.
+    /// Drops every connection, and from now on accepts connections and
+    /// never answers on them, until [`restore`](Self::restore)d.
+    pub async fn mute(&mut self) {
+        self.cut();
+        self.listen(false).await;
+    }
+
+    /// Listens again on the same port, forwarding.
     pub async fn restore(&mut self) {
-        assert!(self.running.is_none(), "proxy already running");
+        self.cut();
+        self.listen(true).await;
+    }
+
+    async fn listen(&mut self, forward: bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         let listener = loop {
             match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
@@ -456,13 +522,19 @@ impl TcpProxy {
             }
         };
         let target = self.target.clone();
+        let accepted = std::sync::Arc::clone(&self.accepted);
         self.running = Some(tokio::spawn(async move {
             // The connections are tasks of this set: aborting the accept
             // loop drops the set, which aborts them all.
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let target = target.clone();
                 connections.spawn(async move {
+                    if !forward {
+                        // Held open, never answered.
+                        std::future::pending::<()>().await;
+                    }
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }

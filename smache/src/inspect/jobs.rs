@@ -12,6 +12,7 @@ use crate::instance::Smache;
 use crate::store::Store;
 
 use super::{age, entry_ms};
+use crate::roster::WorkerInfo;
 
 /// An executor that has not announced a function for this long is taken
 /// for gone (they announce every third of
@@ -51,6 +52,9 @@ pub struct JobsReport {
     pub dead: u64,
     /// The latest dead letters, newest first.
     pub recent_dead: Vec<DeadLetter>,
+    /// The live workers (see [`Smache::inspect_workers`]): without one
+    /// watching, no change queues a job.
+    pub workers: Vec<WorkerInfo>,
 }
 
 /// The jobs of one kind, for one function or callback.
@@ -251,6 +255,7 @@ impl Smache {
             .await
             .unwrap_or_default();
         let latest = entries(latest);
+        let workers = self.live_workers().await?;
         let recent_dead = latest
             .into_iter()
             .map(|(entry, fields)| {
@@ -277,6 +282,7 @@ impl Smache {
             dead_stream,
             dead,
             recent_dead,
+            workers,
         })
     }
 }
@@ -399,6 +405,7 @@ impl fmt::Display for JobsReport {
             self.held,
             self.queued.saturating_sub(self.held)
         )?;
+        writeln!(f, "  workers: {}", crate::roster::summary(&self.workers))?;
         for (consumer, held) in &self.held_by {
             writeln!(f, "  held by {consumer}: {held}")?;
         }

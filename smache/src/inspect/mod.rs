@@ -1,5 +1,5 @@
-//! What operators see: the jobs queued, held and given up, and the
-//! dependency graph around a value or a document.
+//! What operators see: the jobs queued, held and given up, the workers, and
+//! the dependency graph around a value or a document.
 //!
 //! ## Jobs
 //!
@@ -14,7 +14,8 @@
 //! orphan timeout
 //! ([`SmacheBuilder::orphan_timeout`](crate::SmacheBuilder::orphan_timeout),
 //! 10 minutes by default), an executor moves it to the dead letters with why.
-//! `smache-worker inspect jobs` prints the report.
+//! `smache-worker inspect jobs` prints the report; its head says which
+//! workers are live.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), smache::Error> {
@@ -29,6 +30,14 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ## Workers
+//!
+//! [`Smache::inspect_workers`](crate::Smache::inspect_workers) reads what the
+//! live workers announced (`{prefix}:workers`): the database each follows,
+//! whether it watches or stands by, how far behind the change stream it is,
+//! the collections it saw changes in; when none is live, the other prefixes
+//! that have some. `smache-worker inspect workers` prints it.
 //!
 //! ## The graph
 //!
@@ -75,6 +84,7 @@ pub use self::jobs::{
 };
 pub use self::render::GraphFormat;
 pub use self::start::GraphStart;
+pub use crate::roster::{OtherPrefix, WorkerInfo, WorkersReport, MAX_COLLECTIONS_NAMED};
 
 /// The milliseconds part of a stream entry id (`<ms>-<seq>`).
 pub(crate) fn entry_ms(entry: &str) -> u64 {

@@ -5,10 +5,12 @@
 //! store keeps the dependency graph (see `lua/common.lua` for its layout):
 //! the worker that refreshes values needs Redis anyway.
 
+mod breaker;
 mod graph;
 mod memory;
 mod mongo;
 mod redis;
+mod roster;
 
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ pub use self::mongo::DEFAULT_VALUES_COLLECTION;
 pub(crate) use self::redis::{
     task_key, Abandon, Begin, Changed, RedisStore, Related, Seen, Start, TaskState, BLOCK_FOR,
 };
+pub(crate) use self::roster::{Announced, Roll};
 use crate::error::Result;
 use crate::spec::Refresh;
 

@@ -4,35 +4,34 @@
 //! change generations; see `lua/common.lua`), read with one `HMGET` and
 //! written, with its dependency edges, by one `EVALSHA` of `lua/store.lua`. One
 //! [`ConnectionManager`] (a multiplexed connection that reconnects by itself)
-//! serves every call; it is made on first use, so an application starts even
-//! while Redis is down, and after a failed attempt no new attempt is made for
-//! [`RECONNECT_BACKOFF`], so callers fall back to computing at once instead of
-//! each waiting for a connect timeout.
+//! serves every call; it is made on first use and connects lazily, so an
+//! application starts even while Redis is down. Every operation is bounded
+//! by the instance's timeout, and goes through a circuit breaker
+//! ([`Breaker`]): once an operation finds Redis unreachable, the others
+//! skip it until a probe, run in the background, finds it back, so callers
+//! fall back to computing at once instead of each waiting for a timeout.
 
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use once_cell::sync::OnceCell;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
 use redis::{Client, Script};
-use tokio::sync::OnceCell;
 
 use tokio::sync::oneshot;
 
+use super::breaker::{Breaker, Gate, Probe};
 use super::{Lookup, Put, Slot};
 use crate::error::{Error, Result};
 use crate::flight::Notifier;
 use crate::spec::Refresh;
-use crate::sync::lock;
 use crate::worker::WorkerKeys;
-
-/// How long after a failed connection attempt calls skip Redis.
-pub(crate) const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 
 pub(crate) struct RedisStore {
     client: Option<Client>,
     manager: OnceCell<ConnectionManager>,
-    failed_at: Mutex<Option<Instant>>,
+    breaker: Arc<Breaker>,
     scripts: Scripts,
     timeout: Duration,
     notifier: tokio::sync::Mutex<Option<Notifier>>,
@@ -96,86 +95,107 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The client holds the URL, and with it possibly a password: leave it out.
         f.debug_struct("RedisStore")
-            .field("connected", &self.manager.initialized())
+            .field("connected", &self.manager.get().is_some())
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisStore {
-    pub(crate) fn from_client(client: Client, timeout: Duration) -> Self {
-        Self::with(Some(client), OnceCell::new(), timeout)
+    pub(crate) fn from_client(client: Client, timeout: Duration, prefix: &str) -> Self {
+        Self::with(Some(client), OnceCell::new(), timeout, prefix)
     }
 
-    pub(crate) fn from_manager(manager: ConnectionManager, timeout: Duration) -> Self {
-        Self::with(None, OnceCell::new_with(Some(manager)), timeout)
+    pub(crate) fn from_manager(
+        manager: ConnectionManager,
+        timeout: Duration,
+        prefix: &str,
+    ) -> Self {
+        Self::with(None, OnceCell::with_value(manager), timeout, prefix)
     }
 
     fn with(
         client: Option<Client>,
         manager: OnceCell<ConnectionManager>,
         timeout: Duration,
+        prefix: &str,
     ) -> Self {
         RedisStore {
             client,
             manager,
-            failed_at: Mutex::new(None),
+            breaker: Arc::new(Breaker::new(prefix)),
             scripts: Scripts::new(),
             notifier: tokio::sync::Mutex::new(None),
             timeout,
         }
     }
 
-    pub(super) async fn connection(&self) -> Result<ConnectionManager> {
-        if let Some(manager) = self.manager.get() {
-            return Ok(manager.clone());
-        }
-        if let Some(at) = *lock(&self.failed_at) {
-            if at.elapsed() < RECONNECT_BACKOFF {
-                return Err(Error::Unavailable);
-            }
-        }
-        let result = self
-            .manager
-            .get_or_try_init(|| async {
+    /// The shared connection manager, made on first use. It connects
+    /// lazily (the first command waits for the connection, within the
+    /// operation's bound) and makes one attempt per reconnection: the
+    /// breaker's probes do the retrying, so no command waits for a series
+    /// of attempts.
+    fn manager(&self) -> Result<ConnectionManager> {
+        self.manager
+            .get_or_try_init(|| {
                 let client = self.client.clone().ok_or(Error::Unavailable)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.timeout))
                     .set_response_timeout(Some(self.timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_secs(1));
-                let connect = ConnectionManager::new_with_config(client, config);
-                match tokio::time::timeout(self.timeout, connect).await {
-                    Ok(Ok(manager)) => Ok(manager),
-                    Ok(Err(err)) => Err(Error::Redis(err)),
-                    Err(_) => Err(Error::Timeout {
-                        op: "connect",
-                        timeout: self.timeout,
-                    }),
-                }
+                    .set_number_of_retries(0);
+                Ok(ConnectionManager::new_lazy_with_config(client, config)?)
             })
-            .await;
-        match result {
-            Ok(manager) => Ok(manager.clone()),
-            Err(err) => {
-                *lock(&self.failed_at) = Some(Instant::now());
-                Err(err)
+            .cloned()
+    }
+
+    /// Whether an operation may go to Redis: `Err(Unavailable)` at once
+    /// while the breaker is open, starting the due probe, if any, in the
+    /// background.
+    fn admit(&self) -> Result<()> {
+        match self.breaker.gate(Instant::now()) {
+            Gate::Pass => Ok(()),
+            Gate::Skip => Err(Error::Unavailable),
+            Gate::Probe => {
+                let probe = Probe::new(Arc::clone(&self.breaker));
+                let manager = self.manager();
+                let timeout = self.timeout;
+                crate::runtime::spawn(async move {
+                    let answered = match manager {
+                        Ok(manager) => ping(manager, timeout).await,
+                        Err(err) => Err(err),
+                    };
+                    probe.report(answered.as_ref().map(|_| ()));
+                });
+                Err(Error::Unavailable)
             }
         }
     }
 
+    pub(super) async fn connection(&self) -> Result<ConnectionManager> {
+        self.admit()?;
+        self.manager()
+    }
+
+    /// Runs `fut` within the operation timeout; a failure to reach Redis
+    /// opens the breaker.
     pub(super) async fn bounded<T>(
         &self,
         op: &'static str,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(result) => result.map_err(Error::Redis),
             Err(_) => Err(Error::Timeout {
                 op,
                 timeout: self.timeout,
             }),
+        };
+        if let Err(err) = &result {
+            if err.is_unreachable() {
+                self.breaker.failed(err, Instant::now());
+            }
         }
+        result
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Lookup> {
@@ -192,13 +212,9 @@ impl RedisStore {
             .arg("e")
             .arg("l")
             .arg("la");
-        let query = cmd.query_async::<[Option<Vec<u8>>; 8]>(&mut conn);
-        let reply = tokio::time::timeout(self.timeout, query)
-            .await
-            .map_err(|_| Error::Timeout {
-                op: "get",
-                timeout: self.timeout,
-            })?;
+        let reply = self
+            .bounded("get", cmd.query_async::<[Option<Vec<u8>>; 8]>(&mut conn))
+            .await;
         match reply {
             Ok([.., Some(link), args]) => Ok(Lookup::Alias {
                 target: String::from_utf8_lossy(&link).into_owned(),
@@ -219,10 +235,10 @@ impl RedisStore {
                         .is_some_and(|at| at <= crate::envelope::now_ms()),
                 })
             }
-            Err(err) if is_wrong_type(&err) => Ok(Lookup::Foreign(
+            Err(Error::Redis(err)) if is_wrong_type(&err) => Ok(Lookup::Foreign(
                 "the key holds a Redis type other than a hash".into(),
             )),
-            Err(err) => Err(Error::Redis(err)),
+            Err(err) => Err(err),
         }
     }
 
@@ -281,6 +297,7 @@ impl RedisStore {
     /// `None` when notifications are unavailable (callers poll instead).
     pub(crate) async fn waiter(&self, base: &str, id: &str) -> Option<oneshot::Receiver<()>> {
         let client = self.client.as_ref()?;
+        self.admit().ok()?;
         let mut slot = self.notifier.lock().await;
         if !slot.as_ref().is_some_and(|n| n.is_alive()) {
             let channel = format!("{base}done");
@@ -764,18 +781,35 @@ impl RedisStore {
         let Some(client) = &self.client else {
             return Ok(None);
         };
+        self.admit()?;
         // Blocking reads wait up to `BLOCK_FOR` for a reply: allow for it.
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(BLOCK_FOR + self.timeout));
         let connect = client.get_multiplexed_async_connection_with_config(&config);
-        match tokio::time::timeout(self.timeout, connect).await {
-            Ok(Ok(conn)) => Ok(Some(conn)),
-            Ok(Err(err)) => Err(Error::Redis(err)),
-            Err(_) => Err(Error::Timeout {
-                op: "connect",
-                timeout: self.timeout,
-            }),
+        self.bounded("connect", connect).await.map(Some)
+    }
+}
+
+/// Asks Redis whether it answers, within `timeout`. A manager that had
+/// given up its connection fails the first command at once and starts
+/// reconnecting: the second waits for that.
+async fn ping(mut conn: ConnectionManager, timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut again = true;
+    let cmd = redis::cmd("PING");
+    loop {
+        let pong = cmd.query_async::<()>(&mut conn);
+        match tokio::time::timeout_at(deadline, pong).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(err)) if again && err.is_io_error() => again = false,
+            Ok(Err(err)) => return Err(Error::Redis(err)),
+            Err(_) => {
+                return Err(Error::Timeout {
+                    op: "probe",
+                    timeout,
+                })
+            }
         }
     }
 }
