@@ -91,7 +91,7 @@ struct Args {
 
     /// Serve the worker's metrics as Prometheus text over HTTP on this
     /// address (e.g. `0.0.0.0:9464`; any path answers).
-    #[arg(long, env = "SMACHE_METRICS_ADDR")]
+    #[arg(long, env = "SMACHE_METRICS_ADDR", hide_env_values = true)]
     metrics_addr: Option<SocketAddr>,
 
     /// Log filter, as RUST_LOG (e.g. `info`, `smache=debug`).
