@@ -1,5 +1,5 @@
 //! An application serving smache's metrics to Prometheus:
-//! `cargo run --example metrics`.
+//! `cargo run --example metrics --features prometheus`.
 //!
 //! It installs the Prometheus recorder with its HTTP listener (on
 //! `SMACHE_METRICS_ADDR`, else a free loopback port), makes a few calls on
