@@ -43,7 +43,7 @@ use crate::entity::{Entity, EntityId};
 use crate::error::{Error, Result};
 use crate::instance::{Located, Smache};
 use crate::registry;
-use crate::store::{Abandon, RedisStore, Related, Start, Store, BLOCK_FOR};
+use crate::store::{keys, Abandon, RedisStore, Related, Start, Store, BLOCK_FOR};
 use crate::task::Completion;
 
 /// The consumer group all executors share.
@@ -483,7 +483,7 @@ impl Executor {
         let concurrency = smache.inner.executor_concurrency;
         let (again, rechecks) = mpsc::unbounded_channel();
         let executor = Executor {
-            stream: format!("{}jobs", smache.inner.base),
+            stream: keys::jobs(&smache.inner.base),
             consumer: consumer_name(),
             store: Arc::new(RedisStoreRef(smache.clone())),
             orphan_timeout: smache.inner.orphan_timeout,
@@ -788,13 +788,13 @@ impl Executor {
         let base = &self.smache.inner.base;
         let mut pipe = redis::pipe();
         pipe.cmd("HSET")
-            .arg(format!("{base}config"))
+            .arg(keys::config(base))
             .arg("orphan_timeout")
             .arg(u64::try_from(self.orphan_timeout.as_millis()).unwrap_or(u64::MAX))
             .ignore();
         let callbacks = &self.smache.inner.callbacks;
         if registry::heads().next().is_some() || !callbacks.is_empty() {
-            let cmd = pipe.cmd("HSET").arg(format!("{base}fns"));
+            let cmd = pipe.cmd("HSET").arg(keys::functions(base));
             for head in registry::heads() {
                 cmd.arg(head).arg(now);
             }
@@ -813,7 +813,7 @@ impl Executor {
     async fn process(&self, entry: &str, id: &str) {
         let base = &self.smache.inner.base;
         let at = Located {
-            key: format!("{base}v:{id}"),
+            key: keys::value(base, id),
             id: id.to_owned(),
             full_args: String::new(),
         };
@@ -959,7 +959,7 @@ impl Executor {
     /// the task with its value or its error.
     async fn process_task(&self, entry: &str, id: &str, task: &str, full_args: String) {
         let base = &self.smache.inner.base;
-        let key = format!("{base}v:{id}");
+        let key = keys::value(base, id);
         let Some((head, id_args)) = split_value_id(id) else {
             tracing::warn!(id, task, "smache executor: malformed task; failed");
             let failed = Err(format!("malformed value id {id:?}"));
@@ -1281,7 +1281,7 @@ impl Executor {
         };
         let heads: Vec<String> = match self.store.shared().await {
             Ok(mut conn) => match redis::cmd("SMEMBERS")
-                .arg(format!("{base}rel:{collection}"))
+                .arg(keys::relations(base, collection))
                 .query_async(&mut conn)
                 .await
             {

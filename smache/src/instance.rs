@@ -164,7 +164,7 @@ impl Smache {
             .map(|db| MongoValues::new(db.collection(&values_collection)));
         Smache {
             inner: Arc::new(Inner {
-                base: format!("{{{prefix}}}:"),
+                base: crate::store::keys::base(&prefix),
                 max_stale,
                 prefix,
                 store,
@@ -501,7 +501,7 @@ impl Smache {
             let Store::Redis(store) = &inner.store else {
                 return Ok(false);
             };
-            let keys = crate::worker::WorkerKeys::new(&inner.base);
+            let keys = crate::store::keys::WorkerKeys::new(&inner.base);
             let written = crate::worker::timestamp_key(write);
             let mut pause = Pause::new();
             // Every change up to the write has been turned into jobs…
@@ -552,7 +552,7 @@ impl Smache {
                 Lookup::Alias { target, .. } => {
                     inner
                         .store
-                        .get(&format!("{}v:{target}", inner.base))
+                        .get(&crate::store::keys::value(&inner.base, &target))
                         .await?
                 }
                 lookup => lookup,
@@ -595,7 +595,10 @@ impl Smache {
         let lookup = runtime::in_tokio(async move {
             match inner.store.get(&storage_key).await? {
                 Lookup::Alias { target, .. } => {
-                    inner.store.get(&format!("{}v:{target}", inner.base)).await
+                    inner
+                        .store
+                        .get(&crate::store::keys::value(&inner.base, &target))
+                        .await
                 }
                 lookup => Ok(lookup),
             }
@@ -752,7 +755,7 @@ impl Inner {
         match self.store.get(&at.key).await {
             Ok(Lookup::Alias { target, full_args }) => {
                 let target = Located {
-                    key: format!("{}v:{target}", self.base),
+                    key: crate::store::keys::value(&self.base, &target),
                     id: target,
                     full_args,
                 };

@@ -46,6 +46,7 @@ use crate::entity::EntityId;
 use crate::error::{Error, Result};
 use crate::instance::Smache;
 use crate::roster::Presence;
+use crate::store::keys::WorkerKeys;
 use crate::store::{Changed, RedisStore, Seen, Store};
 
 /// The default of [`WorkerOptions::max_fanout`].
@@ -110,34 +111,6 @@ impl WorkerOptions {
     pub fn max_fanout(mut self, max: u64) -> Self {
         self.max_fanout = max;
         self
-    }
-}
-
-/// The Redis keys the worker uses.
-#[derive(Debug, Clone)]
-pub(crate) struct WorkerKeys {
-    pub(crate) base: String,
-    pub(crate) token: String,
-    pub(crate) lease: String,
-    pub(crate) fence: String,
-    /// Set while "history lost: mark everything stale" is owed, so a
-    /// crash in between does not drop it.
-    pub(crate) lost: String,
-    /// The cluster time of the saved position, `seconds << 32 | increment`
-    /// (what read-your-writes waits for).
-    pub(crate) time: String,
-}
-
-impl WorkerKeys {
-    pub(crate) fn new(base: &str) -> Self {
-        WorkerKeys {
-            base: base.to_owned(),
-            token: format!("{base}w:token"),
-            lease: format!("{base}w:lease"),
-            fence: format!("{base}w:fence"),
-            lost: format!("{base}w:lost"),
-            time: format!("{base}w:time"),
-        }
     }
 }
 

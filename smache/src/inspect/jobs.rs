@@ -9,7 +9,7 @@ use redis::streams::StreamRangeReply;
 use crate::error::{Error, Result};
 use crate::executor::GROUP;
 use crate::instance::Smache;
-use crate::store::Store;
+use crate::store::{keys, Store};
 
 use super::{age, entry_ms};
 use crate::roster::WorkerInfo;
@@ -120,21 +120,21 @@ impl Smache {
             return Err(Error::Config("inspect needs the Redis store".into()));
         };
         let base = &self.inner.base;
-        let stream = format!("{base}jobs");
-        let dead_stream = format!("{base}dead");
+        let stream = keys::jobs(base);
+        let dead_stream = keys::dead(base);
         let mut conn = store.shared().await?;
         let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
         let now_ms = seconds * 1000 + micros / 1000;
         let age = |entry: &str| Duration::from_millis(now_ms.saturating_sub(entry_ms(entry)));
 
         let announced: HashMap<String, u64> = redis::cmd("HGETALL")
-            .arg(format!("{base}fns"))
+            .arg(keys::functions(base))
             .query_async(&mut conn)
             .await
             .unwrap_or_default();
         // The executors' orphan timeout, as they published it; else ours.
         let orphan_timeout = redis::cmd("HGET")
-            .arg(format!("{base}config"))
+            .arg(keys::config(base))
             .arg("orphan_timeout")
             .query_async::<Option<u64>>(&mut conn)
             .await

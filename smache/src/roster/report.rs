@@ -69,7 +69,7 @@ impl Smache {
         };
         Ok(WorkersReport {
             prefix: self.inner.prefix.clone(),
-            key: format!("{base}workers"),
+            key: crate::store::keys::workers(base),
             workers,
             depended_on,
             elsewhere,

@@ -124,7 +124,7 @@ impl RedisStore {
         let mut now_ms = 0;
         let mut out = Vec::with_capacity(tokens.len());
         for batch in tokens.chunks(BATCH) {
-            let mut invocation = GRAPH.key(format!("{base}jobs"));
+            let mut invocation = GRAPH.key(super::keys::jobs(base));
             invocation.arg(base).arg(limit).arg(batch);
             let (now, entries): (u64, Vec<EntryReply>) = self
                 .bounded("graph", invocation.invoke_async(&mut conn))

@@ -7,6 +7,7 @@
 
 mod breaker;
 mod graph;
+pub(crate) mod keys;
 mod memory;
 mod mongo;
 mod redis;

@@ -22,11 +22,11 @@ use redis::{Client, Script};
 use tokio::sync::oneshot;
 
 use super::breaker::{Breaker, Gate, Probe};
+use super::keys::{self, WorkerKeys};
 use super::{Lookup, Put, Slot};
 use crate::error::{Error, Result};
 use crate::flight::Notifier;
 use crate::spec::Refresh;
-use crate::worker::WorkerKeys;
 
 pub(crate) struct RedisStore {
     client: Option<Client>,
@@ -300,7 +300,7 @@ impl RedisStore {
         self.admit().ok()?;
         let mut slot = self.notifier.lock().await;
         if !slot.as_ref().is_some_and(|n| n.is_alive()) {
-            let channel = format!("{base}done");
+            let channel = keys::done(base);
             match tokio::time::timeout(self.timeout, Notifier::start(client, &channel)).await {
                 Ok(Ok(notifier)) => *slot = Some(notifier),
                 _ => return None,
@@ -446,7 +446,7 @@ impl RedisStore {
         pipe.cmd("GET")
             .arg(&keys.time)
             .cmd("XREVRANGE")
-            .arg(format!("{}jobs", keys.base))
+            .arg(keys::jobs(&keys.base))
             .arg("+")
             .arg("-")
             .arg("COUNT")
@@ -463,7 +463,7 @@ impl RedisStore {
     pub(crate) async fn relations_pending(&self, base: &str, upto: &str) -> Result<bool> {
         const PAGE: usize = 500;
         let mut conn = self.connection().await?;
-        let jobs = format!("{base}jobs");
+        let jobs = keys::jobs(base);
         let mut from = "-".to_owned();
         loop {
             let mut cmd = redis::cmd("XRANGE");
@@ -540,7 +540,7 @@ impl RedisStore {
         id_glob: &str,
         lazy: bool,
     ) -> Result<(usize, u64)> {
-        let prefix = format!("{base}v:");
+        let prefix = keys::value_prefix(base);
         let pattern = format!("{prefix}{id_glob}");
         let mut conn = self.connection().await?;
         let (mut cursor, mut values, mut queued) = (0, 0, 0);
@@ -565,7 +565,7 @@ impl RedisStore {
     /// with no recompute coming).
     pub(crate) async fn mark_stale(&self, base: &str, ids: &[String], lazy: bool) -> Result<u64> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.stale.key(format!("{base}jobs"));
+        let mut invocation = self.scripts.stale.key(keys::jobs(base));
         invocation
             .arg(base)
             .arg(if lazy { "1" } else { "0" })
@@ -584,7 +584,7 @@ impl RedisStore {
         related: &Related<'_>,
     ) -> Result<Option<u64>> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.relate.key(format!("{base}jobs"));
+        let mut invocation = self.scripts.relate.key(keys::jobs(base));
         invocation
             .arg(base)
             .arg(head)
@@ -613,7 +613,7 @@ impl RedisStore {
         lazy: bool,
     ) -> Result<u64> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.fanout.key(format!("{base}jobs"));
+        let mut invocation = self.scripts.fanout.key(keys::jobs(base));
         invocation
             .arg(base)
             .arg(token)
@@ -637,9 +637,9 @@ impl RedisStore {
         abandon: Abandon<'_>,
     ) -> Result<bool> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.dead.key(format!("{base}jobs"));
+        let mut invocation = self.scripts.dead.key(keys::jobs(base));
         invocation
-            .key(format!("{base}dead"))
+            .key(keys::dead(base))
             .arg(entry)
             .arg(crate::executor::GROUP)
             .arg(reason)
@@ -672,7 +672,7 @@ impl RedisStore {
     /// found as `version` (see `lua/refresh.lua`).
     pub(crate) async fn refresh(&self, base: &str, id: &str, version: u64) -> Result<()> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.refresh.key(format!("{base}jobs"));
+        let mut invocation = self.scripts.refresh.key(keys::jobs(base));
         invocation.arg(base).arg(id).arg(version);
         let _: i64 = self
             .bounded("refresh", invocation.invoke_async(&mut conn))
@@ -765,7 +765,7 @@ impl RedisStore {
     pub(crate) async fn job_queue_length(&self, base: &str) -> Result<u64> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("XLEN");
-        cmd.arg(format!("{base}jobs"));
+        cmd.arg(keys::jobs(base));
         self.bounded("xlen", cmd.query_async(&mut conn)).await
     }
 
@@ -848,7 +848,7 @@ pub(crate) struct Related<'a> {
 
 /// The key of a task's record (see `lua/common.lua`).
 pub(crate) fn task_key(base: &str, task: &str) -> String {
-    format!("{base}t:{task}")
+    keys::task(base, task)
 }
 
 /// What is recorded about a task.

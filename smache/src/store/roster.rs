@@ -44,7 +44,7 @@ pub(crate) struct Roll {
 }
 
 fn workers_key(base: &str) -> String {
-    format!("{base}workers")
+    super::keys::workers(base)
 }
 
 impl RedisStore {
@@ -87,9 +87,9 @@ impl RedisStore {
             .cmd("HGETALL")
             .arg(workers_key(base))
             .cmd("GET")
-            .arg(format!("{base}w:lease"))
+            .arg(super::keys::worker_lease(base))
             .cmd("SMEMBERS")
-            .arg(format!("{base}collections"));
+            .arg(super::keys::collections(base));
         let replies: Vec<redis::Value> = self.bounded("roll", pipe.query_async(&mut conn)).await?;
         let mut replies = replies.into_iter();
         let mut next = || replies.next().unwrap_or(redis::Value::Nil);

@@ -1,0 +1,156 @@
+//! Every Redis key smache names, built in one place from the instance's
+//! base, `{prefix}:` (one hash tag: one Redis Cluster slot). The layout of
+//! each key, and the dependency tokens, are described in `lua/common.lua`,
+//! where the scripts use them, and in README's "Keys"; the scripts build
+//! the same names from the base they are given.
+
+/// `{prefix}:`, the start of every key of an instance.
+pub(crate) fn base(prefix: &str) -> String {
+    format!("{{{prefix}}}:")
+}
+
+/// The start of every value key: `{prefix}:v:`, followed by the value id.
+pub(crate) fn value_prefix(base: &str) -> String {
+    format!("{base}v:")
+}
+
+/// A value's hash: `{prefix}:v:<id>`.
+pub(crate) fn value(base: &str, id: &str) -> String {
+    format!("{base}v:{id}")
+}
+
+/// The stream of jobs executors run.
+pub(crate) fn jobs(base: &str) -> String {
+    format!("{base}jobs")
+}
+
+/// The stream of jobs given up (dead letters).
+pub(crate) fn dead(base: &str) -> String {
+    format!("{base}dead")
+}
+
+/// The pub/sub channel on which ended computations are announced.
+pub(crate) fn done(base: &str) -> String {
+    format!("{base}done")
+}
+
+/// A submitted task's record.
+pub(crate) fn task(base: &str, task: &str) -> String {
+    format!("{base}t:{task}")
+}
+
+/// What live executors can run, and when they last said so.
+pub(crate) fn functions(base: &str) -> String {
+    format!("{base}fns")
+}
+
+/// Settings the scripts and `inspect` read.
+pub(crate) fn config(base: &str) -> String {
+    format!("{base}config")
+}
+
+/// The collections some value depends on.
+pub(crate) fn collections(base: &str) -> String {
+    format!("{base}collections")
+}
+
+/// The functions with `relations(...)` on a collection.
+pub(crate) fn relations(base: &str, collection: &str) -> String {
+    format!("{base}rel:{collection}")
+}
+
+/// The records the live workers announce.
+pub(crate) fn workers(base: &str) -> String {
+    format!("{base}workers")
+}
+
+/// The Redis keys the worker uses.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerKeys {
+    pub(crate) base: String,
+    /// The change stream's resume token.
+    pub(crate) token: String,
+    /// Which worker watches (expires unless renewed).
+    pub(crate) lease: String,
+    /// The fencing counter: grows with every new lease holder.
+    pub(crate) fence: String,
+    /// Set while "history lost: mark everything stale" is owed, so a
+    /// crash in between does not drop it.
+    pub(crate) lost: String,
+    /// The cluster time of the saved position, `seconds << 32 | increment`
+    /// (what read-your-writes waits for).
+    pub(crate) time: String,
+}
+
+impl WorkerKeys {
+    pub(crate) fn new(base: &str) -> Self {
+        WorkerKeys {
+            base: base.to_owned(),
+            token: format!("{base}w:token"),
+            lease: worker_lease(base),
+            fence: format!("{base}w:fence"),
+            lost: format!("{base}w:lost"),
+            time: format!("{base}w:time"),
+        }
+    }
+}
+
+/// The watcher's lease.
+pub(crate) fn worker_lease(base: &str) -> String {
+    format!("{base}w:lease")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_instances_hash_tag() {
+        let base = base("shop");
+        assert_eq!(base, "{shop}:");
+        assert_eq!(value(&base, "f#1:1"), "{shop}:v:f#1:1");
+        assert!(value(&base, "x").starts_with(&value_prefix(&base)));
+        let workers = WorkerKeys::new(&base);
+        for key in [
+            jobs(&base),
+            dead(&base),
+            done(&base),
+            task(&base, "t1"),
+            functions(&base),
+            config(&base),
+            collections(&base),
+            relations(&base, "orders"),
+            self::workers(&base),
+            workers.token,
+            workers.lease,
+            workers.fence,
+            workers.lost,
+            workers.time,
+        ] {
+            assert!(key.starts_with("{shop}:"), "{key}");
+        }
+    }
+
+    #[test]
+    fn the_scripts_document_the_same_keys() {
+        // lua/common.lua's header lists the keys the scripts build from
+        // the base they are given, as `base.."<name>"`.
+        let common = include_str!("../../lua/common.lua");
+        for name in [
+            jobs(""),
+            dead(""),
+            done(""),
+            config(""),
+            collections(""),
+            functions(""),
+            value("", ""),
+            task("", ""),
+        ] {
+            let written = format!("base..\"{name}\"");
+            assert!(
+                common.contains(&written),
+                "lua/common.lua does not document {written}"
+            );
+        }
+    }
+}
