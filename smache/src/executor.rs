@@ -46,15 +46,12 @@ use crate::registry;
 use crate::store::{keys, Abandon, RedisStore, Related, Start, Store, BLOCK_FOR};
 use crate::task::Completion;
 
-/// The consumer group all executors share.
-pub const GROUP: &str = "executors";
+pub use crate::store::keys::GROUP;
 /// A job left unacknowledged this long (its executor died, or it failed)
 /// is handed to another executor.
 pub const RECLAIM_AFTER: Duration = Duration::from_secs(30);
 
-/// How many given-up jobs the dead-letter stream (`{prefix}:dead`) keeps,
-/// about: older ones are trimmed. See [`crate::inspect`].
-pub const DEAD_LETTERS_KEPT: usize = 10_000;
+pub use crate::store::keys::DEAD_LETTERS_KEPT;
 
 /// Recomputes of one value start at least this far apart. A lone change is
 /// recomputed at once; the changes of a burst coalesce into a few jobs.

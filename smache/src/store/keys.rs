@@ -19,6 +19,13 @@ pub(crate) fn value(base: &str, id: &str) -> String {
     format!("{base}v:{id}")
 }
 
+/// The consumer group all executors share on the jobs stream.
+pub const GROUP: &str = "executors";
+
+/// How many given-up jobs the dead-letter stream (`{prefix}:dead`) keeps,
+/// about: older ones are trimmed. See [`crate::inspect`].
+pub const DEAD_LETTERS_KEPT: usize = 10_000;
+
 /// The stream of jobs executors run.
 pub(crate) fn jobs(base: &str) -> String {
     format!("{base}jobs")

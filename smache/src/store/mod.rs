@@ -10,6 +10,7 @@ mod graph;
 pub(crate) mod keys;
 mod memory;
 mod mongo;
+mod notify;
 mod redis;
 mod roster;
 

@@ -23,9 +23,9 @@ use tokio::sync::oneshot;
 
 use super::breaker::{Breaker, Gate, Probe};
 use super::keys::{self, WorkerKeys};
+use super::notify::Notifier;
 use super::{Lookup, Put, Slot};
 use crate::error::{Error, Result};
-use crate::flight::Notifier;
 use crate::spec::Refresh;
 
 pub(crate) struct RedisStore {
@@ -619,7 +619,7 @@ impl RedisStore {
             .arg(token)
             .arg(cursor)
             .arg(entry)
-            .arg(crate::executor::GROUP)
+            .arg(keys::GROUP)
             .arg(if lazy { "1" } else { "0" });
         self.bounded("fanout", invocation.invoke_async(&mut conn))
             .await
@@ -641,10 +641,10 @@ impl RedisStore {
         invocation
             .key(keys::dead(base))
             .arg(entry)
-            .arg(crate::executor::GROUP)
+            .arg(keys::GROUP)
             .arg(reason)
             .arg(consumer)
-            .arg(crate::executor::DEAD_LETTERS_KEPT);
+            .arg(keys::DEAD_LETTERS_KEPT);
         match abandon {
             Abandon::Nothing => {}
             Abandon::Recompute { id } => {
