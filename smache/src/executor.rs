@@ -193,7 +193,7 @@ fn json_prefix<T: DeserializeOwned>(text: &str) -> serde_json::Result<(T, usize)
 /// # Errors
 /// When the instance has no Redis store.
 pub async fn run(smache: Smache) -> Result<()> {
-    run_until(smache, shutdown_signal()).await
+    run_until(smache, crate::shutdown::shutdown_signal()).await
 }
 
 /// Runs an executor until `shutdown` completes; jobs in progress finish first.
@@ -338,28 +338,6 @@ impl ExecutorHandle {
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(());
         self.task.await.unwrap_or(Ok(()))
-    }
-}
-
-/// Ctrl-C, or SIGTERM on Unix.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }
 
@@ -1406,7 +1384,7 @@ impl Executor {
     /// each is recomputed by its next reader (a recompute of every value
     /// of a function on each such change could swamp the executors).
     async fn stale_function(&self, head: &str) -> Result<()> {
-        let glob = format!("{}:*", crate::worker::glob_escape(head));
+        let glob = format!("{}:*", keys::glob_escape(head));
         self.store
             .mark_matching_stale(&self.smache.inner.base, &glob, true)
             .await?;

@@ -93,6 +93,7 @@ pub mod metrics;
 pub mod registry;
 mod roster;
 mod runtime;
+mod shutdown;
 mod spec;
 mod store;
 mod sync;

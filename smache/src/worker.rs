@@ -227,7 +227,7 @@ pub async fn readiness(smache: &Smache) -> Result<Readiness> {
 /// # Errors
 /// When the instance lacks Redis or MongoDB.
 pub async fn run(smache: Smache, options: WorkerOptions) -> Result<()> {
-    run_until(smache, options, crate::executor::shutdown_signal()).await
+    run_until(smache, options, crate::shutdown::shutdown_signal()).await
 }
 
 /// Runs a worker until `shutdown` completes, then releases its lease.
@@ -568,7 +568,7 @@ impl Worker<'_> {
     async fn collection_tokens(&self, coll: &str) -> Result<Vec<String>> {
         let prefix = format!("{}r:", self.keys.base);
         let mut tokens = vec![format!("c:{coll}")];
-        let pattern = format!("{prefix}e:{}:*", glob_escape(coll));
+        let pattern = format!("{prefix}e:{}:*", crate::store::keys::glob_escape(coll));
         for key in self.store.scan(&pattern).await? {
             if let Some(token) = key.strip_prefix(&prefix) {
                 tokens.push(token.to_owned());
@@ -881,18 +881,6 @@ fn encode_token(token: &ResumeToken) -> Result<Vec<u8>> {
 fn decode_token(bytes: &[u8]) -> Option<ResumeToken> {
     let doc: bson::Document = bson::from_slice(bytes).ok()?;
     bson::from_bson(doc.get("t")?.clone()).ok()
-}
-
-/// Escapes Redis glob characters in a literal.
-pub(crate) fn glob_escape(literal: &str) -> String {
-    let mut out = String::with_capacity(literal.len());
-    for c in literal.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]

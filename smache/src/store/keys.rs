@@ -71,6 +71,18 @@ pub(crate) fn workers(base: &str) -> String {
     format!("{base}workers")
 }
 
+/// Escapes Redis glob characters in a literal.
+pub(crate) fn glob_escape(literal: &str) -> String {
+    let mut out = String::with_capacity(literal.len());
+    for c in literal.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The Redis keys the worker uses.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerKeys {
