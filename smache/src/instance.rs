@@ -426,15 +426,7 @@ impl Smache {
     /// When the store cannot be reached.
     pub async fn wait_fresh(&self, key: &CacheKey, timeout: Duration) -> Result<bool> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut pause = Pause::new();
-        loop {
-            if self.is_fresh(key).await? {
-                return Ok(true);
-            }
-            if !pause.until(deadline).await {
-                return Ok(false);
-            }
-        }
+        poll_until(deadline, || self.is_fresh(key)).await
     }
 
     /// Read-your-writes: after writing to MongoDB, waits (at most `timeout`)
@@ -528,15 +520,7 @@ impl Smache {
         if !caught_up {
             return Ok(false);
         }
-        let mut pause = Pause::new();
-        loop {
-            if self.serves_nothing_stale(key).await? {
-                return Ok(true);
-            }
-            if !pause.until(deadline).await {
-                return Ok(false);
-            }
-        }
+        poll_until(deadline, || self.serves_nothing_stale(key)).await
     }
 
     /// Whether the next call of `key` returns a value computed after every
@@ -639,6 +623,24 @@ impl Pause {
         tokio::time::sleep(self.0.min(deadline - now)).await;
         self.0 = (self.0 * 2).min(Duration::from_millis(50));
         true
+    }
+}
+
+/// Asks `check` until it says yes (`true`) or `deadline` passes (`false`),
+/// pausing as [`Pause`] does between the tries.
+async fn poll_until<F, Fut>(deadline: tokio::time::Instant, mut check: F) -> Result<bool>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let mut pause = Pause::new();
+    loop {
+        if check().await? {
+            return Ok(true);
+        }
+        if !pause.until(deadline).await {
+            return Ok(false);
+        }
     }
 }
 

@@ -43,10 +43,6 @@ pub(crate) struct Roll {
     pub(crate) collections: Vec<String>,
 }
 
-fn workers_key(base: &str) -> String {
-    super::keys::workers(base)
-}
-
 impl RedisStore {
     /// A worker's heartbeat: stores its record, alive for `lives`.
     pub(crate) async fn heartbeat(
@@ -57,7 +53,7 @@ impl RedisStore {
         lives: Duration,
     ) -> Result<()> {
         let mut conn = self.connection().await?;
-        let mut invocation = HEARTBEAT.key(workers_key(base));
+        let mut invocation = HEARTBEAT.key(super::keys::workers(base));
         invocation
             .arg(id)
             .arg(record)
@@ -72,7 +68,7 @@ impl RedisStore {
     pub(crate) async fn retire(&self, base: &str, id: &str) -> Result<()> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("HDEL");
-        cmd.arg(workers_key(base)).arg(id);
+        cmd.arg(super::keys::workers(base)).arg(id);
         let _: i64 = self.bounded("retire", cmd.query_async(&mut conn)).await?;
         Ok(())
     }
@@ -85,7 +81,7 @@ impl RedisStore {
         pipe.ignore_errors()
             .cmd("TIME")
             .cmd("HGETALL")
-            .arg(workers_key(base))
+            .arg(super::keys::workers(base))
             .cmd("GET")
             .arg(super::keys::worker_lease(base))
             .cmd("SMEMBERS")
