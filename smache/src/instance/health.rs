@@ -1,0 +1,62 @@
+//! Store health: a store failure is logged once per outage rather than
+//! once per call, and marks the store degraded until a success.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::Inner;
+use crate::envelope;
+use crate::error::Error;
+
+impl Inner {
+    /// Logs a store failure (rate-limited) and marks the store degraded.
+    pub(crate) fn store_failed(&self, err: &Error) {
+        self.health.failed(err);
+    }
+
+    /// Notes a store success (ends a degraded period).
+    pub(crate) fn store_ok(&self) {
+        self.health.ok();
+    }
+}
+
+/// Tracks whether the store works, to log its failures once rather than
+/// once per call. Redis being unreachable is the Redis store's to log (its
+/// circuit breaker logs each outage once): this tracks the other failures
+/// (MongoDB, for values kept there; errors Redis answers with).
+#[derive(Default)]
+pub(super) struct Health {
+    degraded: AtomicBool,
+    last_warning_ms: AtomicU64,
+}
+
+/// While degraded, repeat the warning at most this often.
+const WARN_EVERY_MS: u64 = 10_000;
+
+impl Health {
+    /// A store operation succeeded: ends a degraded period, saying so.
+    pub(super) fn ok(&self) {
+        if self.degraded.load(Ordering::Relaxed) && self.degraded.swap(false, Ordering::Relaxed) {
+            crate::metrics::store_degraded(false);
+            tracing::info!("smache: the store is reachable again; caching resumed");
+        }
+    }
+
+    /// A store operation failed: logs it (an unreachable Redis at debug
+    /// level only, its breaker having said so) and marks the store degraded.
+    pub(super) fn failed(&self, err: &Error) {
+        if err.is_unreachable() {
+            tracing::debug!(error = %err, "smache: Redis unreachable; computing directly");
+            return;
+        }
+        let now = envelope::now_ms();
+        let was_degraded = self.degraded.swap(true, Ordering::Relaxed);
+        crate::metrics::store_degraded(true);
+        let last = self.last_warning_ms.load(Ordering::Relaxed);
+        if !was_degraded || now.saturating_sub(last) >= WARN_EVERY_MS {
+            self.last_warning_ms.store(now, Ordering::Relaxed);
+            tracing::warn!(error = %err, "smache: the store is unavailable; computing values directly until it returns");
+        } else {
+            tracing::debug!(error = %err, "smache: store still unavailable");
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! The [`Smache`] handle: a store, a key prefix and defaults. Its parts:
+//! which instance a call uses ([`current`]), reading and storing values
+//! ([`values`]), freshness and waiting for it ([`fresh`]), and the store's
+//! health ([`health`]).
+
+mod current;
+mod fresh;
+mod health;
+mod values;
+
+use std::fmt;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::builder::SmacheBuilder;
+use crate::error::{Error, Result};
+use crate::key::CacheKey;
+use crate::runtime;
+use crate::spec::ValueStore;
+use crate::store::{Backend, MongoValues, Store};
+
+pub use self::fresh::EntryInfo;
+use self::health::Health;
+pub(crate) use self::values::{Fetched, Located};
+
+/// A smache instance: where computed values are stored and how.
+///
+/// `Smache` is a cheap handle (an `Arc`); clone it freely. `#[computed]`
+/// functions use [`Smache::current`]: the instance of the enclosing
+/// [`scope`](Smache::scope), else the process-wide default, which is the one
+/// [`install`](Smache::install)ed or, if none was, [`Smache::from_env`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), smache::Error> {
+/// #[smache::computed(Raw)]
+/// async fn double(x: u32) -> u32 {
+///     x * 2
+/// }
+///
+/// let smache = smache::Smache::builder().prefix("docs").build()?; // embedded store
+/// let value = smache.scope(double(21)).await;
+/// assert_eq!(value, 42);
+/// assert!(smache.is_fresh(&double::key(21)?).await?);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Smache {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) prefix: String,
+    /// `{prefix}:`, the start of every key.
+    pub(crate) base: String,
+    pub(crate) max_stale: Duration,
+    pub(crate) store: Store,
+    pub(crate) default_ttl: Option<Duration>,
+    pub(crate) mongo: Option<mongodb::Database>,
+    /// Computations in flight in this process.
+    pub(crate) flights: Arc<crate::flight::Flights>,
+    /// How long one computation may hold a key before another process
+    /// takes over.
+    pub(crate) compute_lease: Duration,
+    /// How long a finished task is kept.
+    pub(crate) task_retention: Duration,
+    /// How executors retry failed background work.
+    pub(crate) retry: crate::task::Retry,
+    /// How many jobs this process's executor runs at once.
+    pub(crate) executor_concurrency: usize,
+    /// How long a job waits for an executor that has its function.
+    pub(crate) orphan_timeout: Duration,
+    /// Where values go when their function does not say.
+    pub(crate) value_store: ValueStore,
+    /// The largest envelope stored.
+    pub(crate) max_value_size: usize,
+    /// The collection of values kept in MongoDB, with a MongoDB database.
+    pub(crate) values: Option<MongoValues>,
+    /// `store = mongo` without a database: warned about once.
+    values_missing_warned: AtomicBool,
+    /// Callbacks by name, run by this process's executor.
+    pub(crate) callbacks: std::collections::HashMap<String, crate::task::Callback>,
+    health: Health,
+    /// Whether a worker serves this instance (see `roster`).
+    pub(crate) watchdog: crate::roster::Watchdog,
+    /// The executor started by `SmacheBuilder::run_executor`.
+    executor: std::sync::Mutex<Option<crate::executor::ExecutorHandle>>,
+}
+
+impl fmt::Debug for Smache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Smache")
+            .field("prefix", &self.inner.prefix)
+            .field("backend", &self.backend())
+            .field("default_ttl", &self.inner.default_ttl)
+            .field(
+                "mongodb",
+                &self.inner.mongo.as_ref().map(mongodb::Database::name),
+            )
+            .finish()
+    }
+}
+
+impl Smache {
+    /// A builder with the defaults: embedded store, prefix `smache`, no TTL.
+    pub fn builder() -> SmacheBuilder {
+        SmacheBuilder::default()
+    }
+
+    /// An instance on the embedded in-process store, with the defaults.
+    ///
+    /// ```
+    /// let smache = smache::Smache::embedded();
+    /// assert_eq!(smache.backend(), smache::Backend::Embedded);
+    /// ```
+    #[must_use]
+    pub fn embedded() -> Smache {
+        SmacheBuilder::default()
+            .build()
+            .expect("the default configuration is valid")
+    }
+
+    /// An instance configured from the environment:
+    ///
+    /// | variable | meaning | default |
+    /// |---|---|---|
+    /// | `SMACHE_REDIS_URL` | Redis URL (`redis://`, `rediss://`) | embedded store |
+    /// | `SMACHE_MONGODB_URI` | MongoDB URI | none |
+    /// | `SMACHE_MONGODB_DATABASE` | database name | the URI's, else `smache` |
+    /// | `SMACHE_PREFIX` | key prefix | `smache` |
+    ///
+    /// ```
+    /// // With none of the variables set, this is the embedded store.
+    /// let smache = smache::Smache::from_env()?;
+    /// # Ok::<(), smache::Error>(())
+    /// ```
+    pub fn from_env() -> Result<Smache> {
+        SmacheBuilder::from_env()?.build()
+    }
+
+    pub(crate) fn from_parts(parts: Parts) -> Smache {
+        let Parts {
+            prefix,
+            store,
+            default_ttl,
+            max_stale,
+            compute_lease,
+            mongo,
+            task_retention,
+            retry,
+            executor_concurrency,
+            orphan_timeout,
+            callbacks,
+            value_store,
+            values_collection,
+            max_value_size,
+            expect_worker_within,
+        } = parts;
+        let values = mongo
+            .as_ref()
+            .map(|db| MongoValues::new(db.collection(&values_collection)));
+        Smache {
+            inner: Arc::new(Inner {
+                base: crate::store::keys::base(&prefix),
+                max_stale,
+                prefix,
+                store,
+                default_ttl,
+                mongo,
+                health: Health::default(),
+                watchdog: crate::roster::Watchdog::new(expect_worker_within),
+                flights: Arc::default(),
+                compute_lease,
+                task_retention,
+                retry,
+                executor_concurrency,
+                orphan_timeout,
+                callbacks,
+                value_store,
+                values,
+                max_value_size,
+                values_missing_warned: AtomicBool::new(false),
+                executor: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    pub(crate) fn attach_executor(&self, handle: crate::executor::ExecutorHandle) {
+        *crate::sync::lock(&self.inner.executor) = Some(handle);
+    }
+
+    /// Stops the executor started by
+    /// [`SmacheBuilder::run_executor`](crate::SmacheBuilder::run_executor),
+    /// after its running jobs finish. Does nothing if there is none.
+    ///
+    /// # Errors
+    /// The executor's own error, if it stopped on one.
+    pub async fn stop_executor(&self) -> Result<()> {
+        let handle = crate::sync::lock(&self.inner.executor).take();
+        match handle {
+            Some(handle) => handle.shutdown().await,
+            None => Ok(()),
+        }
+    }
+
+    /// The key prefix (the Redis hash tag).
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// Which store this instance uses.
+    #[must_use]
+    pub fn backend(&self) -> Backend {
+        self.inner.store.backend()
+    }
+
+    /// The TTL of functions that do not set their own.
+    #[must_use]
+    pub fn default_ttl(&self) -> Option<Duration> {
+        self.inner.default_ttl
+    }
+
+    /// The MongoDB database the documents live in, if one was configured.
+    #[must_use]
+    pub fn mongodb(&self) -> Option<&mongodb::Database> {
+        self.inner.mongo.as_ref()
+    }
+
+    /// The Redis key (or embedded-store key) a value is stored under.
+    ///
+    /// ```
+    /// #[smache::computed(Raw, name = "shop.price")]
+    /// fn price(sku: &str) -> u64 {
+    ///     100
+    /// }
+    ///
+    /// let smache = smache::Smache::builder().prefix("shop").build().unwrap();
+    /// assert_eq!(smache.storage_key(&price::key("x1").unwrap()), r#"{shop}:v:shop.price#1:"x1""#);
+    /// ```
+    #[must_use]
+    pub fn storage_key(&self, key: &CacheKey) -> String {
+        key.storage_key(&self.inner.prefix)
+    }
+
+    pub(crate) fn locate(&self, key: &CacheKey) -> Located {
+        let base = &self.inner.base;
+        let mut storage_key = String::with_capacity(base.len() + 2 + key.args().len() + 48);
+        storage_key.push_str(base);
+        storage_key.push_str("v:");
+        key.write_value_id(&mut storage_key);
+        let id = storage_key[base.len() + 2..].to_owned();
+        Located {
+            key: storage_key,
+            full_args: if key.is_hashed() {
+                key.args().to_owned()
+            } else {
+                String::new()
+            },
+            id,
+        }
+    }
+
+    /// Removes the cached value of `key`; the next call computes it again.
+    /// Returns whether a value was stored.
+    ///
+    /// # Errors
+    /// When the store cannot be reached.
+    pub async fn invalidate(&self, key: &CacheKey) -> Result<bool> {
+        let inner = Arc::clone(&self.inner);
+        let at = self.locate(key);
+        let spec = key.spec();
+        runtime::in_tokio(async move {
+            let existed = inner.store.drop_value(at.slot(&inner.base)).await?;
+            inner.forget_external(spec, &at.key).await;
+            Ok(existed)
+        })
+        .await?
+    }
+
+    /// Makes `alias` stand for `target`: a call with `alias`'s arguments
+    /// returns `target`'s value, and a miss computes it (with `alias`'s
+    /// arguments) and stores it as `target`'s. Any value stored for `alias`
+    /// is dropped. Invalidating `target` invalidates its aliases with it;
+    /// invalidating `alias` removes the alias. An alias of an alias stands
+    /// for the final value; aliasing a key to itself, directly or through
+    /// other aliases, is an error.
+    ///
+    /// # Errors
+    /// [`Error::AliasCycle`]; [`Error::Config`] if the keys belong to
+    /// different functions; store errors.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), smache::Error> {
+    /// #[smache::computed(Raw)]
+    /// async fn page(url: &str) -> String {
+    ///     format!("<html>{url}</html>")
+    /// }
+    ///
+    /// let smache = smache::Smache::embedded();
+    /// smache.alias(&page::key("http://a.example/old")?, &page::key("http://a.example/")?).await?;
+    /// let value = smache.scope(page("http://a.example/")).await;
+    /// assert_eq!(smache.scope(page("http://a.example/old")).await, value);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn alias(&self, alias: &CacheKey, target: &CacheKey) -> Result<()> {
+        let (a, t) = (alias.spec(), target.spec());
+        if a.name() != t.name() || a.version() != t.version() {
+            return Err(Error::Config(format!(
+                "an alias must name a value of the same function: {}#{} is not {}#{}",
+                a.name(),
+                a.version(),
+                t.name(),
+                t.version()
+            )));
+        }
+        let inner = Arc::clone(&self.inner);
+        let (from, to) = (self.locate(alias), self.locate(target));
+        let named = runtime::in_tokio(async move {
+            inner
+                .store
+                .alias(from.slot(&inner.base), to.slot(&inner.base))
+                .await
+        })
+        .await??;
+        match named {
+            Some(_) => Ok(()),
+            None => Err(Error::AliasCycle {
+                alias: alias.to_string(),
+                target: target.to_string(),
+            }),
+        }
+    }
+}
+
+/// What a built instance is made of.
+pub(crate) struct Parts {
+    pub(crate) prefix: String,
+    pub(crate) store: Store,
+    pub(crate) default_ttl: Option<Duration>,
+    pub(crate) max_stale: Duration,
+    pub(crate) compute_lease: Duration,
+    pub(crate) mongo: Option<mongodb::Database>,
+    pub(crate) task_retention: Duration,
+    pub(crate) retry: crate::task::Retry,
+    pub(crate) executor_concurrency: usize,
+    pub(crate) orphan_timeout: Duration,
+    pub(crate) callbacks: std::collections::HashMap<String, crate::task::Callback>,
+    pub(crate) value_store: ValueStore,
+    pub(crate) values_collection: String,
+    pub(crate) max_value_size: usize,
+    pub(crate) expect_worker_within: Option<Duration>,
+}
