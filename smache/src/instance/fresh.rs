@@ -173,15 +173,7 @@ impl Smache {
         let storage_key = self.storage_key(key);
         let spec = key.spec();
         runtime::in_tokio(async move {
-            let lookup = match inner.store.get(&storage_key).await? {
-                Lookup::Alias { target, .. } => {
-                    inner
-                        .store
-                        .get(&crate::store::keys::value(&inner.base, &target))
-                        .await?
-                }
-                lookup => lookup,
-            };
+            let lookup = inner.stored(&storage_key).await?;
             let fetched = inner
                 .fetched(&storage_key, Ok(lookup))
                 .map_err(|()| Error::Unavailable)?;
@@ -217,18 +209,7 @@ impl Smache {
     pub async fn entry(&self, key: &CacheKey) -> Result<Option<EntryInfo>> {
         let inner = Arc::clone(&self.inner);
         let storage_key = self.storage_key(key);
-        let lookup = runtime::in_tokio(async move {
-            match inner.store.get(&storage_key).await? {
-                Lookup::Alias { target, .. } => {
-                    inner
-                        .store
-                        .get(&crate::store::keys::value(&inner.base, &target))
-                        .await
-                }
-                lookup => Ok(lookup),
-            }
-        })
-        .await??;
+        let lookup = runtime::in_tokio(async move { inner.stored(&storage_key).await }).await??;
         Ok(match lookup {
             Lookup::Hit {
                 version,

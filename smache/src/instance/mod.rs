@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::runtime;
 use crate::spec::ValueStore;
-use crate::store::{Backend, MongoValues, Store};
+use crate::store::{keys, Backend, MongoValues, Store};
 
 pub use self::fresh::EntryInfo;
 use self::health::Health;
@@ -51,13 +51,19 @@ pub struct Smache {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// What a [`Smache`] handle shares: its store, key prefix and settings.
 pub(crate) struct Inner {
+    /// The key prefix (the Redis hash tag).
     pub(crate) prefix: String,
     /// `{prefix}:`, the start of every key.
     pub(crate) base: String,
+    /// How long a stale `write_through` value may still be served.
     pub(crate) max_stale: Duration,
+    /// Where values, the graph and the jobs live.
     pub(crate) store: Store,
+    /// The time-to-live of values whose function sets none.
     pub(crate) default_ttl: Option<Duration>,
+    /// The database the entity documents live in.
     pub(crate) mongo: Option<mongodb::Database>,
     /// Computations in flight in this process.
     pub(crate) flights: Arc<crate::flight::Flights>,
@@ -82,6 +88,7 @@ pub(crate) struct Inner {
     values_missing_warned: AtomicBool,
     /// Callbacks by name, run by this process's executor.
     pub(crate) callbacks: std::collections::HashMap<String, crate::task::Callback>,
+    /// Whether the store works (see `health`).
     health: Health,
     /// Whether a worker serves this instance (see `roster`).
     pub(crate) watchdog: crate::roster::Watchdog,
@@ -140,6 +147,7 @@ impl Smache {
         SmacheBuilder::from_env()?.build()
     }
 
+    /// The instance made of what the builder assembled.
     pub(crate) fn from_parts(parts: Parts) -> Smache {
         let Parts {
             prefix,
@@ -187,6 +195,8 @@ impl Smache {
         }
     }
 
+    /// Keeps the executor started by the builder, for
+    /// [`stop_executor`](Self::stop_executor).
     pub(crate) fn attach_executor(&self, handle: crate::executor::ExecutorHandle) {
         *crate::sync::lock(&self.inner.executor) = Some(handle);
     }
@@ -245,13 +255,13 @@ impl Smache {
         key.storage_key(&self.inner.prefix)
     }
 
+    /// Where the value of `key` lives in this instance: its storage key,
+    /// value id, and the full arguments of a hashed key (for executors).
     pub(crate) fn locate(&self, key: &CacheKey) -> Located {
         let base = &self.inner.base;
         let mut storage_key = String::with_capacity(base.len() + 2 + key.args().len() + 48);
-        storage_key.push_str(base);
-        storage_key.push_str("v:");
-        key.write_value_id(&mut storage_key);
-        let id = storage_key[base.len() + 2..].to_owned();
+        let id_at = keys::write_value(&mut storage_key, base, |out| key.write_value_id(out));
+        let id = storage_key[id_at..].to_owned();
         Located {
             key: storage_key,
             full_args: if key.is_hashed() {

@@ -13,7 +13,7 @@ use crate::call::Outcome;
 use crate::envelope;
 use crate::error::Result;
 use crate::spec::{FnSpec, Refresh, ValueStore};
-use crate::store::{Backend, Lookup, Put, Slot};
+use crate::store::{keys, Backend, Lookup, Put, Slot};
 
 /// MongoDB documents hold at most 16 MiB; leave room for the fields.
 const MONGO_MAX_VALUE_SIZE: usize = 16 * 1024 * 1024 - 64 * 1024;
@@ -21,12 +21,17 @@ const MONGO_MAX_VALUE_SIZE: usize = 16 * 1024 * 1024 - 64 * 1024;
 /// Where a value lives, resolved against an instance's prefix.
 #[derive(Debug, Clone)]
 pub(crate) struct Located {
+    /// The storage key, `{prefix}:v:<id>`.
     pub(crate) key: String,
+    /// The value id: the key without `{prefix}:v:`.
     pub(crate) id: String,
+    /// The encoded arguments of a hashed key (which its id does not
+    /// hold), else empty.
     pub(crate) full_args: String,
 }
 
 impl Located {
+    /// The value's place as the store's methods take it.
     pub(crate) fn slot<'a>(&'a self, base: &'a str) -> Slot<'a> {
         Slot {
             key: &self.key,
@@ -42,9 +47,11 @@ impl Located {
 pub(crate) struct Fetched {
     /// The value version the store assigned it.
     pub(crate) version: u64,
+    /// The envelope (a value kept in MongoDB already read from there).
     pub(crate) data: Vec<u8>,
     /// Past its time-to-live: serve it once more and refresh it.
     pub(crate) expired: bool,
+    /// A document it depends on changed after it was computed.
     pub(crate) stale: bool,
     /// How long it has been stale; `Duration::MAX` when no recompute is
     /// coming (marked past `max_fanout`, "stale since 0").
@@ -77,7 +84,7 @@ impl Inner {
         match self.store.get(&at.key).await {
             Ok(Lookup::Alias { target, full_args }) => {
                 let target = Located {
-                    key: crate::store::keys::value(&self.base, &target),
+                    key: keys::value(&self.base, &target),
                     id: target,
                     full_args,
                 };
@@ -88,6 +95,16 @@ impl Inner {
                 let fetched = self.fetched(&at.key, lookup)?;
                 Ok((self.materialize(&at.key, fetched).await?, None))
             }
+        }
+    }
+
+    /// What is stored under `storage_key`, an alias followed to the value
+    /// it stands for (aliases name values that are not aliases), as is:
+    /// for reports of a value, not for a call (see [`lookup`](Self::lookup)).
+    pub(super) async fn stored(&self, storage_key: &str) -> Result<Lookup> {
+        match self.store.get(storage_key).await? {
+            Lookup::Alias { target, .. } => self.store.get(&keys::value(&self.base, &target)).await,
+            lookup => Ok(lookup),
         }
     }
 
@@ -165,6 +182,8 @@ impl Inner {
         self.materialize(storage_key, fetched).await
     }
 
+    /// A store's answer as a [`Fetched`], noting the store's health;
+    /// `Err` when the store could not be asked (already logged).
     pub(super) fn fetched(
         &self,
         storage_key: &str,

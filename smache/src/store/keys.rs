@@ -19,6 +19,22 @@ pub(crate) fn value(base: &str, id: &str) -> String {
     format!("{base}v:{id}")
 }
 
+/// [`value`] written into `out` (cleared first), the id by `write_id`,
+/// without a `String` of its own: the hit path reuses one buffer. Returns
+/// where the id starts in `out`.
+pub(crate) fn write_value(
+    out: &mut String,
+    base: &str,
+    write_id: impl FnOnce(&mut String),
+) -> usize {
+    out.clear();
+    out.push_str(base);
+    out.push_str("v:");
+    let id_at = out.len();
+    write_id(out);
+    id_at
+}
+
 /// The consumer group all executors share on the jobs stream.
 pub const GROUP: &str = "executors";
 
@@ -129,6 +145,10 @@ mod tests {
         assert_eq!(base, "{shop}:");
         assert_eq!(value(&base, "f#1:1"), "{shop}:v:f#1:1");
         assert!(value(&base, "x").starts_with(&value_prefix(&base)));
+        let mut out = String::from("left over");
+        let id_at = write_value(&mut out, &base, |out| out.push_str("f#1:1"));
+        assert_eq!(out, value(&base, "f#1:1"));
+        assert_eq!(&out[id_at..], "f#1:1");
         let workers = WorkerKeys::new(&base);
         for key in [
             jobs(&base),

@@ -11,7 +11,7 @@ use moka::Expiry;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{Lookup, Slot};
+use super::{keys, Lookup, Slot};
 use crate::sync::lock;
 
 #[derive(Clone)]
@@ -94,10 +94,7 @@ impl MemoryStore {
                 Ok(key) => key,
                 Err(_) => &mut own,
             };
-            key.clear();
-            key.push_str(base);
-            key.push_str("v:");
-            write_id(key);
+            keys::write_value(key, base, write_id);
             if self.linked.load(Ordering::Acquire) && lock(&self.links).contains_key(key.as_str()) {
                 return None;
             }
