@@ -1,44 +1,27 @@
-//! [`SmacheBuilder`]: how a [`Smache`] instance is configured.
+//! [`SmacheBuilder`]: how a [`Smache`] instance is configured. Its
+//! defaults and the environment are in [`config`], the connections it
+//! assembles in [`connect`].
+
+mod config;
+mod connect;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-
 use crate::error::{Error, Result};
 use crate::instance::{Parts, Smache};
-use crate::runtime;
 use crate::spec::ValueStore;
-use crate::store::{MemoryStore, RedisStore, Store, DEFAULT_VALUES_COLLECTION};
+use crate::store::{Store, DEFAULT_VALUES_COLLECTION};
 use crate::task::{self, Callback, CallbackResult, Completion, Retry, DEFAULT_TASK_RETENTION};
 
-/// The default key prefix.
-pub const DEFAULT_PREFIX: &str = "smache";
-/// The default bound on one store operation.
-pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(500);
-/// The default bound on serving a stale value; see [`SmacheBuilder::max_stale`].
-pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(30);
-/// The default compute lease; see [`SmacheBuilder::compute_lease`].
-pub const DEFAULT_COMPUTE_LEASE: Duration = Duration::from_secs(30);
-/// The default bound on one stored value; see [`SmacheBuilder::max_value_size`].
-pub const DEFAULT_MAX_VALUE_SIZE: usize = 64 * 1024 * 1024;
-/// The default size of the embedded store.
-pub const DEFAULT_MEMORY_CAPACITY: u64 = 64 * 1024 * 1024;
-/// The default time a job waits for an executor that has its function;
-/// see [`SmacheBuilder::orphan_timeout`].
-pub const DEFAULT_ORPHAN_TIMEOUT: Duration = Duration::from_secs(600);
-/// The default time an instance may find no worker serving it before it
-/// warns (three default worker leases); see
-/// [`SmacheBuilder::expect_worker_within`].
-pub const DEFAULT_EXPECT_WORKER_WITHIN: Duration = Duration::from_secs(30);
-
-enum RedisSource {
-    Url(String),
-    Client(Box<redis::Client>),
-    Manager(ConnectionManager),
-}
+use self::config::validate_prefix;
+pub use self::config::{
+    DEFAULT_COMPUTE_LEASE, DEFAULT_EXPECT_WORKER_WITHIN, DEFAULT_MAX_STALE, DEFAULT_MAX_VALUE_SIZE,
+    DEFAULT_MEMORY_CAPACITY, DEFAULT_OP_TIMEOUT, DEFAULT_ORPHAN_TIMEOUT, DEFAULT_PREFIX,
+};
+use self::connect::RedisSource;
 
 /// Configures a [`Smache`] instance. Every setting has a default; with none
 /// set, the instance uses the embedded in-process store.
@@ -79,13 +62,7 @@ pub struct SmacheBuilder {
 
 impl fmt::Debug for SmacheBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let redis = match &self.redis {
-            None => "none",
-            // A URL can carry a password: never print it.
-            Some(RedisSource::Url(_)) => "url (redacted)",
-            Some(RedisSource::Client(_)) => "client (redacted)",
-            Some(RedisSource::Manager(_)) => "connection manager",
-        };
+        let redis = self.redis.as_ref().map_or("none", RedisSource::redacted);
         f.debug_struct("SmacheBuilder")
             .field("redis", &redis)
             .field("mongodb", &self.mongo.as_ref().map(mongodb::Database::name))
@@ -110,60 +87,6 @@ impl fmt::Debug for SmacheBuilder {
 }
 
 impl SmacheBuilder {
-    /// Use Redis at `url` (`redis://[user:password@]host:port/db`, or
-    /// `rediss://` for TLS). The connection is made on first use.
-    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
-        self.redis = Some(RedisSource::Url(url.into()));
-        self
-    }
-
-    /// Use a Redis client you built: for TLS with your own certificate
-    /// authority or a client certificate (`redis::Client::build_with_tls`),
-    /// or any connection setting a URL cannot express. Like
-    /// [`redis_url`](Self::redis_url), connections are made on first use,
-    /// and executors open their own from it for blocking reads.
-    ///
-    /// ```no_run
-    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
-    /// let ca = std::fs::read("/etc/ssl/private-ca.pem")?;
-    /// let client = redis::Client::build_with_tls(
-    ///     "rediss://redis.internal:6380/",
-    ///     redis::TlsCertificates {
-    ///         client_tls: None,
-    ///         root_cert: Some(ca),
-    ///     },
-    /// )?;
-    /// let smache = smache::Smache::builder().redis_client(client).build()?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn redis_client(mut self, client: redis::Client) -> Self {
-        self.redis = Some(RedisSource::Client(Box::new(client)));
-        self
-    }
-
-    /// Use an existing Redis connection manager (it is cloned per call, as
-    /// redis-rs intends). Executors need [`redis_url`](Self::redis_url) or
-    /// [`redis_client`](Self::redis_client) instead, for connections of
-    /// their own.
-    pub fn redis_connection(mut self, manager: ConnectionManager) -> Self {
-        self.redis = Some(RedisSource::Manager(manager));
-        self
-    }
-
-    /// The MongoDB database the entity documents live in (used by the
-    /// dependency tracking and the worker).
-    pub fn mongodb(mut self, client: &mongodb::Client, database: &str) -> Self {
-        self.mongo = Some(client.database(database));
-        self
-    }
-
-    /// [`mongodb`](Self::mongodb), from a database handle.
-    pub fn mongodb_database(mut self, database: mongodb::Database) -> Self {
-        self.mongo = Some(database);
-        self
-    }
-
     /// The key prefix, used as the Redis hash tag `{prefix}` (default
     /// `smache`). Instances with different prefixes never share values.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -401,33 +324,6 @@ impl SmacheBuilder {
         self
     }
 
-    /// A builder preset from the environment; see [`Smache::from_env`].
-    pub(crate) fn from_env() -> Result<Self> {
-        let mut builder = SmacheBuilder::default();
-        if let Some(url) = env("SMACHE_REDIS_URL") {
-            builder = builder.redis_url(url);
-        }
-        if let Some(prefix) = env("SMACHE_PREFIX") {
-            builder = builder.prefix(prefix);
-        }
-        if let Some(uri) = env("SMACHE_MONGODB_URI") {
-            // Parsing may resolve DNS (mongodb+srv), which is async, and the
-            // client starts background tasks: both need a runtime, which a
-            // synchronous caller may not have, so they run on smache's own.
-            let database = env("SMACHE_MONGODB_DATABASE");
-            let db = runtime::block_on(async move {
-                let options = mongodb::options::ClientOptions::parse(uri).await?;
-                let database = database
-                    .or_else(|| options.default_database.clone())
-                    .unwrap_or_else(|| "smache".to_owned());
-                let client = mongodb::Client::with_options(options)?;
-                Ok::<_, Error>(client.database(&database))
-            })??;
-            builder.mongo = Some(db);
-        }
-        Ok(builder)
-    }
-
     /// Builds the instance. Nothing is connected yet.
     ///
     /// # Errors
@@ -447,26 +343,12 @@ impl SmacheBuilder {
         if timeout.is_zero() {
             return Err(Error::Config("op_timeout must be more than zero".into()));
         }
-        let store = match self.redis {
-            None => Store::Memory(MemoryStore::new(
-                self.memory_capacity.unwrap_or(DEFAULT_MEMORY_CAPACITY),
-            )),
-            Some(RedisSource::Url(url)) => {
-                let client = redis::Client::open(url.as_str()).map_err(|err| {
-                    // The error text never includes the URL itself.
-                    Error::Config(format!(
-                        "invalid Redis URL ({err}); expected redis://[user:password@]host[:port][/db] or rediss://… for TLS"
-                    ))
-                })?;
-                Store::Redis(RedisStore::from_client(client, timeout, &prefix))
-            }
-            Some(RedisSource::Client(client)) => {
-                Store::Redis(RedisStore::from_client(*client, timeout, &prefix))
-            }
-            Some(RedisSource::Manager(manager)) => {
-                Store::Redis(RedisStore::from_manager(manager, timeout, &prefix))
-            }
-        };
+        let store = connect::store(
+            self.redis,
+            self.memory_capacity.unwrap_or(DEFAULT_MEMORY_CAPACITY),
+            timeout,
+            &prefix,
+        )?;
         let is_redis = matches!(store, Store::Redis(_));
         if let Some(name) = self
             .callbacks
@@ -512,25 +394,6 @@ impl SmacheBuilder {
             smache.attach_executor(crate::executor::spawn(&smache));
         }
         Ok(smache)
-    }
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|value| !value.is_empty())
-}
-
-fn validate_prefix(prefix: &str) -> Result<()> {
-    let ok = !prefix.is_empty()
-        && prefix.len() <= 64
-        && prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.:/".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Config(format!(
-            "prefix {prefix:?} must be 1 to 64 characters of [A-Za-z0-9_-.:/]"
-        )))
     }
 }
 

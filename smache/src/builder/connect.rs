@@ -1,0 +1,137 @@
+//! The connections a builder is given and assembles: the store
+//! (embedded, or Redis from a URL, a client or a connection manager) and
+//! the MongoDB database (given, or from the environment). Nothing connects here: Redis is
+//! reached on first use.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use super::SmacheBuilder;
+use crate::error::{Error, Result};
+use crate::runtime;
+use crate::store::{MemoryStore, RedisStore, Store};
+
+/// The connections: Redis and MongoDB.
+impl SmacheBuilder {
+    /// Use Redis at `url` (`redis://[user:password@]host:port/db`, or
+    /// `rediss://` for TLS). The connection is made on first use.
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis = Some(RedisSource::Url(url.into()));
+        self
+    }
+
+    /// Use a Redis client you built: for TLS with your own certificate
+    /// authority or a client certificate (`redis::Client::build_with_tls`),
+    /// or any connection setting a URL cannot express. Like
+    /// [`redis_url`](Self::redis_url), connections are made on first use,
+    /// and executors open their own from it for blocking reads.
+    ///
+    /// ```no_run
+    /// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/ssl/private-ca.pem")?;
+    /// let client = redis::Client::build_with_tls(
+    ///     "rediss://redis.internal:6380/",
+    ///     redis::TlsCertificates {
+    ///         client_tls: None,
+    ///         root_cert: Some(ca),
+    ///     },
+    /// )?;
+    /// let smache = smache::Smache::builder().redis_client(client).build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn redis_client(mut self, client: redis::Client) -> Self {
+        self.redis = Some(RedisSource::Client(Box::new(client)));
+        self
+    }
+
+    /// Use an existing Redis connection manager (it is cloned per call, as
+    /// redis-rs intends). Executors need [`redis_url`](Self::redis_url) or
+    /// [`redis_client`](Self::redis_client) instead, for connections of
+    /// their own.
+    pub fn redis_connection(mut self, manager: ConnectionManager) -> Self {
+        self.redis = Some(RedisSource::Manager(manager));
+        self
+    }
+
+    /// The MongoDB database the entity documents live in (used by the
+    /// dependency tracking and the worker).
+    pub fn mongodb(mut self, client: &mongodb::Client, database: &str) -> Self {
+        self.mongo = Some(client.database(database));
+        self
+    }
+
+    /// [`mongodb`](Self::mongodb), from a database handle.
+    pub fn mongodb_database(mut self, database: mongodb::Database) -> Self {
+        self.mongo = Some(database);
+        self
+    }
+}
+
+/// Where the Redis store's connections come from.
+pub(super) enum RedisSource {
+    /// A `redis://` or `rediss://` URL, opened by [`store`].
+    Url(String),
+    /// A client the application built (TLS settings, …).
+    Client(Box<redis::Client>),
+    /// A connection manager the application made (no executor: it cannot
+    /// open connections of its own).
+    Manager(ConnectionManager),
+}
+
+impl RedisSource {
+    /// What the source is, for `Debug`: a URL or a client can carry a
+    /// password, so neither is ever printed.
+    pub(super) fn redacted(&self) -> &'static str {
+        match self {
+            RedisSource::Url(_) => "url (redacted)",
+            RedisSource::Client(_) => "client (redacted)",
+            RedisSource::Manager(_) => "connection manager",
+        }
+    }
+}
+
+/// The store of an instance: Redis from `redis`, else the embedded store
+/// of `memory_capacity` bytes.
+pub(super) fn store(
+    redis: Option<RedisSource>,
+    memory_capacity: u64,
+    timeout: Duration,
+    prefix: &str,
+) -> Result<Store> {
+    Ok(match redis {
+        None => Store::Memory(MemoryStore::new(memory_capacity)),
+        Some(RedisSource::Url(url)) => {
+            let client = redis::Client::open(url.as_str()).map_err(|err| {
+                // The error text never includes the URL itself.
+                Error::Config(format!(
+                    "invalid Redis URL ({err}); expected redis://[user:password@]host[:port][/db] or rediss://… for TLS"
+                ))
+            })?;
+            Store::Redis(RedisStore::from_client(client, timeout, prefix))
+        }
+        Some(RedisSource::Client(client)) => {
+            Store::Redis(RedisStore::from_client(*client, timeout, prefix))
+        }
+        Some(RedisSource::Manager(manager)) => {
+            Store::Redis(RedisStore::from_manager(manager, timeout, prefix))
+        }
+    })
+}
+
+/// The MongoDB database `database` (else the URI's, else `smache`) of
+/// the deployment at `uri`.
+pub(super) fn mongo_database(uri: String, database: Option<String>) -> Result<mongodb::Database> {
+    // Parsing may resolve DNS (mongodb+srv), which is async, and the
+    // client starts background tasks: both need a runtime, which a
+    // synchronous caller may not have, so they run on smache's own.
+    runtime::block_on(async move {
+        let options = mongodb::options::ClientOptions::parse(uri).await?;
+        let database = database
+            .or_else(|| options.default_database.clone())
+            .unwrap_or_else(|| "smache".to_owned());
+        let client = mongodb::Client::with_options(options)?;
+        Ok::<_, Error>(client.database(&database))
+    })?
+}
