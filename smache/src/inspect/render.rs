@@ -102,21 +102,11 @@ impl GraphReport {
                 EdgeKind::Relation => out.push_str(" [style=bold, label=\"relation\"];\n"),
             }
         }
-        for (i, node) in self.nodes.iter().enumerate() {
-            if node.dependants_left_out > 0 {
-                let _ = writeln!(
-                    out,
-                    "  n{i}_more [shape=plaintext, style=\"\", label=\"{}\"];\n  n{i} -> n{i}_more [style=dotted];",
-                    more(node.dependants_left_out, self.edges_from(&node.token).count())
-                );
-            }
-            if node.dependencies_left_out > 0 {
-                let _ = writeln!(
-                    out,
-                    "  n{i}_deps [shape=plaintext, style=\"\", label=\"{}\"];\n  n{i}_deps -> n{i} [style=dotted];",
-                    more(node.dependencies_left_out, self.edges_to(&node.token).count())
-                );
-            }
+        for [id, label, from, to] in self.notes() {
+            let _ = writeln!(
+                out,
+                "  {id} [shape=plaintext, style=\"\", label=\"{label}\"];\n  {from} -> {to} [style=dotted];"
+            );
         }
         if self.truncated {
             let _ = writeln!(
@@ -165,43 +155,14 @@ impl GraphReport {
             };
             let _ = writeln!(out, "  n{from} {arrow} n{to}");
         }
-        for (i, node) in self.nodes.iter().enumerate() {
-            if node.dependants_left_out > 0 {
-                let label = more(
-                    node.dependants_left_out,
-                    self.edges_from(&node.token).count(),
-                );
-                let _ = writeln!(
-                    out,
-                    "  n{i}_more[\"{}\"]\n  n{i} -.-> n{i}_more",
-                    mermaid_escape(&label)
-                );
-                class("more", format!("n{i}_more"));
-            }
-            if node.dependencies_left_out > 0 {
-                let label = more(
-                    node.dependencies_left_out,
-                    self.edges_to(&node.token).count(),
-                );
-                let _ = writeln!(
-                    out,
-                    "  n{i}_deps[\"{}\"]\n  n{i}_deps -.-> n{i}",
-                    mermaid_escape(&label)
-                );
-                class("more", format!("n{i}_deps"));
-            }
+        for [id, label, from, to] in self.notes() {
+            let label = mermaid_escape(&label);
+            let _ = writeln!(out, "  {id}[\"{label}\"]\n  {from} -.-> {to}");
+            class("more", id);
         }
-        for (name, style) in [
-            ("fresh", "fill:#d9f2d9,stroke:#3c763d"),
-            ("pending", "fill:#fff2cc,stroke:#b8860b"),
-            ("stale", "fill:#ffd9b3,stroke:#b35900"),
-            ("nocompute", "fill:#f4cccc,stroke:#990000"),
-            ("none", "fill:#eeeeee,stroke:#888888,stroke-dasharray:3 3"),
-            ("token", "fill:#e8eefc,stroke:#4a5f8f"),
-            ("more", "fill:none,stroke:none"),
-        ] {
+        for (name, fill, stroke) in CLASSES {
             if let Some((_, ids)) = classes.iter().find(|(c, _)| *c == name) {
-                let _ = writeln!(out, "  classDef {name} {style}");
+                let _ = writeln!(out, "  classDef {name} fill:{fill},stroke:{stroke}");
                 let _ = writeln!(out, "  class {} {name}", ids.join(","));
             }
         }
@@ -211,6 +172,28 @@ impl GraphReport {
         out
     }
 
+    /// The "… more" notes of what the report leaves out, node by node, as
+    /// `[id, label, from, to]` (the note's edge from what changes to what
+    /// it changes): below a node (`n3_more`) its dependants left out, above
+    /// it (`n3_deps`) its dependencies.
+    fn notes(&self) -> Vec<[String; 4]> {
+        let mut notes = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.dependants_left_out > 0 {
+                let (id, shown) = (format!("n{i}_more"), self.edges_from(&node.token).count());
+                let label = more(node.dependants_left_out, shown);
+                notes.push([id.clone(), label, format!("n{i}"), id]);
+            }
+            if node.dependencies_left_out > 0 {
+                let (id, shown) = (format!("n{i}_deps"), self.edges_to(&node.token).count());
+                let label = more(node.dependencies_left_out, shown);
+                notes.push([id.clone(), label, id, format!("n{i}")]);
+            }
+        }
+        notes
+    }
+
+    /// The index of `token`'s node: its id in dot and Mermaid is `n<index>`.
     fn at(&self, token: &str) -> Option<usize> {
         self.nodes.iter().position(|node| node.token == token)
     }
@@ -397,16 +380,25 @@ fn describe(node: &GraphNode, now: SystemTime) -> (String, String) {
     }
 }
 
+/// Each class of node (see [`state`]) with its fill and stroke, in the
+/// order Mermaid's `classDef`s are written; `more` is the "… more" note.
+const CLASSES: [(&str, &str, &str); 7] = [
+    ("fresh", "#d9f2d9", "#3c763d"),
+    ("pending", "#fff2cc", "#b8860b"),
+    ("stale", "#ffd9b3", "#b35900"),
+    ("nocompute", "#f4cccc", "#990000"),
+    ("none", "#eeeeee", "#888888,stroke-dasharray:3 3"),
+    ("token", "#e8eefc", "#4a5f8f"),
+    ("more", "none", "none"),
+];
+
 /// A node's dot shape and fill.
 fn look(node: &GraphNode) -> (&'static str, &'static str) {
-    let fill = match state(node) {
-        "fresh" => "#d9f2d9",
-        "pending" => "#fff2cc",
-        "stale" => "#ffd9b3",
-        "nocompute" => "#f4cccc",
-        "token" => "#e8eefc",
-        _ => "#eeeeee",
-    };
+    let state = state(node);
+    let fill = CLASSES
+        .iter()
+        .find(|(name, ..)| *name == state)
+        .map_or("#eeeeee", |(_, fill, _)| fill);
     let shape = match node.kind {
         NodeKind::Document { .. } => "ellipse",
         NodeKind::Collection { .. } => "folder",
@@ -456,10 +448,7 @@ pub(crate) fn mermaid_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
-            '#' | '"' | '<' | '>' | '&' | '`' => {
-                let _ = write!(out, "#{};", u32::from(c));
-            }
-            c if c.is_control() => {
+            c if c.is_control() || matches!(c, '#' | '"' | '<' | '>' | '&' | '`') => {
                 let _ = write!(out, "#{};", u32::from(c));
             }
             c => out.push(c),
