@@ -12,15 +12,24 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// returned by the explicit API ([`Smache::invalidate`](crate::Smache::invalidate),
 /// [`Smache::is_fresh`](crate::Smache::is_fresh), the builder, the generated
 /// `key` helpers).
+///
+/// Each cause is printed once along the
+/// [`source`](std::error::Error::source) chain: a Redis or MongoDB error
+/// is part of this error's message, not also its `source()` (those
+/// drivers' errors already print their own sources in their messages, so
+/// a chain through them would repeat each one). Match
+/// [`Error::Redis`] or [`Error::Mongo`] to reach the driver's error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Redis answered with an error or could not be reached.
+    /// Redis answered with an error or could not be reached (its message
+    /// is this error's; see above).
     #[error("redis: {0}")]
-    Redis(#[source] redis::RedisError),
-    /// MongoDB answered with an error or could not be reached.
+    Redis(redis::RedisError),
+    /// MongoDB answered with an error or could not be reached (its message
+    /// is this error's; see above).
     #[error("mongodb: {0}")]
-    Mongo(#[source] mongodb::error::Error),
+    Mongo(mongodb::error::Error),
     /// A store operation took longer than the configured operation timeout.
     #[error("{op} timed out after {timeout:?}")]
     Timeout {
@@ -132,5 +141,88 @@ impl From<redis::RedisError> for Error {
 impl From<mongodb::error::Error> for Error {
     fn from(err: mongodb::error::Error) -> Self {
         Error::Mongo(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages of `err` and of each of its sources, outermost first.
+    fn chain(err: &Error) -> Vec<String> {
+        let mut messages = vec![err.to_string()];
+        let mut source = std::error::Error::source(err);
+        while let Some(cause) = source {
+            messages.push(cause.to_string());
+            source = cause.source();
+        }
+        messages
+    }
+
+    #[test]
+    fn each_cause_is_printed_once_along_the_chain() {
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let errors = [
+            Error::from(redis::RedisError::from(refused())),
+            Error::from(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "connection dropped",
+                "by peer".to_owned(),
+            ))),
+            Error::from(mongodb::error::Error::from(refused())),
+            Error::Timeout {
+                op: "get",
+                timeout: Duration::from_millis(500),
+            },
+            Error::Unavailable,
+            Error::Serialize {
+                what: "value",
+                message: "not UTF-8".into(),
+            },
+            Error::KeyTooLong {
+                what: "the arguments",
+                len: 9,
+                max: 8,
+            },
+            Error::Corrupt("bad envelope".into()),
+            Error::Config("bad prefix".into()),
+            Error::EntityGone {
+                collection: "users",
+                id: crate::EntityId::from("u1"),
+            },
+            Error::Job("bad arguments".into()),
+            Error::AliasCycle {
+                alias: "a".into(),
+                target: "b".into(),
+            },
+            Error::TaskFailed {
+                task: "t1".into(),
+                message: "boom".into(),
+            },
+            Error::TaskNotFound("t2".into()),
+            Error::AlreadyInstalled,
+        ];
+        for err in &errors {
+            let messages = chain(err);
+            for (i, outer) in messages.iter().enumerate() {
+                for inner in &messages[i + 1..] {
+                    assert!(
+                        !outer.contains(inner.as_str()),
+                        "{inner:?} is printed twice in the chain {messages:?}"
+                    );
+                }
+            }
+        }
+        // The driver's message is kept, once.
+        assert!(
+            chain(&errors[0])[0].contains("refused"),
+            "{:?}",
+            chain(&errors[0])
+        );
+        assert!(
+            chain(&errors[2])[0].contains("refused"),
+            "{:?}",
+            chain(&errors[2])
+        );
     }
 }
