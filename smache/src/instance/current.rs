@@ -9,9 +9,11 @@ use once_cell::sync::OnceCell;
 use super::Smache;
 use crate::error::{Error, Result};
 
+/// The process-wide default: [`Smache::global`].
 static GLOBAL: OnceCell<Smache> = OnceCell::new();
 
 tokio::task_local! {
+    /// The instance of the innermost [`Smache::scope`].
     static CURRENT: Smache;
 }
 
