@@ -66,6 +66,24 @@ pub(crate) fn relations(base: &str, collection: &str) -> String {
     format!("{base}rel:{collection}")
 }
 
+/// The start of every reverse-edge key: `{prefix}:r:`, followed by a
+/// dependency token.
+pub(crate) fn dependants_prefix(base: &str) -> String {
+    format!("{base}r:")
+}
+
+/// The value ids that depend on dependency token `token`:
+/// `{prefix}:r:<token>`.
+pub(crate) fn dependants(base: &str, token: &str) -> String {
+    format!("{base}r:{token}")
+}
+
+/// A `SCAN` pattern for the reverse edges of every document of
+/// `collection` (tokens `e:<collection>:<id key>`).
+pub(crate) fn document_dependants_pattern(base: &str, collection: &str) -> String {
+    dependants(base, &format!("e:{}:*", glob_escape(collection)))
+}
+
 /// The records the live workers announce.
 pub(crate) fn workers(base: &str) -> String {
     format!("{base}workers")
@@ -129,6 +147,11 @@ mod tests {
         assert_eq!(base, "{shop}:");
         assert_eq!(value(&base, "f#1:1"), "{shop}:v:f#1:1");
         assert!(value(&base, "x").starts_with(&value_prefix(&base)));
+        assert!(dependants(&base, "c:x").starts_with(&dependants_prefix(&base)));
+        assert_eq!(
+            document_dependants_pattern(&base, "a*b"),
+            "{shop}:r:e:a\\*b:*"
+        );
         let workers = WorkerKeys::new(&base);
         for key in [
             jobs(&base),
@@ -139,6 +162,8 @@ mod tests {
             config(&base),
             collections(&base),
             relations(&base, "orders"),
+            dependants(&base, "c:orders"),
+            document_dependants_pattern(&base, "orders"),
             self::workers(&base),
             workers.token,
             workers.lease,
@@ -164,6 +189,7 @@ mod tests {
             functions(""),
             value("", ""),
             task("", ""),
+            dependants_prefix(""),
         ] {
             let written = format!("base..\"{name}\"");
             assert!(
