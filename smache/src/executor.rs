@@ -43,7 +43,7 @@ use crate::entity::{Entity, EntityId};
 use crate::error::{Error, Result};
 use crate::instance::{Located, Smache};
 use crate::registry;
-use crate::store::{keys, Abandon, RedisStore, Related, Start, Store, BLOCK_FOR};
+use crate::store::{keys, Abandon, RedisStore, Related, Start, Store, TaskPhase, BLOCK_FOR};
 use crate::task::Completion;
 
 pub use crate::store::keys::GROUP;
@@ -1128,14 +1128,14 @@ impl Executor {
             }
         };
         let outcome = match state.state {
-            b'd' => match self.smache.inner.task_value(task, &state).await {
+            TaskPhase::Done => match self.smache.inner.task_value(task, &state).await {
                 Ok(data) => Ok(data),
                 Err(err) => {
                     tracing::warn!(error = %err, task, "smache executor: cannot read a task's value; callback left for retry");
                     return;
                 }
             },
-            b'f' => Err(String::from_utf8_lossy(&state.result).into_owned()),
+            TaskPhase::Failed => Err(String::from_utf8_lossy(&state.result).into_owned()),
             _ => Err("the task has not finished".to_owned()),
         };
         let completion = Completion::new(task.to_owned(), outcome, args);

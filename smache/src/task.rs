@@ -54,7 +54,7 @@ use crate::instance::{Inner, Smache};
 use crate::key::CacheKey;
 use crate::runtime;
 use crate::spec::FnSpec;
-use crate::store::{task_key, RedisStore, Store, TaskState};
+use crate::store::{task_key, RedisStore, Store, TaskPhase, TaskState};
 
 /// The result of `f::submit(..)`: the cached value, or a task computing it.
 #[derive(Debug)]
@@ -403,7 +403,7 @@ impl Smache {
                 return Ok(None);
             };
             let result = match found.state {
-                b'd' => inner.task_value(&task, &found).await?,
+                TaskPhase::Done => inner.task_value(&task, &found).await?,
                 _ => found.result.clone(),
             };
             Ok::<_, Error>(Some((found, result)))
@@ -413,8 +413,8 @@ impl Smache {
             return Err(Error::TaskNotFound(id.to_owned()));
         };
         let status = match found.state {
-            b'p' => TaskStatus::Pending,
-            b'd' => TaskStatus::Done(envelope::decode(&result)?.value()?),
+            TaskPhase::Pending => TaskStatus::Pending,
+            TaskPhase::Done => TaskStatus::Done(envelope::decode(&result)?.value()?),
             _ => TaskStatus::Failed(String::from_utf8_lossy(&result).into_owned()),
         };
         Ok((status, found.value_id))

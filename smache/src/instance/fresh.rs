@@ -135,7 +135,7 @@ impl Smache {
                 return Ok(false);
             };
             let keys = crate::store::keys::WorkerKeys::new(&inner.base);
-            let written = crate::worker::timestamp_key(write);
+            let written = crate::store::timestamp_key(write);
             let mut pause = Pause::new();
             // Every change up to the write has been turned into jobs…
             let newest = loop {

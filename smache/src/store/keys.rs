@@ -82,6 +82,24 @@ pub(crate) fn relations(base: &str, collection: &str) -> String {
     format!("{base}rel:{collection}")
 }
 
+/// The start of every reverse-edge key: `{prefix}:r:`, followed by a
+/// dependency token.
+pub(crate) fn dependants_prefix(base: &str) -> String {
+    format!("{base}r:")
+}
+
+/// The value ids that depend on dependency token `token`:
+/// `{prefix}:r:<token>`.
+pub(crate) fn dependants(base: &str, token: &str) -> String {
+    format!("{base}r:{token}")
+}
+
+/// A `SCAN` pattern for the reverse edges of every document of
+/// `collection` (tokens `e:<collection>:<id key>`).
+pub(crate) fn document_dependants_pattern(base: &str, collection: &str) -> String {
+    dependants(base, &format!("e:{}:*", glob_escape(collection)))
+}
+
 /// The records the live workers announce.
 pub(crate) fn workers(base: &str) -> String {
     format!("{base}workers")
@@ -149,6 +167,11 @@ mod tests {
         let id_at = write_value(&mut out, &base, |out| out.push_str("f#1:1"));
         assert_eq!(out, value(&base, "f#1:1"));
         assert_eq!(&out[id_at..], "f#1:1");
+        assert!(dependants(&base, "c:x").starts_with(&dependants_prefix(&base)));
+        assert_eq!(
+            document_dependants_pattern(&base, "a*b"),
+            "{shop}:r:e:a\\*b:*"
+        );
         let workers = WorkerKeys::new(&base);
         for key in [
             jobs(&base),
@@ -159,6 +182,8 @@ mod tests {
             config(&base),
             collections(&base),
             relations(&base, "orders"),
+            dependants(&base, "c:orders"),
+            document_dependants_pattern(&base, "orders"),
             self::workers(&base),
             workers.token,
             workers.lease,
@@ -184,6 +209,7 @@ mod tests {
             functions(""),
             value("", ""),
             task("", ""),
+            dependants_prefix(""),
         ] {
             let written = format!("base..\"{name}\"");
             assert!(

@@ -21,7 +21,8 @@ pub(crate) use self::memory::MemoryStore;
 pub(crate) use self::mongo::MongoValues;
 pub use self::mongo::DEFAULT_VALUES_COLLECTION;
 pub(crate) use self::redis::{
-    task_key, Abandon, Begin, Changed, RedisStore, Related, Seen, Start, TaskState, BLOCK_FOR,
+    task_key, timestamp_key, Abandon, Begin, Changed, Owed, RedisStore, Related, Seen, Start,
+    TaskPhase, TaskState, BLOCK_FOR,
 };
 pub(crate) use self::roster::{Announced, Roll};
 use crate::error::Result;

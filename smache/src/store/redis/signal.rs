@@ -1,0 +1,181 @@
+//! Signalling dependants as changed: marking values stale (by id, or all
+//! that match), related documents, fan-out jobs, background refreshes, and
+//! finding which documents some value depends on.
+
+use redis::aio::ConnectionManager;
+
+use super::RedisStore;
+use crate::error::Result;
+use crate::store::keys;
+
+impl RedisStore {
+    /// One page of `SCAN … MATCH pattern`: the next cursor and the keys.
+    async fn scan_page(
+        conn: &mut ConnectionManager,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, Vec<String>)> {
+        Ok(redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?)
+    }
+
+    /// Every key matching `pattern`.
+    pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<String>> {
+        let mut conn = self.connection().await?;
+        let (mut cursor, mut keys) = (0, Vec::new());
+        loop {
+            let (next, page) = Self::scan_page(&mut conn, cursor, pattern).await?;
+            keys.extend(page);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    /// The dependency tokens of the documents of `collection` that some
+    /// value depends on (`e:<collection>:<id key>`), found by a scan of
+    /// the reverse edges.
+    pub(crate) async fn dependant_documents(
+        &self,
+        base: &str,
+        collection: &str,
+    ) -> Result<Vec<String>> {
+        let prefix = keys::dependants_prefix(base);
+        let pattern = keys::document_dependants_pattern(base, collection);
+        Ok(self
+            .scan(&pattern)
+            .await?
+            .into_iter()
+            .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
+            .collect())
+    }
+
+    /// Signals as changed every value whose id matches `id_glob` (`lazy`:
+    /// marks them stale with no recompute coming), a page of the scan at a
+    /// time; how many values, and how many jobs queued.
+    pub(crate) async fn mark_matching_stale(
+        &self,
+        base: &str,
+        id_glob: &str,
+        lazy: bool,
+    ) -> Result<(usize, u64)> {
+        let prefix = keys::value_prefix(base);
+        let pattern = format!("{prefix}{id_glob}");
+        let mut conn = self.connection().await?;
+        let (mut cursor, mut values, mut queued) = (0, 0, 0);
+        loop {
+            let (next, keys) = Self::scan_page(&mut conn, cursor, &pattern).await?;
+            let ids: Vec<String> = keys
+                .iter()
+                .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
+                .collect();
+            values += ids.len();
+            for chunk in ids.chunks(500) {
+                queued += self.mark_stale(base, chunk, lazy).await?;
+            }
+            if next == 0 {
+                return Ok((values, queued));
+            }
+            cursor = next;
+        }
+    }
+
+    /// Signals every value in `ids` as changed (`lazy`: marks them stale
+    /// with no recompute coming).
+    pub(crate) async fn mark_stale(&self, base: &str, ids: &[String], lazy: bool) -> Result<u64> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.stale.key(keys::jobs(base));
+        invocation
+            .arg(base)
+            .arg(if lazy { "1" } else { "0" })
+            .arg(ids);
+        self.bounded("stale", invocation.invoke_async(&mut conn))
+            .await
+    }
+
+    /// Refreshes the values of `head` that a related document maps to now
+    /// and mapped to before its change; `None` when what it mapped to
+    /// before is unknown (neither given nor recorded).
+    pub(crate) async fn relate(
+        &self,
+        base: &str,
+        head: &str,
+        related: &Related<'_>,
+    ) -> Result<Option<u64>> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.relate.key(keys::jobs(base));
+        invocation
+            .arg(base)
+            .arg(head)
+            .arg(related.source)
+            .arg(related.target)
+            .arg(if related.gone { "1" } else { "0" })
+            .arg(if related.before.is_some() { "1" } else { "0" })
+            .arg(related.now.len())
+            .arg(related.now)
+            .arg(related.before.unwrap_or_default());
+        let queued: i64 = self
+            .bounded("relate", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(u64::try_from(queued).ok())
+    }
+
+    /// Signals one chunk of the dependants of `token` (a fan-out job),
+    /// queues the next and acknowledges `entry`; the number of recompute
+    /// jobs queued.
+    pub(crate) async fn fan_out(
+        &self,
+        base: &str,
+        token: &str,
+        cursor: &str,
+        entry: &str,
+        lazy: bool,
+    ) -> Result<u64> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.fanout.key(keys::jobs(base));
+        invocation
+            .arg(base)
+            .arg(token)
+            .arg(cursor)
+            .arg(entry)
+            .arg(keys::GROUP)
+            .arg(if lazy { "1" } else { "0" });
+        self.bounded("fanout", invocation.invoke_async(&mut conn))
+            .await
+    }
+
+    /// Queues a background refresh of a value past its time-to-live,
+    /// found as `version` (see `lua/refresh.lua`).
+    pub(crate) async fn refresh(&self, base: &str, id: &str, version: u64) -> Result<()> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.refresh.key(keys::jobs(base));
+        invocation.arg(base).arg(id).arg(version);
+        let _: i64 = self
+            .bounded("refresh", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(())
+    }
+}
+
+/// A related document mapped for one function; see [`RedisStore::relate`].
+#[derive(Debug)]
+pub(crate) struct Related<'a> {
+    /// The document, `<collection>:<id key>`.
+    pub(crate) source: &'a str,
+    /// The collection of the entities it maps to.
+    pub(crate) target: &'a str,
+    /// Whether it was deleted.
+    pub(crate) gone: bool,
+    /// The id keys it maps to now.
+    pub(crate) now: &'a [String],
+    /// The id keys it mapped to before the change, when known (its
+    /// pre-image's mapping; empty for an insert).
+    pub(crate) before: Option<&'a [String]>,
+}

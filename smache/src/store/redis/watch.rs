@@ -1,0 +1,280 @@
+//! The worker's state in Redis: the watcher lease and its fencing
+//! counter, the saved position in the change stream (and its cluster
+//! time), the stale-marking owed, the settings the watcher publishes, and
+//! recording a change with its jobs. Key names: [`WorkerKeys`].
+
+use std::time::Duration;
+
+use redis::streams::StreamRangeReply;
+
+use super::RedisStore;
+use crate::error::Result;
+use crate::store::keys::{self, WorkerKeys};
+
+impl RedisStore {
+    /// Takes or renews the watcher lease; the fencing token, or `None` if
+    /// another worker holds it.
+    pub(crate) async fn lease(
+        &self,
+        keys: &WorkerKeys,
+        worker: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.lease.key(&keys.lease);
+        invocation
+            .key(&keys.fence)
+            .arg(worker)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let fence: u64 = self
+            .bounded("lease", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok((fence > 0).then_some(fence))
+    }
+
+    /// A worker that stops gives up the watcher lease, if it still holds
+    /// it (`lua/resign.lua`); whether it did.
+    pub(crate) async fn resign(&self, keys: &WorkerKeys, worker: &str) -> Result<bool> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.resign.key(&keys.lease);
+        invocation.arg(worker);
+        let resigned: i64 = self
+            .bounded("resign", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(resigned == 1)
+    }
+
+    /// The worker saw a change (or an empty batch); queues the jobs and
+    /// saves its position, if the saved token is `expected` (empty: none).
+    pub(crate) async fn changed(
+        &self,
+        keys: &WorkerKeys,
+        worker: &str,
+        expected: &[u8],
+        seen: &Seen<'_>,
+    ) -> Result<Changed> {
+        let mut conn = self.connection().await?;
+        let mut invocation = self.scripts.change.key(&keys.token);
+        invocation
+            .key(&keys.lease)
+            .key(&keys.time)
+            .arg(&keys.base)
+            .arg(worker)
+            .arg(seen.resume)
+            .arg(expected)
+            .arg(seen.time.map_or_else(String::new, |time| time.to_string()))
+            .arg(seen.op)
+            .arg(seen.before.unwrap_or_default())
+            .arg(seen.tokens);
+        let queued: i64 = self
+            .bounded("change", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(match queued {
+            -1 => Changed::LeaseLost,
+            -2 => Changed::Moved,
+            n => Changed::Queued(u64::try_from(n).unwrap_or(0)),
+        })
+    }
+
+    /// The saved position in the change stream: the encoded resume token
+    /// (empty: none is saved).
+    pub(crate) async fn saved_position(&self, keys: &WorkerKeys) -> Result<Vec<u8>> {
+        let mut conn = self.connection().await?;
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&keys.token);
+        let bytes: Option<Vec<u8>> = self
+            .bounded("saved_position", cmd.query_async(&mut conn))
+            .await?;
+        Ok(bytes.unwrap_or_default())
+    }
+
+    /// How far the worker has followed the change stream: the cluster time
+    /// of its saved position (`seconds << 32 | increment`), if any, and the
+    /// entry id of the newest job in the stream, if any; read together, so
+    /// that every job queued for the changes up to that time is at or
+    /// before that entry.
+    pub(crate) async fn worker_progress(
+        &self,
+        keys: &WorkerKeys,
+    ) -> Result<(Option<u64>, Option<String>)> {
+        let mut conn = self.connection().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(&keys.time)
+            .cmd("XREVRANGE")
+            .arg(keys::jobs(&keys.base))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+        let (time, newest): (Option<String>, StreamRangeReply) = self
+            .bounded("worker_progress", pipe.query_async(&mut conn))
+            .await?;
+        let newest = newest.ids.into_iter().next().map(|entry| entry.id);
+        Ok((time.and_then(|time| time.parse().ok()), newest))
+    }
+
+    /// Who watches, whether a position is saved and whether a
+    /// stale-marking is owed, read together.
+    pub(crate) async fn watch_state(&self, keys: &WorkerKeys) -> Result<WatchState> {
+        let mut conn = self.connection().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(&keys.lease)
+            .cmd("EXISTS")
+            .arg(&keys.token)
+            .cmd("EXISTS")
+            .arg(&keys.lost);
+        let (watcher, position_saved, stale_marking_owed): (Option<String>, bool, bool) = self
+            .bounded("watch_state", pipe.query_async(&mut conn))
+            .await?;
+        Ok(WatchState {
+            watcher,
+            position_saved,
+            stale_marking_owed,
+        })
+    }
+
+    /// Records that every value must be marked stale, and why, and drops
+    /// the saved position, in one step (`MULTI`), so whichever worker
+    /// watches next does it.
+    pub(crate) async fn owe_stale_marking(&self, keys: &WorkerKeys, why: Owed) -> Result<()> {
+        let mut conn = self.connection().await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(&keys.lost)
+            .arg(why.marker())
+            .ignore()
+            .cmd("DEL")
+            .arg(&keys.token)
+            .ignore();
+        self.bounded("owe_stale_marking", pipe.query_async(&mut conn))
+            .await
+    }
+
+    /// Why marking every value stale is owed, if it is.
+    pub(crate) async fn stale_marking_owed(&self, keys: &WorkerKeys) -> Result<Option<Owed>> {
+        let mut conn = self.connection().await?;
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&keys.lost);
+        let marker: Option<String> = self
+            .bounded("stale_marking_owed", cmd.query_async(&mut conn))
+            .await?;
+        Ok(marker.map(|marker| Owed::of_marker(&marker)))
+    }
+
+    /// The stale-marking owed is done: clears the marker.
+    pub(crate) async fn stale_marking_done(&self, keys: &WorkerKeys) -> Result<()> {
+        let mut conn = self.connection().await?;
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(&keys.lost);
+        let _: i64 = self
+            .bounded("stale_marking_done", cmd.query_async(&mut conn))
+            .await?;
+        Ok(())
+    }
+
+    /// Stores the most values one change recomputes eagerly, which every
+    /// script that signals dependants reads (`{prefix}:config`
+    /// `max_fanout`).
+    pub(crate) async fn publish_max_fanout(&self, base: &str, max_fanout: u64) -> Result<()> {
+        let mut conn = self.connection().await?;
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(keys::config(base))
+            .arg("max_fanout")
+            .arg(max_fanout);
+        let _: i64 = self
+            .bounded("publish_max_fanout", cmd.query_async(&mut conn))
+            .await?;
+        Ok(())
+    }
+}
+
+/// What the worker saw, for `change.lua`: one change event, or an empty
+/// batch that moved the stream's position on.
+#[derive(Debug)]
+pub(crate) struct Seen<'a> {
+    /// The resume token of the new position (encoded), or empty to keep.
+    pub(crate) resume: &'a [u8],
+    /// The cluster time of the new position, `seconds << 32 | increment`.
+    pub(crate) time: Option<u64>,
+    /// The kind of change: "i", "u", "r", "d", or "" (another, or none).
+    pub(crate) op: &'static str,
+    /// The document before the change (BSON), when MongoDB gave it.
+    pub(crate) before: Option<&'a [u8]>,
+    /// The dependency tokens it changed.
+    pub(crate) tokens: &'a [String],
+}
+
+/// What became of the changes a worker recorded (`lua/change.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Changed {
+    /// Recorded: this many jobs queued.
+    Queued(u64),
+    /// Refused: another worker holds the lease.
+    LeaseLost,
+    /// Refused: the saved position is not the one this worker saved.
+    Moved,
+}
+
+/// What Redis holds about the watch (see [`RedisStore::watch_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WatchState {
+    /// The worker holding the lease, if any.
+    pub(crate) watcher: Option<String>,
+    /// Whether a position in the change stream is saved.
+    pub(crate) position_saved: bool,
+    /// Whether marking every value stale is still owed.
+    pub(crate) stale_marking_owed: bool,
+}
+
+/// Why marking every value stale is owed: what `{prefix}:w:lost` holds
+/// while it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owed {
+    /// No position was saved (`start`): a first start, or Redis came back
+    /// empty while no worker watched; the changes before it are unknown.
+    BeforeStart,
+    /// The history after the saved position is gone, or the saved
+    /// position is corrupt (`lost`).
+    Lost,
+}
+
+impl Owed {
+    /// What the marker key holds.
+    fn marker(self) -> &'static str {
+        match self {
+            Owed::BeforeStart => "start",
+            Owed::Lost => "lost",
+        }
+    }
+
+    /// Any other marker (`1`, from older workers) is lost history.
+    fn of_marker(marker: &str) -> Self {
+        if marker == "start" {
+            Owed::BeforeStart
+        } else {
+            Owed::Lost
+        }
+    }
+}
+
+/// A cluster time as one number that orders as the time does:
+/// `seconds << 32 | increment`, as `{prefix}:w:time` holds it.
+pub(crate) fn timestamp_key(time: bson::Timestamp) -> u64 {
+    (u64::from(time.time) << 32) | u64::from(time.increment)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Owed;
+
+    #[test]
+    fn the_owed_marker_round_trips_and_older_markers_read_as_lost() {
+        for owed in [Owed::BeforeStart, Owed::Lost] {
+            assert_eq!(Owed::of_marker(owed.marker()), owed);
+        }
+        assert_eq!(Owed::of_marker("1"), Owed::Lost);
+    }
+}

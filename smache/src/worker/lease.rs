@@ -1,0 +1,131 @@
+//! The worker's life: taking the lease and keeping it (a standby worker
+//! retries every quarter of the lease), announcing itself, watching while
+//! it holds the lease, and releasing it on shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::{Ended, Worker};
+
+impl Worker<'_> {
+    pub(super) async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+        let mut leader = false;
+        loop {
+            if futures::FutureExt::now_or_never(shutdown.clone()).is_some() {
+                break;
+            }
+            match self
+                .store
+                .lease(&self.keys, &self.id, self.options.lease)
+                .await
+            {
+                Ok(Some(fence)) => {
+                    self.announce().await;
+                    if !leader {
+                        tracing::info!(worker = %self.id, fence, "smache worker: holds the lease; watching");
+                        leader = true;
+                    }
+                    match self.watch(&shutdown, fence).await {
+                        Ok(Ended::Shutdown) => break,
+                        Ok(Ended::LeaseLost) => {
+                            tracing::warn!(worker = %self.id, "smache worker: lost the lease; standing by");
+                            leader = false;
+                        }
+                        Ok(Ended::Restart) => {}
+                        Err(err) => {
+                            // The store logs a Redis outage once.
+                            if err.is_unreachable() {
+                                tracing::debug!(error = %err, "smache worker: redis unavailable; retrying");
+                            } else {
+                                tracing::warn!(error = %err, "smache worker: watching failed; retrying");
+                            }
+                            self.presence.failed(&err);
+                            self.pause(&shutdown, Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                Ok(None) => {
+                    leader = false;
+                    self.presence.standby();
+                    self.announce().await;
+                    self.pause(&shutdown, self.options.lease / 4).await;
+                }
+                Err(err) => {
+                    if err.is_unreachable() {
+                        tracing::debug!(error = %err, "smache worker: redis unavailable; retrying");
+                    } else {
+                        tracing::warn!(error = %err, "smache worker: cannot take the lease; retrying");
+                    }
+                    self.pause(&shutdown, Duration::from_secs(1)).await;
+                }
+            }
+        }
+        self.release().await;
+        tracing::info!(worker = %self.id, "smache worker: stopped");
+    }
+
+    async fn pause(&self, shutdown: &(impl Future<Output = ()> + Clone), delay: Duration) {
+        tokio::select! {
+            () = shutdown.clone() => {},
+            () = tokio::time::sleep(delay) => {},
+        }
+    }
+
+    /// Takes or renews the lease while watching: `Ok(None)` while this
+    /// worker still holds it with fencing token `fence`, else why the
+    /// watch ends.
+    pub(super) async fn keep_lease(&self, fence: u64) -> crate::error::Result<Option<Ended>> {
+        match self
+            .store
+            .lease(&self.keys, &self.id, self.options.lease)
+            .await?
+        {
+            None => Ok(Some(Ended::LeaseLost)),
+            Some(now) if now != fence => {
+                // Taken anew, not renewed: Redis lost the lease.
+                tracing::warn!(
+                    worker = %self.id,
+                    fence = now,
+                    "smache worker: the lease was lost and taken again (Redis lost its \
+                     data?); restarting the watch"
+                );
+                Ok(Some(Ended::Restart))
+            }
+            Some(_) => Ok(None),
+        }
+    }
+
+    /// Stores the settings the scripts read (`{prefix}:config`).
+    pub(super) async fn publish_config(&self) -> crate::error::Result<()> {
+        self.store
+            .publish_max_fanout(&self.keys.base, self.options.max_fanout)
+            .await
+    }
+
+    /// Tells applications and `inspect` this worker is alive, what it
+    /// watches and how far behind it is (`{prefix}:workers`), for twice
+    /// the lease.
+    pub(super) async fn announce(&self) {
+        let record = self.presence.record();
+        let lives = self.options.lease * 2;
+        if let Err(err) = self
+            .store
+            .heartbeat(&self.keys.base, &self.id, &record, lives)
+            .await
+        {
+            tracing::debug!(error = %err, "smache worker: cannot announce itself");
+        }
+    }
+
+    /// Withdraws the announcement and gives up the lease, if this worker
+    /// still holds it; either expires by itself should Redis not answer.
+    async fn release(&self) {
+        if let Err(err) = self.store.retire(&self.keys.base, &self.id).await {
+            tracing::debug!(error = %err, "smache worker: cannot withdraw its announcement; it will expire");
+        }
+        if let Err(err) = self.store.resign(&self.keys, &self.id).await {
+            tracing::debug!(error = %err, "smache worker: could not release the lease; it will expire");
+        }
+    }
+}

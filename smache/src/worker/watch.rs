@@ -1,0 +1,199 @@
+//! Following the change stream while this worker holds the lease:
+//! opening it where the saved position says, recording each change (or
+//! empty batch) with its jobs and the new position in one script, renewing
+//! the lease and checking the saved position every third of the lease.
+
+use std::future::Future;
+use std::time::Instant;
+
+use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
+use mongodb::change_stream::ChangeStream;
+use mongodb::options::FullDocumentBeforeChangeType;
+
+use super::change::Change;
+use super::position::{encode_token, history_lost, token_time};
+use super::{Ended, Worker};
+use crate::error::Result;
+use crate::store::{Changed, Seen};
+
+impl Worker<'_> {
+    /// Follows the change stream until shutdown, loss of the lease or an
+    /// error, holding the lease with fencing token `fence`.
+    pub(super) async fn watch(
+        &mut self,
+        shutdown: &(impl Future<Output = ()> + Clone),
+        fence: u64,
+    ) -> Result<Ended> {
+        self.publish_config().await?;
+        let saved = match self.saved_token().await? {
+            Some(token) => Some(token),
+            None => self.position_when_none_is_saved().await?,
+        };
+        let mut stream = match self.open(saved).await {
+            Ok(stream) => stream,
+            Err(err) if history_lost(&err) => {
+                self.forget_history(&err).await?;
+                return Ok(Ended::Restart);
+            }
+            Err(err) => return Err(err.into()),
+        };
+        // Save where the stream starts at once: should this worker die
+        // before the first event, its successor resumes from here rather
+        // than from its own later start.
+        let mut saved = stream.resume_token();
+        match self.record(saved.as_ref(), None).await? {
+            Changed::Queued(_) => {}
+            Changed::LeaseLost => return Ok(Ended::LeaseLost),
+            Changed::Moved => return Ok(self.moved()),
+        }
+        self.last_token.clone_from(&saved);
+        if let Some(why) = self.store.stale_marking_owed(&self.keys).await? {
+            // The new stream starts now and its position is saved: mark
+            // everything stale, so no change in the lost gap stays unseen.
+            // The marker goes only once that is done.
+            self.mark_everything_stale(why.into()).await?;
+            self.store.stale_marking_done(&self.keys).await?;
+        }
+        let mut renewed = Instant::now();
+        loop {
+            if futures::FutureExt::now_or_never(shutdown.clone()).is_some() {
+                return Ok(Ended::Shutdown);
+            }
+            if renewed.elapsed() >= self.options.lease / 3 {
+                if let Some(ended) = self.keep_lease(fence).await? {
+                    return Ok(ended);
+                }
+                // An idle stream records nothing: check the saved position
+                // here, so a Redis that lost it (or went back to an older
+                // one) gets this worker's again without waiting for a change.
+                if self.store.saved_position(&self.keys).await? != self.position {
+                    return Ok(self.moved());
+                }
+                // Again with each renewal: a Redis that came back empty
+                // lost it while this worker kept (or retook) the lease.
+                self.publish_config().await?;
+                self.announce().await;
+                renewed = Instant::now();
+            }
+            // Never cancelled mid-poll: a dropped getMore could lose a batch.
+            let event = match stream.next_if_any().await {
+                Ok(event) => event,
+                Err(err) if history_lost(&err) => {
+                    self.forget_history(&err).await?;
+                    return Ok(Ended::Restart);
+                }
+                Err(err) => return Err(err.into()),
+            };
+            let token = stream.resume_token();
+            // An empty batch: the stream had nothing more to give.
+            let event_was_none = event.is_none();
+            let (recorded, restart) = match event {
+                Some(event) => {
+                    let collection = event.ns.as_ref().and_then(|ns| ns.coll.as_deref());
+                    self.presence.saw(collection);
+                    let (change, restart) = self.change_of(&event).await?;
+                    (self.record(token.as_ref(), Some(&change)).await?, restart)
+                }
+                // An empty batch still moves the stream's position on.
+                None if token != saved => {
+                    self.presence.caught_up();
+                    (self.record(token.as_ref(), None).await?, false)
+                }
+                None => {
+                    self.presence.caught_up();
+                    (Changed::Queued(0), false)
+                }
+            };
+            if event_was_none {
+                crate::metrics::worker_caught_up();
+            }
+            match recorded {
+                Changed::Queued(_) if restart => return Ok(Ended::Restart),
+                Changed::Queued(_) => {}
+                Changed::LeaseLost => return Ok(Ended::LeaseLost),
+                // Not recorded: replayed from the saved position.
+                Changed::Moved => return Ok(self.moved()),
+            }
+            self.last_token.clone_from(&token);
+            saved = token;
+        }
+    }
+
+    async fn open(
+        &self,
+        saved: Option<ResumeToken>,
+    ) -> mongodb::error::Result<ChangeStream<ChangeStreamEvent<bson::Document>>> {
+        // The whole database, unfiltered: a collection that gains its first
+        // dependant later is covered without restarting the stream. With
+        // the documents before each change where the collection keeps them
+        // (changeStreamPreAndPostImages): a related document's earlier
+        // targets.
+        let watch = self
+            .db
+            .watch()
+            .max_await_time(self.options.await_time)
+            .full_document_before_change(FullDocumentBeforeChangeType::WhenAvailable);
+        let stream = match saved {
+            Some(token) => watch.start_after(token).await?,
+            None => watch.await?,
+        };
+        Ok(stream)
+    }
+
+    /// Saves the stream's new position `token`, reached after `change`
+    /// (none: an empty batch, or where a stream starts), with the jobs of
+    /// the change, in one script, if the saved position is still the one
+    /// this worker knows.
+    async fn record(
+        &mut self,
+        token: Option<&ResumeToken>,
+        change: Option<&Change>,
+    ) -> Result<Changed> {
+        let bytes = match token {
+            Some(token) => encode_token(token)?,
+            None => Vec::new(),
+        };
+        // The token's own time where it says (a post-batch token may be
+        // later than the batch's last event), else the event's.
+        let time = token
+            .and_then(token_time)
+            .max(change.and_then(|change| change.time));
+        let seen = Seen {
+            resume: &bytes,
+            time,
+            op: change.map_or("", |change| change.op),
+            before: change.and_then(|change| change.before.as_deref()),
+            tokens: change.map_or(&[], |change| &change.tokens),
+        };
+        let recorded = self
+            .store
+            .changed(&self.keys, &self.id, &self.position, &seen)
+            .await?;
+        if let Changed::Queued(queued) = recorded {
+            if let Some(change) = change {
+                crate::metrics::change_handled(change.time, queued);
+            }
+            self.presence.saved(time);
+            if queued > 0 {
+                tracing::debug!(queued, "smache worker: recompute jobs queued");
+            }
+            if !bytes.is_empty() {
+                self.position = bytes;
+            }
+        }
+        Ok(recorded)
+    }
+
+    /// The saved position is not the one this worker saved: Redis lost it
+    /// (restarted empty, FLUSHALL) or holds an older one (an older
+    /// snapshot, without the jobs queued since). Watch again from what is
+    /// saved (replaying the gap), else from this worker's last position.
+    fn moved(&self) -> Ended {
+        tracing::warn!(
+            worker = %self.id,
+            "smache worker: the saved resume token is not the one this worker saved (Redis lost \
+             its data, or came back from an older snapshot); restarting the watch from it"
+        );
+        Ended::Restart
+    }
+}
