@@ -20,6 +20,7 @@ pub(crate) use self::graph::{TokenRead, ValueFields, ValueRead};
 pub(crate) use self::memory::MemoryStore;
 pub(crate) use self::mongo::MongoValues;
 pub use self::mongo::DEFAULT_VALUES_COLLECTION;
+pub(crate) use self::redis::stream::{JobReader, StreamEntry, StreamJob};
 pub(crate) use self::redis::{
     task_key, Abandon, Begin, Changed, RedisStore, Related, Seen, Start, TaskState, BLOCK_FOR,
 };

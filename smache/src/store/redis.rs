@@ -11,6 +11,8 @@
 //! skip it until a probe, run in the background, finds it back, so callers
 //! fall back to computing at once instead of each waiting for a timeout.
 
+pub(super) mod stream;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
