@@ -22,7 +22,7 @@ pub(crate) use self::mongo::MongoValues;
 pub use self::mongo::DEFAULT_VALUES_COLLECTION;
 pub(crate) use self::redis::stream::{JobReader, StreamEntry, StreamJob};
 pub(crate) use self::redis::{
-    task_key, Abandon, Begin, Changed, RedisStore, Related, Seen, Start, TaskState, BLOCK_FOR,
+    task_key, Abandon, Begin, Changed, RedisStore, Related, Seen, Start, TaskState,
 };
 pub(crate) use self::roster::{Announced, Roll};
 use crate::error::Result;
