@@ -1,4 +1,9 @@
-//! What stops a worker or an executor run from `run` (not `run_until`).
+//! Stopping: what stops a worker or an executor run from `run` (not
+//! `run_until`), and the bounded drain of the tasks still running.
+
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
 
 /// Ctrl-C, or SIGTERM on Unix.
 pub(crate) async fn shutdown_signal() {
@@ -20,4 +25,11 @@ pub(crate) async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
+}
+
+/// Lets the tasks of `tracker` end, waiting at most `bound` (no new task is
+/// tracked after); whether they all ended.
+pub(crate) async fn drain(tracker: &TaskTracker, bound: Duration) -> bool {
+    tracker.close();
+    tokio::time::timeout(bound, tracker.wait()).await.is_ok()
 }

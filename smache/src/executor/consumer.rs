@@ -4,15 +4,15 @@
 //! each job once it is settled.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bson::oid::ObjectId;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::{Executor, RECLAIM_AFTER};
+use super::{Executor, DRAIN_FOR, RECLAIM_AFTER};
 use crate::error::{Error, Result};
 use crate::instance::Smache;
 use crate::registry;
@@ -21,12 +21,15 @@ use crate::store::{Abandon, JobReader, StreamEntry};
 /// How many abandoned jobs one reclaim scan claims at most.
 const RECLAIM_COUNT: usize = 100;
 
-/// Runs an executor until `shutdown` completes; jobs in progress finish
-/// first.
-pub(super) async fn consume(smache: Smache, shutdown: impl Future<Output = ()>) -> Result<()> {
+/// Runs an executor until `stop` is cancelled; jobs in progress finish
+/// first, for up to [`DRAIN_FOR`].
+pub(super) async fn consume(smache: Smache, stop: CancellationToken) -> Result<()> {
     let (executor, mut again) = Executor::new(smache)?;
-    tokio::pin!(shutdown);
-    let mut running = JoinSet::new();
+    let running = TaskTracker::new();
+    // Cancelled when the drain runs out, or when this future is dropped:
+    // the jobs still running are dropped (unacknowledged).
+    let abandon = CancellationToken::new();
+    let _abandon_if_dropped = abandon.clone().drop_guard();
     let permits = Arc::new(Semaphore::new(executor.concurrency));
     let mut last_reclaim = tokio::time::Instant::now() - RECLAIM_AFTER;
     let mut conn: Option<JobReader> = None;
@@ -52,7 +55,7 @@ pub(super) async fn consume(smache: Smache, shutdown: impl Future<Output = ()>) 
                         tracing::warn!(error = %err, "smache executor: cannot connect to redis; retrying");
                     }
                     tokio::select! {
-                        () = &mut shutdown => break,
+                        () = stop.cancelled() => break,
                         () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
                 }
@@ -72,7 +75,7 @@ pub(super) async fn consume(smache: Smache, shutdown: impl Future<Output = ()>) 
             batch.extend(executor.reclaim(connection).await);
         }
         let read = tokio::select! {
-            () = &mut shutdown => break,
+            () = stop.cancelled() => break,
             read = connection.read(executor.concurrency) => read,
         };
         match read {
@@ -102,11 +105,11 @@ pub(super) async fn consume(smache: Smache, shutdown: impl Future<Output = ()>) 
             // Forgets the entry however the job ends (a panicking relation
             // mapper included), so the heartbeat stops claiming it.
             let release = Held(Arc::clone(&held), entry.clone());
-            running.spawn(async move {
+            running.spawn(abandon.clone().run_until_cancelled_owned(async move {
                 let _release = release;
                 executor.run_job(&entry, job).await;
                 drop(permit);
-            });
+            }));
         }
         // Jobs left for an executor that has their function, due to be
         // given up before a reclaim would bring them back: looked at again
@@ -121,14 +124,20 @@ pub(super) async fn consume(smache: Smache, shutdown: impl Future<Output = ()>) 
                 .await
                 .expect("never closed");
             let executor = executor.clone();
-            running.spawn(async move {
+            running.spawn(abandon.clone().run_until_cancelled_owned(async move {
                 executor.run_job(&entry, job).await;
                 drop(permit);
-            });
+            }));
         }
-        while running.try_join_next().is_some() {}
     }
-    while running.join_next().await.is_some() {}
+    if !crate::shutdown::drain(&running, DRAIN_FOR).await {
+        tracing::warn!(
+            jobs = running.len(),
+            "smache executor: jobs still running when the drain ran out; left for other executors to reclaim"
+        );
+        abandon.cancel();
+        running.wait().await;
+    }
     heartbeat.abort();
     Ok(())
 }

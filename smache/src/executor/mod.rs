@@ -46,6 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::relation::RelatedChange;
@@ -62,6 +63,11 @@ pub const RECLAIM_AFTER: Duration = Duration::from_secs(30);
 
 pub use crate::store::keys::DEAD_LETTERS_KEPT;
 
+/// How long a stopping executor waits for the jobs it is running; those
+/// still running then are dropped, unacknowledged, and reclaimed by
+/// another executor after [`RECLAIM_AFTER`].
+pub const DRAIN_FOR: Duration = RECLAIM_AFTER;
+
 /// Recomputes of one value start at least this far apart. A lone change is
 /// recomputed at once; the changes of a burst coalesce into a few jobs.
 pub const MIN_RECOMPUTE_INTERVAL: Duration = Duration::from_millis(50);
@@ -74,7 +80,9 @@ pub async fn run(smache: Smache) -> Result<()> {
     run_until(smache, crate::shutdown::shutdown_signal()).await
 }
 
-/// Runs an executor until `shutdown` completes; jobs in progress finish first.
+/// Runs an executor until `shutdown` completes; jobs in progress finish
+/// first, for up to [`DRAIN_FOR`] (those still running then are left for
+/// other executors to reclaim).
 ///
 /// # Errors
 /// When the instance has no Redis store.
@@ -82,7 +90,14 @@ pub async fn run_until(
     smache: Smache,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    consumer::consume(smache, shutdown).await
+    let stop = CancellationToken::new();
+    let consumer = consumer::consume(smache, stop.clone());
+    tokio::pin!(consumer);
+    tokio::select! {
+        result = &mut consumer => return result,
+        () = shutdown => stop.cancel(),
+    }
+    consumer.await
 }
 
 /// Starts an executor as a background task of the current tokio runtime.
@@ -91,27 +106,26 @@ pub async fn run_until(
 /// # Panics
 /// Outside a tokio runtime.
 pub fn spawn(smache: &Smache) -> ExecutorHandle {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run_until(smache.clone(), async move {
-        let _ = stopped.await;
-    }));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consumer::consume(smache.clone(), stop.clone()));
     ExecutorHandle { stop, task }
 }
 
 /// A running background executor; see [`spawn`].
 #[derive(Debug)]
 pub struct ExecutorHandle {
-    stop: tokio::sync::oneshot::Sender<()>,
+    stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<()>>,
 }
 
 impl ExecutorHandle {
-    /// Stops taking jobs, waits for the running ones, and returns.
+    /// Stops taking jobs, waits for the running ones (for up to
+    /// [`DRAIN_FOR`]), and returns.
     ///
     /// # Errors
     /// The executor's own error, if it stopped on one.
     pub async fn shutdown(self) -> Result<()> {
-        let _ = self.stop.send(());
+        self.stop.cancel();
         self.task.await.unwrap_or(Ok(()))
     }
 }
