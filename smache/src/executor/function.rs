@@ -48,7 +48,7 @@ fn panic_message(err: tokio::task::JoinError) -> String {
     panic_of("the function", err)
 }
 
-/// What ended `what`'s task: "<what> panicked: <message>", or how else.
+/// What ended `what`'s task: `<what> panicked: <message>`, or how else.
 pub(super) fn panic_of(what: &str, err: tokio::task::JoinError) -> String {
     match err.try_into_panic() {
         Ok(payload) => {

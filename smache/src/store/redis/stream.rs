@@ -126,6 +126,7 @@ pub(crate) struct StreamEntry {
 }
 
 impl StreamEntry {
+    /// Reads a job and its entry id back from the stream.
     pub(super) fn of(entry: &StreamId) -> StreamEntry {
         StreamEntry {
             id: entry.id.clone(),
@@ -363,6 +364,7 @@ impl RedisStore {
     }
 }
 
+/// A duration as Redis takes it (ms).
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -371,6 +373,7 @@ fn millis(duration: Duration) -> u64 {
 mod tests {
     use super::*;
 
+    /// A stream entry with these text fields.
     pub(super) fn entry(pairs: &[(&str, &str)]) -> StreamId {
         StreamId {
             id: "1-0".into(),
