@@ -33,3 +33,22 @@ pub(crate) async fn drain(tracker: &TaskTracker, bound: Duration) -> bool {
     tracker.close();
     tokio::time::timeout(bound, tracker.wait()).await.is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_drain_waits_for_its_tasks_within_its_bound() {
+        let tracker = TaskTracker::new();
+        tracker.spawn(tokio::time::sleep(Duration::from_millis(10)));
+        assert!(drain(&tracker, Duration::from_secs(5)).await);
+
+        let tracker = TaskTracker::new();
+        let stuck = tracker.spawn(std::future::pending::<()>());
+        assert!(!drain(&tracker, Duration::from_millis(20)).await);
+        assert_eq!(tracker.len(), 1);
+        stuck.abort();
+        tracker.wait().await;
+    }
+}
