@@ -1,4 +1,9 @@
-//! What stops a worker or an executor run from `run` (not `run_until`).
+//! Stopping: what stops a worker or an executor run from `run` (not
+//! `run_until`), and the bounded drain of the tasks still running.
+
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
 
 /// Ctrl-C, or SIGTERM on Unix.
 pub(crate) async fn shutdown_signal() {
@@ -19,5 +24,31 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+/// Lets the tasks of `tracker` end, waiting at most `bound` (no new task is
+/// tracked after); whether they all ended.
+pub(crate) async fn drain(tracker: &TaskTracker, bound: Duration) -> bool {
+    tracker.close();
+    tokio::time::timeout(bound, tracker.wait()).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_drain_waits_for_its_tasks_within_its_bound() {
+        let tracker = TaskTracker::new();
+        tracker.spawn(tokio::time::sleep(Duration::from_millis(10)));
+        assert!(drain(&tracker, Duration::from_secs(5)).await);
+
+        let tracker = TaskTracker::new();
+        let stuck = tracker.spawn(std::future::pending::<()>());
+        assert!(!drain(&tracker, Duration::from_millis(20)).await);
+        assert_eq!(tracker.len(), 1);
+        stuck.abort();
+        tracker.wait().await;
     }
 }

@@ -4,12 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Duration;
 
-use redis::streams::StreamRangeReply;
-
 use crate::error::{Error, Result};
-use crate::executor::GROUP;
 use crate::instance::Smache;
-use crate::store::{keys, Store};
+use crate::store::{keys, Store, StreamEntry, StreamJob};
 
 use super::{age, entry_ms};
 use crate::roster::WorkerInfo;
@@ -122,25 +119,17 @@ impl Smache {
         let base = &self.inner.base;
         let stream = keys::jobs(base);
         let dead_stream = keys::dead(base);
-        let mut conn = store.shared().await?;
-        let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
-        let now_ms = seconds * 1000 + micros / 1000;
+        let now_ms = store.clock_ms().await?;
         let age = |entry: &str| Duration::from_millis(now_ms.saturating_sub(entry_ms(entry)));
 
-        let announced: HashMap<String, u64> = redis::cmd("HGETALL")
-            .arg(keys::functions(base))
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
+        let announced: HashMap<String, u64> = store.announced(base).await.unwrap_or_default();
         // The executors' orphan timeout, as they published it; else ours.
-        let orphan_timeout = redis::cmd("HGET")
-            .arg(keys::config(base))
-            .arg("orphan_timeout")
-            .query_async::<Option<u64>>(&mut conn)
+        let orphan_timeout = store
+            .published_orphan_timeout(base)
             .await
             .ok()
             .flatten()
-            .map_or(self.inner.orphan_timeout, Duration::from_millis);
+            .unwrap_or(self.inner.orphan_timeout);
         let announced_age = |field: &str| {
             announced
                 .get(field)
@@ -151,25 +140,20 @@ impl Smache {
         // Held entries: who holds them and how often each was delivered.
         let mut deliveries: HashMap<String, u64> = HashMap::new();
         let mut held_by: BTreeMap<String, u64> = BTreeMap::new();
-        let mut from = "-".to_owned();
+        let mut from: Option<String> = None;
         loop {
-            let page: redis::RedisResult<Vec<(String, String, u64, u64)>> = redis::cmd("XPENDING")
-                .arg(&stream)
-                .arg(GROUP)
-                .arg(&from)
-                .arg("+")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await;
             // No stream or no group yet: nothing is held.
-            let page = page.unwrap_or_default();
-            for (entry, consumer, _idle, delivered) in &page {
-                deliveries.insert(entry.clone(), *delivered);
-                *held_by.entry(consumer.clone()).or_default() += 1;
+            let page = store
+                .held_jobs(base, from.as_deref(), 1000)
+                .await
+                .unwrap_or_default();
+            for held in &page {
+                deliveries.insert(held.id.clone(), held.deliveries);
+                *held_by.entry(held.consumer.clone()).or_default() += 1;
             }
             match page.last() {
-                Some((last, ..)) if page.len() == 1000 && deliveries.len() < MAX_SCANNED => {
-                    from = format!("({last}");
+                Some(last) if page.len() == 1000 && deliveries.len() < MAX_SCANNED => {
+                    from = Some(last.id.clone());
                 }
                 _ => break,
             }
@@ -179,15 +163,15 @@ impl Smache {
         // its oldest job was queued.
         let mut groups: BTreeMap<String, (JobGroup, Option<String>, u64)> = BTreeMap::new();
         let mut scanned = 0;
-        let mut from = "-".to_owned();
+        let mut from: Option<String> = None;
         let mut truncated = false;
         loop {
-            let page: Vec<(String, HashMap<String, String>)> =
-                read_page(&mut conn, &stream, &from, 1000)
-                    .await
-                    .unwrap_or_default();
-            for (entry, fields) in &page {
-                let (what, announced_as) = describe(fields);
+            let page = store
+                .queued_jobs(base, from.as_deref(), 1000)
+                .await
+                .unwrap_or_default();
+            for StreamEntry { id: entry, job } in &page {
+                let (what, announced_as) = describe(job);
                 let (group, _, oldest_ms) = groups.entry(what.clone()).or_insert_with(|| {
                     let group = JobGroup {
                         what,
@@ -211,12 +195,12 @@ impl Smache {
             }
             scanned += page.len();
             match page.last() {
-                Some((last, _)) if page.len() == 1000 => {
+                Some(last) if page.len() == 1000 => {
                     if scanned >= MAX_SCANNED {
                         truncated = true;
                         break;
                     }
-                    from = format!("({last}");
+                    from = Some(last.id.clone());
                 }
                 _ => break,
             }
@@ -235,40 +219,26 @@ impl Smache {
             .collect();
         groups.sort_by(|a, b| b.queued.cmp(&a.queued).then_with(|| a.what.cmp(&b.what)));
 
-        let queued: u64 = redis::cmd("XLEN")
-            .arg(&stream)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(0);
-        let dead: u64 = redis::cmd("XLEN")
-            .arg(&dead_stream)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(0);
-        let latest: StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(&dead_stream)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(RECENT_DEAD_LETTERS)
-            .query_async(&mut conn)
+        let queued = store.job_queue_length(base).await.unwrap_or(0);
+        let dead = store.dead_letter_count(base).await.unwrap_or(0);
+        let latest = store
+            .latest_dead_letters(base, RECENT_DEAD_LETTERS)
             .await
             .unwrap_or_default();
-        let latest = entries(latest);
         let workers = self.live_workers().await?;
         let recent_dead = latest
             .into_iter()
-            .map(|(entry, fields)| {
-                let (what, _) = describe(&fields);
-                let job = match fields.get("id") {
+            .map(|letter| {
+                let (what, _) = describe(&letter.job);
+                let job = match letter.job.value_id() {
                     Some(id) => format!("{} {id}", what.split(' ').next().unwrap_or("")),
                     None => what,
                 };
                 DeadLetter {
-                    age: age(&entry),
+                    age: age(&letter.id),
                     job,
-                    reason: fields.get("reason").cloned().unwrap_or_default(),
-                    by: fields.get("by").cloned().unwrap_or_default(),
+                    reason: letter.reason,
+                    by: letter.by,
                 }
             })
             .collect();
@@ -287,75 +257,30 @@ impl Smache {
     }
 }
 
-async fn read_page(
-    conn: &mut redis::aio::ConnectionManager,
-    stream: &str,
-    from: &str,
-    count: usize,
-) -> redis::RedisResult<Vec<(String, HashMap<String, String>)>> {
-    let reply: StreamRangeReply = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg(from)
-        .arg("+")
-        .arg("COUNT")
-        .arg(count)
-        .query_async(conn)
-        .await?;
-    Ok(entries(reply))
-}
-
-/// Stream entries as their ids and text fields (other bytes lossily).
-fn entries(reply: StreamRangeReply) -> Vec<(String, HashMap<String, String>)> {
-    reply
-        .ids
-        .into_iter()
-        .map(|entry| {
-            let fields = entry
-                .map
-                .into_iter()
-                .map(|(field, value)| {
-                    let text = match value {
-                        redis::Value::BulkString(bytes) => {
-                            String::from_utf8_lossy(&bytes).into_owned()
-                        }
-                        redis::Value::SimpleString(text) => text,
-                        other => format!("{other:?}"),
-                    };
-                    (field, text)
-                })
-                .collect();
-            (entry.id, fields)
-        })
-        .collect()
-}
-
 /// What a job runs, and the `{prefix}:fns` field of the executors that
 /// can run it (`None`: any executor can).
-fn describe(fields: &HashMap<String, String>) -> (String, Option<String>) {
+fn describe(job: &StreamJob) -> (String, Option<String>) {
     let head = |id: &str| {
         crate::executor::split_value_id(id)
             .map_or(id, |(head, _)| head)
             .to_owned()
     };
-    if fields.contains_key("fan") {
-        return ("fan-out".into(), None);
+    match job {
+        StreamJob::FanOut { .. } => ("fan-out".into(), None),
+        StreamJob::Callback { name, .. } => {
+            (format!("callback {name}"), Some(keys::callback_field(name)))
+        }
+        StreamJob::Value(id) => {
+            let head = head(id);
+            (format!("recompute {head}"), Some(head))
+        }
+        StreamJob::Submitted { id, .. } => {
+            let head = head(id);
+            (format!("task {head}"), Some(head))
+        }
+        StreamJob::Related { collection, .. } => (format!("relation {collection}"), None),
+        StreamJob::Malformed => ("unknown".into(), None),
     }
-    if let (Some(name), true) = (fields.get("cb"), fields.contains_key("task")) {
-        return (format!("callback {name}"), Some(format!("cb:{name}")));
-    }
-    if let Some(id) = fields.get("id") {
-        let head = head(id);
-        let kind = if fields.contains_key("task") {
-            "task"
-        } else {
-            "recompute"
-        };
-        return (format!("{kind} {head}"), Some(head));
-    }
-    if let Some(collection) = fields.get("rel") {
-        return (format!("relation {collection}"), None);
-    }
-    ("unknown".into(), None)
 }
 
 /// When a job queued at `queued_ms` (its stream entry's time) for a
@@ -465,40 +390,50 @@ impl fmt::Display for JobsReport {
 mod tests {
     use super::*;
 
-    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
     #[test]
     fn jobs_are_described_by_what_runs_them() {
+        let value = |id: &str| StreamJob::Value(id.into());
         assert_eq!(
-            describe(&fields(&[("id", "app::card#2:o:0123")])),
+            describe(&value("app::card#2:o:0123")),
             ("recompute app::card#2".into(), Some("app::card#2".into()))
         );
         assert_eq!(
-            describe(&fields(&[("id", "card#2:o:0123")])),
+            describe(&value("card#2:o:0123")),
             ("recompute card#2".into(), Some("card#2".into()))
         );
+        let task = StreamJob::Submitted {
+            id: "app::card#2:1".into(),
+            task: "t".into(),
+            args: String::new(),
+        };
         assert_eq!(
-            describe(&fields(&[("id", "app::card#2:1"), ("task", "t")])),
+            describe(&task),
             ("task app::card#2".into(), Some("app::card#2".into()))
         );
+        let callback = StreamJob::Callback {
+            name: "mail".into(),
+            task: "t".into(),
+            args: String::new(),
+        };
         assert_eq!(
-            describe(&fields(&[("cb", "mail"), ("task", "t"), ("args", "")])),
+            describe(&callback),
             ("callback mail".into(), Some("cb:mail".into()))
         );
-        assert_eq!(
-            describe(&fields(&[("fan", "e:users:o:1"), ("cur", "0")])),
-            ("fan-out".into(), None)
-        );
-        assert_eq!(
-            describe(&fields(&[("rel", "orders"), ("doc", "o:1")])),
-            ("relation orders".into(), None)
-        );
-        assert_eq!(describe(&fields(&[("x", "y")])), ("unknown".into(), None));
+        let fan = StreamJob::FanOut {
+            token: "e:users:o:1".into(),
+            cursor: "0".into(),
+            lazy: false,
+            dependants: None,
+        };
+        assert_eq!(describe(&fan), ("fan-out".into(), None));
+        let related = StreamJob::Related {
+            collection: "orders".into(),
+            doc: "o:1".into(),
+            op: None,
+            before: None,
+        };
+        assert_eq!(describe(&related), ("relation orders".into(), None));
+        assert_eq!(describe(&StreamJob::Malformed), ("unknown".into(), None));
     }
 
     #[test]

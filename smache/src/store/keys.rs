@@ -153,6 +153,17 @@ pub(crate) fn worker_lease(base: &str) -> String {
     format!("{base}w:lease")
 }
 
+/// The field of `{prefix}:fns` that says an executor runs the callback
+/// `name` (a function's field is its head, `<name>#<version>`).
+pub(crate) fn callback_field(name: &str) -> String {
+    format!("cb:{name}")
+}
+
+/// A glob of the value ids of the function `head` (`<name>#<version>`).
+pub(crate) fn function_values(head: &str) -> String {
+    format!("{}:*", glob_escape(head))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,9 +20,10 @@ pub(crate) use self::graph::{TokenRead, ValueFields, ValueRead};
 pub(crate) use self::memory::MemoryStore;
 pub(crate) use self::mongo::MongoValues;
 pub use self::mongo::DEFAULT_VALUES_COLLECTION;
+pub(crate) use self::redis::stream::{JobReader, StreamEntry, StreamJob};
 pub(crate) use self::redis::{
     task_key, timestamp_key, Abandon, Begin, Changed, Owed, RedisStore, Related, Seen, Start,
-    TaskPhase, TaskState, BLOCK_FOR,
+    TaskPhase, TaskState,
 };
 pub(crate) use self::roster::{Announced, Roll};
 use crate::error::Result;

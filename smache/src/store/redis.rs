@@ -18,6 +18,8 @@
 //! dependants as changed) and `watch` (the worker's lease, position and
 //! stale-marking).
 
+pub(super) mod stream;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -212,11 +214,6 @@ impl RedisStore {
             }
         }
         result
-    }
-
-    /// The shared connection, for the worker and executors.
-    pub(crate) async fn shared(&self) -> Result<ConnectionManager> {
-        self.connection().await
     }
 
     /// A connection of its own, for blocking reads (`XREADGROUP BLOCK`)

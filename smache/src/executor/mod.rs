@@ -1,0 +1,234 @@
+//! Executors: the processes that recompute values in the background.
+//!
+//! `smache-worker` turns document changes into recompute jobs on a Redis
+//! stream (`{prefix}:jobs`, consumer group `executors`). Running a job needs
+//! the user's function, so jobs are executed by processes that link the
+//! `#[computed]` functions: an application with the executor enabled, or a
+//! dedicated process:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), smache::Error> {
+//! let smache = smache::Smache::from_env()?; // Redis + MongoDB from SMACHE_*
+//! smache::executor::run(smache).await // until Ctrl-C or SIGTERM
+//! # }
+//! ```
+//!
+//! A job is a recompute (a change made a value stale), a submitted task
+//! (see [`crate::task`]), a callback of a finished task, or a changed
+//! document of a collection named in some `relations(...)`.
+//!
+//! To recompute a value, the executor loads its entity
+//! arguments fresh from MongoDB, calls the function, and stores the result
+//! only if no value computed from newer data was stored meanwhile. A job is
+//! acknowledged only once its value is stored (or is gone); jobs of a
+//! crashed executor are reclaimed by the others after [`RECLAIM_AFTER`].
+//! A job for a function (or callback) this process lacks is left for an
+//! executor that has it, until no live executor has announced it for
+//! [`SmacheBuilder::orphan_timeout`](crate::SmacheBuilder::orphan_timeout):
+//! then it is moved to the dead letters with why (see [`crate::inspect`]).
+//!
+//! The consumer loop is in `consumer`, one handler per kind of job in
+//! `recompute`, `task`, `callback`, `fan_out` and `relation`, sharing one
+//! retry policy (`retry`); the job format is in `job`.
+
+mod callback;
+mod consumer;
+mod fan_out;
+mod function;
+mod job;
+mod orphan;
+mod recompute;
+mod relation;
+mod retry;
+mod task;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use self::relation::RelatedChange;
+use crate::error::{Error, Result};
+use crate::instance::Smache;
+use crate::store::{RedisStore, Store, StreamEntry, StreamJob};
+
+pub(crate) use self::job::{decode_for_fuzzing, split_value_id};
+pub use self::job::{ArgReader, Job};
+pub use crate::store::keys::GROUP;
+/// A job left unacknowledged this long (its executor died, or it failed)
+/// is handed to another executor.
+pub const RECLAIM_AFTER: Duration = Duration::from_secs(30);
+
+pub use crate::store::keys::DEAD_LETTERS_KEPT;
+
+/// How long a stopping executor waits for the jobs it is running; those
+/// still running then are dropped, unacknowledged, and reclaimed by
+/// another executor after [`RECLAIM_AFTER`].
+pub const DRAIN_FOR: Duration = RECLAIM_AFTER;
+
+/// Recomputes of one value start at least this far apart. A lone change is
+/// recomputed at once; the changes of a burst coalesce into a few jobs.
+pub const MIN_RECOMPUTE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Runs an executor until Ctrl-C or SIGTERM.
+///
+/// # Errors
+/// When the instance has no Redis store.
+pub async fn run(smache: Smache) -> Result<()> {
+    run_until(smache, crate::shutdown::shutdown_signal()).await
+}
+
+/// Runs an executor until `shutdown` completes; jobs in progress finish
+/// first, for up to [`DRAIN_FOR`] (those still running then are left for
+/// other executors to reclaim).
+///
+/// # Errors
+/// When the instance has no Redis store.
+pub async fn run_until(
+    smache: Smache,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let stop = CancellationToken::new();
+    let consumer = consumer::consume(smache, stop.clone());
+    tokio::pin!(consumer);
+    tokio::select! {
+        result = &mut consumer => return result,
+        () = shutdown => stop.cancel(),
+    }
+    consumer.await
+}
+
+/// Starts an executor as a background task of the current tokio runtime.
+/// Dropping the handle does not stop it; call [`ExecutorHandle::shutdown`].
+///
+/// # Panics
+/// Outside a tokio runtime.
+pub fn spawn(smache: &Smache) -> ExecutorHandle {
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consumer::consume(smache.clone(), stop.clone()));
+    ExecutorHandle { stop, task }
+}
+
+/// A running background executor; see [`spawn`].
+#[derive(Debug)]
+pub struct ExecutorHandle {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl ExecutorHandle {
+    /// Stops taking jobs, waits for the running ones (for up to
+    /// [`DRAIN_FOR`]), and returns.
+    ///
+    /// # Errors
+    /// The executor's own error, if it stopped on one.
+    pub async fn shutdown(self) -> Result<()> {
+        self.stop.cancel();
+        self.task.await.unwrap_or(Ok(()))
+    }
+}
+
+/// One executor: what its consumer loop and its handlers share.
+#[derive(Clone)]
+struct Executor {
+    smache: Smache,
+    store: Arc<RedisStoreRef>,
+    /// Its consumer name in the group.
+    consumer: String,
+    /// How many jobs run at once.
+    concurrency: usize,
+    /// Where the next XAUTOCLAIM scan starts.
+    reclaim_from: Arc<Mutex<String>>,
+    /// How long a job waits for an executor that has its function.
+    orphan_timeout: Duration,
+    /// Jobs to look at again (see [`Executor::recheck`]).
+    again: mpsc::UnboundedSender<StreamEntry>,
+}
+
+/// Borrows the Redis store out of the instance.
+struct RedisStoreRef(Smache);
+
+impl std::ops::Deref for RedisStoreRef {
+    type Target = RedisStore;
+    fn deref(&self) -> &RedisStore {
+        match &self.0.inner.store {
+            Store::Redis(store) => store,
+            Store::Memory(_) => unreachable!("checked in Executor::new"),
+        }
+    }
+}
+
+impl Executor {
+    /// The executor, and where the jobs it wants to look at again arrive.
+    fn new(smache: Smache) -> Result<(Self, mpsc::UnboundedReceiver<StreamEntry>)> {
+        if !matches!(smache.inner.store, Store::Redis(_)) {
+            return Err(Error::Config("executors need the Redis store".into()));
+        }
+        let concurrency = smache.inner.executor_concurrency;
+        let (again, rechecks) = mpsc::unbounded_channel();
+        let executor = Executor {
+            consumer: consumer::consumer_name(),
+            store: Arc::new(RedisStoreRef(smache.clone())),
+            orphan_timeout: smache.inner.orphan_timeout,
+            smache,
+            concurrency,
+            reclaim_from: Arc::new(Mutex::new("0-0".to_owned())),
+            again,
+        };
+        Ok((executor, rechecks))
+    }
+
+    /// Runs one job, whatever its kind.
+    async fn run_job(&self, entry: &str, job: StreamJob) {
+        match job {
+            StreamJob::Value(id) => {
+                let function = split_value_id(&id)
+                    .and_then(|(head, _)| head.rsplit_once('#'))
+                    .map_or("", |(name, _)| name);
+                let span = tracing::info_span!("smache.recompute", function, id = %id, job = entry);
+                self.process(entry, &id).instrument(span).await;
+            }
+            StreamJob::Submitted { id, task, args } => {
+                self.process_task(entry, &id, &task, args).await;
+            }
+            StreamJob::Callback { name, task, args } => {
+                self.callback(entry, &name, &task, args).await;
+            }
+            StreamJob::FanOut {
+                token,
+                cursor,
+                lazy,
+                dependants,
+            } => {
+                self.fan_out(entry, &token, &cursor, lazy, dependants).await;
+            }
+            StreamJob::Related {
+                collection,
+                doc,
+                op,
+                before,
+            } => {
+                let change = RelatedChange {
+                    collection: &collection,
+                    doc: &doc,
+                    op: op.as_deref(),
+                    before: before.as_deref(),
+                };
+                self.relate(entry, &change).await;
+            }
+            StreamJob::Malformed => {
+                tracing::warn!(
+                    entry,
+                    "smache executor: a job of no known kind; dead-lettered"
+                );
+                self.give_up(
+                    entry,
+                    "a job of no known kind (no `id`, `cb`, `fan` or `rel` field)",
+                )
+                .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The relation handler: a document of a collection named in some
+//! `relations(...)` changed; map it, as it is now and as it was, to the
+//! entities whose values it concerns, and refresh those.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use super::Executor;
+use crate::entity::EntityId;
+use crate::error::Result;
+use crate::registry;
+use crate::store::{Related, StreamJob};
+
+impl Executor {
+    /// A related document changed: for each function with a relation on
+    /// its collection, map it (as it is now, and as it was before the
+    /// change when that is known) to entity ids and refresh their values.
+    pub(super) async fn relate(&self, entry: &str, change: &RelatedChange<'_>) {
+        let base = &self.smache.inner.base;
+        let RelatedChange {
+            collection, doc, ..
+        } = *change;
+        let Some(id) = EntityId::from_key(doc) else {
+            tracing::warn!(
+                entry,
+                doc,
+                "smache executor: malformed relation job; dead-lettered"
+            );
+            return self
+                .give_up(entry, "malformed document id in a relation job")
+                .await;
+        };
+        let before = match change.before.map(bson::from_slice::<bson::Document>) {
+            Some(Ok(before)) => Some(before),
+            Some(Err(err)) => {
+                // Mapped as if MongoDB had given no pre-image.
+                tracing::warn!(entry, error = %err, "smache executor: a relation job's pre-image does not decode; ignored");
+                None
+            }
+            None => None,
+        };
+        let heads = match self.store.related_functions(base, collection).await {
+            Ok(heads) => heads,
+            Err(err) => {
+                tracing::warn!(error = %err, "smache executor: redis unavailable; job left for retry");
+                return;
+            }
+        };
+        let Some(db) = self.smache.mongodb() else {
+            tracing::error!(
+                "smache executor: relation jobs need a MongoDB database (SmacheBuilder::mongodb)"
+            );
+            return;
+        };
+        let document = match db
+            .collection::<bson::Document>(collection)
+            .find_one(bson::doc! { "_id": id.to_bson() })
+            .await
+        {
+            Ok(document) => document,
+            Err(err) => {
+                tracing::warn!(error = %err, "smache executor: mongodb unavailable; job left for retry");
+                return;
+            }
+        };
+        let source = format!("{collection}:{doc}");
+        // Every function concerned must be known here, or the job is left
+        // for an executor that has them all (a deploy in progress), until
+        // those missing have had no live executor for the orphan timeout:
+        // then it is applied for the others and dead-lettered.
+        let mut registrations = Vec::with_capacity(heads.len());
+        let mut missing = Vec::new();
+        for head in &heads {
+            match registry::find(head) {
+                Some(registration) => registrations.push((head, registration)),
+                None => missing.push(head),
+            }
+        }
+        let mut given_up = Vec::new();
+        for head in missing {
+            let what = format!("function {head}");
+            match self.absence(entry, head).await {
+                Ok(absence) if absence.due() => {
+                    given_up.push(absence.reason(&what, self.orphan_timeout));
+                }
+                Ok(absence) => {
+                    tracing::warn!(function = head, "smache executor: a relation of a function this process does not have; leaving the job for another executor");
+                    let again = StreamJob::Related {
+                        collection: collection.to_owned(),
+                        doc: doc.to_owned(),
+                        op: change.op.map(str::to_owned),
+                        before: change.before.map(<[u8]>::to_vec),
+                    };
+                    return self.recheck(entry, again, &absence);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "smache executor: redis unavailable; job left for retry");
+                    return;
+                }
+            }
+        }
+        let applied = registrations.len();
+        for (head, registration) in registrations {
+            for relation in registration
+                .relations
+                .iter()
+                .filter(|r| r.source == collection)
+            {
+                let Some(now) = map_related(relation, head, document.as_ref()) else {
+                    continue;
+                };
+                // What it mapped to before: its pre-image's targets; none
+                // for an insert; else unknown (the recorded mapping, if
+                // any, stands in).
+                let earlier = match &before {
+                    Some(before) => map_related(relation, head, Some(before)),
+                    None if change.op == Some("i") => Some(Vec::new()),
+                    None => None,
+                };
+                let related = Related {
+                    source: &source,
+                    target: relation.target,
+                    gone: document.is_none(),
+                    now: &now,
+                    before: earlier.as_deref(),
+                };
+                match self.store.relate(base, head, &related).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        unknown_earlier_targets(head, collection, &source);
+                        if let Err(err) = self.stale_function(head).await {
+                            tracing::warn!(error = %err, "smache executor: job left for retry");
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "smache executor: redis unavailable; job left for retry");
+                        return;
+                    }
+                }
+            }
+        }
+        if given_up.is_empty() {
+            return self.ack(entry).await;
+        }
+        let mut reason = given_up.join("; ");
+        if applied > 0 {
+            reason.push_str("; applied for the other functions");
+        }
+        tracing::error!(
+            entry,
+            reason,
+            "smache executor: no live executor can run a relation job; dead-lettered"
+        );
+        self.give_up(entry, &reason).await;
+    }
+
+    /// Marks every value of one function stale, with no recompute coming:
+    /// each is recomputed by its next reader (a recompute of every value
+    /// of a function on each such change could swamp the executors).
+    async fn stale_function(&self, head: &str) -> Result<()> {
+        self.store
+            .mark_function_stale(&self.smache.inner.base, head)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A related document's change, as a relation job gives it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RelatedChange<'a> {
+    /// The document's collection.
+    pub(super) collection: &'a str,
+    /// The document's id key.
+    pub(super) doc: &'a str,
+    /// The kind of change, when the worker said.
+    pub(super) op: Option<&'a str>,
+    /// The document before the change (BSON), when MongoDB gave it.
+    pub(super) before: Option<&'a [u8]>,
+}
+
+/// The id keys a relation maps a version of a related document to (none
+/// for no document); `None` if its mapper fails (logged).
+fn map_related(
+    relation: &registry::Relation,
+    head: &str,
+    document: Option<&bson::Document>,
+) -> Option<Vec<String>> {
+    let Some(document) = document else {
+        return Some(Vec::new());
+    };
+    match (relation.map)(document.clone()) {
+        Ok(ids) => Some(
+            ids.iter()
+                .map(|id| {
+                    let mut key = String::new();
+                    id.write_key(&mut key);
+                    key
+                })
+                .collect(),
+        ),
+        Err(err) => {
+            tracing::warn!(error = %err, function = head, "smache executor: a relation mapper failed; skipped");
+            None
+        }
+    }
+}
+
+/// Says, once per function and collection in this process, that a related
+/// document changed whose earlier targets are unknown, and what that costs.
+fn unknown_earlier_targets(head: &str, collection: &str, source: &str) {
+    static WARNED: Mutex<Option<HashSet<(String, String)>>> = Mutex::new(None);
+    let first = crate::sync::lock(&WARNED)
+        .get_or_insert_with(HashSet::new)
+        .insert((head.to_owned(), collection.to_owned()));
+    if first {
+        tracing::warn!(function = head, collection, source, "smache executor: a related document changed that smache had not seen change before, and MongoDB gave no pre-image: what it concerned before is unknown, so every value of the function is marked stale (recomputed when next read). Enable changeStreamPreAndPostImages on the collection to refresh only the values concerned");
+    } else {
+        tracing::debug!(function = head, source, "smache executor: a related document's earlier targets are unknown; every value of the function marked stale");
+    }
+}
