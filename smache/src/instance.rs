@@ -11,12 +11,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::builder::SmacheBuilder;
-use crate::call::Outcome;
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::runtime;
 use crate::spec::{FnSpec, Refresh, ValueStore};
+use crate::store::Outcome;
 use crate::store::{Backend, Lookup, MongoValues, Put, Slot, Store};
 
 static GLOBAL: OnceCell<Smache> = OnceCell::new();

@@ -333,7 +333,7 @@ fn entries(reply: StreamRangeReply) -> Vec<(String, HashMap<String, String>)> {
 /// can run it (`None`: any executor can).
 fn describe(fields: &HashMap<String, String>) -> (String, Option<String>) {
     let head = |id: &str| {
-        crate::executor::split_value_id(id)
+        crate::key::split_value_id(id)
             .map_or(id, |(head, _)| head)
             .to_owned()
     };
