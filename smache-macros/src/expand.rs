@@ -14,9 +14,12 @@
 //! }
 //! ```
 //!
-//! The original body runs inside an `async move` block (or a `move` closure
-//! for `fn`) whose type is pinned to the declared return type, so `return`
-//! and `?` behave as they did.
+//! The function's body is emitted once, unchanged, as a private function
+//! `__smache_body` nested in the wrapper (so `return` and `?` behave as they
+//! did). The wrapper hands the cache a closure that calls it, run only on a
+//! miss; the executor's recompute, registered beside it, calls it with a
+//! job's arguments. The expansion of the README's `dashboard` is kept in
+//! `tests/expand/dashboard.rs`.
 
 use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned};
@@ -76,7 +79,9 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
         .sources
         .iter()
         .flat_map(|s| &s.value)
-        .map(|ty| quote_spanned!(ty.span()=> <#ty as #krate::Entity>::COLLECTION));
+        .map(|ty| quote_spanned!(ty.span()=> <#ty as #krate::Entity>::COLLECTION))
+        .collect::<Vec<_>>();
+    let sources = (!sources.is_empty()).then(|| quote!(.__sources(&[#(#sources),*])));
     let refresh = if args.mark_stale.as_ref().is_some_and(|m| m.value) {
         quote!(#krate::Refresh::MarkStale)
     } else {
@@ -94,8 +99,10 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
         .map(|relation| {
             let source = &relation.source;
             quote_spanned!(source.span()=> <#source as #krate::Entity>::COLLECTION)
-        });
-    let recompute = recompute(checked, args, fn_ident, sig.asyncness.is_some(), &krate);
+        })
+        .collect::<Vec<_>>();
+    let relation_sources =
+        (!relation_sources.is_empty()).then(|| quote!(.__relations(&[#(#relation_sources),*])));
 
     let idents: Vec<_> = checked.args.iter().map(|arg| arg.ident).collect();
     let tys: Vec<_> = checked.args.iter().map(|arg| arg.ty).collect();
@@ -121,34 +128,74 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
 
     // The call's `Mode<R>` bound (the return value must be `Serialize +
     // DeserializeOwned`) is reported at the callee: give every token of it,
-    // the `::smache` path included, the return type's span.
+    // the `::smache` path included, the return type's span. The wrapper and
+    // the recompute both go through `__smache_cached`, so that the bound is
+    // checked, and reported, once.
     let private_at_ret = respan(private.clone(), ret.span());
     let mode = if checked.returns_result {
         quote_spanned!(ret.span()=> #private_at_ret::OkOnly)
     } else {
         quote_spanned!(ret.span()=> #private_at_ret::Plain)
     };
-    let key_var = format_ident!("__smache_key", span = Span::mixed_site());
-    let ret_var = format_ident!("__smache_ret", span = Span::mixed_site());
-    let body = if sig.asyncness.is_some() {
-        let call = quote_spanned!(ret.span()=> #private_at_ret::call_async::<#mode, #ret>);
-        // Boxed: a computed function that awaits another would otherwise
-        // hold the callee's whole future inline, and nesting multiplies
-        // future sizes (and, in debug builds, stack use).
-        quote_spanned! {ret.span()=>
-            #call(&#module::SPEC, #key_var, ::std::boxed::Box::pin(async move {
-                let #ret_var: #ret = #block;
-                #[allow(unreachable_code)]
-                #ret_var
-            }))
-            .await
-        }
+    let is_async = sig.asyncness.is_some();
+    let entry = if is_async {
+        quote_spanned!(ret.span()=> #private_at_ret::call_async::<#mode, #ret, _, _>)
     } else {
-        let call = quote_spanned!(ret.span()=> #private_at_ret::call_sync::<#mode, #ret>);
-        quote_spanned! {ret.span()=>
-            #call(&#module::SPEC, #key_var, move || -> #ret #block)
+        quote_spanned!(ret.span()=> #private_at_ret::call_sync::<#mode, #ret, _>)
+    };
+    let dot_await = is_async.then(|| quote_spanned!(ret.span()=> .await));
+    let body_fn = Ident::new(
+        "__smache_body",
+        Span::mixed_site().located_at(sig.ident.span()),
+    );
+    let cached = Ident::new("__smache_cached", Span::mixed_site());
+    let lifetime_params: Vec<_> = sig.generics.lifetimes().collect();
+    let (asyncness, compute_params, compute_bounds) = if is_async {
+        (
+            quote!(async),
+            quote!(<#(#lifetime_params,)* F, Fut>),
+            quote!(F: ::core::ops::FnOnce() -> Fut, Fut: ::core::future::Future<Output = #ret>),
+        )
+    } else {
+        (
+            quote!(),
+            quote!(<#(#lifetime_params,)* F>),
+            quote!(F: ::core::ops::FnOnce() -> #ret),
+        )
+    };
+    let mut body_sig = sig.clone();
+    body_sig.ident = body_fn.clone();
+    let mut wrapper_sig = sig.clone();
+    for input in &mut wrapper_sig.inputs {
+        if let syn::FnArg::Typed(typed) = input {
+            if let syn::Pat::Ident(pat) = &mut *typed.pat {
+                // Only the body binds its arguments mutably.
+                pat.mutability = None;
+            }
+        }
+    }
+    // At the return type, like the entry it calls: whatever rustc says
+    // about the return value's bounds points there, once.
+    let cached_fn = quote_spanned! {ret.span()=>
+        #[allow(clippy::needless_lifetimes)]
+        #asyncness fn #cached #compute_params (
+            key: #krate::Result<#krate::CacheKey>,
+            compute: F,
+            job: ::core::option::Option<&#private::Job>,
+        ) -> #ret
+        where
+            #compute_bounds
+        {
+            #entry(&#module::SPEC, key, compute, job) #dot_await
         }
     };
+    let call = Call {
+        cached: &cached,
+        dot_await: &dot_await,
+        body_fn: &body_fn,
+        module,
+    };
+    let recompute = recompute(checked, args, &call, &krate);
 
     let value_mode = if checked.returns_result {
         quote!(#private::OkOnly)
@@ -159,12 +206,33 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
         #private_at_ret::submit::<#mode, #ret>(&SPEC, __key(#(&#idents),*)).await
     };
     let fn_name = fn_ident.to_string();
-    let module_doc = format!("Cache helpers of [`{fn_name}()`], generated by `#[computed]`.");
+    let module_doc = format!(" Cache helpers of [`{fn_name}()`], generated by `#[computed]`.");
+    let krate_path = quote!(#krate).to_string().replace(' ', "");
+    let is_fresh_doc = format!(
+        " Whether a value is cached for these arguments (in [`Smache::current`]({krate_path}::Smache::current))."
+    );
+    let invalidate_doc = format!(
+        " Removes the cached value for these arguments (in [`Smache::current`]({krate_path}::Smache::current)); returns whether one was stored."
+    );
+    let submit_doc = format!(
+        " Returns at once: the cached value, or a task an executor runs to compute it (joining the one pending, if any). See [`task`]({krate_path}::task)."
+    );
     quote! {
         #(#attrs)*
-        #vis #sig {
-            let #key_var = #module::__key(#(&#idents),*);
-            #body
+        #vis #wrapper_sig {
+            #[allow(clippy::needless_lifetimes)]
+            #body_sig #block
+
+            // An executor's way to the body: decode a job's arguments and
+            // call the body through the cache, which stores the result.
+            const _: () = {
+                #recompute
+            };
+
+            #cached_fn
+
+            #cached(#module::__key(#(&#idents),*), move || #body_fn(#(#idents),*), ::core::option::Option::None)
+            #dot_await
         }
 
         #[doc = #module_doc]
@@ -179,8 +247,8 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
                 #ttl_secs,
                 &[#(#kinds),*],
             )
-            .__sources(&[#(#sources),*])
-            .__relations(&[#(#relation_sources),*])
+            #sources
+            #relation_sources
             .__mode(#refresh)
             #store;
 
@@ -190,39 +258,29 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
             }
 
             /// The cache key of the value for these arguments.
-            ///
             /// # Errors
             /// When a `Raw` argument cannot be serialized.
             pub fn key #lifetimes (#(#idents: #tys),*) -> #krate::Result<#krate::CacheKey> {
                 __key(#(&#idents),*)
             }
 
-            /// Whether a value is cached for these arguments (in [`Smache::current`](#krate::Smache::current)).
-            ///
+            #[doc = #is_fresh_doc]
             /// # Errors
             /// When the key cannot be built or the store cannot be reached.
             pub async fn is_fresh #lifetimes (#(#idents: #tys),*) -> #krate::Result<bool> {
-                let key = __key(#(&#idents),*)?;
-                #krate::Smache::current().is_fresh(&key).await
+                #krate::Smache::current().is_fresh(&__key(#(&#idents),*)?).await
             }
 
-            /// Removes the cached value for these arguments (in [`Smache::current`](#krate::Smache::current));
-            /// returns whether one was stored.
-            ///
+            #[doc = #invalidate_doc]
             /// # Errors
             /// When the key cannot be built or the store cannot be reached.
             pub async fn invalidate #lifetimes (#(#idents: #tys),*) -> #krate::Result<bool> {
-                let key = __key(#(&#idents),*)?;
-                #krate::Smache::current().invalidate(&key).await
+                #krate::Smache::current().invalidate(&__key(#(&#idents),*)?).await
             }
 
-            /// Returns at once: the cached value, or a task an executor
-            /// runs to compute it (joining the task already pending for
-            /// these arguments, if any). See [`smache::task`](#krate::task).
-            ///
+            #[doc = #submit_doc]
             /// # Errors
-            /// When the key cannot be built, the instance has no Redis
-            /// store, or Redis cannot be reached.
+            /// When the key cannot be built, there is no Redis store, or Redis cannot be reached.
             pub async fn submit #lifetimes (#(#idents: #tys),*) -> #krate::Result<
                 #krate::Submitted<<#value_mode as #private::ValueType<#ret>>::Value>,
             > {
@@ -230,25 +288,26 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
             }
         }
 
-        // Beside the function rather than in its module, so the function is
-        // in scope even when it is declared inside a block. After the module,
-        // so that type errors in the arguments are reported there first.
-        const _: () = {
-            #recompute
-        };
     }
+}
+
+/// How the wrapper reaches the cache, which the recompute does alike.
+struct Call<'a> {
+    /// The wrapper's way into the cache, `call_async` or `call_sync`.
+    cached: &'a Ident,
+    /// `.await` for an `async fn`.
+    dot_await: &'a Option<TokenStream>,
+    /// The function's body, as a private function.
+    body_fn: &'a Ident,
+    /// The generated module (`SPEC`).
+    module: &'a Ident,
 }
 
 /// The registration that lets an executor recompute a value: decode each
 /// argument from the job (entities loaded fresh from MongoDB, raw values
-/// from their JSON), then call the function, which stores the result.
-fn recompute(
-    checked: &Checked<'_>,
-    args: &Args,
-    fn_ident: &syn::Ident,
-    is_async: bool,
-    krate: &Path,
-) -> TokenStream {
+/// from their JSON), then call the body through the cache, which stores
+/// the result (conditionally on the job's change generation).
+fn recompute(checked: &Checked<'_>, args: &Args, call: &Call<'_>, krate: &Path) -> TokenStream {
     let private = quote!(#krate::__private);
     let reader = format_ident!("__smache_args", span = Span::mixed_site());
     let job = format_ident!("__smache_job", span = Span::mixed_site());
@@ -297,11 +356,13 @@ fn recompute(
             }
         }
     }
-    let call = if is_async {
-        quote!(#job.run(#fn_ident(#(#pass),*)).await)
-    } else {
-        quote!(#job.run_sync(|| #fn_ident(#(#pass),*)))
-    };
+    let Call {
+        cached,
+        dot_await,
+        body_fn,
+        module,
+    } = call;
+    let key = format_ident!("__smache_key", span = Span::mixed_site());
     let target = checked.args.iter().find_map(|arg| match arg.kind {
         Kind::Entity(entity) => Some(entity),
         Kind::Raw(_) => None,
@@ -314,14 +375,8 @@ fn recompute(
             let source = &relation.source;
             let map = &relation.map;
             mappers.push(quote_spanned! {map.span()=>
-                fn #mapper(
-                    document: #private::bson::Document,
-                ) -> #krate::Result<::std::vec::Vec<#krate::EntityId>> {
-                    let source: #source = #private::decode_document(document)?;
-                    let map = #map;
-                    ::std::result::Result::Ok(#private::IntoEntityIds::<
-                        <<#target as #krate::Entity>::Id as #private::IdKind>::Kind,
-                    >::into_entity_ids(map(&source)))
+                fn #mapper(document: #private::bson::Document) -> #krate::Result<::std::vec::Vec<#krate::EntityId>> {
+                    #private::map_related::<#source, #target, _>(document, #map)
                 }
             });
             relations.push(quote! {
@@ -337,16 +392,20 @@ fn recompute(
         #(#mappers)*
 
         #[allow(unused_mut, clippy::needless_borrow)]
-        fn __recompute(#job: #private::Job) -> #private::LocalBoxFuture<#krate::Result<()>> {
+        fn __recompute(#job: &#private::Job) -> #private::LocalBoxFuture<'_, #krate::Result<()>> {
             ::std::boxed::Box::pin(async move {
-                let mut #reader = #job.args();
+                let mut #reader = #job.args(&#module::SPEC);
                 #(#decode)*
-                #call
+                let #key = ::core::result::Result::Ok(#reader.key()?);
+                // What became of it is reported to the job.
+                let _ = #cached(#key, || #body_fn(#(#pass),*), ::core::option::Option::Some(#job))
+                    #dot_await;
+                ::core::result::Result::Ok(())
             })
         }
 
         #private::inventory::submit! {
-            #private::Registration::new(&#fn_ident::SPEC, __recompute)
+            #private::Registration::new(&#module::SPEC, __recompute)
                 .with_relations(&[#(#relations),*])
         }
     }

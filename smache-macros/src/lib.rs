@@ -10,6 +10,8 @@ mod args;
 mod entity;
 mod expand;
 mod fallback;
+#[cfg(test)]
+mod golden;
 mod validate;
 
 use proc_macro::TokenStream;

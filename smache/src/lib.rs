@@ -130,8 +130,8 @@ pub use crate::task::{
 #[doc(hidden)]
 pub mod __private {
     pub use crate::call::{call_async, call_sync, Mode, OkOnly, Plain, ValueType};
-    pub use crate::executor::Job;
     pub use crate::key::KeyBuilder;
+    pub use crate::key::{ArgReader, Job};
     pub use crate::registry::{LocalBoxFuture, Registration, Relation};
     pub use crate::task::submit;
     pub use {bson, inventory};
@@ -162,10 +162,26 @@ pub mod __private {
     /// then entity ids and raw JSON arguments in turn); for the fuzz
     /// targets. Returns how many arguments decoded.
     pub fn decode_job(id: &str) -> usize {
-        crate::executor::decode_for_fuzzing(id)
+        crate::key::decode_for_fuzzing(id)
     }
 
     use crate::entity::{EntityId, IntoEntityId};
+
+    /// What a `relations(Source => mapper)` runs on a changed `Source`
+    /// document: the ids of the `Target` entities whose values depend on it.
+    pub fn map_related<S, T, R>(
+        document: bson::Document,
+        map: impl FnOnce(&S) -> R,
+    ) -> crate::Result<Vec<EntityId>>
+    where
+        S: serde::de::DeserializeOwned,
+        T: Entity,
+        T::Id: IdKind,
+        R: IntoEntityIds<<T::Id as IdKind>::Kind>,
+    {
+        let source: S = decode_document(document)?;
+        Ok(map(&source).into_entity_ids())
+    }
 
     /// Reads a related document for a `relations(...)` mapper.
     pub fn decode_document<T: serde::de::DeserializeOwned>(

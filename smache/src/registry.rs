@@ -13,15 +13,16 @@ use once_cell::sync::Lazy;
 
 use crate::entity::EntityId;
 use crate::error::Result;
-use crate::executor::Job;
+use crate::key::Job;
 use crate::spec::FnSpec;
 
 /// A boxed future that need not be `Send`: jobs run on a blocking thread
 /// of their own, so the user's function may hold non-`Send` state.
-pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
-/// Decodes a job's arguments and calls the function with them.
-pub type Recompute = fn(Job) -> LocalBoxFuture<Result<()>>;
+/// Decodes a job's arguments and calls the function's body with them,
+/// through the call path (which reports to the job what became of it).
+pub type Recompute = for<'a> fn(&'a Job) -> LocalBoxFuture<'a, Result<()>>;
 
 /// Maps a changed document of a related collection to entity ids.
 pub type MapRelated = fn(bson::Document) -> Result<Vec<EntityId>>;

@@ -30,6 +30,16 @@ where
     futures::executor::block_on(BACKGROUND.spawn(fut)).map_err(|_| Error::Unavailable)
 }
 
+/// Runs `fut` on the background runtime and waits for it without
+/// blocking (the caller's executor need not be tokio's).
+pub(crate) async fn on_background<F>(fut: F) -> Result<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    BACKGROUND.spawn(fut).await.map_err(|_| Error::Unavailable)
+}
+
 /// Runs `fut` where it can reach the tokio reactor: in place when the caller
 /// is inside a tokio runtime, else on the background runtime.
 pub(crate) async fn in_tokio<F>(fut: F) -> Result<F::Output>

@@ -47,7 +47,7 @@ use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::call::Mode;
+use crate::call::{Call, Drive, Looked, Mode};
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::instance::{Inner, Smache};
@@ -481,32 +481,13 @@ pub async fn submit<M: Mode<R>, R>(
     let smache = Smache::current();
     let key = key?;
     smache.inner.redis()?;
-    let at = smache.locate(&key);
-    let inner = Arc::clone(&smache.inner);
-    let lookup_at = at.clone();
-    let (fetched, alias_of) = runtime::in_tokio(async move { inner.lookup(&lookup_at).await })
-        .await?
-        .map_err(|()| Error::Unavailable)?;
+    let call = Call::prepare(smache.clone(), spec, Ok(key)).ok_or(Error::Unavailable)?;
     // An alias submits the computation of the value it stands for.
-    let at = alias_of.unwrap_or(at);
-    if let Some(fetched) = fetched {
-        if smache.inner.acceptable(spec, &fetched) {
-            if let Some(value) = Inner::decode(&at.key, &fetched.data) {
-                if fetched.expired && !fetched.stale {
-                    // Past its time-to-live: served, and refreshed.
-                    let inner = Arc::clone(&smache.inner);
-                    let (refresh_at, version) = (at.clone(), fetched.version);
-                    runtime::spawn(async move {
-                        let _ = inner
-                            .store
-                            .refresh(refresh_at.slot(&inner.base), version)
-                            .await;
-                    });
-                }
-                return Ok(Submitted::Ready(value));
-            }
-        }
-    }
+    let at = match call.look::<M::Value>(Drive::Async).await {
+        Looked::Hit(value, _, _) => return Ok(Submitted::Ready(value)),
+        Looked::Miss(call, _) => call.at().clone(),
+        Looked::Unreachable => return Err(Error::Unavailable),
+    };
     let inner = Arc::clone(&smache.inner);
     let slot_at = at.clone();
     let id = runtime::in_tokio(async move {

@@ -1,36 +1,34 @@
 //! Running a job's function: on a blocking thread of its own, its span
 //! along, a panic caught and worded.
 
-use std::sync::Arc;
-
-use super::job::Job;
 use super::Executor;
-use crate::call::Target;
 use crate::error::Result;
+use crate::key::{Job, Report};
 use crate::registry;
 
 impl Executor {
     /// Runs a job's function on a blocking thread of its own (the user's
-    /// function need not be `Send`), catching a panic.
+    /// function need not be `Send`), catching a panic; with what the call
+    /// path reported to the job.
     pub(super) async fn run_function(
         &self,
         registration: &'static registry::Registration,
-        target: &Arc<Target>,
-        args: String,
-    ) -> Ran {
-        let job = Job {
-            smache: self.smache.clone(),
-            target: Arc::clone(target),
-            args,
-        };
+        job: Job,
+    ) -> (Ran, Report) {
         let recompute = registration.recompute;
+        let smache = self.smache.clone();
         let handle = tokio::runtime::Handle::current();
         // The job's span goes along to the blocking thread.
         let span = tracing::Span::current();
-        let run = move || span.in_scope(|| handle.block_on(recompute(job)));
+        let run = move || {
+            span.in_scope(|| {
+                let result = handle.block_on(smache.scope(recompute(&job)));
+                (result, job.take_report())
+            })
+        };
         match tokio::task::spawn_blocking(run).await {
-            Ok(result) => Ran::Returned(result),
-            Err(err) => Ran::Panicked(panic_message(err)),
+            Ok((result, report)) => (Ran::Returned(result), report),
+            Err(err) => (Ran::Panicked(panic_message(err)), Report::default()),
         }
     }
 }

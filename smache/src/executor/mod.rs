@@ -35,7 +35,6 @@ mod callback;
 mod consumer;
 mod fan_out;
 mod function;
-mod job;
 mod orphan;
 mod recompute;
 mod relation;
@@ -54,8 +53,6 @@ use crate::error::{Error, Result};
 use crate::instance::Smache;
 use crate::store::{RedisStore, Store, StreamEntry, StreamJob};
 
-pub(crate) use self::job::{decode_for_fuzzing, split_value_id};
-pub use self::job::{ArgReader, Job};
 pub use crate::store::keys::GROUP;
 /// A job left unacknowledged this long (its executor died, or it failed)
 /// is handed to another executor.
@@ -184,7 +181,7 @@ impl Executor {
     async fn run_job(&self, entry: &str, job: StreamJob) {
         match job {
             StreamJob::Value(id) => {
-                let function = split_value_id(&id)
+                let function = crate::key::split_value_id(&id)
                     .and_then(|(head, _)| head.rsplit_once('#'))
                     .map_or("", |(name, _)| name);
                 let span = tracing::info_span!("smache.recompute", function, id = %id, job = entry);

@@ -5,14 +5,13 @@
 use std::time::Instant;
 
 use super::function::Ran;
-use super::job::split_value_id;
 use super::retry::{self, Attempt, Exhausted};
 use super::{Executor, MIN_RECOMPUTE_INTERVAL};
-use crate::call::{Outcome, Target};
 use crate::error::Error;
 use crate::instance::Located;
+use crate::key::{split_value_id, Job};
 use crate::registry;
-use crate::store::{keys, Abandon, Start, StreamJob};
+use crate::store::{keys, Abandon, Outcome, Start, StreamJob};
 
 impl Executor {
     /// Runs one job; acknowledges it when it is done for good.
@@ -60,10 +59,15 @@ impl Executor {
         let exhausted = retry::attempts(
             self.smache.inner.retry,
             |run| async move {
-                let target = Target::new(at.key.clone(), Some(started));
+                let job = Job::new(
+                    self.smache.mongodb().cloned(),
+                    at.key.clone(),
+                    Some(started),
+                    args.clone(),
+                );
                 let began = Instant::now();
-                let ran = self.run_function(registration, &target, args.clone()).await;
-                let outcome = *crate::sync::lock(&target.outcome);
+                let (ran, report) = self.run_function(registration, job).await;
+                let outcome = report.outcome;
                 let spec = registration.spec;
                 crate::metrics::recomputed(spec, outcome_label(&ran, outcome), began.elapsed());
                 let failure = match (ran, outcome) {
@@ -80,11 +84,9 @@ impl Executor {
                             .await;
                         return Attempt::Settled;
                     }
-                    (Ran::Returned(Ok(())), Some(Outcome::NotCached)) => {
-                        crate::sync::lock(&target.failure)
-                            .take()
-                            .unwrap_or_else(|| "the value was not cached".to_owned())
-                    }
+                    (Ran::Returned(Ok(())), Some(Outcome::NotCached)) => report
+                        .failure
+                        .unwrap_or_else(|| "the value was not cached".to_owned()),
                     (Ran::Returned(Ok(())), _) => {
                         tracing::warn!(
                             id,

@@ -3,12 +3,11 @@
 //! its error.
 
 use super::function::Ran;
-use super::job::split_value_id;
 use super::retry::{self, Attempt, Exhausted};
 use super::Executor;
-use crate::call::Target;
 use crate::error::Error;
 use crate::instance::Located;
+use crate::key::{split_value_id, Job};
 use crate::registry;
 use crate::store::{keys, Abandon, StreamJob};
 
@@ -49,8 +48,9 @@ impl Executor {
             |_| async move {
                 // No generation: the plain call path (a hit, single flight
                 // with other callers, or a computation) with its failure noted.
-                let target = Target::new(key.clone(), None);
-                let failure = match self.run_function(registration, &target, args.clone()).await {
+                let job = Job::new(self.smache.mongodb().cloned(), key.clone(), None, args.clone());
+                let (ran, report) = self.run_function(registration, job).await;
+                let failure = match ran {
                     Ran::Returned(Ok(())) => match self.reread(key, id).await {
                         Ok(Some(fetched))
                             if self.smache.inner.acceptable(registration.spec, &fetched) =>
@@ -71,8 +71,8 @@ impl Executor {
                             self.finish(entry, task, key, &Ok(data)).await;
                             return Attempt::Settled;
                         }
-                        Ok(_) => crate::sync::lock(&target.failure)
-                            .take()
+                        Ok(_) => report
+                            .failure
                             .unwrap_or_else(|| "the value was computed but not stored".to_owned()),
                         Err(()) => {
                             tracing::warn!(

@@ -261,7 +261,7 @@ impl Smache {
 /// can run it (`None`: any executor can).
 fn describe(job: &StreamJob) -> (String, Option<String>) {
     let head = |id: &str| {
-        crate::executor::split_value_id(id)
+        crate::key::split_value_id(id)
             .map_or(id, |(head, _)| head)
             .to_owned()
     };

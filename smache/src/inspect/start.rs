@@ -156,7 +156,7 @@ impl FromStr for GraphStart {
 /// `/` in the name (a function's name holds one only if set so with
 /// `name = "…"`; then write the value as its token, `v:<id>`).
 fn is_value_id(text: &str) -> bool {
-    let Some((head, _)) = crate::executor::split_value_id(text) else {
+    let Some((head, _)) = crate::key::split_value_id(text) else {
         return false;
     };
     let Some((name, version)) = head.rsplit_once('#') else {

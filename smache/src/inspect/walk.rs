@@ -364,7 +364,7 @@ impl Walk {
 
 /// How a value stands, from its hash's fields.
 fn value_node(id: String, fields: &ValueFields, now_ms: u64) -> ValueNode {
-    let function = crate::executor::split_value_id(&id)
+    let function = crate::key::split_value_id(&id)
         .map_or(id.as_str(), |(head, _)| head)
         .to_owned();
     let stale = fields.generation > fields.computed_from;

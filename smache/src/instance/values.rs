@@ -9,10 +9,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::Inner;
-use crate::call::Outcome;
 use crate::envelope;
 use crate::error::Result;
 use crate::spec::{FnSpec, Refresh, ValueStore};
+use crate::store::Outcome;
 use crate::store::{keys, Backend, Lookup, Put, Slot};
 
 /// MongoDB documents hold at most 16 MiB; leave room for the fields.

@@ -164,6 +164,38 @@ pub(crate) fn function_values(head: &str) -> String {
     format!("{}:*", glob_escape(head))
 }
 
+/// The dependency token of a nested value: `v:<id>`. A value's
+/// dependency tokens name what it is recomputed from; each one names a
+/// reverse-edge set (`{prefix}:d:<token>`, see `lua/common.lua`).
+pub(crate) fn value_token(id: &str) -> String {
+    let mut token = String::with_capacity(2 + id.len());
+    write_value_token(&mut token, |out| out.push_str(id));
+    token
+}
+
+/// Appends `v:` and the id `write_id` appends (a token built in place).
+pub(crate) fn write_value_token(out: &mut String, write_id: impl FnOnce(&mut String)) {
+    out.push_str("v:");
+    write_id(out);
+}
+
+/// The dependency token of one document: `e:<collection>:<encoded id>`.
+pub(crate) fn entity_token(collection: &str, id: &str) -> String {
+    format!("e:{collection}:{id}")
+}
+
+/// The dependency token of a whole collection (`sources(...)`):
+/// `c:<collection>`.
+pub(crate) fn collection_token(collection: &str) -> String {
+    format!("c:{collection}")
+}
+
+/// Whether a dependency token names documents (`e:`/`c:`), which only a
+/// worker's change stream keeps a value fresh from.
+pub(crate) fn names_documents(token: &str) -> bool {
+    token.starts_with("e:") || token.starts_with("c:")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

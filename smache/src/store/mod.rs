@@ -199,3 +199,18 @@ impl Store {
         }
     }
 }
+
+/// What became of storing a computed value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The value was stored.
+    Stored,
+    /// A value computed from newer data was already stored.
+    Superseded,
+    /// The function returned an error or an unserializable value.
+    NotCached,
+    /// The store could not be reached.
+    Unreachable,
+    /// The value is larger than the instance's `max_value_size`.
+    TooLarge,
+}

@@ -36,6 +36,12 @@ use sha2::{Digest, Sha256};
 use crate::entity::Entity;
 use crate::error::{Error, Result};
 use crate::spec::FnSpec;
+use crate::store::keys;
+
+mod job;
+
+pub(crate) use job::{decode_for_fuzzing, split_value_id, Report};
+pub use job::{ArgReader, Job};
 
 /// Arguments longer than this many bytes are hashed in the stored key.
 pub const MAX_INLINE_ARGS: usize = 160;
@@ -135,13 +141,30 @@ impl CacheKey {
 
     /// The full Redis key under `prefix`.
     pub(crate) fn storage_key(&self, prefix: &str) -> String {
-        let id = self.value_id();
-        let mut out = String::with_capacity(prefix.len() + id.len() + 5);
-        out.push('{');
-        out.push_str(prefix);
-        out.push_str("}:v:");
-        out.push_str(&id);
-        out
+        keys::value(&keys::base(prefix), &self.value_id())
+    }
+
+    /// The key a job's arguments were encoded in: `args` whole, with the
+    /// entity ids at these ranges of it.
+    pub(crate) fn from_job(
+        spec: &'static FnSpec,
+        args: &str,
+        entities: Vec<(&'static str, usize, usize)>,
+    ) -> CacheKey {
+        let builder = KeyBuilder::new(spec);
+        let args_at = builder.args_at;
+        let mut path = builder.path;
+        path.push_str(args);
+        let entities = entities
+            .into_iter()
+            .map(|(collection, start, end)| (collection, args_at + start, args_at + end))
+            .collect();
+        CacheKey {
+            spec,
+            path,
+            args_at,
+            entities,
+        }
     }
 
     /// The dependency tokens known from the arguments alone: one
@@ -151,9 +174,16 @@ impl CacheKey {
         let mut deps: Vec<String> = self
             .entities
             .iter()
-            .map(|(collection, start, end)| format!("e:{collection}:{}", &self.path[*start..*end]))
+            .map(|(collection, start, end)| {
+                keys::entity_token(collection, &self.path[*start..*end])
+            })
             .collect();
-        deps.extend(self.spec.sources().iter().map(|c| format!("c:{c}")));
+        deps.extend(
+            self.spec
+                .sources()
+                .iter()
+                .map(|c| keys::collection_token(c)),
+        );
         deps
     }
 }

@@ -1,0 +1,91 @@
+//! What a computation depends on, recorded as it runs.
+//!
+//! `DEPS`, a task-local, holds the dependencies of the value being
+//! computed. A `#[computed]` call made while computing adds itself
+//! (`v:<id>`), so nested values are tracked without the user saying so,
+//! and which value it read (version and computed-at time), so that a value
+//! stored anew before the computation's own store makes that store stale
+//! (see `store.lua`). Work moved to other tasks (`tokio::spawn`) is not
+//! tracked.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use crate::envelope;
+use crate::key::CacheKey;
+use crate::store::keys;
+use crate::sync::lock;
+
+/// What a computation depends on.
+#[derive(Debug, Default)]
+pub(crate) struct Recorded {
+    /// Its dependency tokens.
+    pub(crate) tokens: Vec<String>,
+    /// The values it read (nested calls): each one's id and what was read
+    /// of it, `<version>:<computed-at ms>` (see [`read_mark`]).
+    pub(crate) read: Vec<(String, String)>,
+}
+
+type Deps = Arc<Mutex<Recorded>>;
+
+tokio::task_local! {
+    static DEPS: Deps;
+}
+
+/// The dependencies of one computation, filled while it runs.
+#[derive(Debug)]
+pub(crate) struct Recorder(Deps);
+
+impl Recorder {
+    /// Starts with the dependencies known from the key alone.
+    pub(crate) fn new(key: &CacheKey) -> Recorder {
+        Recorder(Arc::new(Mutex::new(Recorded {
+            tokens: key.static_deps(),
+            read: Vec::new(),
+        })))
+    }
+
+    /// Runs `fut`, recording what the calls it makes depend on.
+    pub(crate) async fn record<F: Future>(self, fut: F) -> (F::Output, Recorded) {
+        let output = DEPS.scope(Arc::clone(&self.0), fut).await;
+        let recorded = std::mem::take(&mut *lock(&self.0));
+        (output, recorded)
+    }
+}
+
+/// Tells the computation in progress, if any, that it depends on the value
+/// `id`. Whether there is one.
+pub(crate) fn depends_on_value(id: &str) -> bool {
+    DEPS.try_with(|deps| lock(deps).tokens.push(keys::value_token(id)))
+        .is_ok()
+}
+
+/// [`depends_on_value`] for the value of `key`, without building its id
+/// when no computation is in progress (the embedded store's hit path).
+pub(crate) fn depends_on_key(key: &CacheKey) {
+    let _ = DEPS.try_with(|deps| {
+        let mut token = String::with_capacity(2 + key.args().len() + 32);
+        keys::write_value_token(&mut token, |out| key.write_value_id(out));
+        lock(deps).tokens.push(token);
+    });
+}
+
+/// Tells the computation in progress that it read the value `id` stored as
+/// `version` with envelope `data`.
+pub(crate) fn read(id: &str, version: u64, data: &[u8]) {
+    let _ = DEPS.try_with(|deps| {
+        lock(deps)
+            .read
+            .push((id.to_owned(), read_mark(version, data)));
+    });
+}
+
+/// What identifies a value read as `version` with envelope `data`, as
+/// `store.lua` compares it: the version alone starts over at 1 when a key
+/// is removed and computed again, the computed-at time tells those apart.
+/// Version 0 (no stored value has it) for a value that is not the stored
+/// one.
+fn read_mark(version: u64, data: &[u8]) -> String {
+    let at = envelope::decode(data).map_or(0, |env| env.computed_at_ms);
+    format!("{version}:{at}")
+}

@@ -1,0 +1,150 @@
+//! What a `#[computed]` function does when called: look up, else compute
+//! and store, recording what the value depends on. Reached only through
+//! the generated code, which emits the function's body once, as a private
+//! function, and hands it here as a closure that makes its future: called
+//! only on a miss.
+//!
+//! * [`call_async`] and [`call_sync`] are the two entries (the wrapper of an
+//!   `async fn`, of a `fn`). An executor's job enters through the same two,
+//!   passing the [`Job`]: a recompute computes and stores conditionally on
+//!   the job's change generation; a submitted task takes the plain path.
+//! * [`path`] is the one algorithm behind both, and behind `submit`'s
+//!   lookup; [`drive`] is the only difference between async and sync: where
+//!   store operations run.
+//! * [`deps`] records what a computation depends on; [`turn`] is a
+//!   caller's turn across processes after a miss.
+
+mod deps;
+mod drive;
+mod mode;
+mod path;
+mod turn;
+
+use std::future::Future;
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+
+pub(crate) use self::drive::Drive;
+pub use self::mode::{Mode, OkOnly, Plain, ValueType};
+pub(crate) use self::path::{Call, Looked};
+
+use crate::envelope;
+use crate::error::Result;
+use crate::instance::Smache;
+use crate::key::{CacheKey, Job};
+use crate::spec::FnSpec;
+use crate::store::{Backend, Store};
+
+/// The body of an `async` computed function. `compute` makes the
+/// function's own body's future; `job` is an executor's job for this call,
+/// `None` for a caller.
+pub async fn call_async<M, R, F, Fut>(
+    spec: &'static FnSpec,
+    key: Result<CacheKey>,
+    compute: F,
+    job: Option<&Job>,
+) -> R
+where
+    M: Mode<R>,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = R>,
+{
+    let smache = Smache::current();
+    if job.is_none() {
+        if let Some(value) = embedded_hit::<M::Value>(&smache, &key) {
+            crate::metrics::hit(spec, Backend::Embedded);
+            return M::from_cached(value);
+        }
+    }
+    // Boxed when made, on a miss only: a computed function that awaits
+    // another would otherwise hold the callee's whole future inline, and
+    // nesting multiplies future sizes (and, in debug builds, stack use).
+    let compute = move || Box::pin(compute());
+    let Some(call) = Call::prepare(smache, spec, key) else {
+        return uncached(spec, compute()).await;
+    };
+    match job {
+        None => path::run::<M, R, _, _>(call, compute, Drive::Async).await.0,
+        Some(job) => for_job::<M, R, _, _>(call, compute, job, Drive::Async).await,
+    }
+}
+
+/// The body of a synchronous computed function. Works with or without a
+/// tokio runtime around the caller, whose thread blocks on the call.
+pub fn call_sync<M, R, F>(
+    spec: &'static FnSpec,
+    key: Result<CacheKey>,
+    compute: F,
+    job: Option<&Job>,
+) -> R
+where
+    M: Mode<R>,
+    F: FnOnce() -> R,
+{
+    let smache = Smache::current();
+    if job.is_none() {
+        if let Some(value) = embedded_hit::<M::Value>(&smache, &key) {
+            crate::metrics::hit(spec, Backend::Embedded);
+            return M::from_cached(value);
+        }
+    }
+    let compute = move || Box::pin(async move { compute() });
+    let Some(call) = Call::prepare(smache, spec, key) else {
+        return drive::block_on(uncached(spec, compute()));
+    };
+    drive::block_on(async move {
+        match job {
+            None => {
+                path::run::<M, R, _, _>(call, compute, Drive::Blocking)
+                    .await
+                    .0
+            }
+            Some(job) => for_job::<M, R, _, _>(call, compute, job, Drive::Blocking).await,
+        }
+    })
+}
+
+/// A job's call: a recompute of this very value, or a submitted task's
+/// (the plain path), its failure reported to the job either way.
+async fn for_job<M, R, F, Fut>(call: std::sync::Arc<Call>, compute: F, job: &Job, drive: Drive) -> R
+where
+    M: Mode<R>,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = R>,
+{
+    match job.started() {
+        Some(started) if job.key() == call.at().key => {
+            path::recompute::<M, R>(call, started, compute(), job).await
+        }
+        _ => {
+            let (result, failure) = path::run::<M, R, F, Fut>(call, compute, drive).await;
+            job.report(None, failure);
+            result
+        }
+    }
+}
+
+/// Computes without the cache (the key could not be built).
+async fn uncached<R>(spec: &'static FnSpec, fut: impl Future<Output = R>) -> R {
+    let started = Instant::now();
+    let result = fut.await;
+    crate::metrics::computed(spec, started.elapsed());
+    result
+}
+
+/// A hit in the embedded store, answered before anything else is set up:
+/// the value decoded from the stored bytes, which are shared with the store
+/// rather than copied out. `None` sends the call down the full path (a
+/// miss, an alias, bytes that do not decode: that path logs them).
+fn embedded_hit<V: DeserializeOwned>(smache: &Smache, key: &Result<CacheKey>) -> Option<V> {
+    let Store::Memory(store) = &smache.inner.store else {
+        return None;
+    };
+    let key = key.as_ref().ok()?;
+    let data = store.peek(&smache.inner.base, |out| key.write_value_id(out))?;
+    let value = envelope::decode(&data).and_then(|env| env.value()).ok()?;
+    // A computation in progress depends on this value.
+    deps::depends_on_key(key);
+    Some(value)
+}
