@@ -91,6 +91,7 @@ mod instance;
 pub mod key;
 pub mod metrics;
 pub mod registry;
+mod retry;
 mod roster;
 mod runtime;
 mod shutdown;

@@ -56,9 +56,6 @@ use std::time::Duration;
 use metrics::{Key, Label, Level, Metadata, Unit};
 
 use crate::envelope::now_ms;
-use crate::instance::Smache;
-use crate::spec::FnSpec;
-use crate::store::{Backend, Store};
 
 /// Calls answered from the store (counter; `function`, `layer`).
 pub const HITS: &str = "smache_hits_total";
@@ -236,35 +233,34 @@ impl FnMetrics {
     }
 }
 
-fn layer(backend: Backend) -> usize {
-    match backend {
-        Backend::Embedded => 0,
-        Backend::Redis => 1,
-    }
+/// The `layer` label's index in [`FnKeys`]: the embedded store or Redis.
+fn layer(redis: bool) -> usize {
+    usize::from(redis)
 }
 
 fn count(key: &Key) {
     metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA).increment(1));
 }
 
-/// A call of `spec`'s function answered from the store.
-pub(crate) fn hit(spec: &'static FnSpec, backend: Backend) {
-    count(&spec.metrics().keys(spec.name()).hits[layer(backend)]);
+/// A call of `function` answered from the store (Redis, or the embedded
+/// one).
+pub(crate) fn hit(function: &'static str, keys: &FnMetrics, redis: bool) {
+    count(&keys.keys(function).hits[layer(redis)]);
 }
 
-/// A lookup of `spec`'s function that found no value to serve.
-pub(crate) fn miss(spec: &'static FnSpec, backend: Backend) {
-    count(&spec.metrics().keys(spec.name()).misses[layer(backend)]);
+/// A lookup of `function` that found no value to serve.
+pub(crate) fn miss(function: &'static str, keys: &FnMetrics, redis: bool) {
+    count(&keys.keys(function).misses[layer(redis)]);
 }
 
 /// A call that took a concurrent call's result.
-pub(crate) fn coalesced(spec: &'static FnSpec) {
-    count(&spec.metrics().keys(spec.name()).coalesced);
+pub(crate) fn coalesced(function: &'static str, keys: &FnMetrics) {
+    count(&keys.keys(function).coalesced);
 }
 
-/// `spec`'s function ran for a caller, for `took`.
-pub(crate) fn computed(spec: &'static FnSpec, took: Duration) {
-    let keys = spec.metrics().keys(spec.name());
+/// `function` ran for a caller, for `took`.
+pub(crate) fn computed(function: &'static str, keys: &FnMetrics, took: Duration) {
+    let keys = keys.keys(function);
     metrics::with_recorder(|recorder| {
         recorder
             .register_counter(&keys.computations, &METADATA)
@@ -275,17 +271,16 @@ pub(crate) fn computed(spec: &'static FnSpec, took: Duration) {
     });
 }
 
-/// An executor ran a recompute job of `spec`'s function, for `took`.
-pub(crate) fn recomputed(spec: &'static FnSpec, outcome: &'static str, took: Duration) {
-    let function = spec.name();
+/// An executor ran a recompute job of `function`, for `took`.
+pub(crate) fn recomputed(function: &'static str, outcome: &'static str, took: Duration) {
     metrics::counter!(RECOMPUTATIONS, "function" => function, "outcome" => outcome).increment(1);
     metrics::histogram!(RECOMPUTATION_DURATION, "function" => function).record(took.as_secs_f64());
 }
 
 /// A recompute job queued at `queued_ms` (its entry id) stored its value now.
-pub(crate) fn refreshed(spec: &'static FnSpec, queued_ms: u64) {
+pub(crate) fn refreshed(function: &'static str, queued_ms: u64) {
     let lag = Duration::from_millis(now_ms().saturating_sub(queued_ms));
-    metrics::histogram!(REFRESH_LAG, "function" => spec.name()).record(lag.as_secs_f64());
+    metrics::histogram!(REFRESH_LAG, "function" => function).record(lag.as_secs_f64());
 }
 
 /// A job was moved to the dead letters.
@@ -314,30 +309,22 @@ pub(crate) fn worker_caught_up() {
     metrics::gauge!(WORKER_LAG).set(0.0);
 }
 
-/// Samples the length of `smache`'s job stream every
-/// [`QUEUE_SAMPLE_EVERY`], until dropped. Nothing for the embedded store.
-pub(crate) async fn sample_job_queue(smache: Smache) {
-    let Store::Redis(store) = &smache.inner.store else {
-        return;
-    };
-    loop {
-        match store.job_queue_length(&smache.inner.base).await {
-            Ok(length) => metrics::gauge!(JOB_QUEUE_LENGTH).set(length as f64),
-            Err(err) => {
-                tracing::debug!(error = %err, "smache: cannot sample the job queue's length");
-            }
-        }
-        tokio::time::sleep(QUEUE_SAMPLE_EVERY).await;
-    }
+/// Records the job stream's length, as sampled every
+/// [`QUEUE_SAMPLE_EVERY`].
+pub(crate) fn job_queue_length(length: u64) {
+    metrics::gauge!(JOB_QUEUE_LENGTH).set(length as f64);
 }
 
 /// Stops a sampling task when dropped.
 pub(crate) struct Sampling(tokio::task::AbortHandle);
 
 impl Sampling {
-    /// Starts [`sample_job_queue`] on the current tokio runtime.
-    pub(crate) fn start(smache: &Smache) -> Sampling {
-        Sampling(tokio::spawn(sample_job_queue(smache.clone())).abort_handle())
+    /// Starts `sample` (a loop that records samples) on the current tokio
+    /// runtime.
+    pub(crate) fn start(
+        sample: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Sampling {
+        Sampling(tokio::spawn(sample).abort_handle())
     }
 }
 

@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::error::Result;
 
 /// Ctrl-C, or SIGTERM on Unix.
 pub(crate) async fn shutdown_signal() {
@@ -32,6 +36,31 @@ pub(crate) async fn shutdown_signal() {
 pub(crate) async fn drain(tracker: &TaskTracker, bound: Duration) -> bool {
     tracker.close();
     tokio::time::timeout(bound, tracker.wait()).await.is_ok()
+}
+
+/// A running background executor; see [`spawn`](crate::executor::spawn).
+/// (Defined beside the drain, below the executor, so that the instance
+/// holding one does not depend on the executor.)
+#[derive(Debug)]
+pub struct ExecutorHandle {
+    stop: CancellationToken,
+    task: JoinHandle<Result<()>>,
+}
+
+impl ExecutorHandle {
+    pub(crate) fn new(stop: CancellationToken, task: JoinHandle<Result<()>>) -> Self {
+        ExecutorHandle { stop, task }
+    }
+
+    /// Stops taking jobs, waits for the running ones (for up to
+    /// [`DRAIN_FOR`](crate::executor::DRAIN_FOR)), and returns.
+    ///
+    /// # Errors
+    /// The executor's own error, if it stopped on one.
+    pub async fn shutdown(self) -> Result<()> {
+        self.stop.cancel();
+        self.task.await.unwrap_or(Ok(()))
+    }
 }
 
 #[cfg(test)]

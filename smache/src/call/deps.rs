@@ -40,7 +40,7 @@ impl Recorder {
     /// Starts with the dependencies known from the key alone.
     pub(crate) fn new(key: &CacheKey) -> Recorder {
         Recorder(Arc::new(Mutex::new(Recorded {
-            tokens: key.static_deps(),
+            tokens: keys::static_deps(key),
             read: Vec::new(),
         })))
     }

@@ -34,7 +34,7 @@ use crate::error::Result;
 use crate::instance::Smache;
 use crate::key::{CacheKey, Job};
 use crate::spec::FnSpec;
-use crate::store::{Backend, Store};
+use crate::store::Store;
 
 /// The body of an `async` computed function. `compute` makes the
 /// function's own body's future; `job` is an executor's job for this call,
@@ -53,7 +53,7 @@ where
     let smache = Smache::current();
     if job.is_none() {
         if let Some(value) = embedded_hit::<M::Value>(&smache, &key) {
-            crate::metrics::hit(spec, Backend::Embedded);
+            crate::metrics::hit(spec.name(), spec.metrics(), false);
             return M::from_cached(value);
         }
     }
@@ -85,7 +85,7 @@ where
     let smache = Smache::current();
     if job.is_none() {
         if let Some(value) = embedded_hit::<M::Value>(&smache, &key) {
-            crate::metrics::hit(spec, Backend::Embedded);
+            crate::metrics::hit(spec.name(), spec.metrics(), false);
             return M::from_cached(value);
         }
     }
@@ -129,7 +129,7 @@ where
 async fn uncached<R>(spec: &'static FnSpec, fut: impl Future<Output = R>) -> R {
     let started = Instant::now();
     let result = fut.await;
-    crate::metrics::computed(spec, started.elapsed());
+    crate::metrics::computed(spec.name(), spec.metrics(), started.elapsed());
     result
 }
 

@@ -120,6 +120,12 @@ impl Call {
         }
     }
 
+    /// Whether the instance keeps its values in Redis (rather than in the
+    /// embedded store): the `layer` of its metrics.
+    fn redis(&self) -> bool {
+        self.inner.store.backend() == crate::store::Backend::Redis
+    }
+
     /// Whether a stored value may be served; see [`Inner::acceptable`].
     pub(super) fn acceptable(&self, fetched: &Fetched) -> bool {
         self.inner.acceptable(self.spec, fetched)
@@ -188,7 +194,7 @@ impl Call {
             tracing::debug_span!("smache.compute", function = self.spec.name(), id = %self.at.id);
         let started = Instant::now();
         let output = recorder.record(fut.instrument(span)).await;
-        crate::metrics::computed(self.spec, started.elapsed());
+        crate::metrics::computed(self.spec.name(), self.spec.metrics(), started.elapsed());
         output
     }
 
@@ -280,7 +286,7 @@ where
                 Landing::Cancelled => {}
                 landing => {
                     if let Some(value) = call.landed::<M::Value>(landing) {
-                        crate::metrics::coalesced(spec);
+                        crate::metrics::coalesced(spec.name(), spec.metrics());
                         return (M::from_cached(value), None);
                     }
                     let (result, _, failure) = call.compute_only::<M, R>(compute()).await;
@@ -291,7 +297,7 @@ where
     };
     let (call, seen) = match Arc::clone(&call).look::<M::Value>(drive).await {
         Looked::Hit(value, data, version) => {
-            crate::metrics::hit(spec, call.inner.store.backend());
+            crate::metrics::hit(spec.name(), spec.metrics(), call.redis());
             call.note_read(&call.at.id, version, &data);
             pilot.land_with(|| call.landing(Arc::new(data), Some(version)));
             return (M::from_cached(value), None);
@@ -305,7 +311,7 @@ where
             return (result, failure);
         }
     };
-    crate::metrics::miss(spec, call.inner.store.backend());
+    crate::metrics::miss(spec.name(), spec.metrics(), call.redis());
     let turn = drive
         .store(&call.inner, Arc::clone(&call).take_turn(seen))
         .await;

@@ -12,7 +12,7 @@ use super::path::Call;
 use crate::flight::{Landing, Pilot};
 use crate::instance::{Fetched, Inner};
 use crate::runtime;
-use crate::store::{Backend, Begin, Outcome};
+use crate::store::{keys, Backend, Begin, Outcome};
 
 impl Call {
     /// After a miss, waits for this caller's turn across processes: compute
@@ -25,7 +25,7 @@ impl Call {
         // As begin.lua compares it: "" for none.
         let mut seen = seen.map_or_else(String::new, |version| version.to_string());
         let owner = bson::oid::ObjectId::new().to_hex();
-        let static_deps = self.key.static_deps();
+        let static_deps = keys::static_deps(&self.key);
         loop {
             // Registered before asking, so a notification cannot slip by.
             let waiter = self.inner.store.waiter(&self.inner.base, &self.at.id).await;

@@ -35,7 +35,8 @@ pub(super) async fn consume(smache: Smache, stop: CancellationToken) -> Result<(
     let mut conn: Option<JobReader> = None;
     let held = Arc::new(Mutex::new(HashSet::new()));
     let heartbeat = tokio::spawn(executor.clone().keep_claimed(Arc::clone(&held)));
-    let _sampling = crate::metrics::Sampling::start(&executor.smache);
+    let _sampling =
+        crate::metrics::Sampling::start(Arc::clone(&executor.smache.inner).sample_job_queue());
     let base = executor.smache.inner.base.clone();
     loop {
         if conn.is_none() {

@@ -41,6 +41,7 @@ mod relation;
 mod retry;
 mod task;
 
+pub use crate::shutdown::ExecutorHandle;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -105,26 +106,7 @@ pub async fn run_until(
 pub fn spawn(smache: &Smache) -> ExecutorHandle {
     let stop = CancellationToken::new();
     let task = tokio::spawn(consumer::consume(smache.clone(), stop.clone()));
-    ExecutorHandle { stop, task }
-}
-
-/// A running background executor; see [`spawn`].
-#[derive(Debug)]
-pub struct ExecutorHandle {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<()>>,
-}
-
-impl ExecutorHandle {
-    /// Stops taking jobs, waits for the running ones (for up to
-    /// [`DRAIN_FOR`]), and returns.
-    ///
-    /// # Errors
-    /// The executor's own error, if it stopped on one.
-    pub async fn shutdown(self) -> Result<()> {
-        self.stop.cancel();
-        self.task.await.unwrap_or(Ok(()))
-    }
+    ExecutorHandle::new(stop, task)
 }
 
 /// One executor: what its consumer loop and its handlers share.

@@ -69,11 +69,11 @@ impl Executor {
                 let (ran, report) = self.run_function(registration, job).await;
                 let outcome = report.outcome;
                 let spec = registration.spec;
-                crate::metrics::recomputed(spec, outcome_label(&ran, outcome), began.elapsed());
+                crate::metrics::recomputed(spec.name(), outcome_label(&ran, outcome), began.elapsed());
                 let failure = match (ran, outcome) {
                     (Ran::Returned(Ok(())), Some(Outcome::Stored | Outcome::Superseded)) => {
                         if outcome == Some(Outcome::Stored) {
-                            crate::metrics::refreshed(spec, crate::inspect::entry_ms(entry));
+                            crate::metrics::refreshed(spec.name(), crate::inspect::entry_ms(entry));
                         }
                         self.ack(entry).await;
                         return Attempt::Settled;

@@ -60,3 +60,14 @@ impl Health {
         }
     }
 }
+
+impl Inner {
+    /// Samples the job stream's length into the metrics until dropped;
+    /// nothing for the embedded store. Run it with
+    /// [`Sampling::start`](crate::metrics::Sampling::start).
+    pub(crate) async fn sample_job_queue(self: std::sync::Arc<Self>) {
+        if let crate::store::Store::Redis(store) = &self.store {
+            store.sample_job_queue(&self.base).await;
+        }
+    }
+}

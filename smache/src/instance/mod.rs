@@ -13,7 +13,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::builder::SmacheBuilder;
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::runtime;
@@ -73,7 +72,7 @@ pub(crate) struct Inner {
     /// How long a finished task is kept.
     pub(crate) task_retention: Duration,
     /// How executors retry failed background work.
-    pub(crate) retry: crate::task::Retry,
+    pub(crate) retry: crate::retry::Retry,
     /// How many jobs this process's executor runs at once.
     pub(crate) executor_concurrency: usize,
     /// How long a job waits for an executor that has its function.
@@ -93,7 +92,7 @@ pub(crate) struct Inner {
     /// Whether a worker serves this instance (see `roster`).
     pub(crate) watchdog: crate::roster::Watchdog,
     /// The executor started by `SmacheBuilder::run_executor`.
-    executor: std::sync::Mutex<Option<crate::executor::ExecutorHandle>>,
+    executor: std::sync::Mutex<Option<crate::shutdown::ExecutorHandle>>,
 }
 
 impl fmt::Debug for Smache {
@@ -111,42 +110,6 @@ impl fmt::Debug for Smache {
 }
 
 impl Smache {
-    /// A builder with the defaults: embedded store, prefix `smache`, no TTL.
-    pub fn builder() -> SmacheBuilder {
-        SmacheBuilder::default()
-    }
-
-    /// An instance on the embedded in-process store, with the defaults.
-    ///
-    /// ```
-    /// let smache = smache::Smache::embedded();
-    /// assert_eq!(smache.backend(), smache::Backend::Embedded);
-    /// ```
-    #[must_use]
-    pub fn embedded() -> Smache {
-        SmacheBuilder::default()
-            .build()
-            .expect("the default configuration is valid")
-    }
-
-    /// An instance configured from the environment:
-    ///
-    /// | variable | meaning | default |
-    /// |---|---|---|
-    /// | `SMACHE_REDIS_URL` | Redis URL (`redis://`, `rediss://`) | embedded store |
-    /// | `SMACHE_MONGODB_URI` | MongoDB URI | none |
-    /// | `SMACHE_MONGODB_DATABASE` | database name | the URI's, else `smache` |
-    /// | `SMACHE_PREFIX` | key prefix | `smache` |
-    ///
-    /// ```
-    /// // With none of the variables set, this is the embedded store.
-    /// let smache = smache::Smache::from_env()?;
-    /// # Ok::<(), smache::Error>(())
-    /// ```
-    pub fn from_env() -> Result<Smache> {
-        SmacheBuilder::from_env()?.build()
-    }
-
     /// The instance made of what the builder assembled.
     pub(crate) fn from_parts(parts: Parts) -> Smache {
         let Parts {
@@ -197,7 +160,7 @@ impl Smache {
 
     /// Keeps the executor started by the builder, for
     /// [`stop_executor`](Self::stop_executor).
-    pub(crate) fn attach_executor(&self, handle: crate::executor::ExecutorHandle) {
+    pub(crate) fn attach_executor(&self, handle: crate::shutdown::ExecutorHandle) {
         *crate::sync::lock(&self.inner.executor) = Some(handle);
     }
 
@@ -252,7 +215,7 @@ impl Smache {
     /// ```
     #[must_use]
     pub fn storage_key(&self, key: &CacheKey) -> String {
-        key.storage_key(&self.inner.prefix)
+        crate::store::keys::value(&self.inner.base, &key.value_id())
     }
 
     /// Where the value of `key` lives in this instance: its storage key,
@@ -356,7 +319,7 @@ pub(crate) struct Parts {
     pub(crate) compute_lease: Duration,
     pub(crate) mongo: Option<mongodb::Database>,
     pub(crate) task_retention: Duration,
-    pub(crate) retry: crate::task::Retry,
+    pub(crate) retry: crate::retry::Retry,
     pub(crate) executor_concurrency: usize,
     pub(crate) orphan_timeout: Duration,
     pub(crate) callbacks: std::collections::HashMap<String, crate::task::Callback>,

@@ -14,7 +14,6 @@ use super::CacheKey;
 use crate::entity::{Entity, EntityId};
 use crate::error::{Error, Result};
 use crate::spec::FnSpec;
-use crate::store::Outcome;
 use crate::sync::lock;
 
 /// One job handed to the generated code of the function it names: a
@@ -92,6 +91,22 @@ impl Job {
     pub(crate) fn take_report(&self) -> Report {
         std::mem::take(&mut *lock(&self.report))
     }
+}
+
+/// What became of storing a computed value (the store's answer, which
+/// the call path reports to a job).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The value was stored.
+    Stored,
+    /// A value computed from newer data was already stored.
+    Superseded,
+    /// The function returned an error or an unserializable value.
+    NotCached,
+    /// The store could not be reached.
+    Unreachable,
+    /// The value is larger than the instance's `max_value_size`.
+    TooLarge,
 }
 
 /// Decodes a job's arguments; see the key layout in [`crate::key`]. Once
@@ -270,6 +285,7 @@ mod tests {
     use super::*;
     use crate::key::KeyBuilder;
     use crate::spec::ArgKind;
+    use crate::store::keys;
 
     #[test]
     fn value_ids_split_after_the_version() {
@@ -352,7 +368,7 @@ mod tests {
             assert_eq!(reader.entity_arg("docs").unwrap(), e);
             let read = reader.key().unwrap();
             assert_eq!(read, key, "{id}");
-            assert_eq!(read.static_deps(), key.static_deps());
+            assert_eq!(keys::static_deps(&read), keys::static_deps(&key));
             assert_eq!(read.value_id(), key.value_id());
         }
     }

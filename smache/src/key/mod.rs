@@ -36,11 +36,10 @@ use sha2::{Digest, Sha256};
 use crate::entity::Entity;
 use crate::error::{Error, Result};
 use crate::spec::FnSpec;
-use crate::store::keys;
 
 mod job;
 
-pub(crate) use job::{decode_for_fuzzing, split_value_id, Report};
+pub(crate) use job::{decode_for_fuzzing, split_value_id, Outcome, Report};
 pub use job::{ArgReader, Job};
 
 /// Arguments longer than this many bytes are hashed in the stored key.
@@ -139,11 +138,6 @@ impl CacheKey {
         }
     }
 
-    /// The full Redis key under `prefix`.
-    pub(crate) fn storage_key(&self, prefix: &str) -> String {
-        keys::value(&keys::base(prefix), &self.value_id())
-    }
-
     /// The key a job's arguments were encoded in: `args` whole, with the
     /// entity ids at these ranges of it.
     pub(crate) fn from_job(
@@ -167,24 +161,12 @@ impl CacheKey {
         }
     }
 
-    /// The dependency tokens known from the arguments alone: one
-    /// `e:<collection>:<id>` per entity argument, one `c:<collection>` per
-    /// declared source.
-    pub(crate) fn static_deps(&self) -> Vec<String> {
-        let mut deps: Vec<String> = self
-            .entities
+    /// The entity arguments: each one's collection and encoded id
+    /// (`o:<hex>`, `i:<n>`, `s:<json>`), as dependency tokens name them.
+    pub(crate) fn entity_ids(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        self.entities
             .iter()
-            .map(|(collection, start, end)| {
-                keys::entity_token(collection, &self.path[*start..*end])
-            })
-            .collect();
-        deps.extend(
-            self.spec
-                .sources()
-                .iter()
-                .map(|c| keys::collection_token(c)),
-        );
-        deps
+            .map(|(collection, start, end)| (*collection, &self.path[*start..*end]))
     }
 }
 
@@ -351,7 +333,7 @@ mod tests {
         let key = KeyBuilder::new(&SPEC).raw("en").raw(&7).finish().unwrap();
         assert_eq!(key.to_string(), r#"app::f#3:"en":7"#);
         assert_eq!(key.args(), r#""en":7"#);
-        assert_eq!(key.storage_key("smache"), r#"{smache}:v:app::f#3:"en":7"#);
+        assert_eq!(key.value_id(), r#"app::f#3:"en":7"#);
     }
 
     #[test]
@@ -374,13 +356,13 @@ mod tests {
     fn long_arguments_are_hashed_deterministically() {
         let long = "x".repeat(500);
         let key = KeyBuilder::new(&SPEC).raw(&long).raw(&1).finish().unwrap();
-        let stored = key.storage_key("p");
-        assert!(stored.starts_with("{p}:v:app::f#3:h:"), "{stored}");
-        assert_eq!(stored.len(), "{p}:v:app::f#3:h:".len() + 32);
+        let stored = key.value_id();
+        assert!(stored.starts_with("app::f#3:h:"), "{stored}");
+        assert_eq!(stored.len(), "app::f#3:h:".len() + 32);
         let again = KeyBuilder::new(&SPEC).raw(&long).raw(&1).finish().unwrap();
-        assert_eq!(stored, again.storage_key("p"));
+        assert_eq!(stored, again.value_id());
         let other = KeyBuilder::new(&SPEC).raw(&long).raw(&2).finish().unwrap();
-        assert_ne!(stored, other.storage_key("p"));
+        assert_ne!(stored, other.value_id());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! where the scripts use them, and in README's "Keys"; the scripts build
 //! the same names from the base they are given.
 
+use crate::key::CacheKey;
+
 /// `{prefix}:`, the start of every key of an instance.
 pub(crate) fn base(prefix: &str) -> String {
     format!("{{{prefix}}}:")
@@ -188,6 +190,16 @@ pub(crate) fn entity_token(collection: &str, id: &str) -> String {
 /// `c:<collection>`.
 pub(crate) fn collection_token(collection: &str) -> String {
     format!("c:{collection}")
+}
+
+/// The dependency tokens known from a key alone: one
+/// `e:<collection>:<id>` per entity argument, one `c:<collection>` per
+/// source its function declares.
+pub(crate) fn static_deps(key: &CacheKey) -> Vec<String> {
+    key.entity_ids()
+        .map(|(collection, id)| entity_token(collection, id))
+        .chain(key.spec().sources().iter().map(|c| collection_token(c)))
+        .collect()
 }
 
 /// Whether a dependency token names documents (`e:`/`c:`), which only a

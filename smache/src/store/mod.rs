@@ -27,6 +27,7 @@ pub(crate) use self::redis::{
 };
 pub(crate) use self::roster::{Announced, Roll};
 use crate::error::Result;
+pub(crate) use crate::key::Outcome;
 use crate::spec::Refresh;
 
 /// What a store found under a key.
@@ -198,19 +199,4 @@ impl Store {
             Store::Redis(store) => store.drop_value(slot).await,
         }
     }
-}
-
-/// What became of storing a computed value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// The value was stored.
-    Stored,
-    /// A value computed from newer data was already stored.
-    Superseded,
-    /// The function returned an error or an unserializable value.
-    NotCached,
-    /// The store could not be reached.
-    Unreachable,
-    /// The value is larger than the instance's `max_value_size`.
-    TooLarge,
 }

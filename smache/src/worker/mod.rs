@@ -260,7 +260,8 @@ pub async fn run_until(
         last_token: None,
         position: Vec::new(),
     };
-    let _sampling = crate::metrics::Sampling::start(&smache);
+    let _sampling =
+        crate::metrics::Sampling::start(std::sync::Arc::clone(&smache.inner).sample_job_queue());
     worker.run(shutdown).await;
     Ok(())
 }

@@ -106,6 +106,21 @@ impl RedisStore {
         cmd.arg(keys::jobs(base));
         self.bounded("xlen", cmd.query_async(&mut conn)).await
     }
+
+    /// Samples the job stream's length into the metrics every
+    /// [`QUEUE_SAMPLE_EVERY`](crate::metrics::QUEUE_SAMPLE_EVERY), until
+    /// dropped (see [`Sampling`](crate::metrics::Sampling)).
+    pub(crate) async fn sample_job_queue(&self, base: &str) {
+        loop {
+            match self.job_queue_length(base).await {
+                Ok(length) => crate::metrics::job_queue_length(length),
+                Err(err) => {
+                    tracing::debug!(error = %err, "smache: cannot sample the job queue's length");
+                }
+            }
+            tokio::time::sleep(crate::metrics::QUEUE_SAMPLE_EVERY).await;
+        }
+    }
 }
 
 /// The answer to an executor starting a job.
