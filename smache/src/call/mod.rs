@@ -51,11 +51,8 @@ where
     Fut: Future<Output = R>,
 {
     let smache = Smache::current();
-    if job.is_none() {
-        if let Some(value) = embedded_hit::<M::Value>(&smache, &key) {
-            crate::metrics::hit(spec.name(), spec.metrics(), false);
-            return M::from_cached(value);
-        }
+    if let Some(value) = embedded_hit::<M::Value>(&smache, spec, &key, job) {
+        return M::from_cached(value);
     }
     // Boxed when made, on a miss only: a computed function that awaits
     // another would otherwise hold the callee's whole future inline, and
@@ -83,11 +80,8 @@ where
     F: FnOnce() -> R,
 {
     let smache = Smache::current();
-    if job.is_none() {
-        if let Some(value) = embedded_hit::<M::Value>(&smache, &key) {
-            crate::metrics::hit(spec.name(), spec.metrics(), false);
-            return M::from_cached(value);
-        }
+    if let Some(value) = embedded_hit::<M::Value>(&smache, spec, &key, job) {
+        return M::from_cached(value);
     }
     let compute = move || Box::pin(async move { compute() });
     let Some(call) = Call::prepare(smache, spec, key) else {
@@ -136,15 +130,25 @@ async fn uncached<R>(spec: &'static FnSpec, fut: impl Future<Output = R>) -> R {
 /// A hit in the embedded store, answered before anything else is set up:
 /// the value decoded from the stored bytes, which are shared with the store
 /// rather than copied out. `None` sends the call down the full path (a
-/// miss, an alias, bytes that do not decode: that path logs them).
-fn embedded_hit<V: DeserializeOwned>(smache: &Smache, key: &Result<CacheKey>) -> Option<V> {
+/// miss, an alias, an executor's job, bytes that do not decode: that path
+/// logs them).
+fn embedded_hit<V: DeserializeOwned>(
+    smache: &Smache,
+    spec: &'static FnSpec,
+    key: &Result<CacheKey>,
+    job: Option<&Job>,
+) -> Option<V> {
     let Store::Memory(store) = &smache.inner.store else {
         return None;
     };
+    if job.is_some() {
+        return None;
+    }
     let key = key.as_ref().ok()?;
     let data = store.peek(&smache.inner.base, |out| key.write_value_id(out))?;
     let value = envelope::decode(&data).and_then(|env| env.value()).ok()?;
     // A computation in progress depends on this value.
     deps::depends_on_key(key);
+    crate::metrics::hit(spec.name(), spec.metrics(), false);
     Some(value)
 }
