@@ -397,6 +397,46 @@ impl SmacheBuilder {
     }
 }
 
+// The handle's constructors live beside the builder they use, so that the
+// handle's module does not reach up to the builder.
+impl Smache {
+    /// A builder with the defaults: embedded store, prefix `smache`, no TTL.
+    pub fn builder() -> SmacheBuilder {
+        SmacheBuilder::default()
+    }
+
+    /// An instance on the embedded in-process store, with the defaults.
+    ///
+    /// ```
+    /// let smache = smache::Smache::embedded();
+    /// assert_eq!(smache.backend(), smache::Backend::Embedded);
+    /// ```
+    #[must_use]
+    pub fn embedded() -> Smache {
+        SmacheBuilder::default()
+            .build()
+            .expect("the default configuration is valid")
+    }
+
+    /// An instance configured from the environment:
+    ///
+    /// | variable | meaning | default |
+    /// |---|---|---|
+    /// | `SMACHE_REDIS_URL` | Redis URL (`redis://`, `rediss://`) | embedded store |
+    /// | `SMACHE_MONGODB_URI` | MongoDB URI | none |
+    /// | `SMACHE_MONGODB_DATABASE` | database name | the URI's, else `smache` |
+    /// | `SMACHE_PREFIX` | key prefix | `smache` |
+    ///
+    /// ```
+    /// // With none of the variables set, this is the embedded store.
+    /// let smache = smache::Smache::from_env()?;
+    /// # Ok::<(), smache::Error>(())
+    /// ```
+    pub fn from_env() -> Result<Smache> {
+        SmacheBuilder::from_env()?.build()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,45 +477,5 @@ mod tests {
         assert!(!debug.contains("hunter2"), "{debug}");
         let smache = builder.build().unwrap();
         assert!(!format!("{smache:?}").contains("hunter2"));
-    }
-}
-
-// The handle's constructors live beside the builder they use, so that the
-// handle's module does not reach up to the builder.
-impl Smache {
-    /// A builder with the defaults: embedded store, prefix `smache`, no TTL.
-    pub fn builder() -> SmacheBuilder {
-        SmacheBuilder::default()
-    }
-
-    /// An instance on the embedded in-process store, with the defaults.
-    ///
-    /// ```
-    /// let smache = smache::Smache::embedded();
-    /// assert_eq!(smache.backend(), smache::Backend::Embedded);
-    /// ```
-    #[must_use]
-    pub fn embedded() -> Smache {
-        SmacheBuilder::default()
-            .build()
-            .expect("the default configuration is valid")
-    }
-
-    /// An instance configured from the environment:
-    ///
-    /// | variable | meaning | default |
-    /// |---|---|---|
-    /// | `SMACHE_REDIS_URL` | Redis URL (`redis://`, `rediss://`) | embedded store |
-    /// | `SMACHE_MONGODB_URI` | MongoDB URI | none |
-    /// | `SMACHE_MONGODB_DATABASE` | database name | the URI's, else `smache` |
-    /// | `SMACHE_PREFIX` | key prefix | `smache` |
-    ///
-    /// ```
-    /// // With none of the variables set, this is the embedded store.
-    /// let smache = smache::Smache::from_env()?;
-    /// # Ok::<(), smache::Error>(())
-    /// ```
-    pub fn from_env() -> Result<Smache> {
-        SmacheBuilder::from_env()?.build()
     }
 }
