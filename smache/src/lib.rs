@@ -81,6 +81,7 @@
 
 mod builder;
 mod call;
+mod callback;
 mod entity;
 mod envelope;
 mod error;
@@ -99,6 +100,7 @@ mod spec;
 mod store;
 mod sync;
 pub mod task;
+mod watchdog;
 pub mod worker;
 
 pub use smache_macros::{computed, Entity};

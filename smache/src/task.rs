@@ -38,16 +38,16 @@
 //! ```
 
 use std::fmt;
-use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::call::{Call, Drive, Looked, Mode};
+pub(crate) use crate::callback::{callback, Callback};
+pub use crate::callback::{CallbackResult, Completion};
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::instance::{Inner, Smache};
@@ -182,81 +182,6 @@ impl<V: DeserializeOwned> Task<V> {
     pub async fn on_complete<A: Serialize + ?Sized>(&self, callback: &str, args: &A) -> Result<()> {
         self.smache.on_complete(&self.id, callback, args).await
     }
-}
-
-/// What a callback gets: the finished task's outcome and the arguments
-/// given to [`Task::on_complete`].
-#[derive(Debug, Clone)]
-pub struct Completion {
-    task: String,
-    outcome: std::result::Result<Vec<u8>, String>,
-    args: String,
-}
-
-impl Completion {
-    pub(crate) fn new(
-        task: String,
-        outcome: std::result::Result<Vec<u8>, String>,
-        args: String,
-    ) -> Self {
-        Completion {
-            task,
-            outcome,
-            args,
-        }
-    }
-
-    /// The id of the task.
-    #[must_use]
-    pub fn task_id(&self) -> &str {
-        &self.task
-    }
-
-    /// The computed value.
-    ///
-    /// # Errors
-    /// [`Error::TaskFailed`] if the task failed; [`Error::Corrupt`] if the
-    /// value does not decode as `V`.
-    pub fn value<V: DeserializeOwned>(&self) -> Result<V> {
-        match &self.outcome {
-            Ok(data) => envelope::decode(data).and_then(|env| env.value()),
-            Err(message) => Err(Error::TaskFailed {
-                task: self.task.clone(),
-                message: message.clone(),
-            }),
-        }
-    }
-
-    /// The task's error, if it failed.
-    #[must_use]
-    pub fn error(&self) -> Option<&str> {
-        self.outcome.as_ref().err().map(String::as_str)
-    }
-
-    /// The arguments given when the callback was attached.
-    ///
-    /// # Errors
-    /// [`Error::Job`] if they do not decode as `A`.
-    pub fn args<A: DeserializeOwned>(&self) -> Result<A> {
-        serde_json::from_str(&self.args)
-            .map_err(|err| Error::Job(format!("callback arguments do not decode: {err}")))
-    }
-}
-
-/// What a callback returns: an error is logged by the executor.
-pub type CallbackResult = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-/// A registered callback.
-pub(crate) type Callback =
-    Arc<dyn Fn(Completion) -> BoxFuture<'static, CallbackResult> + Send + Sync>;
-
-/// Wraps a user's async handler as a [`Callback`].
-pub(crate) fn callback<F, Fut>(handler: F) -> Callback
-where
-    F: Fn(Completion) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = CallbackResult> + Send + 'static,
-{
-    Arc::new(move |completion| Box::pin(handler(completion)))
 }
 
 /// How long a finished task (and its result) is kept by default.

@@ -3,8 +3,8 @@
 
 use super::function::panic_of;
 use super::Executor;
+use crate::callback::Completion;
 use crate::store::{keys, Abandon, StreamJob, TaskPhase};
-use crate::task::Completion;
 
 impl Executor {
     /// Runs one callback of a finished task. Whatever the callback does,

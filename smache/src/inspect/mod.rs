@@ -73,8 +73,6 @@ mod render;
 mod start;
 mod walk;
 
-use std::time::Duration;
-
 pub use self::graph::{
     EdgeKind, Freshness, GraphEdge, GraphNode, GraphOptions, GraphReport, NodeKind, ValueNode,
 };
@@ -95,23 +93,12 @@ pub(crate) fn entry_ms(entry: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A compact age: `850 ms`, `12 s`, `3.5 min`, `2.0 h`.
-pub(crate) fn age(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms} ms")
-    } else if ms < 60_000 {
-        format!("{} s", ms / 1000)
-    } else if ms < 3_600_000 {
-        format!("{:.1} min", d.as_secs_f64() / 60.0)
-    } else {
-        format!("{:.1} h", d.as_secs_f64() / 3600.0)
-    }
-}
+pub(crate) use crate::roster::age;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn ages_read_at_a_glance() {

@@ -86,11 +86,11 @@ pub(crate) struct Inner {
     /// `store = mongo` without a database: warned about once.
     values_missing_warned: AtomicBool,
     /// Callbacks by name, run by this process's executor.
-    pub(crate) callbacks: std::collections::HashMap<String, crate::task::Callback>,
+    pub(crate) callbacks: std::collections::HashMap<String, crate::callback::Callback>,
     /// Whether the store works (see `health`).
     health: Health,
     /// Whether a worker serves this instance (see `roster`).
-    pub(crate) watchdog: crate::roster::Watchdog,
+    pub(crate) watchdog: crate::watchdog::Watchdog,
     /// The executor started by `SmacheBuilder::run_executor`.
     executor: std::sync::Mutex<Option<crate::shutdown::ExecutorHandle>>,
 }
@@ -141,7 +141,7 @@ impl Smache {
                 default_ttl,
                 mongo,
                 health: Health::default(),
-                watchdog: crate::roster::Watchdog::new(expect_worker_within),
+                watchdog: crate::watchdog::Watchdog::new(expect_worker_within),
                 flights: Arc::default(),
                 compute_lease,
                 task_retention,
@@ -322,7 +322,7 @@ pub(crate) struct Parts {
     pub(crate) retry: crate::retry::Retry,
     pub(crate) executor_concurrency: usize,
     pub(crate) orphan_timeout: Duration,
-    pub(crate) callbacks: std::collections::HashMap<String, crate::task::Callback>,
+    pub(crate) callbacks: std::collections::HashMap<String, crate::callback::Callback>,
     pub(crate) value_store: ValueStore,
     pub(crate) values_collection: String,
     pub(crate) max_value_size: usize,

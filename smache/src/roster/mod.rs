@@ -34,7 +34,7 @@ use crate::store::{Announced, RedisStore, Roll};
 
 pub(crate) use self::report::summary;
 pub use self::report::WorkersReport;
-pub(crate) use self::watchdog::{stored, Watchdog};
+pub(crate) use self::watchdog::stored;
 
 /// A worker names at most this many collections it saw changes in (the
 /// changes in others still count).
@@ -261,6 +261,20 @@ async fn elsewhere(store: &RedisStore, base: &str) -> (Vec<OtherPrefix>, bool) {
             tracing::debug!(error = %err, "smache: cannot look for the workers of other prefixes");
             (Vec::new(), false)
         }
+    }
+}
+
+/// A compact age: `850 ms`, `12 s`, `3.5 min`, `2.0 h`.
+pub(crate) fn age(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{} s", ms / 1000)
+    } else if ms < 3_600_000 {
+        format!("{:.1} min", d.as_secs_f64() / 60.0)
+    } else {
+        format!("{:.1} h", d.as_secs_f64() / 3600.0)
     }
 }
 

@@ -3,9 +3,9 @@
 
 use std::fmt;
 
+use super::age;
 use super::{elsewhere, workers_of, OtherPrefix, WorkerInfo};
 use crate::error::{Error, Result};
-use crate::inspect::age;
 use crate::instance::Smache;
 use crate::store::Store;
 

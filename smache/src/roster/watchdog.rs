@@ -1,82 +1,21 @@
 //! An application's check that a worker serves it: see the [roster
 //! docs](super).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use super::age;
 use super::{elsewhere, workers_of, OtherPrefix, WorkerInfo};
 use crate::envelope::now_ms;
-use crate::inspect::age;
 use crate::instance::Inner;
 use crate::store::Store;
-use crate::sync::lock;
-
-/// An application's check that a worker serves it; see the [module
-/// docs](self).
-#[derive(Debug)]
-pub(crate) struct Watchdog {
-    /// How long no serving worker may be found before a warning; `None`:
-    /// no check.
-    within: Option<Duration>,
-    /// When a store may start the next check (ms); `u64::MAX` while one
-    /// runs.
-    next_ms: AtomicU64,
-    state: Mutex<Served>,
-}
-
-/// What the checks found so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Served {
-    Unknown,
-    Yes,
-    /// No serving worker since then.
-    Missing(Instant),
-    /// None for long enough, and said so.
-    Warned,
-}
-
-/// What a check calls for.
-#[derive(Debug, PartialEq, Eq)]
-enum Step {
-    /// Served: check again after a while.
-    Served,
-    /// Served again after the warning: say so.
-    Appeared,
-    /// Not served: look again soon.
-    Missing,
-    /// Not served for this long: warn, then look again soon.
-    Warn(Duration),
-}
-
-impl Watchdog {
-    pub(crate) fn new(within: Option<Duration>) -> Self {
-        Watchdog {
-            within,
-            next_ms: AtomicU64::new(0),
-            state: Mutex::new(Served::Unknown),
-        }
-    }
-
-    /// What finding a serving worker (or not) at `now` calls for.
-    fn observe(&self, served: bool, now: Instant, within: Duration) -> Step {
-        let mut state = lock(&self.state);
-        let (next, step) = match (*state, served) {
-            (Served::Warned, true) => (Served::Yes, Step::Appeared),
-            (_, true) => (Served::Yes, Step::Served),
-            (Served::Unknown | Served::Yes, false) => (Served::Missing(now), Step::Missing),
-            (Served::Missing(since), false) if now.duration_since(since) >= within => {
-                (Served::Warned, Step::Warn(now.duration_since(since)))
-            }
-            (missing, false) => (missing, Step::Missing),
-        };
-        *state = next;
-        step
-    }
-}
+use crate::watchdog::Step;
+#[cfg(test)]
+use crate::watchdog::Watchdog;
 
 /// After a store of a value that depends on documents: checks in the
-/// background, at most once per [`Watchdog`] interval, that a worker
+/// background, at most once per [`Watchdog`](crate::watchdog::Watchdog) interval, that a worker
 /// serves this instance.
 pub(crate) fn stored(inner: &Arc<Inner>) {
     let dog = &inner.watchdog;
