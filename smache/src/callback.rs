@@ -63,10 +63,12 @@ impl Completion {
     /// The arguments given when the callback was attached.
     ///
     /// # Errors
-    /// [`Error::Job`] if they do not decode as `A`.
+    /// [`Error::Decode`] if they do not decode as `A`.
     pub fn args<A: DeserializeOwned>(&self) -> Result<A> {
-        serde_json::from_str(&self.args)
-            .map_err(|err| Error::Job(format!("callback arguments do not decode: {err}")))
+        serde_json::from_str(&self.args).map_err(|err| Error::Decode {
+            what: "callback arguments",
+            message: err.to_string(),
+        })
     }
 }
 

@@ -70,18 +70,16 @@ pub enum Error {
     /// The configuration is invalid (bad URL, bad prefix, …).
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// An executor could not recompute a value because an entity document
-    /// it depends on no longer exists (the value is removed).
-    #[error("the document {id} of collection {collection} no longer exists")]
-    EntityGone {
-        /// The entity's collection.
-        collection: &'static str,
-        /// The document's id.
-        id: crate::EntityId,
+    /// Stored data did not decode as the type asked for: a callback's
+    /// arguments ([`Completion::args`](crate::Completion::args)), a related
+    /// document for a `relations(...)` mapper.
+    #[error("could not decode {what}: {message}")]
+    Decode {
+        /// What was being decoded.
+        what: &'static str,
+        /// The decoder's message.
+        message: String,
     },
-    /// A recompute job's arguments do not match the function's.
-    #[error("malformed job: {0}")]
-    Job(String),
     /// [`Smache::alias`](crate::Smache::alias) would make a key an alias of
     /// itself (directly or through other aliases).
     #[error("alias cycle: {alias} cannot stand for {target}, which stands for it")]
@@ -186,11 +184,10 @@ mod tests {
             },
             Error::Corrupt("bad envelope".into()),
             Error::Config("bad prefix".into()),
-            Error::EntityGone {
-                collection: "users",
-                id: crate::EntityId::from("u1"),
+            Error::Decode {
+                what: "callback arguments",
+                message: "expected a string".into(),
             },
-            Error::Job("bad arguments".into()),
             Error::AliasCycle {
                 alias: "a".into(),
                 target: "b".into(),

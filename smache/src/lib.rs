@@ -134,7 +134,7 @@ pub use crate::task::{
 pub mod __private {
     pub use crate::call::{call_async, call_sync, Mode, OkOnly, Plain, ValueType};
     pub use crate::key::KeyBuilder;
-    pub use crate::key::{ArgReader, Job};
+    pub use crate::key::{ArgReader, Job, JobError};
     pub use crate::registry::{LocalBoxFuture, Registration, Relation};
     pub use crate::task::submit;
     pub use {bson, inventory};
@@ -190,8 +190,9 @@ pub mod __private {
     pub fn decode_document<T: serde::de::DeserializeOwned>(
         document: bson::Document,
     ) -> crate::Result<T> {
-        bson::from_document(document).map_err(|err| {
-            crate::Error::Job(format!("a related document does not deserialize: {err}"))
+        bson::from_document(document).map_err(|err| crate::Error::Decode {
+            what: "a related document",
+            message: err.to_string(),
         })
     }
 

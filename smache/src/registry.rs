@@ -13,7 +13,7 @@ use once_cell::sync::Lazy;
 
 use crate::entity::EntityId;
 use crate::error::Result;
-use crate::key::Job;
+use crate::key::{Job, JobError};
 use crate::spec::FnSpec;
 
 /// A boxed future that need not be `Send`: jobs run on a blocking thread
@@ -22,7 +22,7 @@ pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
 /// Decodes a job's arguments and calls the function's body with them,
 /// through the call path (which reports to the job what became of it).
-pub type Recompute = for<'a> fn(&'a Job) -> LocalBoxFuture<'a, Result<()>>;
+pub type Recompute = for<'a> fn(&'a Job) -> LocalBoxFuture<'a, Result<(), JobError>>;
 
 /// Maps a changed document of a related collection to entity ids.
 pub type MapRelated = fn(bson::Document) -> Result<Vec<EntityId>>;

@@ -54,6 +54,28 @@ where
     if let Some(value) = embedded_hit::<M::Value>(&smache, spec, &key, job) {
         return M::from_cached(value);
     }
+    // The rest boxed: this future (and every caller's that awaits it) then
+    // stays small, so an embedded hit moves few bytes; the other paths
+    // talk to Redis, next to which an allocation is nothing.
+    Box::pin(call_async_full::<M, R, F, Fut>(
+        smache, spec, key, compute, job,
+    ))
+    .await
+}
+
+/// [`call_async`] past the embedded store's fast path.
+async fn call_async_full<M, R, F, Fut>(
+    smache: Smache,
+    spec: &'static FnSpec,
+    key: Result<CacheKey>,
+    compute: F,
+    job: Option<&Job>,
+) -> R
+where
+    M: Mode<R>,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = R>,
+{
     // Boxed when made, on a miss only: a computed function that awaits
     // another would otherwise hold the callee's whole future inline, and
     // nesting multiplies future sizes (and, in debug builds, stack use).

@@ -3,7 +3,7 @@
 
 use super::Executor;
 use crate::error::Result;
-use crate::key::{Job, Report};
+use crate::key::{Job, JobError, Report};
 use crate::registry;
 
 impl Executor {
@@ -36,7 +36,7 @@ impl Executor {
 /// How a job's function run ended.
 pub(super) enum Ran {
     /// It returned this.
-    Returned(Result<()>),
+    Returned(Result<(), JobError>),
     /// It panicked, with this message.
     Panicked(String),
 }

@@ -7,9 +7,8 @@ use std::time::Instant;
 use super::function::Ran;
 use super::retry::{self, Attempt, Exhausted};
 use super::{Executor, MIN_RECOMPUTE_INTERVAL};
-use crate::error::Error;
 use crate::instance::Located;
-use crate::key::{split_value_id, Job};
+use crate::key::{split_value_id, Job, JobError};
 use crate::registry;
 use crate::store::{keys, Abandon, Outcome, Start, StreamJob};
 
@@ -95,7 +94,7 @@ impl Executor {
                         return Attempt::Settled;
                     }
                     (
-                        Ran::Returned(Err(Error::EntityGone {
+                        Ran::Returned(Err(JobError::EntityGone {
                             collection,
                             id: gone,
                         })),
@@ -116,7 +115,7 @@ impl Executor {
                         };
                         return Attempt::Settled;
                     }
-                    (Ran::Returned(Err(err @ Error::Job(_))), _) => {
+                    (Ran::Returned(Err(err @ JobError::Malformed(_))), _) => {
                         tracing::error!(error = %err, id, "smache executor: the job does not match the function; dead-lettered");
                         self.give_up(entry, &err.to_string()).await;
                         return Attempt::Settled;
@@ -154,7 +153,7 @@ fn outcome_label(ran: &Ran, outcome: Option<Outcome>) -> &'static str {
         (Ran::Returned(Ok(())), Some(Outcome::Superseded)) => "superseded",
         (Ran::Returned(Ok(())), Some(Outcome::TooLarge)) => "too_large",
         (Ran::Returned(Ok(())), Some(Outcome::Unreachable) | None) => "unreachable",
-        (Ran::Returned(Err(Error::EntityGone { .. })), _) => "gone",
+        (Ran::Returned(Err(JobError::EntityGone { .. })), _) => "gone",
         _ => "error",
     }
 }

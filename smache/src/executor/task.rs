@@ -5,9 +5,8 @@
 use super::function::Ran;
 use super::retry::{self, Attempt, Exhausted};
 use super::Executor;
-use crate::error::Error;
 use crate::instance::Located;
-use crate::key::{split_value_id, Job};
+use crate::key::{split_value_id, Job, JobError};
 use crate::registry;
 use crate::store::{keys, Abandon, StreamJob};
 
@@ -82,7 +81,7 @@ impl Executor {
                             return Attempt::Settled;
                         }
                     },
-                    Ran::Returned(Err(err @ (Error::EntityGone { .. } | Error::Job(_)))) => {
+                    Ran::Returned(Err(err @ (JobError::EntityGone { .. } | JobError::Malformed(_)))) => {
                         // Retrying cannot help.
                         self.finish(entry, task, key, &Err(err.to_string())).await;
                         return Attempt::Settled;

@@ -12,7 +12,32 @@ use serde::de::DeserializeOwned;
 
 use super::CacheKey;
 use crate::entity::{Entity, EntityId};
-use crate::error::{Error, Result};
+use crate::error::Error;
+
+/// What reading a job's arguments gives.
+type Result<T, E = JobError> = std::result::Result<T, E>;
+
+/// Why a job could not run its function: the executor's business (it drops
+/// the value, dead-letters the job, or retries), never a caller's.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// An entity argument's document no longer exists: the value is
+    /// dropped.
+    #[error("the document {id} of collection {collection} no longer exists")]
+    EntityGone {
+        /// The entity's collection.
+        collection: &'static str,
+        /// The document's id.
+        id: EntityId,
+    },
+    /// The job's arguments do not match the function's: retrying cannot
+    /// help.
+    #[error("malformed job: {0}")]
+    Malformed(String),
+    /// MongoDB (loading an entity) failed: worth a retry.
+    #[error(transparent)]
+    Store(#[from] Error),
+}
 use crate::spec::FnSpec;
 use crate::sync::lock;
 
@@ -130,11 +155,11 @@ impl ArgReader<'_> {
     /// wrote it.
     ///
     /// # Errors
-    /// [`Error::Job`] if arguments are left unread (the job does not match
+    /// [`JobError::Malformed`] if arguments are left unread (the job does not match
     /// the function).
     pub fn key(self) -> Result<CacheKey> {
         if !self.rest.is_empty() {
-            return Err(Error::Job(format!(
+            return Err(JobError::Malformed(format!(
                 "arguments left after the last one: {:?}",
                 self.rest
             )));
@@ -149,10 +174,9 @@ impl ArgReader<'_> {
 
     fn separator(&mut self) -> Result<()> {
         if !std::mem::take(&mut self.first) {
-            self.rest = self
-                .rest
-                .strip_prefix(':')
-                .ok_or_else(|| Error::Job(format!("expected `:` before {:?}", self.rest)))?;
+            self.rest = self.rest.strip_prefix(':').ok_or_else(|| {
+                JobError::Malformed(format!("expected `:` before {:?}", self.rest))
+            })?;
         }
         Ok(())
     }
@@ -160,7 +184,7 @@ impl ArgReader<'_> {
     /// The next argument as an entity id.
     fn entity_id(&mut self) -> Result<EntityId> {
         self.separator()?;
-        let malformed = || Error::Job(format!("expected an entity id at {:?}", self.rest));
+        let malformed = || JobError::Malformed(format!("expected an entity id at {:?}", self.rest));
         let (kind, body) = (self.rest.get(..2).ok_or_else(malformed)?, &self.rest[2..]);
         let (id, used) = match kind {
             "o:" => {
@@ -195,7 +219,8 @@ impl ArgReader<'_> {
     /// The next argument, an entity, loaded fresh from MongoDB.
     ///
     /// # Errors
-    /// [`Error::EntityGone`] if the document no longer exists; MongoDB errors.
+    /// [`JobError::EntityGone`] if the document no longer exists; MongoDB
+    /// errors.
     pub async fn entity<E: Entity + DeserializeOwned>(&mut self) -> Result<E> {
         let id = self.entity_arg(E::COLLECTION)?;
         let db = self.mongo.ok_or_else(|| {
@@ -204,13 +229,14 @@ impl ArgReader<'_> {
         let found = db
             .collection::<bson::Document>(E::COLLECTION)
             .find_one(bson::doc! { "_id": id.to_bson() })
-            .await?;
-        let doc = found.ok_or(Error::EntityGone {
+            .await
+            .map_err(Error::from)?;
+        let doc = found.ok_or(JobError::EntityGone {
             collection: E::COLLECTION,
             id,
         })?;
         bson::from_document(doc).map_err(|err| {
-            Error::Job(format!(
+            JobError::Malformed(format!(
                 "a {} document does not deserialize: {err}",
                 E::COLLECTION
             ))
@@ -224,7 +250,7 @@ impl ArgReader<'_> {
     pub fn raw<T: DeserializeOwned>(&mut self) -> Result<T> {
         self.separator()?;
         let (value, used) = json_prefix::<T>(self.rest)
-            .map_err(|err| Error::Job(format!("a raw argument does not decode: {err}")))?;
+            .map_err(|err| JobError::Malformed(format!("a raw argument does not decode: {err}")))?;
         self.rest = &self.rest[used..];
         Ok(value)
     }
@@ -378,7 +404,7 @@ mod tests {
         let job = Job::new(None, String::new(), None, r#""en":3"#.to_owned());
         let mut reader = job.args(&SPEC);
         assert_eq!(reader.raw::<String>().unwrap(), "en");
-        assert!(matches!(reader.key(), Err(Error::Job(_))));
+        assert!(matches!(reader.key(), Err(JobError::Malformed(_))));
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crate::spec::FnSpec;
 mod job;
 
 pub(crate) use job::{decode_for_fuzzing, split_value_id, Outcome, Report};
-pub use job::{ArgReader, Job};
+pub use job::{ArgReader, Job, JobError};
 
 /// Arguments longer than this many bytes are hashed in the stored key.
 pub const MAX_INLINE_ARGS: usize = 160;
