@@ -18,17 +18,21 @@ use crate::spec::FnSpec;
 
 /// A boxed future that need not be `Send`: jobs run on a blocking thread
 /// of their own, so the user's function may hold non-`Send` state.
+#[doc(hidden)]
 pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
 /// Decodes a job's arguments and calls the function's body with them,
 /// through the call path (which reports to the job what became of it).
+#[doc(hidden)]
 pub type Recompute = for<'a> fn(&'a Job) -> LocalBoxFuture<'a, Result<(), JobError>>;
 
 /// Maps a changed document of a related collection to entity ids.
+#[doc(hidden)]
 pub type MapRelated = fn(bson::Document) -> Result<Vec<EntityId>>;
 
 /// One `relations(Source => mapper)` of a function.
 #[derive(Debug)]
+#[doc(hidden)]
 pub struct Relation {
     pub(crate) source: &'static str,
     pub(crate) target: &'static str,
@@ -50,6 +54,7 @@ impl Relation {
 
 /// One registered `#[computed]` function.
 #[derive(Debug)]
+#[doc(hidden)]
 pub struct Registration {
     pub(crate) spec: &'static FnSpec,
     pub(crate) recompute: Recompute,

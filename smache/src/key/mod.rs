@@ -40,6 +40,8 @@ use crate::spec::FnSpec;
 mod job;
 
 pub(crate) use job::{decode_for_fuzzing, split_value_id, Outcome, Report};
+// Used by the generated code only (through `__private`).
+#[doc(hidden)]
 pub use job::{ArgReader, Job, JobError};
 
 /// Arguments longer than this many bytes are hashed in the stored key.
