@@ -392,7 +392,7 @@ fn recompute(checked: &Checked<'_>, args: &Args, call: &Call<'_>, krate: &Path) 
         #(#mappers)*
 
         #[allow(unused_mut, clippy::needless_borrow)]
-        fn __recompute(#job: &#private::Job) -> #private::LocalBoxFuture<'_, ::core::result::Result<(), #private::JobError>> {
+        fn __recompute(#job: &#private::Job) -> #private::LocalBoxFuture<'_, #private::JobResult> {
             ::std::boxed::Box::pin(async move {
                 let mut #reader = #job.args(&#module::SPEC);
                 #(#decode)*

@@ -135,6 +135,9 @@ pub mod __private {
     pub use crate::call::{call_async, call_sync, Mode, OkOnly, Plain, ValueType};
     pub use crate::key::KeyBuilder;
     pub use crate::key::{ArgReader, Job, JobError};
+
+    /// What a generated recompute returns.
+    pub type JobResult = Result<(), JobError>;
     pub use crate::registry::{LocalBoxFuture, Registration, Relation};
     pub use crate::task::submit;
     pub use {bson, inventory};

@@ -19,10 +19,7 @@ async fn dashboard(user: &User) -> String {
         #[allow(unused_mut, clippy::needless_borrow)]
         fn __recompute(
             __smache_job: &::smache::__private::Job,
-        ) -> ::smache::__private::LocalBoxFuture<
-            '_,
-            ::core::result::Result<(), ::smache::__private::JobError>,
-        > {
+        ) -> ::smache::__private::LocalBoxFuture<'_, ::smache::__private::JobResult> {
             ::std::boxed::Box::pin(async move {
                 let mut __smache_args = __smache_job.args(&dashboard::SPEC);
                 let mut __smache_arg0: User = (&mut __smache_args)
