@@ -216,7 +216,7 @@ impl Inner {
         })?;
         let key = task_key(&self.base, task);
         values
-            .keep_for_task(&key, envelope, self.task_retention)
+            .keep_for_task(&key, envelope, self.settings.task_retention)
             .await?;
         Ok(envelope::reference(envelope, [0; 12]))
     }
@@ -354,7 +354,11 @@ pub async fn submit<M: Mode<R>, R>(
         let fresh = bson::oid::ObjectId::new().to_hex();
         inner
             .redis()?
-            .submit(slot_at.slot(&inner.base), &fresh, inner.task_retention)
+            .submit(
+                slot_at.slot(&inner.base),
+                &fresh,
+                inner.settings.task_retention,
+            )
             .await
     })
     .await??;

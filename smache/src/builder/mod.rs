@@ -11,7 +11,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::instance::{Parts, Smache};
+use crate::instance::{Parts, Settings, Smache};
 use crate::spec::ValueStore;
 use crate::store::{Store, DEFAULT_VALUES_COLLECTION};
 use crate::task::{self, Callback, CallbackResult, Completion, Retry, DEFAULT_TASK_RETENTION};
@@ -359,28 +359,31 @@ impl SmacheBuilder {
                 "invalid callback name {name:?} (empty, or with a newline)"
             )));
         }
-        let smache = Smache::from_parts(Parts {
-            prefix,
-            store,
+        let settings = Settings {
             default_ttl: self.default_ttl,
             max_stale: self.max_stale.unwrap_or(DEFAULT_MAX_STALE),
             compute_lease: self.compute_lease.unwrap_or(DEFAULT_COMPUTE_LEASE),
-            mongo: self.mongo,
             task_retention: self.task_retention.unwrap_or(DEFAULT_TASK_RETENTION),
             retry: self.retry.unwrap_or_default(),
             executor_concurrency: self.executor_concurrency.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(16, |n| (n.get() * 2).max(16))
             }),
             orphan_timeout: self.orphan_timeout.unwrap_or(DEFAULT_ORPHAN_TIMEOUT),
-            callbacks: self.callbacks,
             value_store: self.value_store.unwrap_or_default(),
+            max_value_size: self.max_value_size.unwrap_or(DEFAULT_MAX_VALUE_SIZE),
+        };
+        let smache = Smache::from_parts(Parts {
+            prefix,
+            store,
+            mongo: self.mongo,
+            callbacks: self.callbacks,
             values_collection: self
                 .values_collection
                 .unwrap_or_else(|| DEFAULT_VALUES_COLLECTION.to_owned()),
-            max_value_size: self.max_value_size.unwrap_or(DEFAULT_MAX_VALUE_SIZE),
             expect_worker_within: self
                 .expect_worker_within
                 .unwrap_or(Some(DEFAULT_EXPECT_WORKER_WITHIN)),
+            settings,
         });
         if self.executor {
             if !is_redis {

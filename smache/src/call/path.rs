@@ -62,7 +62,7 @@ impl Call {
                 Some(Arc::new(Call {
                     redirected: false,
                     nested,
-                    ttl: spec.ttl().or(smache.inner.default_ttl),
+                    ttl: spec.ttl().or(smache.inner.settings.default_ttl),
                     key,
                     inner: smache.inner,
                     at,

@@ -36,7 +36,7 @@ impl Call {
                     self.at.slot(&self.inner.base),
                     &static_deps,
                     &owner,
-                    self.inner.compute_lease,
+                    self.inner.settings.compute_lease,
                     &seen,
                 )
                 .await;
@@ -124,14 +124,14 @@ impl Call {
         let call = Arc::clone(self);
         let owner = owner.to_owned();
         let owner_for_release = owner.clone();
-        let every = call.inner.compute_lease / 3;
+        let every = call.inner.settings.compute_lease / 3;
         let task = runtime::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 match call
                     .inner
                     .store
-                    .renew(&call.at.key, &owner, call.inner.compute_lease)
+                    .renew(&call.at.key, &owner, call.inner.settings.compute_lease)
                     .await
                 {
                     Ok(true) => {}

@@ -145,12 +145,12 @@ impl Executor {
         if !matches!(smache.inner.store, Store::Redis(_)) {
             return Err(Error::Config("executors need the Redis store".into()));
         }
-        let concurrency = smache.inner.executor_concurrency;
+        let concurrency = smache.inner.settings.executor_concurrency;
         let (again, rechecks) = mpsc::unbounded_channel();
         let executor = Executor {
             consumer: consumer::consumer_name(),
             store: Arc::new(RedisStoreRef(smache.clone())),
-            orphan_timeout: smache.inner.orphan_timeout,
+            orphan_timeout: smache.inner.settings.orphan_timeout,
             smache,
             concurrency,
             reclaim_from: Arc::new(Mutex::new("0-0".to_owned())),

@@ -56,7 +56,7 @@ impl Executor {
         };
         let (at, args) = (&at, &args);
         let exhausted = retry::attempts(
-            self.smache.inner.retry,
+            self.smache.inner.settings.retry,
             |run| async move {
                 let job = Job::new(
                     self.smache.mongodb().cloned(),

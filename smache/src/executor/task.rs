@@ -25,7 +25,7 @@ impl Executor {
             let abandon = Abandon::Task {
                 id,
                 task,
-                retention: self.smache.inner.task_retention,
+                retention: self.smache.inner.settings.task_retention,
             };
             let again = StreamJob::Submitted {
                 id: id.to_owned(),
@@ -43,7 +43,7 @@ impl Executor {
         };
         let (key, args) = (&key, &args);
         let exhausted = retry::attempts(
-            self.smache.inner.retry,
+            self.smache.inner.settings.retry,
             |_| async move {
                 // No generation: the plain call path (a hit, single flight
                 // with other callers, or a computation) with its failure noted.
@@ -129,7 +129,13 @@ impl Executor {
         let inner = &self.smache.inner;
         match self
             .store
-            .finish_task(&inner.base, task, value_key, result, inner.task_retention)
+            .finish_task(
+                &inner.base,
+                task,
+                value_key,
+                result,
+                inner.settings.task_retention,
+            )
             .await
         {
             Ok(_) => self.ack(entry).await,

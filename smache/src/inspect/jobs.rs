@@ -129,7 +129,7 @@ impl Smache {
             .await
             .ok()
             .flatten()
-            .unwrap_or(self.inner.orphan_timeout);
+            .unwrap_or(self.inner.settings.orphan_timeout);
         let announced_age = |field: &str| {
             announced
                 .get(field)

@@ -56,31 +56,14 @@ pub(crate) struct Inner {
     pub(crate) prefix: String,
     /// `{prefix}:`, the start of every key.
     pub(crate) base: String,
-    /// How long a stale `write_through` value may still be served.
-    pub(crate) max_stale: Duration,
     /// Where values, the graph and the jobs live.
     pub(crate) store: Store,
-    /// The time-to-live of values whose function sets none.
-    pub(crate) default_ttl: Option<Duration>,
+    /// The settings, as the builder resolved them.
+    pub(crate) settings: Settings,
     /// The database the entity documents live in.
     pub(crate) mongo: Option<mongodb::Database>,
     /// Computations in flight in this process.
     pub(crate) flights: Arc<crate::flight::Flights>,
-    /// How long one computation may hold a key before another process
-    /// takes over.
-    pub(crate) compute_lease: Duration,
-    /// How long a finished task is kept.
-    pub(crate) task_retention: Duration,
-    /// How executors retry failed background work.
-    pub(crate) retry: crate::retry::Retry,
-    /// How many jobs this process's executor runs at once.
-    pub(crate) executor_concurrency: usize,
-    /// How long a job waits for an executor that has its function.
-    pub(crate) orphan_timeout: Duration,
-    /// Where values go when their function does not say.
-    pub(crate) value_store: ValueStore,
-    /// The largest envelope stored.
-    pub(crate) max_value_size: usize,
     /// The collection of values kept in MongoDB, with a MongoDB database.
     pub(crate) values: Option<MongoValues>,
     /// `store = mongo` without a database: warned about once.
@@ -100,7 +83,7 @@ impl fmt::Debug for Smache {
         f.debug_struct("Smache")
             .field("prefix", &self.inner.prefix)
             .field("backend", &self.backend())
-            .field("default_ttl", &self.inner.default_ttl)
+            .field("default_ttl", &self.inner.settings.default_ttl)
             .field(
                 "mongodb",
                 &self.inner.mongo.as_ref().map(mongodb::Database::name),
@@ -115,19 +98,11 @@ impl Smache {
         let Parts {
             prefix,
             store,
-            default_ttl,
-            max_stale,
-            compute_lease,
             mongo,
-            task_retention,
-            retry,
-            executor_concurrency,
-            orphan_timeout,
             callbacks,
-            value_store,
             values_collection,
-            max_value_size,
             expect_worker_within,
+            settings,
         } = parts;
         let values = mongo
             .as_ref()
@@ -135,23 +110,15 @@ impl Smache {
         Smache {
             inner: Arc::new(Inner {
                 base: crate::store::keys::base(&prefix),
-                max_stale,
                 prefix,
                 store,
-                default_ttl,
+                settings,
                 mongo,
                 health: Health::default(),
                 watchdog: crate::watchdog::Watchdog::new(expect_worker_within),
                 flights: Arc::default(),
-                compute_lease,
-                task_retention,
-                retry,
-                executor_concurrency,
-                orphan_timeout,
                 callbacks,
-                value_store,
                 values,
-                max_value_size,
                 values_missing_warned: AtomicBool::new(false),
                 executor: std::sync::Mutex::new(None),
             }),
@@ -193,7 +160,7 @@ impl Smache {
     /// The TTL of functions that do not set their own.
     #[must_use]
     pub fn default_ttl(&self) -> Option<Duration> {
-        self.inner.default_ttl
+        self.inner.settings.default_ttl
     }
 
     /// The MongoDB database the documents live in, if one was configured.
@@ -314,17 +281,34 @@ impl Smache {
 pub(crate) struct Parts {
     pub(crate) prefix: String,
     pub(crate) store: Store,
-    pub(crate) default_ttl: Option<Duration>,
-    pub(crate) max_stale: Duration,
-    pub(crate) compute_lease: Duration,
     pub(crate) mongo: Option<mongodb::Database>,
-    pub(crate) task_retention: Duration,
-    pub(crate) retry: crate::retry::Retry,
-    pub(crate) executor_concurrency: usize,
-    pub(crate) orphan_timeout: Duration,
     pub(crate) callbacks: std::collections::HashMap<String, crate::callback::Callback>,
-    pub(crate) value_store: ValueStore,
     pub(crate) values_collection: String,
-    pub(crate) max_value_size: usize,
     pub(crate) expect_worker_within: Option<Duration>,
+    pub(crate) settings: Settings,
+}
+
+/// The plain settings of an instance, resolved once by the builder (its
+/// defaults applied) and held whole by the instance.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    /// The time-to-live of values whose function sets none.
+    pub(crate) default_ttl: Option<Duration>,
+    /// How long a stale `write_through` value may still be served.
+    pub(crate) max_stale: Duration,
+    /// How long one computation may hold a key before another process
+    /// takes over.
+    pub(crate) compute_lease: Duration,
+    /// How long a finished task is kept.
+    pub(crate) task_retention: Duration,
+    /// How executors retry failed background work.
+    pub(crate) retry: crate::retry::Retry,
+    /// How many jobs this process's executor runs at once.
+    pub(crate) executor_concurrency: usize,
+    /// How long a job waits for an executor that has its function.
+    pub(crate) orphan_timeout: Duration,
+    /// Where values go when their function does not say.
+    pub(crate) value_store: ValueStore,
+    /// The largest envelope stored.
+    pub(crate) max_value_size: usize,
 }

@@ -67,7 +67,9 @@ impl Inner {
     pub(crate) fn acceptable(&self, spec: &FnSpec, fetched: &Fetched) -> bool {
         let write_through = spec.refresh() == Refresh::WriteThrough;
         let abandoned = fetched.stale_for == Duration::MAX;
-        if fetched.stale && (!write_through || abandoned || fetched.stale_for > self.max_stale) {
+        if fetched.stale
+            && (!write_through || abandoned || fetched.stale_for > self.settings.max_stale)
+        {
             return false;
         }
         write_through || !fetched.expired
@@ -110,7 +112,7 @@ impl Inner {
 
     /// Whether `spec`'s values are kept in MongoDB.
     pub(crate) fn external(&self, spec: &FnSpec) -> bool {
-        let mongo = spec.store().unwrap_or(self.value_store) == ValueStore::Mongo;
+        let mongo = spec.store().unwrap_or(self.settings.value_store) == ValueStore::Mongo;
         if !mongo || self.store.backend() != Backend::Redis {
             return false;
         }
@@ -267,8 +269,8 @@ impl Inner {
             None
         };
         let limit = match values {
-            Some(_) => self.max_value_size.min(MONGO_MAX_VALUE_SIZE),
-            None => self.max_value_size,
+            Some(_) => self.settings.max_value_size.min(MONGO_MAX_VALUE_SIZE),
+            None => self.settings.max_value_size,
         };
         if put.data.len() > limit {
             tracing::warn!(
