@@ -206,9 +206,41 @@ impl Call {
         fut: impl Future<Output = R>,
     ) -> (R, Option<Vec<u8>>, Option<String>) {
         let (result, _) = self.compute(fut, true).await;
-        let data = M::cacheable(&result).and_then(|v| Inner::encode(&self.at.key, v));
-        let failure = mode::failure::<M, R>(&result, data.is_some());
+        let (data, failure) = self.encode::<M, R>(&result);
         (result, data, failure)
+    }
+
+    /// What of `result` is stored, if any, and why it is not, if it is not.
+    fn encode<M: Mode<R>, R>(&self, result: &R) -> (Option<Vec<u8>>, Option<String>) {
+        let data = M::cacheable(result).and_then(|v| Inner::encode(&self.at.key, v));
+        let failure = mode::failure::<M, R>(result, data.is_some());
+        (data, failure)
+    }
+
+    /// Stores what a computation from generation `started` produced (or
+    /// gives up the lease `owner` holds, if any): how it went, what this
+    /// call's followers get, and why the result is not cached, if it is not.
+    async fn store_result<M: Mode<R>, R>(
+        self: &Arc<Self>,
+        result: &R,
+        recorded: Recorded,
+        started: Option<u64>,
+        owner: Option<String>,
+        drive: Drive,
+    ) -> (Outcome, Landing, Option<String>) {
+        let (data, mut failure) = self.encode::<M, R>(result);
+        let size = data.as_ref().map_or(0, Vec::len);
+        let settled = Arc::clone(self).settle(started, owner, data, recorded);
+        let (outcome, landing) = drive
+            .store(&self.inner, settled)
+            .await
+            .unwrap_or((Outcome::Unreachable, Landing::Failed));
+        if outcome == Outcome::TooLarge {
+            failure = Some(format!(
+                "the value ({size} bytes) is larger than max_value_size"
+            ));
+        }
+        (outcome, landing, failure)
     }
 
     /// Queues a refresh of the value found as `version` without making
@@ -321,19 +353,11 @@ where
     };
     let keeper = call.keep_lease(&owner);
     let (result, recorded) = call.compute(compute(), true).await;
-    let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
-    let mut failure = mode::failure::<M, R>(&result, data.is_some());
-    let size = data.as_ref().map_or(0, Vec::len);
-    let settled = Arc::clone(&call).settle(started, Some(owner), data, recorded);
-    let (outcome, landing) = drive
-        .store(&call.inner, settled)
-        .await
-        .unwrap_or((Outcome::Unreachable, Landing::Failed));
+    let (_, landing, failure) = call
+        .store_result::<M, R>(&result, recorded, started, Some(owner), drive)
+        .await;
     // Only now: a caller dropped while storing still lets the lease go.
     keeper.done();
-    if outcome == Outcome::TooLarge {
-        failure = Some(too_large(size));
-    }
     call.note_landing(&landing);
     pilot.land(landing);
     (result, failure)
@@ -352,20 +376,11 @@ where
     M: Mode<R>,
 {
     let (result, recorded) = call.compute(fut, false).await;
-    let data = M::cacheable(&result).and_then(|v| Inner::encode(&call.at.key, v));
-    let mut failure = mode::failure::<M, R>(&result, data.is_some());
-    let size = data.as_ref().map_or(0, Vec::len);
-    let settled = Arc::clone(&call).settle(Some(started), None, data, recorded);
-    let (outcome, _) = runtime::in_tokio(settled)
-        .await
-        .unwrap_or((Outcome::Unreachable, Landing::Failed));
-    if outcome == Outcome::TooLarge {
-        failure = Some(too_large(size));
-    }
+    // In the executor's runtime, as a job runs, whether the function is
+    // async or not.
+    let (outcome, _, failure) = call
+        .store_result::<M, R>(&result, recorded, Some(started), None, Drive::Async)
+        .await;
     job.report(Some(outcome), failure);
     result
-}
-
-fn too_large(size: usize) -> String {
-    format!("the value ({size} bytes) is larger than max_value_size")
 }
