@@ -94,6 +94,17 @@ impl Ctx {
         Ok(Smache::builder()
             .redis_url(&self.redis_url)
             .prefix(prefix)
+            .local_cache_capacity(0)
+            .build()?)
+    }
+
+    /// An instance on the run's Redis with the in-process layer in front
+    /// (the default), which [`redis_instance`](Self::redis_instance) turns
+    /// off so that its hits measure Redis.
+    pub(crate) fn layered_instance(&self, prefix: &str) -> Result<Smache> {
+        Ok(Smache::builder()
+            .redis_url(&self.redis_url)
+            .prefix(prefix)
             .build()?)
     }
 

@@ -27,7 +27,7 @@ use serde_json::json;
 use crate::ctx::{Ctx, Result};
 use crate::probe::load_average;
 use crate::report::{Report, Row};
-use crate::scenarios::{fanout, flight, hits, memory, miss, refresh, refresher};
+use crate::scenarios::{fanout, flight, hits, layer, memory, miss, refresh, refresher};
 
 /// smache's benchmark: scenarios P1–P6 against the servers in
 /// SMACHE_REDIS_URL and SMACHE_MONGODB_URI, each beside a baseline.
@@ -63,6 +63,10 @@ enum Scenario {
     P1b,
     /// Hit, Redis store, against the `cached` crate.
     P1c,
+    /// Hit, in-process layer, against moka and a raw GET.
+    P1d,
+    /// Cross-process invalidation of the in-process layer.
+    P1e,
     /// Update → fresh value readable.
     P2,
     /// One change with 10k / 100k dependants.
@@ -84,6 +88,9 @@ enum ChildMode {
     /// A worker and an executor for P2/P3.
     #[command(hide = true)]
     Refresher(refresher::Refresher),
+    /// P1e's reader process.
+    #[command(hide = true)]
+    LayerReader(layer::LayerReader),
 }
 
 #[tokio::main]
@@ -98,6 +105,7 @@ async fn main() -> std::result::Result<(), ctx::Error> {
     match cli.child {
         Some(ChildMode::FlightChild(args)) => flight::child(args).await,
         Some(ChildMode::Refresher(args)) => refresher::refresher(args).await,
+        Some(ChildMode::LayerReader(args)) => layer::reader(args).await,
         None => run(&cli).await,
     }
 }
@@ -138,6 +146,20 @@ async fn run(cli: &Cli) -> Result<()> {
             "P1b",
             ("P1b", "hit, embedded store", "≤ 1.5×"),
             hits::embedded_hits(&ctx)
+        );
+    }
+    if wants(Scenario::P1d) {
+        group!(
+            "P1d",
+            ("P1d", "hit, in-process layer", "≤ 1.5× moka, ≤ 0.05× GET"),
+            layer::layer_hits(&ctx)
+        );
+    }
+    if wants(Scenario::P1e) {
+        group!(
+            "P1e",
+            ("P1e", "cross-process invalidation", "p99 ≤ 5 ms"),
+            layer::cross_process(&ctx)
         );
     }
     if wants(Scenario::P6) {

@@ -114,13 +114,13 @@ pub use bson;
 pub use mongodb;
 
 pub use crate::builder::{
-    SmacheBuilder, DEFAULT_COMPUTE_LEASE, DEFAULT_EXPECT_WORKER_WITHIN, DEFAULT_MAX_STALE,
-    DEFAULT_MAX_VALUE_SIZE, DEFAULT_MEMORY_CAPACITY, DEFAULT_OP_TIMEOUT, DEFAULT_ORPHAN_TIMEOUT,
-    DEFAULT_PREFIX,
+    SmacheBuilder, DEFAULT_COMPUTE_LEASE, DEFAULT_EXPECT_WORKER_WITHIN,
+    DEFAULT_LOCAL_CACHE_CAPACITY, DEFAULT_MAX_STALE, DEFAULT_MAX_VALUE_SIZE,
+    DEFAULT_MEMORY_CAPACITY, DEFAULT_OP_TIMEOUT, DEFAULT_ORPHAN_TIMEOUT, DEFAULT_PREFIX,
 };
 pub use crate::entity::{Entity, EntityId, IntoEntityId};
 pub use crate::error::{Error, Result};
-pub use crate::instance::{EntryInfo, Smache};
+pub use crate::instance::{EntryInfo, LocalCacheStats, Smache};
 pub use crate::key::CacheKey;
 pub use crate::spec::{ArgKind, FnSpec, Refresh, ValueStore};
 pub use crate::store::{Backend, DEFAULT_VALUES_COLLECTION};

@@ -14,7 +14,7 @@
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
-//! | `smache_hits_total` | counter | `function`, `layer` | calls answered from the store, `layer` `embedded` or `redis` (values kept in MongoDB are read through Redis: `redis`) |
+//! | `smache_hits_total` | counter | `function`, `layer` | calls answered from the store, `layer` `embedded`, `redis`, or `local` (the in-process layer in front of Redis; values kept in MongoDB are read through Redis: `redis`) |
 //! | `smache_misses_total` | counter | `function`, `layer` | lookups that found no value to serve (none, stale past what may be served, corrupt); the caller then computes it or waits for the process that does |
 //! | `smache_calls_coalesced_total` | counter | `function` | calls that waited for a concurrent call of the same value in this process and took its result, with no lookup of their own |
 //! | `smache_computations_total` | counter | `function` | runs of the function for a caller: after a miss, or while the store is unavailable (those runs are not misses) |
@@ -24,6 +24,11 @@
 //! | `smache_refresh_lag_seconds` | histogram | `function` | from a recompute job's queueing (its stream entry id: Redis's clock) to its value stored (the executor's clock; skew between the two adds to it): how long a changed value waited to be fresh, beside the worker's own lag |
 //! | `smache_job_queue_length` | gauge | | entries of the job stream (`{prefix}:jobs`): waiting and held by executors; sampled every [`QUEUE_SAMPLE_EVERY`] by each executor and each `smache-worker` |
 //! | `smache_dead_letters_total` | counter | | jobs this process's executor gave up and moved to the dead letters (`{prefix}:dead`, see [`crate::inspect`]) |
+//! | `smache_local_misses_total` | counter | | lookups the in-process layer could not answer (nothing kept, past its time-to-live, or the layer off): they go on to Redis |
+//! | `smache_local_invalidations_total` | counter | | keys Redis told this process changed (each one dropped from the layer) |
+//! | `smache_local_flushes_total` | counter | | times the whole layer was dropped: `FLUSHALL`/`FLUSHDB`, or its tracking connection lost |
+//! | `smache_local_entries` | gauge | | values the in-process layer holds (sampled every half second) |
+//! | `smache_local_bytes` | gauge | | their weight, keys and envelopes (bounded by `SmacheBuilder::local_cache_capacity`) |
 //! | `smache_store_degraded` | gauge | | 1 while this process's calls find the store unavailable (they compute directly, uncached), 0 once it answers again; absent until the first outage |
 //! | `smache_worker_lag_seconds` | gauge | | the watching worker: now minus the cluster time of the change it just handled (cluster times are whole seconds: a worker that keeps up shows 0 to 1 s); 0 when the stream had nothing more to give |
 //! | `smache_worker_changes_total` | counter | | change events the watching worker handled (recorded with their jobs and resume token) |
@@ -79,6 +84,16 @@ pub const REFRESH_LAG: &str = "smache_refresh_lag_seconds";
 pub const JOB_QUEUE_LENGTH: &str = "smache_job_queue_length";
 /// Jobs moved to the dead letters (counter).
 pub const DEAD_LETTERS: &str = "smache_dead_letters_total";
+/// Lookups the in-process layer could not answer (counter).
+pub const LOCAL_MISSES: &str = "smache_local_misses_total";
+/// Keys dropped from the in-process layer on Redis's word (counter).
+pub const LOCAL_INVALIDATIONS: &str = "smache_local_invalidations_total";
+/// Times the whole in-process layer was dropped (counter).
+pub const LOCAL_FLUSHES: &str = "smache_local_flushes_total";
+/// Values the in-process layer holds (gauge).
+pub const LOCAL_ENTRIES: &str = "smache_local_entries";
+/// The in-process layer's weight in bytes (gauge).
+pub const LOCAL_BYTES: &str = "smache_local_bytes";
 /// 1 while calls find the store unavailable (gauge).
 pub const STORE_DEGRADED: &str = "smache_store_degraded";
 /// The watching worker's lag behind the change stream (gauge, seconds).
@@ -151,6 +166,27 @@ pub fn describe() {
         Unit::Count,
         "Jobs this process's executor moved to the dead letters."
     );
+    describe_counter!(
+        LOCAL_MISSES,
+        Unit::Count,
+        "Lookups the in-process layer could not answer; they went on to Redis."
+    );
+    describe_counter!(
+        LOCAL_INVALIDATIONS,
+        Unit::Count,
+        "Keys Redis said changed, dropped from the in-process layer."
+    );
+    describe_counter!(
+        LOCAL_FLUSHES,
+        Unit::Count,
+        "Times the whole in-process layer was dropped (FLUSHALL, tracking connection lost)."
+    );
+    describe_gauge!(
+        LOCAL_ENTRIES,
+        Unit::Count,
+        "Values the in-process layer holds."
+    );
+    describe_gauge!(LOCAL_BYTES, Unit::Bytes, "The in-process layer's weight.");
     describe_gauge!(
         STORE_DEGRADED,
         "1 while this process's calls find the store unavailable and compute directly."
@@ -173,8 +209,8 @@ static METADATA: Metadata<'static> = Metadata::new("smache", Level::INFO, Some(m
 /// The keys of one function's caller-side metrics, made on its first
 /// call, so that a hit allocates nothing and hashes nothing.
 pub(crate) struct FnKeys {
-    /// By [`layer`].
-    hits: [Key; 2],
+    /// By [`Served`].
+    hits: [Key; 3],
     misses: [Key; 2],
     coalesced: Key,
     computations: Key,
@@ -220,6 +256,7 @@ impl FnMetrics {
                 hits: [
                     Key::from_static_parts(HITS, embedded),
                     Key::from_static_parts(HITS, redis),
+                    Key::from_static_parts(HITS, labels(Some("local"))),
                 ],
                 misses: [
                     Key::from_static_parts(MISSES, embedded),
@@ -233,8 +270,20 @@ impl FnMetrics {
     }
 }
 
-/// The `layer` label's index in [`FnKeys`]: the embedded store or Redis.
-fn layer(redis: bool) -> usize {
+/// Where a hit was answered: the `layer` label of [`HITS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// The embedded store.
+    Embedded = 0,
+    /// Redis.
+    Redis = 1,
+    /// The in-process layer in front of Redis.
+    Local = 2,
+}
+
+/// The `layer` label's index in [`FnKeys`]'s misses: the embedded store
+/// or Redis.
+fn miss_index(redis: bool) -> usize {
     usize::from(redis)
 }
 
@@ -242,15 +291,14 @@ fn count(key: &Key) {
     metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA).increment(1));
 }
 
-/// A call of `function` answered from the store (Redis, or the embedded
-/// one).
-pub(crate) fn hit(function: &'static str, keys: &FnMetrics, redis: bool) {
-    count(&keys.keys(function).hits[layer(redis)]);
+/// A call of `function` answered from the store.
+pub(crate) fn hit(function: &'static str, keys: &FnMetrics, served: Served) {
+    count(&keys.keys(function).hits[served as usize]);
 }
 
 /// A lookup of `function` that found no value to serve.
 pub(crate) fn miss(function: &'static str, keys: &FnMetrics, redis: bool) {
-    count(&keys.keys(function).misses[layer(redis)]);
+    count(&keys.keys(function).misses[miss_index(redis)]);
 }
 
 /// A call that took a concurrent call's result.
@@ -286,6 +334,33 @@ pub(crate) fn refreshed(function: &'static str, queued_ms: u64) {
 /// A job was moved to the dead letters.
 pub(crate) fn dead_lettered() {
     metrics::counter!(DEAD_LETTERS).increment(1);
+}
+
+/// What happened in the in-process layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LayerEvent {
+    /// A lookup it could not answer.
+    Missed,
+    /// A key dropped on Redis's word.
+    Invalidated,
+    /// Everything dropped.
+    Flushed,
+}
+
+/// Counts `event` in the in-process layer.
+pub(crate) fn layer(event: LayerEvent) {
+    let name = match event {
+        LayerEvent::Missed => LOCAL_MISSES,
+        LayerEvent::Invalidated => LOCAL_INVALIDATIONS,
+        LayerEvent::Flushed => LOCAL_FLUSHES,
+    };
+    metrics::counter!(name).increment(1);
+}
+
+/// Records the in-process layer's size.
+pub(crate) fn layer_size(entries: u64, bytes: u64) {
+    metrics::gauge!(LOCAL_ENTRIES).set(entries as f64);
+    metrics::gauge!(LOCAL_BYTES).set(bytes as f64);
 }
 
 /// Calls find the store unavailable (`true`), or reachable again.

@@ -19,9 +19,9 @@ use crate::report::{Met, Row};
 use crate::stats::{Micros, Summary};
 
 /// The value sizes of P1.
-const SIZES: [usize; 2] = [100, 10 * 1024];
+pub(crate) const SIZES: [usize; 2] = [100, 10 * 1024];
 
-fn size_name(size: usize) -> String {
+pub(crate) fn size_name(size: usize) -> String {
     if size >= 1024 {
         format!("{} KB", size / 1024)
     } else {
@@ -293,7 +293,7 @@ pub(crate) async fn embedded_hits(ctx: &Ctx) -> Result<Vec<Row>> {
 }
 
 /// A row comparing two latency distributions by their medians.
-fn side_by_side(
+pub(crate) fn side_by_side(
     id: &str,
     scenario: String,
     ours: Summary,

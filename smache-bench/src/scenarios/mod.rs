@@ -3,6 +3,7 @@
 pub(crate) mod fanout;
 pub(crate) mod flight;
 pub(crate) mod hits;
+pub(crate) mod layer;
 pub(crate) mod memory;
 pub(crate) mod miss;
 pub(crate) mod refresh;

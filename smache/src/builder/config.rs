@@ -19,6 +19,9 @@ pub const DEFAULT_COMPUTE_LEASE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 64 * 1024 * 1024;
 /// The default size of the embedded store.
 pub const DEFAULT_MEMORY_CAPACITY: u64 = 64 * 1024 * 1024;
+/// The default size of the in-process layer in front of Redis; see
+/// [`SmacheBuilder::local_cache_capacity`].
+pub const DEFAULT_LOCAL_CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 /// The default time a job waits for an executor that has its function;
 /// see [`SmacheBuilder::orphan_timeout`].
 pub const DEFAULT_ORPHAN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -42,6 +45,20 @@ impl SmacheBuilder {
             builder.mongo = Some(connect::mongo_database(uri, database)?);
         }
         Ok(builder)
+    }
+}
+
+/// The in-process layer's size: `SMACHE_LOCAL_CACHE_CAPACITY` (bytes, `0`
+/// for none), else [`DEFAULT_LOCAL_CACHE_CAPACITY`].
+pub(super) fn local_cache_from_env() -> Result<u64> {
+    const NAME: &str = "SMACHE_LOCAL_CACHE_CAPACITY";
+    match env(NAME) {
+        None => Ok(DEFAULT_LOCAL_CACHE_CAPACITY),
+        Some(value) => value.trim().parse().map_err(|_| {
+            Error::Config(format!(
+                "{NAME} must be a number of bytes (0 turns the in-process layer off), not {value:?}"
+            ))
+        }),
     }
 }
 

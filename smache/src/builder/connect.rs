@@ -92,11 +92,13 @@ impl RedisSource {
     }
 }
 
-/// The store of an instance: Redis from `redis`, else the embedded store
-/// of `memory_capacity` bytes.
+/// The store of an instance: Redis from `redis` (with an in-process layer
+/// of `local_cache` bytes in front, if more than 0), else the embedded
+/// store of `memory_capacity` bytes.
 pub(super) fn store(
     redis: Option<RedisSource>,
     memory_capacity: u64,
+    local_cache: u64,
     timeout: Duration,
     prefix: &str,
 ) -> Result<Store> {
@@ -109,10 +111,10 @@ pub(super) fn store(
                     "invalid Redis URL ({err}); expected redis://[user:password@]host[:port][/db] or rediss://… for TLS"
                 ))
             })?;
-            Store::Redis(RedisStore::from_client(client, timeout, prefix))
+            Store::Redis(RedisStore::from_client(client, timeout, prefix).with_layer(local_cache))
         }
         Some(RedisSource::Client(client)) => {
-            Store::Redis(RedisStore::from_client(*client, timeout, prefix))
+            Store::Redis(RedisStore::from_client(*client, timeout, prefix).with_layer(local_cache))
         }
         Some(RedisSource::Manager(manager)) => {
             Store::Redis(RedisStore::from_manager(manager, timeout, prefix))

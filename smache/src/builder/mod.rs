@@ -18,8 +18,9 @@ use crate::task::{self, Callback, CallbackResult, Completion, Retry, DEFAULT_TAS
 
 use self::config::validate_prefix;
 pub use self::config::{
-    DEFAULT_COMPUTE_LEASE, DEFAULT_EXPECT_WORKER_WITHIN, DEFAULT_MAX_STALE, DEFAULT_MAX_VALUE_SIZE,
-    DEFAULT_MEMORY_CAPACITY, DEFAULT_OP_TIMEOUT, DEFAULT_ORPHAN_TIMEOUT, DEFAULT_PREFIX,
+    DEFAULT_COMPUTE_LEASE, DEFAULT_EXPECT_WORKER_WITHIN, DEFAULT_LOCAL_CACHE_CAPACITY,
+    DEFAULT_MAX_STALE, DEFAULT_MAX_VALUE_SIZE, DEFAULT_MEMORY_CAPACITY, DEFAULT_OP_TIMEOUT,
+    DEFAULT_ORPHAN_TIMEOUT, DEFAULT_PREFIX,
 };
 use self::connect::RedisSource;
 
@@ -48,6 +49,7 @@ pub struct SmacheBuilder {
     max_stale: Option<Duration>,
     compute_lease: Option<Duration>,
     memory_capacity: Option<u64>,
+    local_cache_capacity: Option<u64>,
     executor: bool,
     task_retention: Option<Duration>,
     retry: Option<Retry>,
@@ -72,6 +74,7 @@ impl fmt::Debug for SmacheBuilder {
             .field("max_stale", &self.max_stale)
             .field("compute_lease", &self.compute_lease)
             .field("memory_capacity", &self.memory_capacity)
+            .field("local_cache_capacity", &self.local_cache_capacity)
             .field("executor", &self.executor)
             .field("task_retention", &self.task_retention)
             .field("retry", &self.retry)
@@ -129,6 +132,33 @@ impl SmacheBuilder {
     /// The size bound of the embedded store in bytes (default 64 MiB).
     pub fn memory_capacity(mut self, bytes: u64) -> Self {
         self.memory_capacity = Some(bytes);
+        self
+    }
+
+    /// The size bound, in bytes, of the in-process layer in front of the
+    /// Redis store (default 64 MiB; `0` turns it off). Without this call
+    /// the environment variable `SMACHE_LOCAL_CACHE_CAPACITY` may set it,
+    /// so operators can size or disable the layer without a new build.
+    ///
+    /// Hits are answered from this process's memory, in about a
+    /// microsecond, and stay coherent with Redis: the values are read over
+    /// a connection with Redis's client tracking on, and Redis tells this
+    /// process the moment any process writes one of them (a refresh, a
+    /// stale mark, a delete, `FLUSHALL`), which drops it here. While that
+    /// connection is down the layer serves nothing. The embedded store
+    /// needs no layer and ignores this, and so does a store given as a
+    /// [`redis_connection`](Self::redis_connection) (it knows no address
+    /// to open the tracking connection to).
+    ///
+    /// ```
+    /// let smache = smache::Smache::builder()
+    ///     .redis_url("redis://127.0.0.1:6379/")
+    ///     .local_cache_capacity(256 * 1024 * 1024) // or 0: every hit asks Redis
+    ///     .build()?;
+    /// # Ok::<(), smache::Error>(())
+    /// ```
+    pub fn local_cache_capacity(mut self, bytes: u64) -> Self {
+        self.local_cache_capacity = Some(bytes);
         self
     }
 
@@ -343,9 +373,14 @@ impl SmacheBuilder {
         if timeout.is_zero() {
             return Err(Error::Config("op_timeout must be more than zero".into()));
         }
+        let local_cache = match self.local_cache_capacity {
+            Some(bytes) => bytes,
+            None => config::local_cache_from_env()?,
+        };
         let store = connect::store(
             self.redis,
             self.memory_capacity.unwrap_or(DEFAULT_MEMORY_CAPACITY),
+            local_cache,
             timeout,
             &prefix,
         )?;

@@ -70,6 +70,20 @@ pub(crate) fn depends_on_key(key: &CacheKey) {
     });
 }
 
+/// [`depends_on_key`] for a hit of the in-process layer, which also tells
+/// the computation in progress which version of the value it read (see
+/// [`read`]); the value id is built only if there is one.
+pub(crate) fn read_key(key: &CacheKey, version: u64, data: &[u8]) {
+    let _ = DEPS.try_with(|deps| {
+        let mut id = String::with_capacity(key.args().len() + 32);
+        key.write_value_id(&mut id);
+        let mark = read_mark(version, data);
+        let mut deps = lock(deps);
+        deps.tokens.push(keys::value_token(&id));
+        deps.read.push((id, mark));
+    });
+}
+
 /// Tells the computation in progress that it read the value `id` stored as
 /// `version` with envelope `data`.
 pub(crate) fn read(id: &str, version: u64, data: &[u8]) {

@@ -33,6 +33,7 @@ use crate::envelope;
 use crate::error::Result;
 use crate::instance::Smache;
 use crate::key::{CacheKey, Job};
+use crate::metrics::Served;
 use crate::spec::FnSpec;
 use crate::store::Store;
 
@@ -51,7 +52,7 @@ where
     Fut: Future<Output = R>,
 {
     let smache = Smache::current();
-    if let Some(value) = embedded_hit::<M::Value>(&smache, spec, &key, job) {
+    if let Some(value) = local_hit::<M::Value>(&smache, spec, &key, job) {
         return M::from_cached(value);
     }
     // The rest boxed: this future (and every caller's that awaits it) then
@@ -102,7 +103,7 @@ where
     F: FnOnce() -> R,
 {
     let smache = Smache::current();
-    if let Some(value) = embedded_hit::<M::Value>(&smache, spec, &key, job) {
+    if let Some(value) = local_hit::<M::Value>(&smache, spec, &key, job) {
         return M::from_cached(value);
     }
     let compute = move || Box::pin(async move { compute() });
@@ -149,28 +150,44 @@ async fn uncached<R>(spec: &'static FnSpec, fut: impl Future<Output = R>) -> R {
     result
 }
 
-/// A hit in the embedded store, answered before anything else is set up:
-/// the value decoded from the stored bytes, which are shared with the store
+/// A hit in this process's memory (the embedded store, or the in-process
+/// layer in front of Redis), answered before anything else is set up: the
+/// value decoded from the stored bytes, which are shared with the store
 /// rather than copied out. `None` sends the call down the full path (a
-/// miss, an alias, an executor's job, bytes that do not decode: that path
-/// logs them).
-fn embedded_hit<V: DeserializeOwned>(
+/// miss, an alias, a value kept in MongoDB, an executor's job, bytes that
+/// do not decode: that path logs them).
+fn local_hit<V: DeserializeOwned>(
     smache: &Smache,
     spec: &'static FnSpec,
     key: &Result<CacheKey>,
     job: Option<&Job>,
 ) -> Option<V> {
-    let Store::Memory(store) = &smache.inner.store else {
-        return None;
-    };
     if job.is_some() {
         return None;
     }
     let key = key.as_ref().ok()?;
-    let data = store.peek(&smache.inner.base, |out| key.write_value_id(out))?;
-    let value = envelope::decode(&data).and_then(|env| env.value()).ok()?;
-    // A computation in progress depends on this value.
-    deps::depends_on_key(key);
-    crate::metrics::hit(spec.name(), spec.metrics(), false);
-    Some(value)
+    let base = &smache.inner.base;
+    match &smache.inner.store {
+        Store::Memory(store) => {
+            let data = store.peek(base, |out| key.write_value_id(out))?;
+            let value = envelope::decode(&data).and_then(|env| env.value()).ok()?;
+            // A computation in progress depends on this value.
+            deps::depends_on_key(key);
+            crate::metrics::hit(spec.name(), spec.metrics(), Served::Embedded);
+            Some(value)
+        }
+        Store::Redis(store) => {
+            let cached = store.peek(base, |out| key.write_value_id(out))?;
+            let envelope = envelope::decode(&cached.data).ok()?;
+            if envelope.reference {
+                return None;
+            }
+            let value = envelope.value().ok()?;
+            // A computation in progress depends on this value, and read
+            // this version of it.
+            deps::read_key(key, cached.version, &cached.data);
+            crate::metrics::hit(spec.name(), spec.metrics(), Served::Local);
+            Some(value)
+        }
+    }
 }

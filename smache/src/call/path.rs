@@ -126,6 +126,15 @@ impl Call {
         self.inner.store.backend() == crate::store::Backend::Redis
     }
 
+    /// Where this call's hits are answered, for their metric.
+    fn served(&self) -> crate::metrics::Served {
+        if self.redis() {
+            crate::metrics::Served::Redis
+        } else {
+            crate::metrics::Served::Embedded
+        }
+    }
+
     /// Whether a stored value may be served; see [`Inner::acceptable`].
     pub(super) fn acceptable(&self, fetched: &Fetched) -> bool {
         self.inner.acceptable(self.spec, fetched)
@@ -329,7 +338,7 @@ where
     };
     let (call, seen) = match Arc::clone(&call).look::<M::Value>(drive).await {
         Looked::Hit(value, data, version) => {
-            crate::metrics::hit(spec.name(), spec.metrics(), call.redis());
+            crate::metrics::hit(spec.name(), spec.metrics(), call.served());
             call.note_read(&call.at.id, version, &data);
             pilot.land_with(|| call.landing(Arc::new(data), Some(version)));
             return (M::from_cached(value), None);

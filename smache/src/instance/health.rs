@@ -71,3 +71,44 @@ impl Inner {
         }
     }
 }
+
+/// What the in-process layer in front of the Redis store holds; see
+/// [`Smache::local_cache`](crate::Smache::local_cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LocalCacheStats {
+    /// Values it holds.
+    pub entries: u64,
+    /// Their weight in bytes (keys and envelopes).
+    pub bytes: u64,
+    /// Its bound in bytes.
+    pub capacity: u64,
+    /// Whether it serves: its tracking connection is up. While it is not,
+    /// every hit is read from Redis.
+    pub live: bool,
+}
+
+impl crate::Smache {
+    /// The in-process layer in front of Redis, if this instance has one
+    /// (see [`SmacheBuilder::local_cache_capacity`](crate::SmacheBuilder::local_cache_capacity)):
+    /// what it holds and whether it serves.
+    ///
+    /// ```
+    /// // The embedded store has no layer in front of it.
+    /// assert!(smache::Smache::embedded().local_cache().is_none());
+    /// ```
+    #[must_use]
+    pub fn local_cache(&self) -> Option<LocalCacheStats> {
+        let crate::store::Store::Redis(store) = &self.inner.store else {
+            return None;
+        };
+        let layer = store.layer()?;
+        let (entries, bytes) = layer.size();
+        Some(LocalCacheStats {
+            entries,
+            bytes,
+            capacity: layer.capacity(),
+            live: layer.is_live(),
+        })
+    }
+}

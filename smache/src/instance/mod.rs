@@ -21,6 +21,7 @@ use crate::store::{keys, Backend, MongoValues, Store};
 
 pub use self::fresh::EntryInfo;
 use self::health::Health;
+pub use self::health::LocalCacheStats;
 pub(crate) use self::values::{Fetched, Located};
 
 /// A smache instance: where computed values are stored and how.

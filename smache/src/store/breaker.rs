@@ -87,6 +87,11 @@ impl Drop for Probe {
 }
 
 impl Breaker {
+    /// The instance's prefix.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub(crate) fn new(prefix: &str) -> Self {
         Breaker {
             open: AtomicBool::new(false),

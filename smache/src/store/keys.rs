@@ -37,6 +37,34 @@ pub(crate) fn write_value(
     id_at
 }
 
+thread_local! {
+    /// The storage key of an in-process hit, built here rather than in a
+    /// new `String` on every hit.
+    static HIT_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Runs `f` with the value key of base `base` and the id `write_id`
+/// writes, built in a buffer reused by every hit of this thread (the
+/// embedded store's and the in-process layer's).
+pub(crate) fn with_value_key<R>(
+    base: &str,
+    write_id: impl FnOnce(&mut String),
+    f: impl FnOnce(&str) -> R,
+) -> R {
+    HIT_KEY.with(|cell| {
+        // A re-entrant use (not expected: nothing in `f` calls back) gets
+        // a key of its own.
+        let mut own = String::new();
+        let mut borrowed = cell.try_borrow_mut();
+        let key = match borrowed.as_deref_mut() {
+            Ok(key) => key,
+            Err(_) => &mut own,
+        };
+        write_value(key, base, write_id);
+        f(key)
+    })
+}
+
 /// The consumer group all executors share on the jobs stream.
 pub const GROUP: &str = "executors";
 

@@ -1,6 +1,5 @@
 //! The embedded store: a bounded in-process cache (moka) with per-entry TTL.
 
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,12 +49,6 @@ pub(crate) struct MemoryStore {
     linked: AtomicBool,
 }
 
-thread_local! {
-    /// The storage key of a [`MemoryStore::peek`], built here rather than
-    /// in a new `String` on every hit.
-    static PEEK_KEY: RefCell<String> = const { RefCell::new(String::new()) };
-}
-
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
@@ -85,20 +78,11 @@ impl MemoryStore {
     /// `None` when nothing is stored, and when the key is an alias (the
     /// caller then takes the path of [`get`](Self::get), which follows it).
     pub(crate) fn peek(&self, base: &str, write_id: impl FnOnce(&mut String)) -> Option<Arc<[u8]>> {
-        PEEK_KEY.with(|cell| {
-            // A re-entrant use (not expected: nothing here calls back) gets
-            // a key of its own.
-            let mut own = String::new();
-            let mut borrowed = cell.try_borrow_mut();
-            let key = match borrowed.as_deref_mut() {
-                Ok(key) => key,
-                Err(_) => &mut own,
-            };
-            keys::write_value(key, base, write_id);
-            if self.linked.load(Ordering::Acquire) && lock(&self.links).contains_key(key.as_str()) {
+        keys::with_value_key(base, write_id, |key| {
+            if self.linked.load(Ordering::Acquire) && lock(&self.links).contains_key(key) {
                 return None;
             }
-            self.cache.get(key.as_str()).map(|entry| entry.data)
+            self.cache.get(key).map(|entry| entry.data)
         })
     }
 

@@ -8,6 +8,7 @@
 mod breaker;
 mod graph;
 pub(crate) mod keys;
+mod layer;
 mod memory;
 mod mongo;
 mod notify;

@@ -28,18 +28,21 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
 use super::breaker::{Breaker, Gate, Probe};
+use super::layer::Layer;
 use super::notify::Notifier;
 use crate::error::{Error, Result};
 
 mod jobs;
 mod signal;
 mod tasks;
+mod tracking;
 mod values;
 mod watch;
 
 pub(crate) use self::jobs::{Abandon, Start};
 pub(crate) use self::signal::Related;
 pub(crate) use self::tasks::{task_key, TaskPhase, TaskState};
+use self::tracking::Tracking;
 pub(crate) use self::values::Begin;
 pub(crate) use self::watch::{timestamp_key, Changed, Owed, Seen};
 
@@ -50,6 +53,8 @@ pub(crate) struct RedisStore {
     scripts: Scripts,
     timeout: Duration,
     notifier: tokio::sync::Mutex<Option<Notifier>>,
+    /// The in-process layer in front, with its tracking connection.
+    tracking: Option<Tracking>,
 }
 
 /// The Lua scripts, each with `lua/common.lua` in front (but the worker's
@@ -145,7 +150,24 @@ impl RedisStore {
             scripts: Scripts::new(),
             notifier: tokio::sync::Mutex::new(None),
             timeout,
+            tracking: None,
         }
+    }
+
+    /// Puts an in-process layer of `capacity` bytes in front (none if 0,
+    /// or without a client to open its tracking connection with). Its
+    /// tracking connection opens at once, in the background.
+    pub(crate) fn with_layer(mut self, capacity: u64) -> Self {
+        if let (Some(client), true) = (&self.client, capacity > 0) {
+            let layer = Arc::new(Layer::new(capacity, self.breaker.prefix()));
+            self.tracking = Some(Tracking::start(client, layer, self.timeout));
+        }
+        self
+    }
+
+    /// The in-process layer, if there is one.
+    pub(crate) fn layer(&self) -> Option<&Layer> {
+        self.tracking.as_ref().map(Tracking::layer)
     }
 
     /// The shared connection manager, made on first use. It connects

@@ -2,6 +2,7 @@
 //! release, and the waiters woken when it ends), storing, aliasing and
 //! dropping.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -10,12 +11,78 @@ use super::{is_wrong_type, millis, parse_u64, RedisStore};
 use crate::error::{Error, Result};
 use crate::spec::Refresh;
 use crate::store::keys;
+use crate::store::layer::Cached;
 use crate::store::notify::Notifier;
 use crate::store::{Lookup, Put, Slot};
 
 impl RedisStore {
+    /// What is stored under `key`. With an in-process layer up, read over
+    /// its tracking connection, and a value that may be served as it is
+    /// (fresh, within its time-to-live) is kept in the layer.
     pub(crate) async fn get(&self, key: &str) -> Result<Lookup> {
-        let mut conn = self.connection().await?;
+        let tracked = self
+            .tracking
+            .as_ref()
+            .and_then(|t| Some((t, t.begin_read(key)?)));
+        let (reply, tracking, ticket) = match tracked {
+            Some((tracking, (mut conn, ticket))) => {
+                self.admit()?;
+                (
+                    self.hmget(&mut conn, key).await,
+                    Some(tracking),
+                    Some(ticket),
+                )
+            }
+            None => {
+                let mut conn = self.connection().await?;
+                (self.hmget(&mut conn, key).await, None, None)
+            }
+        };
+        let lookup = match reply {
+            Ok([.., Some(link), args]) => Lookup::Alias {
+                target: String::from_utf8_lossy(&link).into_owned(),
+                full_args: String::from_utf8_lossy(&args.unwrap_or_default()).into_owned(),
+            },
+            Ok([_, None, ..]) => Lookup::Miss,
+            Ok([version, Some(data), generation, computed_from, stale_at, expires, None, _]) => {
+                let Some(version) = parse_u64(version.as_deref()) else {
+                    return Ok(Lookup::Foreign("the value version is not a number".into()));
+                };
+                let stale = parse_u64(generation.as_deref()).unwrap_or(0)
+                    > parse_u64(computed_from.as_deref()).unwrap_or(0);
+                let expires_at_ms = parse_u64(expires.as_deref());
+                let expired = expires_at_ms.is_some_and(|at| at <= crate::envelope::now_ms());
+                if let (Some(tracking), Some(ticket), false, false) =
+                    (tracking, ticket, stale, expired)
+                {
+                    let cached = Cached {
+                        version,
+                        data: Arc::from(data.as_slice()),
+                        expires_at_ms,
+                    };
+                    tracking.layer().fill(key, ticket, cached);
+                }
+                Lookup::Hit {
+                    version,
+                    data,
+                    stale_since_ms: stale.then(|| parse_u64(stale_at.as_deref()).unwrap_or(0)),
+                    expired,
+                }
+            }
+            Err(Error::Redis(err)) if is_wrong_type(&err) => {
+                Lookup::Foreign("the key holds a Redis type other than a hash".into())
+            }
+            Err(err) => return Err(err),
+        };
+        Ok(lookup)
+    }
+
+    /// The fields of the value hash `key` a read needs, over `conn`.
+    async fn hmget(
+        &self,
+        conn: &mut impl redis::aio::ConnectionLike,
+        key: &str,
+    ) -> Result<[Option<Vec<u8>>; 8]> {
         // Sized up front: no regrowth while the arguments are written.
         let mut cmd = redis::Cmd::with_capacity(10, key.len() + 16);
         cmd.arg("HMGET");
@@ -28,34 +95,20 @@ impl RedisStore {
             .arg("e")
             .arg("l")
             .arg("la");
-        let reply = self
-            .bounded("get", cmd.query_async::<[Option<Vec<u8>>; 8]>(&mut conn))
-            .await;
-        match reply {
-            Ok([.., Some(link), args]) => Ok(Lookup::Alias {
-                target: String::from_utf8_lossy(&link).into_owned(),
-                full_args: String::from_utf8_lossy(&args.unwrap_or_default()).into_owned(),
-            }),
-            Ok([_, None, ..]) => Ok(Lookup::Miss),
-            Ok([version, Some(data), generation, computed_from, stale_at, expires, None, _]) => {
-                let Some(version) = parse_u64(version.as_deref()) else {
-                    return Ok(Lookup::Foreign("the value version is not a number".into()));
-                };
-                let stale = parse_u64(generation.as_deref()).unwrap_or(0)
-                    > parse_u64(computed_from.as_deref()).unwrap_or(0);
-                Ok(Lookup::Hit {
-                    version,
-                    data,
-                    stale_since_ms: stale.then(|| parse_u64(stale_at.as_deref()).unwrap_or(0)),
-                    expired: parse_u64(expires.as_deref())
-                        .is_some_and(|at| at <= crate::envelope::now_ms()),
-                })
-            }
-            Err(Error::Redis(err)) if is_wrong_type(&err) => Ok(Lookup::Foreign(
-                "the key holds a Redis type other than a hash".into(),
-            )),
-            Err(err) => Err(err),
+        self.bounded("get", cmd.query_async::<[Option<Vec<u8>>; 8]>(conn))
+            .await
+    }
+
+    /// The value under `{base}v:{id}` (the id written by `write_id`) in
+    /// the in-process layer, if it may be served from there: the read of
+    /// a hit, with no round trip. `None` sends the caller to Redis.
+    pub(crate) fn peek(&self, base: &str, write_id: impl FnOnce(&mut String)) -> Option<Cached> {
+        let layer = self.layer()?;
+        let cached = keys::with_value_key(base, write_id, |key| layer.get(key));
+        if cached.is_none() {
+            crate::metrics::layer(crate::metrics::LayerEvent::Missed);
         }
+        cached
     }
 
     pub(crate) async fn begin(

@@ -1,0 +1,315 @@
+//! The in-process layer in front of the Redis store: recently read values
+//! kept in this process's memory (a byte-bounded [`moka`] cache), dropped
+//! the moment Redis says they changed.
+//!
+//! Coherence comes from Redis's server-assisted client-side caching: the
+//! values are read over a connection with `CLIENT TRACKING` on (see
+//! `redis/tracking.rs`), so Redis remembers which keys this process read
+//! and pushes an invalidation on that connection when any client writes
+//! one of them (a new value, a stale mark, a delete, an expiry, an
+//! eviction, `FLUSHALL`). This module is the layer's state and the rules
+//! that close the races:
+//!
+//! * **A write while a read is in flight.** Its invalidation may be handled
+//!   before the read's reply is put in the layer (the two travel apart
+//!   inside the client). Every read takes a [`Ticket`] before it is sent:
+//!   the invalidation counter of the key's stripe and the layer's epoch.
+//!   [`fill`](Layer::fill) inserts only if neither moved, and checks again
+//!   after inserting, removing the entry if one moved meanwhile (an
+//!   invalidation bumps the counter *before* it removes the key, so one of
+//!   the two always sees the other).
+//! * **The connection lost, or Redis restarted.** Invalidations sent while
+//!   the connection was down are lost, so the layer is flushed and serves
+//!   nothing ([`Layer::suspend`]) until a new connection has tracking on
+//!   ([`Layer::resume`]); the epoch moves, so no read begun before the
+//!   flush fills it after.
+//! * **The server's tracking table full** (`tracking-table-max-keys`):
+//!   Redis forgets keys by sending their invalidations, which drop them
+//!   here like any other.
+//!
+//! Only values fresh when read are kept (not stale, not past their
+//! time-to-live); an entry is served until its time-to-live and never
+//! after, so every rule of the Redis store still holds from the layer.
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use moka::sync::Cache;
+
+use crate::metrics::LayerEvent;
+
+/// Invalidation counters: a read is conservative about every key of its
+/// stripe, so a few hundred keep false alarms rare at little cost.
+const STRIPES: usize = 256;
+
+/// A value in the layer.
+#[derive(Clone, Debug)]
+pub(crate) struct Cached {
+    /// The value version Redis assigned it.
+    pub(crate) version: u64,
+    /// The envelope, shared with every hit rather than copied.
+    pub(crate) data: Arc<[u8]>,
+    /// When its time-to-live ends (Unix ms), if it has one.
+    pub(crate) expires_at_ms: Option<u64>,
+}
+
+/// What a read saw before it was sent; see [`Layer::fill`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
+    stripe: usize,
+    count: u64,
+    epoch: u64,
+}
+
+/// The layer's state, shared with the tracking connection's push handler.
+pub(crate) struct Layer {
+    cache: Cache<String, Cached>,
+    stripes: Box<[AtomicU64]>,
+    /// Moves on every flush.
+    epoch: AtomicU64,
+    /// A tracking connection is up: only then may the layer serve or fill.
+    live: AtomicBool,
+    hasher: std::collections::hash_map::RandomState,
+    /// The instance's prefix, for its logs.
+    prefix: String,
+    capacity: u64,
+}
+
+impl std::fmt::Debug for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Layer")
+            .field("entries", &self.cache.entry_count())
+            .field("bytes", &self.cache.weighted_size())
+            .field("live", &self.live.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Layer {
+    /// A layer of at most `capacity_bytes` (keys and values counted), not
+    /// live until [`resume`](Self::resume).
+    pub(crate) fn new(capacity_bytes: u64, prefix: &str) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(capacity_bytes)
+            .weigher(|key: &String, entry: &Cached| {
+                u32::try_from(key.len() + entry.data.len() + 64).unwrap_or(u32::MAX)
+            })
+            .build();
+        Layer {
+            cache,
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            epoch: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            hasher: std::collections::hash_map::RandomState::new(),
+            prefix: prefix.to_owned(),
+            capacity: capacity_bytes,
+        }
+    }
+
+    fn stripe(&self, key: &str) -> usize {
+        // Truncation intended: any bits of the hash pick a stripe.
+        #[allow(clippy::cast_possible_truncation)]
+        let stripe = self.hasher.hash_one(key) as usize % STRIPES;
+        stripe
+    }
+
+    /// The value under `key`, if the layer may serve it now: a tracking
+    /// connection is up and it is not past its time-to-live. A miss is
+    /// counted by the caller, which goes on to Redis.
+    pub(crate) fn get(&self, key: &str) -> Option<Cached> {
+        if !self.live.load(Ordering::Acquire) {
+            return None;
+        }
+        let entry = self.cache.get(key)?;
+        if entry
+            .expires_at_ms
+            .is_some_and(|at| at <= crate::envelope::now_ms())
+        {
+            // Served from Redis from now on, which refreshes it.
+            self.cache.invalidate(key);
+            return None;
+        }
+        Some(entry)
+    }
+
+    /// Whether the layer serves: a tracking connection is up.
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Taken before a read of `key` is sent, for [`fill`](Self::fill).
+    pub(crate) fn ticket(&self, key: &str) -> Ticket {
+        let stripe = self.stripe(key);
+        Ticket {
+            stripe,
+            // SeqCst: ordered against the invalidations' bumps.
+            epoch: self.epoch.load(Ordering::SeqCst),
+            count: self.stripes[stripe].load(Ordering::SeqCst),
+        }
+    }
+
+    fn unchanged(&self, ticket: Ticket) -> bool {
+        self.live.load(Ordering::SeqCst)
+            && self.epoch.load(Ordering::SeqCst) == ticket.epoch
+            && self.stripes[ticket.stripe].load(Ordering::SeqCst) == ticket.count
+    }
+
+    /// Keeps what a read of `key`, begun with `ticket`, returned; nothing
+    /// if the key may have changed since the read was sent.
+    pub(crate) fn fill(&self, key: &str, ticket: Ticket, entry: Cached) {
+        if !self.unchanged(ticket) {
+            return;
+        }
+        self.cache.insert(key.to_owned(), entry);
+        if !self.unchanged(ticket) {
+            self.cache.invalidate(key);
+        }
+    }
+
+    /// Redis says `key` changed: drop it.
+    pub(crate) fn invalidate(&self, key: &str) {
+        self.stripes[self.stripe(key)].fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate(key);
+        crate::metrics::layer(LayerEvent::Invalidated);
+    }
+
+    /// Redis says everything changed (`FLUSHALL`, `FLUSHDB`): drop it all.
+    pub(crate) fn flush(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate_all();
+        crate::metrics::layer(LayerEvent::Flushed);
+    }
+
+    /// The tracking connection is gone: invalidations may be missed from
+    /// now on, so serve nothing and drop everything.
+    pub(crate) fn suspend(&self) {
+        self.live.store(false, Ordering::SeqCst);
+        self.flush();
+    }
+
+    /// A tracking connection is up again (tracking on before any read).
+    pub(crate) fn resume(&self) {
+        self.live.store(true, Ordering::SeqCst);
+    }
+
+    /// Entries and their weight in bytes, for metrics and inspect.
+    pub(crate) fn size(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks();
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
+
+    /// Its bound in bytes.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The prefix of the instance it belongs to.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(version: u64) -> Cached {
+        Cached {
+            version,
+            data: Arc::from(&b"sm-value"[..]),
+            expires_at_ms: None,
+        }
+    }
+
+    fn live() -> Layer {
+        let layer = Layer::new(1 << 20, "t");
+        layer.resume();
+        layer
+    }
+
+    #[test]
+    fn a_read_fills_and_an_invalidation_drops() {
+        let layer = live();
+        let ticket = layer.ticket("k");
+        layer.fill("k", ticket, entry(1));
+        assert_eq!(layer.get("k").map(|e| e.version), Some(1));
+        layer.invalidate("k");
+        assert!(layer.get("k").is_none());
+    }
+
+    #[test]
+    fn an_invalidation_during_the_read_keeps_its_reply_out() {
+        let layer = live();
+        let ticket = layer.ticket("k");
+        layer.invalidate("k");
+        layer.fill("k", ticket, entry(1));
+        assert!(layer.get("k").is_none());
+    }
+
+    #[test]
+    fn a_flush_during_the_read_keeps_its_reply_out() {
+        let layer = live();
+        let ticket = layer.ticket("k");
+        layer.flush();
+        layer.fill("k", ticket, entry(1));
+        assert!(layer.get("k").is_none());
+    }
+
+    #[test]
+    fn a_suspended_layer_serves_and_keeps_nothing() {
+        let layer = live();
+        layer.fill("k", layer.ticket("k"), entry(1));
+        layer.suspend();
+        assert!(layer.get("k").is_none());
+        let ticket = layer.ticket("k");
+        layer.fill("k", ticket, entry(2));
+        layer.resume();
+        assert!(layer.get("k").is_none(), "a fill while down is kept out");
+        layer.fill("k", layer.ticket("k"), entry(3));
+        assert_eq!(layer.get("k").map(|e| e.version), Some(3));
+    }
+
+    #[test]
+    fn an_entry_past_its_time_to_live_is_not_served() {
+        let layer = live();
+        let past = Cached {
+            expires_at_ms: Some(crate::envelope::now_ms() - 1),
+            ..entry(1)
+        };
+        layer.fill("k", layer.ticket("k"), past);
+        assert!(layer.get("k").is_none());
+    }
+
+    #[test]
+    fn other_keys_survive_an_invalidation() {
+        let layer = live();
+        layer.fill("a", layer.ticket("a"), entry(1));
+        layer.fill("b", layer.ticket("b"), entry(2));
+        layer.invalidate("a");
+        assert!(layer.get("a").is_none());
+        assert_eq!(layer.get("b").map(|e| e.version), Some(2));
+    }
+
+    #[test]
+    fn the_byte_bound_holds_under_ten_times_the_working_set() {
+        let layer = Layer::new(64 * 1024, "t");
+        layer.resume();
+        for i in 0..640 {
+            let key = format!("k{i}");
+            let data: Arc<[u8]> = vec![0u8; 1000].into();
+            layer.fill(
+                &key,
+                layer.ticket(&key),
+                Cached {
+                    version: 1,
+                    data,
+                    expires_at_ms: None,
+                },
+            );
+        }
+        let (_, bytes) = layer.size();
+        assert!(bytes <= 64 * 1024, "{bytes} bytes kept");
+        assert!(bytes > 0);
+    }
+}

@@ -1,0 +1,266 @@
+//! The tracking connection: the connection the in-process layer's values
+//! are read over, with `CLIENT TRACKING ON`, so that Redis pushes an
+//! invalidation on it when any client writes a key it read (see
+//! `store/layer.rs` for the layer and its races).
+//!
+//! The connection, its invalidations and its heartbeat live on a runtime
+//! of their own (one thread, `smache-tracking`, shared by the instances of
+//! the process): invalidations are applied as they arrive, whatever the
+//! application's tasks are doing. A `current_thread` runtime whose only
+//! task keeps hitting the layer, or a thread blocked in a synchronous
+//! computed function, would otherwise never let them run.
+//!
+//! A supervisor task keeps one connection up: it connects (RESP3), turns
+//! tracking on, and only then hands the connection to readers and lets
+//! the layer serve. A `PING` every [`HEARTBEAT`] finds a connection that
+//! died silently (no reset from the peer); when the connection is lost or
+//! stops answering the layer is flushed and serves nothing until the next
+//! connection has tracking on.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use once_cell::sync::Lazy;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, Value};
+use tokio::runtime::{Builder, Runtime};
+use tokio::sync::Notify;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::store::layer::{Layer, Ticket};
+use crate::sync::lock;
+
+/// How often the supervisor checks that the connection answers: the
+/// longest a connection lost without a word (a network partition) goes
+/// unnoticed is this plus the operation timeout.
+pub(crate) const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// The longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+static TRACKING: Lazy<Runtime> = Lazy::new(|| {
+    Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("smache-tracking")
+        .enable_all()
+        .build()
+        .expect("smache: cannot start its tracking runtime thread")
+});
+
+/// The layer's tracking connection, kept up by a supervisor task while
+/// this lives.
+pub(crate) struct Tracking {
+    layer: Arc<Layer>,
+    shared: Arc<Shared>,
+    _stop: DropGuard,
+}
+
+/// What the supervisor and the readers share.
+struct Shared {
+    /// The connection readers use: only ever one with tracking on.
+    current: Mutex<Option<MultiplexedConnection>>,
+    /// Which connection is current (the push handler of an older one
+    /// must not suspend the layer when it goes).
+    generation: AtomicU64,
+}
+
+impl std::fmt::Debug for Tracking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracking")
+            .field("layer", &self.layer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tracking {
+    /// Starts keeping a tracking connection to `client`'s server up for
+    /// `layer`; operations on it are bounded by `timeout`.
+    pub(crate) fn start(client: &Client, layer: Arc<Layer>, timeout: Duration) -> Tracking {
+        let stop = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            current: Mutex::new(None),
+            generation: AtomicU64::new(0),
+        });
+        let supervisor = Supervisor {
+            info: resp3(client.get_connection_info()),
+            layer: Arc::clone(&layer),
+            shared: Arc::clone(&shared),
+            timeout,
+            stop: stop.clone(),
+        };
+        TRACKING.spawn(supervisor.run());
+        Tracking {
+            layer,
+            shared,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    /// The layer this connection keeps coherent.
+    pub(crate) fn layer(&self) -> &Layer {
+        &self.layer
+    }
+
+    /// The connection to read `key` over and the layer's ticket for the
+    /// read, taken together (a reconnection between the two would
+    /// otherwise let a read over the old connection fill the layer);
+    /// `None` while no tracking connection is up.
+    pub(crate) fn begin_read(&self, key: &str) -> Option<(MultiplexedConnection, Ticket)> {
+        let current = lock(&self.shared.current);
+        let conn = current.as_ref()?.clone();
+        Some((conn, self.layer.ticket(key)))
+    }
+}
+
+/// `info` speaking RESP3, the protocol with push messages.
+fn resp3(info: &redis::ConnectionInfo) -> redis::ConnectionInfo {
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    info.clone().set_redis_settings(settings)
+}
+
+struct Supervisor {
+    info: redis::ConnectionInfo,
+    layer: Arc<Layer>,
+    shared: Arc<Shared>,
+    timeout: Duration,
+    stop: CancellationToken,
+}
+
+impl Supervisor {
+    async fn run(self) {
+        let mut backoff = Duration::from_millis(50);
+        let mut warned = false;
+        while !self.stop.is_cancelled() {
+            match self.connect().await {
+                Ok((conn, lost)) => {
+                    backoff = Duration::from_millis(50);
+                    warned = false;
+                    tracing::debug!(
+                        prefix = self.layer.prefix(),
+                        "smache: in-process layer on (tracking connection up)"
+                    );
+                    self.watch(conn, &lost).await;
+                    self.retire();
+                    tracing::debug!(
+                        prefix = self.layer.prefix(),
+                        "smache: in-process layer off until the tracking connection is back"
+                    );
+                }
+                Err(err) => {
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(prefix = self.layer.prefix(), error = %err, "smache: cannot open the in-process layer's tracking connection (it needs Redis 6 or later); values are read from Redis until it opens");
+                    }
+                }
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        self.retire();
+    }
+
+    /// A new connection with tracking on, published to readers, and what
+    /// is notified when it is lost.
+    async fn connect(&self) -> redis::RedisResult<(MultiplexedConnection, Arc<Notify>)> {
+        let generation = self.shared.generation.load(Ordering::SeqCst) + 1;
+        let lost = Arc::new(Notify::new());
+        let handler = Invalidations {
+            layer: Arc::clone(&self.layer),
+            shared: Arc::clone(&self.shared),
+            generation,
+            lost: Arc::clone(&lost),
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_push_sender(move |push: PushInfo| {
+                handler.handle(push);
+                Ok::<(), std::convert::Infallible>(())
+            });
+        let client = Client::open(self.info.clone())?;
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .query_async::<()>(&mut conn)
+            .await?;
+        let mut current = lock(&self.shared.current);
+        self.shared.generation.store(generation, Ordering::SeqCst);
+        *current = Some(conn.clone());
+        self.layer.resume();
+        Ok((conn, lost))
+    }
+
+    /// Returns when the connection is lost, stops answering, or the
+    /// tracking is stopped.
+    async fn watch(&self, mut conn: MultiplexedConnection, lost: &Notify) {
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = lost.notified() => return,
+                () = tokio::time::sleep(HEARTBEAT) => {}
+            }
+            let cmd = redis::cmd("PING");
+            let ping = cmd.query_async::<()>(&mut conn);
+            if !matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(()))) {
+                return;
+            }
+            let (entries, bytes) = self.layer.size();
+            crate::metrics::layer_size(entries, bytes);
+        }
+    }
+
+    /// Withdraws the current connection: readers stop using it and the
+    /// layer is flushed and off.
+    fn retire(&self) {
+        let mut current = lock(&self.shared.current);
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        *current = None;
+        self.layer.suspend();
+    }
+}
+
+/// The push handler of one connection: runs in the connection's driver,
+/// on the tracking runtime, as each push arrives.
+struct Invalidations {
+    layer: Arc<Layer>,
+    shared: Arc<Shared>,
+    generation: u64,
+    lost: Arc<Notify>,
+}
+
+impl Invalidations {
+    fn handle(&self, push: PushInfo) {
+        match push.kind {
+            PushKind::Invalidate => match push.data.first() {
+                Some(Value::Array(keys)) => {
+                    for key in keys {
+                        if let Value::BulkString(key) = key {
+                            self.layer.invalidate(&String::from_utf8_lossy(key));
+                        }
+                    }
+                }
+                // After FLUSHALL / FLUSHDB the server sends a null.
+                _ => self.layer.flush(),
+            },
+            PushKind::Disconnection => {
+                // Invalidations may be missed from now on: off at once,
+                // before the supervisor even hears of it.
+                if self.shared.generation.load(Ordering::SeqCst) == self.generation {
+                    self.layer.suspend();
+                }
+                self.lost.notify_one();
+            }
+            _ => {}
+        }
+    }
+}
