@@ -101,7 +101,7 @@ impl Executor {
                         _,
                     ) => {
                         tracing::debug!(id, collection, %gone, "smache executor: an entity is gone; dropping the value");
-                        match self.store.drop_value(at.slot(base)).await {
+                        match self.store.drop_value(at.slot()).await {
                             Ok(_) => {
                                 self.smache
                                     .inner

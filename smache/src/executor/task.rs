@@ -129,13 +129,7 @@ impl Executor {
         let inner = &self.smache.inner;
         match self
             .store
-            .finish_task(
-                &inner.base,
-                task,
-                value_key,
-                result,
-                inner.settings.task_retention,
-            )
+            .finish_task(task, value_key, result, inner.settings.task_retention)
             .await
         {
             Ok(_) => self.ack(entry).await,

@@ -67,7 +67,7 @@ impl Inner {
     /// [`Sampling::start`](crate::metrics::Sampling::start).
     pub(crate) async fn sample_job_queue(self: std::sync::Arc<Self>) {
         if let crate::store::Store::Redis(store) = &self.store {
-            store.sample_job_queue(&self.base).await;
+            store.sample_job_queue().await;
         }
     }
 }

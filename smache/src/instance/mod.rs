@@ -213,7 +213,7 @@ impl Smache {
         let at = self.locate(key);
         let spec = key.spec();
         runtime::in_tokio(async move {
-            let existed = inner.store.drop_value(at.slot(&inner.base)).await?;
+            let existed = inner.store.drop_value(at.slot()).await?;
             inner.forget_external(spec, &at.key).await;
             Ok(existed)
         })
@@ -260,13 +260,9 @@ impl Smache {
         }
         let inner = Arc::clone(&self.inner);
         let (from, to) = (self.locate(alias), self.locate(target));
-        let named = runtime::in_tokio(async move {
-            inner
-                .store
-                .alias(from.slot(&inner.base), to.slot(&inner.base))
-                .await
-        })
-        .await??;
+        let named =
+            runtime::in_tokio(async move { inner.store.alias(from.slot(), to.slot()).await })
+                .await??;
         match named {
             Some(_) => Ok(()),
             None => Err(Error::AliasCycle {

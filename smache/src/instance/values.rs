@@ -32,10 +32,9 @@ pub(crate) struct Located {
 
 impl Located {
     /// The value's place as the store's methods take it.
-    pub(crate) fn slot<'a>(&'a self, base: &'a str) -> Slot<'a> {
+    pub(crate) fn slot(&self) -> Slot<'_> {
         Slot {
             key: &self.key,
-            base,
             id: &self.id,
             full_args: &self.full_args,
         }

@@ -22,8 +22,8 @@ pub(crate) use self::mongo::MongoValues;
 pub use self::mongo::DEFAULT_VALUES_COLLECTION;
 pub(crate) use self::redis::stream::{JobReader, StreamEntry, StreamJob};
 pub(crate) use self::redis::{
-    task_key, timestamp_key, Abandon, Begin, Changed, Owed, RedisStore, Related, Seen, Start,
-    TaskPhase, TaskState,
+    timestamp_key, Abandon, Begin, Changed, Owed, RedisStore, Related, Seen, Start, TaskPhase,
+    TaskState,
 };
 pub(crate) use self::roster::{Announced, Roll};
 use crate::error::Result;
@@ -63,12 +63,10 @@ pub enum Backend {
     Redis,
 }
 
-/// Where a value lives: its key, the `{prefix}:` base of the graph keys, and
-/// its value id.
+/// Where a value lives: its key and its value id.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Slot<'a> {
     pub(crate) key: &'a str,
-    pub(crate) base: &'a str,
     pub(crate) id: &'a str,
     /// The full arguments when `id` holds only their hash, else "".
     pub(crate) full_args: &'a str,
@@ -153,14 +151,10 @@ impl Store {
     }
 
     /// A receiver woken when the computation of `id` ends in any process.
-    pub(crate) async fn waiter(
-        &self,
-        base: &str,
-        id: &str,
-    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    pub(crate) async fn waiter(&self, id: &str) -> Option<tokio::sync::oneshot::Receiver<()>> {
         match self {
             Store::Memory(_) => None,
-            Store::Redis(store) => store.waiter(base, id).await,
+            Store::Redis(store) => store.waiter(id).await,
         }
     }
 
@@ -179,7 +173,7 @@ impl Store {
     pub(crate) async fn refresh(&self, slot: Slot<'_>, version: u64) -> Result<()> {
         match self {
             Store::Memory(_) => Ok(()),
-            Store::Redis(store) => store.refresh(slot.base, slot.id, version).await,
+            Store::Redis(store) => store.refresh(slot.id, version).await,
         }
     }
 

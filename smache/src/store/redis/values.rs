@@ -69,7 +69,7 @@ impl RedisStore {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.begin.key(slot.key);
         invocation
-            .arg(slot.base)
+            .arg(&self.base)
             .arg(slot.id)
             .arg(slot.full_args)
             .arg(BEGIN_LEASE_MS.max(millis(lease)))
@@ -91,7 +91,7 @@ impl RedisStore {
     pub(crate) async fn release(&self, slot: Slot<'_>, owner: &str) -> Result<()> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.release.key(slot.key);
-        invocation.arg(slot.base).arg(slot.id).arg(owner);
+        invocation.arg(&self.base).arg(slot.id).arg(owner);
         let _: i64 = self
             .bounded("release", invocation.invoke_async(&mut conn))
             .await?;
@@ -111,12 +111,12 @@ impl RedisStore {
 
     /// A receiver woken when the computation of `id` ends in any process;
     /// `None` when notifications are unavailable (callers poll instead).
-    pub(crate) async fn waiter(&self, base: &str, id: &str) -> Option<oneshot::Receiver<()>> {
+    pub(crate) async fn waiter(&self, id: &str) -> Option<oneshot::Receiver<()>> {
         let client = self.client.as_ref()?;
         self.admit().ok()?;
         let mut slot = self.notifier.lock().await;
         if !slot.as_ref().is_some_and(|n| n.is_alive()) {
-            let channel = keys::done(base);
+            let channel = keys::done(&self.base);
             match tokio::time::timeout(self.timeout, Notifier::start(client, &channel)).await {
                 Ok(Ok(notifier)) => *slot = Some(notifier),
                 _ => return None,
@@ -144,7 +144,7 @@ impl RedisStore {
         };
         let mut invocation = self.scripts.store.key(put.slot.key);
         invocation
-            .arg(put.slot.base)
+            .arg(&self.base)
             .arg(put.slot.id)
             .arg(put.data)
             .arg(ttl)
@@ -170,7 +170,7 @@ impl RedisStore {
         let mut invocation = self.scripts.alias.key(alias.key);
         invocation
             .key(target.key)
-            .arg(alias.base)
+            .arg(&self.base)
             .arg(alias.id)
             .arg(target.id)
             .arg(target.full_args);
@@ -187,7 +187,7 @@ impl RedisStore {
     pub(crate) async fn drop_value(&self, slot: Slot<'_>) -> Result<bool> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.drop.key(slot.key);
-        invocation.arg(slot.base).arg(slot.id);
+        invocation.arg(&self.base).arg(slot.id);
         let existed: i64 = self
             .bounded("drop", invocation.invoke_async(&mut conn))
             .await?;
