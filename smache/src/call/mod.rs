@@ -167,7 +167,7 @@ fn embedded_hit<V: DeserializeOwned>(
         return None;
     }
     let key = key.as_ref().ok()?;
-    let data = store.peek(&smache.inner.base, |out| key.write_value_id(out))?;
+    let data = store.peek(|out| key.write_value_id(out))?;
     let value = envelope::decode(&data).and_then(|env| env.value()).ok()?;
     // A computation in progress depends on this value.
     deps::depends_on_key(key);

@@ -42,6 +42,9 @@ impl Expiry<String, Entry> for EntryTtl {
 /// Values in process memory, bounded by total bytes (least recently used
 /// entries are evicted first).
 pub(crate) struct MemoryStore {
+    /// `{prefix}:`, the start of every key of the instance (see
+    /// [`keys`]).
+    pub(super) base: String,
     cache: Cache<String, Entry>,
     /// Aliases: key → the value id it stands for. Few, and never evicted.
     links: Mutex<HashMap<String, String>>,
@@ -65,7 +68,7 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
-    pub(crate) fn new(capacity_bytes: u64) -> Self {
+    pub(crate) fn new(capacity_bytes: u64, prefix: &str) -> Self {
         let cache = Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|key: &String, entry: &Entry| {
@@ -74,17 +77,18 @@ impl MemoryStore {
             .expire_after(EntryTtl)
             .build();
         MemoryStore {
+            base: keys::base(prefix),
             cache,
             links: Mutex::default(),
             linked: AtomicBool::new(false),
         }
     }
 
-    /// The envelope stored under `{base}v:{id}` (the id written by
+    /// The envelope stored under `{prefix}:v:{id}` (the id written by
     /// `write_id`), shared rather than copied: the read of a hit.
     /// `None` when nothing is stored, and when the key is an alias (the
     /// caller then takes the path of [`get`](Self::get), which follows it).
-    pub(crate) fn peek(&self, base: &str, write_id: impl FnOnce(&mut String)) -> Option<Arc<[u8]>> {
+    pub(crate) fn peek(&self, write_id: impl FnOnce(&mut String)) -> Option<Arc<[u8]>> {
         PEEK_KEY.with(|cell| {
             // A re-entrant use (not expected: nothing here calls back) gets
             // a key of its own.
@@ -94,7 +98,7 @@ impl MemoryStore {
                 Ok(key) => key,
                 Err(_) => &mut own,
             };
-            keys::write_value(key, base, write_id);
+            keys::write_value(key, &self.base, write_id);
             if self.linked.load(Ordering::Acquire) && lock(&self.links).contains_key(key.as_str()) {
                 return None;
             }
@@ -167,7 +171,7 @@ mod tests {
 
     #[test]
     fn versions_increase_and_delete_forgets() {
-        let store = MemoryStore::new(1 << 20);
+        let store = MemoryStore::new(1 << 20, "test");
         assert!(matches!(store.get("k"), Lookup::Miss));
         assert_eq!(store.set("k", b"a".to_vec(), None), 1);
         assert_eq!(store.set("k", b"b".to_vec(), None), 2);
@@ -185,7 +189,7 @@ mod tests {
 
     #[test]
     fn entries_expire() {
-        let store = MemoryStore::new(1 << 20);
+        let store = MemoryStore::new(1 << 20, "test");
         store.set("k", b"a".to_vec(), Some(Duration::from_millis(30)));
         assert!(matches!(store.get("k"), Lookup::Hit { .. }));
         std::thread::sleep(Duration::from_millis(80));

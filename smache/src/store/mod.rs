@@ -109,6 +109,33 @@ impl Store {
         }
     }
 
+    /// `{prefix}:`, the start of every key of the instance.
+    fn base(&self) -> &str {
+        match self {
+            Store::Memory(store) => &store.base,
+            Store::Redis(store) => &store.base,
+        }
+    }
+
+    /// The storage key of the value `id`, `{prefix}:v:<id>`.
+    pub(crate) fn value_key(&self, id: &str) -> String {
+        keys::value(self.base(), id)
+    }
+
+    /// The storage key of the value whose id `write_id` writes, built in
+    /// one `String` sized for an id of about `id_len` bytes; with where
+    /// the id starts in it.
+    pub(crate) fn value_key_with(
+        &self,
+        id_len: usize,
+        write_id: impl FnOnce(&mut String),
+    ) -> (String, usize) {
+        let base = self.base();
+        let mut key = String::with_capacity(base.len() + 2 + id_len);
+        let id_at = keys::write_value(&mut key, base, write_id);
+        (key, id_at)
+    }
+
     pub(crate) async fn get(&self, key: &str) -> Result<Lookup> {
         match self {
             Store::Memory(store) => Ok(store.get(key)),
