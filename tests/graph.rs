@@ -148,6 +148,8 @@ async fn a_changed_dependency_makes_the_value_stale_until_recomputed() {
         .hset(smache.storage_key(&key), "t", smache_now_ms())
         .await
         .unwrap();
+    // Written behind smache's back: let Redis's word reach the layer.
+    smache.sync_local_cache().await.unwrap();
 
     let entry = smache.entry(&key).await.unwrap().unwrap();
     assert!(entry.is_stale());
@@ -250,6 +252,7 @@ async fn foreign_data_under_graph_keys_is_replaced_not_fatal() {
     ] {
         let _: () = conn.set(&key, "garbage").await.unwrap();
     }
+    smache.sync_local_cache().await.unwrap();
     assert_eq!(smache.scope(name_of(&user)).await, "Ada");
     assert!(smache
         .is_fresh(&name_of::key(&user).unwrap())

@@ -100,6 +100,33 @@ async fn hits_are_answered_in_process_and_a_write_elsewhere_drops_them() {
 }
 
 #[tokio::test]
+async fn an_instance_reads_its_own_writes_and_sync_local_cache_reads_others() {
+    let prefix = unique("layer-sync");
+    let smache = instance(&redis_url(), &prefix);
+    live(&smache).await;
+    let tag = unique("own");
+    let key = generation::key(&tag).unwrap();
+    let first = smache.scope(generation(&tag)).await;
+    smache.scope(generation(&tag)).await;
+
+    // Its own write: the next read sees it, with no wait.
+    assert!(smache.invalidate(&key).await.unwrap());
+    let second = smache.scope(generation(&tag)).await;
+    assert_eq!(second, format!("{tag}#2"), "not {first}");
+    smache.scope(generation(&tag)).await;
+
+    // A write on another connection, then the barrier: seen at once.
+    let mut conn = redis_connection(&redis_url()).await;
+    redis::cmd("DEL")
+        .arg(smache.storage_key(&key))
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    smache.sync_local_cache().await.unwrap();
+    assert_eq!(smache.scope(generation(&tag)).await, format!("{tag}#3"));
+}
+
+#[tokio::test]
 async fn a_layer_turned_off_answers_from_redis() {
     let smache = Smache::builder()
         .redis_url(redis_url())

@@ -55,7 +55,7 @@ use crate::key::CacheKey;
 pub use crate::retry::Retry;
 use crate::runtime;
 use crate::spec::FnSpec;
-use crate::store::{task_key, RedisStore, Store, TaskPhase, TaskState};
+use crate::store::{RedisStore, Store, TaskPhase, TaskState};
 
 /// The result of `f::submit(..)`: the cached value, or a task computing it.
 #[derive(Debug)]
@@ -143,7 +143,7 @@ impl<V: DeserializeOwned> Task<V> {
             } else {
                 let inner = Arc::clone(&self.smache.inner);
                 let id = value_id.clone();
-                runtime::in_tokio(async move { inner.store.waiter(&inner.base, &id).await }).await?
+                runtime::in_tokio(async move { inner.store.waiter(&id).await }).await?
             };
             let (status, of) = self.smache.task_status(&self.id).await?;
             match status {
@@ -197,7 +197,7 @@ impl Inner {
         if !envelope::is_reference(&state.result) {
             return Ok(state.result.clone());
         }
-        let key = task_key(&self.base, task);
+        let key = self.redis()?.task_key(task);
         match &self.values {
             Some(values) => values.task_value(&key).await?.ok_or_else(|| {
                 Error::Corrupt(format!("the MongoDB copy of task {task}'s value is gone"))
@@ -214,7 +214,7 @@ impl Inner {
         let values = self.values.as_ref().ok_or_else(|| {
             Error::Config("values kept in MongoDB need SmacheBuilder::mongodb".into())
         })?;
-        let key = task_key(&self.base, task);
+        let key = self.redis()?.task_key(task);
         values
             .keep_for_task(&key, envelope, self.settings.task_retention)
             .await?;
@@ -259,7 +259,7 @@ impl Smache {
         let inner = Arc::clone(&self.inner);
         let task = id.to_owned();
         let found = runtime::in_tokio(async move {
-            let Some(found) = inner.redis()?.task(&inner.base, &task).await? else {
+            let Some(found) = inner.redis()?.task(&task).await? else {
                 return Ok(None);
             };
             let result = match found.state {
@@ -314,13 +314,9 @@ impl Smache {
         })?;
         let inner = Arc::clone(&self.inner);
         let (task, callback) = (id.to_owned(), callback.to_owned());
-        let attached = runtime::in_tokio(async move {
-            inner
-                .redis()?
-                .attach(&inner.base, &task, &callback, &args)
-                .await
-        })
-        .await??;
+        let attached =
+            runtime::in_tokio(async move { inner.redis()?.attach(&task, &callback, &args).await })
+                .await??;
         if attached {
             Ok(())
         } else {
@@ -354,11 +350,7 @@ pub async fn submit<M: Mode<R>, R>(
         let fresh = bson::oid::ObjectId::new().to_hex();
         inner
             .redis()?
-            .submit(
-                slot_at.slot(&inner.base),
-                &fresh,
-                inner.settings.task_retention,
-            )
+            .submit(slot_at.slot(), &fresh, inner.settings.task_retention)
             .await
     })
     .await??;

@@ -78,7 +78,7 @@ pub(crate) async fn layer_hits(ctx: &Ctx) -> Result<Vec<Row>> {
             }
             start.elapsed() / BATCH
         };
-        let mut get = || {
+        let get = || {
             let mut raw = raw.clone();
             let raw_key = raw_key.clone();
             async move {

@@ -103,7 +103,7 @@ pub(super) fn store(
     prefix: &str,
 ) -> Result<Store> {
     Ok(match redis {
-        None => Store::Memory(MemoryStore::new(memory_capacity)),
+        None => Store::Memory(MemoryStore::new(memory_capacity, prefix)),
         Some(RedisSource::Url(url)) => {
             let client = redis::Client::open(url.as_str()).map_err(|err| {
                 // The error text never includes the URL itself.

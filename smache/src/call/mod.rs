@@ -166,10 +166,9 @@ fn local_hit<V: DeserializeOwned>(
         return None;
     }
     let key = key.as_ref().ok()?;
-    let base = &smache.inner.base;
     match &smache.inner.store {
         Store::Memory(store) => {
-            let data = store.peek(base, |out| key.write_value_id(out))?;
+            let data = store.peek(|out| key.write_value_id(out))?;
             let value = envelope::decode(&data).and_then(|env| env.value()).ok()?;
             // A computation in progress depends on this value.
             deps::depends_on_key(key);
@@ -177,7 +176,7 @@ fn local_hit<V: DeserializeOwned>(
             Some(value)
         }
         Store::Redis(store) => {
-            let cached = store.peek(base, |out| key.write_value_id(out))?;
+            let cached = store.peek(|out| key.write_value_id(out))?;
             let envelope = envelope::decode(&cached.data).ok()?;
             if envelope.reference {
                 return None;

@@ -257,12 +257,7 @@ impl Call {
     fn refresh_in_background(self: &Arc<Self>, version: u64) {
         let call = Arc::clone(self);
         let refresh = async move {
-            if let Err(err) = call
-                .inner
-                .store
-                .refresh(call.at.slot(&call.inner.base), version)
-                .await
-            {
+            if let Err(err) = call.inner.store.refresh(call.at.slot(), version).await {
                 tracing::debug!(key = %call.at.key, error = %err, "smache: could not queue the refresh of an expired value");
             }
         };
@@ -283,7 +278,7 @@ impl Call {
         recorded: &'a Recorded,
     ) -> Put<'a> {
         Put {
-            slot: self.at.slot(&self.inner.base),
+            slot: self.at.slot(),
             data,
             ttl: self.ttl,
             started,

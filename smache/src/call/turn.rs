@@ -28,12 +28,12 @@ impl Call {
         let static_deps = keys::static_deps(&self.key);
         loop {
             // Registered before asking, so a notification cannot slip by.
-            let waiter = self.inner.store.waiter(&self.inner.base, &self.at.id).await;
+            let waiter = self.inner.store.waiter(&self.at.id).await;
             let begun = self
                 .inner
                 .store
                 .begin(
-                    self.at.slot(&self.inner.base),
+                    self.at.slot(),
                     &static_deps,
                     &owner,
                     self.inner.settings.compute_lease,
@@ -173,11 +173,7 @@ impl Call {
                 if let (Outcome::Unreachable | Outcome::TooLarge, Some(owner)) = (outcome, &owner) {
                     // Nothing was stored (MongoDB failed while Redis may be
                     // fine, or the value is too large): let waiters go.
-                    let _ = self
-                        .inner
-                        .store
-                        .release(self.at.slot(&self.inner.base), owner)
-                        .await;
+                    let _ = self.inner.store.release(self.at.slot(), owner).await;
                 }
                 let landing = match outcome {
                     Outcome::Stored => self.landing(shared, version),
@@ -191,12 +187,7 @@ impl Call {
             }
             (Some(_), None) => {
                 if let Some(owner) = owner {
-                    if let Err(err) = self
-                        .inner
-                        .store
-                        .release(self.at.slot(&self.inner.base), &owner)
-                        .await
-                    {
+                    if let Err(err) = self.inner.store.release(self.at.slot(), &owner).await {
                         self.inner.store_failed(&err);
                     }
                 }
@@ -239,7 +230,7 @@ impl Drop for LeaseKeeper {
         }
         if let Some((call, owner)) = self.release.take() {
             runtime::spawn(async move {
-                let slot = call.at.slot(&call.inner.base);
+                let slot = call.at.slot();
                 if let Err(err) = call.inner.store.release(slot, &owner).await {
                     call.inner.store_failed(&err);
                 }

@@ -11,7 +11,7 @@ impl Executor {
     /// the job is acknowledged: a failing callback is logged, not retried.
     pub(super) async fn callback(&self, entry: &str, name: &str, task: &str, args: String) {
         let Some(handler) = self.smache.inner.callbacks.get(name).cloned() else {
-            if let Ok(None) = self.store.task(&self.smache.inner.base, task).await {
+            if let Ok(None) = self.store.task(task).await {
                 tracing::warn!(
                     callback = name,
                     task,
@@ -34,7 +34,7 @@ impl Executor {
                 )
                 .await;
         };
-        let state = match self.store.task(&self.smache.inner.base, task).await {
+        let state = match self.store.task(task).await {
             Ok(Some(state)) => state,
             Ok(None) => {
                 tracing::warn!(

@@ -37,10 +37,9 @@ pub(super) async fn consume(smache: Smache, stop: CancellationToken) -> Result<(
     let heartbeat = tokio::spawn(executor.clone().keep_claimed(Arc::clone(&held)));
     let _sampling =
         crate::metrics::Sampling::start(Arc::clone(&executor.smache.inner).sample_job_queue());
-    let base = executor.smache.inner.base.clone();
     loop {
         if conn.is_none() {
-            conn = match executor.store.job_reader(&base, &executor.consumer).await {
+            conn = match executor.store.job_reader(&executor.consumer).await {
                 Ok(Some(conn)) => Some(conn),
                 Ok(None) => {
                     heartbeat.abort();
@@ -173,8 +172,7 @@ impl Executor {
             if ids.is_empty() {
                 continue;
             }
-            let base = &self.smache.inner.base;
-            match self.store.renew_claims(base, &self.consumer, &ids).await {
+            match self.store.renew_claims(&self.consumer, &ids).await {
                 Ok(()) | Err(Error::Unavailable) => {}
                 Err(err) => {
                     tracing::debug!(error = %err, "smache executor: cannot renew the claim on running jobs");
@@ -186,7 +184,7 @@ impl Executor {
     /// Acknowledges a job that is done for good; if Redis cannot be told,
     /// it runs again.
     pub(super) async fn ack(&self, entry: &str) {
-        match self.store.ack(&self.smache.inner.base, entry).await {
+        match self.store.ack(entry).await {
             // Redis is known to be down (the store logged it).
             Ok(()) | Err(Error::Unavailable) => {}
             Err(err) => {
@@ -204,10 +202,9 @@ impl Executor {
 
     /// [`give_up`](Self::give_up), undoing `abandon` in the same step.
     pub(super) async fn give_up_undoing(&self, entry: &str, reason: &str, abandon: Abandon<'_>) {
-        let base = &self.smache.inner.base;
         match self
             .store
-            .dead_letter(base, entry, reason, &self.consumer, abandon)
+            .dead_letter(entry, reason, &self.consumer, abandon)
             .await
         {
             Ok(true) => crate::metrics::dead_lettered(),
@@ -234,12 +231,7 @@ impl Executor {
             .collect();
         let announced = self
             .store
-            .announce(
-                &self.smache.inner.base,
-                self.orphan_timeout,
-                &heads,
-                &callbacks,
-            )
+            .announce(self.orphan_timeout, &heads, &callbacks)
             .await;
         if let Err(err) = announced {
             tracing::debug!(error = %err, "smache executor: cannot announce its functions");

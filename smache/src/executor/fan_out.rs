@@ -23,11 +23,7 @@ impl Executor {
                  stale without a recompute each, and recomputed when next read"
             );
         }
-        match self
-            .store
-            .fan_out(&self.smache.inner.base, token, cursor, entry, lazy)
-            .await
-        {
+        match self.store.fan_out(token, cursor, entry, lazy).await {
             Ok(queued) => {
                 // Acknowledged by the script itself.
                 tracing::debug!(token, cursor, queued, "smache executor: fanned out a chunk");

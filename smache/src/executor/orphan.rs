@@ -34,10 +34,7 @@ impl Executor {
     /// When the job `entry`, for `field` of `{prefix}:fns` (a function head
     /// or a callback's field) that this process lacks, is given up.
     pub(super) async fn absence(&self, entry: &str, field: &str) -> Result<Absence> {
-        let last = self
-            .store
-            .last_announced(&self.smache.inner.base, field)
-            .await?;
+        let last = self.store.last_announced(field).await?;
         Ok(Absence {
             now_ms: last.now_ms,
             announced_ms: last.announced_ms,

@@ -10,14 +10,13 @@ use super::{Executor, MIN_RECOMPUTE_INTERVAL};
 use crate::instance::Located;
 use crate::key::{split_value_id, Job, JobError};
 use crate::registry;
-use crate::store::{keys, Abandon, Outcome, Start, StreamJob};
+use crate::store::{Abandon, Outcome, Start, StreamJob};
 
 impl Executor {
     /// Runs one job; acknowledges it when it is done for good.
     pub(super) async fn process(&self, entry: &str, id: &str) {
-        let base = &self.smache.inner.base;
         let at = Located {
-            key: keys::value(base, id),
+            key: self.smache.inner.store.value_key(id),
             id: id.to_owned(),
             full_args: String::new(),
         };
@@ -101,7 +100,7 @@ impl Executor {
                         _,
                     ) => {
                         tracing::debug!(id, collection, %gone, "smache executor: an entity is gone; dropping the value");
-                        match self.store.drop_value(at.slot(base)).await {
+                        match self.store.drop_value(at.slot()).await {
                             Ok(_) => {
                                 self.smache
                                     .inner

@@ -16,7 +16,6 @@ impl Executor {
     /// its collection, map it (as it is now, and as it was before the
     /// change when that is known) to entity ids and refresh their values.
     pub(super) async fn relate(&self, entry: &str, change: &RelatedChange<'_>) {
-        let base = &self.smache.inner.base;
         let RelatedChange {
             collection, doc, ..
         } = *change;
@@ -39,7 +38,7 @@ impl Executor {
             }
             None => None,
         };
-        let heads = match self.store.related_functions(base, collection).await {
+        let heads = match self.store.related_functions(collection).await {
             Ok(heads) => heads,
             Err(err) => {
                 tracing::warn!(error = %err, "smache executor: redis unavailable; job left for retry");
@@ -124,7 +123,7 @@ impl Executor {
                     now: &now,
                     before: earlier.as_deref(),
                 };
-                match self.store.relate(base, head, &related).await {
+                match self.store.relate(head, &related).await {
                     Ok(Some(_)) => {}
                     Ok(None) => {
                         unknown_earlier_targets(head, collection, &source);
@@ -159,9 +158,7 @@ impl Executor {
     /// each is recomputed by its next reader (a recompute of every value
     /// of a function on each such change could swamp the executors).
     async fn stale_function(&self, head: &str) -> Result<()> {
-        self.store
-            .mark_function_stale(&self.smache.inner.base, head)
-            .await?;
+        self.store.mark_function_stale(head).await?;
         Ok(())
     }
 }

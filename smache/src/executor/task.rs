@@ -8,14 +8,13 @@ use super::Executor;
 use crate::instance::Located;
 use crate::key::{split_value_id, Job, JobError};
 use crate::registry;
-use crate::store::{keys, Abandon, StreamJob};
+use crate::store::{Abandon, StreamJob};
 
 impl Executor {
     /// Computes the value of a submitted task, with retries, and finishes
     /// the task with its value or its error.
     pub(super) async fn process_task(&self, entry: &str, id: &str, task: &str, full_args: String) {
-        let base = &self.smache.inner.base;
-        let key = keys::value(base, id);
+        let key = self.smache.inner.store.value_key(id);
         let Some((head, id_args)) = split_value_id(id) else {
             tracing::warn!(id, task, "smache executor: malformed task; failed");
             let failed = Err(format!("malformed value id {id:?}"));
@@ -129,13 +128,7 @@ impl Executor {
         let inner = &self.smache.inner;
         match self
             .store
-            .finish_task(
-                &inner.base,
-                task,
-                value_key,
-                result,
-                inner.settings.task_retention,
-            )
+            .finish_task(task, value_key, result, inner.settings.task_retention)
             .await
         {
             Ok(_) => self.ack(entry).await,

@@ -116,16 +116,15 @@ impl Smache {
         let Store::Redis(store) = &self.inner.store else {
             return Err(Error::Config("inspect needs the Redis store".into()));
         };
-        let base = &self.inner.base;
-        let stream = keys::jobs(base);
-        let dead_stream = keys::dead(base);
+        let stream = store.jobs_stream_key();
+        let dead_stream = store.dead_stream_key();
         let now_ms = store.clock_ms().await?;
         let age = |entry: &str| Duration::from_millis(now_ms.saturating_sub(entry_ms(entry)));
 
-        let announced: HashMap<String, u64> = store.announced(base).await.unwrap_or_default();
+        let announced: HashMap<String, u64> = store.announced().await.unwrap_or_default();
         // The executors' orphan timeout, as they published it; else ours.
         let orphan_timeout = store
-            .published_orphan_timeout(base)
+            .published_orphan_timeout()
             .await
             .ok()
             .flatten()
@@ -144,7 +143,7 @@ impl Smache {
         loop {
             // No stream or no group yet: nothing is held.
             let page = store
-                .held_jobs(base, from.as_deref(), 1000)
+                .held_jobs(from.as_deref(), 1000)
                 .await
                 .unwrap_or_default();
             for held in &page {
@@ -167,7 +166,7 @@ impl Smache {
         let mut truncated = false;
         loop {
             let page = store
-                .queued_jobs(base, from.as_deref(), 1000)
+                .queued_jobs(from.as_deref(), 1000)
                 .await
                 .unwrap_or_default();
             for StreamEntry { id: entry, job } in &page {
@@ -219,10 +218,10 @@ impl Smache {
             .collect();
         groups.sort_by(|a, b| b.queued.cmp(&a.queued).then_with(|| a.what.cmp(&b.what)));
 
-        let queued = store.job_queue_length(base).await.unwrap_or(0);
-        let dead = store.dead_letter_count(base).await.unwrap_or(0);
+        let queued = store.job_queue_length().await.unwrap_or(0);
+        let dead = store.dead_letter_count().await.unwrap_or(0);
         let latest = store
-            .latest_dead_letters(base, RECENT_DEAD_LETTERS)
+            .latest_dead_letters(RECENT_DEAD_LETTERS)
             .await
             .unwrap_or_default();
         let workers = self.live_workers().await?;

@@ -65,7 +65,7 @@ impl Smache {
             truncated: false,
             now_ms: 0,
         };
-        walk.run(store, &self.inner.base, &start).await?;
+        walk.run(store, &start).await?;
         Ok(GraphReport {
             start,
             options,
@@ -98,7 +98,7 @@ struct Walk {
 }
 
 impl Walk {
-    async fn run(&mut self, store: &RedisStore, base: &str, start: &GraphStart) -> Result<()> {
+    async fn run(&mut self, store: &RedisStore, start: &GraphStart) -> Result<()> {
         let root = start.token();
         self.meet(&root, 0);
         let mut frontier = Vec::new();
@@ -117,7 +117,7 @@ impl Walk {
                 }
             }
             if !unread.is_empty() {
-                let (now_ms, reads) = store.read_graph(base, &unread, self.options.limit).await?;
+                let (now_ms, reads) = store.read_graph(&unread, self.options.limit).await?;
                 self.now_ms = now_ms;
                 for (token, read) in unread.into_iter().zip(reads) {
                     self.settle(&token, &read);

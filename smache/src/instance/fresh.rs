@@ -134,12 +134,11 @@ impl Smache {
             let Store::Redis(store) = &inner.store else {
                 return Ok(false);
             };
-            let keys = crate::store::keys::WorkerKeys::new(&inner.base);
             let written = crate::store::timestamp_key(write);
             let mut pause = Pause::new();
             // Every change up to the write has been turned into jobs…
             let newest = loop {
-                let (reached, newest) = store.worker_progress(&keys).await?;
+                let (reached, newest) = store.worker_progress().await?;
                 if reached.is_some_and(|reached| reached >= written) {
                     break newest;
                 }
@@ -149,7 +148,7 @@ impl Smache {
             };
             // …and the relation jobs among them have run.
             if let Some(newest) = newest {
-                while store.relations_pending(&inner.base, &newest).await? {
+                while store.relations_pending(&newest).await? {
                     if !pause.until(deadline).await {
                         return Ok(false);
                     }

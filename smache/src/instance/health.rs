@@ -67,7 +67,7 @@ impl Inner {
     /// [`Sampling::start`](crate::metrics::Sampling::start).
     pub(crate) async fn sample_job_queue(self: std::sync::Arc<Self>) {
         if let crate::store::Store::Redis(store) = &self.store {
-            store.sample_job_queue(&self.base).await;
+            store.sample_job_queue().await;
         }
     }
 }
@@ -110,5 +110,32 @@ impl crate::Smache {
             capacity: layer.capacity(),
             live: layer.is_live(),
         })
+    }
+
+    /// Waits until every change Redis reported to this process before the
+    /// call has reached the in-process layer. A write by this process is
+    /// seen by its next read at once; one by another process reaches the
+    /// layer within milliseconds. When that process tells you it wrote
+    /// (a message, a reply), call this first to read its write for sure.
+    /// Returns at once without a layer, or while it is off (it serves
+    /// nothing then).
+    ///
+    /// ```no_run
+    /// # async fn run(smache: smache::Smache) -> Result<(), smache::Error> {
+    /// // Another process said it refreshed a value: read its write.
+    /// smache.sync_local_cache().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Redis`](crate::Error::Redis) or
+    /// [`Error::Timeout`](crate::Error::Timeout) when Redis does not
+    /// answer within the operation timeout.
+    pub async fn sync_local_cache(&self) -> crate::Result<()> {
+        match &self.inner.store {
+            crate::store::Store::Redis(store) => store.sync_layer().await,
+            crate::store::Store::Memory(_) => Ok(()),
+        }
     }
 }

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::runtime;
 use crate::spec::ValueStore;
-use crate::store::{keys, Backend, MongoValues, Store};
+use crate::store::{Backend, MongoValues, Store};
 
 pub use self::fresh::EntryInfo;
 use self::health::Health;
@@ -55,8 +55,6 @@ pub struct Smache {
 pub(crate) struct Inner {
     /// The key prefix (the Redis hash tag).
     pub(crate) prefix: String,
-    /// `{prefix}:`, the start of every key.
-    pub(crate) base: String,
     /// Where values, the graph and the jobs live.
     pub(crate) store: Store,
     /// The settings, as the builder resolved them.
@@ -110,7 +108,6 @@ impl Smache {
             .map(|db| MongoValues::new(db.collection(&values_collection)));
         Smache {
             inner: Arc::new(Inner {
-                base: crate::store::keys::base(&prefix),
                 prefix,
                 store,
                 settings,
@@ -183,15 +180,16 @@ impl Smache {
     /// ```
     #[must_use]
     pub fn storage_key(&self, key: &CacheKey) -> String {
-        crate::store::keys::value(&self.inner.base, &key.value_id())
+        self.inner.store.value_key(&key.value_id())
     }
 
     /// Where the value of `key` lives in this instance: its storage key,
     /// value id, and the full arguments of a hashed key (for executors).
     pub(crate) fn locate(&self, key: &CacheKey) -> Located {
-        let base = &self.inner.base;
-        let mut storage_key = String::with_capacity(base.len() + 2 + key.args().len() + 48);
-        let id_at = keys::write_value(&mut storage_key, base, |out| key.write_value_id(out));
+        let (storage_key, id_at) = self
+            .inner
+            .store
+            .value_key_with(key.args().len() + 48, |out| key.write_value_id(out));
         let id = storage_key[id_at..].to_owned();
         Located {
             key: storage_key,
@@ -214,7 +212,7 @@ impl Smache {
         let at = self.locate(key);
         let spec = key.spec();
         runtime::in_tokio(async move {
-            let existed = inner.store.drop_value(at.slot(&inner.base)).await?;
+            let existed = inner.store.drop_value(at.slot()).await?;
             inner.forget_external(spec, &at.key).await;
             Ok(existed)
         })
@@ -261,13 +259,9 @@ impl Smache {
         }
         let inner = Arc::clone(&self.inner);
         let (from, to) = (self.locate(alias), self.locate(target));
-        let named = runtime::in_tokio(async move {
-            inner
-                .store
-                .alias(from.slot(&inner.base), to.slot(&inner.base))
-                .await
-        })
-        .await??;
+        let named =
+            runtime::in_tokio(async move { inner.store.alias(from.slot(), to.slot()).await })
+                .await??;
         match named {
             Some(_) => Ok(()),
             None => Err(Error::AliasCycle {

@@ -13,7 +13,7 @@ use crate::envelope;
 use crate::error::Result;
 use crate::spec::{FnSpec, Refresh, ValueStore};
 use crate::store::Outcome;
-use crate::store::{keys, Backend, Lookup, Put, Slot};
+use crate::store::{Backend, Lookup, Put, Slot};
 
 /// MongoDB documents hold at most 16 MiB; leave room for the fields.
 const MONGO_MAX_VALUE_SIZE: usize = 16 * 1024 * 1024 - 64 * 1024;
@@ -32,10 +32,9 @@ pub(crate) struct Located {
 
 impl Located {
     /// The value's place as the store's methods take it.
-    pub(crate) fn slot<'a>(&'a self, base: &'a str) -> Slot<'a> {
+    pub(crate) fn slot(&self) -> Slot<'_> {
         Slot {
             key: &self.key,
-            base,
             id: &self.id,
             full_args: &self.full_args,
         }
@@ -86,7 +85,7 @@ impl Inner {
         match self.store.get(&at.key).await {
             Ok(Lookup::Alias { target, full_args }) => {
                 let target = Located {
-                    key: keys::value(&self.base, &target),
+                    key: self.store.value_key(&target),
                     id: target,
                     full_args,
                 };
@@ -105,7 +104,7 @@ impl Inner {
     /// for reports of a value, not for a call (see [`lookup`](Self::lookup)).
     pub(super) async fn stored(&self, storage_key: &str) -> Result<Lookup> {
         match self.store.get(storage_key).await? {
-            Lookup::Alias { target, .. } => self.store.get(&keys::value(&self.base, &target)).await,
+            Lookup::Alias { target, .. } => self.store.get(&self.store.value_key(&target)).await,
             lookup => Ok(lookup),
         }
     }

@@ -242,8 +242,8 @@ pub struct OtherPrefix {
 }
 
 /// The other prefixes with live workers, and whether every key was seen.
-async fn elsewhere(store: &RedisStore, base: &str) -> (Vec<OtherPrefix>, bool) {
-    match store.other_rolls(base).await {
+async fn elsewhere(store: &RedisStore) -> (Vec<OtherPrefix>, bool) {
+    match store.other_rolls().await {
         Ok((others, complete)) => {
             let others = others
                 .into_iter()

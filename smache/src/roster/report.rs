@@ -58,18 +58,17 @@ impl Smache {
         let Store::Redis(store) = &self.inner.store else {
             return Err(Error::Config("inspect needs the Redis store".into()));
         };
-        let base = &self.inner.base;
-        let mut roll = store.roll(base).await?;
+        let mut roll = store.roll().await?;
         let depended_on = std::mem::take(&mut roll.collections);
         let workers = workers_of(roll);
         let (elsewhere, searched_every_key) = if workers.is_empty() {
-            elsewhere(store, base).await
+            elsewhere(store).await
         } else {
             (Vec::new(), true)
         };
         Ok(WorkersReport {
             prefix: self.inner.prefix.clone(),
-            key: crate::store::keys::workers(base),
+            key: store.workers_key(),
             workers,
             depended_on,
             elsewhere,
@@ -82,7 +81,7 @@ impl Smache {
         let Store::Redis(store) = &self.inner.store else {
             return Ok(Vec::new());
         };
-        Ok(workers_of(store.roll(&self.inner.base).await?))
+        Ok(workers_of(store.roll().await?))
     }
 }
 

@@ -50,7 +50,7 @@ async fn check(inner: Weak<Inner>) {
             inner.watchdog.next_ms.store(at, Ordering::Relaxed);
         };
         let expected = inner.mongo.as_ref().map(|db| db.name().to_owned());
-        let workers = match store.roll(&inner.base).await {
+        let workers = match store.roll().await {
             Ok(roll) => workers_of(roll),
             Err(err) => {
                 // Redis unreachable is the store's to log; look again
@@ -81,7 +81,7 @@ async fn check(inner: Weak<Inner>) {
             }
             Step::Missing => {}
             Step::Warn(missing) => {
-                let (others, complete) = elsewhere(store, &inner.base).await;
+                let (others, complete) = elsewhere(store).await;
                 let message = missing_worker(
                     &inner.prefix,
                     expected.as_deref(),

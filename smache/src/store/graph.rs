@@ -116,7 +116,6 @@ impl RedisStore {
     /// members of each set; the Redis clock (ms) and what was read.
     pub(crate) async fn read_graph(
         &self,
-        base: &str,
         tokens: &[String],
         limit: usize,
     ) -> Result<(u64, Vec<TokenRead>)> {
@@ -124,8 +123,8 @@ impl RedisStore {
         let mut now_ms = 0;
         let mut out = Vec::with_capacity(tokens.len());
         for batch in tokens.chunks(BATCH) {
-            let mut invocation = GRAPH.key(super::keys::jobs(base));
-            invocation.arg(base).arg(limit).arg(batch);
+            let mut invocation = GRAPH.key(super::keys::jobs(&self.base));
+            invocation.arg(&self.base).arg(limit).arg(batch);
             let (now, entries): (u64, Vec<EntryReply>) = self
                 .bounded("graph", invocation.invoke_async(&mut conn))
                 .await?;

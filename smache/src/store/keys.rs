@@ -150,7 +150,6 @@ pub(crate) fn glob_escape(literal: &str) -> String {
 /// The Redis keys the worker uses.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerKeys {
-    pub(crate) base: String,
     /// The change stream's resume token.
     pub(crate) token: String,
     /// Which worker watches (expires unless renewed).
@@ -168,7 +167,6 @@ pub(crate) struct WorkerKeys {
 impl WorkerKeys {
     pub(crate) fn new(base: &str) -> Self {
         WorkerKeys {
-            base: base.to_owned(),
             token: format!("{base}w:token"),
             lease: worker_lease(base),
             fence: format!("{base}w:fence"),

@@ -41,6 +41,9 @@ impl Expiry<String, Entry> for EntryTtl {
 /// Values in process memory, bounded by total bytes (least recently used
 /// entries are evicted first).
 pub(crate) struct MemoryStore {
+    /// `{prefix}:`, the start of every key of the instance (see
+    /// [`keys`]).
+    pub(super) base: String,
     cache: Cache<String, Entry>,
     /// Aliases: key → the value id it stands for. Few, and never evicted.
     links: Mutex<HashMap<String, String>>,
@@ -58,7 +61,7 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
-    pub(crate) fn new(capacity_bytes: u64) -> Self {
+    pub(crate) fn new(capacity_bytes: u64, prefix: &str) -> Self {
         let cache = Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|key: &String, entry: &Entry| {
@@ -67,18 +70,19 @@ impl MemoryStore {
             .expire_after(EntryTtl)
             .build();
         MemoryStore {
+            base: keys::base(prefix),
             cache,
             links: Mutex::default(),
             linked: AtomicBool::new(false),
         }
     }
 
-    /// The envelope stored under `{base}v:{id}` (the id written by
+    /// The envelope stored under `{prefix}:v:{id}` (the id written by
     /// `write_id`), shared rather than copied: the read of a hit.
     /// `None` when nothing is stored, and when the key is an alias (the
     /// caller then takes the path of [`get`](Self::get), which follows it).
-    pub(crate) fn peek(&self, base: &str, write_id: impl FnOnce(&mut String)) -> Option<Arc<[u8]>> {
-        keys::with_value_key(base, write_id, |key| {
+    pub(crate) fn peek(&self, write_id: impl FnOnce(&mut String)) -> Option<Arc<[u8]>> {
+        keys::with_value_key(&self.base, write_id, |key| {
             if self.linked.load(Ordering::Acquire) && lock(&self.links).contains_key(key) {
                 return None;
             }
@@ -151,7 +155,7 @@ mod tests {
 
     #[test]
     fn versions_increase_and_delete_forgets() {
-        let store = MemoryStore::new(1 << 20);
+        let store = MemoryStore::new(1 << 20, "test");
         assert!(matches!(store.get("k"), Lookup::Miss));
         assert_eq!(store.set("k", b"a".to_vec(), None), 1);
         assert_eq!(store.set("k", b"b".to_vec(), None), 2);
@@ -169,7 +173,7 @@ mod tests {
 
     #[test]
     fn entries_expire() {
-        let store = MemoryStore::new(1 << 20);
+        let store = MemoryStore::new(1 << 20, "test");
         store.set("k", b"a".to_vec(), Some(Duration::from_millis(30)));
         assert!(matches!(store.get("k"), Lookup::Hit { .. }));
         std::thread::sleep(Duration::from_millis(80));

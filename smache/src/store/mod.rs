@@ -23,8 +23,8 @@ pub(crate) use self::mongo::MongoValues;
 pub use self::mongo::DEFAULT_VALUES_COLLECTION;
 pub(crate) use self::redis::stream::{JobReader, StreamEntry, StreamJob};
 pub(crate) use self::redis::{
-    task_key, timestamp_key, Abandon, Begin, Changed, Owed, RedisStore, Related, Seen, Start,
-    TaskPhase, TaskState,
+    timestamp_key, Abandon, Begin, Changed, Owed, RedisStore, Related, Seen, Start, TaskPhase,
+    TaskState,
 };
 pub(crate) use self::roster::{Announced, Roll};
 use crate::error::Result;
@@ -64,12 +64,10 @@ pub enum Backend {
     Redis,
 }
 
-/// Where a value lives: its key, the `{prefix}:` base of the graph keys, and
-/// its value id.
+/// Where a value lives: its key and its value id.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Slot<'a> {
     pub(crate) key: &'a str,
-    pub(crate) base: &'a str,
     pub(crate) id: &'a str,
     /// The full arguments when `id` holds only their hash, else "".
     pub(crate) full_args: &'a str,
@@ -110,6 +108,33 @@ impl Store {
             Store::Memory(_) => Backend::Embedded,
             Store::Redis(_) => Backend::Redis,
         }
+    }
+
+    /// `{prefix}:`, the start of every key of the instance.
+    fn base(&self) -> &str {
+        match self {
+            Store::Memory(store) => &store.base,
+            Store::Redis(store) => &store.base,
+        }
+    }
+
+    /// The storage key of the value `id`, `{prefix}:v:<id>`.
+    pub(crate) fn value_key(&self, id: &str) -> String {
+        keys::value(self.base(), id)
+    }
+
+    /// The storage key of the value whose id `write_id` writes, built in
+    /// one `String` sized for an id of about `id_len` bytes; with where
+    /// the id starts in it.
+    pub(crate) fn value_key_with(
+        &self,
+        id_len: usize,
+        write_id: impl FnOnce(&mut String),
+    ) -> (String, usize) {
+        let base = self.base();
+        let mut key = String::with_capacity(base.len() + 2 + id_len);
+        let id_at = keys::write_value(&mut key, base, write_id);
+        (key, id_at)
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Lookup> {
@@ -154,14 +179,10 @@ impl Store {
     }
 
     /// A receiver woken when the computation of `id` ends in any process.
-    pub(crate) async fn waiter(
-        &self,
-        base: &str,
-        id: &str,
-    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    pub(crate) async fn waiter(&self, id: &str) -> Option<tokio::sync::oneshot::Receiver<()>> {
         match self {
             Store::Memory(_) => None,
-            Store::Redis(store) => store.waiter(base, id).await,
+            Store::Redis(store) => store.waiter(id).await,
         }
     }
 
@@ -180,7 +201,7 @@ impl Store {
     pub(crate) async fn refresh(&self, slot: Slot<'_>, version: u64) -> Result<()> {
         match self {
             Store::Memory(_) => Ok(()),
-            Store::Redis(store) => store.refresh(slot.base, slot.id, version).await,
+            Store::Redis(store) => store.refresh(slot.id, version).await,
         }
     }
 

@@ -28,6 +28,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
 use super::breaker::{Breaker, Gate, Probe};
+use super::keys::{self, WorkerKeys};
 use super::layer::Layer;
 use super::notify::Notifier;
 use crate::error::{Error, Result};
@@ -41,12 +42,17 @@ mod watch;
 
 pub(crate) use self::jobs::{Abandon, Start};
 pub(crate) use self::signal::Related;
-pub(crate) use self::tasks::{task_key, TaskPhase, TaskState};
+pub(crate) use self::tasks::{TaskPhase, TaskState};
 use self::tracking::Tracking;
 pub(crate) use self::values::Begin;
 pub(crate) use self::watch::{timestamp_key, Changed, Owed, Seen};
 
 pub(crate) struct RedisStore {
+    /// `{prefix}:`, the start of every key of the instance (see
+    /// [`keys`]); the scripts are given it to build the graph's keys.
+    pub(super) base: String,
+    /// The worker's keys, from `base`.
+    worker: WorkerKeys,
     client: Option<Client>,
     manager: OnceCell<ConnectionManager>,
     breaker: Arc<Breaker>,
@@ -143,7 +149,10 @@ impl RedisStore {
         timeout: Duration,
         prefix: &str,
     ) -> Self {
+        let base = keys::base(prefix);
         RedisStore {
+            worker: WorkerKeys::new(&base),
+            base,
             client,
             manager,
             breaker: Arc::new(Breaker::new(prefix)),

@@ -45,15 +45,9 @@ pub(crate) struct Roll {
 
 impl RedisStore {
     /// A worker's heartbeat: stores its record, alive for `lives`.
-    pub(crate) async fn heartbeat(
-        &self,
-        base: &str,
-        id: &str,
-        record: &str,
-        lives: Duration,
-    ) -> Result<()> {
+    pub(crate) async fn heartbeat(&self, id: &str, record: &str, lives: Duration) -> Result<()> {
         let mut conn = self.connection().await?;
-        let mut invocation = HEARTBEAT.key(super::keys::workers(base));
+        let mut invocation = HEARTBEAT.key(self.workers_key());
         invocation
             .arg(id)
             .arg(record)
@@ -65,16 +59,26 @@ impl RedisStore {
     }
 
     /// A worker that stops takes its record away.
-    pub(crate) async fn retire(&self, base: &str, id: &str) -> Result<()> {
+    pub(crate) async fn retire(&self, id: &str) -> Result<()> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("HDEL");
-        cmd.arg(super::keys::workers(base)).arg(id);
+        cmd.arg(self.workers_key()).arg(id);
         let _: i64 = self.bounded("retire", cmd.query_async(&mut conn)).await?;
         Ok(())
     }
 
+    /// The key of the workers' records, `{prefix}:workers`.
+    pub(crate) fn workers_key(&self) -> String {
+        super::keys::workers(&self.base)
+    }
+
+    /// The live workers of this store's prefix.
+    pub(crate) async fn roll(&self) -> Result<Roll> {
+        self.roll_of(&self.base).await
+    }
+
     /// The live workers of the prefix whose keys start with `base`.
-    pub(crate) async fn roll(&self, base: &str) -> Result<Roll> {
+    async fn roll_of(&self, base: &str) -> Result<Roll> {
         let mut conn = self.connection().await?;
         let mut pipe = redis::pipe();
         // Foreign data under a key reads as nothing there.
@@ -109,10 +113,10 @@ impl RedisStore {
         })
     }
 
-    /// The other prefixes (than the one of `base`) with live workers, each
+    /// The other prefixes (than this store's) with live workers, each
     /// with what is known of them, looking through at most
     /// [`MAX_KEYS_SEARCHED`] keys; and whether that covered every key.
-    pub(crate) async fn other_rolls(&self, base: &str) -> Result<(Vec<(String, Roll)>, bool)> {
+    pub(crate) async fn other_rolls(&self) -> Result<(Vec<(String, Roll)>, bool)> {
         let mut conn = self.connection().await?;
         let (mut cursor, mut searched, mut found) = (0_u64, 0_usize, Vec::new());
         loop {
@@ -142,11 +146,11 @@ impl RedisStore {
             else {
                 continue;
             };
-            let other = format!("{{{prefix}}}:");
-            if other == base {
+            let other = super::keys::base(prefix);
+            if other == self.base {
                 continue;
             }
-            let roll = self.roll(&other).await?;
+            let roll = self.roll_of(&other).await?;
             if !roll.workers.is_empty() {
                 others.push((prefix.to_owned(), roll));
             }

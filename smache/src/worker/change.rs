@@ -86,11 +86,7 @@ impl Worker<'_> {
     /// documents that some value depends on.
     async fn collection_tokens(&self, coll: &str) -> Result<Vec<String>> {
         let mut tokens = vec![format!("c:{coll}")];
-        tokens.extend(
-            self.store
-                .dependant_documents(&self.keys.base, coll)
-                .await?,
-        );
+        tokens.extend(self.store.dependant_documents(coll).await?);
         Ok(tokens)
     }
 }

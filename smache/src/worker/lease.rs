@@ -15,11 +15,7 @@ impl Worker<'_> {
             if futures::FutureExt::now_or_never(shutdown.clone()).is_some() {
                 break;
             }
-            match self
-                .store
-                .lease(&self.keys, &self.id, self.options.lease)
-                .await
-            {
+            match self.store.lease(&self.id, self.options.lease).await {
                 Ok(Some(fence)) => {
                     self.announce().await;
                     if !leader {
@@ -76,11 +72,7 @@ impl Worker<'_> {
     /// worker still holds it with fencing token `fence`, else why the
     /// watch ends.
     pub(super) async fn keep_lease(&self, fence: u64) -> crate::error::Result<Option<Ended>> {
-        match self
-            .store
-            .lease(&self.keys, &self.id, self.options.lease)
-            .await?
-        {
+        match self.store.lease(&self.id, self.options.lease).await? {
             None => Ok(Some(Ended::LeaseLost)),
             Some(now) if now != fence => {
                 // Taken anew, not renewed: Redis lost the lease.
@@ -98,9 +90,7 @@ impl Worker<'_> {
 
     /// Stores the settings the scripts read (`{prefix}:config`).
     pub(super) async fn publish_config(&self) -> crate::error::Result<()> {
-        self.store
-            .publish_max_fanout(&self.keys.base, self.options.max_fanout)
-            .await
+        self.store.publish_max_fanout(self.options.max_fanout).await
     }
 
     /// Tells applications and `inspect` this worker is alive, what it
@@ -109,11 +99,7 @@ impl Worker<'_> {
     pub(super) async fn announce(&self) {
         let record = self.presence.record();
         let lives = self.options.lease * 2;
-        if let Err(err) = self
-            .store
-            .heartbeat(&self.keys.base, &self.id, &record, lives)
-            .await
-        {
+        if let Err(err) = self.store.heartbeat(&self.id, &record, lives).await {
             tracing::debug!(error = %err, "smache worker: cannot announce itself");
         }
     }
@@ -121,10 +107,10 @@ impl Worker<'_> {
     /// Withdraws the announcement and gives up the lease, if this worker
     /// still holds it; either expires by itself should Redis not answer.
     async fn release(&self) {
-        if let Err(err) = self.store.retire(&self.keys.base, &self.id).await {
+        if let Err(err) = self.store.retire(&self.id).await {
             tracing::debug!(error = %err, "smache worker: cannot withdraw its announcement; it will expire");
         }
-        if let Err(err) = self.store.resign(&self.keys, &self.id).await {
+        if let Err(err) = self.store.resign(&self.id).await {
             tracing::debug!(error = %err, "smache worker: could not release the lease; it will expire");
         }
     }

@@ -54,7 +54,6 @@ use mongodb::change_stream::event::ResumeToken;
 use crate::error::{Error, Result};
 use crate::instance::Smache;
 use crate::roster::Presence;
-use crate::store::keys::WorkerKeys;
 use crate::store::{RedisStore, Store};
 
 /// The default of [`WorkerOptions::max_fanout`].
@@ -212,9 +211,7 @@ pub async fn readiness(smache: &Smache) -> Result<Readiness> {
     let Store::Redis(store) = &smache.inner.store else {
         return Err(Error::Config("the worker needs the Redis store".into()));
     };
-    let state = store
-        .watch_state(&WorkerKeys::new(&smache.inner.base))
-        .await?;
+    let state = store.watch_state().await?;
     Ok(Readiness {
         watcher: state.watcher,
         position_saved: state.position_saved,
@@ -250,7 +247,6 @@ pub async fn run_until(
         store,
         presence: Presence::new(db.name()),
         db,
-        keys: WorkerKeys::new(&smache.inner.base),
         id: format!(
             "{}-{}",
             std::process::id(),
@@ -271,7 +267,6 @@ struct Worker<'a> {
     db: mongodb::Database,
     /// What it announces about itself (`{prefix}:workers`).
     presence: Presence,
-    keys: WorkerKeys,
     id: String,
     options: WorkerOptions,
     /// The last position this worker saved, should Redis lose it.

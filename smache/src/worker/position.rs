@@ -14,7 +14,7 @@ use crate::store::{timestamp_key, Owed};
 impl Worker<'_> {
     /// The saved position, which this worker now takes for its own.
     pub(super) async fn saved_token(&mut self) -> Result<Option<ResumeToken>> {
-        let bytes = self.store.saved_position(&self.keys).await?;
+        let bytes = self.store.saved_position().await?;
         self.position.clone_from(&bytes);
         if bytes.is_empty() {
             return Ok(None);
@@ -67,15 +67,12 @@ impl Worker<'_> {
     /// Records that everything must be marked stale, and why, and drops
     /// the token, in one step, so whichever worker watches next does it.
     async fn owe_stale_marking(&self, why: Owed) -> Result<()> {
-        self.store.owe_stale_marking(&self.keys, why).await
+        self.store.owe_stale_marking(why).await
     }
 
     /// Marks every value stale, queueing their recomputes.
     pub(super) async fn mark_everything_stale(&self, why: Unseen) -> Result<()> {
-        let (values, queued) = self
-            .store
-            .mark_matching_stale(&self.keys.base, "*", false)
-            .await?;
+        let (values, queued) = self.store.mark_matching_stale("*", false).await?;
         match why {
             // The documented first start: no cause for alarm.
             Unseen::BeforeStart => tracing::info!(

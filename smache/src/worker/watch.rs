@@ -47,12 +47,12 @@ impl Worker<'_> {
             Changed::Moved => return Ok(self.moved()),
         }
         self.last_token.clone_from(&saved);
-        if let Some(why) = self.store.stale_marking_owed(&self.keys).await? {
+        if let Some(why) = self.store.stale_marking_owed().await? {
             // The new stream starts now and its position is saved: mark
             // everything stale, so no change in the lost gap stays unseen.
             // The marker goes only once that is done.
             self.mark_everything_stale(why.into()).await?;
-            self.store.stale_marking_done(&self.keys).await?;
+            self.store.stale_marking_done().await?;
         }
         let mut renewed = Instant::now();
         loop {
@@ -66,7 +66,7 @@ impl Worker<'_> {
                 // An idle stream records nothing: check the saved position
                 // here, so a Redis that lost it (or went back to an older
                 // one) gets this worker's again without waiting for a change.
-                if self.store.saved_position(&self.keys).await? != self.position {
+                if self.store.saved_position().await? != self.position {
                     return Ok(self.moved());
                 }
                 // Again with each renewal: a Redis that came back empty
@@ -165,10 +165,7 @@ impl Worker<'_> {
             before: change.and_then(|change| change.before.as_deref()),
             tokens: change.map_or(&[], |change| &change.tokens),
         };
-        let recorded = self
-            .store
-            .changed(&self.keys, &self.id, &self.position, &seen)
-            .await?;
+        let recorded = self.store.changed(&self.id, &self.position, &seen).await?;
         if let Changed::Queued(queued) = recorded {
             if let Some(change) = change {
                 crate::metrics::change_handled(change.time, queued);

@@ -37,16 +37,15 @@ impl RedisStore {
     /// false if it was gone already or another executor holds it now.
     pub(crate) async fn dead_letter(
         &self,
-        base: &str,
         entry: &str,
         reason: &str,
         consumer: &str,
         abandon: Abandon<'_>,
     ) -> Result<bool> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.dead.key(keys::jobs(base));
+        let mut invocation = self.scripts.dead.key(keys::jobs(&self.base));
         invocation
-            .key(keys::dead(base))
+            .key(keys::dead(&self.base))
             .arg(entry)
             .arg(keys::GROUP)
             .arg(reason)
@@ -55,7 +54,7 @@ impl RedisStore {
         match abandon {
             Abandon::Nothing => {}
             Abandon::Recompute { id } => {
-                invocation.arg(base).arg(id).arg("").arg(0);
+                invocation.arg(&self.base).arg(id).arg("").arg(0);
             }
             Abandon::Task {
                 id,
@@ -63,7 +62,7 @@ impl RedisStore {
                 retention,
             } => {
                 invocation
-                    .arg(base)
+                    .arg(&self.base)
                     .arg(id)
                     .arg(task)
                     .arg(millis(retention).max(1));
@@ -77,10 +76,10 @@ impl RedisStore {
 
     /// Whether a relation job queued at or before stream entry `upto` is
     /// still in the stream (waiting, or held by an executor).
-    pub(crate) async fn relations_pending(&self, base: &str, upto: &str) -> Result<bool> {
+    pub(crate) async fn relations_pending(&self, upto: &str) -> Result<bool> {
         const PAGE: usize = 500;
         let mut conn = self.connection().await?;
-        let jobs = keys::jobs(base);
+        let jobs = keys::jobs(&self.base);
         let mut from = "-".to_owned();
         loop {
             let mut cmd = redis::cmd("XRANGE");
@@ -100,19 +99,19 @@ impl RedisStore {
 
     /// How many entries the job stream holds: waiting, and held by
     /// executors (acknowledged jobs are deleted); 0 when it does not exist.
-    pub(crate) async fn job_queue_length(&self, base: &str) -> Result<u64> {
+    pub(crate) async fn job_queue_length(&self) -> Result<u64> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("XLEN");
-        cmd.arg(keys::jobs(base));
+        cmd.arg(keys::jobs(&self.base));
         self.bounded("xlen", cmd.query_async(&mut conn)).await
     }
 
     /// Samples the job stream's length into the metrics every
     /// [`QUEUE_SAMPLE_EVERY`](crate::metrics::QUEUE_SAMPLE_EVERY), until
     /// dropped (see [`Sampling`](crate::metrics::Sampling)).
-    pub(crate) async fn sample_job_queue(&self, base: &str) {
+    pub(crate) async fn sample_job_queue(&self) {
         loop {
-            match self.job_queue_length(base).await {
+            match self.job_queue_length().await {
                 Ok(length) => crate::metrics::job_queue_length(length),
                 Err(err) => {
                     tracing::debug!(error = %err, "smache: cannot sample the job queue's length");

@@ -42,13 +42,9 @@ impl RedisStore {
     /// The dependency tokens of the documents of `collection` that some
     /// value depends on (`e:<collection>:<id key>`), found by a scan of
     /// the reverse edges.
-    pub(crate) async fn dependant_documents(
-        &self,
-        base: &str,
-        collection: &str,
-    ) -> Result<Vec<String>> {
-        let prefix = keys::dependants_prefix(base);
-        let pattern = keys::document_dependants_pattern(base, collection);
+    pub(crate) async fn dependant_documents(&self, collection: &str) -> Result<Vec<String>> {
+        let prefix = keys::dependants_prefix(&self.base);
+        let pattern = keys::document_dependants_pattern(&self.base, collection);
         Ok(self
             .scan(&pattern)
             .await?
@@ -62,11 +58,10 @@ impl RedisStore {
     /// time; how many values, and how many jobs queued.
     pub(crate) async fn mark_matching_stale(
         &self,
-        base: &str,
         id_glob: &str,
         lazy: bool,
     ) -> Result<(usize, u64)> {
-        let prefix = keys::value_prefix(base);
+        let prefix = keys::value_prefix(&self.base);
         let pattern = format!("{prefix}{id_glob}");
         let mut conn = self.connection().await?;
         let (mut cursor, mut values, mut queued) = (0, 0, 0);
@@ -78,7 +73,7 @@ impl RedisStore {
                 .collect();
             values += ids.len();
             for chunk in ids.chunks(500) {
-                queued += self.mark_stale(base, chunk, lazy).await?;
+                queued += self.mark_stale(chunk, lazy).await?;
             }
             if next == 0 {
                 return Ok((values, queued));
@@ -89,11 +84,11 @@ impl RedisStore {
 
     /// Signals every value in `ids` as changed (`lazy`: marks them stale
     /// with no recompute coming).
-    pub(crate) async fn mark_stale(&self, base: &str, ids: &[String], lazy: bool) -> Result<u64> {
+    pub(crate) async fn mark_stale(&self, ids: &[String], lazy: bool) -> Result<u64> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.stale.key(keys::jobs(base));
+        let mut invocation = self.scripts.stale.key(keys::jobs(&self.base));
         invocation
-            .arg(base)
+            .arg(&self.base)
             .arg(if lazy { "1" } else { "0" })
             .arg(ids);
         self.bounded("stale", invocation.invoke_async(&mut conn))
@@ -103,16 +98,11 @@ impl RedisStore {
     /// Refreshes the values of `head` that a related document maps to now
     /// and mapped to before its change; `None` when what it mapped to
     /// before is unknown (neither given nor recorded).
-    pub(crate) async fn relate(
-        &self,
-        base: &str,
-        head: &str,
-        related: &Related<'_>,
-    ) -> Result<Option<u64>> {
+    pub(crate) async fn relate(&self, head: &str, related: &Related<'_>) -> Result<Option<u64>> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.relate.key(keys::jobs(base));
+        let mut invocation = self.scripts.relate.key(keys::jobs(&self.base));
         invocation
-            .arg(base)
+            .arg(&self.base)
             .arg(head)
             .arg(related.source)
             .arg(related.target)
@@ -132,16 +122,15 @@ impl RedisStore {
     /// jobs queued.
     pub(crate) async fn fan_out(
         &self,
-        base: &str,
         token: &str,
         cursor: &str,
         entry: &str,
         lazy: bool,
     ) -> Result<u64> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.fanout.key(keys::jobs(base));
+        let mut invocation = self.scripts.fanout.key(keys::jobs(&self.base));
         invocation
-            .arg(base)
+            .arg(&self.base)
             .arg(token)
             .arg(cursor)
             .arg(entry)
@@ -153,10 +142,10 @@ impl RedisStore {
 
     /// Queues a background refresh of a value past its time-to-live,
     /// found as `version` (see `lua/refresh.lua`).
-    pub(crate) async fn refresh(&self, base: &str, id: &str, version: u64) -> Result<()> {
+    pub(crate) async fn refresh(&self, id: &str, version: u64) -> Result<()> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.refresh.key(keys::jobs(base));
-        invocation.arg(base).arg(id).arg(version);
+        let mut invocation = self.scripts.refresh.key(keys::jobs(&self.base));
+        invocation.arg(&self.base).arg(id).arg(version);
         let _: i64 = self
             .bounded("refresh", invocation.invoke_async(&mut conn))
             .await?;

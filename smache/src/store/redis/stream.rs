@@ -238,28 +238,23 @@ impl JobReader {
 }
 
 impl RedisStore {
-    /// A connection of its own to the jobs stream of `base`, reading as
+    /// A connection of its own to the jobs stream, reading as
     /// `consumer`; `None` when the store was built from a connection
     /// manager and knows no URL.
-    pub(crate) async fn job_reader(&self, base: &str, consumer: &str) -> Result<Option<JobReader>> {
+    pub(crate) async fn job_reader(&self, consumer: &str) -> Result<Option<JobReader>> {
         Ok(self.dedicated().await?.map(|conn| JobReader {
             conn,
-            stream: keys::jobs(base),
+            stream: keys::jobs(&self.base),
             consumer: consumer.to_owned(),
         }))
     }
 
     /// Claims the jobs `entries` for `consumer` again, so that they do not
     /// look abandoned to other executors.
-    pub(crate) async fn renew_claims(
-        &self,
-        base: &str,
-        consumer: &str,
-        entries: &[String],
-    ) -> Result<()> {
+    pub(crate) async fn renew_claims(&self, consumer: &str, entries: &[String]) -> Result<()> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(keys::jobs(base))
+        cmd.arg(keys::jobs(&self.base))
             .arg(GROUP)
             .arg(consumer)
             .arg(0)
@@ -270,9 +265,9 @@ impl RedisStore {
     }
 
     /// Acknowledges the job `entry` and deletes it from the stream.
-    pub(crate) async fn ack(&self, base: &str, entry: &str) -> Result<()> {
+    pub(crate) async fn ack(&self, entry: &str) -> Result<()> {
         let mut conn = self.connection().await?;
-        let stream = keys::jobs(base);
+        let stream = keys::jobs(&self.base);
         let mut pipe = redis::pipe();
         pipe.cmd("XACK")
             .arg(&stream)
@@ -291,7 +286,6 @@ impl RedisStore {
     /// publishes its orphan timeout (in `{prefix}:config`).
     pub(crate) async fn announce(
         &self,
-        base: &str,
         orphan_timeout: Duration,
         heads: &[&str],
         callbacks: &[&str],
@@ -300,12 +294,12 @@ impl RedisStore {
         let mut conn = self.connection().await?;
         let mut pipe = redis::pipe();
         pipe.cmd("HSET")
-            .arg(keys::config(base))
+            .arg(keys::config(&self.base))
             .arg(ORPHAN_TIMEOUT_FIELD)
             .arg(millis(orphan_timeout))
             .ignore();
         if !heads.is_empty() || !callbacks.is_empty() {
-            let cmd = pipe.cmd("HSET").arg(keys::functions(base));
+            let cmd = pipe.cmd("HSET").arg(keys::functions(&self.base));
             for head in heads {
                 cmd.arg(head).arg(now);
             }
@@ -319,12 +313,12 @@ impl RedisStore {
 
     /// Now, and when an executor last announced `field` of `{prefix}:fns`
     /// (a function head, or [`keys::callback_field`]).
-    pub(crate) async fn last_announced(&self, base: &str, field: &str) -> Result<LastAnnounced> {
+    pub(crate) async fn last_announced(&self, field: &str) -> Result<LastAnnounced> {
         let mut conn = self.connection().await?;
         let mut pipe = redis::pipe();
         pipe.cmd("TIME")
             .cmd("HGET")
-            .arg(keys::functions(base))
+            .arg(keys::functions(&self.base))
             .arg(field);
         let ((seconds, micros), announced): ((u64, u64), Option<String>) = self
             .bounded("announced", pipe.query_async(&mut conn))
@@ -345,21 +339,17 @@ impl RedisStore {
     }
 
     /// The functions (heads) with `relations(...)` on `collection`.
-    pub(crate) async fn related_functions(
-        &self,
-        base: &str,
-        collection: &str,
-    ) -> Result<Vec<String>> {
+    pub(crate) async fn related_functions(&self, collection: &str) -> Result<Vec<String>> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("SMEMBERS");
-        cmd.arg(keys::relations(base, collection));
+        cmd.arg(keys::relations(&self.base, collection));
         self.bounded("relations", cmd.query_async(&mut conn)).await
     }
 
     /// Marks every value of the function `head` stale, with no recompute
     /// coming; how many values, and how many jobs queued.
-    pub(crate) async fn mark_function_stale(&self, base: &str, head: &str) -> Result<(usize, u64)> {
-        self.mark_matching_stale(base, &keys::function_values(head), true)
+    pub(crate) async fn mark_function_stale(&self, head: &str) -> Result<(usize, u64)> {
+        self.mark_matching_stale(&keys::function_values(head), true)
             .await
     }
 }

@@ -19,7 +19,7 @@ impl RedisStore {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.submit.key(slot.key);
         invocation
-            .arg(slot.base)
+            .arg(&self.base)
             .arg(slot.id)
             .arg(slot.full_args)
             .arg(task)
@@ -31,15 +31,14 @@ impl RedisStore {
     /// Finishes a pending task; `false` if it was not pending.
     pub(crate) async fn finish_task(
         &self,
-        base: &str,
         task: &str,
         value_key: &str,
         result: &std::result::Result<Vec<u8>, String>,
         retention: Duration,
     ) -> Result<bool> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.finish.key(task_key(base, task));
-        invocation.key(value_key).arg(base).arg(task);
+        let mut invocation = self.scripts.finish.key(self.task_key(task));
+        invocation.key(value_key).arg(&self.base).arg(task);
         match result {
             Ok(data) => invocation.arg("d").arg(data.as_slice()),
             Err(message) => invocation.arg("f").arg(message.as_str()),
@@ -52,27 +51,27 @@ impl RedisStore {
     }
 
     /// Attaches a callback to a task; `false` if the task is unknown.
-    pub(crate) async fn attach(
-        &self,
-        base: &str,
-        task: &str,
-        callback: &str,
-        args: &str,
-    ) -> Result<bool> {
+    pub(crate) async fn attach(&self, task: &str, callback: &str, args: &str) -> Result<bool> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.attach.key(task_key(base, task));
-        invocation.arg(base).arg(task).arg(callback).arg(args);
+        let mut invocation = self.scripts.attach.key(self.task_key(task));
+        invocation.arg(&self.base).arg(task).arg(callback).arg(args);
         let attached: i64 = self
             .bounded("attach", invocation.invoke_async(&mut conn))
             .await?;
         Ok(attached == 1)
     }
 
+    /// The key of a task's record (see `lua/common.lua`), which also
+    /// names the MongoDB copy of a task's value kept there.
+    pub(crate) fn task_key(&self, task: &str) -> String {
+        keys::task(&self.base, task)
+    }
+
     /// A task's state; `None` if it is unknown.
-    pub(crate) async fn task(&self, base: &str, task: &str) -> Result<Option<TaskState>> {
+    pub(crate) async fn task(&self, task: &str) -> Result<Option<TaskState>> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(task_key(base, task)).arg("s").arg("r").arg("v");
+        cmd.arg(self.task_key(task)).arg("s").arg("r").arg("v");
         match self
             .bounded("task", cmd.query_async::<[Option<Vec<u8>>; 3]>(&mut conn))
             .await
@@ -101,11 +100,6 @@ impl RedisStore {
             Err(err) => Err(err),
         }
     }
-}
-
-/// The key of a task's record (see `lua/common.lua`).
-pub(crate) fn task_key(base: &str, task: &str) -> String {
-    keys::task(base, task)
 }
 
 /// What is recorded about a task.

@@ -102,6 +102,28 @@ impl Tracking {
         &self.layer
     }
 
+    /// Returns once every invalidation pushed before now has been applied:
+    /// a `PING` on the tracking connection, answered after the pushes
+    /// Redis queued before it, which the connection hands to the push
+    /// handler, in order, before the reply. Nothing to wait for while no
+    /// connection is up: the layer serves nothing then.
+    pub(crate) async fn barrier(&self, timeout: Duration) -> crate::Result<()> {
+        let Some(mut conn) = lock(&self.shared.current).clone() else {
+            return Ok(());
+        };
+        let cmd = redis::cmd("PING");
+        match tokio::time::timeout(timeout, cmd.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => Ok(()),
+            // The connection went: the layer was flushed with it.
+            Ok(Err(_)) if !self.layer.is_live() => Ok(()),
+            Ok(Err(err)) => Err(crate::Error::Redis(err)),
+            Err(_) => Err(crate::Error::Timeout {
+                op: "sync_local_cache",
+                timeout,
+            }),
+        }
+    }
+
     /// The connection to read `key` over and the layer's ticket for the
     /// read, taken together (a reconnection between the two would
     /// otherwise let a read over the old connection fill the layer);

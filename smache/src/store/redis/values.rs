@@ -99,12 +99,12 @@ impl RedisStore {
             .await
     }
 
-    /// The value under `{base}v:{id}` (the id written by `write_id`) in
-    /// the in-process layer, if it may be served from there: the read of
-    /// a hit, with no round trip. `None` sends the caller to Redis.
-    pub(crate) fn peek(&self, base: &str, write_id: impl FnOnce(&mut String)) -> Option<Cached> {
+    /// The value of id `write_id` writes in the in-process layer, if it
+    /// may be served from there: the read of a hit, with no round trip.
+    /// `None` sends the caller to Redis.
+    pub(crate) fn peek(&self, write_id: impl FnOnce(&mut String)) -> Option<Cached> {
         let layer = self.layer()?;
-        let cached = keys::with_value_key(base, write_id, |key| layer.get(key));
+        let cached = keys::with_value_key(&self.base, write_id, |key| layer.get(key));
         if cached.is_none() {
             crate::metrics::layer(crate::metrics::LayerEvent::Missed);
         }
@@ -122,7 +122,7 @@ impl RedisStore {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.begin.key(slot.key);
         invocation
-            .arg(slot.base)
+            .arg(&self.base)
             .arg(slot.id)
             .arg(slot.full_args)
             .arg(BEGIN_LEASE_MS.max(millis(lease)))
@@ -144,7 +144,7 @@ impl RedisStore {
     pub(crate) async fn release(&self, slot: Slot<'_>, owner: &str) -> Result<()> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.release.key(slot.key);
-        invocation.arg(slot.base).arg(slot.id).arg(owner);
+        invocation.arg(&self.base).arg(slot.id).arg(owner);
         let _: i64 = self
             .bounded("release", invocation.invoke_async(&mut conn))
             .await?;
@@ -164,12 +164,12 @@ impl RedisStore {
 
     /// A receiver woken when the computation of `id` ends in any process;
     /// `None` when notifications are unavailable (callers poll instead).
-    pub(crate) async fn waiter(&self, base: &str, id: &str) -> Option<oneshot::Receiver<()>> {
+    pub(crate) async fn waiter(&self, id: &str) -> Option<oneshot::Receiver<()>> {
         let client = self.client.as_ref()?;
         self.admit().ok()?;
         let mut slot = self.notifier.lock().await;
         if !slot.as_ref().is_some_and(|n| n.is_alive()) {
-            let channel = keys::done(base);
+            let channel = keys::done(&self.base);
             match tokio::time::timeout(self.timeout, Notifier::start(client, &channel)).await {
                 Ok(Ok(notifier)) => *slot = Some(notifier),
                 _ => return None,
@@ -197,7 +197,7 @@ impl RedisStore {
         };
         let mut invocation = self.scripts.store.key(put.slot.key);
         invocation
-            .arg(put.slot.base)
+            .arg(&self.base)
             .arg(put.slot.id)
             .arg(put.data)
             .arg(ttl)
@@ -211,10 +211,11 @@ impl RedisStore {
             invocation.arg(id).arg(mark);
         }
         invocation.arg(put.deps);
-        let version: i64 = self
-            .bounded("store", invocation.invoke_async(&mut conn))
-            .await?;
-        Ok(u64::try_from(version).ok())
+        let version = self
+            .bounded("store", invocation.invoke_async::<i64>(&mut conn))
+            .await;
+        self.forget(put.slot.key);
+        Ok(u64::try_from(version?).ok())
     }
 
     /// Makes `alias` stand for `target`; `None` for a cycle.
@@ -223,14 +224,15 @@ impl RedisStore {
         let mut invocation = self.scripts.alias.key(alias.key);
         invocation
             .key(target.key)
-            .arg(alias.base)
+            .arg(&self.base)
             .arg(alias.id)
             .arg(target.id)
             .arg(target.full_args);
-        match self
+        let named = self
             .bounded("alias", invocation.invoke_async::<String>(&mut conn))
-            .await
-        {
+            .await;
+        self.forget(alias.key);
+        match named {
             Ok(named) => Ok(Some(named)),
             Err(Error::Redis(err)) if err.to_string().contains("cycle") => Ok(None),
             Err(err) => Err(err),
@@ -240,11 +242,31 @@ impl RedisStore {
     pub(crate) async fn drop_value(&self, slot: Slot<'_>) -> Result<bool> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.drop.key(slot.key);
-        invocation.arg(slot.base).arg(slot.id);
-        let existed: i64 = self
-            .bounded("drop", invocation.invoke_async(&mut conn))
-            .await?;
-        Ok(existed > 0)
+        invocation.arg(&self.base).arg(slot.id);
+        let existed = self
+            .bounded("drop", invocation.invoke_async::<i64>(&mut conn))
+            .await;
+        self.forget(slot.key);
+        Ok(existed? > 0)
+    }
+
+    /// This process wrote the value under `key` (or may have: the write
+    /// failed or timed out): drop it from the in-process layer at once,
+    /// so that this process reads its own writes. Other processes hear of
+    /// it from Redis.
+    fn forget(&self, key: &str) {
+        if let Some(layer) = self.layer() {
+            layer.invalidate(key);
+        }
+    }
+
+    /// Returns once every invalidation Redis sent this process before now
+    /// has been applied to the in-process layer (at once without one).
+    pub(crate) async fn sync_layer(&self) -> Result<()> {
+        match &self.tracking {
+            Some(tracking) => tracking.barrier(self.timeout).await,
+            None => Ok(()),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The worker's state in Redis: the watcher lease and its fencing
 //! counter, the saved position in the change stream (and its cluster
 //! time), the stale-marking owed, the settings the watcher publishes, and
-//! recording a change with its jobs. Key names: [`WorkerKeys`].
+//! recording a change with its jobs. Key names: [`WorkerKeys`](keys::WorkerKeys).
 
 use std::time::Duration;
 
@@ -9,21 +9,16 @@ use redis::streams::StreamRangeReply;
 
 use super::RedisStore;
 use crate::error::Result;
-use crate::store::keys::{self, WorkerKeys};
+use crate::store::keys;
 
 impl RedisStore {
     /// Takes or renews the watcher lease; the fencing token, or `None` if
     /// another worker holds it.
-    pub(crate) async fn lease(
-        &self,
-        keys: &WorkerKeys,
-        worker: &str,
-        ttl: Duration,
-    ) -> Result<Option<u64>> {
+    pub(crate) async fn lease(&self, worker: &str, ttl: Duration) -> Result<Option<u64>> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.lease.key(&keys.lease);
+        let mut invocation = self.scripts.lease.key(&self.worker.lease);
         invocation
-            .key(&keys.fence)
+            .key(&self.worker.fence)
             .arg(worker)
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         let fence: u64 = self
@@ -34,9 +29,9 @@ impl RedisStore {
 
     /// A worker that stops gives up the watcher lease, if it still holds
     /// it (`lua/resign.lua`); whether it did.
-    pub(crate) async fn resign(&self, keys: &WorkerKeys, worker: &str) -> Result<bool> {
+    pub(crate) async fn resign(&self, worker: &str) -> Result<bool> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.resign.key(&keys.lease);
+        let mut invocation = self.scripts.resign.key(&self.worker.lease);
         invocation.arg(worker);
         let resigned: i64 = self
             .bounded("resign", invocation.invoke_async(&mut conn))
@@ -48,17 +43,16 @@ impl RedisStore {
     /// saves its position, if the saved token is `expected` (empty: none).
     pub(crate) async fn changed(
         &self,
-        keys: &WorkerKeys,
         worker: &str,
         expected: &[u8],
         seen: &Seen<'_>,
     ) -> Result<Changed> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.change.key(&keys.token);
+        let mut invocation = self.scripts.change.key(&self.worker.token);
         invocation
-            .key(&keys.lease)
-            .key(&keys.time)
-            .arg(&keys.base)
+            .key(&self.worker.lease)
+            .key(&self.worker.time)
+            .arg(&self.base)
             .arg(worker)
             .arg(seen.resume)
             .arg(expected)
@@ -78,10 +72,10 @@ impl RedisStore {
 
     /// The saved position in the change stream: the encoded resume token
     /// (empty: none is saved).
-    pub(crate) async fn saved_position(&self, keys: &WorkerKeys) -> Result<Vec<u8>> {
+    pub(crate) async fn saved_position(&self) -> Result<Vec<u8>> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("GET");
-        cmd.arg(&keys.token);
+        cmd.arg(&self.worker.token);
         let bytes: Option<Vec<u8>> = self
             .bounded("saved_position", cmd.query_async(&mut conn))
             .await?;
@@ -93,16 +87,13 @@ impl RedisStore {
     /// entry id of the newest job in the stream, if any; read together, so
     /// that every job queued for the changes up to that time is at or
     /// before that entry.
-    pub(crate) async fn worker_progress(
-        &self,
-        keys: &WorkerKeys,
-    ) -> Result<(Option<u64>, Option<String>)> {
+    pub(crate) async fn worker_progress(&self) -> Result<(Option<u64>, Option<String>)> {
         let mut conn = self.connection().await?;
         let mut pipe = redis::pipe();
         pipe.cmd("GET")
-            .arg(&keys.time)
+            .arg(&self.worker.time)
             .cmd("XREVRANGE")
-            .arg(keys::jobs(&keys.base))
+            .arg(keys::jobs(&self.base))
             .arg("+")
             .arg("-")
             .arg("COUNT")
@@ -116,15 +107,15 @@ impl RedisStore {
 
     /// Who watches, whether a position is saved and whether a
     /// stale-marking is owed, read together.
-    pub(crate) async fn watch_state(&self, keys: &WorkerKeys) -> Result<WatchState> {
+    pub(crate) async fn watch_state(&self) -> Result<WatchState> {
         let mut conn = self.connection().await?;
         let mut pipe = redis::pipe();
         pipe.cmd("GET")
-            .arg(&keys.lease)
+            .arg(&self.worker.lease)
             .cmd("EXISTS")
-            .arg(&keys.token)
+            .arg(&self.worker.token)
             .cmd("EXISTS")
-            .arg(&keys.lost);
+            .arg(&self.worker.lost);
         let (watcher, position_saved, stale_marking_owed): (Option<String>, bool, bool) = self
             .bounded("watch_state", pipe.query_async(&mut conn))
             .await?;
@@ -138,26 +129,26 @@ impl RedisStore {
     /// Records that every value must be marked stale, and why, and drops
     /// the saved position, in one step (`MULTI`), so whichever worker
     /// watches next does it.
-    pub(crate) async fn owe_stale_marking(&self, keys: &WorkerKeys, why: Owed) -> Result<()> {
+    pub(crate) async fn owe_stale_marking(&self, why: Owed) -> Result<()> {
         let mut conn = self.connection().await?;
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("SET")
-            .arg(&keys.lost)
+            .arg(&self.worker.lost)
             .arg(why.marker())
             .ignore()
             .cmd("DEL")
-            .arg(&keys.token)
+            .arg(&self.worker.token)
             .ignore();
         self.bounded("owe_stale_marking", pipe.query_async(&mut conn))
             .await
     }
 
     /// Why marking every value stale is owed, if it is.
-    pub(crate) async fn stale_marking_owed(&self, keys: &WorkerKeys) -> Result<Option<Owed>> {
+    pub(crate) async fn stale_marking_owed(&self) -> Result<Option<Owed>> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("GET");
-        cmd.arg(&keys.lost);
+        cmd.arg(&self.worker.lost);
         let marker: Option<String> = self
             .bounded("stale_marking_owed", cmd.query_async(&mut conn))
             .await?;
@@ -165,10 +156,10 @@ impl RedisStore {
     }
 
     /// The stale-marking owed is done: clears the marker.
-    pub(crate) async fn stale_marking_done(&self, keys: &WorkerKeys) -> Result<()> {
+    pub(crate) async fn stale_marking_done(&self) -> Result<()> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("DEL");
-        cmd.arg(&keys.lost);
+        cmd.arg(&self.worker.lost);
         let _: i64 = self
             .bounded("stale_marking_done", cmd.query_async(&mut conn))
             .await?;
@@ -178,10 +169,10 @@ impl RedisStore {
     /// Stores the most values one change recomputes eagerly, which every
     /// script that signals dependants reads (`{prefix}:config`
     /// `max_fanout`).
-    pub(crate) async fn publish_max_fanout(&self, base: &str, max_fanout: u64) -> Result<()> {
+    pub(crate) async fn publish_max_fanout(&self, max_fanout: u64) -> Result<()> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("HSET");
-        cmd.arg(keys::config(base))
+        cmd.arg(keys::config(&self.base))
             .arg("max_fanout")
             .arg(max_fanout);
         let _: i64 = self

@@ -37,20 +37,31 @@ pub(crate) struct DeadEntry {
 }
 
 impl RedisStore {
+    /// The key of the jobs stream, `{prefix}:jobs`, as reports name it.
+    pub(crate) fn jobs_stream_key(&self) -> String {
+        keys::jobs(&self.base)
+    }
+
+    /// The key of the dead-letter stream, `{prefix}:dead`, as reports
+    /// name it.
+    pub(crate) fn dead_stream_key(&self) -> String {
+        keys::dead(&self.base)
+    }
+
     /// Every field of `{prefix}:fns` (function heads and callbacks) with
     /// when it was last announced (ms, Redis clock).
-    pub(crate) async fn announced(&self, base: &str) -> Result<HashMap<String, u64>> {
+    pub(crate) async fn announced(&self) -> Result<HashMap<String, u64>> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(keys::functions(base));
+        cmd.arg(keys::functions(&self.base));
         self.bounded("announced", cmd.query_async(&mut conn)).await
     }
 
     /// The orphan timeout the executors published, if any.
-    pub(crate) async fn published_orphan_timeout(&self, base: &str) -> Result<Option<Duration>> {
+    pub(crate) async fn published_orphan_timeout(&self) -> Result<Option<Duration>> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("HGET");
-        cmd.arg(keys::config(base)).arg(ORPHAN_TIMEOUT_FIELD);
+        cmd.arg(keys::config(&self.base)).arg(ORPHAN_TIMEOUT_FIELD);
         let ms: Option<u64> = self.bounded("config", cmd.query_async(&mut conn)).await?;
         Ok(ms.map(Duration::from_millis))
     }
@@ -59,13 +70,12 @@ impl RedisStore {
     /// order after `after` (from the start for `None`).
     pub(crate) async fn held_jobs(
         &self,
-        base: &str,
         after: Option<&str>,
         count: usize,
     ) -> Result<Vec<HeldJob>> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(keys::jobs(base))
+        cmd.arg(keys::jobs(&self.base))
             .arg(GROUP)
             .arg(range_start(after))
             .arg("+")
@@ -86,13 +96,12 @@ impl RedisStore {
     /// (from the start for `None`).
     pub(crate) async fn queued_jobs(
         &self,
-        base: &str,
         after: Option<&str>,
         count: usize,
     ) -> Result<Vec<StreamEntry>> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(keys::jobs(base))
+        cmd.arg(keys::jobs(&self.base))
             .arg(range_start(after))
             .arg("+")
             .arg("COUNT")
@@ -102,22 +111,18 @@ impl RedisStore {
     }
 
     /// How many jobs were given up and are still kept.
-    pub(crate) async fn dead_letter_count(&self, base: &str) -> Result<u64> {
+    pub(crate) async fn dead_letter_count(&self) -> Result<u64> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("XLEN");
-        cmd.arg(keys::dead(base));
+        cmd.arg(keys::dead(&self.base));
         self.bounded("xlen", cmd.query_async(&mut conn)).await
     }
 
     /// The latest `count` dead letters, newest first.
-    pub(crate) async fn latest_dead_letters(
-        &self,
-        base: &str,
-        count: usize,
-    ) -> Result<Vec<DeadEntry>> {
+    pub(crate) async fn latest_dead_letters(&self, count: usize) -> Result<Vec<DeadEntry>> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("XREVRANGE");
-        cmd.arg(keys::dead(base))
+        cmd.arg(keys::dead(&self.base))
             .arg("+")
             .arg("-")
             .arg("COUNT")
