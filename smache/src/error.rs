@@ -52,9 +52,9 @@ pub enum Error {
         message: String,
     },
     /// A cache key would be longer than smache allows: an entity id over
-    /// [`MAX_ENTITY_ID_LEN`](crate::key::MAX_ENTITY_ID_LEN) bytes, or
-    /// arguments over [`MAX_ARGS_LEN`](crate::key::MAX_ARGS_LEN) bytes
-    /// once encoded. A call with such arguments computes without the cache.
+    /// 1024 bytes, or arguments over 64 KiB once encoded (see
+    /// [`CacheKey`](crate::CacheKey#key-scheme)). A call with such
+    /// arguments computes without the cache.
     #[error("cache key too long: {what} takes {len} bytes, more than the {max} allowed")]
     KeyTooLong {
         /// What is too long (`an entity id`, `the arguments`).

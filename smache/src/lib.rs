@@ -71,13 +71,54 @@
 //!
 //! Beside each function `f` the macro generates a module `f` with
 //! `f::key(args…)` (its [`CacheKey`]), `f::is_fresh(args…)`,
-//! `f::invalidate(args…)`, `f::submit(args…)` (see [`task`]) and `f::SPEC`
-//! (its [`FnSpec`]). Several keys can share one value with
+//! `f::invalidate(args…)`, `f::submit(args…)` (see [Tasks](#tasks)) and
+//! `f::SPEC` (its [`FnSpec`]). Several keys can share one value with
 //! [`Smache::alias`].
 //!
-//! See [`key`] for the key layout, and [`metrics`] for what smache measures
-//! (hits, misses, computations, recomputes, refresh lag, the worker's lag)
-//! through the `metrics` facade, and the spans it makes.
+//! See [`CacheKey`] for the key layout, and [`metrics`] for what smache
+//! measures (hits, misses, computations, recomputes, refresh lag, the
+//! worker's lag) through the `metrics` facade, and the spans it makes.
+//!
+//! ## Tasks
+//!
+//! Every `#[computed]` function `f` gets `f::submit(args)`. It returns at
+//! once: [`Submitted::Ready`] with the cached value on a hit, else
+//! [`Submitted::Pending`] with a [`Task`] whose work runs on the executors
+//! (see [`executor`]). Concurrent submits of one value, from any
+//! process, join one task ("twice for the same price"); plain calls of the
+//! value meanwhile wait for the same computation (single flight).
+//!
+//! A task has a stable id: any process can look it up with
+//! [`Smache::task`] and attach callbacks to it ([`Task::on_complete`],
+//! handlers registered with [`SmacheBuilder::callback`], given a
+//! [`Completion`]), which run on an executor once the task finishes — each
+//! exactly once per completion. Failed background work is retried by the
+//! instance's [`Retry`] policy ([`SmacheBuilder::retry`]).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), smache::Error> {
+//! #[smache::computed(Raw)]
+//! async fn report(month: u32) -> String {
+//!     format!("report for {month}") // expensive
+//! }
+//!
+//! let smache = smache::Smache::builder()
+//!     .redis_url("redis://127.0.0.1/")
+//!     .run_executor() // or executors in other processes
+//!     .build()?;
+//! let value = smache
+//!     .scope(async {
+//!         match report::submit(11).await? {
+//!             smache::Submitted::Ready(value) => Ok(value),
+//!             smache::Submitted::Pending(task) => {
+//!                 println!("computing as task {}", task.id());
+//!                 task.wait().await
+//!             }
+//!         }
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
 
 mod builder;
 mod call;
@@ -89,9 +130,9 @@ pub mod executor;
 mod flight;
 pub mod inspect;
 mod instance;
-pub mod key;
+mod key;
 pub mod metrics;
-pub mod registry;
+mod registry;
 mod retry;
 mod roster;
 mod runtime;
@@ -99,7 +140,7 @@ mod shutdown;
 mod spec;
 mod store;
 mod sync;
-pub mod task;
+mod task;
 mod watchdog;
 pub mod worker;
 

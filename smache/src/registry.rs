@@ -24,11 +24,11 @@ pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 /// Decodes a job's arguments and calls the function's body with them,
 /// through the call path (which reports to the job what became of it).
 #[doc(hidden)]
-pub type Recompute = for<'a> fn(&'a Job) -> LocalBoxFuture<'a, Result<(), JobError>>;
+pub(crate) type Recompute = for<'a> fn(&'a Job) -> LocalBoxFuture<'a, Result<(), JobError>>;
 
 /// Maps a changed document of a related collection to entity ids.
 #[doc(hidden)]
-pub type MapRelated = fn(bson::Document) -> Result<Vec<EntityId>>;
+pub(crate) type MapRelated = fn(bson::Document) -> Result<Vec<EntityId>>;
 
 /// One `relations(Source => mapper)` of a function.
 #[derive(Debug)]
@@ -109,9 +109,4 @@ pub(crate) fn find(head: &str) -> Option<&'static Registration> {
 /// The `name#version` of every registered function, as jobs name them.
 pub(crate) fn heads() -> impl Iterator<Item = &'static str> {
     BY_NAME.keys().map(String::as_str)
-}
-
-/// Every registered function.
-pub fn functions() -> impl Iterator<Item = &'static FnSpec> {
-    inventory::iter::<Registration>.into_iter().map(|r| r.spec)
 }

@@ -1,41 +1,6 @@
 //! Submitting a computation and awaiting it later: tasks, their status,
-//! callbacks, and the retry policy of background work.
-//!
-//! Every `#[computed]` function `f` gets `f::submit(args)`. It returns at
-//! once: [`Submitted::Ready`] with the cached value on a hit, else
-//! [`Submitted::Pending`] with a [`Task`] whose work runs on the executors
-//! (see [`crate::executor`]). Concurrent submits of one value, from any
-//! process, join one task ("twice for the same price"); plain calls of the
-//! value meanwhile wait for the same computation (single flight).
-//!
-//! A task has a stable id: any process can look it up with
-//! [`Smache::task`] and attach callbacks to it, which run on an executor
-//! once the task finishes — each exactly once per completion.
-//!
-//! ```no_run
-//! # async fn run() -> Result<(), smache::Error> {
-//! #[smache::computed(Raw)]
-//! async fn report(month: u32) -> String {
-//!     format!("report for {month}") // expensive
-//! }
-//!
-//! let smache = smache::Smache::builder()
-//!     .redis_url("redis://127.0.0.1/")
-//!     .run_executor() // or executors in other processes
-//!     .build()?;
-//! let value = smache
-//!     .scope(async {
-//!         match report::submit(11).await? {
-//!             smache::Submitted::Ready(value) => Ok(value),
-//!             smache::Submitted::Pending(task) => {
-//!                 println!("computing as task {}", task.id());
-//!                 task.wait().await
-//!             }
-//!         }
-//!     })
-//!     .await?;
-//! # Ok(()) }
-//! ```
+//! callbacks, and the retry policy of background work. The user's guide is
+//! the crate documentation's "Tasks" section.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -91,7 +56,7 @@ pub enum TaskStatus<V> {
     Failed(String),
 }
 
-/// A submitted computation of one value; see the [module docs](self).
+/// A submitted computation of one value; see [Tasks](crate#tasks).
 pub struct Task<V> {
     smache: Smache,
     id: String,

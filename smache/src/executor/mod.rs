@@ -14,7 +14,7 @@
 //! ```
 //!
 //! A job is a recompute (a change made a value stale), a submitted task
-//! (see [`crate::task`]), a callback of a finished task, or a changed
+//! (see [Tasks](crate#tasks)), a callback of a finished task, or a changed
 //! document of a collection named in some `relations(...)`.
 //!
 //! To recompute a value, the executor loads its entity
@@ -100,6 +100,16 @@ pub async fn run_until(
 
 /// Starts an executor as a background task of the current tokio runtime.
 /// Dropping the handle does not stop it; call [`ExecutorHandle::shutdown`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), smache::Error> {
+/// let smache = smache::Smache::from_env()?;
+/// let executor = smache::executor::spawn(&smache); // recompute in this app
+/// // … serve requests …
+/// executor.shutdown().await?; // finish the jobs in progress
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// # Panics
 /// Outside a tokio runtime.

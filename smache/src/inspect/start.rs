@@ -39,7 +39,8 @@ use crate::key::CacheKey;
 #[non_exhaustive]
 pub enum GraphStart {
     /// A value, by its id: `<function name>#<version>:<arguments>`, the
-    /// storage key without `{prefix}:v:` (see [`crate::key`]).
+    /// storage key without `{prefix}:v:` (see
+    /// [`CacheKey`](crate::CacheKey#key-scheme)).
     Value(String),
     /// A document.
     Document {

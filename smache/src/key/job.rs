@@ -134,9 +134,9 @@ pub(crate) enum Outcome {
     TooLarge,
 }
 
-/// Decodes a job's arguments; see the key layout in [`crate::key`]. Once
-/// every argument is read, [`key`](ArgReader::key) is the cache key they
-/// were encoded in.
+/// Decodes a job's arguments; see the key layout on
+/// [`CacheKey`](crate::CacheKey#key-scheme). Once every argument is read,
+/// [`key`](ArgReader::key) is the cache key they were encoded in.
 #[derive(Debug)]
 pub struct ArgReader<'a> {
     spec: &'static FnSpec,

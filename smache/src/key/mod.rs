@@ -1,32 +1,6 @@
-//! Cache keys.
-//!
-//! # Key scheme
-//!
-//! Every key smache writes lives under one Redis hash tag, so a whole
-//! deployment maps to one Redis Cluster slot and multi-key scripts work:
-//!
-//! ```text
-//! {<prefix>}:v:<function name>#<version>:<arg>:<arg>…
-//! ```
-//!
-//! * `<prefix>` is [`SmacheBuilder::prefix`](crate::SmacheBuilder::prefix) (default `smache`);
-//! * `v` marks a value (later kinds of keys — dependency graph, jobs — use other letters);
-//! * `<function name>` is the `name = "…"` option or `module::path::function`;
-//! * `<version>` is the `version = N` option (default 1);
-//! * each `<arg>` is, by the argument's kind, an entity id (`o:<objectid hex>`,
-//!   `i:<integer>`, `s:<json string>`) or a raw value as compact JSON
-//!   (`"en"`, `42`, `{"a":1}`). Every form is self-delimiting, so different
-//!   argument lists never share a key. Arguments that take more than
-//!   [`MAX_INLINE_ARGS`] bytes are replaced by `h:<sha-256 of them, 32 hex>`.
-//!
-//! Limits: an entity id may take up to [`MAX_ENTITY_ID_LEN`] bytes (it names
-//! graph keys as it is) and all the arguments together up to
-//! [`MAX_ARGS_LEN`] (they are kept whole beside a hashed key, for the
-//! executors). Past either, building the key fails with
-//! [`Error::KeyTooLong`] and a call computes without the cache.
-//!
-//! Raw arguments are keyed by their serde JSON form: map types with an
-//! unspecified iteration order (`HashMap`) give unstable keys; use `BTreeMap`.
+//! Cache keys: [`CacheKey`] (whose documentation gives the key scheme), the
+//! builder the generated `f::key(..)` uses, and the job format that reads a
+//! value id back into arguments (`job`).
 
 use std::fmt;
 
@@ -45,16 +19,16 @@ pub(crate) use job::{decode_for_fuzzing, split_value_id, Outcome, Report};
 pub use job::{ArgReader, Job, JobError};
 
 /// Arguments longer than this many bytes are hashed in the stored key.
-pub const MAX_INLINE_ARGS: usize = 160;
+pub(crate) const MAX_INLINE_ARGS: usize = 160;
 
 /// The longest entity id a key may hold, in bytes as encoded (`o:<hex>`,
 /// `i:<n>`, `s:<json string>`). Ids name dependency-graph keys unhashed.
-pub const MAX_ENTITY_ID_LEN: usize = 1024;
+pub(crate) const MAX_ENTITY_ID_LEN: usize = 1024;
 
 /// The longest argument list a key may hold, in bytes as encoded. Beyond
 /// [`MAX_INLINE_ARGS`] they are hashed in the key but stored whole in the
 /// value's hash and read by every executor's recompute.
-pub const MAX_ARGS_LEN: usize = 64 * 1024;
+pub(crate) const MAX_ARGS_LEN: usize = 64 * 1024;
 
 /// The key of one computed value: a function and its arguments.
 ///
@@ -71,6 +45,35 @@ pub const MAX_ARGS_LEN: usize = 64 * 1024;
 /// let key = add::key(1, 2).unwrap();
 /// assert_eq!(key.to_string(), "demo.add#1:1:2");
 /// ```
+///
+/// # Key scheme
+///
+/// Every key smache writes lives under one Redis hash tag, so a whole
+/// deployment maps to one Redis Cluster slot and multi-key scripts work:
+///
+/// ```text
+/// {<prefix>}:v:<function name>#<version>:<arg>:<arg>…
+/// ```
+///
+/// * `<prefix>` is [`SmacheBuilder::prefix`](crate::SmacheBuilder::prefix) (default `smache`);
+/// * `v` marks a value (other kinds of keys — dependency graph, jobs — use other letters);
+/// * `<function name>` is the `name = "…"` option or `module::path::function`;
+/// * `<version>` is the `version = N` option (default 1);
+/// * each `<arg>` is, by the argument's kind, an entity id (`o:<objectid hex>`,
+///   `i:<integer>`, `s:<json string>`) or a raw value as compact JSON
+///   (`"en"`, `42`, `{"a":1}`). Every form is self-delimiting, so different
+///   argument lists never share a key. Arguments that take more than 160
+///   bytes are replaced by `h:<sha-256 of them, 32 hex>` (see
+///   [`is_hashed`](Self::is_hashed)).
+///
+/// Limits: an entity id may take up to 1024 bytes as encoded (it names
+/// graph keys as it is) and all the arguments together up to 64 KiB (they
+/// are kept whole beside a hashed key, for the executors). Past either,
+/// building the key fails with [`Error::KeyTooLong`] and a call computes
+/// without the cache.
+///
+/// Raw arguments are keyed by their serde JSON form: map types with an
+/// unspecified iteration order (`HashMap`) give unstable keys; use `BTreeMap`.
 #[derive(Clone)]
 pub struct CacheKey {
     spec: &'static FnSpec,
@@ -329,6 +332,14 @@ mod tests {
 
     static SPEC: FnSpec = FnSpec::__new("app::f", 3, 0, &[ArgKind::Raw, ArgKind::Raw]);
     static ONE: FnSpec = FnSpec::__new("app::g", 1, 0, &[ArgKind::Raw]);
+
+    #[test]
+    fn limits_are_the_documented_ones() {
+        // `CacheKey`'s key scheme and `Error::KeyTooLong` state them.
+        assert_eq!(MAX_INLINE_ARGS, 160);
+        assert_eq!(MAX_ENTITY_ID_LEN, 1024);
+        assert_eq!(MAX_ARGS_LEN, 64 * 1024);
+    }
 
     #[test]
     fn layout_is_stable() {
