@@ -94,5 +94,43 @@ fn envelopes(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, keys, envelopes);
+/// `size` bytes of text, cached.
+#[computed(Raw)]
+fn text(size: usize) -> String {
+    "smache bench value; ".chars().cycle().take(size).collect()
+}
+
+/// A hit of the embedded store beside a `moka` get of the same `String`,
+/// and the parts of the hit: building the key, decoding the envelope.
+fn hits(c: &mut Criterion) {
+    let smache = smache::Smache::builder()
+        .prefix("hot-paths")
+        .build()
+        .expect("the embedded store");
+    let mut group = c.benchmark_group("hit");
+    for size in [100usize, 10 * 1024] {
+        let value = smache.scope_sync(|| text(size));
+        let moka: moka::sync::Cache<usize, String> = moka::sync::Cache::new(1_000);
+        moka.insert(size, value.clone());
+        let bytes = envelope_encode(&value, 1).expect("encodes");
+        group.bench_function(BenchmarkId::new("smache embedded", size), |b| {
+            b.iter(|| smache.scope_sync(|| text(black_box(size))))
+        });
+        group.bench_function(BenchmarkId::new("moka get", size), |b| {
+            b.iter(|| moka.get(&black_box(size)))
+        });
+        group.bench_function(BenchmarkId::new("key", size), |b| {
+            b.iter(|| text::key(black_box(size)))
+        });
+        group.bench_function(BenchmarkId::new("decode", size), |b| {
+            b.iter(|| envelope_decode::<String>(black_box(&bytes)))
+        });
+        group.bench_function(BenchmarkId::new("clone", size), |b| {
+            b.iter(|| black_box(&value).clone())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, keys, envelopes, hits);
 criterion_main!(benches);

@@ -135,6 +135,16 @@ impl Tracking {
     }
 }
 
+/// Whether `err` says Redis could not be reached (rather than that it
+/// refused what was asked).
+fn unreachable(err: &redis::RedisError) -> bool {
+    err.is_io_error()
+        || err.is_connection_refusal()
+        || err.is_connection_dropped()
+        || err.is_timeout()
+        || err.is_unrecoverable_error()
+}
+
 /// `info` speaking RESP3, the protocol with push messages.
 fn resp3(info: &redis::ConnectionInfo) -> redis::ConnectionInfo {
     let settings = info
@@ -172,10 +182,15 @@ impl Supervisor {
                         "smache: in-process layer off until the tracking connection is back"
                     );
                 }
+                // Redis unreachable is the breaker's to report (once per
+                // outage); a server that refuses tracking is ours, once.
+                Err(err) if unreachable(&err) => {
+                    tracing::debug!(prefix = self.layer.prefix(), error = %err, "smache: the in-process layer's tracking connection cannot reach Redis yet");
+                }
                 Err(err) => {
                     if !warned {
                         warned = true;
-                        tracing::warn!(prefix = self.layer.prefix(), error = %err, "smache: cannot open the in-process layer's tracking connection (it needs Redis 6 or later); values are read from Redis until it opens");
+                        tracing::warn!(prefix = self.layer.prefix(), error = %err, "smache: Redis refused the in-process layer's tracking connection (it needs Redis 6 or later: RESP3 and CLIENT TRACKING); values are read from Redis until it accepts");
                     }
                 }
             }
