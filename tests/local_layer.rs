@@ -226,6 +226,36 @@ async fn a_lost_connection_flushes_the_layer_and_a_restart_serves_nothing_old() 
     assert_eq!(second, format!("{tag}#2"));
 }
 
+/// `size` bytes for `n`.
+#[computed(Raw, Raw)]
+async fn block(n: u32, size: usize) -> String {
+    format!("{n:>size$}")
+}
+
+#[tokio::test]
+async fn the_byte_bound_holds_under_a_working_set_ten_times_its_size() {
+    const CAPACITY: u64 = 64 * 1024;
+    let smache = Smache::builder()
+        .redis_url(redis_url())
+        .prefix(unique("bound"))
+        .local_cache_capacity(CAPACITY)
+        .build()
+        .unwrap();
+    live(&smache).await;
+    // 640 values of 1 KiB: ten times the layer. The first round computes
+    // them (a value this process stores is not kept: it is read back from
+    // Redis, into the layer, by the next rounds).
+    for round in 0..4 {
+        for n in 0..640 {
+            assert_eq!(smache.scope(block(n, 1024)).await.len(), 1024, "{round}");
+        }
+        let layer = smache.local_cache().unwrap();
+        assert!(layer.bytes <= CAPACITY, "{layer:?}");
+        assert!(layer.entries < 640, "{layer:?}");
+        assert!(round == 0 || layer.entries > 0, "{layer:?}");
+    }
+}
+
 /// On a `current_thread` runtime whose only task keeps answering hits
 /// (which never yield), and from synchronous functions on a plain thread,
 /// invalidations still land: they are applied on the layer's own thread.

@@ -14,8 +14,8 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use smache::metrics::{
-    COALESCED, COMPUTATIONS, COMPUTATION_DURATION, DEAD_LETTERS, HITS, JOB_QUEUE_LENGTH, MISSES,
-    RECOMPUTATIONS, RECOMPUTATION_DURATION, REFRESH_LAG,
+    COALESCED, COMPUTATIONS, COMPUTATION_DURATION, DEAD_LETTERS, HITS, JOB_QUEUE_LENGTH,
+    LOCAL_INVALIDATIONS, LOCAL_MISSES, MISSES, RECOMPUTATIONS, RECOMPUTATION_DURATION, REFRESH_LAG,
 };
 use smache::{computed, Entity, Smache};
 use smache_suite::{
@@ -146,6 +146,60 @@ async fn embedded_hits_misses_and_computations_are_counted_by_function() {
         0,
         "the layer is the store's"
     );
+}
+
+#[computed(Raw)]
+async fn quad(x: u64) -> u64 {
+    x * x * x * x
+}
+
+#[tokio::test]
+async fn hits_of_the_in_process_layer_and_its_invalidations_are_counted() {
+    let (invalidated, missed) = {
+        let recorded = recorded();
+        (
+            recorded.counter(LOCAL_INVALIDATIONS, &[]),
+            recorded.counter(LOCAL_MISSES, &[]),
+        )
+    };
+    let prefix = unique("metrics-layer");
+    let layered = || {
+        Smache::builder()
+            .redis_url(redis_url())
+            .prefix(&prefix)
+            .local_cache_capacity(smache::DEFAULT_LOCAL_CACHE_CAPACITY)
+            .build()
+            .unwrap()
+    };
+    let (smache, other) = (layered(), layered());
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            smache.local_cache().is_some_and(|layer| layer.live)
+        })
+        .await
+    );
+    let function = [("function", quad::SPEC.name())];
+    let local = [function[0], ("layer", "local")];
+    smache.scope(quad(3)).await;
+    // Read until the layer holds it, then ten hits from memory.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            smache.scope(quad(3)).await;
+            smache.local_cache().is_some_and(|layer| layer.entries == 1)
+        })
+        .await
+    );
+    let before = recorded().counter(HITS, &local);
+    for _ in 0..10 {
+        assert_eq!(smache.scope(quad(3)).await, 81);
+    }
+    assert_eq!(recorded().counter(HITS, &local), before + 10);
+
+    assert!(other.invalidate(&quad::key(3).unwrap()).await.unwrap());
+    smache.sync_local_cache().await.unwrap();
+    let recorded = recorded();
+    assert!(recorded.counter(LOCAL_INVALIDATIONS, &[]) > invalidated);
+    assert!(recorded.counter(LOCAL_MISSES, &[]) > missed);
 }
 
 #[tokio::test]
