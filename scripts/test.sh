@@ -15,12 +15,13 @@ cd "$root"
 cargo build -q -p smache-worker
 export SMACHE_TEST_WORKER_BIN="$root/target/debug/smache-worker"
 # The second pass skips the macro's compile-fail suite (`ui`), which no
-# store setting touches.
+# store setting touches, and the doc tests; `--workspace` as in the first,
+# so that nothing is built again with other features.
 exec "$root/scripts/with-servers.sh" bash -c '
   set -e
   cargo test --workspace "$@"
   echo "[test.sh] again with the in-process layer off (SMACHE_LOCAL_CACHE_CAPACITY=0)" >&2
   # (after the test arguments given, if any: one `--` only)
   sep=(--); for arg in "$@"; do [ "$arg" != "--" ] || sep=(); done
-  SMACHE_LOCAL_CACHE_CAPACITY=0 cargo test -p smache-suite --tests "$@" "${sep[@]}" --skip ui
+  SMACHE_LOCAL_CACHE_CAPACITY=0 cargo test --workspace --tests "$@" "${sep[@]}" --skip ui
 ' test.sh "$@"
