@@ -121,13 +121,13 @@ async fn an_instance_reads_its_own_writes_and_sync_local_cache_reads_others() {
     let tag = unique("own");
     let key = generation::key(&tag).unwrap();
     let first = smache.scope(generation(&tag)).await;
-    smache.scope(generation(&tag)).await;
+    assert_eq!(held(&smache, &tag).await, first);
 
     // Its own write: the next read sees it, with no wait.
     assert!(smache.invalidate(&key).await.unwrap());
     let second = smache.scope(generation(&tag)).await;
     assert_eq!(second, format!("{tag}#2"), "not {first}");
-    smache.scope(generation(&tag)).await;
+    assert_eq!(held(&smache, &tag).await, second);
 
     // A write on another connection, then the barrier: seen at once.
     let mut conn = redis_connection(&redis_url()).await;
@@ -169,9 +169,9 @@ async fn flushall_empties_the_layer() {
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
-    let second = until_changed(&smache, &tag, &first).await;
+    smache.sync_local_cache().await.unwrap();
     assert_eq!(
-        second,
+        smache.scope(generation(&tag)).await,
         format!("{tag}#2"),
         "the flushed value is not served"
     );
@@ -205,11 +205,7 @@ async fn a_lost_connection_flushes_the_layer_and_a_restart_serves_nothing_old() 
         "the layer was flushed"
     );
     live(&smache).await;
-    assert_eq!(
-        smache.scope(generation(&tag)).await,
-        first,
-        "still in Redis"
-    );
+    assert_eq!(held(&smache, &tag).await, first, "still in Redis");
 
     // A restart without persistence: the value is gone from Redis, and
     // the layer does not serve it either.
@@ -222,8 +218,11 @@ async fn a_lost_connection_flushes_the_layer_and_a_restart_serves_nothing_old() 
     );
     server.resume();
     live(&smache).await;
-    let second = until_changed(&smache, &tag, &first).await;
-    assert_eq!(second, format!("{tag}#2"));
+    assert_eq!(
+        smache.scope(generation(&tag)).await,
+        format!("{tag}#2"),
+        "the first read after the restart serves nothing old"
+    );
 }
 
 /// `size` bytes for `n`.
@@ -272,6 +271,19 @@ fn invalidations_land_while_the_reader_never_yields() {
     let (tag, sync_tag) = (unique("busy"), unique("busy-sync"));
     let first = writer_runtime.block_on(writer.scope(generation(&tag)));
     let first_sync = writer.scope_sync(|| generation_sync(&sync_tag));
+    // Both values in the reader's layer: its loops below are hits from
+    // memory, which never yield.
+    writer_runtime.block_on(async {
+        assert_eq!(held(&reader, &tag).await, first);
+        for _ in 0..200 {
+            reader.scope_sync(|| generation_sync(&sync_tag));
+            if reader.local_cache().unwrap().entries >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(reader.local_cache().unwrap().entries, 2);
+    });
     let started = Arc::new(AtomicBool::new(false));
 
     let busy = {

@@ -195,9 +195,16 @@ async fn hits_of_the_in_process_layer_and_its_invalidations_are_counted() {
     }
     assert_eq!(recorded().counter(HITS, &local), before + 10);
 
+    // Another instance drops it: Redis tells this one, whose next call
+    // misses the layer and computes.
     assert!(other.invalidate(&quad::key(3).unwrap()).await.unwrap());
     smache.sync_local_cache().await.unwrap();
+    let computed = recorded().counter(COMPUTATIONS, &function);
+    assert_eq!(smache.scope(quad(3)).await, 81);
     let recorded = recorded();
+    assert_eq!(recorded.counter(HITS, &local), before + 10, "no local hit");
+    assert_eq!(recorded.counter(COMPUTATIONS, &function), computed + 1);
+    // (Other tests of this binary count into these too: at least ours.)
     assert!(recorded.counter(LOCAL_INVALIDATIONS, &[]) > invalidated);
     assert!(recorded.counter(LOCAL_MISSES, &[]) > missed);
 }

@@ -113,10 +113,13 @@ impl crate::Smache {
     }
 
     /// Waits until every change Redis reported to this process before the
-    /// call has reached the in-process layer. A write by this process is
-    /// seen by its next read at once; one by another process reaches the
-    /// layer within milliseconds. When that process tells you it wrote
-    /// (a message, a reply), call this first to read its write for sure.
+    /// call has reached the in-process layer. A value this process stores
+    /// or invalidates is seen by its next read at once (with, after
+    /// [`invalidate`](crate::Smache::invalidate), the values built on it);
+    /// a write by another process, and the values a store here marks
+    /// stale, reach the layer within milliseconds. When another process
+    /// tells you it wrote (a message, a reply), call this first to read
+    /// its write for sure.
     /// Returns at once without a layer, or while it is off (it serves
     /// nothing then).
     ///

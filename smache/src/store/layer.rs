@@ -14,15 +14,17 @@
 //!   before the read's reply is put in the layer (the two travel apart
 //!   inside the client). Every read takes a [`Ticket`] before it is sent:
 //!   the invalidation counter of the key's stripe and the layer's epoch.
-//!   [`fill`](Layer::fill) inserts only if neither moved, and checks again
-//!   after inserting, removing the entry if one moved meanwhile (an
-//!   invalidation bumps the counter *before* it removes the key, so one of
-//!   the two always sees the other).
+//!   [`fill`](Layer::fill) inserts only if neither moved; it checks and
+//!   inserts holding the stripe's lock, and an invalidation bumps the
+//!   counter and removes the key holding it too, so no reader ever sees a
+//!   value filled after its invalidation was handled.
 //! * **The connection lost, or Redis restarted.** Invalidations sent while
 //!   the connection was down are lost, so the layer is flushed and serves
 //!   nothing ([`Layer::suspend`]) until a new connection has tracking on
 //!   ([`Layer::resume`]); the epoch moves, so no read begun before the
-//!   flush fills it after.
+//!   flush fills it after, and every entry carries the epoch it was filled
+//!   in: one of an older epoch is never served (whatever moka's lazy
+//!   `invalidate_all` still holds).
 //! * **The server's tracking table full** (`tracking-table-max-keys`):
 //!   Redis forgets keys by sending their invalidations, which drop them
 //!   here like any other.
@@ -33,11 +35,12 @@
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use moka::sync::Cache;
 
 use crate::metrics::LayerEvent;
+use crate::sync::lock;
 
 /// Invalidation counters: a read is conservative about every key of its
 /// stripe, so a few hundred keep false alarms rare at little cost.
@@ -52,6 +55,8 @@ pub(crate) struct Cached {
     pub(crate) data: Arc<[u8]>,
     /// When its time-to-live ends (Unix ms), if it has one.
     pub(crate) expires_at_ms: Option<u64>,
+    /// The layer's epoch when it was filled (set by [`Layer::fill`]).
+    pub(crate) epoch: u64,
 }
 
 /// What a read saw before it was sent; see [`Layer::fill`].
@@ -65,7 +70,9 @@ pub(crate) struct Ticket {
 /// The layer's state, shared with the tracking connection's push handler.
 pub(crate) struct Layer {
     cache: Cache<String, Cached>,
-    stripes: Box<[AtomicU64]>,
+    /// Invalidation counters, each behind the lock its fills and
+    /// invalidations hold.
+    stripes: Box<[Mutex<u64>]>,
     /// Moves on every flush.
     epoch: AtomicU64,
     /// A tracking connection is up: only then may the layer serve or fill.
@@ -98,7 +105,7 @@ impl Layer {
             .build();
         Layer {
             cache,
-            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
             epoch: AtomicU64::new(0),
             live: AtomicBool::new(false),
             hasher: std::collections::hash_map::RandomState::new(),
@@ -122,6 +129,9 @@ impl Layer {
             return None;
         }
         let entry = self.cache.get(key)?;
+        if entry.epoch != self.epoch.load(Ordering::Acquire) {
+            return None;
+        }
         if entry
             .expires_at_ms
             .is_some_and(|at| at <= crate::envelope::now_ms())
@@ -143,35 +153,39 @@ impl Layer {
         let stripe = self.stripe(key);
         Ticket {
             stripe,
-            // SeqCst: ordered against the invalidations' bumps.
             epoch: self.epoch.load(Ordering::SeqCst),
-            count: self.stripes[stripe].load(Ordering::SeqCst),
+            count: *lock(&self.stripes[stripe]),
         }
-    }
-
-    fn unchanged(&self, ticket: Ticket) -> bool {
-        self.live.load(Ordering::SeqCst)
-            && self.epoch.load(Ordering::SeqCst) == ticket.epoch
-            && self.stripes[ticket.stripe].load(Ordering::SeqCst) == ticket.count
     }
 
     /// Keeps what a read of `key`, begun with `ticket`, returned; nothing
     /// if the key may have changed since the read was sent.
-    pub(crate) fn fill(&self, key: &str, ticket: Ticket, entry: Cached) {
-        if !self.unchanged(ticket) {
+    pub(crate) fn fill(&self, key: &str, ticket: Ticket, mut entry: Cached) {
+        let count = lock(&self.stripes[ticket.stripe]);
+        if *count != ticket.count
+            || !self.live.load(Ordering::SeqCst)
+            || self.epoch.load(Ordering::SeqCst) != ticket.epoch
+        {
             return;
         }
+        // A flush from here on moves the epoch: this entry is then never
+        // served.
+        entry.epoch = ticket.epoch;
         self.cache.insert(key.to_owned(), entry);
-        if !self.unchanged(ticket) {
-            self.cache.invalidate(key);
-        }
+        drop(count);
     }
 
     /// Redis says `key` changed: drop it.
     pub(crate) fn invalidate(&self, key: &str) {
-        self.stripes[self.stripe(key)].fetch_add(1, Ordering::SeqCst);
-        self.cache.invalidate(key);
+        self.drop_key(key);
         crate::metrics::layer(LayerEvent::Invalidated);
+    }
+
+    /// This process wrote `key`: drop it (not counted as an invalidation).
+    pub(crate) fn drop_key(&self, key: &str) {
+        let mut count = lock(&self.stripes[self.stripe(key)]);
+        *count += 1;
+        self.cache.invalidate(key);
     }
 
     /// Redis says everything changed (`FLUSHALL`, `FLUSHDB`): drop it all.
@@ -219,6 +233,7 @@ mod tests {
             version,
             data: Arc::from(&b"sm-value"[..]),
             expires_at_ms: None,
+            epoch: 0,
         }
     }
 
@@ -291,6 +306,40 @@ mod tests {
         assert_eq!(layer.get("b").map(|e| e.version), Some(2));
     }
 
+    /// A reader filling the key with what it read after taking its ticket,
+    /// against a writer that bumps the stored version and then hands the
+    /// layer its invalidation: once an invalidation is handled, the layer
+    /// never serves a version older than the write's.
+    #[test]
+    fn no_fill_races_past_an_invalidation() {
+        let layer = Arc::new(live());
+        let stored = Arc::new(AtomicU64::new(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (layer, stored, stop) = (layer.clone(), stored.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let ticket = layer.ticket("k");
+                    let version = stored.load(Ordering::SeqCst);
+                    layer.fill("k", ticket, entry(version));
+                }
+            })
+        };
+        for _ in 0..50_000 {
+            let now = stored.fetch_add(1, Ordering::SeqCst) + 1;
+            layer.invalidate("k");
+            if let Some(served) = layer.get("k") {
+                assert!(
+                    served.version >= now,
+                    "{} served after {now}",
+                    served.version
+                );
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        reader.join().unwrap();
+    }
+
     #[test]
     fn the_byte_bound_holds_under_ten_times_the_working_set() {
         let layer = Layer::new(64 * 1024, "t");
@@ -305,6 +354,7 @@ mod tests {
                     version: 1,
                     data,
                     expires_at_ms: None,
+                    epoch: 0,
                 },
             );
         }

@@ -58,11 +58,15 @@ pub(crate) struct Tracking {
 
 /// What the supervisor and the readers share.
 struct Shared {
-    /// The connection readers use: only ever one with tracking on.
-    current: Mutex<Option<MultiplexedConnection>>,
-    /// Which connection is current (the push handler of an older one
-    /// must not suspend the layer when it goes).
-    generation: AtomicU64,
+    /// The connection readers use, only ever one with tracking on, and its
+    /// generation (the push handler of an older one must not suspend the
+    /// layer when it goes).
+    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// The last generation handed out.
+    generations: AtomicU64,
+    /// Wakes the supervisor to give up the current connection (a read
+    /// over it failed).
+    kick: Notify,
 }
 
 impl std::fmt::Debug for Tracking {
@@ -80,7 +84,8 @@ impl Tracking {
         let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
             current: Mutex::new(None),
-            generation: AtomicU64::new(0),
+            generations: AtomicU64::new(0),
+            kick: Notify::new(),
         });
         let supervisor = Supervisor {
             info: resp3(client.get_connection_info()),
@@ -108,7 +113,7 @@ impl Tracking {
     /// handler, in order, before the reply. Nothing to wait for while no
     /// connection is up: the layer serves nothing then.
     pub(crate) async fn barrier(&self, timeout: Duration) -> crate::Result<()> {
-        let Some(mut conn) = lock(&self.shared.current).clone() else {
+        let Some((_, mut conn)) = lock(&self.shared.current).clone() else {
             return Ok(());
         };
         let cmd = redis::cmd("PING");
@@ -130,8 +135,14 @@ impl Tracking {
     /// `None` while no tracking connection is up.
     pub(crate) fn begin_read(&self, key: &str) -> Option<(MultiplexedConnection, Ticket)> {
         let current = lock(&self.shared.current);
-        let conn = current.as_ref()?.clone();
-        Some((conn, self.layer.ticket(key)))
+        let (_, conn) = current.as_ref()?;
+        Some((conn.clone(), self.layer.ticket(key)))
+    }
+
+    /// A read over the tracking connection failed (it is gone, or does
+    /// not answer): the supervisor gives it up and opens another.
+    pub(crate) fn failed(&self) {
+        self.shared.kick.notify_one();
     }
 }
 
@@ -190,7 +201,7 @@ impl Supervisor {
                 Err(err) => {
                     if !warned {
                         warned = true;
-                        tracing::warn!(prefix = self.layer.prefix(), error = %err, "smache: Redis refused the in-process layer's tracking connection (it needs Redis 6 or later: RESP3 and CLIENT TRACKING); values are read from Redis until it accepts");
+                        tracing::warn!(prefix = self.layer.prefix(), error = %err, "smache: Redis refused the in-process layer's tracking connection (RESP3 and CLIENT TRACKING need Redis 6 or later; or an ACL, AUTH or client limit refused it); values are read from Redis until it accepts");
                     }
                 }
             }
@@ -206,7 +217,7 @@ impl Supervisor {
     /// A new connection with tracking on, published to readers, and what
     /// is notified when it is lost.
     async fn connect(&self) -> redis::RedisResult<(MultiplexedConnection, Arc<Notify>)> {
-        let generation = self.shared.generation.load(Ordering::SeqCst) + 1;
+        let generation = self.shared.generations.fetch_add(1, Ordering::SeqCst) + 1;
         let lost = Arc::new(Notify::new());
         let handler = Invalidations {
             layer: Arc::clone(&self.layer),
@@ -231,8 +242,7 @@ impl Supervisor {
             .query_async::<()>(&mut conn)
             .await?;
         let mut current = lock(&self.shared.current);
-        self.shared.generation.store(generation, Ordering::SeqCst);
-        *current = Some(conn.clone());
+        *current = Some((generation, conn.clone()));
         self.layer.resume();
         Ok((conn, lost))
     }
@@ -244,6 +254,7 @@ impl Supervisor {
             tokio::select! {
                 () = self.stop.cancelled() => return,
                 () = lost.notified() => return,
+                () = self.shared.kick.notified() => return,
                 () = tokio::time::sleep(HEARTBEAT) => {}
             }
             let cmd = redis::cmd("PING");
@@ -260,7 +271,6 @@ impl Supervisor {
     /// layer is flushed and off.
     fn retire(&self) {
         let mut current = lock(&self.shared.current);
-        self.shared.generation.fetch_add(1, Ordering::SeqCst);
         *current = None;
         self.layer.suspend();
     }
@@ -291,10 +301,13 @@ impl Invalidations {
             },
             PushKind::Disconnection => {
                 // Invalidations may be missed from now on: off at once,
-                // before the supervisor even hears of it.
-                if self.shared.generation.load(Ordering::SeqCst) == self.generation {
+                // before the supervisor even hears of it, if this is the
+                // current connection (checked and done under its lock).
+                let current = lock(&self.shared.current);
+                if current.as_ref().is_some_and(|(g, _)| *g == self.generation) {
                     self.layer.suspend();
                 }
+                drop(current);
                 self.lost.notify_one();
             }
             _ => {}

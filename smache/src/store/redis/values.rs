@@ -27,16 +27,26 @@ impl RedisStore {
         let (reply, tracking, ticket) = match tracked {
             Some((tracking, (mut conn, ticket))) => {
                 self.admit()?;
-                (
-                    self.hmget(&mut conn, key).await,
-                    Some(tracking),
-                    Some(ticket),
-                )
+                // Not the breaker's business: a tracking connection that
+                // fails is given up, and the read made over the shared one.
+                match tokio::time::timeout(self.timeout, hmget(&mut conn, key)).await {
+                    Ok(Err(err))
+                        if err.is_unrecoverable_error()
+                            || err.is_io_error()
+                            || err.is_timeout()
+                            || err.is_connection_dropped() =>
+                    {
+                        tracking.failed();
+                        (self.read_shared(key).await, None, None)
+                    }
+                    Err(_) => {
+                        tracking.failed();
+                        (self.read_shared(key).await, None, None)
+                    }
+                    Ok(reply) => (reply.map_err(Error::Redis), Some(tracking), Some(ticket)),
+                }
             }
-            None => {
-                let mut conn = self.connection().await?;
-                (self.hmget(&mut conn, key).await, None, None)
-            }
+            None => (self.read_shared(key).await, None, None),
         };
         let lookup = match reply {
             Ok([.., Some(link), args]) => Lookup::Alias {
@@ -52,13 +62,16 @@ impl RedisStore {
                     > parse_u64(computed_from.as_deref()).unwrap_or(0);
                 let expires_at_ms = parse_u64(expires.as_deref());
                 let expired = expires_at_ms.is_some_and(|at| at <= crate::envelope::now_ms());
-                if let (Some(tracking), Some(ticket), false, false) =
-                    (tracking, ticket, stale, expired)
+                // Values kept in MongoDB are served through the full path.
+                let reference = crate::envelope::is_reference(&data);
+                if let (Some(tracking), Some(ticket), false, false, false) =
+                    (tracking, ticket, stale, expired, reference)
                 {
                     let cached = Cached {
                         version,
                         data: Arc::from(data.as_slice()),
                         expires_at_ms,
+                        epoch: 0,
                     };
                     tracking.layer().fill(key, ticket, cached);
                 }
@@ -77,26 +90,11 @@ impl RedisStore {
         Ok(lookup)
     }
 
-    /// The fields of the value hash `key` a read needs, over `conn`.
-    async fn hmget(
-        &self,
-        conn: &mut impl redis::aio::ConnectionLike,
-        key: &str,
-    ) -> Result<[Option<Vec<u8>>; 8]> {
-        // Sized up front: no regrowth while the arguments are written.
-        let mut cmd = redis::Cmd::with_capacity(10, key.len() + 16);
-        cmd.arg("HMGET");
-        cmd.arg(key)
-            .arg("v")
-            .arg("d")
-            .arg("g")
-            .arg("w")
-            .arg("t")
-            .arg("e")
-            .arg("l")
-            .arg("la");
-        self.bounded("get", cmd.query_async::<[Option<Vec<u8>>; 8]>(conn))
-            .await
+    /// [`hmget`] over the shared connection, bounded and watched by the
+    /// breaker.
+    async fn read_shared(&self, key: &str) -> Result<[Option<Vec<u8>>; 8]> {
+        let mut conn = self.connection().await?;
+        self.bounded("get", hmget(&mut conn, key)).await
     }
 
     /// The value of id `write_id` writes in the in-process layer, if it
@@ -247,6 +245,12 @@ impl RedisStore {
             .bounded("drop", invocation.invoke_async::<i64>(&mut conn))
             .await;
         self.forget(slot.key);
+        // The values built on it were marked stale in the same script:
+        // wait for Redis's word of them too, so that this process does not
+        // serve one of them after `invalidate` returned.
+        if existed.is_ok() && self.layer().is_some_and(|layer| layer.is_live()) {
+            let _ = self.sync_layer().await;
+        }
         Ok(existed? > 0)
     }
 
@@ -256,7 +260,7 @@ impl RedisStore {
     /// it from Redis.
     fn forget(&self, key: &str) {
         if let Some(layer) = self.layer() {
-            layer.invalidate(key);
+            layer.drop_key(key);
         }
     }
 
@@ -268,6 +272,26 @@ impl RedisStore {
             None => Ok(()),
         }
     }
+}
+
+/// The fields of the value hash `key` a read needs, over `conn`.
+async fn hmget(
+    conn: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+) -> redis::RedisResult<[Option<Vec<u8>>; 8]> {
+    // Sized up front: no regrowth while the arguments are written.
+    let mut cmd = redis::Cmd::with_capacity(10, key.len() + 16);
+    cmd.arg("HMGET");
+    cmd.arg(key)
+        .arg("v")
+        .arg("d")
+        .arg("g")
+        .arg("w")
+        .arg("t")
+        .arg("e")
+        .arg("l")
+        .arg("la");
+    cmd.query_async(conn).await
 }
 
 /// The answer to a caller about to compute a missing value.
