@@ -408,9 +408,13 @@ async fn garbage_under_a_key_is_recomputed_and_overwritten() {
 async fn calls_survive_redis_going_away_and_cache_again_when_it_returns() {
     let tag = unique("outage");
     let mut server = RedisServer::start();
+    // The Redis path and its breaker: without the in-process layer, which
+    // would answer hits until it hears its connection is gone (see
+    // tests/local_layer.rs for the layer through an outage).
     let smache = super::builder(server.url())
         .prefix(unique("p"))
         .op_timeout(Duration::from_millis(300))
+        .local_cache_capacity(0)
         .build()
         .unwrap();
 
@@ -460,9 +464,12 @@ async fn while_redis_hangs_calls_skip_it_at_once_and_cache_again_when_it_answers
     let server = RedisServer::start();
     let mut proxy = TcpProxy::start(&server.address()).await;
     let timeout = Duration::from_millis(300);
+    // The breaker, without the in-process layer (which would answer hits,
+    // and open a tracking connection of its own through the proxy).
     let smache = super::builder(format!("redis://127.0.0.1:{}/", proxy.port()))
         .prefix(unique("p"))
         .op_timeout(timeout)
+        .local_cache_capacity(0)
         .build()
         .unwrap();
     assert_eq!(smache.scope(no_ttl(&tag, 1)).await, 1);
