@@ -13,7 +13,8 @@ use bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use smache::{computed, Entity, Smache};
 use smache_suite::{
-    eventually, mongodb_uri, redis_connection, redis_url, unique, Calls, RedisServer, WorkerProcess,
+    eventually, mongodb_uri, redis_connection, redis_url, unique, Calls, RedisServer, TcpProxy,
+    WorkerProcess,
 };
 
 static CALLS: Calls = Calls::new();
@@ -223,6 +224,56 @@ async fn a_lost_connection_flushes_the_layer_and_a_restart_serves_nothing_old() 
         format!("{tag}#2"),
         "the first read after the restart serves nothing old"
     );
+}
+
+/// Redis hangs (seen through a proxy that drops the connections and then
+/// accepts new ones without ever answering): the layer turns off and
+/// serves nothing, keeps trying, and comes back once Redis answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_redis_turns_the_layer_off_until_it_answers() {
+    let server = RedisServer::start();
+    let mut proxy = TcpProxy::start(&server.address()).await;
+    let smache = Smache::builder()
+        .redis_url(format!("redis://127.0.0.1:{}/", proxy.port()))
+        .prefix(unique("silent"))
+        .op_timeout(Duration::from_millis(300))
+        .local_cache_capacity(smache::DEFAULT_LOCAL_CACHE_CAPACITY)
+        .build()
+        .unwrap();
+    live(&smache).await;
+    let tag = unique("silent");
+    let first = smache.scope(generation(&tag)).await;
+    assert_eq!(held(&smache, &tag).await, first);
+
+    proxy.mute().await;
+    let muted = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !smache.local_cache().unwrap().live
+        })
+        .await,
+        "the layer still serves over a silent connection"
+    );
+    // At once (the connection was dropped); a silent death would take the
+    // heartbeat (500 ms) and the operation timeout. Slack for a loaded
+    // machine.
+    assert!(
+        muted.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        muted.elapsed()
+    );
+    let second = smache.scope(generation(&tag)).await;
+    assert_eq!(
+        second,
+        format!("{tag}#2"),
+        "computed, not served from memory"
+    );
+    assert_eq!(smache.local_cache().unwrap().entries, 0);
+
+    proxy.restore().await;
+    live(&smache).await;
+    let kept = held(&smache, &tag).await;
+    assert!(kept == first || kept == second, "{kept}");
 }
 
 /// `size` bytes for `n`.
