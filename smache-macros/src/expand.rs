@@ -186,7 +186,8 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
         where
             #compute_bounds
         {
-            #entry(&#module::SPEC, key, compute, job) #dot_await
+            let keep = #private_at_ret::keep!(#mode, #ret);
+            #entry(&#module::SPEC, key, compute, job, keep) #dot_await
         }
     };
     let call = Call {

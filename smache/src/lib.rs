@@ -169,11 +169,30 @@ pub use crate::task::{
     CallbackResult, Completion, Retry, Submitted, Task, TaskStatus, DEFAULT_TASK_RETENTION,
 };
 
+/// How hits of a function whose return type `$ret` maps to its value by
+/// `$mode` hand the value out (see `call::keep`): in the generated code,
+/// where the type is known, so that autoref specialization can tell
+/// whether it is `Clone + Send + Sync`. Not public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __smache_keep {
+    ($mode:ty, $ret:ty) => {{
+        #[allow(unused_imports)]
+        use $crate::__private::{KeepClone as _, KeepDecode as _};
+        (&&$crate::__private::KeepProbe::<<$mode as $crate::__private::ValueType<$ret>>::Value>::new())
+            .keep()
+    }};
+}
+
 /// Items used by the code `#[computed]` and `#[derive(Entity)]` generate.
 /// Not public API: no stability guarantees.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::call::{call_async, call_sync, Mode, OkOnly, Plain, ValueType};
+    pub use crate::__smache_keep as keep;
+    pub use crate::call::{
+        call_async, call_sync, Keep, KeepClone, KeepDecode, KeepProbe, Mode, OkOnly, Plain,
+        ValueType,
+    };
     pub use crate::key::KeyBuilder;
     pub use crate::key::{ArgReader, Job, JobError};
 

@@ -52,12 +52,13 @@ async fn dashboard(user: &User) -> String {
         F: ::core::ops::FnOnce() -> Fut,
         Fut: ::core::future::Future<Output = String>,
     {
+        let keep = ::smache::__private::keep!(::smache::__private::Plain, String);
         ::smache::__private::call_async::<
             ::smache::__private::Plain,
             String,
             _,
             _,
-        >(&dashboard::SPEC, key, compute, job)
+        >(&dashboard::SPEC, key, compute, job, keep)
             .await
     }
     __smache_cached(

@@ -16,6 +16,7 @@
 
 mod deps;
 mod drive;
+mod keep;
 mod mode;
 mod path;
 mod turn;
@@ -26,10 +27,11 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 
 pub(crate) use self::drive::Drive;
+pub(crate) use self::keep::Decoded;
+pub use self::keep::{Keep, KeepClone, KeepDecode, KeepProbe};
 pub use self::mode::{Mode, OkOnly, Plain, ValueType};
 pub(crate) use self::path::{Call, Looked};
 
-use crate::envelope;
 use crate::error::Result;
 use crate::instance::Smache;
 use crate::key::{CacheKey, Job};
@@ -39,12 +41,14 @@ use crate::store::Store;
 
 /// The body of an `async` computed function. `compute` makes the
 /// function's own body's future; `job` is an executor's job for this call,
-/// `None` for a caller.
+/// `None` for a caller; `keep`, whether hits keep the value decoded (see
+/// [`keep`]).
 pub async fn call_async<M, R, F, Fut>(
     spec: &'static FnSpec,
     key: Result<CacheKey>,
     compute: F,
     job: Option<&Job>,
+    keep: Option<Keep<M::Value>>,
 ) -> R
 where
     M: Mode<R>,
@@ -52,7 +56,7 @@ where
     Fut: Future<Output = R>,
 {
     let smache = Smache::current();
-    if let Some(value) = local_hit::<M::Value>(&smache, spec, &key, job) {
+    if let Some(value) = local_hit::<M::Value>(&smache, spec, &key, job, keep.as_ref()) {
         return M::from_cached(value);
     }
     // The rest boxed: this future (and every caller's that awaits it) then
@@ -97,13 +101,14 @@ pub fn call_sync<M, R, F>(
     key: Result<CacheKey>,
     compute: F,
     job: Option<&Job>,
+    keep: Option<Keep<M::Value>>,
 ) -> R
 where
     M: Mode<R>,
     F: FnOnce() -> R,
 {
     let smache = Smache::current();
-    if let Some(value) = local_hit::<M::Value>(&smache, spec, &key, job) {
+    if let Some(value) = local_hit::<M::Value>(&smache, spec, &key, job, keep.as_ref()) {
         return M::from_cached(value);
     }
     let compute = move || Box::pin(async move { compute() });
@@ -161,6 +166,7 @@ fn local_hit<V: DeserializeOwned>(
     spec: &'static FnSpec,
     key: &Result<CacheKey>,
     job: Option<&Job>,
+    keep: Option<&Keep<V>>,
 ) -> Option<V> {
     if job.is_some() {
         return None;
@@ -168,8 +174,8 @@ fn local_hit<V: DeserializeOwned>(
     let key = key.as_ref().ok()?;
     match &smache.inner.store {
         Store::Memory(store) => {
-            let data = store.peek(|out| key.write_value_id(out))?;
-            let value = envelope::decode(&data).and_then(|env| env.value()).ok()?;
+            let (data, decoded) = store.peek(|out| key.write_value_id(out))?;
+            let value = keep::serve(&data, &decoded, keep)?;
             // A computation in progress depends on this value.
             deps::depends_on_key(key);
             crate::metrics::hit(spec.name(), spec.metrics(), Served::Embedded);
@@ -177,11 +183,8 @@ fn local_hit<V: DeserializeOwned>(
         }
         Store::Redis(store) => {
             let cached = store.peek(|out| key.write_value_id(out))?;
-            let envelope = envelope::decode(&cached.data).ok()?;
-            if envelope.reference {
-                return None;
-            }
-            let value = envelope.value().ok()?;
+            // (The layer keeps no value held in MongoDB.)
+            let value = keep::serve(&cached.data, &cached.decoded, keep)?;
             // A computation in progress depends on this value, and read
             // this version of it.
             deps::read_key(key, cached.version, &cached.data);

@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex};
 
 use moka::sync::Cache;
 
+use crate::call::Decoded;
 use crate::metrics::LayerEvent;
 use crate::sync::lock;
 
@@ -57,6 +58,8 @@ pub(crate) struct Cached {
     pub(crate) expires_at_ms: Option<u64>,
     /// The layer's epoch when it was filled (set by [`Layer::fill`]).
     pub(crate) epoch: u64,
+    /// The value, once a hit decoded it (see `call::keep`).
+    pub(crate) decoded: Arc<Decoded>,
 }
 
 /// What a read saw before it was sent; see [`Layer::fill`].
@@ -99,8 +102,10 @@ impl Layer {
     pub(crate) fn new(capacity_bytes: u64, prefix: &str) -> Self {
         let cache = Cache::builder()
             .max_capacity(capacity_bytes)
+            // The envelope counted twice: once as bytes, once for the
+            // value a hit keeps decoded beside them (about its size).
             .weigher(|key: &String, entry: &Cached| {
-                u32::try_from(key.len() + entry.data.len() + 64).unwrap_or(u32::MAX)
+                u32::try_from(key.len() + 2 * entry.data.len() + 64).unwrap_or(u32::MAX)
             })
             .build();
         Layer {
@@ -234,6 +239,7 @@ mod tests {
             data: Arc::from(&b"sm-value"[..]),
             expires_at_ms: None,
             epoch: 0,
+            decoded: Arc::default(),
         }
     }
 
@@ -355,6 +361,7 @@ mod tests {
                     data,
                     expires_at_ms: None,
                     epoch: 0,
+                    decoded: Arc::default(),
                 },
             );
         }

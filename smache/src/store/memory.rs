@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::{keys, Lookup, Slot};
+use crate::call::Decoded;
 use crate::sync::lock;
 
 #[derive(Clone)]
@@ -18,6 +19,8 @@ struct Entry {
     version: u64,
     data: Arc<[u8]>,
     ttl: Option<Duration>,
+    /// The value, once a hit decoded it (see `call::keep`).
+    decoded: Arc<Decoded>,
 }
 
 struct EntryTtl;
@@ -64,8 +67,10 @@ impl MemoryStore {
     pub(crate) fn new(capacity_bytes: u64, prefix: &str) -> Self {
         let cache = Cache::builder()
             .max_capacity(capacity_bytes)
+            // The envelope counted twice: once as bytes, once for the
+            // value a hit keeps decoded beside them (about its size).
             .weigher(|key: &String, entry: &Entry| {
-                u32::try_from(key.len() + entry.data.len() + 32).unwrap_or(u32::MAX)
+                u32::try_from(key.len() + 2 * entry.data.len() + 32).unwrap_or(u32::MAX)
             })
             .expire_after(EntryTtl)
             .build();
@@ -81,12 +86,15 @@ impl MemoryStore {
     /// `write_id`), shared rather than copied: the read of a hit.
     /// `None` when nothing is stored, and when the key is an alias (the
     /// caller then takes the path of [`get`](Self::get), which follows it).
-    pub(crate) fn peek(&self, write_id: impl FnOnce(&mut String)) -> Option<Arc<[u8]>> {
+    pub(crate) fn peek(
+        &self,
+        write_id: impl FnOnce(&mut String),
+    ) -> Option<(Arc<[u8]>, Arc<Decoded>)> {
         keys::with_value_key(&self.base, write_id, |key| {
             if self.linked.load(Ordering::Acquire) && lock(&self.links).contains_key(key) {
                 return None;
             }
-            self.cache.get(key).map(|entry| entry.data)
+            self.cache.get(key).map(|entry| (entry.data, entry.decoded))
         })
     }
 
@@ -114,6 +122,7 @@ impl MemoryStore {
             version: old.map_or(0, |old| old.value().version) + 1,
             data,
             ttl,
+            decoded: Arc::default(),
         });
         entry.value().version
     }

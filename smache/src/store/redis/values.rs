@@ -72,6 +72,7 @@ impl RedisStore {
                         data: Arc::from(data.as_slice()),
                         expires_at_ms,
                         epoch: 0,
+                        decoded: Arc::default(),
                     };
                     tracking.layer().fill(key, ticket, cached);
                 }
