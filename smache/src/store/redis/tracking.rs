@@ -39,6 +39,10 @@ pub(crate) const HEARTBEAT: Duration = Duration::from_millis(500);
 /// The longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How long a connection must last for the waits between attempts to
+/// start over.
+const STABLE_AFTER: Duration = Duration::from_secs(5);
+
 static TRACKING: Lazy<Runtime> = Lazy::new(|| {
     Builder::new_multi_thread()
         .worker_threads(1)
@@ -180,14 +184,21 @@ impl Supervisor {
         while !self.stop.is_cancelled() {
             match self.connect().await {
                 Ok((conn, lost)) => {
-                    backoff = Duration::from_millis(50);
                     warned = false;
                     tracing::debug!(
                         prefix = self.layer.prefix(),
                         "smache: in-process layer on (tracking connection up)"
                     );
+                    let up = tokio::time::Instant::now();
                     self.watch(conn, &lost).await;
                     self.retire();
+                    // A connection that lasted starts the waits over; one
+                    // lost at once (killed by a client limit, say) keeps
+                    // doubling them, rather than flushing the layer twenty
+                    // times a second.
+                    if up.elapsed() >= STABLE_AFTER {
+                        backoff = Duration::from_millis(50);
+                    }
                     tracing::debug!(
                         prefix = self.layer.prefix(),
                         "smache: in-process layer off until the tracking connection is back"
