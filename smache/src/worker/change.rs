@@ -8,7 +8,7 @@ use super::position::Unseen;
 use super::Worker;
 use crate::entity::EntityId;
 use crate::error::{Error, Result};
-use crate::store::timestamp_key;
+use crate::store::{keys, timestamp_key};
 
 impl Worker<'_> {
     /// What a change event tells the scripts, and whether the stream must
@@ -58,7 +58,7 @@ impl Worker<'_> {
                 | OperationType::Delete,
                 Some(coll),
             ) => {
-                let mut tokens = vec![format!("c:{coll}")];
+                let mut tokens = vec![keys::collection_token(&coll)];
                 let id = event
                     .document_key
                     .as_ref()
@@ -85,7 +85,7 @@ impl Worker<'_> {
     /// Every token of a collection: the collection itself and each of its
     /// documents that some value depends on.
     async fn collection_tokens(&self, coll: &str) -> Result<Vec<String>> {
-        let mut tokens = vec![format!("c:{coll}")];
+        let mut tokens = vec![keys::collection_token(&coll)];
         tokens.extend(self.store.dependant_documents(coll).await?);
         Ok(tokens)
     }
