@@ -85,7 +85,7 @@ impl Worker<'_> {
     /// Every token of a collection: the collection itself and each of its
     /// documents that some value depends on.
     async fn collection_tokens(&self, coll: &str) -> Result<Vec<String>> {
-        let mut tokens = vec![keys::collection_token(&coll)];
+        let mut tokens = vec![keys::collection_token(coll)];
         tokens.extend(self.store.dependant_documents(coll).await?);
         Ok(tokens)
     }
