@@ -174,8 +174,8 @@ fn local_hit<V: DeserializeOwned>(
     let key = key.as_ref().ok()?;
     match &smache.inner.store {
         Store::Memory(store) => {
-            let (data, decoded) = store.peek(|out| key.write_value_id(out))?;
-            let value = keep::serve(&data, &decoded, keep)?;
+            let stored = store.peek(|out| key.write_value_id(out))?;
+            let value = keep::serve(&stored.data, &stored.decoded, keep)?;
             // A computation in progress depends on this value.
             deps::depends_on_key(key);
             crate::metrics::hit(spec.name(), spec.metrics(), Served::Embedded);

@@ -48,7 +48,7 @@ use crate::sync::lock;
 const STRIPES: usize = 256;
 
 /// A value in the layer.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct Cached {
     /// The value version Redis assigned it.
     pub(crate) version: u64,
@@ -59,7 +59,7 @@ pub(crate) struct Cached {
     /// The layer's epoch when it was filled (set by [`Layer::fill`]).
     pub(crate) epoch: u64,
     /// The value, once a hit decoded it (see `call::keep`).
-    pub(crate) decoded: Arc<Decoded>,
+    pub(crate) decoded: Decoded,
 }
 
 /// What a read saw before it was sent; see [`Layer::fill`].
@@ -72,7 +72,7 @@ pub(crate) struct Ticket {
 
 /// The layer's state, shared with the tracking connection's push handler.
 pub(crate) struct Layer {
-    cache: Cache<String, Cached>,
+    cache: Cache<String, Arc<Cached>>,
     /// Invalidation counters, each behind the lock its fills and
     /// invalidations hold.
     stripes: Box<[Mutex<u64>]>,
@@ -104,7 +104,7 @@ impl Layer {
             .max_capacity(capacity_bytes)
             // The envelope counted twice: once as bytes, once for the
             // value a hit keeps decoded beside them (about its size).
-            .weigher(|key: &String, entry: &Cached| {
+            .weigher(|key: &String, entry: &Arc<Cached>| {
                 u32::try_from(key.len() + 2 * entry.data.len() + 64).unwrap_or(u32::MAX)
             })
             .build();
@@ -129,7 +129,7 @@ impl Layer {
     /// The value under `key`, if the layer may serve it now: a tracking
     /// connection is up and it is not past its time-to-live. A miss is
     /// counted by the caller, which goes on to Redis.
-    pub(crate) fn get(&self, key: &str) -> Option<Cached> {
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<Cached>> {
         if !self.live.load(Ordering::Acquire) {
             return None;
         }
@@ -176,7 +176,7 @@ impl Layer {
         // A flush from here on moves the epoch: this entry is then never
         // served.
         entry.epoch = ticket.epoch;
-        self.cache.insert(key.to_owned(), entry);
+        self.cache.insert(key.to_owned(), Arc::new(entry));
         drop(count);
     }
 
@@ -239,7 +239,7 @@ mod tests {
             data: Arc::from(&b"sm-value"[..]),
             expires_at_ms: None,
             epoch: 0,
-            decoded: Arc::default(),
+            decoded: Decoded::new(),
         }
     }
 
@@ -361,7 +361,7 @@ mod tests {
                     data,
                     expires_at_ms: None,
                     epoch: 0,
-                    decoded: Arc::default(),
+                    decoded: Decoded::new(),
                 },
             );
         }

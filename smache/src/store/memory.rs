@@ -1,11 +1,13 @@
 //! The embedded store: a bounded in-process cache (moka) with per-entry TTL.
+//!
+//! An entry past its TTL is a miss: checked on read (a clock read only for
+//! entries that have a TTL), and dropped by the byte bound in time.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
-use moka::Expiry;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,30 +16,20 @@ use super::{keys, Lookup, Slot};
 use crate::call::Decoded;
 use crate::sync::lock;
 
-#[derive(Clone)]
-struct Entry {
+/// A stored value, shared by every hit.
+pub(crate) struct Stored {
     version: u64,
-    data: Arc<[u8]>,
-    ttl: Option<Duration>,
+    /// The envelope.
+    pub(crate) data: Box<[u8]>,
+    expires_at: Option<Instant>,
     /// The value, once a hit decoded it (see `call::keep`).
-    decoded: Arc<Decoded>,
+    pub(crate) decoded: Decoded,
 }
 
-struct EntryTtl;
-
-impl Expiry<String, Entry> for EntryTtl {
-    fn expire_after_create(&self, _: &String, entry: &Entry, _: Instant) -> Option<Duration> {
-        entry.ttl
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &String,
-        entry: &Entry,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        entry.ttl
+impl Stored {
+    /// Not past its time-to-live.
+    fn live(&self) -> bool {
+        self.expires_at.is_none_or(|at| at > Instant::now())
     }
 }
 
@@ -47,7 +39,7 @@ pub(crate) struct MemoryStore {
     /// `{prefix}:`, the start of every key of the instance (see
     /// [`keys`]).
     pub(super) base: String,
-    cache: Cache<String, Entry>,
+    cache: Cache<String, Arc<Stored>>,
     /// Aliases: key → the value id it stands for. Few, and never evicted.
     links: Mutex<HashMap<String, String>>,
     /// Whether any alias was ever made: until then a hit need not look
@@ -69,10 +61,9 @@ impl MemoryStore {
             .max_capacity(capacity_bytes)
             // The envelope counted twice: once as bytes, once for the
             // value a hit keeps decoded beside them (about its size).
-            .weigher(|key: &String, entry: &Entry| {
+            .weigher(|key: &String, entry: &Arc<Stored>| {
                 u32::try_from(key.len() + 2 * entry.data.len() + 32).unwrap_or(u32::MAX)
             })
-            .expire_after(EntryTtl)
             .build();
         MemoryStore {
             base: keys::base(prefix),
@@ -86,15 +77,12 @@ impl MemoryStore {
     /// `write_id`), shared rather than copied: the read of a hit.
     /// `None` when nothing is stored, and when the key is an alias (the
     /// caller then takes the path of [`get`](Self::get), which follows it).
-    pub(crate) fn peek(
-        &self,
-        write_id: impl FnOnce(&mut String),
-    ) -> Option<(Arc<[u8]>, Arc<Decoded>)> {
+    pub(crate) fn peek(&self, write_id: impl FnOnce(&mut String)) -> Option<Arc<Stored>> {
         keys::with_value_key(&self.base, write_id, |key| {
             if self.linked.load(Ordering::Acquire) && lock(&self.links).contains_key(key) {
                 return None;
             }
-            self.cache.get(key).map(|entry| (entry.data, entry.decoded))
+            self.cache.get(key).filter(|entry| entry.live())
         })
     }
 
@@ -105,7 +93,7 @@ impl MemoryStore {
                 full_args: String::new(), // no executors here
             };
         }
-        match self.cache.get(key) {
+        match self.cache.get(key).filter(|entry| entry.live()) {
             Some(entry) => Lookup::Hit {
                 version: entry.version,
                 data: entry.data.to_vec(),
@@ -117,12 +105,15 @@ impl MemoryStore {
     }
 
     pub(crate) fn set(&self, key: &str, data: Vec<u8>, ttl: Option<Duration>) -> u64 {
-        let data: Arc<[u8]> = data.into();
-        let entry = self.cache.entry_by_ref(key).and_upsert_with(|old| Entry {
-            version: old.map_or(0, |old| old.value().version) + 1,
-            data,
-            ttl,
-            decoded: Arc::default(),
+        let data = data.into_boxed_slice();
+        let expires_at = ttl.and_then(|ttl| Instant::now().checked_add(ttl));
+        let entry = self.cache.entry_by_ref(key).and_upsert_with(|old| {
+            Arc::new(Stored {
+                version: old.map_or(0, |old| old.value().version) + 1,
+                data,
+                expires_at,
+                decoded: Decoded::new(),
+            })
         });
         entry.value().version
     }

@@ -72,7 +72,7 @@ impl RedisStore {
                         data: Arc::from(data.as_slice()),
                         expires_at_ms,
                         epoch: 0,
-                        decoded: Arc::default(),
+                        decoded: crate::call::Decoded::new(),
                     };
                     tracking.layer().fill(key, ticket, cached);
                 }
@@ -101,7 +101,7 @@ impl RedisStore {
     /// The value of id `write_id` writes in the in-process layer, if it
     /// may be served from there: the read of a hit, with no round trip.
     /// `None` sends the caller to Redis.
-    pub(crate) fn peek(&self, write_id: impl FnOnce(&mut String)) -> Option<Cached> {
+    pub(crate) fn peek(&self, write_id: impl FnOnce(&mut String)) -> Option<Arc<Cached>> {
         let layer = self.layer()?;
         let cached = keys::with_value_key(&self.base, write_id, |key| layer.get(key));
         if cached.is_none() {
