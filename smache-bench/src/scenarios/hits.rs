@@ -235,22 +235,9 @@ pub(crate) async fn embedded_hits(ctx: &Ctx) -> Result<Vec<Row>> {
             .entry(&key)
             .await?
             .ok_or("the value was not stored")?;
-        let moka: moka::sync::Cache<usize, String> = moka::sync::Cache::new(1_000);
-        moka.insert(size, text(size));
-        let ours = || async {
-            let start = Instant::now();
-            for _ in 0..BATCH {
-                black_box(smache.scope(payload(black_box(size))).await);
-            }
-            start.elapsed() / BATCH
-        };
-        let theirs = || {
-            let start = Instant::now();
-            for _ in 0..BATCH {
-                black_box(moka.get(&black_box(size)));
-            }
-            start.elapsed() / BATCH
-        };
+        let moka = moka_holding(size);
+        let ours = || smache_batch(&smache, size, BATCH);
+        let theirs = || moka_batch(&moka, size, BATCH);
         for _ in 0..warmup {
             ours().await;
             theirs();
@@ -290,6 +277,37 @@ pub(crate) async fn embedded_hits(ctx: &Ctx) -> Result<Vec<Row>> {
         ));
     }
     Ok(rows)
+}
+
+/// A `moka` cache holding the text of `size` bytes under `size`: what a
+/// memoizing moka user writes, the baseline of in-process hits.
+pub(crate) fn moka_holding(size: usize) -> moka::sync::Cache<usize, String> {
+    let moka = moka::sync::Cache::new(1_000);
+    moka.insert(size, text(size));
+    moka
+}
+
+/// The mean time of `batch` hits of `payload(size)` through `smache`
+/// (hits take well under a microsecond: one sample times a batch).
+pub(crate) async fn smache_batch(smache: &Smache, size: usize, batch: u32) -> Duration {
+    let start = Instant::now();
+    for _ in 0..batch {
+        black_box(smache.scope(payload(black_box(size))).await);
+    }
+    start.elapsed() / batch
+}
+
+/// The mean time of `batch` gets of `size` from `moka`.
+pub(crate) fn moka_batch(
+    moka: &moka::sync::Cache<usize, String>,
+    size: usize,
+    batch: u32,
+) -> Duration {
+    let start = Instant::now();
+    for _ in 0..batch {
+        black_box(moka.get(&black_box(size)));
+    }
+    start.elapsed() / batch
 }
 
 /// A row comparing two latency distributions by their medians.

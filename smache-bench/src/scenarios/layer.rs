@@ -12,10 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Args;
 use smache::{computed, Smache};
 
-use super::hits::{side_by_side, size_name, SIZES};
+use super::hits::{moka_batch, moka_holding, side_by_side, size_name, smache_batch, SIZES};
 use crate::child::{hear, say, ChildProcess};
 use crate::ctx::{connection_manager, Ctx, Result};
-use crate::fns::{payload, text};
+use crate::fns::payload;
 use crate::report::{Met, Row};
 use crate::stats::{Micros, Summary};
 
@@ -62,22 +62,9 @@ pub(crate) async fn layer_hits(ctx: &Ctx) -> Result<Vec<Row>> {
         if held == 0 {
             return Err("the value did not reach the layer".into());
         }
-        let moka: moka::sync::Cache<usize, String> = moka::sync::Cache::new(1_000);
-        moka.insert(size, text(size));
-        let ours = || async {
-            let start = Instant::now();
-            for _ in 0..BATCH {
-                black_box(smache.scope(payload(black_box(size))).await);
-            }
-            start.elapsed() / BATCH
-        };
-        let theirs = || {
-            let start = Instant::now();
-            for _ in 0..BATCH {
-                black_box(moka.get(&black_box(size)));
-            }
-            start.elapsed() / BATCH
-        };
+        let moka = moka_holding(size);
+        let ours = || smache_batch(&smache, size, BATCH);
+        let theirs = || moka_batch(&moka, size, BATCH);
         let get = || {
             let mut raw = raw.clone();
             let raw_key = raw_key.clone();
