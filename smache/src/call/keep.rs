@@ -11,14 +11,12 @@
 
 use std::any::Any;
 use std::marker::PhantomData;
-use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
 
 use crate::envelope;
 
-/// Where an entry keeps its value decoded, once a hit decoded it.
-pub(crate) type Decoded = OnceLock<Box<dyn Any + Send + Sync>>;
+pub(crate) use crate::store::Decoded;
 
 /// How hits of one function keep its value decoded: made only for value
 /// types that are `Clone + Send + Sync + 'static`.

@@ -27,7 +27,6 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 
 pub(crate) use self::drive::Drive;
-pub(crate) use self::keep::Decoded;
 pub use self::keep::{Keep, KeepClone, KeepDecode, KeepProbe};
 pub use self::mode::{Mode, OkOnly, Plain, ValueType};
 pub(crate) use self::path::{Call, Looked};

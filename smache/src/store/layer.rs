@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 
 use moka::sync::Cache;
 
-use crate::call::Decoded;
+use super::Decoded;
 use crate::metrics::LayerEvent;
 use crate::sync::lock;
 

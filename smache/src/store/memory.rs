@@ -12,8 +12,8 @@ use moka::sync::Cache;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::Decoded;
 use super::{keys, Lookup, Slot};
-use crate::call::Decoded;
 use crate::sync::lock;
 
 /// A stored value, shared by every hit.

@@ -31,6 +31,10 @@ use crate::error::Result;
 pub(crate) use crate::key::Outcome;
 use crate::spec::Refresh;
 
+/// Where an in-process entry (the embedded store's, the layer's) keeps its
+/// value decoded, once a hit decoded it (see `call::keep`).
+pub(crate) type Decoded = std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>;
+
 /// What a store found under a key.
 #[derive(Debug)]
 pub(crate) enum Lookup {

@@ -72,7 +72,7 @@ impl RedisStore {
                         data: Arc::from(data.as_slice()),
                         expires_at_ms,
                         epoch: 0,
-                        decoded: crate::call::Decoded::new(),
+                        decoded: crate::store::Decoded::new(),
                     };
                     tracking.layer().fill(key, ticket, cached);
                 }
