@@ -83,7 +83,6 @@ pub(crate) struct Layer {
     hasher: std::collections::hash_map::RandomState,
     /// The instance's prefix, for its logs.
     prefix: String,
-    capacity: u64,
 }
 
 impl std::fmt::Debug for Layer {
@@ -115,7 +114,6 @@ impl Layer {
             live: AtomicBool::new(false),
             hasher: std::collections::hash_map::RandomState::new(),
             prefix: prefix.to_owned(),
-            capacity: capacity_bytes,
         }
     }
 
@@ -220,7 +218,7 @@ impl Layer {
 
     /// Its bound in bytes.
     pub(crate) fn capacity(&self) -> u64 {
-        self.capacity
+        self.cache.policy().max_capacity().unwrap_or(0)
     }
 
     /// The prefix of the instance it belongs to.

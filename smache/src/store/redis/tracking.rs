@@ -151,8 +151,9 @@ impl Tracking {
 }
 
 /// Whether `err` says Redis could not be reached (rather than that it
-/// refused what was asked).
-fn unreachable(err: &redis::RedisError) -> bool {
+/// refused what was asked): the supervisor's connecting, and a read over
+/// the tracking connection, which is then given up.
+pub(super) fn unreachable(err: &redis::RedisError) -> bool {
     err.is_io_error()
         || err.is_connection_refusal()
         || err.is_connection_dropped()

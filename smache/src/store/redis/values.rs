@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::{is_wrong_type, millis, parse_u64, RedisStore};
+use super::{is_wrong_type, millis, parse_u64, tracking, RedisStore};
 use crate::error::{Error, Result};
 use crate::spec::Refresh;
 use crate::store::keys;
@@ -30,20 +30,15 @@ impl RedisStore {
                 // Not the breaker's business: a tracking connection that
                 // fails is given up, and the read made over the shared one.
                 match tokio::time::timeout(self.timeout, hmget(&mut conn, key)).await {
-                    Ok(Err(err))
-                        if err.is_unrecoverable_error()
-                            || err.is_io_error()
-                            || err.is_timeout()
-                            || err.is_connection_dropped() =>
-                    {
+                    Ok(Err(err)) if !tracking::unreachable(&err) => {
+                        (Err(Error::Redis(err)), Some(tracking), Some(ticket))
+                    }
+                    Ok(Ok(reply)) => (Ok(reply), Some(tracking), Some(ticket)),
+                    // Gone, or no answer in time.
+                    Ok(Err(_)) | Err(_) => {
                         tracking.failed();
                         (self.read_shared(key).await, None, None)
                     }
-                    Err(_) => {
-                        tracking.failed();
-                        (self.read_shared(key).await, None, None)
-                    }
-                    Ok(reply) => (reply.map_err(Error::Redis), Some(tracking), Some(ticket)),
                 }
             }
             None => (self.read_shared(key).await, None, None),
