@@ -61,7 +61,10 @@ async fn configuration_sources() {
     std::env::set_var("SMACHE_REDIS_URL", "http://nope");
     assert!(matches!(Smache::from_env(), Err(smache::Error::Config(_))));
 
-    // 5. An existing connection manager.
+    // 5. An existing connection manager (of one server: not on a cluster).
+    if smache_suite::on_cluster() {
+        return;
+    }
     let client = redis::Client::open(redis_url()).unwrap();
     let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
     let smache = Smache::builder()
@@ -78,7 +81,13 @@ async fn configuration_sources() {
 
 #[test]
 fn an_invalid_redis_url_says_the_expected_form_and_not_the_url() {
-    for url in ["localhost:6379", "http://user:hunter2@cache:6379/"] {
+    for url in [
+        "localhost:6379",
+        "http://user:hunter2@cache:6379/",
+        "redis+cluster://user:hunter2@",
+        "redis+cluster://user:hunter2@a:1,b:port",
+        "redis://user:hunter2@a:1,http://b:2",
+    ] {
         let err = Smache::builder().redis_url(url).build().unwrap_err();
         let message = err.to_string();
         assert!(matches!(err, smache::Error::Config(_)), "{message}");

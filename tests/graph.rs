@@ -59,16 +59,12 @@ fn id_of(smache: &Smache, key: &smache::CacheKey) -> String {
     storage[format!("{{{}}}:v:", smache.prefix()).len()..].to_owned()
 }
 
-async fn members(conn: &mut redis::aio::MultiplexedConnection, key: String) -> HashSet<String> {
+async fn members(conn: &mut smache_suite::RedisConn, key: String) -> HashSet<String> {
     conn.smembers(key).await.unwrap()
 }
 
 /// A value's dependencies: field `f` of its hash, each token ended by NUL.
-async fn dependencies(
-    conn: &mut redis::aio::MultiplexedConnection,
-    base: &str,
-    id: &str,
-) -> HashSet<String> {
+async fn dependencies(conn: &mut smache_suite::RedisConn, base: &str, id: &str) -> HashSet<String> {
     let f: Option<String> = conn.hget(format!("{base}v:{id}"), "f").await.unwrap();
     f.unwrap_or_default()
         .split_terminator('\0')

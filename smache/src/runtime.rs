@@ -66,3 +66,13 @@ where
         Err(_) => BACKGROUND.spawn(fut),
     }
 }
+
+/// Enters the background runtime when the caller is in no tokio runtime,
+/// for the time the guard lives: what is spawned meanwhile (a connection's
+/// driver task, say) then runs there rather than failing to find one.
+pub(crate) fn enter_if_outside() -> Option<tokio::runtime::EnterGuard<'static>> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => None,
+        Err(_) => Some(BACKGROUND.enter()),
+    }
+}

@@ -289,11 +289,11 @@ fn sync_functions_work_without_a_runtime() {
     assert_eq!(CALLS.get(&tag), 1);
 
     let key = smache.storage_key(&square::key(&tag, 12).unwrap());
-    let mut conn = redis::Client::open(redis_url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let exists: bool = redis::Commands::exists(&mut conn, &key).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let exists: bool = runtime.block_on(async {
+        let mut conn = smache_suite::redis_connection(&redis_url()).await;
+        redis::AsyncCommands::exists(&mut conn, &key).await.unwrap()
+    });
     assert!(exists, "{key} stored in redis");
 }
 

@@ -77,13 +77,92 @@ pub fn unique(label: &str) -> String {
     )
 }
 
-/// A plain connection for checking what smache wrote.
-pub async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("valid redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to the test redis")
+/// A plain connection for checking what smache wrote: to one server, or
+/// to a Redis Cluster when `url` names one (`redis+cluster://host:port,…`),
+/// following its redirections.
+pub async fn redis_connection(url: &str) -> RedisConn {
+    match cluster_nodes(url) {
+        Some(nodes) => RedisConn::Cluster(
+            redis::cluster::ClusterClient::new(nodes)
+                .expect("valid redis cluster url")
+                .get_async_connection()
+                .await
+                .expect("connect to the test redis cluster"),
+        ),
+        None => RedisConn::Server(
+            redis::Client::open(url)
+                .expect("valid redis url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect to the test redis"),
+        ),
+    }
+}
+
+/// Whether the tests' Redis is a cluster.
+pub fn on_cluster() -> bool {
+    cluster_nodes(&redis_url()).is_some()
+}
+
+/// The nodes of a `redis+cluster://a,b,…` URL.
+fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let hosts = url.strip_prefix("redis+cluster://")?;
+    Some(
+        hosts
+            .trim_end_matches('/')
+            .split(',')
+            .map(|host| format!("redis://{host}/"))
+            .collect(),
+    )
+}
+
+/// A test's connection to the tests' Redis, one server or a cluster.
+#[derive(Clone)]
+pub enum RedisConn {
+    /// One server.
+    Server(redis::aio::MultiplexedConnection),
+    /// A cluster.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RedisConn::Server(_) => "RedisConn::Server",
+            RedisConn::Cluster(_) => "RedisConn::Cluster",
+        })
+    }
+}
+
+impl redis::aio::ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RedisConn::Server(conn) => conn.req_packed_command(cmd),
+            RedisConn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RedisConn::Server(conn) => conn.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Server(conn) => conn.get_db(),
+            RedisConn::Cluster(conn) => conn.get_db(),
+        }
+    }
 }
 
 /// A `redis-server` of the test's own, to stop and start at will.

@@ -10,12 +10,30 @@ use redis::aio::ConnectionManager;
 use super::SmacheBuilder;
 use crate::error::{Error, Result};
 use crate::runtime;
-use crate::store::{MemoryStore, RedisStore, Store};
+use crate::store::{Endpoint, MemoryStore, RedisStore, Store};
 
 /// The connections: Redis and MongoDB.
 impl SmacheBuilder {
     /// Use Redis at `url` (`redis://[user:password@]host:port/db`, or
     /// `rediss://` for TLS). The connection is made on first use.
+    ///
+    /// A Redis Cluster is named by the scheme `redis+cluster://` (or
+    /// `rediss+cluster://`) with one or more seed nodes,
+    /// `redis+cluster://[user:password@]host:port[,host:port…]`, or by
+    /// several `redis://` URLs separated by commas; the client learns the
+    /// other nodes, follows redirections and failovers from the cluster
+    /// itself. On a cluster the in-process layer
+    /// ([`local_cache_capacity`](Self::local_cache_capacity)) is off for
+    /// now.
+    ///
+    /// ```no_run
+    /// # fn run() -> smache::Result<()> {
+    /// let smache = smache::Smache::builder()
+    ///     .redis_url("redis+cluster://10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000")
+    ///     .build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis = Some(RedisSource::Url(url.into()));
         self
@@ -71,7 +89,7 @@ impl SmacheBuilder {
 
 /// Where the Redis store's connections come from.
 pub(super) enum RedisSource {
-    /// A `redis://` or `rediss://` URL, opened by [`store`].
+    /// A `redis://`, `rediss://` or cluster URL, opened by [`store`].
     Url(String),
     /// A client the application built (TLS settings, …).
     Client(Box<redis::Client>),
@@ -105,17 +123,16 @@ pub(super) fn store(
     Ok(match redis {
         None => Store::Memory(MemoryStore::new(memory_capacity, prefix)),
         Some(RedisSource::Url(url)) => {
-            let client = redis::Client::open(url.as_str()).map_err(|err| {
-                // The error text never includes the URL itself.
-                Error::Config(format!(
-                    "invalid Redis URL ({err}); expected redis://[user:password@]host[:port][/db] or rediss://… for TLS"
-                ))
-            })?;
-            Store::Redis(RedisStore::from_client(client, timeout, prefix).with_layer(local_cache))
+            // The error text never includes the URL itself.
+            let endpoint = Endpoint::parse(&url).map_err(Error::Config)?;
+            Store::Redis(
+                RedisStore::from_endpoint(endpoint, timeout, prefix).with_layer(local_cache),
+            )
         }
-        Some(RedisSource::Client(client)) => {
-            Store::Redis(RedisStore::from_client(*client, timeout, prefix).with_layer(local_cache))
-        }
+        Some(RedisSource::Client(client)) => Store::Redis(
+            RedisStore::from_endpoint(Endpoint::Server(client), timeout, prefix)
+                .with_layer(local_cache),
+        ),
         Some(RedisSource::Manager(manager)) => {
             Store::Redis(RedisStore::from_manager(manager, timeout, prefix))
         }

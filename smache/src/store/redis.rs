@@ -3,9 +3,10 @@
 //! Each value is a small hash (`v` value version, `d` envelope, `g`/`w`
 //! change generations; see `lua/common.lua`), read with one `HMGET` and
 //! written, with its dependency edges, by one `EVALSHA` of `lua/store.lua`. One
-//! [`ConnectionManager`] (a multiplexed connection that reconnects by itself)
-//! serves every call; it is made on first use and connects lazily, so an
-//! application starts even while Redis is down. Every operation is bounded
+//! shared connection ([`Conn`]: to one server, a multiplexed connection that
+//! reconnects by itself; or to a Redis Cluster) serves every call; it is
+//! made on first use and connects lazily, so an application starts even
+//! while Redis is down. Every operation is bounded
 //! by the instance's timeout, and goes through a circuit breaker
 //! ([`Breaker`]): once an operation finds Redis unreachable, the others
 //! skip it until a probe, run in the background, finds it back, so callers
@@ -24,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use once_cell::sync::OnceCell;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::aio::ConnectionManager;
+use redis::Script;
 
 use super::breaker::{Breaker, Gate, Probe};
 use super::keys::{self, WorkerKeys};
@@ -33,6 +34,7 @@ use super::layer::Layer;
 use super::notify::Notifier;
 use crate::error::{Error, Result};
 
+mod conn;
 mod jobs;
 mod signal;
 mod tasks;
@@ -40,6 +42,7 @@ mod tracking;
 mod values;
 mod watch;
 
+pub(crate) use self::conn::{Conn, Endpoint, Scan};
 pub(crate) use self::jobs::{Abandon, Start};
 pub(crate) use self::signal::Related;
 pub(crate) use self::tasks::{TaskPhase, TaskState};
@@ -53,8 +56,11 @@ pub(crate) struct RedisStore {
     pub(super) base: String,
     /// The worker's keys, from `base`.
     worker: WorkerKeys,
-    client: Option<Client>,
-    manager: OnceCell<ConnectionManager>,
+    /// Where connections go; `None` when the store was given a connection
+    /// manager and knows no more.
+    endpoint: Option<Endpoint>,
+    /// The shared connection, made on first use.
+    shared: OnceCell<Conn>,
     breaker: Arc<Breaker>,
     scripts: Scripts,
     timeout: Duration,
@@ -124,15 +130,16 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The client holds the URL, and with it possibly a password: leave it out.
         f.debug_struct("RedisStore")
-            .field("connected", &self.manager.get().is_some())
+            .field("endpoint", &self.endpoint)
+            .field("connected", &self.shared.get().is_some())
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisStore {
-    pub(crate) fn from_client(client: Client, timeout: Duration, prefix: &str) -> Self {
-        Self::with(Some(client), OnceCell::new(), timeout, prefix)
+    pub(crate) fn from_endpoint(endpoint: Endpoint, timeout: Duration, prefix: &str) -> Self {
+        Self::with(Some(endpoint), OnceCell::new(), timeout, prefix)
     }
 
     pub(crate) fn from_manager(
@@ -140,12 +147,17 @@ impl RedisStore {
         timeout: Duration,
         prefix: &str,
     ) -> Self {
-        Self::with(None, OnceCell::with_value(manager), timeout, prefix)
+        Self::with(
+            None,
+            OnceCell::with_value(Conn::Server(manager)),
+            timeout,
+            prefix,
+        )
     }
 
     fn with(
-        client: Option<Client>,
-        manager: OnceCell<ConnectionManager>,
+        endpoint: Option<Endpoint>,
+        shared: OnceCell<Conn>,
         timeout: Duration,
         prefix: &str,
     ) -> Self {
@@ -153,8 +165,8 @@ impl RedisStore {
         RedisStore {
             worker: WorkerKeys::new(&base),
             base,
-            client,
-            manager,
+            endpoint,
+            shared,
             breaker: Arc::new(Breaker::new(prefix)),
             scripts: Scripts::new(),
             notifier: tokio::sync::Mutex::new(None),
@@ -165,11 +177,19 @@ impl RedisStore {
 
     /// Puts an in-process layer of `capacity` bytes in front (none if 0,
     /// or without a client to open its tracking connection with). Its
-    /// tracking connection opens at once, in the background.
+    /// tracking connection opens at once, in the background. None on a
+    /// Redis Cluster yet: its invalidations come from each node (#16).
     pub(crate) fn with_layer(mut self, capacity: u64) -> Self {
-        if let (Some(client), true) = (&self.client, capacity > 0) {
-            let layer = Arc::new(Layer::new(capacity, self.breaker.prefix()));
-            self.tracking = Some(Tracking::start(client, layer, self.timeout));
+        match (&self.endpoint, capacity > 0) {
+            (Some(Endpoint::Server(client)), true) => {
+                let layer = Arc::new(Layer::new(capacity, self.breaker.prefix()));
+                self.tracking = Some(Tracking::start(client, layer, self.timeout));
+            }
+            (Some(endpoint), true) if endpoint.is_cluster() => tracing::info!(
+                prefix = self.breaker.prefix(),
+                "smache: no in-process layer on Redis Cluster yet; every hit reads Redis"
+            ),
+            _ => {}
         }
         self
     }
@@ -179,20 +199,13 @@ impl RedisStore {
         self.tracking.as_ref().map(Tracking::layer)
     }
 
-    /// The shared connection manager, made on first use. It connects
-    /// lazily (the first command waits for the connection, within the
-    /// operation's bound) and makes one attempt per reconnection: the
-    /// breaker's probes do the retrying, so no command waits for a series
-    /// of attempts.
-    fn manager(&self) -> Result<ConnectionManager> {
-        self.manager
+    /// The shared connection, made on first use (see [`Endpoint::shared`]).
+    fn shared(&self) -> Result<Conn> {
+        self.shared
             .get_or_try_init(|| {
-                let client = self.client.clone().ok_or(Error::Unavailable)?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
-                    .set_number_of_retries(0);
-                Ok(ConnectionManager::new_lazy_with_config(client, config)?)
+                let endpoint = self.endpoint.as_ref().ok_or(Error::Unavailable)?;
+                let _runtime = crate::runtime::enter_if_outside();
+                Ok(endpoint.shared(self.timeout)?)
             })
             .cloned()
     }
@@ -206,11 +219,11 @@ impl RedisStore {
             Gate::Skip => Err(Error::Unavailable),
             Gate::Probe => {
                 let probe = Probe::new(Arc::clone(&self.breaker));
-                let manager = self.manager();
+                let conn = self.shared();
                 let timeout = self.timeout;
                 crate::runtime::spawn(async move {
-                    let answered = match manager {
-                        Ok(manager) => ping(manager, timeout).await,
+                    let answered = match conn {
+                        Ok(conn) => ping(conn, timeout).await,
                         Err(err) => Err(err),
                     };
                     probe.report(answered.as_ref().map(|_| ()));
@@ -220,9 +233,9 @@ impl RedisStore {
         }
     }
 
-    pub(super) async fn connection(&self) -> Result<ConnectionManager> {
+    pub(super) async fn connection(&self) -> Result<Conn> {
         self.admit()?;
-        self.manager()
+        self.shared()
     }
 
     /// Runs `fut` within the operation timeout; a failure to reach Redis
@@ -250,24 +263,26 @@ impl RedisStore {
     /// A connection of its own, for blocking reads (`XREADGROUP BLOCK`)
     /// that must not hold up the shared one. `None` when the store was
     /// built from a connection manager and knows no URL.
-    pub(crate) async fn dedicated(&self) -> Result<Option<redis::aio::MultiplexedConnection>> {
-        let Some(client) = &self.client else {
+    pub(crate) async fn dedicated(&self) -> Result<Option<Conn>> {
+        let Some(endpoint) = &self.endpoint else {
             return Ok(None);
         };
         self.admit()?;
         // Blocking reads wait up to `BLOCK_FOR` for a reply: allow for it.
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(BLOCK_FOR + self.timeout));
-        let connect = client.get_multiplexed_async_connection_with_config(&config);
+        let connect = endpoint.dedicated(self.timeout, BLOCK_FOR + self.timeout);
         self.bounded("connect", connect).await.map(Some)
+    }
+
+    /// Where the store connects, if it knows.
+    pub(crate) fn endpoint(&self) -> Option<&Endpoint> {
+        self.endpoint.as_ref()
     }
 }
 
 /// Asks Redis whether it answers, within `timeout`. A manager that had
 /// given up its connection fails the first command at once and starts
 /// reconnecting: the second waits for that.
-async fn ping(mut conn: ConnectionManager, timeout: Duration) -> Result<()> {
+async fn ping(mut conn: Conn, timeout: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut again = true;
     let cmd = redis::cmd("PING");

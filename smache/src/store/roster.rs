@@ -8,6 +8,7 @@ use std::time::Duration;
 use once_cell::sync::Lazy;
 use redis::Script;
 
+use super::redis::Scan;
 use super::RedisStore;
 use crate::error::Result;
 
@@ -118,25 +119,16 @@ impl RedisStore {
     /// [`MAX_KEYS_SEARCHED`] keys; and whether that covered every key.
     pub(crate) async fn other_rolls(&self) -> Result<(Vec<(String, Roll)>, bool)> {
         let mut conn = self.connection().await?;
-        let (mut cursor, mut searched, mut found) = (0_u64, 0_usize, Vec::new());
-        loop {
-            let mut cmd = redis::cmd("SCAN");
-            cmd.arg(cursor)
-                .arg("MATCH")
-                .arg("{*}:workers")
-                .arg("COUNT")
-                .arg(1000)
-                .arg("TYPE")
-                .arg("hash");
-            let (next, keys): (u64, Vec<String>) =
-                self.bounded("scan", cmd.query_async(&mut conn)).await?;
+        let mut scan = Scan::new("{*}:workers", Some("hash"));
+        let (mut searched, mut found) = (0_usize, Vec::new());
+        while let Some(keys) = self.bounded("scan", scan.next_page(&mut conn)).await? {
             found.extend(keys);
             searched += 1000;
-            cursor = next;
-            if cursor == 0 || searched >= MAX_KEYS_SEARCHED {
+            if searched >= MAX_KEYS_SEARCHED {
                 break;
             }
         }
+        let complete = scan.is_done();
         let mut others = Vec::new();
         for key in found {
             let Some(prefix) = key
@@ -156,7 +148,7 @@ impl RedisStore {
             }
         }
         others.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok((others, cursor == 0))
+        Ok((others, complete))
     }
 }
 

@@ -2,41 +2,19 @@
 //! that match), related documents, fan-out jobs, background refreshes, and
 //! finding which documents some value depends on.
 
-use redis::aio::ConnectionManager;
-
-use super::RedisStore;
+use super::{RedisStore, Scan};
 use crate::error::Result;
 use crate::store::keys;
 
 impl RedisStore {
-    /// One page of `SCAN … MATCH pattern`: the next cursor and the keys.
-    async fn scan_page(
-        conn: &mut ConnectionManager,
-        cursor: u64,
-        pattern: &str,
-    ) -> Result<(u64, Vec<String>)> {
-        Ok(redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?)
-    }
-
     /// Every key matching `pattern`.
     pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<String>> {
         let mut conn = self.connection().await?;
-        let (mut cursor, mut keys) = (0, Vec::new());
-        loop {
-            let (next, page) = Self::scan_page(&mut conn, cursor, pattern).await?;
+        let (mut scan, mut keys) = (Scan::new(pattern, None), Vec::new());
+        while let Some(page) = self.bounded("scan", scan.next_page(&mut conn)).await? {
             keys.extend(page);
-            if next == 0 {
-                return Ok(keys);
-            }
-            cursor = next;
         }
+        Ok(keys)
     }
 
     /// The dependency tokens of the documents of `collection` that some
@@ -64,9 +42,8 @@ impl RedisStore {
         let prefix = keys::value_prefix(&self.base);
         let pattern = format!("{prefix}{id_glob}");
         let mut conn = self.connection().await?;
-        let (mut cursor, mut values, mut queued) = (0, 0, 0);
-        loop {
-            let (next, keys) = Self::scan_page(&mut conn, cursor, &pattern).await?;
+        let (mut scan, mut values, mut queued) = (Scan::new(pattern, None), 0, 0);
+        while let Some(keys) = self.bounded("scan", scan.next_page(&mut conn)).await? {
             let ids: Vec<String> = keys
                 .iter()
                 .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
@@ -75,11 +52,8 @@ impl RedisStore {
             for chunk in ids.chunks(500) {
                 queued += self.mark_stale(chunk, lazy).await?;
             }
-            if next == 0 {
-                return Ok((values, queued));
-            }
-            cursor = next;
         }
+        Ok((values, queued))
     }
 
     /// Signals every value in `ids` as changed (`lazy`: marks them stale

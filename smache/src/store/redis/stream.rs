@@ -12,7 +12,6 @@ mod report;
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 
 use super::{RedisStore, BLOCK_FOR};
@@ -157,7 +156,7 @@ pub(crate) struct LastAnnounced {
 /// An executor's own connection to the jobs stream, for its blocking reads
 /// (`XREADGROUP BLOCK`) that must not hold up the shared one.
 pub(crate) struct JobReader {
-    conn: MultiplexedConnection,
+    conn: super::Conn,
     stream: String,
     consumer: String,
 }

@@ -159,15 +159,21 @@ impl RedisStore {
     /// A receiver woken when the computation of `id` ends in any process;
     /// `None` when notifications are unavailable (callers poll instead).
     pub(crate) async fn waiter(&self, id: &str) -> Option<oneshot::Receiver<()>> {
-        let client = self.client.as_ref()?;
+        let endpoint = self.endpoint()?;
         self.admit().ok()?;
         let mut slot = self.notifier.lock().await;
         if !slot.as_ref().is_some_and(|n| n.is_alive()) {
             let channel = keys::done(&self.base);
-            match tokio::time::timeout(self.timeout, Notifier::start(client, &channel)).await {
-                Ok(Ok(notifier)) => *slot = Some(notifier),
-                _ => return None,
+            // On a cluster, any node serves: the first that answers.
+            let mut started = None;
+            for client in endpoint.subscribers() {
+                let start = Notifier::start(&client, &channel);
+                if let Ok(Ok(notifier)) = tokio::time::timeout(self.timeout, start).await {
+                    started = Some(notifier);
+                    break;
+                }
             }
+            *slot = Some(started?);
         }
         slot.as_ref().map(|notifier| notifier.register(id))
     }

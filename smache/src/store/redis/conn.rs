@@ -1,0 +1,414 @@
+//! Where the Redis store connects, one server or a Redis Cluster, and the
+//! one connection type every operation uses on either.
+//!
+//! A server is reached through redis-rs's `ConnectionManager` (multiplexed,
+//! reconnecting); a cluster through its async `ClusterConnection`, which
+//! follows `MOVED`/`ASK` redirections and refreshes the slot map after a
+//! failover by itself. Both are made lazily: an application starts while
+//! Redis is down. [`Conn`] puts them behind redis-rs's own
+//! [`ConnectionLike`], so commands, pipelines and scripts are written once;
+//! the one command that must know the topology, `SCAN`, goes through
+//! [`Scan`], which walks every master of a cluster in turn.
+
+use std::time::Duration;
+
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{
+    Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value,
+};
+
+/// Where the store's connections go (each client boxed: they are
+/// hundreds of bytes, of different sizes).
+#[derive(Clone)]
+pub(crate) enum Endpoint {
+    /// One Redis server (or a proxy in front of one).
+    Server(Box<Client>),
+    /// A Redis Cluster, found from its seed nodes.
+    Cluster {
+        /// The client of the cluster's connections.
+        client: Box<ClusterClient>,
+        /// The seed nodes, each reachable alone: for the `{prefix}:done`
+        /// subscription, which any node serves (a `PUBLISH` reaches the
+        /// whole cluster).
+        seeds: Vec<ConnectionInfo>,
+    },
+}
+
+/// The URL forms [`Endpoint::parse`] accepts, for its error messages.
+const URL_FORMS: &str = "expected redis://[user:password@]host[:port][/db] (rediss:// for TLS), \
+     or for Redis Cluster redis+cluster://[user:password@]host:port[,host:port…] \
+     (rediss+cluster:// for TLS) or several redis:// URLs separated by commas";
+
+impl Endpoint {
+    /// The endpoint a URL names: a Redis Cluster when its scheme is
+    /// `redis+cluster://` (`rediss+cluster://` for TLS) or when it lists
+    /// several comma-separated nodes, else one server. Only the seed nodes
+    /// are listed: the cluster tells the client about the others. The
+    /// error never repeats the URL, which may hold a password.
+    pub(crate) fn parse(url: &str) -> Result<Self, String> {
+        let url = url.trim();
+        let nodes = cluster_nodes(url);
+        if nodes.is_empty() {
+            return Client::open(url)
+                .map(|client| Endpoint::Server(Box::new(client)))
+                .map_err(|err| format!("invalid Redis URL ({err}); {URL_FORMS}"));
+        }
+        let mut infos = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let info = node
+                .as_str()
+                .into_connection_info()
+                .map_err(|err| format!("invalid Redis Cluster node URL ({err}); {URL_FORMS}"))?;
+            infos.push(info);
+        }
+        ClusterClientBuilder::new(infos.clone())
+            .build()
+            .map(|client| Endpoint::Cluster {
+                client: Box::new(client),
+                seeds: infos,
+            })
+            .map_err(|err| format!("invalid Redis Cluster URL ({err}); {URL_FORMS}"))
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Endpoint::Cluster { .. })
+    }
+
+    /// Clients of single nodes a subscription may use, in the order to
+    /// try them: the server, or each seed node of a cluster.
+    pub(crate) fn subscribers(&self) -> Vec<Client> {
+        match self {
+            Endpoint::Server(client) => vec![Client::clone(client)],
+            Endpoint::Cluster { seeds, .. } => seeds
+                .iter()
+                .filter_map(|seed| Client::open(seed.clone()).ok())
+                .collect(),
+        }
+    }
+
+    /// The shared connection, connecting lazily: the first command waits
+    /// for it. On a server it makes one attempt per reconnection (the
+    /// store's breaker does the retrying, so no command waits for a series
+    /// of attempts); a cluster connection retries redirections and
+    /// failovers itself, within each operation's bound.
+    ///
+    /// A cluster connection starts its driver on the current tokio
+    /// runtime, so this must be called within one.
+    pub(crate) fn shared(&self, timeout: Duration) -> RedisResult<Conn> {
+        Ok(match self {
+            Endpoint::Server(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(0);
+                Conn::Server(ConnectionManager::new_lazy_with_config(
+                    Client::clone(client),
+                    config,
+                )?)
+            }
+            Endpoint::Cluster { client, .. } => Conn::Cluster(
+                client.get_pending_async_connection_with_config(cluster_config(timeout, timeout)),
+            ),
+        })
+    }
+
+    /// A connection of its own, for blocking reads whose replies may take
+    /// `response_timeout`.
+    pub(crate) async fn dedicated(
+        &self,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> RedisResult<Conn> {
+        Ok(match self {
+            Endpoint::Server(client) => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(response_timeout));
+                Conn::Direct(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Endpoint::Cluster { client, .. } => Conn::Cluster(
+                client
+                    .get_async_connection_with_config(cluster_config(
+                        connect_timeout,
+                        response_timeout,
+                    ))
+                    .await?,
+            ),
+        })
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Both hold the URL, and with it possibly a password: leave it out.
+        f.write_str(match self {
+            Endpoint::Server(_) => "Server",
+            Endpoint::Cluster { .. } => "Cluster",
+        })
+    }
+}
+
+fn cluster_config(connect_timeout: Duration, response_timeout: Duration) -> ClusterConfig {
+    ClusterConfig::new()
+        .set_connection_timeout(connect_timeout)
+        .set_response_timeout(response_timeout)
+}
+
+/// The node URLs of a cluster URL, each with the scheme, credentials and
+/// path of the whole; empty for a one-server URL.
+fn cluster_nodes(url: &str) -> Vec<String> {
+    let cluster_scheme = [
+        ("redis+cluster://", "redis://"),
+        ("rediss+cluster://", "rediss://"),
+    ]
+    .into_iter()
+    .find_map(|(cluster, plain)| Some((url.strip_prefix(cluster)?, plain)));
+    if let Some((rest, scheme)) = cluster_scheme {
+        let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+        let (credentials, hosts) = match authority.rfind('@') {
+            Some(at) => authority.split_at(at + 1),
+            None => ("", authority),
+        };
+        return hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|host| !host.is_empty())
+            .map(|host| format!("{scheme}{credentials}{host}{path}"))
+            .collect();
+    }
+    if url.contains(',') {
+        return url
+            .split(',')
+            .map(str::trim)
+            .filter(|node| !node.is_empty())
+            .map(str::to_owned)
+            .collect();
+    }
+    Vec::new()
+}
+
+/// A connection to the store's Redis: shared (reconnecting), dedicated, or
+/// to a cluster. Cloning shares it.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    /// The shared connection to one server.
+    Server(ConnectionManager),
+    /// A connection of its own to one server.
+    Direct(MultiplexedConnection),
+    /// A connection to a cluster (shared or dedicated).
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Server(conn) => conn.req_packed_command(cmd),
+            Conn::Direct(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Server(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Direct(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(conn) => conn.get_db(),
+            Conn::Direct(conn) => conn.get_db(),
+            Conn::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// A `SCAN … MATCH pattern` over the whole keyspace, a page at a time: on
+/// one server its one cursor; on a cluster each master's in turn (found by
+/// `CLUSTER NODES` when the scan starts). A key that moves between
+/// masters while the scan runs (a slot migration) may be seen twice or not
+/// at all, as `SCAN`'s own guarantee is per node.
+pub(crate) struct Scan {
+    pattern: String,
+    kind: Option<&'static str>,
+    /// The masters still to scan, the current one last (`None` for a
+    /// server); empty when done.
+    nodes: Vec<Option<(String, u16)>>,
+    cursor: u64,
+    started: bool,
+}
+
+impl Scan {
+    /// A scan of the keys matching `pattern`, of Redis type `kind` if
+    /// given.
+    pub(crate) fn new(pattern: impl Into<String>, kind: Option<&'static str>) -> Self {
+        Scan {
+            pattern: pattern.into(),
+            kind,
+            nodes: Vec::new(),
+            cursor: 0,
+            started: false,
+        }
+    }
+
+    /// Whether every node has been scanned to its end.
+    pub(crate) fn is_done(&self) -> bool {
+        self.started && self.nodes.is_empty()
+    }
+
+    /// The next page (possibly empty), or `None` once every node is done.
+    pub(crate) async fn next_page(&mut self, conn: &mut Conn) -> RedisResult<Option<Vec<String>>> {
+        if !self.started {
+            self.started = true;
+            self.nodes = match conn {
+                Conn::Cluster(cluster) => masters(cluster).await?.into_iter().map(Some).collect(),
+                _ => vec![None],
+            };
+        }
+        let Some(node) = self.nodes.last().cloned() else {
+            return Ok(None);
+        };
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(self.cursor)
+            .arg("MATCH")
+            .arg(&self.pattern)
+            .arg("COUNT")
+            .arg(1000);
+        if let Some(kind) = self.kind {
+            cmd.arg("TYPE").arg(kind);
+        }
+        let (next, page): (u64, Vec<String>) = match (node, &mut *conn) {
+            (Some((host, port)), Conn::Cluster(cluster)) => {
+                let routing =
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+                redis::from_redis_value(cluster.route_command(cmd, routing).await?)?
+            }
+            _ => cmd.query_async(conn).await?,
+        };
+        self.cursor = next;
+        if next == 0 {
+            self.nodes.pop();
+        }
+        Ok(Some(page))
+    }
+}
+
+/// The addresses of a cluster's masters that serve slots, from `CLUSTER
+/// NODES` (`<id> <ip:port@bus[,hostname]> <flags> <master> … <slots…>`).
+async fn masters(cluster: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
+    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+    let nodes: String = redis::from_redis_value(
+        cluster
+            .route_command(redis::cmd("CLUSTER").arg("NODES").clone(), routing)
+            .await?,
+    )?;
+    Ok(parse_masters(&nodes))
+}
+
+fn parse_masters(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            let serves_slots = fields.len() > 8;
+            if !flags.split(',').any(|flag| flag == "master")
+                || flags
+                    .split(',')
+                    .any(|flag| matches!(flag, "fail" | "noaddr" | "handshake"))
+                || !serves_slots
+            {
+                return None;
+            }
+            let address = fields[1].split(['@', ',']).next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_server_urls_are_no_cluster() {
+        assert!(cluster_nodes("redis://127.0.0.1:6379/2").is_empty());
+        assert!(matches!(
+            Endpoint::parse("redis://127.0.0.1/"),
+            Ok(Endpoint::Server(_))
+        ));
+    }
+
+    #[test]
+    fn cluster_scheme_lists_seed_nodes_with_the_credentials_and_path() {
+        assert_eq!(
+            cluster_nodes("redis+cluster://u:p@10.0.0.1:7000,10.0.0.2:7001/"),
+            ["redis://u:p@10.0.0.1:7000/", "redis://u:p@10.0.0.2:7001/"]
+        );
+        assert_eq!(
+            cluster_nodes("rediss+cluster://h:7000"),
+            ["rediss://h:7000"]
+        );
+        assert!(
+            Endpoint::parse("redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
+                .unwrap()
+                .is_cluster()
+        );
+    }
+
+    #[test]
+    fn several_urls_are_a_cluster() {
+        assert_eq!(
+            cluster_nodes("redis://a:1, redis://b:2"),
+            ["redis://a:1", "redis://b:2"]
+        );
+        assert!(Endpoint::parse("redis://a:1,redis://b:2")
+            .unwrap()
+            .is_cluster());
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_expected_without_the_password() {
+        let err = Endpoint::parse("redis+cluster://user:secret@").unwrap_err();
+        assert!(err.contains("redis+cluster://"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        let err = Endpoint::parse("http://user:secret@host").unwrap_err();
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn masters_serving_slots_are_scanned() {
+        let nodes = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7003@17003 slave a1 0 0 1 connected
+c3 127.0.0.1:7001@17001,host-1 master - 0 0 2 connected 5461-10922
+d4 127.0.0.1:7002@17002 master,fail - 0 0 3 connected 10923-16383
+e5 127.0.0.1:7004@17004 master - 0 0 4 connected
+";
+        assert_eq!(
+            parse_masters(nodes),
+            [
+                ("127.0.0.1".to_owned(), 7000),
+                ("127.0.0.1".to_owned(), 7001)
+            ]
+        );
+    }
+}
