@@ -1,27 +1,46 @@
 #!/usr/bin/env bash
-# The README's test command: the whole suite against real servers, then
-# its integration tests again with the in-process layer off (every hit
-# read from Redis), so both ways of serving a hit pass the same suite.
+# The README's test command, three passes against real servers:
+#   1. the whole suite, one Redis;
+#   2. its integration tests again with the in-process layer off (every
+#      hit read from Redis), so both ways of serving a hit pass the suite;
+#   3. the suites that exercise the store protocol (store, refresh, single
+#      flight, tasks, graph, aliases, inspect, chaos) against a Redis
+#      Cluster of 3 masters + 3 replicas (issue #16).
 #
 #   ./scripts/test.sh [extra `cargo test` arguments]
 #
-# scripts/with-servers.sh installs and starts redis-server and the Mongo
-# test server on free loopback ports (or uses SMACHE_TEST_REDIS_URL /
+# scripts/with-servers.sh installs and starts redis-server, the cluster and
+# the Mongo test server on free loopback ports (or uses
+# SMACHE_TEST_REDIS_URL / SMACHE_TEST_REDIS_CLUSTER_URL /
 # SMACHE_TEST_MONGODB_URI if set), runs the tests, and stops them after.
+# SMACHE_TEST_CLUSTER=0 leaves the cluster pass out.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 # The end-to-end tests run the smache-worker binary: build it first.
 cargo build -q -p smache-worker
 export SMACHE_TEST_WORKER_BIN="$root/target/debug/smache-worker"
-# The second pass skips the macro's compile-fail suite (`ui`), which no
+export SMACHE_TEST_CLUSTER="${SMACHE_TEST_CLUSTER:-1}"
+# The later passes skip the macro's compile-fail suite (`ui`), which no
 # store setting touches, and the doc tests; `--workspace` as in the first,
 # so that nothing is built again with other features.
 exec "$root/scripts/with-servers.sh" bash -c '
   set -e
   cargo test --workspace "$@"
-  echo "[test.sh] again with the in-process layer off (SMACHE_LOCAL_CACHE_CAPACITY=0)" >&2
   # (after the test arguments given, if any: one `--` only)
   sep=(--); for arg in "$@"; do [ "$arg" != "--" ] || sep=(); done
+  echo "[test.sh] again with the in-process layer off (SMACHE_LOCAL_CACHE_CAPACITY=0)" >&2
   SMACHE_LOCAL_CACHE_CAPACITY=0 cargo test --workspace --tests "$@" "${sep[@]}" --skip ui
+  if [ -n "${SMACHE_TEST_REDIS_CLUSTER_URL:-}" ]; then
+    echo "[test.sh] the store protocol suites against Redis Cluster" >&2
+    # Left out there: tests that put a proxy between smache and one
+    # server, which a cluster client (redirected to the real nodes)
+    # cannot go through.
+    SMACHE_TEST_REDIS_URL="$SMACHE_TEST_REDIS_CLUSTER_URL" \
+    SMACHE_REDIS_URL="$SMACHE_TEST_REDIS_CLUSTER_URL" \
+      cargo test --workspace --test redis_store --test refresh --test single_flight \
+        --test tasks --test graph --test aliases --test inspect --test inspect_graph \
+        --test configuration --test chaos "$@" "${sep[@]}" \
+        --skip a_waiter_that_read_just_before_the_value_was_stored_does_not_compute_it_again
+  fi
 ' test.sh "$@"

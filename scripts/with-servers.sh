@@ -35,7 +35,7 @@
 #                                    (and is stopped at the end like the rest)
 #   SMACHE_TEST_REDIS_CLUSTER_NODE_TIMEOUT_MS  2000 (for failover waits)
 # (the last three only for a cluster started here). The tests against it:
-#   SMACHE_TEST_CLUSTER=1 ./scripts/test.sh
+#   ./scripts/test.sh (which sets SMACHE_TEST_CLUSTER=1 unless told 0)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
