@@ -123,6 +123,16 @@ impl Error {
                         err.kind(),
                         redis::ErrorKind::AuthenticationFailed
                             | redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                            // A Redis Cluster with no node to reach, or in
+                            // a failover or slot migration the client's own
+                            // retries did not outlast: callers compute
+                            // directly meanwhile.
+                            | redis::ErrorKind::ClusterConnectionNotFound
+                            | redis::ErrorKind::Server(
+                                redis::ServerErrorKind::ClusterDown
+                                    | redis::ServerErrorKind::MasterDown
+                                    | redis::ServerErrorKind::TryAgain
+                            )
                     )
             }
             _ => false,

@@ -67,12 +67,9 @@ where
     }
 }
 
-/// Enters the background runtime when the caller is in no tokio runtime,
-/// for the time the guard lives: what is spawned meanwhile (a connection's
-/// driver task, say) then runs there rather than failing to find one.
-pub(crate) fn enter_if_outside() -> Option<tokio::runtime::EnterGuard<'static>> {
-    match tokio::runtime::Handle::try_current() {
-        Ok(_) => None,
-        Err(_) => Some(BACKGROUND.enter()),
-    }
+/// Enters the background runtime for the time the guard lives: what is
+/// spawned meanwhile (a connection's driver task, say) runs there, for as
+/// long as the process, whichever runtime the caller is on.
+pub(crate) fn enter_background() -> tokio::runtime::EnterGuard<'static> {
+    BACKGROUND.enter()
 }

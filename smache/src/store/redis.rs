@@ -204,7 +204,6 @@ impl RedisStore {
         self.shared
             .get_or_try_init(|| {
                 let endpoint = self.endpoint.as_ref().ok_or(Error::Unavailable)?;
-                let _runtime = crate::runtime::enter_if_outside();
                 Ok(endpoint.shared(self.timeout)?)
             })
             .cloned()
@@ -285,9 +284,8 @@ impl RedisStore {
 async fn ping(mut conn: Conn, timeout: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut again = true;
-    let cmd = redis::cmd("PING");
     loop {
-        let pong = cmd.query_async::<()>(&mut conn);
+        let pong = conn.ping();
         match tokio::time::timeout_at(deadline, pong).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(err)) if again && err.is_io_error() => again = false,

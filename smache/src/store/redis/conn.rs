@@ -39,6 +39,10 @@ pub(crate) enum Endpoint {
     },
 }
 
+/// How many times the cluster client retries a command (redirections,
+/// `TRYAGAIN`, a node's reconnection), waiting 10–100 ms between.
+const CLUSTER_RETRIES: u32 = 3;
+
 /// The URL forms [`Endpoint::parse`] accepts, for its error messages.
 const URL_FORMS: &str = "expected redis://[user:password@]host[:port][/db] (rediss:// for TLS), \
      or for Redis Cluster redis+cluster://[user:password@]host:port[,host:port…] \
@@ -51,7 +55,7 @@ impl Endpoint {
     /// are listed: the cluster tells the client about the others. The
     /// error never repeats the URL, which may hold a password.
     pub(crate) fn parse(url: &str) -> Result<Self, String> {
-        let url = url.trim();
+        let url = url.trim().trim_matches(',').trim();
         let nodes = cluster_nodes(url);
         if nodes.is_empty() {
             return Client::open(url)
@@ -64,9 +68,22 @@ impl Endpoint {
                 .as_str()
                 .into_connection_info()
                 .map_err(|err| format!("invalid Redis Cluster node URL ({err}); {URL_FORMS}"))?;
+            if info.redis_settings().db() != 0 {
+                // Redis Cluster has database 0 only: a node would refuse
+                // every connection, for a reason the client never shows.
+                return Err(format!(
+                    "a Redis Cluster has database 0 only: leave /<db> out of the URL; {URL_FORMS}"
+                ));
+            }
             infos.push(info);
         }
         ClusterClientBuilder::new(infos.clone())
+            // Enough to follow MOVED/ASK and a failover's new master;
+            // past it, the store's breaker takes over (callers compute
+            // directly) rather than an operation waiting seconds.
+            .retries(CLUSTER_RETRIES)
+            .min_retry_wait(10)
+            .max_retry_wait(100)
             .build()
             .map(|client| Endpoint::Cluster {
                 client: Box::new(client),
@@ -97,9 +114,6 @@ impl Endpoint {
     /// store's breaker does the retrying, so no command waits for a series
     /// of attempts); a cluster connection retries redirections and
     /// failovers itself, within each operation's bound.
-    ///
-    /// A cluster connection starts its driver on the current tokio
-    /// runtime, so this must be called within one.
     pub(crate) fn shared(&self, timeout: Duration) -> RedisResult<Conn> {
         Ok(match self {
             Endpoint::Server(client) => {
@@ -112,9 +126,20 @@ impl Endpoint {
                     config,
                 )?)
             }
-            Endpoint::Cluster { client, .. } => Conn::Cluster(
-                client.get_pending_async_connection_with_config(cluster_config(timeout, timeout)),
-            ),
+            Endpoint::Cluster { client, .. } => {
+                // Its driver lives on smache's own runtime: a cluster
+                // connection does not heal once the runtime its driver ran
+                // on is gone (a test's, a short-lived `block_on`), and a
+                // sync call blocking a current-thread runtime would starve
+                // it.
+                let _background = crate::runtime::enter_background();
+                Conn::Cluster(
+                    client.get_pending_async_connection_with_config(cluster_config(
+                        connect_timeout(timeout),
+                        timeout,
+                    )),
+                )
+            }
         })
     }
 
@@ -139,7 +164,7 @@ impl Endpoint {
             Endpoint::Cluster { client, .. } => Conn::Cluster(
                 client
                     .get_async_connection_with_config(cluster_config(
-                        connect_timeout,
+                        self::connect_timeout(connect_timeout),
                         response_timeout,
                     ))
                     .await?,
@@ -158,6 +183,13 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
+/// A cluster node's connection timeout: half the operation's, since the
+/// first connection waits for every seed node, one that never answers
+/// included.
+fn connect_timeout(timeout: Duration) -> Duration {
+    timeout / 2
+}
+
 fn cluster_config(connect_timeout: Duration, response_timeout: Duration) -> ClusterConfig {
     ClusterConfig::new()
         .set_connection_timeout(connect_timeout)
@@ -172,7 +204,11 @@ fn cluster_nodes(url: &str) -> Vec<String> {
         ("rediss+cluster://", "rediss://"),
     ]
     .into_iter()
-    .find_map(|(cluster, plain)| Some((url.strip_prefix(cluster)?, plain)));
+    .find_map(|(cluster, plain)| {
+        let head = url.get(..cluster.len())?;
+        head.eq_ignore_ascii_case(cluster)
+            .then(|| (&url[cluster.len()..], plain))
+    });
     if let Some((rest, scheme)) = cluster_scheme {
         let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
         let (credentials, hosts) = match authority.rfind('@') {
@@ -186,15 +222,18 @@ fn cluster_nodes(url: &str) -> Vec<String> {
             .map(|host| format!("{scheme}{credentials}{host}{path}"))
             .collect();
     }
-    if url.contains(',') {
-        return url
-            .split(',')
-            .map(str::trim)
-            .filter(|node| !node.is_empty())
-            .map(str::to_owned)
-            .collect();
+    let listed: Vec<String> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|node| !node.is_empty())
+        .map(str::to_owned)
+        .collect();
+    // Several nodes make a cluster; one (a trailing comma) is a server.
+    if listed.len() > 1 {
+        listed
+    } else {
+        Vec::new()
     }
-    Vec::new()
 }
 
 /// A connection to the store's Redis: shared (reconnecting), dedicated, or
@@ -207,6 +246,22 @@ pub(crate) enum Conn {
     Direct(MultiplexedConnection),
     /// A connection to a cluster (shared or dedicated).
     Cluster(ClusterConnection),
+}
+
+impl Conn {
+    /// Whether Redis answers a `PING`: on a cluster, any one master
+    /// (redis-rs would ask every master, and one down would fail it while
+    /// its replica takes over).
+    pub(crate) async fn ping(&mut self) -> RedisResult<()> {
+        let ping = redis::cmd("PING");
+        match self {
+            Conn::Cluster(cluster) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+                cluster.route_command(ping, routing).await.map(drop)
+            }
+            _ => ping.query_async(self).await,
+        }
+    }
 }
 
 impl ConnectionLike for Conn {
@@ -310,38 +365,43 @@ impl Scan {
     }
 }
 
-/// The addresses of a cluster's masters that serve slots, from `CLUSTER
-/// NODES` (`<id> <ip:port@bus[,hostname]> <flags> <master> … <slots…>`).
+/// The addresses of a cluster's masters, from `CLUSTER SLOTS` (each range:
+/// start, end, then its master's `[host, port, id, …]` and its replicas'):
+/// the addresses the client itself knows the nodes by.
 async fn masters(cluster: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
     let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-    let nodes: String = redis::from_redis_value(
-        cluster
-            .route_command(redis::cmd("CLUSTER").arg("NODES").clone(), routing)
-            .await?,
-    )?;
-    Ok(parse_masters(&nodes))
+    let slots = cluster
+        .route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), routing)
+        .await?;
+    Ok(parse_masters(slots))
 }
 
-fn parse_masters(nodes: &str) -> Vec<(String, u16)> {
-    nodes
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let flags = fields.get(2)?;
-            let serves_slots = fields.len() > 8;
-            if !flags.split(',').any(|flag| flag == "master")
-                || flags
-                    .split(',')
-                    .any(|flag| matches!(flag, "fail" | "noaddr" | "handshake"))
-                || !serves_slots
-            {
-                return None;
-            }
-            let address = fields[1].split(['@', ',']).next()?;
-            let (host, port) = address.rsplit_once(':')?;
-            Some((host.to_owned(), port.parse().ok()?))
-        })
-        .collect()
+fn parse_masters(slots: Value) -> Vec<(String, u16)> {
+    let Value::Array(ranges) = slots else {
+        return Vec::new();
+    };
+    let mut masters: Vec<(String, u16)> = Vec::new();
+    for range in ranges {
+        let Value::Array(range) = range else { continue };
+        let Some(Value::Array(master)) = range.get(2) else {
+            continue;
+        };
+        let host = match master.first() {
+            Some(Value::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
+            Some(Value::SimpleString(host)) => host.clone(),
+            _ => continue,
+        };
+        let Some(Value::Int(port)) = master.get(1) else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(*port) else {
+            continue;
+        };
+        if !masters.iter().any(|(h, p)| *h == host && *p == port) {
+            masters.push((host, port));
+        }
+    }
+    masters
 }
 
 #[cfg(test)]
@@ -375,6 +435,19 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_has_database_0_only_and_schemes_ignore_case() {
+        let err = Endpoint::parse("redis+cluster://a:7000/2").unwrap_err();
+        assert!(err.contains("database 0 only"), "{err}");
+        assert!(Endpoint::parse("REDIS+CLUSTER://a:7000,b:7001")
+            .unwrap()
+            .is_cluster());
+        assert!(
+            !Endpoint::parse("redis://a:7000,").unwrap().is_cluster(),
+            "one node: a server"
+        );
+    }
+
+    #[test]
     fn several_urls_are_a_cluster() {
         assert_eq!(
             cluster_nodes("redis://a:1, redis://b:2"),
@@ -395,20 +468,45 @@ mod tests {
     }
 
     #[test]
-    fn masters_serving_slots_are_scanned() {
-        let nodes = "\
-a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
-b2 127.0.0.1:7003@17003 slave a1 0 0 1 connected
-c3 127.0.0.1:7001@17001,host-1 master - 0 0 2 connected 5461-10922
-d4 127.0.0.1:7002@17002 master,fail - 0 0 3 connected 10923-16383
-e5 127.0.0.1:7004@17004 master - 0 0 4 connected
-";
+    fn masters_are_read_from_cluster_slots() {
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let slots = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("10.0.0.1", 7000),
+                node("10.0.0.4", 7003),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(5470),
+                node("10.0.0.2", 7001),
+            ]),
+            Value::Array(vec![
+                Value::Int(5471),
+                Value::Int(10922),
+                node("10.0.0.2", 7001),
+            ]),
+            Value::Array(vec![
+                Value::Int(10923),
+                Value::Int(16383),
+                node("node-3.internal", 7002),
+            ]),
+        ]);
         assert_eq!(
-            parse_masters(nodes),
+            parse_masters(slots),
             [
-                ("127.0.0.1".to_owned(), 7000),
-                ("127.0.0.1".to_owned(), 7001)
+                ("10.0.0.1".to_owned(), 7000),
+                ("10.0.0.2".to_owned(), 7001),
+                ("node-3.internal".to_owned(), 7002)
             ]
         );
+        assert!(parse_masters(Value::Nil).is_empty());
     }
 }
