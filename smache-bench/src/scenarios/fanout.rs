@@ -82,7 +82,7 @@ async fn fan_out(ctx: &Ctx, client: &mongodb::Client, n: u32) -> Result<FanOut> 
         .await?;
     // The worker and executor first: a worker that starts after the values
     // were stored (with no saved position) would mark them all stale.
-    let refresher = RefresherProcess::start(&prefix, &database).await?;
+    let refresher = RefresherProcess::start(&prefix, &database, &ctx.redis_url, 1).await?;
     eprintln!("[smache-bench] P3: computing {n} dependants of one collection");
     let setup = Instant::now();
     let calls = (0..n).map(|i| {

@@ -37,7 +37,7 @@ pub(crate) async fn update_to_fresh(ctx: &Ctx) -> Result<Vec<Row>> {
     users.insert_many(&all).await?;
     // The worker first: one that starts after the values were stored (with
     // no saved position) marks them all stale.
-    let refresher = RefresherProcess::start(&prefix, &database).await?;
+    let refresher = RefresherProcess::start(&prefix, &database, &ctx.redis_url, 1).await?;
     for user in &all {
         smache.scope(label(user)).await;
     }
