@@ -23,8 +23,8 @@ pub(crate) struct Ctx {
     /// A plain connection for baselines and inspection (60 s response
     /// timeout).
     pub(crate) redis: ConnectionManager,
-    /// The Redis Cluster of `--cluster-url`, if any: P1a and P2 run on it
-    /// too.
+    /// The Redis Cluster of `--cluster-url`, if any: P1a, P2 and P3 run
+    /// on it too.
     pub(crate) cluster: Option<Target>,
     /// Redis prefixes and MongoDB databases this run wrote, for cleaning up.
     pub(crate) written: std::sync::Mutex<Vec<Written>>,

@@ -10,7 +10,7 @@
 //! It prints a markdown table and writes the same as JSON
 //! (`target/smache-bench.json` unless `--json` says otherwise). Given a
 //! Redis Cluster (`--cluster-url`, or the one `SMACHE_TEST_CLUSTER=1
-//! ./scripts/with-servers.sh` starts), P1a and P2 run on it too.
+//! ./scripts/with-servers.sh` starts), P1a, P2 and P3 run on it too.
 
 mod child;
 mod ctx;
@@ -53,8 +53,8 @@ struct Cli {
     /// Leave the keys and databases the run wrote.
     #[arg(long)]
     keep: bool,
-    /// A Redis Cluster to run P1a and P2 on as well (rows `P1a·cluster`,
-    /// `P2·cluster`):
+    /// A Redis Cluster to run P1a, P2 and P3 on as well (rows `P1a·cluster`,
+    /// `P2·cluster`, `P3·cluster 1 exec`, `P3·cluster 3 exec`):
     /// redis+cluster://host:port[,host:port…]. Default: SMACHE_BENCH_CLUSTER_URL,
     /// else SMACHE_TEST_REDIS_CLUSTER_URL (set by `SMACHE_TEST_CLUSTER=1
     /// ./scripts/with-servers.sh`); empty for none.
@@ -232,6 +232,7 @@ async fn run(cli: &Cli) -> Result<()> {
         );
     }
     if wants(Scenario::P3) {
+        // (with a cluster, each size on it too: `P3·cluster 1 exec`, `3 exec`)
         group!(
             "P3",
             ("P3", "one change, many dependants", "≥ 0.50×"),

@@ -1,6 +1,7 @@
 //! The cluster rows of P1a and P2 (with `--cluster-url`): the same
 //! measurements with smache on a Redis Cluster, against baselines on the
-//! same cluster, each noted beside its one-Redis row of the same run.
+//! same cluster, each noted beside its one-Redis row of the same run. (P3's
+//! cluster rows are in `fanout`, run right after each one-Redis size.)
 //!
 //! All of an instance's keys share one hash tag, so on a cluster they sit
 //! in one slot on one master for now: these rows are the baseline for
