@@ -21,8 +21,20 @@ pub(crate) struct ChildProcess {
 impl ChildProcess {
     /// Starts `smache-bench <args>`; its stderr goes to ours.
     pub(crate) fn spawn(name: &str, args: &[String]) -> Result<ChildProcess> {
+        ChildProcess::spawn_with_env(name, args, &[])
+    }
+
+    /// [`spawn`](Self::spawn), with environment variables set for the
+    /// child (a URL, which may hold a password, is better passed there
+    /// than in its arguments, which `ps` shows).
+    pub(crate) fn spawn_with_env(
+        name: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<ChildProcess> {
         let mut child = Command::new(std::env::current_exe()?)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

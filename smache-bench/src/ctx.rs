@@ -1,9 +1,12 @@
 //! What every scenario shares: the servers, the run's id, the size.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use smache::Smache;
+
+pub(crate) use crate::target::{ping, scan};
+use crate::target::{Raw, Target};
 
 /// Errors of the bench: any, with a message.
 pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -20,6 +23,9 @@ pub(crate) struct Ctx {
     /// A plain connection for baselines and inspection (60 s response
     /// timeout).
     pub(crate) redis: ConnectionManager,
+    /// The Redis Cluster of `--cluster-url`, if any: P1a, P2 and P3 run
+    /// on it too.
+    pub(crate) cluster: Option<Target>,
     /// Redis prefixes and MongoDB databases this run wrote, for cleaning up.
     pub(crate) written: std::sync::Mutex<Vec<Written>>,
 }
@@ -34,8 +40,9 @@ pub(crate) enum Written {
 }
 
 impl Ctx {
-    /// Reads `SMACHE_REDIS_URL` (required) and `SMACHE_MONGODB_URI`.
-    pub(crate) async fn from_env(quick: bool) -> Result<Ctx> {
+    /// Reads `SMACHE_REDIS_URL` (required) and `SMACHE_MONGODB_URI`;
+    /// connects to the cluster at `cluster_url` if given.
+    pub(crate) async fn from_env(quick: bool, cluster_url: Option<&str>) -> Result<Ctx> {
         let redis_url = std::env::var("SMACHE_REDIS_URL").map_err(|_| {
             "SMACHE_REDIS_URL is not set: run `./scripts/with-servers.sh cargo run --release -p smache-bench`"
         })?;
@@ -49,6 +56,14 @@ impl Ctx {
         let redis =
             ConnectionManager::new_with_config(redis::Client::open(redis_url.as_str())?, config)
                 .await?;
+        let cluster = match cluster_url {
+            Some(url) => Some(
+                Target::cluster(url)
+                    .await
+                    .map_err(|err| format!("the Redis Cluster of --cluster-url: {err}"))?,
+            ),
+            None => None,
+        };
         let run = bson::oid::ObjectId::new().to_hex()[16..].to_owned();
         Ok(Ctx {
             quick,
@@ -56,6 +71,7 @@ impl Ctx {
             mongodb_uri,
             run,
             redis,
+            cluster,
             written: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -86,6 +102,16 @@ impl Ctx {
     fn wrote(&self, written: Written) {
         if let Ok(mut all) = self.written.lock() {
             all.push(written);
+        }
+    }
+
+    /// The run's Redis server as a [`Target`], beside
+    /// [`cluster`](Self::cluster).
+    pub(crate) fn server(&self) -> Target {
+        Target {
+            cluster: false,
+            url: self.redis_url.clone(),
+            raw: Raw::Server(self.redis.clone()),
         }
     }
 
@@ -149,14 +175,21 @@ impl Ctx {
         }
     }
 
+    /// Unlinks the keys of `prefix` on the server and on the cluster, if
+    /// any (a prefix is used on one of them; looking on both is cheap).
     async fn unlink_prefix(&self, prefix: &str) -> Result<()> {
-        let mut conn = self.redis.clone();
-        for pattern in [format!("{{{prefix}}}:*"), format!("{prefix}:*")] {
-            for chunk in scan(&mut conn, &pattern).await?.chunks(1000) {
-                let _: () = redis::cmd("UNLINK")
-                    .arg(chunk)
-                    .query_async(&mut conn)
-                    .await?;
+        let targets = std::iter::once(self.server()).chain(self.cluster.clone());
+        for target in targets {
+            let mut conn = target.raw;
+            for pattern in [format!("{{{prefix}}}:*"), format!("{prefix}:*")] {
+                // (on a cluster, redis-rs splits an UNLINK of keys of
+                // several slots by node)
+                for chunk in conn.scan(&pattern).await?.chunks(1000) {
+                    let _: () = redis::cmd("UNLINK")
+                        .arg(chunk)
+                        .query_async(&mut conn)
+                        .await?;
+                }
             }
         }
         Ok(())
@@ -166,34 +199,6 @@ impl Ctx {
 /// A connection manager to `url`, the kind smache itself uses.
 pub(crate) async fn connection_manager(url: &str) -> Result<ConnectionManager> {
     Ok(ConnectionManager::new(redis::Client::open(url)?).await?)
-}
-
-/// One timed `PING`.
-pub(crate) async fn ping(conn: &mut ConnectionManager) -> Result<Duration> {
-    let start = Instant::now();
-    let _: String = redis::cmd("PING").query_async(conn).await?;
-    Ok(start.elapsed())
-}
-
-/// Every key matching `pattern`.
-pub(crate) async fn scan(conn: &mut ConnectionManager, pattern: &str) -> Result<Vec<String>> {
-    let mut cursor: u64 = 0;
-    let mut keys = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        keys.extend(batch);
-        if next == 0 {
-            return Ok(keys);
-        }
-        cursor = next;
-    }
 }
 
 /// Sleeps about `d` on this thread, below tokio's 1 ms timer resolution.

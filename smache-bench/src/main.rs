@@ -8,7 +8,9 @@
 //! ```
 //!
 //! It prints a markdown table and writes the same as JSON
-//! (`target/smache-bench.json` unless `--json` says otherwise).
+//! (`target/smache-bench.json` unless `--json` says otherwise). Given a
+//! Redis Cluster (`--cluster-url`, or the one `SMACHE_TEST_CLUSTER=1
+//! ./scripts/with-servers.sh` starts), P1a, P2 and P3 run on it too.
 
 mod child;
 mod ctx;
@@ -17,6 +19,7 @@ mod probe;
 mod report;
 mod scenarios;
 mod stats;
+mod target;
 
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -27,7 +30,7 @@ use serde_json::json;
 use crate::ctx::{Ctx, Result};
 use crate::probe::load_average;
 use crate::report::{Report, Row};
-use crate::scenarios::{fanout, flight, hits, layer, memory, miss, refresh, refresher};
+use crate::scenarios::{cluster, fanout, flight, hits, layer, memory, miss, refresh, refresher};
 
 /// smache's benchmark: scenarios P1–P6 against the servers in
 /// SMACHE_REDIS_URL and SMACHE_MONGODB_URI, each beside a baseline.
@@ -50,6 +53,13 @@ struct Cli {
     /// Leave the keys and databases the run wrote.
     #[arg(long)]
     keep: bool,
+    /// A Redis Cluster to run P1a, P2 and P3 on as well (rows `P1a·cluster`,
+    /// `P2·cluster`, `P3·cluster 1 exec`, `P3·cluster 3 exec`):
+    /// redis+cluster://host:port[,host:port…]. Default: SMACHE_BENCH_CLUSTER_URL,
+    /// else SMACHE_TEST_REDIS_CLUSTER_URL (set by `SMACHE_TEST_CLUSTER=1
+    /// ./scripts/with-servers.sh`); empty for none.
+    #[arg(long, env = "SMACHE_BENCH_CLUSTER_URL")]
+    cluster_url: Option<String>,
     #[command(subcommand)]
     child: Option<ChildMode>,
 }
@@ -116,7 +126,12 @@ async fn run(cli: &Cli) -> Result<()> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let load_before = load_average();
-    let ctx = Ctx::from_env(cli.quick).await?;
+    let cluster_url = cli
+        .cluster_url
+        .clone()
+        .or_else(|| std::env::var("SMACHE_TEST_REDIS_CLUSTER_URL").ok())
+        .filter(|url| !url.trim().is_empty());
+    let ctx = Ctx::from_env(cli.quick, cluster_url.as_deref()).await?;
     let wants = |s: Scenario| cli.only.is_empty() || cli.only.contains(&s);
     let mut rows = Vec::new();
     let mut seconds = Vec::new();
@@ -139,6 +154,13 @@ async fn run(cli: &Cli) -> Result<()> {
             "P1a+P1c",
             ("P1a/c", "hit, Redis store", "≤ 1.05× / faster"),
             hits::redis_hits(&ctx, wants(Scenario::P1a), wants(Scenario::P1c))
+        );
+    }
+    if let (true, Some(on)) = (wants(Scenario::P1a), &ctx.cluster) {
+        group!(
+            "P1a·cluster",
+            ("P1a·cluster", "hit, Redis store", "≤ 1.05×"),
+            cluster::hits(&ctx, on, &rows)
         );
     }
     if wants(Scenario::P1b) {
@@ -195,10 +217,22 @@ async fn run(cli: &Cli) -> Result<()> {
                 "update committed → fresh value",
                 "p50 ≤ 5 ms, p99 ≤ 20 ms"
             ),
-            refresh::update_to_fresh(&ctx)
+            refresh::update_to_fresh(&ctx, &ctx.server())
+        );
+    }
+    if let (true, Some(on)) = (wants(Scenario::P2), &ctx.cluster) {
+        group!(
+            "P2·cluster",
+            (
+                "P2·cluster",
+                "update committed → fresh value",
+                "p50 ≤ 5 ms, p99 ≤ 20 ms"
+            ),
+            cluster::update_to_fresh_on(&ctx, on, &rows)
         );
     }
     if wants(Scenario::P3) {
+        // (with a cluster, each size on it too: `P3·cluster 1 exec`, `3 exec`)
         group!(
             "P3",
             ("P3", "one change, many dependants", "≥ 0.50×"),

@@ -4,19 +4,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-
 use crate::ctx::Result;
+use crate::target::ServerCommands;
 
 /// Calls and server time (µs) of each Redis command (`INFO commandstats`).
 pub(crate) type CommandStats = BTreeMap<String, (u64, u64)>;
 
 /// Redis command counts and times (`INFO commandstats`), by command.
-pub(crate) async fn command_counts(conn: &mut ConnectionManager) -> Result<CommandStats> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await?;
+pub(crate) async fn command_counts(conn: &mut impl ServerCommands) -> Result<CommandStats> {
+    let info: String = conn.query(redis::cmd("INFO").arg("commandstats")).await?;
     let field = |rest: &str, name: &str| -> Option<u64> {
         rest.split(',')
             .find_map(|part| part.strip_prefix(name))?
@@ -98,8 +94,8 @@ pub(crate) fn cpu_seconds() -> Option<f64> {
 }
 
 /// CPU time the Redis server used so far, user + system, in seconds.
-pub(crate) async fn redis_cpu_seconds(conn: &mut ConnectionManager) -> Result<f64> {
-    let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
+pub(crate) async fn redis_cpu_seconds(conn: &mut impl ServerCommands) -> Result<f64> {
+    let info: String = conn.query(redis::cmd("INFO").arg("cpu")).await?;
     Ok(info
         .lines()
         .filter_map(|line| {
@@ -124,13 +120,11 @@ pub(crate) fn load_average() -> Option<f64> {
 /// The slowest command Redis logged since `SLOWLOG RESET`: its time and
 /// name (`EVALSHA` scripts named by `scripts`, hash → name).
 pub(crate) async fn slowest_command(
-    conn: &mut ConnectionManager,
+    conn: &mut impl ServerCommands,
     scripts: &[(String, &str)],
 ) -> Result<Option<(Duration, String)>> {
-    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
-        .arg("GET")
-        .arg(128)
-        .query_async(conn)
+    let entries: Vec<redis::Value> = conn
+        .query(redis::cmd("SLOWLOG").arg("GET").arg(128))
         .await?;
     let mut slowest: Option<(Duration, String)> = None;
     for entry in entries {

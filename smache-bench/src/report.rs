@@ -12,7 +12,8 @@ use serde::Serialize;
 pub(crate) enum Met {
     Yes,
     No,
-    /// Not measured (a scenario failed or could not run).
+    /// Not measured (a scenario failed or could not run), or no target
+    /// to meet (the cluster rows of P3, a baseline for later work).
     Na,
 }
 

@@ -1,5 +1,6 @@
 //! The scenarios of issue 6, one module a group.
 
+pub(crate) mod cluster;
 pub(crate) mod fanout;
 pub(crate) mod flight;
 pub(crate) mod hits;

@@ -14,16 +14,22 @@ use crate::ctx::{short_sleep, Ctx, Result};
 use crate::fns::{label, User};
 use crate::report::{Met, Row};
 use crate::stats::{Micros, Summary};
+use crate::target::Target;
 
-/// P2: update → fresh value readable.
-pub(crate) async fn update_to_fresh(ctx: &Ctx) -> Result<Vec<Row>> {
+/// P2: update → fresh value readable, smache on `target` (the run's
+/// server, or its cluster: row `P2·cluster`).
+pub(crate) async fn update_to_fresh(ctx: &Ctx, target: &Target) -> Result<Vec<Row>> {
     let client = ctx.mongo().await?;
-    let database = ctx.database("p2");
-    let prefix = ctx.prefix("p2");
+    let name = if target.cluster { "p2c" } else { "p2" };
+    let database = ctx.database(name);
+    let prefix = ctx.prefix(name);
     let (users_n, warmup, updates) = ctx.pick((100usize, 20usize, 200usize), (500, 50, 1_000));
-    eprintln!("[smache-bench] P2: update → fresh, {updates} updates");
+    eprintln!(
+        "[smache-bench] {}: update → fresh, {updates} updates",
+        target.id("P2")
+    );
     let smache = Smache::builder()
-        .redis_url(&ctx.redis_url)
+        .redis_url(&target.url)
         .mongodb(&client, &database)
         .prefix(&prefix)
         .build()?;
@@ -37,7 +43,7 @@ pub(crate) async fn update_to_fresh(ctx: &Ctx) -> Result<Vec<Row>> {
     users.insert_many(&all).await?;
     // The worker first: one that starts after the values were stored (with
     // no saved position) marks them all stale.
-    let refresher = RefresherProcess::start(&prefix, &database).await?;
+    let refresher = RefresherProcess::start(&prefix, &database, &target.url, 1).await?;
     for user in &all {
         smache.scope(label(user)).await;
     }
@@ -63,11 +69,11 @@ pub(crate) async fn update_to_fresh(ctx: &Ctx) -> Result<Vec<Row>> {
         }
     }
     let (peak, _) = refresher.stop().await?;
-    let rtt = Summary::of(&ctx.rtt(ctx.pick(200, 1_000)).await?).ok_or("no samples")?;
+    let rtt = Summary::of(&target.rtt(&prefix, ctx.pick(200, 1_000)).await?).ok_or("no samples")?;
     let ours = Summary::of(&samples).ok_or("no samples")?;
     let met = ours.p50_us <= 5_000.0 && ours.p99_us <= 20_000.0;
     Ok(vec![Row {
-        id: "P2".to_owned(),
+        id: target.id("P2"),
         scenario: "document update committed → fresh value readable (compute ≈ 0)".to_owned(),
         smache: ours.to_string(),
         baseline: format!("Redis round trip (PING): {rtt}"),

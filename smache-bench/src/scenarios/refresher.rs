@@ -1,6 +1,7 @@
 //! The worker and an executor of P2 and P3, run as a child process of
 //! this binary (a deployment runs them apart from the application): the
-//! worker follows MongoDB's change stream, the executor recomputes.
+//! worker follows MongoDB's change stream, the executor recomputes. More
+//! executors, when asked for, each run in a child process of their own.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,8 @@ use crate::ctx::Result;
 use crate::probe::{cpu_seconds, memory_kib};
 
 /// The hidden `refresher` mode: a worker and an executor for one prefix,
-/// until a line (or the end) on standard input.
+/// until a line (or the end) on standard input. Redis is the one in
+/// `SMACHE_REDIS_URL` (set by the parent to a server's or a cluster's URL).
 #[derive(Debug, Args)]
 pub(crate) struct Refresher {
     /// The smache prefix.
@@ -22,6 +24,9 @@ pub(crate) struct Refresher {
     /// The MongoDB database.
     #[arg(long)]
     database: String,
+    /// An executor alone, no worker.
+    #[arg(long)]
+    executor_only: bool,
 }
 
 /// The child side: runs until told to stop, then reports its peak memory
@@ -43,19 +48,21 @@ pub(crate) async fn refresher(args: Refresher) -> Result<()> {
     }
     let smache = builder.build()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(smache::worker::run_until(
-        smache.clone(),
-        smache::worker::WorkerOptions::default(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let worker = (!args.executor_only).then(|| {
+        tokio::spawn(smache::worker::run_until(
+            smache.clone(),
+            smache::worker::WorkerOptions::default(),
+            async move {
+                let _ = stopped.await;
+            },
+        ))
+    });
     let executor = smache::executor::spawn(&smache);
     // Watching once the worker saved where its change stream starts and
     // marked stale what it owed (a worker without a saved position marks
     // the values stored before it).
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    while worker.is_some() {
         if smache::worker::watching(&smache).await? {
             break;
         }
@@ -67,7 +74,9 @@ pub(crate) async fn refresher(args: Refresher) -> Result<()> {
     say("READY", "");
     let _ = hear().await?;
     let _ = stop.send(());
-    worker.await??;
+    if let Some(worker) = worker {
+        worker.await??;
+    }
     executor.shutdown().await?;
     let (peak, now) = memory_kib();
     say(
@@ -77,31 +86,54 @@ pub(crate) async fn refresher(args: Refresher) -> Result<()> {
     Ok(())
 }
 
-/// A running refresher child.
-pub(crate) struct RefresherProcess(ChildProcess);
+/// The running refresher children: the worker and an executor in the
+/// first, one more executor in each of the others.
+pub(crate) struct RefresherProcess(Vec<ChildProcess>);
 
 impl RefresherProcess {
-    /// Starts one for `prefix` on `database`; returns once it watches.
-    pub(crate) async fn start(prefix: &str, database: &str) -> Result<RefresherProcess> {
-        let mut child = ChildProcess::spawn(
-            "refresher (worker + executor)",
-            &[
+    /// Starts the worker and `executors` executors (at least one) for
+    /// `prefix` on `database`, smache's Redis at `redis_url`; returns
+    /// once the worker watches and every executor runs.
+    pub(crate) async fn start(
+        prefix: &str,
+        database: &str,
+        redis_url: &str,
+        executors: usize,
+    ) -> Result<RefresherProcess> {
+        let mut children = Vec::with_capacity(executors.max(1));
+        for i in 0..executors.max(1) {
+            let mut args = vec![
                 "refresher".to_owned(),
                 format!("--prefix={prefix}"),
                 format!("--database={database}"),
-            ],
-        )?;
-        child.expect("READY", Duration::from_secs(60)).await?;
-        Ok(RefresherProcess(child))
+            ];
+            let name = if i == 0 {
+                "refresher (worker + executor)".to_owned()
+            } else {
+                args.push("--executor-only".to_owned());
+                format!("refresher (executor {})", i + 1)
+            };
+            let mut child =
+                ChildProcess::spawn_with_env(&name, &args, &[("SMACHE_REDIS_URL", redis_url)])?;
+            child.expect("READY", Duration::from_secs(60)).await?;
+            children.push(child);
+        }
+        Ok(RefresherProcess(children))
     }
 
-    /// Stops it; returns its peak resident set in KiB and the CPU time
-    /// it used, in seconds.
-    pub(crate) async fn stop(mut self) -> Result<(Option<u64>, Option<f64>)> {
-        self.0.send("STOP").await?;
-        let line = self.0.expect("RESULT", Duration::from_secs(30)).await?;
-        self.0.finish(Duration::from_secs(10)).await?;
-        let report: serde_json::Value = serde_json::from_str(&line)?;
-        Ok((report["vmhwm_kib"].as_u64(), report["cpu_s"].as_f64()))
+    /// Stops them; returns the largest peak resident set of them in KiB
+    /// and the CPU time they used together, in seconds.
+    pub(crate) async fn stop(self) -> Result<(Option<u64>, Option<f64>)> {
+        let mut peak: Option<u64> = None;
+        let mut cpu = Some(0.0);
+        for mut child in self.0 {
+            child.send("STOP").await?;
+            let line = child.expect("RESULT", Duration::from_secs(30)).await?;
+            child.finish(Duration::from_secs(10)).await?;
+            let report: serde_json::Value = serde_json::from_str(&line)?;
+            peak = peak.max(report["vmhwm_kib"].as_u64());
+            cpu = cpu.zip(report["cpu_s"].as_f64()).map(|(a, b)| a + b);
+        }
+        Ok((peak, cpu))
     }
 }
