@@ -36,14 +36,16 @@ use crate::error::{Error, Result};
 
 mod conn;
 mod jobs;
+mod scan;
 mod signal;
 mod tasks;
 mod tracking;
 mod values;
 mod watch;
 
-pub(crate) use self::conn::{Conn, Endpoint, Scan};
+pub(crate) use self::conn::{Conn, Endpoint};
 pub(crate) use self::jobs::{Abandon, Start};
+pub(crate) use self::scan::Scan;
 pub(crate) use self::signal::Related;
 pub(crate) use self::tasks::{TaskPhase, TaskState};
 use self::tracking::Tracking;

@@ -8,7 +8,7 @@
 //! Redis is down. [`Conn`] puts them behind redis-rs's own
 //! [`ConnectionLike`], so commands, pipelines and scripts are written once;
 //! the one command that must know the topology, `SCAN`, goes through
-//! [`Scan`], which walks every master of a cluster in turn.
+//! `Scan` (in `scan.rs`), which walks every master of a cluster in turn.
 
 use std::time::Duration;
 
@@ -295,115 +295,6 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// A `SCAN … MATCH pattern` over the whole keyspace, a page at a time: on
-/// one server its one cursor; on a cluster each master's in turn (found by
-/// `CLUSTER NODES` when the scan starts). A key that moves between
-/// masters while the scan runs (a slot migration) may be seen twice or not
-/// at all, as `SCAN`'s own guarantee is per node.
-pub(crate) struct Scan {
-    pattern: String,
-    kind: Option<&'static str>,
-    /// The masters still to scan, the current one last (`None` for a
-    /// server); empty when done.
-    nodes: Vec<Option<(String, u16)>>,
-    cursor: u64,
-    started: bool,
-}
-
-impl Scan {
-    /// A scan of the keys matching `pattern`, of Redis type `kind` if
-    /// given.
-    pub(crate) fn new(pattern: impl Into<String>, kind: Option<&'static str>) -> Self {
-        Scan {
-            pattern: pattern.into(),
-            kind,
-            nodes: Vec::new(),
-            cursor: 0,
-            started: false,
-        }
-    }
-
-    /// Whether every node has been scanned to its end.
-    pub(crate) fn is_done(&self) -> bool {
-        self.started && self.nodes.is_empty()
-    }
-
-    /// The next page (possibly empty), or `None` once every node is done.
-    pub(crate) async fn next_page(&mut self, conn: &mut Conn) -> RedisResult<Option<Vec<String>>> {
-        if !self.started {
-            self.started = true;
-            self.nodes = match conn {
-                Conn::Cluster(cluster) => masters(cluster).await?.into_iter().map(Some).collect(),
-                _ => vec![None],
-            };
-        }
-        let Some(node) = self.nodes.last().cloned() else {
-            return Ok(None);
-        };
-        let mut cmd = redis::cmd("SCAN");
-        cmd.arg(self.cursor)
-            .arg("MATCH")
-            .arg(&self.pattern)
-            .arg("COUNT")
-            .arg(1000);
-        if let Some(kind) = self.kind {
-            cmd.arg("TYPE").arg(kind);
-        }
-        let (next, page): (u64, Vec<String>) = match (node, &mut *conn) {
-            (Some((host, port)), Conn::Cluster(cluster)) => {
-                let routing =
-                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
-                redis::from_redis_value(cluster.route_command(cmd, routing).await?)?
-            }
-            _ => cmd.query_async(conn).await?,
-        };
-        self.cursor = next;
-        if next == 0 {
-            self.nodes.pop();
-        }
-        Ok(Some(page))
-    }
-}
-
-/// The addresses of a cluster's masters, from `CLUSTER SLOTS` (each range:
-/// start, end, then its master's `[host, port, id, …]` and its replicas'):
-/// the addresses the client itself knows the nodes by.
-async fn masters(cluster: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
-    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-    let slots = cluster
-        .route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), routing)
-        .await?;
-    Ok(parse_masters(slots))
-}
-
-fn parse_masters(slots: Value) -> Vec<(String, u16)> {
-    let Value::Array(ranges) = slots else {
-        return Vec::new();
-    };
-    let mut masters: Vec<(String, u16)> = Vec::new();
-    for range in ranges {
-        let Value::Array(range) = range else { continue };
-        let Some(Value::Array(master)) = range.get(2) else {
-            continue;
-        };
-        let host = match master.first() {
-            Some(Value::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
-            Some(Value::SimpleString(host)) => host.clone(),
-            _ => continue,
-        };
-        let Some(Value::Int(port)) = master.get(1) else {
-            continue;
-        };
-        let Ok(port) = u16::try_from(*port) else {
-            continue;
-        };
-        if !masters.iter().any(|(h, p)| *h == host && *p == port) {
-            masters.push((host, port));
-        }
-    }
-    masters
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,48 +356,5 @@ mod tests {
         assert!(!err.contains("secret"), "{err}");
         let err = Endpoint::parse("http://user:secret@host").unwrap_err();
         assert!(!err.contains("secret"), "{err}");
-    }
-
-    #[test]
-    fn masters_are_read_from_cluster_slots() {
-        let node = |host: &str, port: i64| {
-            Value::Array(vec![
-                Value::BulkString(host.as_bytes().to_vec()),
-                Value::Int(port),
-                Value::BulkString(b"id".to_vec()),
-            ])
-        };
-        let slots = Value::Array(vec![
-            Value::Array(vec![
-                Value::Int(0),
-                Value::Int(5460),
-                node("10.0.0.1", 7000),
-                node("10.0.0.4", 7003),
-            ]),
-            Value::Array(vec![
-                Value::Int(5461),
-                Value::Int(5470),
-                node("10.0.0.2", 7001),
-            ]),
-            Value::Array(vec![
-                Value::Int(5471),
-                Value::Int(10922),
-                node("10.0.0.2", 7001),
-            ]),
-            Value::Array(vec![
-                Value::Int(10923),
-                Value::Int(16383),
-                node("node-3.internal", 7002),
-            ]),
-        ]);
-        assert_eq!(
-            parse_masters(slots),
-            [
-                ("10.0.0.1".to_owned(), 7000),
-                ("10.0.0.2".to_owned(), 7001),
-                ("node-3.internal".to_owned(), 7002)
-            ]
-        );
-        assert!(parse_masters(Value::Nil).is_empty());
     }
 }
