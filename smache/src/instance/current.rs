@@ -67,8 +67,10 @@ impl Smache {
     /// assert_eq!(prefix, "a");
     /// # }
     /// ```
-    pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
-        CURRENT.scope(self.clone(), fut).await
+    pub fn scope<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> {
+        // Not an `async fn`: its future would hold `fut` twice (as its
+        // argument and inside the scope's), and every call moves it.
+        CURRENT.scope(self.clone(), fut)
     }
 
     /// Runs `f` with this instance as [`Smache::current`], for synchronous code.
