@@ -56,6 +56,12 @@ impl Smache {
             .unwrap_or_else(|_| Smache::global().clone())
     }
 
+    /// Runs `f` with the instance [`current`](Smache::current) returns,
+    /// borrowed rather than cloned: a hit's path.
+    pub(crate) fn with_current<R>(f: impl Fn(&Smache) -> R) -> R {
+        CURRENT.try_with(&f).unwrap_or_else(|_| f(Smache::global()))
+    }
+
     /// Runs `fut` with this instance as [`Smache::current`]. Tasks spawned
     /// inside do not inherit it.
     ///
