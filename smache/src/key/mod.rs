@@ -224,6 +224,23 @@ impl fmt::Debug for CacheKey {
     }
 }
 
+/// serde_json's output appended to a `String`: it writes whole UTF-8
+/// fragments (checked all the same: anything else fails the argument).
+struct Utf8Sink<'a>(&'a mut String);
+
+impl std::io::Write for Utf8Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = std::str::from_utf8(buf)
+            .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))?;
+        self.0.push_str(text);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Builds a [`CacheKey`] argument by argument. Used by the generated code.
 #[doc(hidden)]
 #[derive(Debug)]
@@ -276,14 +293,14 @@ impl KeyBuilder {
     pub fn raw<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
         self.separator();
         if self.error.is_none() {
-            match serde_json::to_string(value) {
-                Ok(json) => self.path.push_str(&json),
-                Err(err) => {
-                    self.error = Some(Error::Serialize {
-                        what: "argument",
-                        message: err.to_string(),
-                    });
-                }
+            // Written in place: no `String` of its own per argument.
+            let at = self.path.len();
+            if let Err(err) = serde_json::to_writer(Utf8Sink(&mut self.path), value) {
+                self.path.truncate(at);
+                self.error = Some(Error::Serialize {
+                    what: "argument",
+                    message: err.to_string(),
+                });
             }
         }
         self
