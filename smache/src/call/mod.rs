@@ -187,7 +187,7 @@ fn local_hit<V: DeserializeOwned>(
     let key = key.as_ref().ok()?;
     match &smache.inner.store {
         Store::Memory(store) => {
-            let stored = store.peek(|out| key.write_value_id(out))?;
+            let stored = store.peek(key)?;
             let value = keep::serve(&stored.data, &stored.decoded, keep)?;
             // A computation in progress depends on this value.
             deps::depends_on_key(key);

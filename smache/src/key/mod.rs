@@ -143,6 +143,16 @@ impl CacheKey {
         }
     }
 
+    /// Runs `f` with the value id (see [`value_id`](Self::value_id)),
+    /// borrowed from the key when the arguments are not hashed.
+    pub(crate) fn with_value_id<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        if self.is_hashed() {
+            f(&self.value_id())
+        } else {
+            f(&self.path)
+        }
+    }
+
     /// The key a job's arguments were encoded in: `args` whole, with the
     /// entity ids at these ranges of it.
     pub(crate) fn from_job(
