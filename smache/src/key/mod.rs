@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::spec::FnSpec;
 
 mod job;
+mod spare;
 
 pub(crate) use job::{decode_for_fuzzing, split_value_id, Outcome, Report};
 // Used by the generated code only (through `__private`).
@@ -185,6 +186,14 @@ impl CacheKey {
     }
 }
 
+// A key is made on every call and dropped at its end: its buffer goes
+// back to this thread's spare, which the next key takes (no allocation).
+impl Drop for CacheKey {
+    fn drop(&mut self) {
+        spare::give(std::mem::take(&mut self.path));
+    }
+}
+
 // The path names the function (name and version) and the arguments, so it
 // alone decides equality.
 impl PartialEq for CacheKey {
@@ -266,7 +275,7 @@ pub struct KeyBuilder {
 impl KeyBuilder {
     #[must_use]
     pub fn new(spec: &'static FnSpec) -> Self {
-        let mut path = String::with_capacity(spec.name().len() + 48);
+        let mut path = spare::take(spec.name().len() + 48);
         path.push_str(spec.name());
         path.push('#');
         push_decimal(&mut path, spec.version());
