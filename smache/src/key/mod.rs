@@ -250,7 +250,9 @@ pub struct KeyBuilder {
     args_at: usize,
     entities: Vec<(&'static str, usize, usize)>,
     first: bool,
-    error: Option<Error>,
+    /// Boxed: the builder is moved by value at every step, and an
+    /// `Error` would make it twice as large.
+    error: Option<Box<Error>>,
 }
 
 impl KeyBuilder {
@@ -295,10 +297,10 @@ impl KeyBuilder {
             let at = self.path.len();
             if let Err(err) = serde_json::to_writer(Utf8Sink(&mut self.path), value) {
                 self.path.truncate(at);
-                self.error = Some(Error::Serialize {
+                self.error = Some(Box::new(Error::Serialize {
                     what: "argument",
                     message: err.to_string(),
-                });
+                }));
             }
         }
         self
@@ -308,7 +310,7 @@ impl KeyBuilder {
     /// [`Error::KeyTooLong`] past [`MAX_ENTITY_ID_LEN`] or [`MAX_ARGS_LEN`].
     pub fn finish(self) -> Result<CacheKey> {
         if let Some(err) = self.error {
-            return Err(err);
+            return Err(*err);
         }
         if let Some(len) = self
             .entities
