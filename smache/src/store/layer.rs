@@ -90,7 +90,7 @@ pub(crate) struct Layer {
     /// A tracking connection is up: only then may the layer serve or fill.
     live: AtomicBool,
     hasher: std::collections::hash_map::RandomState,
-    /// The instance's prefix, for its logs.
+    /// The instance's prefix, for its logs and metrics.
     prefix: String,
 }
 
@@ -240,10 +240,19 @@ impl Layer {
         self.live.store(true, Ordering::SeqCst);
     }
 
-    /// Entries and their weight in bytes, for metrics and inspect.
-    pub(crate) fn size(&self) -> (u64, u64) {
+    /// Entries and their weight in bytes (for inspect).
+    pub(crate) fn measure(&self) -> (u64, u64) {
         self.cache.run_pending_tasks();
         (self.cache.entry_count(), self.cache.weighted_size())
+    }
+
+    /// [`measure`](Self::measure), recorded as the layer's gauges,
+    /// labelled by its instance's prefix: the tracking connection's
+    /// heartbeat samples it.
+    pub(crate) fn size(&self) -> (u64, u64) {
+        let (entries, bytes) = self.measure();
+        crate::metrics::local_size(&self.prefix, entries, bytes);
+        (entries, bytes)
     }
 
     /// Its bound in bytes.
@@ -408,7 +417,7 @@ mod tests {
                 },
             );
         }
-        let (_, bytes) = layer.size();
+        let (_, bytes) = layer.measure();
         assert!(bytes <= 64 * 1024, "{bytes} bytes kept");
         assert!(bytes > 0);
     }
