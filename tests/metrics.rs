@@ -15,7 +15,8 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use smache::metrics::{
     COALESCED, COMPUTATIONS, COMPUTATION_DURATION, DEAD_LETTERS, HITS, JOB_QUEUE_LENGTH,
-    LOCAL_INVALIDATIONS, LOCAL_MISSES, MISSES, RECOMPUTATIONS, RECOMPUTATION_DURATION, REFRESH_LAG,
+    LOCAL_BYTES, LOCAL_ENTRIES, LOCAL_INVALIDATIONS, LOCAL_MISSES, MISSES, RECOMPUTATIONS,
+    RECOMPUTATION_DURATION, REFRESH_LAG,
 };
 use smache::{computed, Entity, Smache};
 use smache_suite::{
@@ -73,7 +74,13 @@ impl Recorded {
     }
 
     fn gauge(&self, name: &str) -> &[f64] {
-        self.gauges.get(&id(name, &[])).map_or(&[], Vec::as_slice)
+        self.labelled_gauge(name, &[])
+    }
+
+    fn labelled_gauge(&self, name: &str, labels: &[(&str, &str)]) -> &[f64] {
+        self.gauges
+            .get(&id(name, labels))
+            .map_or(&[], Vec::as_slice)
     }
 }
 
@@ -207,6 +214,55 @@ async fn hits_of_the_in_process_layer_and_its_invalidations_are_counted() {
     // (Other tests of this binary count into these too: at least ours.)
     assert!(recorded.counter(LOCAL_INVALIDATIONS, &[]) > invalidated);
     assert!(recorded.counter(LOCAL_MISSES, &[]) > missed);
+}
+
+/// Two instances of one process, each with a layer: each reports its own
+/// size, labelled by its prefix, rather than overwriting the other's.
+#[tokio::test]
+async fn each_layer_reports_its_size_under_its_prefix() {
+    let layered = |prefix: &str| {
+        Smache::builder()
+            .redis_url(redis_url())
+            .prefix(prefix)
+            .local_cache_capacity(smache::DEFAULT_LOCAL_CACHE_CAPACITY)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (unique("metrics-size-a"), unique("metrics-size-b"));
+    let (one, two) = (layered(&a), layered(&b));
+    // One value in the first layer, two in the second (read until held).
+    for (smache, xs, held) in [(&one, &[5][..], 1), (&two, &[6, 7][..], 2)] {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                for &x in xs {
+                    smache.scope(quad(x)).await;
+                }
+                smache
+                    .local_cache()
+                    .is_some_and(|layer| layer.live && layer.entries == held)
+            })
+            .await
+        );
+    }
+    // The heartbeat samples each layer every half second (the debugging
+    // recorder hands a gauge's value out once, then 0).
+    let sampled = |prefix: &str, entries: f64| {
+        let recorded = recorded();
+        let labels = [("prefix", prefix)];
+        recorded
+            .labelled_gauge(LOCAL_ENTRIES, &labels)
+            .contains(&entries)
+            && recorded
+                .labelled_gauge(LOCAL_BYTES, &labels)
+                .iter()
+                .any(|bytes| *bytes > 0.0)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sampled(&a, 1.0) && sampled(&b, 2.0)
+        })
+        .await
+    );
 }
 
 #[tokio::test]

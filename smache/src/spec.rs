@@ -43,6 +43,8 @@ pub struct FnSpec {
     store: Option<ValueStore>,
     /// The keys of its metrics, made on first use.
     metrics: crate::metrics::FnMetrics,
+    /// `<name>#<version>:`, the start of its keys, made on first use.
+    head: std::sync::OnceLock<String>,
 }
 
 /// Where the Redis store keeps a function's values; the graph, versions
@@ -91,11 +93,19 @@ impl FnSpec {
             mode: Refresh::WriteThrough,
             store: None,
             metrics: crate::metrics::FnMetrics::new(),
+            head: std::sync::OnceLock::new(),
         }
     }
 
     pub(crate) fn metrics(&self) -> &crate::metrics::FnMetrics {
         &self.metrics
+    }
+
+    /// `<name>#<version>:`, the start of every key of the function (see
+    /// [`CacheKey`](crate::CacheKey)).
+    pub(crate) fn head(&self) -> &str {
+        self.head
+            .get_or_init(|| format!("{}#{}:", self.name, self.version))
     }
 
     /// Used by the generated code: `store = redis | mongo`.

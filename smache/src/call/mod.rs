@@ -24,6 +24,7 @@ mod turn;
 use std::future::Future;
 use std::time::Instant;
 
+use futures::future::Either;
 use serde::de::DeserializeOwned;
 
 pub(crate) use self::drive::Drive;
@@ -42,29 +43,40 @@ use crate::store::Store;
 /// function's own body's future; `job` is an executor's job for this call,
 /// `None` for a caller; `keep`, whether hits keep the value decoded (see
 /// [`keep`]).
-pub async fn call_async<M, R, F, Fut>(
+///
+/// Not an `async fn`: an in-process hit is answered when it is called
+/// (the generated code awaits it at once, inside the caller's
+/// [`Smache::scope`]), so a hit builds no future of its own and moves
+/// neither the key nor `compute` into one; the rest is boxed (see
+/// [`call_async_full`]).
+pub fn call_async<'a, M, R, F, Fut>(
     spec: &'static FnSpec,
     key: Result<CacheKey>,
     compute: F,
-    job: Option<&Job>,
+    job: Option<&'a Job>,
     keep: Option<Keep<M::Value>>,
-) -> R
+) -> impl Future<Output = R> + use<'a, M, R, F, Fut>
 where
     M: Mode<R>,
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
 {
-    let smache = Smache::current();
-    if let Some(value) = local_hit::<M::Value>(&smache, spec, &key, job, keep.as_ref()) {
-        return M::from_cached(value);
+    let hit = Smache::with_current(|smache| {
+        local_hit::<M::Value>(smache, spec, &key, job, keep.as_ref())
+    });
+    match hit {
+        Some(value) => Either::Left(std::future::ready(M::from_cached(value))),
+        // Boxed: this future (and every caller's that awaits it) then
+        // stays small, so a hit moves few bytes; the other paths talk to
+        // Redis, next to which an allocation is nothing.
+        None => Either::Right(Box::pin(call_async_full::<M, R, F, Fut>(
+            Smache::current(),
+            spec,
+            key,
+            compute,
+            job,
+        ))),
     }
-    // The rest boxed: this future (and every caller's that awaits it) then
-    // stays small, so an embedded hit moves few bytes; the other paths
-    // talk to Redis, next to which an allocation is nothing.
-    Box::pin(call_async_full::<M, R, F, Fut>(
-        smache, spec, key, compute, job,
-    ))
-    .await
 }
 
 /// [`call_async`] past the embedded store's fast path.
@@ -106,12 +118,14 @@ where
     M: Mode<R>,
     F: FnOnce() -> R,
 {
-    let smache = Smache::current();
-    if let Some(value) = local_hit::<M::Value>(&smache, spec, &key, job, keep.as_ref()) {
+    let hit = Smache::with_current(|smache| {
+        local_hit::<M::Value>(smache, spec, &key, job, keep.as_ref())
+    });
+    if let Some(value) = hit {
         return M::from_cached(value);
     }
     let compute = move || Box::pin(async move { compute() });
-    let Some(call) = Call::prepare(smache, spec, key) else {
+    let Some(call) = Call::prepare(Smache::current(), spec, key) else {
         return drive::block_on(uncached(spec, compute()));
     };
     drive::block_on(async move {
@@ -173,7 +187,7 @@ fn local_hit<V: DeserializeOwned>(
     let key = key.as_ref().ok()?;
     match &smache.inner.store {
         Store::Memory(store) => {
-            let stored = store.peek(|out| key.write_value_id(out))?;
+            let stored = store.peek(key)?;
             let value = keep::serve(&stored.data, &stored.decoded, keep)?;
             // A computation in progress depends on this value.
             deps::depends_on_key(key);

@@ -56,6 +56,12 @@ impl Smache {
             .unwrap_or_else(|_| Smache::global().clone())
     }
 
+    /// Runs `f` with the instance [`current`](Smache::current) returns,
+    /// borrowed rather than cloned: a hit's path.
+    pub(crate) fn with_current<R>(f: impl Fn(&Smache) -> R) -> R {
+        CURRENT.try_with(&f).unwrap_or_else(|_| f(Smache::global()))
+    }
+
     /// Runs `fut` with this instance as [`Smache::current`]. Tasks spawned
     /// inside do not inherit it.
     ///
@@ -67,8 +73,10 @@ impl Smache {
     /// assert_eq!(prefix, "a");
     /// # }
     /// ```
-    pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
-        CURRENT.scope(self.clone(), fut).await
+    pub fn scope<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> {
+        // Not an `async fn`: its future would hold `fut` twice (as its
+        // argument and inside the scope's), and every call moves it.
+        CURRENT.scope(self.clone(), fut)
     }
 
     /// Runs `f` with this instance as [`Smache::current`], for synchronous code.

@@ -103,7 +103,7 @@ impl crate::Smache {
             return None;
         };
         let layer = store.layer()?;
-        let (entries, bytes) = layer.size();
+        let (entries, bytes) = layer.measure();
         Some(LocalCacheStats {
             entries,
             bytes,

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::spec::FnSpec;
 
 mod job;
+mod spare;
 
 pub(crate) use job::{decode_for_fuzzing, split_value_id, Outcome, Report};
 // Used by the generated code only (through `__private`).
@@ -143,6 +144,16 @@ impl CacheKey {
         }
     }
 
+    /// Runs `f` with the value id (see [`value_id`](Self::value_id)),
+    /// borrowed from the key when the arguments are not hashed.
+    pub(crate) fn with_value_id<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        if self.is_hashed() {
+            f(&self.value_id())
+        } else {
+            f(&self.path)
+        }
+    }
+
     /// The key a job's arguments were encoded in: `args` whole, with the
     /// entity ids at these ranges of it.
     pub(crate) fn from_job(
@@ -175,6 +186,14 @@ impl CacheKey {
     }
 }
 
+// A key is made on every call and dropped at its end: its buffer goes
+// back to this thread's spare, which the next key takes (no allocation).
+impl Drop for CacheKey {
+    fn drop(&mut self) {
+        spare::give(std::mem::take(&mut self.path));
+    }
+}
+
 // The path names the function (name and version) and the arguments, so it
 // alone decides equality.
 impl PartialEq for CacheKey {
@@ -193,25 +212,6 @@ impl std::hash::Hash for CacheKey {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Appends `n` in decimal, without the formatting machinery of `write!`
-/// (a key is built on every call).
-fn push_decimal(out: &mut String, n: u32) {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &digit in &digits[at..] {
-        out.push(char::from(digit));
-    }
-}
-
 impl fmt::Display for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.path)
@@ -224,6 +224,23 @@ impl fmt::Debug for CacheKey {
     }
 }
 
+/// serde_json's output appended to a `String`: it writes whole UTF-8
+/// fragments (checked all the same: anything else fails the argument).
+struct Utf8Sink<'a>(&'a mut String);
+
+impl std::io::Write for Utf8Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = std::str::from_utf8(buf)
+            .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))?;
+        self.0.push_str(text);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Builds a [`CacheKey`] argument by argument. Used by the generated code.
 #[doc(hidden)]
 #[derive(Debug)]
@@ -233,17 +250,17 @@ pub struct KeyBuilder {
     args_at: usize,
     entities: Vec<(&'static str, usize, usize)>,
     first: bool,
-    error: Option<Error>,
+    /// Boxed: the builder is moved by value at every step, and an
+    /// `Error` would make it twice as large.
+    error: Option<Box<Error>>,
 }
 
 impl KeyBuilder {
     #[must_use]
     pub fn new(spec: &'static FnSpec) -> Self {
-        let mut path = String::with_capacity(spec.name().len() + 48);
-        path.push_str(spec.name());
-        path.push('#');
-        push_decimal(&mut path, spec.version());
-        path.push(':');
+        let head = spec.head();
+        let mut path = spare::take(head.len() + 40);
+        path.push_str(head);
         let args_at = path.len();
         KeyBuilder {
             spec,
@@ -276,14 +293,14 @@ impl KeyBuilder {
     pub fn raw<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
         self.separator();
         if self.error.is_none() {
-            match serde_json::to_string(value) {
-                Ok(json) => self.path.push_str(&json),
-                Err(err) => {
-                    self.error = Some(Error::Serialize {
-                        what: "argument",
-                        message: err.to_string(),
-                    });
-                }
+            // Written in place: no `String` of its own per argument.
+            let at = self.path.len();
+            if let Err(err) = serde_json::to_writer(Utf8Sink(&mut self.path), value) {
+                self.path.truncate(at);
+                self.error = Some(Box::new(Error::Serialize {
+                    what: "argument",
+                    message: err.to_string(),
+                }));
             }
         }
         self
@@ -293,7 +310,7 @@ impl KeyBuilder {
     /// [`Error::KeyTooLong`] past [`MAX_ENTITY_ID_LEN`] or [`MAX_ARGS_LEN`].
     pub fn finish(self) -> Result<CacheKey> {
         if let Some(err) = self.error {
-            return Err(err);
+            return Err(*err);
         }
         if let Some(len) = self
             .entities
@@ -351,11 +368,9 @@ mod tests {
 
     #[test]
     fn versions_are_written_in_decimal() {
-        for n in [0, 7, 10, 1234, u32::MAX] {
-            let mut out = String::new();
-            push_decimal(&mut out, n);
-            assert_eq!(out, n.to_string());
-        }
+        static V: FnSpec = FnSpec::__new("app::v", 1234, 0, &[ArgKind::Raw]);
+        let key = KeyBuilder::new(&V).raw(&1).finish().unwrap();
+        assert_eq!(key.to_string(), "app::v#1234:1");
     }
 
     #[test]

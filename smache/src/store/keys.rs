@@ -44,8 +44,8 @@ thread_local! {
 }
 
 /// Runs `f` with the value key of base `base` and the id `write_id`
-/// writes, built in a buffer reused by every hit of this thread (the
-/// embedded store's and the in-process layer's).
+/// writes, built in a buffer reused by every hit of this thread (of the
+/// in-process layer; the embedded store looks ids up as they are).
 pub(crate) fn with_value_key<R>(
     base: &str,
     write_id: impl FnOnce(&mut String),

@@ -32,6 +32,12 @@
 //! Only values fresh when read are kept (not stale, not past their
 //! time-to-live); an entry is served until its time-to-live and never
 //! after, so every rule of the Redis store still holds from the layer.
+//!
+//! Entries are kept under their value id, the Redis key without
+//! `{prefix}:v:` (the same for every key the layer holds), so that a hit
+//! can look its `CacheKey`'s id up as it is ([`Layer::get_id`]), as the
+//! embedded store's do. The other methods take Redis keys; only value
+//! keys are kept.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,7 +45,7 @@ use std::sync::{Arc, Mutex};
 
 use moka::sync::Cache;
 
-use super::Decoded;
+use super::{keys, Decoded};
 use crate::metrics::LayerEvent;
 use crate::sync::lock;
 
@@ -72,7 +78,10 @@ pub(crate) struct Ticket {
 
 /// The layer's state, shared with the tracking connection's push handler.
 pub(crate) struct Layer {
+    /// By value id.
     cache: Cache<String, Arc<Cached>>,
+    /// `{prefix}:v:`, the start of every value key.
+    value_prefix: String,
     /// Invalidation counters, each behind the lock its fills and
     /// invalidations hold.
     stripes: Box<[Mutex<u64>]>,
@@ -81,7 +90,7 @@ pub(crate) struct Layer {
     /// A tracking connection is up: only then may the layer serve or fill.
     live: AtomicBool,
     hasher: std::collections::hash_map::RandomState,
-    /// The instance's prefix, for its logs.
+    /// The instance's prefix, for its logs and metrics.
     prefix: String,
 }
 
@@ -99,22 +108,32 @@ impl Layer {
     /// A layer of at most `capacity_bytes` (keys and values counted), not
     /// live until [`resume`](Self::resume).
     pub(crate) fn new(capacity_bytes: u64, prefix: &str) -> Self {
+        let value_prefix = keys::value_prefix(&keys::base(prefix));
+        let prefix_len = value_prefix.len();
         let cache = Cache::builder()
             .max_capacity(capacity_bytes)
-            // The envelope counted twice: once as bytes, once for the
-            // value a hit keeps decoded beside them (about its size).
-            .weigher(|key: &String, entry: &Arc<Cached>| {
-                u32::try_from(key.len() + 2 * entry.data.len() + 64).unwrap_or(u32::MAX)
+            // The whole Redis key; the envelope counted twice: once as
+            // bytes, once for the value a hit keeps decoded beside them
+            // (about its size).
+            .weigher(move |id: &String, entry: &Arc<Cached>| {
+                u32::try_from(prefix_len + id.len() + 2 * entry.data.len() + 64).unwrap_or(u32::MAX)
             })
             .build();
         Layer {
             cache,
+            value_prefix,
             stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
             epoch: AtomicU64::new(0),
             live: AtomicBool::new(false),
             hasher: std::collections::hash_map::RandomState::new(),
             prefix: prefix.to_owned(),
         }
+    }
+
+    /// The value id of Redis key `key`; `None` for a key that names no
+    /// value (the layer keeps none of those).
+    fn id<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.value_prefix)
     }
 
     fn stripe(&self, key: &str) -> usize {
@@ -128,10 +147,15 @@ impl Layer {
     /// connection is up and it is not past its time-to-live. A miss is
     /// counted by the caller, which goes on to Redis.
     pub(crate) fn get(&self, key: &str) -> Option<Arc<Cached>> {
+        self.get_id(self.id(key)?)
+    }
+
+    /// [`get`](Self::get) by value id: no Redis key to build first.
+    pub(crate) fn get_id(&self, id: &str) -> Option<Arc<Cached>> {
         if !self.live.load(Ordering::Acquire) {
             return None;
         }
-        let entry = self.cache.get(key)?;
+        let entry = self.cache.get(id)?;
         if entry.epoch != self.epoch.load(Ordering::Acquire) {
             return None;
         }
@@ -140,7 +164,7 @@ impl Layer {
             .is_some_and(|at| at <= crate::envelope::now_ms())
         {
             // Served from Redis from now on, which refreshes it.
-            self.cache.invalidate(key);
+            self.cache.invalidate(id);
             return None;
         }
         Some(entry)
@@ -164,6 +188,10 @@ impl Layer {
     /// Keeps what a read of `key`, begun with `ticket`, returned; nothing
     /// if the key may have changed since the read was sent.
     pub(crate) fn fill(&self, key: &str, ticket: Ticket, mut entry: Cached) {
+        // Only a value is ever looked up (see `get`).
+        let Some(id) = self.id(key) else {
+            return;
+        };
         let count = lock(&self.stripes[ticket.stripe]);
         if *count != ticket.count
             || !self.live.load(Ordering::SeqCst)
@@ -174,7 +202,7 @@ impl Layer {
         // A flush from here on moves the epoch: this entry is then never
         // served.
         entry.epoch = ticket.epoch;
-        self.cache.insert(key.to_owned(), Arc::new(entry));
+        self.cache.insert(id.to_owned(), Arc::new(entry));
         drop(count);
     }
 
@@ -188,7 +216,9 @@ impl Layer {
     pub(crate) fn drop_key(&self, key: &str) {
         let mut count = lock(&self.stripes[self.stripe(key)]);
         *count += 1;
-        self.cache.invalidate(key);
+        if let Some(id) = self.id(key) {
+            self.cache.invalidate(id);
+        }
     }
 
     /// Redis says everything changed (`FLUSHALL`, `FLUSHDB`): drop it all.
@@ -210,10 +240,19 @@ impl Layer {
         self.live.store(true, Ordering::SeqCst);
     }
 
-    /// Entries and their weight in bytes, for metrics and inspect.
-    pub(crate) fn size(&self) -> (u64, u64) {
+    /// Entries and their weight in bytes (for inspect).
+    pub(crate) fn measure(&self) -> (u64, u64) {
         self.cache.run_pending_tasks();
         (self.cache.entry_count(), self.cache.weighted_size())
+    }
+
+    /// [`measure`](Self::measure), recorded as the layer's gauges,
+    /// labelled by its instance's prefix: the tracking connection's
+    /// heartbeat samples it.
+    pub(crate) fn size(&self) -> (u64, u64) {
+        let (entries, bytes) = self.measure();
+        crate::metrics::local_size(&self.prefix, entries, bytes);
+        (entries, bytes)
     }
 
     /// Its bound in bytes.
@@ -247,46 +286,60 @@ mod tests {
         layer
     }
 
+    const K: &str = "{t}:v:k";
+
     #[test]
     fn a_read_fills_and_an_invalidation_drops() {
         let layer = live();
-        let ticket = layer.ticket("k");
-        layer.fill("k", ticket, entry(1));
-        assert_eq!(layer.get("k").map(|e| e.version), Some(1));
-        layer.invalidate("k");
-        assert!(layer.get("k").is_none());
+        let ticket = layer.ticket(K);
+        layer.fill(K, ticket, entry(1));
+        assert_eq!(layer.get(K).map(|e| e.version), Some(1));
+        layer.invalidate(K);
+        assert!(layer.get(K).is_none());
     }
 
     #[test]
     fn an_invalidation_during_the_read_keeps_its_reply_out() {
         let layer = live();
-        let ticket = layer.ticket("k");
-        layer.invalidate("k");
-        layer.fill("k", ticket, entry(1));
-        assert!(layer.get("k").is_none());
+        let ticket = layer.ticket(K);
+        layer.invalidate(K);
+        layer.fill(K, ticket, entry(1));
+        assert!(layer.get(K).is_none());
     }
 
     #[test]
     fn a_flush_during_the_read_keeps_its_reply_out() {
         let layer = live();
-        let ticket = layer.ticket("k");
+        let ticket = layer.ticket(K);
         layer.flush();
-        layer.fill("k", ticket, entry(1));
-        assert!(layer.get("k").is_none());
+        layer.fill(K, ticket, entry(1));
+        assert!(layer.get(K).is_none());
+    }
+
+    #[test]
+    fn keys_that_name_no_value_are_not_kept() {
+        let layer = live();
+        for key in ["{t}:jobs", "{u}:v:k", "k"] {
+            layer.fill(key, layer.ticket(key), entry(1));
+            assert!(layer.get(key).is_none(), "{key}");
+        }
+        layer.fill(K, layer.ticket(K), entry(1));
+        layer.invalidate("k");
+        assert_eq!(layer.get(K).map(|e| e.version), Some(1));
     }
 
     #[test]
     fn a_suspended_layer_serves_and_keeps_nothing() {
         let layer = live();
-        layer.fill("k", layer.ticket("k"), entry(1));
+        layer.fill(K, layer.ticket(K), entry(1));
         layer.suspend();
-        assert!(layer.get("k").is_none());
-        let ticket = layer.ticket("k");
-        layer.fill("k", ticket, entry(2));
+        assert!(layer.get(K).is_none());
+        let ticket = layer.ticket(K);
+        layer.fill(K, ticket, entry(2));
         layer.resume();
-        assert!(layer.get("k").is_none(), "a fill while down is kept out");
-        layer.fill("k", layer.ticket("k"), entry(3));
-        assert_eq!(layer.get("k").map(|e| e.version), Some(3));
+        assert!(layer.get(K).is_none(), "a fill while down is kept out");
+        layer.fill(K, layer.ticket(K), entry(3));
+        assert_eq!(layer.get(K).map(|e| e.version), Some(3));
     }
 
     #[test]
@@ -296,18 +349,19 @@ mod tests {
             expires_at_ms: Some(crate::envelope::now_ms() - 1),
             ..entry(1)
         };
-        layer.fill("k", layer.ticket("k"), past);
-        assert!(layer.get("k").is_none());
+        layer.fill(K, layer.ticket(K), past);
+        assert!(layer.get(K).is_none());
     }
 
     #[test]
     fn other_keys_survive_an_invalidation() {
         let layer = live();
-        layer.fill("a", layer.ticket("a"), entry(1));
-        layer.fill("b", layer.ticket("b"), entry(2));
-        layer.invalidate("a");
-        assert!(layer.get("a").is_none());
-        assert_eq!(layer.get("b").map(|e| e.version), Some(2));
+        let (a, b) = ("{t}:v:a", "{t}:v:b");
+        layer.fill(a, layer.ticket(a), entry(1));
+        layer.fill(b, layer.ticket(b), entry(2));
+        layer.invalidate(a);
+        assert!(layer.get(a).is_none());
+        assert_eq!(layer.get(b).map(|e| e.version), Some(2));
     }
 
     /// A reader filling the key with what it read after taking its ticket,
@@ -323,16 +377,16 @@ mod tests {
             let (layer, stored, stop) = (layer.clone(), stored.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let ticket = layer.ticket("k");
+                    let ticket = layer.ticket(K);
                     let version = stored.load(Ordering::SeqCst);
-                    layer.fill("k", ticket, entry(version));
+                    layer.fill(K, ticket, entry(version));
                 }
             })
         };
         for _ in 0..50_000 {
             let now = stored.fetch_add(1, Ordering::SeqCst) + 1;
-            layer.invalidate("k");
-            if let Some(served) = layer.get("k") {
+            layer.invalidate(K);
+            if let Some(served) = layer.get(K) {
                 assert!(
                     served.version >= now,
                     "{} served after {now}",
@@ -349,7 +403,7 @@ mod tests {
         let layer = Layer::new(64 * 1024, "t");
         layer.resume();
         for i in 0..640 {
-            let key = format!("k{i}");
+            let key = format!("{{t}}:v:k{i}");
             let data: Arc<[u8]> = vec![0u8; 1000].into();
             layer.fill(
                 &key,
@@ -363,7 +417,7 @@ mod tests {
                 },
             );
         }
-        let (_, bytes) = layer.size();
+        let (_, bytes) = layer.measure();
         assert!(bytes <= 64 * 1024, "{bytes} bytes kept");
         assert!(bytes > 0);
     }

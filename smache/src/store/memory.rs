@@ -2,6 +2,11 @@
 //!
 //! An entry past its TTL is a miss: checked on read (a clock read only for
 //! entries that have a TTL), and dropped by the byte bound in time.
+//!
+//! Entries are kept under their value id, the storage key without
+//! `{prefix}:v:` (the same for every key of the store): a hit looks its
+//! [`CacheKey`]'s id up as it is, with no key to build, and hashes fewer
+//! bytes. The methods that take a storage key strip that start.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,6 +19,7 @@ use std::sync::Mutex;
 
 use super::Decoded;
 use super::{keys, Lookup, Slot};
+use crate::key::CacheKey;
 use crate::sync::lock;
 
 /// A stored value, shared by every hit.
@@ -39,8 +45,12 @@ pub(crate) struct MemoryStore {
     /// `{prefix}:`, the start of every key of the instance (see
     /// [`keys`]).
     pub(super) base: String,
+    /// `{prefix}:v:`, the start of every value key.
+    value_prefix: String,
+    /// By value id.
     cache: Cache<String, Arc<Stored>>,
-    /// Aliases: key → the value id it stands for. Few, and never evicted.
+    /// Aliases: value id → the value id it stands for. Few, and never
+    /// evicted.
     links: Mutex<HashMap<String, String>>,
     /// Whether any alias was ever made: until then a hit need not look
     /// at `links` (see [`peek`](Self::peek)).
@@ -57,43 +67,57 @@ impl std::fmt::Debug for MemoryStore {
 
 impl MemoryStore {
     pub(crate) fn new(capacity_bytes: u64, prefix: &str) -> Self {
+        let base = keys::base(prefix);
+        let value_prefix = keys::value_prefix(&base);
+        let prefix_len = value_prefix.len();
         let cache = Cache::builder()
             .max_capacity(capacity_bytes)
-            // The envelope counted twice: once as bytes, once for the
-            // value a hit keeps decoded beside them (about its size).
-            .weigher(|key: &String, entry: &Arc<Stored>| {
-                u32::try_from(key.len() + 2 * entry.data.len() + 32).unwrap_or(u32::MAX)
+            // The whole storage key; the envelope counted twice: once as
+            // bytes, once for the value a hit keeps decoded beside them
+            // (about its size).
+            .weigher(move |id: &String, entry: &Arc<Stored>| {
+                u32::try_from(prefix_len + id.len() + 2 * entry.data.len() + 32).unwrap_or(u32::MAX)
             })
             .build();
         MemoryStore {
-            base: keys::base(prefix),
+            value_prefix,
+            base,
             cache,
             links: Mutex::default(),
             linked: AtomicBool::new(false),
         }
     }
 
-    /// The envelope stored under `{prefix}:v:{id}` (the id written by
-    /// `write_id`), shared rather than copied: the read of a hit.
-    /// `None` when nothing is stored, and when the key is an alias (the
-    /// caller then takes the path of [`get`](Self::get), which follows it).
-    pub(crate) fn peek(&self, write_id: impl FnOnce(&mut String)) -> Option<Arc<Stored>> {
-        keys::with_value_key(&self.base, write_id, |key| {
-            if self.linked.load(Ordering::Acquire) && lock(&self.links).contains_key(key) {
+    /// The value id of storage key `key`; `None` for a key that names no
+    /// value (nothing is stored under it).
+    fn id<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.value_prefix)
+    }
+
+    /// The envelope stored for `key`, shared rather than copied: the read
+    /// of a hit. `None` when nothing is stored, and when the key is an
+    /// alias (the caller then takes the path of [`get`](Self::get), which
+    /// follows it).
+    pub(crate) fn peek(&self, key: &CacheKey) -> Option<Arc<Stored>> {
+        key.with_value_id(|id| {
+            if self.linked.load(Ordering::Acquire) && lock(&self.links).contains_key(id) {
                 return None;
             }
-            self.cache.get(key).filter(|entry| entry.live())
+            self.cache.get(id).filter(|entry| entry.live())
         })
     }
 
     pub(crate) fn get(&self, key: &str) -> Lookup {
-        if let Some(target) = lock(&self.links).get(key) {
+        let Some(id) = self.id(key) else {
+            return Lookup::Miss;
+        };
+        if let Some(target) = lock(&self.links).get(id) {
             return Lookup::Alias {
                 target: target.clone(),
                 full_args: String::new(), // no executors here
             };
         }
-        match self.cache.get(key).filter(|entry| entry.live()) {
+        match self.cache.get(id).filter(|entry| entry.live()) {
             Some(entry) => Lookup::Hit {
                 version: entry.version,
                 data: entry.data.to_vec(),
@@ -104,10 +128,10 @@ impl MemoryStore {
         }
     }
 
-    pub(crate) fn set(&self, key: &str, data: Vec<u8>, ttl: Option<Duration>) -> u64 {
+    pub(crate) fn set(&self, slot: Slot<'_>, data: Vec<u8>, ttl: Option<Duration>) -> u64 {
         let data = data.into_boxed_slice();
         let expires_at = ttl.and_then(|ttl| Instant::now().checked_add(ttl));
-        let entry = self.cache.entry_by_ref(key).and_upsert_with(|old| {
+        let entry = self.cache.entry_by_ref(slot.id).and_upsert_with(|old| {
             Arc::new(Stored {
                 version: old.map_or(0, |old| old.value().version) + 1,
                 data,
@@ -118,9 +142,9 @@ impl MemoryStore {
         entry.value().version
     }
 
-    pub(crate) fn delete(&self, key: &str) -> bool {
-        let linked = lock(&self.links).remove(key).is_some();
-        self.cache.remove(key).is_some() || linked
+    pub(crate) fn delete(&self, slot: Slot<'_>) -> bool {
+        let linked = lock(&self.links).remove(slot.id).is_some();
+        self.cache.remove(slot.id).is_some() || linked
     }
 
     /// Makes `alias` stand for `target`'s value (see `lua/alias.lua`);
@@ -131,20 +155,20 @@ impl MemoryStore {
         }
         let mut links = lock(&self.links);
         let named = links
-            .get(target.key)
+            .get(target.id)
             .cloned()
             .unwrap_or_else(|| target.id.to_owned());
         if named == alias.id {
             return None;
         }
         self.linked.store(true, Ordering::Release);
-        self.cache.remove(alias.key);
+        self.cache.remove(alias.id);
         for link in links.values_mut() {
             if *link == alias.id {
                 link.clone_from(&named);
             }
         }
-        links.insert(alias.key.to_owned(), named.clone());
+        links.insert(alias.id.to_owned(), named.clone());
         Some(named)
     }
 }
@@ -153,30 +177,49 @@ impl MemoryStore {
 mod tests {
     use super::*;
 
+    fn slot(key: &str) -> Slot<'_> {
+        Slot {
+            key,
+            id: key.strip_prefix("{test}:v:").unwrap(),
+            full_args: "",
+        }
+    }
+
     #[test]
     fn versions_increase_and_delete_forgets() {
         let store = MemoryStore::new(1 << 20, "test");
-        assert!(matches!(store.get("k"), Lookup::Miss));
-        assert_eq!(store.set("k", b"a".to_vec(), None), 1);
-        assert_eq!(store.set("k", b"b".to_vec(), None), 2);
-        match store.get("k") {
+        let k = slot("{test}:v:f#1:1");
+        assert!(matches!(store.get(k.key), Lookup::Miss));
+        assert_eq!(store.set(k, b"a".to_vec(), None), 1);
+        assert_eq!(store.set(k, b"b".to_vec(), None), 2);
+        match store.get(k.key) {
             Lookup::Hit { version, data, .. } => {
                 assert_eq!(version, 2);
                 assert_eq!(data, b"b");
             }
             other => panic!("{other:?}"),
         }
-        assert!(store.delete("k"));
-        assert!(!store.delete("k"));
-        assert!(matches!(store.get("k"), Lookup::Miss));
+        assert!(store.delete(k));
+        assert!(!store.delete(k));
+        assert!(matches!(store.get(k.key), Lookup::Miss));
     }
 
     #[test]
     fn entries_expire() {
         let store = MemoryStore::new(1 << 20, "test");
-        store.set("k", b"a".to_vec(), Some(Duration::from_millis(30)));
-        assert!(matches!(store.get("k"), Lookup::Hit { .. }));
+        let k = slot("{test}:v:f#1:1");
+        store.set(k, b"a".to_vec(), Some(Duration::from_millis(30)));
+        assert!(matches!(store.get(k.key), Lookup::Hit { .. }));
         std::thread::sleep(Duration::from_millis(80));
-        assert!(matches!(store.get("k"), Lookup::Miss));
+        assert!(matches!(store.get(k.key), Lookup::Miss));
+    }
+
+    #[test]
+    fn keys_that_name_no_value_find_nothing() {
+        let store = MemoryStore::new(1 << 20, "test");
+        store.set(slot("{test}:v:f#1:1"), b"a".to_vec(), None);
+        for key in ["f#1:1", "{other}:v:f#1:1", "{test}:jobs"] {
+            assert!(matches!(store.get(key), Lookup::Miss), "{key}");
+        }
     }
 }

@@ -194,7 +194,7 @@ impl Store {
     /// already stored (the new one is dropped).
     pub(crate) async fn put(&self, put: Put<'_>) -> Result<Option<u64>> {
         match self {
-            Store::Memory(store) => Ok(Some(store.set(put.slot.key, put.data, put.ttl))),
+            Store::Memory(store) => Ok(Some(store.set(put.slot, put.data, put.ttl))),
             Store::Redis(store) => store.put(put).await,
         }
     }
@@ -221,7 +221,7 @@ impl Store {
     /// Removes a value (and its edges); returns whether it existed.
     pub(crate) async fn drop_value(&self, slot: Slot<'_>) -> Result<bool> {
         match self {
-            Store::Memory(store) => Ok(store.delete(slot.key)),
+            Store::Memory(store) => Ok(store.delete(slot)),
             Store::Redis(store) => store.drop_value(slot).await,
         }
     }
