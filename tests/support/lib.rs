@@ -9,6 +9,11 @@
 //! | `SMACHE_TEST_REDIS_URL` | a Redis the tests may write to (keys under unique prefixes) |
 //! | `SMACHE_TEST_MONGODB_URI` | a MongoDB replica set, or the Mongo test server |
 //! | `SMACHE_TEST_REDIS_SERVER` | the `redis-server` binary, for tests that start and kill their own |
+//!
+//! Tests that kill nodes of the Redis Cluster `scripts/with-servers.sh`
+//! starts with `SMACHE_TEST_CLUSTER=1` find it with [`cluster::TestCluster`].
+
+pub mod cluster;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
