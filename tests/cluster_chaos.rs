@@ -25,6 +25,9 @@
 //!   disruption is never repaired by a later one), and no job was given
 //!   up.
 //!
+//! Beside it, `a_pipeline_whose_slot_is_half_moved_is_served_whole`: a
+//! pipeline meeting its slot in migration, deterministically.
+//!
 //! **Ignored by design outside the cluster pass.** These tests kill nodes
 //! of the cluster `scripts/with-servers.sh` starts with
 //! `SMACHE_TEST_CLUSTER=1` and move its slots (they need its directory of
@@ -599,6 +602,65 @@ fn logs() -> &'static smache_suite::LogCapture {
 /// The tests of this file change the cluster (kill nodes, move slots):
 /// one at a time.
 static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A pipeline whose slot is half moved: its first key on the importing
+/// master, the others still on the migrating one. The client follows the
+/// first `ASK` with the whole pipeline after one `ASKING`, which covers
+/// its first command only; smache's connection then runs the commands one
+/// by one, each following its own redirection, so the pipeline is served
+/// whole (here the worker's readiness: `GET` lease, `EXISTS` token,
+/// `EXISTS` owed marking; an executor's `XACK` + `XDEL` likewise, which
+/// otherwise acknowledged a job and left it in the stream for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "moves a slot of the Redis Cluster of scripts/with-servers.sh: run alone, last, by scripts/test.sh's cluster pass (--ignored)"]
+async fn a_pipeline_whose_slot_is_half_moved_is_served_whole() {
+    let _alone = ALONE.lock().await;
+    logs();
+    let cluster = TestCluster::from_env();
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+    let prefix = unique("cpipe");
+    let smache = Smache::builder()
+        .redis_url(cluster.url())
+        .prefix(&prefix)
+        .build()
+        .unwrap();
+    let (lease, token) = (
+        format!("{{{prefix}}}:w:lease"),
+        format!("{{{prefix}}}:w:token"),
+    );
+    let mut conn = redis_connection(cluster.url()).await;
+    let () = conn.set(&lease, "a-worker").await.unwrap();
+    let () = conn.set(&token, "a-position").await.unwrap();
+    let ready = smache::worker::readiness(&smache).await.unwrap();
+    assert_eq!(ready.watcher.as_deref(), Some("a-worker"));
+    assert!(ready.position_saved);
+
+    let slot = cluster.keyslot(&lease).await;
+    let from = cluster.master_of(slot, &[]).await;
+    let to = cluster
+        .view(&[])
+        .await
+        .into_iter()
+        .find(|node| node.is_master() && node.id != from.id && !node.slots.is_empty())
+        .expect("another master");
+    cluster.open_move(slot, &from, &to).await;
+    let busy = cluster
+        .migrate(&from, &to, std::slice::from_ref(&lease))
+        .await;
+    let half_moved = smache::worker::readiness(&smache).await;
+    let rest = cluster
+        .migrate_slot(slot, &from, &to, 100, Duration::ZERO)
+        .await;
+    cluster.close_move(slot, &from, &to).await;
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+
+    assert!(busy.is_empty() && rest.busy.is_empty(), "{busy:?} {rest:?}");
+    let ready = half_moved.expect("the readiness read with its slot half moved");
+    assert_eq!(ready.watcher.as_deref(), Some("a-worker"));
+    assert!(ready.position_saved);
+    assert!(!ready.stale_marking_owed);
+    let () = conn.del(&[lease, token]).await.unwrap();
+}
 
 /// Reads every value of a user.
 async fn read_all(user: &User) {

@@ -282,7 +282,14 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Server(conn) => conn.req_packed_commands(pipeline, offset, count),
             Conn::Direct(conn) => conn.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => {
+                if pipeline.is_transaction() {
+                    // One `ASKING` before `MULTI` serves it whole: redis-rs's way.
+                    conn.req_packed_commands(pipeline, offset, count)
+                } else {
+                    Box::pin(cluster_pipeline(conn, pipeline, offset, count))
+                }
+            }
         }
     }
 
@@ -293,6 +300,46 @@ impl ConnectionLike for Conn {
             Conn::Cluster(conn) => conn.get_db(),
         }
     }
+}
+
+/// A pipeline (not a transaction) on a cluster. redis-rs follows an `ASK`
+/// of a pipeline by sending it whole to the node named, after one
+/// `ASKING`; but `ASKING` holds for the next command only, so in a slot
+/// migration the commands after the first are sent back (`MOVED`), and
+/// once the client's retries are spent the pipeline fails having run its
+/// first command only: an executor's `XACK` without its `XDEL` left an
+/// acknowledged job in the stream for good. Such a pipeline runs again one
+/// command at a time, each following its own redirection. (Running its
+/// commands twice is nothing new: the client's own retries resend a
+/// pipeline whole.)
+async fn cluster_pipeline(
+    conn: &mut ClusterConnection,
+    pipeline: &Pipeline,
+    offset: usize,
+    count: usize,
+) -> RedisResult<Vec<Value>> {
+    match conn.req_packed_commands(pipeline, offset, count).await {
+        Err(err) if redirected(&err) => {
+            let mut replies = Vec::with_capacity(count);
+            for cmd in pipeline.cmd_iter() {
+                // A reply that is an error the pipeline would have had
+                // in its place comes back as a value, as there.
+                replies.push(conn.req_packed_command(cmd).await?);
+            }
+            Ok(replies)
+        }
+        result => result,
+    }
+}
+
+/// Whether the cluster sent `err`'s command elsewhere (and the client's
+/// retries did not get it served).
+fn redirected(err: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        err.kind(),
+        ErrorKind::Server(ServerErrorKind::Ask | ServerErrorKind::Moved)
+    )
 }
 
 #[cfg(test)]
