@@ -125,19 +125,39 @@ impl Error {
                             | redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
                             // A Redis Cluster with no node to reach, or in
                             // a failover or slot migration the client's own
-                            // retries did not outlast: callers compute
-                            // directly meanwhile.
+                            // retries did not outlast (redirected to a
+                            // master that is down, to a node that redirects
+                            // back, to a replica not yet promoted): callers
+                            // compute directly meanwhile.
                             | redis::ErrorKind::ClusterConnectionNotFound
                             | redis::ErrorKind::Server(
                                 redis::ServerErrorKind::ClusterDown
                                     | redis::ServerErrorKind::MasterDown
                                     | redis::ServerErrorKind::TryAgain
+                                    | redis::ServerErrorKind::Moved
+                                    | redis::ServerErrorKind::Ask
+                                    | redis::ServerErrorKind::ReadOnly
                             )
                     )
+                    || script_met_a_moving_slot(err)
             }
             _ => false,
         }
     }
+}
+
+/// Whether a script was stopped because its slot is not served here right
+/// now: it touched a key the node no longer holds (the slot is migrating,
+/// or moved; Redis 7 answers `ERR Script attempted to access a non local
+/// key in a cluster node …`), or the cluster is down. Redis sends no
+/// redirection the client could follow for a key a script did not declare.
+fn script_met_a_moving_slot(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+        && err.detail().is_some_and(|detail| {
+            detail.starts_with("Script attempted to access a non local key")
+                || detail
+                    .starts_with("Script attempted to execute a command while the cluster is down")
+        })
 }
 
 impl From<redis::RedisError> for Error {
@@ -155,6 +175,36 @@ impl From<mongodb::error::Error> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error a server reply `-<line>` makes.
+    fn replied(line: &str) -> Error {
+        let reply = redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).unwrap();
+        Error::Redis(reply.extract_error().unwrap_err())
+    }
+
+    #[test]
+    fn a_cluster_in_a_failover_or_a_slot_migration_is_unreachable_a_bad_command_is_not() {
+        for line in [
+            "MOVED 3999 127.0.0.1:6381",
+            "ASK 3999 127.0.0.1:6381",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "CLUSTERDOWN The cluster is down",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "READONLY You can't write against a read only replica.",
+            "ERR Script attempted to access a non local key in a cluster node script: 161aeb1f, on @user_script:93.",
+            "ERR Script attempted to execute a command while the cluster is down script: 161aeb1f, on @user_script:9.",
+        ] {
+            assert!(replied(line).is_unreachable(), "{line}");
+        }
+        for line in [
+            "ERR unknown command 'NOPE'",
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "NOSCRIPT No matching script. Please use EVAL.",
+            "ERR user_script:3: Script attempted to access nonexistent global variable 'x'",
+        ] {
+            assert!(!replied(line).is_unreachable(), "{line}");
+        }
+    }
 
     /// The messages of `err` and of each of its sources, outermost first.
     fn chain(err: &Error) -> Vec<String> {

@@ -222,9 +222,10 @@ impl RedisStore {
                 let probe = Probe::new(Arc::clone(&self.breaker));
                 let conn = self.shared();
                 let timeout = self.timeout;
+                let base = self.base.clone();
                 crate::runtime::spawn(async move {
                     let answered = match conn {
-                        Ok(conn) => ping(conn, timeout).await,
+                        Ok(conn) => ping(conn, &base, timeout).await,
                         Err(err) => Err(err),
                     };
                     probe.report(answered.as_ref().map(|_| ()));
@@ -280,14 +281,16 @@ impl RedisStore {
     }
 }
 
-/// Asks Redis whether it answers, within `timeout`. A manager that had
-/// given up its connection fails the first command at once and starts
-/// reconnecting: the second waits for that.
-async fn ping(mut conn: Conn, timeout: Duration) -> Result<()> {
+/// Asks Redis whether it serves the store (whose keys start with `base`),
+/// within `timeout` (on a cluster, the master of the store's slot, the
+/// slot not moving: see [`Conn::ping`]). A manager that had given up its
+/// connection fails the first command at once and starts reconnecting:
+/// the second waits for that.
+async fn ping(mut conn: Conn, base: &str, timeout: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut again = true;
     loop {
-        let pong = conn.ping();
+        let pong = conn.ping(base);
         match tokio::time::timeout_at(deadline, pong).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(err)) if again && err.is_io_error() => again = false,

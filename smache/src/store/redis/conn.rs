@@ -17,7 +17,6 @@ use redis::aio::{
 };
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{
     Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value,
 };
@@ -249,17 +248,30 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
-    /// Whether Redis answers a `PING`: on a cluster, any one master
-    /// (redis-rs would ask every master, and one down would fail it while
-    /// its replica takes over).
-    pub(crate) async fn ping(&mut self) -> RedisResult<()> {
-        let ping = redis::cmd("PING");
+    /// Whether Redis serves the store (the breaker's probe): a `PING` to
+    /// one server. On a cluster, `EXISTS` of two keys of the store's slot
+    /// that are never written (`base` starts the store's keys): the master
+    /// serving the slot answers 0 while the slot is stable, but nothing
+    /// answers while that master is down and its replica not yet promoted,
+    /// and while the slot moves between masters the migrating node answers
+    /// `ASK` and the importing one `TRYAGAIN` (several keys, not all
+    /// there). So the breaker stays open until the slot is served and
+    /// stable again: one outage per failover or slot move (a probe that
+    /// any master answered closed it at once, for the next operation to
+    /// open it again: a dozen times in a failover), during which callers
+    /// compute directly and background work waits, and the store's
+    /// scripts, which touch keys they do not declare, are kept off a slot
+    /// in migration (see `tests/cluster_chaos.rs`).
+    pub(crate) async fn ping(&mut self, base: &str) -> RedisResult<()> {
         match self {
-            Conn::Cluster(cluster) => {
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
-                cluster.route_command(ping, routing).await.map(drop)
-            }
-            _ => ping.query_async(self).await,
+            Conn::Cluster(cluster) => redis::cmd("EXISTS")
+                .arg(format!("{base}probe:a"))
+                .arg(format!("{base}probe:b"))
+                .query_async::<Value>(cluster)
+                .await
+                .and_then(|reply| reply.extract_error())
+                .map(drop),
+            _ => redis::cmd("PING").query_async(self).await,
         }
     }
 }
