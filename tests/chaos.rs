@@ -372,7 +372,10 @@ async fn chaos_run() {
         loop {
             let mut stale = 0;
             for (person, key) in &keys {
-                if smache.is_fresh(key).await.unwrap() {
+                // An error (the store's bounded wait ran out: CI machines
+                // run this beside other builds) says nothing either way:
+                // counted as stale, asked again on the next round.
+                if smache.is_fresh(key).await.unwrap_or(false) {
                     continue;
                 }
                 stale += 1;
