@@ -370,11 +370,6 @@ pub(crate) fn local_size(prefix: &str, entries: u64, bytes: u64) {
     metrics::gauge!(LOCAL_BYTES, "prefix" => prefix.to_owned()).set(bytes as f64);
 }
 
-/// Records nothing: the layer records its size, labelled by its prefix,
-/// when the heartbeat samples it ([`local_size`], from `Layer::size`).
-/// Kept for the heartbeat's call in `store/redis/tracking.rs`, which can go.
-pub(crate) fn layer_size(_entries: u64, _bytes: u64) {}
-
 /// Calls find the store unavailable (`true`), or reachable again.
 pub(crate) fn store_degraded(degraded: bool) {
     metrics::gauge!(STORE_DEGRADED).set(if degraded { 1.0 } else { 0.0 });

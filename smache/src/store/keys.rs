@@ -38,30 +38,27 @@ pub(crate) fn write_value(
 }
 
 thread_local! {
-    /// The storage key of an in-process hit, built here rather than in a
+    /// The value id of an in-process hit, written here rather than into a
     /// new `String` on every hit.
-    static HIT_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    static HIT_ID: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
-/// Runs `f` with the value key of base `base` and the id `write_id`
-/// writes, built in a buffer reused by every hit of this thread (of the
-/// in-process layer; the embedded store looks ids up as they are).
-pub(crate) fn with_value_key<R>(
-    base: &str,
-    write_id: impl FnOnce(&mut String),
-    f: impl FnOnce(&str) -> R,
-) -> R {
-    HIT_KEY.with(|cell| {
+/// Runs `f` with the value id `write_id` writes, in a buffer reused by
+/// every hit of this thread (the in-process layer is keyed by value id:
+/// no key, no shard, no copy of the base).
+pub(crate) fn with_value_id<R>(write_id: impl FnOnce(&mut String), f: impl FnOnce(&str) -> R) -> R {
+    HIT_ID.with(|cell| {
         // A re-entrant use (not expected: nothing in `f` calls back) gets
-        // a key of its own.
+        // an id of its own.
         let mut own = String::new();
         let mut borrowed = cell.try_borrow_mut();
-        let key = match borrowed.as_deref_mut() {
-            Ok(key) => key,
+        let id = match borrowed.as_deref_mut() {
+            Ok(id) => id,
             Err(_) => &mut own,
         };
-        write_value(key, base, write_id);
-        f(key)
+        id.clear();
+        write_id(id);
+        f(id)
     })
 }
 

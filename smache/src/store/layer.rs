@@ -143,14 +143,16 @@ impl Layer {
         stripe
     }
 
-    /// The value under `key`, if the layer may serve it now: a tracking
-    /// connection is up and it is not past its time-to-live. A miss is
-    /// counted by the caller, which goes on to Redis.
+    /// [`get_id`](Self::get_id) by the value's Redis key, as the tests
+    /// name entries.
+    #[cfg(test)]
     pub(crate) fn get(&self, key: &str) -> Option<Arc<Cached>> {
         self.get_id(self.id(key)?)
     }
 
-    /// [`get`](Self::get) by value id: no Redis key to build first.
+    /// The value of id `id`, if the layer may serve it now: a tracking
+    /// connection is up and it is not past its time-to-live. A miss is
+    /// counted by the caller, which goes on to Redis.
     pub(crate) fn get_id(&self, id: &str) -> Option<Arc<Cached>> {
         if !self.live.load(Ordering::Acquire) {
             return None;

@@ -274,8 +274,8 @@ impl Supervisor {
             if !matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(()))) {
                 return;
             }
-            let (entries, bytes) = self.layer.size();
-            crate::metrics::layer_size(entries, bytes);
+            // Sampled here, recorded by the layer under its prefix.
+            self.layer.size();
         }
     }
 

@@ -98,7 +98,7 @@ impl RedisStore {
     /// `None` sends the caller to Redis.
     pub(crate) fn peek(&self, write_id: impl FnOnce(&mut String)) -> Option<Arc<Cached>> {
         let layer = self.layer()?;
-        let cached = keys::with_value_key(&self.base, write_id, |key| layer.get(key));
+        let cached = keys::with_value_id(write_id, |id| layer.get_id(id));
         if cached.is_none() {
             crate::metrics::layer(crate::metrics::LayerEvent::Missed);
         }
