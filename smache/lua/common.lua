@@ -41,6 +41,13 @@
 -- Tokens: "e:<collection>:<id key>" a document, "c:<collection>" a whole
 -- collection, "v:<value id>" another computed value.
 
+-- The instance's `done` channel, from the base of any of its shards
+-- ("{prefix#<n>}:", or "{prefix}:" unsharded): "{prefix}:done". A script
+-- may publish on any channel, whatever slot it runs in.
+local function done_channel(base)
+  return (string.gsub(base, '#%d+}:$', '}:')) .. 'done'
+end
+
 local function num(value)
   return tonumber(value) or 0
 end
@@ -298,7 +305,7 @@ local function finish_task(base, tkey, vkey, task, state, result, retention)
     end
   end
   redis.call('DEL', cbkey)
-  redis.call('PUBLISH', base .. 'done', id)
+  redis.call('PUBLISH', done_channel(base), id)
   return 1
 end
 

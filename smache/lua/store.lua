@@ -32,7 +32,7 @@ local started = num(ARGV[5])
 local old = call_on('HMGET', vkey, 'v', 'd', 'w', 'l', 'g', 'f')
 -- Whoever stores ends the computation in flight: waiters wake and read.
 redis.call('HDEL', vkey, 'c', 'cx')
-redis.call('PUBLISH', base .. 'done', id)
+redis.call('PUBLISH', done_channel(base), id)
 if old[4] then
   -- The key became an alias while this value was computed: refused.
   return -1

@@ -78,6 +78,15 @@ pub(crate) struct Slot<'a> {
     pub(crate) full_args: &'a str,
 }
 
+impl Slot<'_> {
+    /// The base of the value's keys (its shard's): the key without
+    /// `v:<id>`, what the scripts build the value's other keys from.
+    pub(crate) fn base(&self) -> &str {
+        let end = self.key.len().saturating_sub(self.id.len() + 2);
+        self.key.get(..end).unwrap_or(self.key)
+    }
+}
+
 /// A computed value to store.
 #[derive(Debug)]
 pub(crate) struct Put<'a> {
@@ -123,9 +132,13 @@ impl Store {
         }
     }
 
-    /// The storage key of the value `id`, `{prefix}:v:<id>`.
+    /// The storage key of the value `id`, `{prefix}:v:<id>` (with the
+    /// tag of its shard on a sharded Redis store).
     pub(crate) fn value_key(&self, id: &str) -> String {
-        keys::value(self.base(), id)
+        match self {
+            Store::Redis(store) => store.value_key(id),
+            Store::Memory(_) => keys::value(self.base(), id),
+        }
     }
 
     /// The storage key of the value whose id `write_id` writes, built in
@@ -136,6 +149,16 @@ impl Store {
         id_len: usize,
         write_id: impl FnOnce(&mut String),
     ) -> (String, usize) {
+        if let Store::Redis(store) = self {
+            if store.shards.count() > 1 {
+                // The shard is the id's: the id first.
+                let mut id = String::with_capacity(id_len);
+                write_id(&mut id);
+                let key = store.value_key(&id);
+                let id_at = key.len() - id.len();
+                return (key, id_at);
+            }
+        }
         let base = self.base();
         let mut key = String::with_capacity(base.len() + 2 + id_len);
         let id_at = keys::write_value(&mut key, base, write_id);

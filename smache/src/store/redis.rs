@@ -56,6 +56,8 @@ pub(crate) struct RedisStore {
     /// `{prefix}:`, the start of every key of the instance (see
     /// [`keys`]); the scripts are given it to build the graph's keys.
     pub(super) base: String,
+    /// Where each value's keys live (one shard: all under `base`).
+    pub(super) shards: super::shards::Shards,
     /// The worker's keys, from `base`.
     worker: WorkerKeys,
     /// Where connections go; `None` when the store was given a connection
@@ -166,6 +168,7 @@ impl RedisStore {
         let base = keys::base(prefix);
         RedisStore {
             worker: WorkerKeys::new(&base),
+            shards: super::shards::Shards::new(prefix, 1),
             base,
             endpoint,
             shared,
@@ -194,6 +197,17 @@ impl RedisStore {
             _ => {}
         }
         self
+    }
+
+    /// Spreads the values over `count` shards (see `store::shards`).
+    pub(crate) fn with_shards(mut self, count: usize) -> Self {
+        self.shards = super::shards::Shards::new(self.breaker.prefix(), count);
+        self
+    }
+
+    /// The storage key of value `id`: `{prefix[:tag]}:v:<id>`.
+    pub(crate) fn value_key(&self, id: &str) -> String {
+        keys::value(self.shards.base_of(id), id)
     }
 
     /// The in-process layer, if there is one.

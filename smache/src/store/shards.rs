@@ -2,7 +2,8 @@
 //! jobs spread over a Redis Cluster's slots (#16).
 //!
 //! An instance has `count` shards. Shard `i` is a hash tag of its own,
-//! `{prefix:<tag>}`, whose Redis Cluster slot lies in the `i`-th of
+//! `{prefix#<n>}` (`#` is never in a prefix, so no shard of one instance
+//! is a tag of another), whose Redis Cluster slot lies in the `i`-th of
 //! `count` equal bands of the 16384 slots: the shards are evenly spaced
 //! over the slots, so each master holds the shards of the slots it serves
 //! (with `redis-cli --cluster create`'s even split and 48 shards, 16 on
@@ -19,7 +20,7 @@ pub(crate) const SLOTS: u16 = 16384;
 /// An instance's shards and their key bases.
 #[derive(Debug, Clone)]
 pub(crate) struct Shards {
-    /// `{prefix:<tag>}:` (or `{prefix}:` for one shard), by shard.
+    /// `{prefix#<n>}:` (or `{prefix}:` for one shard), by shard.
     bases: Vec<String>,
 }
 
@@ -38,7 +39,7 @@ impl Shards {
         // The first suffix whose slot falls in each band: about `count`
         // tries per band, so a few thousand CRCs for 48 shards.
         for n in 0_u64.. {
-            let tag = format!("{prefix}:{n}");
+            let tag = format!("{prefix}#{n}");
             let at = band(slot(tag.as_bytes()));
             if tags[at].is_none() {
                 tags[at] = Some(tag);
@@ -70,7 +71,7 @@ impl Shards {
         usize::try_from(hash % self.bases.len() as u64).unwrap_or(0)
     }
 
-    /// The key base of shard `shard`: `{prefix:<tag>}:`.
+    /// The key base of shard `shard`: `{prefix#<n>}:`.
     pub(crate) fn base(&self, shard: usize) -> &str {
         &self.bases[shard % self.bases.len()]
     }

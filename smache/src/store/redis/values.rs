@@ -98,7 +98,13 @@ impl RedisStore {
     /// `None` sends the caller to Redis.
     pub(crate) fn peek(&self, write_id: impl FnOnce(&mut String)) -> Option<Arc<Cached>> {
         let layer = self.layer()?;
-        let cached = keys::with_value_key(&self.base, write_id, |key| layer.get(key));
+        let cached = if self.shards.count() > 1 {
+            let mut id = String::new();
+            write_id(&mut id);
+            layer.get(&self.value_key(&id))
+        } else {
+            keys::with_value_key(&self.base, write_id, |key| layer.get(key))
+        };
         if cached.is_none() {
             crate::metrics::layer(crate::metrics::LayerEvent::Missed);
         }
@@ -116,7 +122,7 @@ impl RedisStore {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.begin.key(slot.key);
         invocation
-            .arg(&self.base)
+            .arg(slot.base())
             .arg(slot.id)
             .arg(slot.full_args)
             .arg(BEGIN_LEASE_MS.max(millis(lease)))
@@ -138,7 +144,7 @@ impl RedisStore {
     pub(crate) async fn release(&self, slot: Slot<'_>, owner: &str) -> Result<()> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.release.key(slot.key);
-        invocation.arg(&self.base).arg(slot.id).arg(owner);
+        invocation.arg(slot.base()).arg(slot.id).arg(owner);
         let _: i64 = self
             .bounded("release", invocation.invoke_async(&mut conn))
             .await?;
@@ -197,7 +203,7 @@ impl RedisStore {
         };
         let mut invocation = self.scripts.store.key(put.slot.key);
         invocation
-            .arg(&self.base)
+            .arg(put.slot.base())
             .arg(put.slot.id)
             .arg(put.data)
             .arg(ttl)
@@ -242,7 +248,7 @@ impl RedisStore {
     pub(crate) async fn drop_value(&self, slot: Slot<'_>) -> Result<bool> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.drop.key(slot.key);
-        invocation.arg(&self.base).arg(slot.id);
+        invocation.arg(slot.base()).arg(slot.id);
         let existed = self
             .bounded("drop", invocation.invoke_async::<i64>(&mut conn))
             .await;
