@@ -278,6 +278,25 @@ local function signal_dependents(base, token)
 end
 
 
+-- A changed document of a collection that some function declares in
+-- `relations(...)` queues a relation job (fields `rel`, `doc`, `op`, and
+-- `pre` the document before the change, if known): an executor maps the
+-- document, before and after, to the entities whose values depend on it.
+-- Returns 1 if a job was queued.
+local function relation_job(base, token, op, pre)
+  local coll, doc = string.match(token, '^e:([^:]+):(.+)$')
+  if not coll or redis.call('TYPE', base .. 'rel:' .. coll)['ok'] ~= 'set' then
+    return 0
+  end
+  local job = {'rel', coll, 'doc', doc, 'op', op}
+  if pre ~= '' then
+    job[#job + 1] = 'pre'
+    job[#job + 1] = pre
+  end
+  redis.call('XADD', typed(base .. 'jobs', 'stream'), '*', unpack(job))
+  return 1
+end
+
 -- A submitted task ended: record its result once (a task finishes exactly
 -- once, whichever executor gets there first), queue one job per attached
 -- callback, and wake the task's waiters. `tkey`/`vkey` the task's and its

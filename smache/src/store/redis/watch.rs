@@ -48,6 +48,14 @@ impl RedisStore {
         seen: &Seen<'_>,
     ) -> Result<Changed> {
         let mut conn = self.connection().await?;
+        let mut tokens = seen.tokens;
+        let mut touched = 0;
+        if self.shards.count() > 1 && !tokens.is_empty() {
+            // Every shard first (together), then the position: a crash
+            // between replays the change rather than losing it.
+            touched = self.touch_shards(&conn, seen).await?;
+            tokens = &[];
+        }
         let mut invocation = self.scripts.change.key(&self.worker.token);
         invocation
             .key(&self.worker.lease)
@@ -59,15 +67,34 @@ impl RedisStore {
             .arg(seen.time.map_or_else(String::new, |time| time.to_string()))
             .arg(seen.op)
             .arg(seen.before.unwrap_or_default())
-            .arg(seen.tokens);
+            .arg(tokens);
         let queued: i64 = self
             .bounded("change", invocation.invoke_async(&mut conn))
             .await?;
         Ok(match queued {
             -1 => Changed::LeaseLost,
             -2 => Changed::Moved,
-            n => Changed::Queued(u64::try_from(n).unwrap_or(0)),
+            n => Changed::Queued(u64::try_from(n).unwrap_or(0) + touched),
         })
+    }
+
+    /// Signals the dependants of a change's tokens in every shard
+    /// (`lua/touch.lua`), all at once; how many jobs were queued.
+    async fn touch_shards(&self, conn: &super::Conn, seen: &Seen<'_>) -> Result<u64> {
+        let touches = self.shards.bases().map(|base| {
+            let mut conn = conn.clone();
+            let mut invocation = self.scripts.touch.key(keys::jobs(base));
+            invocation
+                .arg(base)
+                .arg(seen.op)
+                .arg(seen.before.unwrap_or_default())
+                .arg(seen.tokens);
+            async move { invocation.invoke_async::<u64>(&mut conn).await }
+        });
+        let queued = self
+            .bounded("touch", futures::future::try_join_all(touches))
+            .await?;
+        Ok(queued.into_iter().sum())
     }
 
     /// The saved position in the change stream: the encoded resume token
