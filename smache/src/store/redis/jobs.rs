@@ -76,10 +76,10 @@ impl RedisStore {
 
     /// Whether a relation job queued at or before stream entry `upto` is
     /// still in the stream (waiting, or held by an executor).
-    pub(crate) async fn relations_pending(&self, upto: &str) -> Result<bool> {
+    pub(crate) async fn relations_pending(&self, shard: usize, upto: &str) -> Result<bool> {
         const PAGE: usize = 500;
         let mut conn = self.connection().await?;
-        let jobs = keys::jobs(&self.base);
+        let jobs = keys::jobs(self.shards.base(shard));
         let mut from = "-".to_owned();
         loop {
             let mut cmd = redis::cmd("XRANGE");

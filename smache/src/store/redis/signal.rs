@@ -19,50 +19,57 @@ impl RedisStore {
 
     /// The dependency tokens of the documents of `collection` that some
     /// value depends on (`e:<collection>:<id key>`), found by a scan of
-    /// the reverse edges.
+    /// the reverse edges of every shard (a token with dependants in
+    /// several shards is named once).
     pub(crate) async fn dependant_documents(&self, collection: &str) -> Result<Vec<String>> {
-        let prefix = keys::dependants_prefix(&self.base);
-        let pattern = keys::document_dependants_pattern(&self.base, collection);
-        Ok(self
-            .scan(&pattern)
-            .await?
-            .into_iter()
-            .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
-            .collect())
+        let mut tokens = std::collections::BTreeSet::new();
+        for base in self.shards.bases() {
+            let prefix = keys::dependants_prefix(base);
+            let pattern = keys::document_dependants_pattern(base, collection);
+            tokens.extend(
+                self.scan(&pattern)
+                    .await?
+                    .into_iter()
+                    .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned)),
+            );
+        }
+        Ok(tokens.into_iter().collect())
     }
 
     /// Signals as changed every value whose id matches `id_glob` (`lazy`:
-    /// marks them stale with no recompute coming), a page of the scan at a
-    /// time; how many values, and how many jobs queued.
+    /// marks them stale with no recompute coming), in every shard, a page
+    /// of the scan at a time; how many values, and how many jobs queued.
     pub(crate) async fn mark_matching_stale(
         &self,
         id_glob: &str,
         lazy: bool,
     ) -> Result<(usize, u64)> {
-        let prefix = keys::value_prefix(&self.base);
-        let pattern = format!("{prefix}{id_glob}");
         let mut conn = self.connection().await?;
-        let (mut scan, mut values, mut queued) = (Scan::new(pattern, None), 0, 0);
-        while let Some(keys) = self.bounded("scan", scan.next_page(&mut conn)).await? {
-            let ids: Vec<String> = keys
-                .iter()
-                .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
-                .collect();
-            values += ids.len();
-            for chunk in ids.chunks(500) {
-                queued += self.mark_stale(chunk, lazy).await?;
+        let (mut values, mut queued) = (0, 0);
+        for base in self.shards.bases() {
+            let prefix = keys::value_prefix(base);
+            let mut scan = Scan::new(format!("{prefix}{id_glob}"), None);
+            while let Some(keys) = self.bounded("scan", scan.next_page(&mut conn)).await? {
+                let ids: Vec<String> = keys
+                    .iter()
+                    .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
+                    .collect();
+                values += ids.len();
+                for chunk in ids.chunks(500) {
+                    queued += self.mark_stale_in(base, chunk, lazy).await?;
+                }
             }
         }
         Ok((values, queued))
     }
 
-    /// Signals every value in `ids` as changed (`lazy`: marks them stale
-    /// with no recompute coming).
-    pub(crate) async fn mark_stale(&self, ids: &[String], lazy: bool) -> Result<u64> {
+    /// Signals every value in `ids`, all of the shard of base `base`, as
+    /// changed (`lazy`: marks them stale with no recompute coming).
+    async fn mark_stale_in(&self, base: &str, ids: &[String], lazy: bool) -> Result<u64> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.stale.key(keys::jobs(&self.base));
+        let mut invocation = self.scripts.stale.key(keys::jobs(base));
         invocation
-            .arg(&self.base)
+            .arg(base)
             .arg(if lazy { "1" } else { "0" })
             .arg(ids);
         self.bounded("stale", invocation.invoke_async(&mut conn))
@@ -118,8 +125,9 @@ impl RedisStore {
     /// found as `version` (see `lua/refresh.lua`).
     pub(crate) async fn refresh(&self, id: &str, version: u64) -> Result<()> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.refresh.key(keys::jobs(&self.base));
-        invocation.arg(&self.base).arg(id).arg(version);
+        let base = self.shards.base_of(id);
+        let mut invocation = self.scripts.refresh.key(keys::jobs(base));
+        invocation.arg(base).arg(id).arg(version);
         let _: i64 = self
             .bounded("refresh", invocation.invoke_async(&mut conn))
             .await?;

@@ -111,24 +111,47 @@ impl RedisStore {
 
     /// How far the worker has followed the change stream: the cluster time
     /// of its saved position (`seconds << 32 | increment`), if any, and the
-    /// entry id of the newest job in the stream, if any; read together, so
-    /// that every job queued for the changes up to that time is at or
-    /// before that entry.
-    pub(crate) async fn worker_progress(&self) -> Result<(Option<u64>, Option<String>)> {
+    /// entry id of the newest job in each shard's stream, by shard (`None`
+    /// for an empty one); the time read first, so that every job queued
+    /// for the changes up to that time is at or before its shard's entry
+    /// (a change's jobs are queued before its position is saved; on one
+    /// shard, both are read in one pipeline).
+    pub(crate) async fn worker_progress(&self) -> Result<(Option<u64>, Vec<Option<String>>)> {
         let mut conn = self.connection().await?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET")
-            .arg(&self.worker.time)
-            .cmd("XREVRANGE")
-            .arg(keys::jobs(&self.base))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1);
-        let (time, newest): (Option<String>, StreamRangeReply) = self
-            .bounded("worker_progress", pipe.query_async(&mut conn))
-            .await?;
-        let newest = newest.ids.into_iter().next().map(|entry| entry.id);
+        let newest_of = |pipe: &mut redis::Pipeline, base: &str| {
+            pipe.cmd("XREVRANGE")
+                .arg(keys::jobs(base))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        };
+        let (time, newest): (Option<String>, Vec<StreamRangeReply>) = if self.shards.count() == 1 {
+            let mut pipe = redis::pipe();
+            pipe.cmd("GET").arg(&self.worker.time);
+            newest_of(&mut pipe, &self.base);
+            let (time, newest) = self
+                .bounded("worker_progress", pipe.query_async(&mut conn))
+                .await?;
+            (time, vec![newest])
+        } else {
+            let time = redis::cmd("GET").arg(&self.worker.time).clone();
+            let time = self
+                .bounded("worker_progress", time.query_async(&mut conn))
+                .await?;
+            let mut pipe = redis::pipe();
+            for base in self.shards.bases() {
+                newest_of(&mut pipe, base);
+            }
+            let newest = self
+                .bounded("worker_progress", pipe.query_async(&mut conn))
+                .await?;
+            (time, newest)
+        };
+        let newest = newest
+            .into_iter()
+            .map(|reply| reply.ids.into_iter().next().map(|entry| entry.id))
+            .collect();
         Ok((time.and_then(|time| time.parse().ok()), newest))
     }
 
@@ -196,14 +219,22 @@ impl RedisStore {
     /// Stores the most values one change recomputes eagerly, which every
     /// script that signals dependants reads (`{prefix}:config`
     /// `max_fanout`).
+    ///
+    /// Written to the instance's `{prefix}:config` and, with several
+    /// shards, to each shard's, since a script reads its own shard's.
     pub(crate) async fn publish_max_fanout(&self, max_fanout: u64) -> Result<()> {
         let mut conn = self.connection().await?;
-        let mut cmd = redis::cmd("HSET");
-        cmd.arg(keys::config(&self.base))
-            .arg("max_fanout")
-            .arg(max_fanout);
-        let _: i64 = self
-            .bounded("publish_max_fanout", cmd.query_async(&mut conn))
+        let mut pipe = redis::pipe();
+        let shards = self.shards.bases().filter(|_| self.shards.count() > 1);
+        for base in std::iter::once(self.base.as_str()).chain(shards) {
+            pipe.cmd("HSET")
+                .arg(keys::config(base))
+                .arg("max_fanout")
+                .arg(max_fanout)
+                .ignore();
+        }
+        let () = self
+            .bounded("publish_max_fanout", pipe.query_async(&mut conn))
             .await?;
         Ok(())
     }
