@@ -201,6 +201,14 @@ impl RedisStore {
         } else {
             "0"
         };
+        // store.lua checks the nested values of the value's own shard;
+        // those of other shards had their edge written before they were
+        // read (see `edge_first`), and a store of them signals this value.
+        let checked: Vec<&(String, String)> = put
+            .read
+            .iter()
+            .filter(|(id, _)| self.same_shard(put.slot.id, id))
+            .collect();
         let mut invocation = self.scripts.store.key(put.slot.key);
         invocation
             .arg(put.slot.base())
@@ -212,8 +220,8 @@ impl RedisStore {
             .arg(mark_stale)
             .arg(put.relations.len())
             .arg(put.relations)
-            .arg(put.read.len());
-        for (id, mark) in put.read {
+            .arg(checked.len());
+        for (id, mark) in checked {
             invocation.arg(id).arg(mark);
         }
         invocation.arg(put.deps);
@@ -222,6 +230,37 @@ impl RedisStore {
             .await;
         self.forget(put.slot.key);
         Ok(u64::try_from(version?).ok())
+    }
+
+    /// Whether values spread over several shards.
+    pub(crate) fn sharded(&self) -> bool {
+        self.shards.count() > 1
+    }
+
+    /// Whether values `a` and `b` live in the same shard (always, with one).
+    pub(crate) fn same_shard(&self, a: &str, b: &str) -> bool {
+        self.shards.count() == 1 || self.shards.of(a) == self.shards.of(b)
+    }
+
+    /// Before a computation of value `home` reads value `id` of another
+    /// shard (a nested call): records `home`'s reverse edge on `v:<id>` in
+    /// `home`'s own shard (`lua/edge.lua`), so that any store of `id` from
+    /// now on signals `home`, whose own store then lands stale. `true`
+    /// once recorded, or at once when both live in one shard (store.lua
+    /// checks those); `false` when `home` has no hash (gone, or an alias),
+    /// where an edge would not be seen.
+    pub(crate) async fn edge_first(&self, home: &str, id: &str) -> Result<bool> {
+        if self.same_shard(home, id) {
+            return Ok(true);
+        }
+        let mut conn = self.connection().await?;
+        let base = self.shards.base_of(home);
+        let mut invocation = self.scripts.edge.key(keys::value(base, home));
+        invocation.arg(base).arg(home).arg(keys::value_token(id));
+        let recorded: i64 = self
+            .bounded("edge", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(recorded == 1)
     }
 
     /// Makes `alias` stand for `target`; `None` for a cycle.
