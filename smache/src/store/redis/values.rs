@@ -265,6 +265,11 @@ impl RedisStore {
 
     /// Makes `alias` stand for `target`; `None` for a cycle.
     pub(crate) async fn alias(&self, alias: Slot<'_>, target: Slot<'_>) -> Result<Option<String>> {
+        if self.sharded() {
+            let named = self.alias_across(alias, target).await;
+            self.forget(alias.key);
+            return named;
+        }
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.alias.key(alias.key);
         invocation
@@ -286,12 +291,39 @@ impl RedisStore {
 
     pub(crate) async fn drop_value(&self, slot: Slot<'_>) -> Result<bool> {
         let mut conn = self.connection().await?;
+        // On several shards, an alias's target set lives in the target's
+        // shard: the link is read first, to leave that set after.
+        let link = if self.sharded() {
+            self.link_of(slot.key).await?
+        } else {
+            None
+        };
         let mut invocation = self.scripts.drop.key(slot.key);
         invocation.arg(slot.base()).arg(slot.id);
         let existed = self
             .bounded("drop", invocation.invoke_async::<i64>(&mut conn))
             .await;
         self.forget(slot.key);
+        if existed.is_ok() && self.sharded() {
+            // A crash before this leaves the id in the target's set (which
+            // skips members that name something else) and dependants of
+            // other shards fresh until their next change.
+            if let Some(link) = link {
+                let mut cmd = redis::cmd("SREM");
+                cmd.arg(keys::aliases(self.shards.base_of(&link), &link))
+                    .arg(slot.id);
+                match self
+                    .bounded("drop", cmd.query_async::<i64>(&mut conn))
+                    .await
+                {
+                    Err(Error::Redis(err)) if is_wrong_type(&err) => {}
+                    other => {
+                        other?;
+                    }
+                }
+            }
+            self.signal_elsewhere(slot.id).await?;
+        }
         // The values built on it were marked stale in the same script:
         // wait for Redis's word of them too, so that this process does not
         // serve one of them after `invalidate` returned.
@@ -299,6 +331,17 @@ impl RedisStore {
             let _ = self.sync_layer().await;
         }
         Ok(existed? > 0)
+    }
+
+    /// The value id the alias under `key` names, if it is one.
+    async fn link_of(&self, key: &str) -> Result<Option<String>> {
+        let mut conn = self.connection().await?;
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(key).arg("l");
+        match self.bounded("drop", cmd.query_async(&mut conn)).await {
+            Err(Error::Redis(err)) if is_wrong_type(&err) => Ok(None),
+            other => other,
+        }
     }
 
     /// This process wrote the value under `key` (or may have: the write
