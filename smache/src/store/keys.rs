@@ -112,6 +112,11 @@ pub(crate) fn relations(base: &str, collection: &str) -> String {
     format!("{base}rel:{collection}")
 }
 
+/// The aliases of value `id`: `{prefix}:al:<id>`.
+pub(crate) fn aliases(base: &str, id: &str) -> String {
+    format!("{base}al:{id}")
+}
+
 /// The start of every reverse-edge key: `{prefix}:r:`, followed by a
 /// dependency token.
 pub(crate) fn dependants_prefix(base: &str) -> String {

@@ -102,7 +102,9 @@ pub(crate) struct Put<'a> {
     pub(crate) deps: &'a [String],
     /// The values the computation read (nested calls): each one's id and
     /// what was read of it, `<version>:<computed-at ms>`. The Redis store
-    /// marks the value stale if one of them was stored anew since.
+    /// marks the value stale if one of them was stored anew since (those
+    /// of its own shard, in `store.lua`; those of another shard had their
+    /// edge written before they were read: see `Store::edge_first`).
     pub(crate) read: &'a [(String, String)],
     /// Keep the envelope in MongoDB (`store = mongo`), a reference in Redis.
     pub(crate) external: bool,
@@ -187,6 +189,30 @@ impl Store {
         match self {
             Store::Memory(_) => Ok(Begin::Go(0)),
             Store::Redis(store) => store.begin(slot, deps, owner, lease, seen).await,
+        }
+    }
+
+    /// Whether values spread over several shards (a Redis store only).
+    pub(crate) fn sharded(&self) -> bool {
+        matches!(self, Store::Redis(store) if store.shards.count() > 1)
+    }
+
+    /// Whether values `a` and `b` live in the same shard.
+    pub(crate) fn same_shard(&self, a: &str, b: &str) -> bool {
+        match self {
+            Store::Memory(_) => true,
+            Store::Redis(store) => store.same_shard(a, b),
+        }
+    }
+
+    /// Before a computation of value `home` reads value `id`: on a store of
+    /// several shards, records `home`'s reverse edge on `id` first when
+    /// `id` lives in another shard (see `RedisStore::edge_first`). `false`
+    /// when it could not be recorded because `home` has no hash.
+    pub(crate) async fn edge_first(&self, home: &str, id: &str) -> Result<bool> {
+        match self {
+            Store::Memory(_) => Ok(true),
+            Store::Redis(store) => store.edge_first(home, id).await,
         }
     }
 

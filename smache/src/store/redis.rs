@@ -14,7 +14,8 @@
 //!
 //! This file holds the connection, the breaker plumbing and the scripts;
 //! the operations are grouped by concern in its submodules: `values` (read,
-//! compute lease, store, alias, drop), `tasks` (submitted tasks), `jobs`
+//! compute lease, store, alias, drop), `alias` (aliases on a store of
+//! several shards, step by step), `tasks` (submitted tasks), `jobs`
 //! (what executors do with the jobs stream), `signal` (signalling
 //! dependants as changed) and `watch` (the worker's lease, position and
 //! stale-marking).
@@ -34,6 +35,7 @@ use super::layer::Layer;
 use super::notify::Notifier;
 use crate::error::{Error, Result};
 
+mod alias;
 mod conn;
 mod jobs;
 mod scan;
@@ -90,6 +92,10 @@ struct Scripts {
     release: Script,
     renew: Script,
     alias: Script,
+    alias_link: Script,
+    alias_point: Script,
+    alias_set: Script,
+    edge: Script,
     fanout: Script,
     dead: Script,
     submit: Script,
@@ -123,6 +129,10 @@ impl Scripts {
             release: script!("release.lua"),
             renew: script!("renew.lua"),
             alias: script!("alias.lua"),
+            alias_link: script!("alias_link.lua"),
+            alias_point: script!("alias_point.lua"),
+            alias_set: script!("alias_set.lua"),
+            edge: script!("edge.lua"),
             fanout: script!("fanout.lua"),
             dead: script!("dead.lua"),
             submit: script!("submit.lua"),

@@ -67,7 +67,7 @@ impl Shards {
         if self.bases.len() == 1 {
             return 0;
         }
-        let hash = fnv1a(id.as_bytes());
+        let hash = mix(fnv1a(id.as_bytes()));
         usize::try_from(hash % self.bases.len() as u64).unwrap_or(0)
     }
 
@@ -95,6 +95,20 @@ fn fnv1a(bytes: &[u8]) -> u64 {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     hash
+}
+
+/// MurmurHash3's 64-bit finalizer: every bit of the result depends on
+/// every bit of `hash`. FNV-1a alone will not do modulo a count with a
+/// factor 2^k (4, 48): its low k bits depend only on the low k bits of
+/// each byte, so two ids that differ only in a prefix (`trunk#1:<args>`,
+/// `leaf#1:<args>`) would be in the same shard for every argument, or in
+/// different ones for every argument.
+fn mix(mut hash: u64) -> u64 {
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
 }
 
 /// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (what
@@ -169,5 +183,20 @@ mod tests {
             shards.of("card#1:o:000000000000000000000001")
         );
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn ids_that_share_their_arguments_are_not_tied_to_one_shard() {
+        for count in [4, 48] {
+            let shards = Shards::new("smache", count);
+            let same = (0..200)
+                .filter(|n| {
+                    let args = format!("\"tag-{n}\"");
+                    shards.of(&format!("trunk#1:{args}")) == shards.of(&format!("leaf#1:{args}"))
+                })
+                .count();
+            // About 200 / count.
+            assert!(same > 0 && same < 200 / count * 3, "{count}: {same}");
+        }
     }
 }
