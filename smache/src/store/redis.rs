@@ -47,6 +47,7 @@ pub(crate) use self::conn::{Conn, Endpoint};
 pub(crate) use self::jobs::{Abandon, Start};
 pub(crate) use self::scan::Scan;
 pub(crate) use self::signal::Related;
+pub(crate) use self::stream::EntryRef;
 pub(crate) use self::tasks::{TaskPhase, TaskState};
 use self::tracking::Tracking;
 pub(crate) use self::values::Begin;
@@ -91,6 +92,7 @@ struct Scripts {
     renew: Script,
     alias: Script,
     fanout: Script,
+    spread: Script,
     dead: Script,
     submit: Script,
     finish: Script,
@@ -124,6 +126,7 @@ impl Scripts {
             renew: script!("renew.lua"),
             alias: script!("alias.lua"),
             fanout: script!("fanout.lua"),
+            spread: script!("spread.lua"),
             dead: script!("dead.lua"),
             submit: script!("submit.lua"),
             finish: script!("finish.lua"),

@@ -111,24 +111,47 @@ impl RedisStore {
 
     /// How far the worker has followed the change stream: the cluster time
     /// of its saved position (`seconds << 32 | increment`), if any, and the
-    /// entry id of the newest job in the stream, if any; read together, so
-    /// that every job queued for the changes up to that time is at or
-    /// before that entry.
-    pub(crate) async fn worker_progress(&self) -> Result<(Option<u64>, Option<String>)> {
+    /// entry id of the newest job in each shard's stream (by shard; `None`:
+    /// empty), such that every job queued for the changes up to that time
+    /// is at or before its shard's entry. One shard: read together. Several:
+    /// the time first, then the streams (a change is queued in every shard
+    /// before its position is saved), so a stream read later holds at
+    /// least the jobs of that time.
+    pub(crate) async fn worker_progress(&self) -> Result<(Option<u64>, Vec<Option<String>>)> {
         let mut conn = self.connection().await?;
         let mut pipe = redis::pipe();
-        pipe.cmd("GET")
-            .arg(&self.worker.time)
-            .cmd("XREVRANGE")
-            .arg(keys::jobs(&self.base))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1);
-        let (time, newest): (Option<String>, StreamRangeReply) = self
+        pipe.cmd("GET").arg(&self.worker.time);
+        let time = if self.shards.count() == 1 {
+            None
+        } else {
+            let (time,): (Option<String>,) = self
+                .bounded("worker_progress", pipe.query_async(&mut conn))
+                .await?;
+            pipe = redis::pipe();
+            Some(time)
+        };
+        for base in self.shards.bases() {
+            pipe.cmd("XREVRANGE")
+                .arg(keys::jobs(base))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let mut replies: Vec<redis::Value> = self
             .bounded("worker_progress", pipe.query_async(&mut conn))
             .await?;
-        let newest = newest.ids.into_iter().next().map(|entry| entry.id);
+        let time: Option<String> = match time {
+            Some(time) => time,
+            None if replies.is_empty() => None,
+            None => redis::from_redis_value(replies.remove(0)).map_err(redis::RedisError::from)?,
+        };
+        let mut newest = Vec::with_capacity(replies.len());
+        for reply in replies {
+            let reply: StreamRangeReply =
+                redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
+            newest.push(reply.ids.into_iter().next().map(|entry| entry.id));
+        }
         Ok((time.and_then(|time| time.parse().ok()), newest))
     }
 
