@@ -146,13 +146,10 @@ impl Smache {
                     return Ok(false);
                 }
             };
-            // …and the relation jobs among them have run, in every shard.
-            for (shard, newest) in newest.iter().enumerate() {
-                let Some(newest) = newest else { continue };
-                while store.relations_pending(shard, newest).await? {
-                    if !pause.until(deadline).await {
-                        return Ok(false);
-                    }
+            // …and the relation jobs among them have run.
+            while store.relations_pending(&newest).await? {
+                if !pause.until(deadline).await {
+                    return Ok(false);
                 }
             }
             Ok::<_, Error>(true)

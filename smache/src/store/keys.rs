@@ -77,6 +77,13 @@ pub(crate) fn jobs(base: &str) -> String {
     format!("{base}jobs")
 }
 
+/// The doorbell of an instance of several shards, from its base
+/// (`{prefix}:`): a pub/sub channel its scripts publish on as they queue a
+/// job, which its executors subscribe to between sweeps of the streams.
+pub(crate) fn bell(base: &str) -> String {
+    format!("{base}bell")
+}
+
 /// The stream of jobs given up (dead letters).
 pub(crate) fn dead(base: &str) -> String {
     format!("{base}dead")

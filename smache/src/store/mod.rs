@@ -24,8 +24,8 @@ pub(crate) use self::mongo::MongoValues;
 pub use self::mongo::DEFAULT_VALUES_COLLECTION;
 pub(crate) use self::redis::stream::{JobReader, StreamEntry, StreamJob};
 pub(crate) use self::redis::{
-    timestamp_key, Abandon, Begin, Changed, Endpoint, Owed, RedisStore, Related, Seen, Start,
-    TaskPhase, TaskState,
+    timestamp_key, Abandon, Begin, Changed, Endpoint, EntryRef, Owed, RedisStore, Related, Seen,
+    Start, TaskPhase, TaskState,
 };
 pub(crate) use self::roster::{Announced, Roll};
 use crate::error::Result;

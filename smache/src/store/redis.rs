@@ -49,6 +49,7 @@ pub(crate) use self::conn::{Conn, Endpoint};
 pub(crate) use self::jobs::{Abandon, Start};
 pub(crate) use self::scan::Scan;
 pub(crate) use self::signal::Related;
+pub(crate) use self::stream::EntryRef;
 pub(crate) use self::tasks::{TaskPhase, TaskState};
 use self::tracking::Tracking;
 pub(crate) use self::values::Begin;
@@ -97,6 +98,7 @@ struct Scripts {
     alias_set: Script,
     edge: Script,
     fanout: Script,
+    spread: Script,
     dead: Script,
     submit: Script,
     finish: Script,
@@ -134,6 +136,7 @@ impl Scripts {
             alias_set: script!("alias_set.lua"),
             edge: script!("edge.lua"),
             fanout: script!("fanout.lua"),
+            spread: script!("spread.lua"),
             dead: script!("dead.lua"),
             submit: script!("submit.lua"),
             finish: script!("finish.lua"),

@@ -111,47 +111,47 @@ impl RedisStore {
 
     /// How far the worker has followed the change stream: the cluster time
     /// of its saved position (`seconds << 32 | increment`), if any, and the
-    /// entry id of the newest job in each shard's stream, by shard (`None`
-    /// for an empty one); the time read first, so that every job queued
-    /// for the changes up to that time is at or before its shard's entry
-    /// (a change's jobs are queued before its position is saved; on one
-    /// shard, both are read in one pipeline).
+    /// entry id of the newest job in each shard's stream (by shard; `None`:
+    /// empty), such that every job queued for the changes up to that time
+    /// is at or before its shard's entry. One shard: read together. Several:
+    /// the time first, then the streams (a change is queued in every shard
+    /// before its position is saved), so a stream read later holds at
+    /// least the jobs of that time.
     pub(crate) async fn worker_progress(&self) -> Result<(Option<u64>, Vec<Option<String>>)> {
         let mut conn = self.connection().await?;
-        let newest_of = |pipe: &mut redis::Pipeline, base: &str| {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&self.worker.time);
+        let time = if self.shards.count() == 1 {
+            None
+        } else {
+            let (time,): (Option<String>,) = self
+                .bounded("worker_progress", pipe.query_async(&mut conn))
+                .await?;
+            pipe = redis::pipe();
+            Some(time)
+        };
+        for base in self.shards.bases() {
             pipe.cmd("XREVRANGE")
                 .arg(keys::jobs(base))
                 .arg("+")
                 .arg("-")
                 .arg("COUNT")
                 .arg(1);
+        }
+        let mut replies: Vec<redis::Value> = self
+            .bounded("worker_progress", pipe.query_async(&mut conn))
+            .await?;
+        let time: Option<String> = match time {
+            Some(time) => time,
+            None if replies.is_empty() => None,
+            None => redis::from_redis_value(replies.remove(0)).map_err(redis::RedisError::from)?,
         };
-        let (time, newest): (Option<String>, Vec<StreamRangeReply>) = if self.shards.count() == 1 {
-            let mut pipe = redis::pipe();
-            pipe.cmd("GET").arg(&self.worker.time);
-            newest_of(&mut pipe, &self.base);
-            let (time, newest) = self
-                .bounded("worker_progress", pipe.query_async(&mut conn))
-                .await?;
-            (time, vec![newest])
-        } else {
-            let time = redis::cmd("GET").arg(&self.worker.time).clone();
-            let time = self
-                .bounded("worker_progress", time.query_async(&mut conn))
-                .await?;
-            let mut pipe = redis::pipe();
-            for base in self.shards.bases() {
-                newest_of(&mut pipe, base);
-            }
-            let newest = self
-                .bounded("worker_progress", pipe.query_async(&mut conn))
-                .await?;
-            (time, newest)
-        };
-        let newest = newest
-            .into_iter()
-            .map(|reply| reply.ids.into_iter().next().map(|entry| entry.id))
-            .collect();
+        let mut newest = Vec::with_capacity(replies.len());
+        for reply in replies {
+            let reply: StreamRangeReply =
+                redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
+            newest.push(reply.ids.into_iter().next().map(|entry| entry.id));
+        }
         Ok((time.and_then(|time| time.parse().ok()), newest))
     }
 
