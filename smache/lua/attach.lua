@@ -18,6 +18,7 @@ if state == 'p' then
   if ttl > 0 then redis.call('PEXPIRE', cbkey, ttl) end
 elseif state then
   redis.call('XADD', typed(base .. 'jobs', 'stream'), '*', 'cb', ARGV[3], 'args', ARGV[4], 'task', task)
+  ring(base)
 else
   return 0
 end

@@ -36,16 +36,7 @@ local queued = 0
 for i = 8, #ARGV do
   local token = ARGV[i]
   queued = queued + signal_dependents(base, token)
-  local coll, doc = string.match(token, '^e:([^:]+):(.+)$')
-  if coll and redis.call('TYPE', base .. 'rel:' .. coll)['ok'] == 'set' then
-    local job = {'rel', coll, 'doc', doc, 'op', op}
-    if pre ~= '' then
-      job[#job + 1] = 'pre'
-      job[#job + 1] = pre
-    end
-    redis.call('XADD', typed(base .. 'jobs', 'stream'), '*', unpack(job))
-    queued = queued + 1
-  end
+  queued = queued + relation_job(base, token, op, pre)
 end
 if ARGV[3] ~= '' then
   redis.call('SET', KEYS[1], ARGV[3])

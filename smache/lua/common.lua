@@ -21,7 +21,9 @@
 --                      `rel`+`doc`+`op` (+`pre`, the document before the
 --                      change) a related document changed; `fan`+`cur`
 --                      signal the dependants of a token, a chunk at a time
---                      (`lazy` "1": past max_fanout, mark them stale only)
+--                      (`lazy` "1": past max_fanout, mark them stale only);
+--                      `fan`+`all` (+`lazy`) signal the dependants of a
+--                      value's token in every other shard (see fan_all)
 --   base.."dead"       stream of the jobs executors gave up (dead.lua): the
 --                      job's own fields plus `job` its entry id, `reason`,
 --                      `by` the executor
@@ -38,8 +40,36 @@
 --                      v value id, r result (envelope, or error message)
 --   base.."t:"..task..":cb"  list of the callbacks attached to a pending task
 --   base.."done"       pub/sub channel: a value id whose computation ended
+--   base.."bell"       pub/sub channel (several shards only): a job was
+--                      queued in some shard (see ring)
 -- Tokens: "e:<collection>:<id key>" a document, "c:<collection>" a whole
 -- collection, "v:<value id>" another computed value.
+
+-- The instance's `done` channel, from the base of any of its shards
+-- ("{prefix#<n>}:", or "{prefix}:" unsharded): "{prefix}:done". A script
+-- may publish on any channel, whatever slot it runs in.
+local function done_channel(base)
+  return (string.gsub(base, '#%d+}:$', '}:')) .. 'done'
+end
+
+-- Whether `base` is a shard of a store of several ("{prefix#<n>}:"), whose
+-- executors read every shard's stream without blocking and wait on the
+-- doorbell between empty sweeps.
+local function sharded(base)
+  return string.find(base, '#%d+}:$') ~= nil
+end
+
+-- Rings the instance's doorbell, "{prefix}:bell", once per script, after
+-- it queued a job in a shard of a store of several (a plain PUBLISH
+-- reaches every node of a cluster, whatever slot the script runs in). One
+-- shard (executors block on its one stream): no bell.
+local rung = false
+local function ring(base)
+  if not rung and sharded(base) then
+    rung = true
+    redis.call('PUBLISH', (string.gsub(base, '#%d+}:$', '}:')) .. 'bell', '')
+  end
+end
 
 local function num(value)
   return tonumber(value) or 0
@@ -171,6 +201,26 @@ local function drop_edges(base, id)
   redis.call('HDEL', vkey, 'f')
 end
 
+-- A value stored anew (or dropped, or turned stale with no job) tells
+-- its dependants in its own shard inline; on a store of several shards,
+-- also in every other one, through a job of its own shard's stream
+-- (fields `fan` "v:<id>", `all` "1", `lazy` "1" to mark stale only) that
+-- an executor runs as lua/spread.lua on each other shard, then
+-- acknowledges (at least once: a crash means it is reclaimed and run
+-- again, at worst an extra recompute). Returns 1 if a job was queued.
+local function fan_all(base, token, lazy)
+  if not sharded(base) then
+    return 0
+  end
+  if lazy then
+    call_on('XADD', base .. 'jobs', '*', 'fan', token, 'all', '1', 'lazy', '1')
+  else
+    call_on('XADD', base .. 'jobs', '*', 'fan', token, 'all', '1')
+  end
+  ring(base)
+  return 1
+end
+
 -- A document or value that `id` depends on changed: bump its generation
 -- and queue one recompute job, unless one is already pending or the
 -- function only wants its values marked stale. A value that
@@ -212,6 +262,7 @@ local function signal(base, id, lazy, token)
     -- The job before its flag: should the XADD fail (out of memory), no
     -- flag is left claiming a job that does not exist.
     call_on('XADD', base .. 'jobs', '*', 'id', id)
+    ring(base)
     update[#update + 1] = 'q'
     update[#update + 1] = 1
   end
@@ -222,14 +273,20 @@ local function signal(base, id, lazy, token)
   -- No job (a mark_stale function, or past max_fanout): no new value will
   -- be stored to tell the values built on this one, so tell them now, once,
   -- as it turns stale: lazily past max_fanout, else as their functions want.
-  -- (A pending job will store a new value and tell them.)
-  if was_fresh and (m == '1' or not q) and redis.call('EXISTS', base .. 'r:v:' .. id) == 1 then
-    if lazy then
-      call_on('XADD', base .. 'jobs', '*', 'fan', 'v:' .. id, 'cur', '0', 'lazy', '1')
-    else
-      call_on('XADD', base .. 'jobs', '*', 'fan', 'v:' .. id, 'cur', '0')
+  -- (A pending job will store a new value and tell them.) The other
+  -- shards' dependants, on a store of several, by a job of their own.
+  if was_fresh and (m == '1' or not q) then
+    local queued = fan_all(base, 'v:' .. id, lazy)
+    if redis.call('EXISTS', base .. 'r:v:' .. id) == 1 then
+      if lazy then
+        call_on('XADD', base .. 'jobs', '*', 'fan', 'v:' .. id, 'cur', '0', 'lazy', '1')
+      else
+        call_on('XADD', base .. 'jobs', '*', 'fan', 'v:' .. id, 'cur', '0')
+      end
+      ring(base)
+      queued = queued + 1
     end
-    return 1
+    return queued
   end
   return 0
 end
@@ -249,27 +306,57 @@ local function max_fanout(base)
   return tonumber(call_on('HGET', base .. 'config', 'max_fanout')) or DEFAULT_MAX_FANOUT
 end
 
-local function signal_dependents(base, token)
+-- Signals the dependants of `token` in shard `base`; for a value's token
+-- ("v:<id>") on a store of several shards, also queues the job that
+-- signals them in every other shard (see fan_all), unless `here` (that
+-- job's own step in each other shard, lua/spread.lua). Returns the number
+-- of jobs queued.
+local function signal_dependents(base, token, here)
+  local queued = 0
+  if not here and string.sub(token, 1, 2) == 'v:' then
+    queued = fan_all(base, token)
+  end
   local rkey = base .. 'r:' .. token
   local n = call_on('SCARD', rkey)
   if n == 0 then
-    return 0
+    return queued
   end
   if n > max_fanout(base) then
     call_on('XADD', base .. 'jobs', '*', 'fan', token, 'cur', '0', 'lazy', '1', 'n', n)
-    return 1
+    ring(base)
+    return queued + 1
   end
   if n > FANOUT_CHUNK then
     call_on('XADD', base .. 'jobs', '*', 'fan', token, 'cur', '0')
-    return 1
+    ring(base)
+    return queued + 1
   end
-  local queued = 0
   for _, id in ipairs(redis.call('SMEMBERS', rkey)) do
     queued = queued + signal(base, id, false, token)
   end
   return queued
 end
 
+
+-- A changed document of a collection that some function declares in
+-- `relations(...)` queues a relation job (fields `rel`, `doc`, `op`, and
+-- `pre` the document before the change, if known): an executor maps the
+-- document, before and after, to the entities whose values depend on it.
+-- Returns 1 if a job was queued.
+local function relation_job(base, token, op, pre)
+  local coll, doc = string.match(token, '^e:([^:]+):(.+)$')
+  if not coll or redis.call('TYPE', base .. 'rel:' .. coll)['ok'] ~= 'set' then
+    return 0
+  end
+  local job = {'rel', coll, 'doc', doc, 'op', op}
+  if pre ~= '' then
+    job[#job + 1] = 'pre'
+    job[#job + 1] = pre
+  end
+  redis.call('XADD', typed(base .. 'jobs', 'stream'), '*', unpack(job))
+  ring(base)
+  return 1
+end
 
 -- A submitted task ended: record its result once (a task finishes exactly
 -- once, whichever executor gets there first), queue one job per attached
@@ -294,11 +381,12 @@ local function finish_task(base, tkey, vkey, task, state, result, retention)
       local name, args = string.match(entry, '^([^\n]*)\n(.*)$')
       if name then
         redis.call('XADD', typed(base .. 'jobs', 'stream'), '*', 'cb', name, 'args', args, 'task', task)
+        ring(base)
       end
     end
   end
   redis.call('DEL', cbkey)
-  redis.call('PUBLISH', base .. 'done', id)
+  redis.call('PUBLISH', done_channel(base), id)
   return 1
 end
 
@@ -320,8 +408,10 @@ local function abandon_recompute(base, id)
   redis.call('HDEL', vkey, 'q')
   if num(g) > num(w) then
     redis.call('HSET', vkey, 't', 0)
+    fan_all(base, 'v:' .. id)
     if redis.call('EXISTS', base .. 'r:v:' .. id) == 1 then
       call_on('XADD', base .. 'jobs', '*', 'fan', 'v:' .. id, 'cur', '0')
+      ring(base)
     end
   end
 end

@@ -25,6 +25,7 @@ if reply[1] ~= '0' then
   else
     redis.call('XADD', jobs, '*', 'fan', token, 'cur', reply[1])
   end
+  ring(base)
 end
 local queued = 0
 for _, id in ipairs(reply[2]) do

@@ -6,5 +6,5 @@
 if redis.call('TYPE', KEYS[1])['ok'] == 'hash' and redis.call('HGET', KEYS[1], 'c') == ARGV[3] then
   redis.call('HDEL', KEYS[1], 'c', 'cx')
 end
-redis.call('PUBLISH', ARGV[1] .. 'done', ARGV[2])
+redis.call('PUBLISH', done_channel(ARGV[1]), ARGV[2])
 return 1

@@ -20,7 +20,11 @@
 -- ARGV[6]  full arguments or "", ARGV[7] "1" for mark_stale functions else "0",
 -- ARGV[8]  n, the number of collections in the function's relations(...),
 -- ARGV[9 .. 8+n] those collections,
--- ARGV[9+n] r, the number of values the computation read (nested calls),
+-- ARGV[9+n] r, the number of values the computation read (nested calls)
+--          in this value's shard (on a store of several shards, those of
+--          other shards are not passed: their edge was written in this
+--          shard before they were read, edge.lua, and a store of them
+--          signals this value instead),
 -- ARGV[10+n .. 9+n+2r] each one's value id, then what was read of it:
 --          "<version>:<computed-at, Unix ms>",
 -- ARGV[10+n+2r ..] the complete dependency tokens
@@ -32,7 +36,7 @@ local started = num(ARGV[5])
 local old = call_on('HMGET', vkey, 'v', 'd', 'w', 'l', 'g', 'f')
 -- Whoever stores ends the computation in flight: waiters wake and read.
 redis.call('HDEL', vkey, 'c', 'cx')
-redis.call('PUBLISH', base .. 'done', id)
+redis.call('PUBLISH', done_channel(base), id)
 if old[4] then
   -- The key became an alias while this value was computed: refused.
   return -1

@@ -30,4 +30,5 @@ if redis.call('HEXISTS', vkey, 'd') == 0 then
   if redis.call('PTTL', vkey) < num(ARGV[5]) then redis.call('PEXPIRE', vkey, ARGV[5]) end
 end
 redis.call('XADD', typed(base .. 'jobs', 'stream'), '*', 'id', id, 'task', task, 'args', ARGV[3])
+ring(base)
 return task

@@ -126,17 +126,29 @@ pub(super) fn store(
             // The error text never includes the URL itself.
             let endpoint = Endpoint::parse(&url).map_err(Error::Config)?;
             Store::Redis(
-                RedisStore::from_endpoint(endpoint, timeout, prefix).with_layer(local_cache),
+                RedisStore::from_endpoint(endpoint, timeout, prefix)
+                    .with_shards(shards_from_env())
+                    .with_layer(local_cache),
             )
         }
         Some(RedisSource::Client(client)) => Store::Redis(
             RedisStore::from_endpoint(Endpoint::Server(client), timeout, prefix)
+                .with_shards(shards_from_env())
                 .with_layer(local_cache),
         ),
         Some(RedisSource::Manager(manager)) => {
             Store::Redis(RedisStore::from_manager(manager, timeout, prefix))
         }
     })
+}
+
+/// How many shards the Redis store spreads values over: 1 (#16 step 3 is
+/// in progress: `SMACHE_REDIS_SHARDS` sets more, for its tests only).
+fn shards_from_env() -> usize {
+    std::env::var("SMACHE_REDIS_SHARDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
 }
 
 /// The MongoDB database `database` (else the URI's, else `smache`) of

@@ -24,6 +24,12 @@ pub(crate) struct Recorded {
     /// The values it read (nested calls): each one's id and what was read
     /// of it, `<version>:<computed-at ms>` (see [`read_mark`]).
     pub(crate) read: Vec<(String, String)>,
+    /// On a store of several shards, the id of the value being computed,
+    /// whose nested reads of values of other shards write its edge first
+    /// (see `Store::edge_first`); `None` with one shard.
+    home: Option<String>,
+    /// The values of other shards whose edge this computation wrote.
+    edged: Vec<String>,
 }
 
 type Deps = Arc<Mutex<Recorded>>;
@@ -37,11 +43,14 @@ tokio::task_local! {
 pub(crate) struct Recorder(Deps);
 
 impl Recorder {
-    /// Starts with the dependencies known from the key alone.
-    pub(crate) fn new(key: &CacheKey) -> Recorder {
+    /// Starts with the dependencies known from the key alone; `home`, on
+    /// a store of several shards, is the id of the value computed.
+    pub(crate) fn new(key: &CacheKey, home: Option<String>) -> Recorder {
         Recorder(Arc::new(Mutex::new(Recorded {
             tokens: keys::static_deps(key),
             read: Vec::new(),
+            home,
+            edged: Vec::new(),
         })))
     }
 
@@ -92,6 +101,47 @@ pub(crate) fn read(id: &str, version: u64, data: &[u8]) {
             .read
             .push((id.to_owned(), read_mark(version, data)));
     });
+}
+
+/// On a store of several shards, the id of the value whose computation is
+/// in progress, if any: a nested read of a value of another shard writes
+/// its edge first.
+pub(crate) fn home() -> Option<String> {
+    DEPS.try_with(|deps| lock(deps).home.clone()).ok().flatten()
+}
+
+/// Whether the computation in progress wrote its edge on value `id`.
+pub(crate) fn edged(id: &str) -> bool {
+    DEPS.try_with(|deps| lock(deps).edged.iter().any(|e| e == id))
+        .unwrap_or(false)
+}
+
+/// Tells the computation in progress that its edge on value `id` is
+/// written (see `Store::edge_first`): later reads of `id` need none.
+pub(crate) fn edge_written(id: &str) {
+    let _ = DEPS.try_with(|deps| {
+        let mut deps = lock(deps);
+        if !deps.edged.iter().any(|e| e == id) {
+            deps.edged.push(id.to_owned());
+        }
+    });
+}
+
+/// Whether the computation in progress, if any, may read the value of
+/// `key` from the in-process layer: not when it is a value of another
+/// shard (by `same_shard`, given two value ids), which is read from Redis
+/// after the edge is written (see `Store::edge_first`).
+pub(crate) fn may_read_locally(key: &CacheKey, same_shard: impl Fn(&str, &str) -> bool) -> bool {
+    DEPS.try_with(|deps| {
+        let deps = lock(deps);
+        let Some(home) = &deps.home else {
+            return true;
+        };
+        let mut id = String::with_capacity(key.args().len() + 32);
+        key.write_value_id(&mut id);
+        same_shard(home, &id)
+    })
+    .unwrap_or(true)
 }
 
 /// What identifies a value read as `version` with envelope `data`, as

@@ -12,10 +12,12 @@
 //!   lookup; [`drive`] is the only difference between async and sync: where
 //!   store operations run.
 //! * [`deps`] records what a computation depends on; [`turn`] is a
-//!   caller's turn across processes after a miss.
+//!   caller's turn across processes after a miss; [`edge`], a nested read
+//!   of a value of another shard (its edge first).
 
 mod deps;
 mod drive;
+mod edge;
 mod keep;
 mod mode;
 mod path;
@@ -195,6 +197,10 @@ fn local_hit<V: DeserializeOwned>(
             Some(value)
         }
         Store::Redis(store) => {
+            if store.sharded() && !deps::may_read_locally(key, |a, b| store.same_shard(a, b)) {
+                // A nested read of another shard: its edge first (see `edge`).
+                return None;
+            }
             let cached = store.peek(|out| key.write_value_id(out))?;
             // (The layer keeps no value held in MongoDB.)
             let value = keep::serve(&cached.data, &cached.decoded, keep)?;

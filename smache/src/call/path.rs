@@ -33,6 +33,10 @@ pub(crate) struct Call {
     redirected: bool,
     /// Made while another value computes (it depends on this one).
     nested: bool,
+    /// On a store of several shards, the id of the value whose computation
+    /// made this call (nested): a value of another shard is read only
+    /// once that value's edge on it is written (see `call::edge`).
+    pub(super) home: Option<String>,
 }
 
 /// What a lookup decided.
@@ -59,9 +63,13 @@ impl Call {
                 let at = smache.locate(&key);
                 // A computation in progress depends on this value.
                 let nested = deps::depends_on_value(&at.id);
+                let home = (nested && smache.inner.store.sharded())
+                    .then(deps::home)
+                    .flatten();
                 Some(Arc::new(Call {
                     redirected: false,
                     nested,
+                    home,
                     ttl: spec.ttl().or(smache.inner.settings.default_ttl),
                     key,
                     inner: smache.inner,
@@ -93,6 +101,7 @@ impl Call {
             key: self.key.clone(),
             redirected: true,
             nested: self.nested,
+            home: self.home.clone(),
         }
     }
 
@@ -105,7 +114,7 @@ impl Call {
 
     /// Tells the computation this call is nested in, if any, which value
     /// of `id` it got: stored as `version`, with envelope `data`.
-    fn note_read(&self, id: &str, version: u64, data: &[u8]) {
+    pub(super) fn note_read(&self, id: &str, version: u64, data: &[u8]) {
         if self.nested {
             deps::read(id, version, data);
         }
@@ -147,10 +156,10 @@ impl Call {
         let looked = {
             let call = Arc::clone(&self);
             drive
-                .store(
-                    &self.inner,
-                    async move { call.inner.lookup(&call.at).await },
-                )
+                .store(&self.inner, async move {
+                    let home = call.home.as_deref();
+                    call.inner.lookup_from(&call.at, home).await
+                })
                 .await
                 .unwrap_or(Err(()))
         };
@@ -158,7 +167,13 @@ impl Call {
             return Looked::Unreachable;
         };
         let call = match alias_of {
-            Some(target) => Arc::new(self.redirect(target)),
+            Some(target) => {
+                if self.home.is_some() {
+                    // lookup_from wrote the edge on it, if it was needed.
+                    deps::edge_written(&target.id);
+                }
+                Arc::new(self.redirect(target))
+            }
             None => self,
         };
         let Some(fetched) = fetched else {
@@ -195,7 +210,8 @@ impl Call {
     /// (a caller's computation, not an executor's recompute) records its
     /// time and traces it.
     async fn compute<R>(&self, fut: impl Future<Output = R>, measured: bool) -> (R, Recorded) {
-        let recorder = Recorder::new(&self.key);
+        let home = self.inner.store.sharded().then(|| self.at.id.clone());
+        let recorder = Recorder::new(&self.key, home);
         if !measured {
             return recorder.record(fut).await;
         }
@@ -314,6 +330,10 @@ where
     Fut: Future<Output = R>,
 {
     let spec = call.spec;
+    if !call.edge_first(&call.at.id, drive).await {
+        let (result, _, failure) = call.compute_only::<M, R>(compute()).await;
+        return (result, failure);
+    }
     let pilot = loop {
         match call.inner.flights.join(&call.at.key) {
             Join::Lead(pilot) => break pilot,
@@ -321,7 +341,12 @@ where
                 // The pilot gave up (its caller was dropped): start over.
                 Landing::Cancelled => {}
                 landing => {
-                    if let Some(value) = call.landed::<M::Value>(landing) {
+                    if let Some(target) = call.uncovered_alias(&landing) {
+                        if let Some(value) = call.read_target::<M::Value>(&target, drive).await {
+                            crate::metrics::coalesced(spec.name(), spec.metrics());
+                            return (M::from_cached(value), None);
+                        }
+                    } else if let Some(value) = call.landed::<M::Value>(landing) {
                         crate::metrics::coalesced(spec.name(), spec.metrics());
                         return (M::from_cached(value), None);
                     }

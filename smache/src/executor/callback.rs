@@ -4,12 +4,12 @@
 use super::function::panic_of;
 use super::Executor;
 use crate::callback::Completion;
-use crate::store::{keys, Abandon, StreamJob, TaskPhase};
+use crate::store::{keys, Abandon, EntryRef, StreamJob, TaskPhase};
 
 impl Executor {
     /// Runs one callback of a finished task. Whatever the callback does,
     /// the job is acknowledged: a failing callback is logged, not retried.
-    pub(super) async fn callback(&self, entry: &str, name: &str, task: &str, args: String) {
+    pub(super) async fn callback(&self, entry: &EntryRef, name: &str, task: &str, args: String) {
         let Some(handler) = self.smache.inner.callbacks.get(name).cloned() else {
             if let Ok(None) = self.store.task(task).await {
                 tracing::warn!(

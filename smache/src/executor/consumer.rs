@@ -1,7 +1,8 @@
-//! The stream consumer: reads jobs from the consumer group, reclaims those
-//! other executors left, runs each on a permit, keeps the claim on the
-//! ones it holds, announces what it runs, and acknowledges or gives up
-//! each job once it is settled.
+//! The stream consumer: reads jobs from the consumer group of every
+//! shard's stream, reclaims those other executors left, runs each on a
+//! permit, keeps the claim on the ones it holds, announces what it runs,
+//! and acknowledges or gives up each job, in its shard, once it is
+//! settled.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -16,9 +17,9 @@ use super::{Executor, DRAIN_FOR, RECLAIM_AFTER};
 use crate::error::{Error, Result};
 use crate::instance::Smache;
 use crate::registry;
-use crate::store::{Abandon, JobReader, StreamEntry};
+use crate::store::{Abandon, EntryRef, JobReader, StreamEntry};
 
-/// How many abandoned jobs one reclaim scan claims at most.
+/// How many abandoned jobs one reclaim scan claims at most, per shard.
 const RECLAIM_COUNT: usize = 100;
 
 /// Runs an executor until `stop` is cancelled; jobs in progress finish
@@ -95,8 +96,8 @@ pub(super) async fn consume(smache: Smache, stop: CancellationToken) -> Result<(
         // Entries this process holds, running or waiting for a permit: a
         // reclaim may hand one back to us while it runs (it is skipped),
         // and the heartbeat keeps them from looking abandoned to others.
-        batch.retain(|entry| crate::sync::lock(&held).insert(entry.id.clone()));
-        for StreamEntry { id: entry, job } in batch {
+        batch.retain(|entry| crate::sync::lock(&held).insert(entry.at.clone()));
+        for StreamEntry { at: entry, job } in batch {
             let permit = Arc::clone(&permits)
                 .acquire_owned()
                 .await
@@ -115,7 +116,7 @@ pub(super) async fn consume(smache: Smache, stop: CancellationToken) -> Result<(
         // given up before a reclaim would bring them back: looked at again
         // now, unless running here. Not held (the heartbeat would claim
         // them): giving one up checks that this executor still holds it.
-        while let Ok(StreamEntry { id: entry, job }) = again.try_recv() {
+        while let Ok(StreamEntry { at: entry, job }) = again.try_recv() {
             if crate::sync::lock(&held).contains(&entry) {
                 continue;
             }
@@ -143,16 +144,10 @@ pub(super) async fn consume(smache: Smache, stop: CancellationToken) -> Result<(
 }
 
 impl Executor {
-    /// Jobs another executor took and did not finish.
+    /// Jobs another executor took and did not finish, in every shard.
     async fn reclaim(&self, conn: &mut JobReader) -> Vec<StreamEntry> {
-        let from = crate::sync::lock(&self.reclaim_from).clone();
-        match conn.reclaim(&from, RECLAIM_AFTER, RECLAIM_COUNT).await {
-            Ok(reclaimed) => {
-                // Go on from where this scan stopped next time ("0-0" once
-                // it went round), so old entries cannot hide newer ones.
-                *crate::sync::lock(&self.reclaim_from) = reclaimed.next;
-                reclaimed.entries
-            }
+        match conn.reclaim(RECLAIM_AFTER, RECLAIM_COUNT).await {
+            Ok(entries) => entries,
             Err(err) => {
                 tracing::debug!(error = %err, "smache executor: XAUTOCLAIM failed");
                 Vec::new()
@@ -164,11 +159,11 @@ impl Executor {
     /// [`RECLAIM_AFTER`], so that a long job (or one waiting for a permit,
     /// or between retries) is never taken for abandoned and run twice.
     /// Also announces this executor's functions, at once and then as often.
-    async fn keep_claimed(self, held: Arc<Mutex<HashSet<String>>>) {
+    async fn keep_claimed(self, held: Arc<Mutex<HashSet<EntryRef>>>) {
         loop {
             self.announce().await;
             tokio::time::sleep(RECLAIM_AFTER / 3).await;
-            let ids: Vec<String> = crate::sync::lock(&held).iter().cloned().collect();
+            let ids: Vec<EntryRef> = crate::sync::lock(&held).iter().cloned().collect();
             if ids.is_empty() {
                 continue;
             }
@@ -183,12 +178,12 @@ impl Executor {
 
     /// Acknowledges a job that is done for good; if Redis cannot be told,
     /// it runs again.
-    pub(super) async fn ack(&self, entry: &str) {
+    pub(super) async fn ack(&self, entry: &EntryRef) {
         match self.store.ack(entry).await {
             // Redis is known to be down (the store logged it).
             Ok(()) | Err(Error::Unavailable) => {}
             Err(err) => {
-                tracing::warn!(error = %err, entry, "smache executor: cannot acknowledge a job; it will run again");
+                tracing::warn!(error = %err, entry = %entry, "smache executor: cannot acknowledge a job; it will run again");
             }
         }
     }
@@ -196,12 +191,17 @@ impl Executor {
     /// Moves a job that can never succeed to the dead-letter stream, with
     /// why, acknowledging it; if Redis cannot be told, the job stays
     /// pending and comes back.
-    pub(super) async fn give_up(&self, entry: &str, reason: &str) {
+    pub(super) async fn give_up(&self, entry: &EntryRef, reason: &str) {
         self.give_up_undoing(entry, reason, Abandon::Nothing).await;
     }
 
     /// [`give_up`](Self::give_up), undoing `abandon` in the same step.
-    pub(super) async fn give_up_undoing(&self, entry: &str, reason: &str, abandon: Abandon<'_>) {
+    pub(super) async fn give_up_undoing(
+        &self,
+        entry: &EntryRef,
+        reason: &str,
+        abandon: Abandon<'_>,
+    ) {
         match self
             .store
             .dead_letter(entry, reason, &self.consumer, abandon)
@@ -210,7 +210,7 @@ impl Executor {
             Ok(true) => crate::metrics::dead_lettered(),
             Ok(false) => {}
             Err(err) => {
-                tracing::warn!(error = %err, entry, "smache executor: cannot dead-letter a job; it will run again");
+                tracing::warn!(error = %err, entry = %entry, "smache executor: cannot dead-letter a job; it will run again");
             }
         }
     }
@@ -240,7 +240,7 @@ impl Executor {
 }
 
 /// An entry this process holds; dropping it lets go.
-struct Held(Arc<Mutex<HashSet<String>>>, String);
+struct Held(Arc<Mutex<HashSet<EntryRef>>>, EntryRef);
 
 impl Drop for Held {
     fn drop(&mut self) {

@@ -1,7 +1,10 @@
-//! The fan-out handler: a change with many dependants is signalled a chunk
-//! at a time, each chunk a job of its own.
+//! The fan-out handlers: a change with many dependants is signalled a
+//! chunk at a time, each chunk a job of its own; and on a store of several
+//! shards, a value stored anew tells its dependants in the other shards
+//! through a fan-all job.
 
 use super::Executor;
+use crate::store::EntryRef;
 
 impl Executor {
     /// Signals one chunk of a token's many dependants; the script queues
@@ -9,7 +12,7 @@ impl Executor {
     /// dependants than `max_fanout`; they are only marked stale.
     pub(super) async fn fan_out(
         &self,
-        entry: &str,
+        entry: &EntryRef,
         token: &str,
         cursor: &str,
         lazy: bool,
@@ -30,6 +33,27 @@ impl Executor {
             }
             Err(err) => {
                 tracing::warn!(error = %err, token, "smache executor: redis unavailable; fan-out left for retry");
+            }
+        }
+    }
+
+    /// Signals the dependants of a value's token in every shard but the
+    /// job's own (which its script signalled inline), then acknowledges
+    /// the job. Should this executor die before the acknowledgement, the
+    /// job is reclaimed and run again: each dependant is signalled twice,
+    /// at most one more recompute. `lazy`: the value turned stale with no
+    /// new value coming; its dependants are only marked stale.
+    pub(super) async fn fan_all(&self, entry: &EntryRef, token: &str, lazy: bool) {
+        match self.store.fan_all(entry, token, lazy).await {
+            Ok(queued) => {
+                tracing::debug!(
+                    token,
+                    queued,
+                    "smache executor: signalled a value's dependants in every shard"
+                );
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, token, entry = %entry, "smache executor: redis unavailable; fan-out to the other shards left for retry");
             }
         }
     }

@@ -27,9 +27,14 @@
 //! [`SmacheBuilder::orphan_timeout`](crate::SmacheBuilder::orphan_timeout):
 //! then it is moved to the dead letters with why (see [`crate::inspect`]).
 //!
+//! On a store of several shards (see `store::shards`) each shard has a
+//! stream of its own: an executor reads them all, and acknowledges, renews
+//! and gives up each job in the shard it came from.
+//!
 //! The consumer loop is in `consumer`, one handler per kind of job in
-//! `recompute`, `task`, `callback`, `fan_out` and `relation`, sharing one
-//! retry policy (`retry`); the job format is in `job`.
+//! `recompute`, `task`, `callback`, `fan_out` (both kinds of fan-out) and
+//! `relation`, sharing one retry policy (`retry`); the job format is in
+//! `store::StreamJob`.
 
 mod callback;
 mod consumer;
@@ -42,7 +47,7 @@ mod retry;
 mod task;
 
 pub use crate::shutdown::ExecutorHandle;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -52,7 +57,7 @@ use tracing::Instrument;
 use self::relation::RelatedChange;
 use crate::error::{Error, Result};
 use crate::instance::Smache;
-use crate::store::{RedisStore, Store, StreamEntry, StreamJob};
+use crate::store::{EntryRef, RedisStore, Store, StreamEntry, StreamJob};
 
 pub use crate::store::keys::GROUP;
 /// A job left unacknowledged this long (its executor died, or it failed)
@@ -128,8 +133,6 @@ struct Executor {
     consumer: String,
     /// How many jobs run at once.
     concurrency: usize,
-    /// Where the next XAUTOCLAIM scan starts.
-    reclaim_from: Arc<Mutex<String>>,
     /// How long a job waits for an executor that has its function.
     orphan_timeout: Duration,
     /// Jobs to look at again (see [`Executor::recheck`]).
@@ -163,20 +166,20 @@ impl Executor {
             orphan_timeout: smache.inner.settings.orphan_timeout,
             smache,
             concurrency,
-            reclaim_from: Arc::new(Mutex::new("0-0".to_owned())),
             again,
         };
         Ok((executor, rechecks))
     }
 
     /// Runs one job, whatever its kind.
-    async fn run_job(&self, entry: &str, job: StreamJob) {
+    async fn run_job(&self, entry: &EntryRef, job: StreamJob) {
         match job {
             StreamJob::Value(id) => {
                 let function = crate::key::split_value_id(&id)
                     .and_then(|(head, _)| head.rsplit_once('#'))
                     .map_or("", |(name, _)| name);
-                let span = tracing::info_span!("smache.recompute", function, id = %id, job = entry);
+                let span =
+                    tracing::info_span!("smache.recompute", function, id = %id, job = %entry);
                 self.process(entry, &id).instrument(span).await;
             }
             StreamJob::Submitted { id, task, args } => {
@@ -184,6 +187,9 @@ impl Executor {
             }
             StreamJob::Callback { name, task, args } => {
                 self.callback(entry, &name, &task, args).await;
+            }
+            StreamJob::FanAll { token, lazy } => {
+                self.fan_all(entry, &token, lazy).await;
             }
             StreamJob::FanOut {
                 token,
@@ -209,7 +215,7 @@ impl Executor {
             }
             StreamJob::Malformed => {
                 tracing::warn!(
-                    entry,
+                    entry = %entry,
                     "smache executor: a job of no known kind; dead-lettered"
                 );
                 self.give_up(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{Executor, RECLAIM_AFTER};
 use crate::error::Result;
-use crate::store::{Abandon, StreamEntry, StreamJob};
+use crate::store::{Abandon, EntryRef, StreamEntry, StreamJob};
 
 /// When a job for a function (or callback) this process lacks is given up.
 pub(super) struct Absence {
@@ -33,13 +33,13 @@ impl Absence {
 impl Executor {
     /// When the job `entry`, for `field` of `{prefix}:fns` (a function head
     /// or a callback's field) that this process lacks, is given up.
-    pub(super) async fn absence(&self, entry: &str, field: &str) -> Result<Absence> {
+    pub(super) async fn absence(&self, entry: &EntryRef, field: &str) -> Result<Absence> {
         let last = self.store.last_announced(field).await?;
         Ok(Absence {
             now_ms: last.now_ms,
             announced_ms: last.announced_ms,
             deadline_ms: crate::inspect::orphan_deadline(
-                crate::inspect::entry_ms(entry),
+                crate::inspect::entry_ms(&entry.id),
                 last.announced_ms,
                 self.orphan_timeout,
             ),
@@ -53,7 +53,7 @@ impl Executor {
     /// with why, undoing `abandon`. `job` is the job, to look at again.
     pub(super) async fn orphaned(
         &self,
-        entry: &str,
+        entry: &EntryRef,
         field: &str,
         what: &str,
         abandon: Abandon<'_>,
@@ -61,12 +61,12 @@ impl Executor {
     ) {
         match self.absence(entry, field).await {
             Err(err) => {
-                tracing::warn!(error = %err, entry, "smache executor: redis unavailable; job left for retry");
+                tracing::warn!(error = %err, entry = %entry, "smache executor: redis unavailable; job left for retry");
             }
             Ok(absence) if absence.due() => {
                 let reason = absence.reason(what, self.orphan_timeout);
                 tracing::error!(
-                    entry,
+                    entry = %entry,
                     reason,
                     "smache executor: no live executor can run a job; dead-lettered"
                 );
@@ -74,7 +74,7 @@ impl Executor {
             }
             Ok(absence) => {
                 tracing::warn!(
-                    entry,
+                    entry = %entry,
                     needs = what,
                     given_up_in_ms = absence.deadline_ms.saturating_sub(absence.now_ms),
                     "smache executor: not in this process; leaving the job for another executor"
@@ -87,17 +87,17 @@ impl Executor {
     /// Looks at a job left for another executor again at its deadline, if
     /// that comes before a reclaim would bring it back (after
     /// [`RECLAIM_AFTER`]), so it is given up on time.
-    pub(super) fn recheck(&self, entry: &str, job: StreamJob, absence: &Absence) {
+    pub(super) fn recheck(&self, entry: &EntryRef, job: StreamJob, absence: &Absence) {
         let wait = Duration::from_millis(absence.deadline_ms.saturating_sub(absence.now_ms));
         if wait >= RECLAIM_AFTER {
             return;
         }
         let again = self.again.clone();
-        let id = entry.to_owned();
+        let at = entry.clone();
         tokio::spawn(async move {
             tokio::time::sleep(wait + Duration::from_millis(10)).await;
             // The executor stopped: nothing to do.
-            let _ = again.send(StreamEntry { id, job });
+            let _ = again.send(StreamEntry { at, job });
         });
     }
 }

@@ -10,11 +10,11 @@ use super::{Executor, MIN_RECOMPUTE_INTERVAL};
 use crate::instance::Located;
 use crate::key::{split_value_id, Job, JobError};
 use crate::registry;
-use crate::store::{Abandon, Outcome, Start, StreamJob};
+use crate::store::{Abandon, EntryRef, Outcome, Start, StreamJob};
 
 impl Executor {
     /// Runs one job; acknowledges it when it is done for good.
-    pub(super) async fn process(&self, entry: &str, id: &str) {
+    pub(super) async fn process(&self, entry: &EntryRef, id: &str) {
         let at = Located {
             key: self.smache.inner.store.value_key(id),
             id: id.to_owned(),
@@ -71,7 +71,7 @@ impl Executor {
                 let failure = match (ran, outcome) {
                     (Ran::Returned(Ok(())), Some(Outcome::Stored | Outcome::Superseded)) => {
                         if outcome == Some(Outcome::Stored) {
-                            crate::metrics::refreshed(spec.name(), crate::inspect::entry_ms(entry));
+                            crate::metrics::refreshed(spec.name(), crate::inspect::entry_ms(&entry.id));
                         }
                         self.ack(entry).await;
                         return Attempt::Settled;

@@ -9,19 +9,19 @@ use super::Executor;
 use crate::entity::EntityId;
 use crate::error::Result;
 use crate::registry;
-use crate::store::{Related, StreamJob};
+use crate::store::{EntryRef, Related, StreamJob};
 
 impl Executor {
     /// A related document changed: for each function with a relation on
     /// its collection, map it (as it is now, and as it was before the
     /// change when that is known) to entity ids and refresh their values.
-    pub(super) async fn relate(&self, entry: &str, change: &RelatedChange<'_>) {
+    pub(super) async fn relate(&self, entry: &EntryRef, change: &RelatedChange<'_>) {
         let RelatedChange {
             collection, doc, ..
         } = *change;
         let Some(id) = EntityId::from_key(doc) else {
             tracing::warn!(
-                entry,
+                entry = %entry,
                 doc,
                 "smache executor: malformed relation job; dead-lettered"
             );
@@ -33,12 +33,12 @@ impl Executor {
             Some(Ok(before)) => Some(before),
             Some(Err(err)) => {
                 // Mapped as if MongoDB had given no pre-image.
-                tracing::warn!(entry, error = %err, "smache executor: a relation job's pre-image does not decode; ignored");
+                tracing::warn!(entry = %entry, error = %err, "smache executor: a relation job's pre-image does not decode; ignored");
                 None
             }
             None => None,
         };
-        let heads = match self.store.related_functions(collection).await {
+        let heads = match self.store.related_functions(entry.shard, collection).await {
             Ok(heads) => heads,
             Err(err) => {
                 tracing::warn!(error = %err, "smache executor: redis unavailable; job left for retry");
@@ -123,7 +123,7 @@ impl Executor {
                     now: &now,
                     before: earlier.as_deref(),
                 };
-                match self.store.relate(head, &related).await {
+                match self.store.relate(entry.shard, head, &related).await {
                     Ok(Some(_)) => {}
                     Ok(None) => {
                         unknown_earlier_targets(head, collection, &source);
@@ -147,7 +147,7 @@ impl Executor {
             reason.push_str("; applied for the other functions");
         }
         tracing::error!(
-            entry,
+            entry = %entry,
             reason,
             "smache executor: no live executor can run a relation job; dead-lettered"
         );

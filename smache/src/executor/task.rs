@@ -8,12 +8,18 @@ use super::Executor;
 use crate::instance::Located;
 use crate::key::{split_value_id, Job, JobError};
 use crate::registry;
-use crate::store::{Abandon, StreamJob};
+use crate::store::{Abandon, EntryRef, StreamJob};
 
 impl Executor {
     /// Computes the value of a submitted task, with retries, and finishes
     /// the task with its value or its error.
-    pub(super) async fn process_task(&self, entry: &str, id: &str, task: &str, full_args: String) {
+    pub(super) async fn process_task(
+        &self,
+        entry: &EntryRef,
+        id: &str,
+        task: &str,
+        full_args: String,
+    ) {
         let key = self.smache.inner.store.value_key(id);
         let Some((head, id_args)) = split_value_id(id) else {
             tracing::warn!(id, task, "smache executor: malformed task; failed");
@@ -120,7 +126,7 @@ impl Executor {
     /// waiters; acknowledges the job once that is done.
     async fn finish(
         &self,
-        entry: &str,
+        entry: &EntryRef,
         task: &str,
         value_key: &str,
         result: &std::result::Result<Vec<u8>, String>,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::instance::Smache;
-use crate::store::{keys, Store, StreamEntry, StreamJob};
+use crate::store::{keys, EntryRef, Store, StreamEntry, StreamJob};
 
 use super::{age, entry_ms};
 use crate::roster::WorkerInfo;
@@ -27,11 +27,15 @@ pub const RECENT_DEAD_LETTERS: usize = 10;
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct JobsReport {
-    /// The stream's key.
+    /// The stream's key (on several shards: the first shard's, and how
+    /// many).
     pub stream: String,
-    /// Jobs in the stream (acknowledged jobs are deleted, so all of these
-    /// are either held by an executor or waiting for one).
+    /// Jobs in the stream, in every shard (acknowledged jobs are deleted,
+    /// so all of these are either held by an executor or waiting for one).
     pub queued: u64,
+    /// Each shard's jobs and dead letters, by shard (one entry on a store
+    /// of one shard).
+    pub shards: Vec<ShardJobs>,
     /// Jobs delivered to an executor and not acknowledged yet: running,
     /// waiting between retries, or left for an executor that can run them.
     pub held: u64,
@@ -52,6 +56,20 @@ pub struct JobsReport {
     /// The live workers (see [`Smache::inspect_workers`]): without one
     /// watching, no change queues a job.
     pub workers: Vec<WorkerInfo>,
+}
+
+/// The streams of one shard (see [`JobsReport::shards`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShardJobs {
+    /// Its jobs stream's key.
+    pub stream: String,
+    /// Jobs in its stream.
+    pub queued: u64,
+    /// Of those, delivered and not acknowledged.
+    pub held: u64,
+    /// Jobs given up in it.
+    pub dead: u64,
 }
 
 /// The jobs of one kind, for one function or callback.
@@ -137,24 +155,33 @@ impl Smache {
         };
 
         // Held entries: who holds them and how often each was delivered.
-        let mut deliveries: HashMap<String, u64> = HashMap::new();
+        let shard_count = store.shard_count();
+        let mut deliveries: HashMap<EntryRef, u64> = HashMap::new();
+        let mut held_in = vec![0_u64; shard_count];
         let mut held_by: BTreeMap<String, u64> = BTreeMap::new();
-        let mut from: Option<String> = None;
-        loop {
-            // No stream or no group yet: nothing is held.
-            let page = store
-                .held_jobs(from.as_deref(), 1000)
-                .await
-                .unwrap_or_default();
-            for held in &page {
-                deliveries.insert(held.id.clone(), held.deliveries);
-                *held_by.entry(held.consumer.clone()).or_default() += 1;
-            }
-            match page.last() {
-                Some(last) if page.len() == 1000 && deliveries.len() < MAX_SCANNED => {
-                    from = Some(last.id.clone());
+        for (shard, held_here) in held_in.iter_mut().enumerate() {
+            let mut from: Option<String> = None;
+            loop {
+                // No stream or no group yet: nothing is held.
+                let page = store
+                    .held_jobs(shard, from.as_deref(), 1000)
+                    .await
+                    .unwrap_or_default();
+                for held in &page {
+                    let at = EntryRef {
+                        shard,
+                        id: held.id.clone(),
+                    };
+                    deliveries.insert(at, held.deliveries);
+                    *held_here += 1;
+                    *held_by.entry(held.consumer.clone()).or_default() += 1;
                 }
-                _ => break,
+                match page.last() {
+                    Some(last) if page.len() == 1000 && deliveries.len() < MAX_SCANNED => {
+                        from = Some(last.id.clone());
+                    }
+                    _ => break,
+                }
             }
         }
 
@@ -162,46 +189,48 @@ impl Smache {
         // its oldest job was queued.
         let mut groups: BTreeMap<String, (JobGroup, Option<String>, u64)> = BTreeMap::new();
         let mut scanned = 0;
-        let mut from: Option<String> = None;
         let mut truncated = false;
-        loop {
-            let page = store
-                .queued_jobs(from.as_deref(), 1000)
-                .await
-                .unwrap_or_default();
-            for StreamEntry { id: entry, job } in &page {
-                let (what, announced_as) = describe(job);
-                let (group, _, oldest_ms) = groups.entry(what.clone()).or_insert_with(|| {
-                    let group = JobGroup {
-                        what,
-                        queued: 0,
-                        held: 0,
-                        max_deliveries: 0,
-                        oldest: Duration::ZERO,
-                        any_executor: announced_as.is_none(),
-                        announced: announced_as.as_deref().and_then(announced_age),
-                        gives_up_in: None,
-                    };
-                    (group, announced_as, u64::MAX)
-                });
-                group.queued += 1;
-                if let Some(delivered) = deliveries.get(entry) {
-                    group.held += 1;
-                    group.max_deliveries = group.max_deliveries.max(*delivered);
-                }
-                group.oldest = group.oldest.max(age(entry));
-                *oldest_ms = (*oldest_ms).min(entry_ms(entry));
-            }
-            scanned += page.len();
-            match page.last() {
-                Some(last) if page.len() == 1000 => {
-                    if scanned >= MAX_SCANNED {
-                        truncated = true;
-                        break;
+        'shards: for shard in 0..shard_count {
+            let mut from: Option<String> = None;
+            loop {
+                let page = store
+                    .queued_jobs(shard, from.as_deref(), 1000)
+                    .await
+                    .unwrap_or_default();
+                for StreamEntry { at, job } in &page {
+                    let (what, announced_as) = describe(job);
+                    let (group, _, oldest_ms) = groups.entry(what.clone()).or_insert_with(|| {
+                        let group = JobGroup {
+                            what,
+                            queued: 0,
+                            held: 0,
+                            max_deliveries: 0,
+                            oldest: Duration::ZERO,
+                            any_executor: announced_as.is_none(),
+                            announced: announced_as.as_deref().and_then(announced_age),
+                            gives_up_in: None,
+                        };
+                        (group, announced_as, u64::MAX)
+                    });
+                    group.queued += 1;
+                    if let Some(delivered) = deliveries.get(at) {
+                        group.held += 1;
+                        group.max_deliveries = group.max_deliveries.max(*delivered);
                     }
-                    from = Some(last.id.clone());
+                    group.oldest = group.oldest.max(age(&at.id));
+                    *oldest_ms = (*oldest_ms).min(entry_ms(&at.id));
                 }
-                _ => break,
+                scanned += page.len();
+                match page.last() {
+                    Some(last) if page.len() == 1000 => {
+                        if scanned >= MAX_SCANNED {
+                            truncated = true;
+                            break 'shards;
+                        }
+                        from = Some(last.at.id.clone());
+                    }
+                    _ => break,
+                }
             }
         }
         let mut groups: Vec<JobGroup> = groups
@@ -218,8 +247,19 @@ impl Smache {
             .collect();
         groups.sort_by(|a, b| b.queued.cmp(&a.queued).then_with(|| a.what.cmp(&b.what)));
 
-        let queued = store.job_queue_length().await.unwrap_or(0);
-        let dead = store.dead_letter_count().await.unwrap_or(0);
+        let lengths = store.stream_lengths().await.unwrap_or_default();
+        let queued = lengths.iter().map(|(queued, _)| queued).sum();
+        let dead = lengths.iter().map(|(_, dead)| dead).sum();
+        let shards = lengths
+            .iter()
+            .enumerate()
+            .map(|(shard, &(queued, dead))| ShardJobs {
+                stream: store.jobs_key(shard),
+                queued,
+                held: held_in.get(shard).copied().unwrap_or(0),
+                dead,
+            })
+            .collect();
         let latest = store
             .latest_dead_letters(RECENT_DEAD_LETTERS)
             .await
@@ -244,6 +284,7 @@ impl Smache {
         Ok(JobsReport {
             stream,
             queued,
+            shards,
             held: deliveries.len() as u64,
             held_by: held_by.into_iter().collect(),
             groups,
@@ -266,6 +307,7 @@ fn describe(job: &StreamJob) -> (String, Option<String>) {
     };
     match job {
         StreamJob::FanOut { .. } => ("fan-out".into(), None),
+        StreamJob::FanAll { .. } => ("fan-out to every shard".into(), None),
         StreamJob::Callback { name, .. } => {
             (format!("callback {name}"), Some(keys::callback_field(name)))
         }
@@ -330,6 +372,15 @@ impl fmt::Display for JobsReport {
             self.queued.saturating_sub(self.held)
         )?;
         writeln!(f, "  workers: {}", crate::roster::summary(&self.workers))?;
+        if self.shards.len() > 1 {
+            for shard in self.shards.iter().filter(|s| s.queued > 0 || s.dead > 0) {
+                writeln!(
+                    f,
+                    "  {}: {} queued, {} held, {} dead",
+                    shard.stream, shard.queued, shard.held, shard.dead
+                )?;
+            }
+        }
         for (consumer, held) in &self.held_by {
             writeln!(f, "  held by {consumer}: {held}")?;
         }

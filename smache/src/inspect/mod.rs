@@ -78,7 +78,7 @@ pub use self::graph::{
 };
 pub(crate) use self::jobs::{orphan_deadline, orphan_reason};
 pub use self::jobs::{
-    DeadLetter, JobGroup, JobsReport, ANNOUNCED_WITHIN, MAX_SCANNED, RECENT_DEAD_LETTERS,
+    DeadLetter, JobGroup, JobsReport, ShardJobs, ANNOUNCED_WITHIN, MAX_SCANNED, RECENT_DEAD_LETTERS,
 };
 pub use self::render::GraphFormat;
 pub use self::start::GraphStart;

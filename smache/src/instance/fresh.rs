@@ -147,11 +147,9 @@ impl Smache {
                 }
             };
             // …and the relation jobs among them have run.
-            if let Some(newest) = newest {
-                while store.relations_pending(&newest).await? {
-                    if !pause.until(deadline).await {
-                        return Ok(false);
-                    }
+            while store.relations_pending(&newest).await? {
+                if !pause.until(deadline).await {
+                    return Ok(false);
                 }
             }
             Ok::<_, Error>(true)

@@ -82,6 +82,18 @@ impl Inner {
         &self,
         at: &Located,
     ) -> Result<(Option<Fetched>, Option<Located>), ()> {
+        self.lookup_from(at, None).await
+    }
+
+    /// [`lookup`](Self::lookup) for a nested call made while value `home`
+    /// computes, on a store of several shards: the target of an alias that
+    /// lives in another shard than `home` is read only once `home`'s edge
+    /// on it is written (see `Store::edge_first`); `Err` if it cannot be.
+    pub(crate) async fn lookup_from(
+        &self,
+        at: &Located,
+        home: Option<&str>,
+    ) -> Result<(Option<Fetched>, Option<Located>), ()> {
         match self.store.get(&at.key).await {
             Ok(Lookup::Alias { target, full_args }) => {
                 let target = Located {
@@ -89,6 +101,16 @@ impl Inner {
                     id: target,
                     full_args,
                 };
+                if let Some(home) = home {
+                    match self.store.edge_first(home, &target.id).await {
+                        Ok(true) => {}
+                        Ok(false) => return Err(()),
+                        Err(err) => {
+                            self.health.failed(&err);
+                            return Err(());
+                        }
+                    }
+                }
                 let fetched = self.fetch(&target.key).await?;
                 Ok((fetched, Some(target)))
             }

@@ -119,20 +119,108 @@ impl RedisStore {
         tokens: &[String],
         limit: usize,
     ) -> Result<(u64, Vec<TokenRead>)> {
-        let mut conn = self.connection().await?;
+        let conn = self.connection().await?;
         let mut now_ms = 0;
         let mut out = Vec::with_capacity(tokens.len());
         for batch in tokens.chunks(BATCH) {
-            let mut invocation = GRAPH.key(super::keys::jobs(&self.base));
-            invocation.arg(&self.base).arg(limit).arg(batch);
-            let (now, entries): (u64, Vec<EntryReply>) = self
-                .bounded("graph", invocation.invoke_async(&mut conn))
-                .await?;
-            now_ms = now;
-            out.extend(entries.into_iter().map(token_read));
+            // Each shard holds its part of every set (and each value is
+            // in one): every shard read at once, then merged.
+            let reads = self.shards.bases().map(|base| {
+                let mut conn = conn.clone();
+                let mut invocation = GRAPH.key(super::keys::jobs(base));
+                invocation.arg(base).arg(limit).arg(batch);
+                async move {
+                    invocation
+                        .invoke_async::<(u64, Vec<EntryReply>)>(&mut conn)
+                        .await
+                }
+            });
+            let mut shards = self
+                .bounded("graph", futures::future::try_join_all(reads))
+                .await?
+                .into_iter()
+                .map(|(now, entries)| {
+                    now_ms = now_ms.max(now);
+                    entries.into_iter().map(token_read)
+                })
+                .collect::<Vec<_>>();
+            for token in batch {
+                let mut reads = shards.iter_mut().filter_map(Iterator::next);
+                let home = token.strip_prefix("v:").map(|id| self.shards.of(id));
+                out.extend(merge(&mut reads, home, limit));
+            }
         }
         Ok((now_ms, out))
     }
+}
+
+/// What the shards read of one token, as one read: the sets' parts added
+/// up (at most `limit` members shown), the value from `home`, its shard,
+/// the relations and their mappings (recorded in each shard that holds a
+/// value of the function) by function.
+fn merge(
+    reads: &mut dyn Iterator<Item = TokenRead>,
+    home: Option<usize>,
+    limit: usize,
+) -> Option<TokenRead> {
+    let mut merged: Option<TokenRead> = None;
+    for (shard, read) in reads.enumerate() {
+        let Some(into) = merged.as_mut() else {
+            merged = Some(read);
+            if home.is_some_and(|home| home != shard) {
+                if let Some(into) = merged.as_mut() {
+                    into.value = None;
+                }
+            }
+            continue;
+        };
+        join(&mut into.dependants, read.dependants, limit);
+        if home == Some(shard) {
+            into.value = read.value;
+        }
+        into.relations = into.relations.max(read.relations);
+        for relation in read.mapped {
+            match into.mapped.iter_mut().find(|r| r.head == relation.head) {
+                None => into.mapped.push(relation),
+                Some(known) => {
+                    let stored: Vec<(String, Option<String>)> = known
+                        .targets
+                        .some
+                        .drain(..)
+                        .zip(known.values.drain(..))
+                        .chain(relation.targets.some.into_iter().zip(relation.values))
+                        .collect();
+                    known.targets.total = known.targets.total.max(relation.targets.total);
+                    let mut by_target = std::collections::BTreeMap::new();
+                    for (target, value) in stored {
+                        let slot = by_target.entry(target).or_insert(None);
+                        if value.is_some() {
+                            *slot = value;
+                        }
+                    }
+                    for (target, value) in by_target.into_iter().take(limit) {
+                        known.targets.some.push(target);
+                        known.values.push(value);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(into) = merged.as_mut() {
+        into.mapped.sort_by(|a, b| a.head.cmp(&b.head));
+        into.mapped.truncate(limit);
+        into.relations = into.relations.max(into.mapped.len() as u64);
+    }
+    merged
+}
+
+/// Adds `more`, another shard's part of a set, to `into`.
+fn join(into: &mut Members, more: Members, limit: usize) {
+    into.total += more.total;
+    into.some.extend(more.some);
+    into.some.sort();
+    into.some.dedup();
+    into.some.truncate(limit);
 }
 
 fn text(bytes: &[u8]) -> String {

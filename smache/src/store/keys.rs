@@ -74,6 +74,13 @@ pub(crate) fn jobs(base: &str) -> String {
     format!("{base}jobs")
 }
 
+/// The doorbell of an instance of several shards, from its base
+/// (`{prefix}:`): a pub/sub channel its scripts publish on as they queue a
+/// job, which its executors subscribe to between sweeps of the streams.
+pub(crate) fn bell(base: &str) -> String {
+    format!("{base}bell")
+}
+
 /// The stream of jobs given up (dead letters).
 pub(crate) fn dead(base: &str) -> String {
     format!("{base}dead")
@@ -107,6 +114,11 @@ pub(crate) fn collections(base: &str) -> String {
 /// The functions with `relations(...)` on a collection.
 pub(crate) fn relations(base: &str, collection: &str) -> String {
     format!("{base}rel:{collection}")
+}
+
+/// The aliases of value `id`: `{prefix}:al:<id>`.
+pub(crate) fn aliases(base: &str, id: &str) -> String {
+    format!("{base}al:{id}")
 }
 
 /// The start of every reverse-edge key: `{prefix}:r:`, followed by a

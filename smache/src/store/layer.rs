@@ -130,10 +130,21 @@ impl Layer {
         }
     }
 
-    /// The value id of Redis key `key`; `None` for a key that names no
-    /// value (the layer keeps none of those).
+    /// The value id of Redis key `key`, `{prefix}:v:<id>` or, on a store
+    /// of several shards, `{prefix#<n>}:v:<id>`; `None` for a key that
+    /// names no value (the layer keeps none of those).
     fn id<'k>(&self, key: &'k str) -> Option<&'k str> {
-        key.strip_prefix(&self.value_prefix)
+        if let Some(id) = key.strip_prefix(&self.value_prefix) {
+            return Some(id);
+        }
+        // `{prefix` then `#<digits>` then `}:v:`.
+        let open = self.value_prefix.strip_suffix("}:v:")?;
+        let rest = key.strip_prefix(open)?.strip_prefix('#')?;
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest[digits..].strip_prefix("}:v:")
     }
 
     fn stripe(&self, key: &str) -> usize {
@@ -422,5 +433,15 @@ mod tests {
         let (_, bytes) = layer.measure();
         assert!(bytes <= 64 * 1024, "{bytes} bytes kept");
         assert!(bytes > 0);
+    }
+
+    #[test]
+    fn a_sharded_value_key_names_its_id_and_no_other_key_does() {
+        let layer = Layer::new(1 << 20, "p");
+        assert_eq!(layer.id("{p}:v:f#1:a"), Some("f#1:a"));
+        assert_eq!(layer.id("{p#17}:v:f#1:a"), Some("f#1:a"));
+        for other in ["{p#}:v:x", "{p#1x}:v:x", "{p#1}:r:x", "{pq}:v:x", "{q#1}:v:x", "{p}:jobs"] {
+            assert_eq!(layer.id(other), None, "{other}");
+        }
     }
 }

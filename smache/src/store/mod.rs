@@ -14,6 +14,7 @@ mod mongo;
 mod notify;
 mod redis;
 mod roster;
+pub(crate) mod shards;
 
 use std::time::Duration;
 
@@ -23,8 +24,8 @@ pub(crate) use self::mongo::MongoValues;
 pub use self::mongo::DEFAULT_VALUES_COLLECTION;
 pub(crate) use self::redis::stream::{JobReader, StreamEntry, StreamJob};
 pub(crate) use self::redis::{
-    timestamp_key, Abandon, Begin, Changed, Endpoint, Owed, RedisStore, Related, Seen, Start,
-    TaskPhase, TaskState,
+    timestamp_key, Abandon, Begin, Changed, Endpoint, EntryRef, Owed, RedisStore, Related, Seen,
+    Start, TaskPhase, TaskState,
 };
 pub(crate) use self::roster::{Announced, Roll};
 use crate::error::Result;
@@ -77,6 +78,15 @@ pub(crate) struct Slot<'a> {
     pub(crate) full_args: &'a str,
 }
 
+impl Slot<'_> {
+    /// The base of the value's keys (its shard's): the key without
+    /// `v:<id>`, what the scripts build the value's other keys from.
+    pub(crate) fn base(&self) -> &str {
+        let end = self.key.len().saturating_sub(self.id.len() + 2);
+        self.key.get(..end).unwrap_or(self.key)
+    }
+}
+
 /// A computed value to store.
 #[derive(Debug)]
 pub(crate) struct Put<'a> {
@@ -92,7 +102,9 @@ pub(crate) struct Put<'a> {
     pub(crate) deps: &'a [String],
     /// The values the computation read (nested calls): each one's id and
     /// what was read of it, `<version>:<computed-at ms>`. The Redis store
-    /// marks the value stale if one of them was stored anew since.
+    /// marks the value stale if one of them was stored anew since (those
+    /// of its own shard, in `store.lua`; those of another shard had their
+    /// edge written before they were read: see `Store::edge_first`).
     pub(crate) read: &'a [(String, String)],
     /// Keep the envelope in MongoDB (`store = mongo`), a reference in Redis.
     pub(crate) external: bool,
@@ -122,9 +134,13 @@ impl Store {
         }
     }
 
-    /// The storage key of the value `id`, `{prefix}:v:<id>`.
+    /// The storage key of the value `id`, `{prefix}:v:<id>` (with the
+    /// tag of its shard on a sharded Redis store).
     pub(crate) fn value_key(&self, id: &str) -> String {
-        keys::value(self.base(), id)
+        match self {
+            Store::Redis(store) => store.value_key(id),
+            Store::Memory(_) => keys::value(self.base(), id),
+        }
     }
 
     /// The storage key of the value whose id `write_id` writes, built in
@@ -135,6 +151,16 @@ impl Store {
         id_len: usize,
         write_id: impl FnOnce(&mut String),
     ) -> (String, usize) {
+        if let Store::Redis(store) = self {
+            if store.shards.count() > 1 {
+                // The shard is the id's: the id first.
+                let mut id = String::with_capacity(id_len);
+                write_id(&mut id);
+                let key = store.value_key(&id);
+                let id_at = key.len() - id.len();
+                return (key, id_at);
+            }
+        }
         let base = self.base();
         let mut key = String::with_capacity(base.len() + 2 + id_len);
         let id_at = keys::write_value(&mut key, base, write_id);
@@ -163,6 +189,30 @@ impl Store {
         match self {
             Store::Memory(_) => Ok(Begin::Go(0)),
             Store::Redis(store) => store.begin(slot, deps, owner, lease, seen).await,
+        }
+    }
+
+    /// Whether values spread over several shards (a Redis store only).
+    pub(crate) fn sharded(&self) -> bool {
+        matches!(self, Store::Redis(store) if store.shards.count() > 1)
+    }
+
+    /// Whether values `a` and `b` live in the same shard.
+    pub(crate) fn same_shard(&self, a: &str, b: &str) -> bool {
+        match self {
+            Store::Memory(_) => true,
+            Store::Redis(store) => store.same_shard(a, b),
+        }
+    }
+
+    /// Before a computation of value `home` reads value `id`: on a store of
+    /// several shards, records `home`'s reverse edge on `id` first when
+    /// `id` lives in another shard (see `RedisStore::edge_first`). `false`
+    /// when it could not be recorded because `home` has no hash.
+    pub(crate) async fn edge_first(&self, home: &str, id: &str) -> Result<bool> {
+        match self {
+            Store::Memory(_) => Ok(true),
+            Store::Redis(store) => store.edge_first(home, id).await,
         }
     }
 

@@ -14,7 +14,8 @@
 //!
 //! This file holds the connection, the breaker plumbing and the scripts;
 //! the operations are grouped by concern in its submodules: `values` (read,
-//! compute lease, store, alias, drop), `tasks` (submitted tasks), `jobs`
+//! compute lease, store, alias, drop), `alias` (aliases on a store of
+//! several shards, step by step), `tasks` (submitted tasks), `jobs`
 //! (what executors do with the jobs stream), `signal` (signalling
 //! dependants as changed) and `watch` (the worker's lease, position and
 //! stale-marking).
@@ -34,6 +35,7 @@ use super::layer::Layer;
 use super::notify::Notifier;
 use crate::error::{Error, Result};
 
+mod alias;
 mod conn;
 mod jobs;
 mod scan;
@@ -47,6 +49,7 @@ pub(crate) use self::conn::{Conn, Endpoint};
 pub(crate) use self::jobs::{Abandon, Start};
 pub(crate) use self::scan::Scan;
 pub(crate) use self::signal::Related;
+pub(crate) use self::stream::EntryRef;
 pub(crate) use self::tasks::{TaskPhase, TaskState};
 use self::tracking::Tracking;
 pub(crate) use self::values::Begin;
@@ -56,6 +59,8 @@ pub(crate) struct RedisStore {
     /// `{prefix}:`, the start of every key of the instance (see
     /// [`keys`]); the scripts are given it to build the graph's keys.
     pub(super) base: String,
+    /// Where each value's keys live (one shard: all under `base`).
+    pub(super) shards: super::shards::Shards,
     /// The worker's keys, from `base`.
     worker: WorkerKeys,
     /// Where connections go; `None` when the store was given a connection
@@ -79,6 +84,7 @@ struct Scripts {
     drop: Script,
     start: Script,
     change: Script,
+    touch: Script,
     lease: Script,
     resign: Script,
     stale: Script,
@@ -87,7 +93,12 @@ struct Scripts {
     release: Script,
     renew: Script,
     alias: Script,
+    alias_link: Script,
+    alias_point: Script,
+    alias_set: Script,
+    edge: Script,
     fanout: Script,
+    spread: Script,
     dead: Script,
     submit: Script,
     finish: Script,
@@ -111,6 +122,7 @@ impl Scripts {
             drop: script!("drop.lua"),
             start: script!("start.lua"),
             change: script!("change.lua"),
+            touch: script!("touch.lua"),
             lease: Script::new(include_str!("../../lua/lease.lua")),
             resign: Script::new(include_str!("../../lua/resign.lua")),
             stale: script!("stale.lua"),
@@ -119,7 +131,12 @@ impl Scripts {
             release: script!("release.lua"),
             renew: script!("renew.lua"),
             alias: script!("alias.lua"),
+            alias_link: script!("alias_link.lua"),
+            alias_point: script!("alias_point.lua"),
+            alias_set: script!("alias_set.lua"),
+            edge: script!("edge.lua"),
             fanout: script!("fanout.lua"),
+            spread: script!("spread.lua"),
             dead: script!("dead.lua"),
             submit: script!("submit.lua"),
             finish: script!("finish.lua"),
@@ -166,6 +183,7 @@ impl RedisStore {
         let base = keys::base(prefix);
         RedisStore {
             worker: WorkerKeys::new(&base),
+            shards: super::shards::Shards::new(prefix, 1),
             base,
             endpoint,
             shared,
@@ -194,6 +212,17 @@ impl RedisStore {
             _ => {}
         }
         self
+    }
+
+    /// Spreads the values over `count` shards (see `store::shards`).
+    pub(crate) fn with_shards(mut self, count: usize) -> Self {
+        self.shards = super::shards::Shards::new(self.breaker.prefix(), count);
+        self
+    }
+
+    /// The storage key of value `id`: `{prefix[:tag]}:v:<id>`.
+    pub(crate) fn value_key(&self, id: &str) -> String {
+        keys::value(self.shards.base_of(id), id)
     }
 
     /// The in-process layer, if there is one.

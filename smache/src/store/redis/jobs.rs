@@ -1,10 +1,12 @@
-//! What executors do with the jobs stream: start a recompute, give a job
-//! up (dead letters), and how much is queued.
+//! What executors do with the jobs streams: start a recompute, give a job
+//! up (dead letters, in its shard), and how much is queued (in every
+//! shard).
 
 use std::time::Duration;
 
 use redis::streams::StreamRangeReply;
 
+use super::stream::EntryRef;
 use super::{millis, RedisStore};
 use crate::error::Result;
 use crate::store::keys;
@@ -32,21 +34,23 @@ impl RedisStore {
         })
     }
 
-    /// Moves job `entry` to the dead-letter stream with `reason` and
-    /// acknowledges it, undoing what `abandon` says in the same step;
-    /// false if it was gone already or another executor holds it now.
+    /// Moves job `entry` to its shard's dead-letter stream with `reason`
+    /// and acknowledges it, undoing what `abandon` says in the same step
+    /// (the value a job is for lives in the job's shard); false if it was
+    /// gone already or another executor holds it now.
     pub(crate) async fn dead_letter(
         &self,
-        entry: &str,
+        entry: &EntryRef,
         reason: &str,
         consumer: &str,
         abandon: Abandon<'_>,
     ) -> Result<bool> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.dead.key(keys::jobs(&self.base));
+        let base = self.shards.base(entry.shard);
+        let mut invocation = self.scripts.dead.key(keys::jobs(base));
         invocation
-            .key(keys::dead(&self.base))
-            .arg(entry)
+            .key(keys::dead(base))
+            .arg(&entry.id)
             .arg(keys::GROUP)
             .arg(reason)
             .arg(consumer)
@@ -54,7 +58,7 @@ impl RedisStore {
         match abandon {
             Abandon::Nothing => {}
             Abandon::Recompute { id } => {
-                invocation.arg(&self.base).arg(id).arg("").arg(0);
+                invocation.arg(base).arg(id).arg("").arg(0);
             }
             Abandon::Task {
                 id,
@@ -62,7 +66,7 @@ impl RedisStore {
                 retention,
             } => {
                 invocation
-                    .arg(&self.base)
+                    .arg(base)
                     .arg(id)
                     .arg(task)
                     .arg(millis(retention).max(1));
@@ -74,12 +78,25 @@ impl RedisStore {
         Ok(moved == 1)
     }
 
-    /// Whether a relation job queued at or before stream entry `upto` is
-    /// still in the stream (waiting, or held by an executor).
-    pub(crate) async fn relations_pending(&self, upto: &str) -> Result<bool> {
+    /// Whether a relation job queued in some shard at or before that
+    /// shard's entry in `upto` (by shard; `None`: its stream was empty) is
+    /// still in its stream (waiting, or held by an executor).
+    pub(crate) async fn relations_pending(&self, upto: &[Option<String>]) -> Result<bool> {
+        for (shard, upto) in upto.iter().enumerate() {
+            if let Some(upto) = upto {
+                if self.shard_relations_pending(shard, upto).await? {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// [`relations_pending`](Self::relations_pending) in one shard.
+    async fn shard_relations_pending(&self, shard: usize, upto: &str) -> Result<bool> {
         const PAGE: usize = 500;
         let mut conn = self.connection().await?;
-        let jobs = keys::jobs(&self.base);
+        let jobs = self.jobs_key(shard);
         let mut from = "-".to_owned();
         loop {
             let mut cmd = redis::cmd("XRANGE");
@@ -97,13 +114,17 @@ impl RedisStore {
         }
     }
 
-    /// How many entries the job stream holds: waiting, and held by
-    /// executors (acknowledged jobs are deleted); 0 when it does not exist.
+    /// How many entries the jobs streams hold, in every shard: waiting,
+    /// and held by executors (acknowledged jobs are deleted); 0 for a
+    /// stream that does not exist.
     pub(crate) async fn job_queue_length(&self) -> Result<u64> {
         let mut conn = self.connection().await?;
-        let mut cmd = redis::cmd("XLEN");
-        cmd.arg(keys::jobs(&self.base));
-        self.bounded("xlen", cmd.query_async(&mut conn)).await
+        let mut pipe = redis::pipe();
+        for base in self.shards.bases() {
+            pipe.cmd("XLEN").arg(keys::jobs(base));
+        }
+        let lengths: Vec<u64> = self.bounded("xlen", pipe.query_async(&mut conn)).await?;
+        Ok(lengths.into_iter().sum())
     }
 
     /// Samples the job stream's length into the metrics every

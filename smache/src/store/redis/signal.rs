@@ -1,7 +1,9 @@
 //! Signalling dependants as changed: marking values stale (by id, or all
-//! that match), related documents, fan-out jobs, background refreshes, and
+//! that match), related documents, fan-out jobs (a chunk in one shard, or
+//! a value's token in every other shard), background refreshes, and
 //! finding which documents some value depends on.
 
+use super::stream::EntryRef;
 use super::{RedisStore, Scan};
 use crate::error::Result;
 use crate::store::keys;
@@ -19,64 +21,78 @@ impl RedisStore {
 
     /// The dependency tokens of the documents of `collection` that some
     /// value depends on (`e:<collection>:<id key>`), found by a scan of
-    /// the reverse edges.
+    /// the reverse edges of every shard.
     pub(crate) async fn dependant_documents(&self, collection: &str) -> Result<Vec<String>> {
-        let prefix = keys::dependants_prefix(&self.base);
-        let pattern = keys::document_dependants_pattern(&self.base, collection);
-        Ok(self
-            .scan(&pattern)
-            .await?
-            .into_iter()
-            .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
-            .collect())
+        let mut tokens = std::collections::BTreeSet::new();
+        for base in self.shards.bases() {
+            let prefix = keys::dependants_prefix(base);
+            let pattern = keys::document_dependants_pattern(base, collection);
+            tokens.extend(
+                self.scan(&pattern)
+                    .await?
+                    .into_iter()
+                    .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned)),
+            );
+        }
+        Ok(tokens.into_iter().collect())
     }
 
     /// Signals as changed every value whose id matches `id_glob` (`lazy`:
-    /// marks them stale with no recompute coming), a page of the scan at a
-    /// time; how many values, and how many jobs queued.
+    /// marks them stale with no recompute coming), in every shard, a page
+    /// of the scan at a time; how many values, and how many jobs queued.
     pub(crate) async fn mark_matching_stale(
         &self,
         id_glob: &str,
         lazy: bool,
     ) -> Result<(usize, u64)> {
-        let prefix = keys::value_prefix(&self.base);
-        let pattern = format!("{prefix}{id_glob}");
         let mut conn = self.connection().await?;
-        let (mut scan, mut values, mut queued) = (Scan::new(pattern, None), 0, 0);
-        while let Some(keys) = self.bounded("scan", scan.next_page(&mut conn)).await? {
-            let ids: Vec<String> = keys
-                .iter()
-                .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
-                .collect();
-            values += ids.len();
-            for chunk in ids.chunks(500) {
-                queued += self.mark_stale(chunk, lazy).await?;
+        let (mut values, mut queued) = (0, 0);
+        for base in self.shards.bases() {
+            let prefix = keys::value_prefix(base);
+            let mut scan = Scan::new(format!("{prefix}{id_glob}"), None);
+            while let Some(keys) = self.bounded("scan", scan.next_page(&mut conn)).await? {
+                let ids: Vec<String> = keys
+                    .iter()
+                    .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
+                    .collect();
+                values += ids.len();
+                for chunk in ids.chunks(500) {
+                    queued += self.mark_stale(base, chunk, lazy).await?;
+                }
             }
         }
         Ok((values, queued))
     }
 
-    /// Signals every value in `ids` as changed (`lazy`: marks them stale
-    /// with no recompute coming).
-    pub(crate) async fn mark_stale(&self, ids: &[String], lazy: bool) -> Result<u64> {
+    /// Signals every value in `ids`, all of shard `base`, as changed
+    /// (`lazy`: marks them stale with no recompute coming).
+    async fn mark_stale(&self, base: &str, ids: &[String], lazy: bool) -> Result<u64> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.stale.key(keys::jobs(&self.base));
+        let mut invocation = self.scripts.stale.key(keys::jobs(base));
         invocation
-            .arg(&self.base)
+            .arg(base)
             .arg(if lazy { "1" } else { "0" })
             .arg(ids);
         self.bounded("stale", invocation.invoke_async(&mut conn))
             .await
     }
 
-    /// Refreshes the values of `head` that a related document maps to now
-    /// and mapped to before its change; `None` when what it mapped to
-    /// before is unknown (neither given nor recorded).
-    pub(crate) async fn relate(&self, head: &str, related: &Related<'_>) -> Result<Option<u64>> {
+    /// Refreshes the values of `head` in shard `shard` that a related
+    /// document maps to now and mapped to before its change (each shard's
+    /// relation job refreshes its own; the mappings are kept per shard);
+    /// `None` when what it mapped to before is unknown (neither given nor
+    /// recorded).
+    pub(crate) async fn relate(
+        &self,
+        shard: usize,
+        head: &str,
+        related: &Related<'_>,
+    ) -> Result<Option<u64>> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.relate.key(keys::jobs(&self.base));
+        let base = self.shards.base(shard);
+        let mut invocation = self.scripts.relate.key(keys::jobs(base));
         invocation
-            .arg(&self.base)
+            .arg(base)
             .arg(head)
             .arg(related.source)
             .arg(related.target)
@@ -91,35 +107,66 @@ impl RedisStore {
         Ok(u64::try_from(queued).ok())
     }
 
-    /// Signals one chunk of the dependants of `token` (a fan-out job),
-    /// queues the next and acknowledges `entry`; the number of recompute
-    /// jobs queued.
+    /// Signals one chunk of the dependants of `token` in the shard of the
+    /// fan-out job `entry`, queues the next and acknowledges `entry`; the
+    /// number of recompute jobs queued.
     pub(crate) async fn fan_out(
         &self,
         token: &str,
         cursor: &str,
-        entry: &str,
+        entry: &EntryRef,
         lazy: bool,
     ) -> Result<u64> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.fanout.key(keys::jobs(&self.base));
+        let base = self.shards.base(entry.shard);
+        let mut invocation = self.scripts.fanout.key(keys::jobs(base));
         invocation
-            .arg(&self.base)
+            .arg(base)
             .arg(token)
             .arg(cursor)
-            .arg(entry)
+            .arg(&entry.id)
             .arg(keys::GROUP)
             .arg(if lazy { "1" } else { "0" });
         self.bounded("fanout", invocation.invoke_async(&mut conn))
             .await
     }
 
+    /// Signals the dependants of a value's token (`v:<id>`) in every
+    /// shard but that of the fan-all job `entry` (whose script signalled
+    /// its own), all at once (`lua/spread.lua`), then acknowledges the
+    /// job; the number of jobs queued. A failure leaves the job
+    /// unacknowledged, to run again (each dependant signalled again: at
+    /// most one more recompute).
+    pub(crate) async fn fan_all(&self, entry: &EntryRef, token: &str, lazy: bool) -> Result<u64> {
+        let conn = self.connection().await?;
+        let spreads = self
+            .shards
+            .bases()
+            .enumerate()
+            .filter(|(shard, _)| *shard != entry.shard)
+            .map(|(_, base)| {
+                let mut conn = conn.clone();
+                let mut invocation = self.scripts.spread.key(keys::jobs(base));
+                invocation
+                    .arg(base)
+                    .arg(token)
+                    .arg(if lazy { "1" } else { "0" });
+                async move { invocation.invoke_async::<u64>(&mut conn).await }
+            });
+        let queued = self
+            .bounded("spread", futures::future::try_join_all(spreads))
+            .await?;
+        self.ack(entry).await?;
+        Ok(queued.into_iter().sum())
+    }
+
     /// Queues a background refresh of a value past its time-to-live,
-    /// found as `version` (see `lua/refresh.lua`).
+    /// found as `version` (see `lua/refresh.lua`), in the value's shard.
     pub(crate) async fn refresh(&self, id: &str, version: u64) -> Result<()> {
         let mut conn = self.connection().await?;
-        let mut invocation = self.scripts.refresh.key(keys::jobs(&self.base));
-        invocation.arg(&self.base).arg(id).arg(version);
+        let base = self.shards.base_of(id);
+        let mut invocation = self.scripts.refresh.key(keys::jobs(base));
+        invocation.arg(base).arg(id).arg(version);
         let _: i64 = self
             .bounded("refresh", invocation.invoke_async(&mut conn))
             .await?;

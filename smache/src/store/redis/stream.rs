@@ -1,22 +1,27 @@
-//! The jobs stream (`{prefix}:jobs`) as the executors and `inspect` use it:
-//! the consumer group, reading, reclaiming, renewing and acknowledging
-//! jobs, announcing what an executor runs (`{prefix}:fns`,
-//! `{prefix}:config`), and reading the stream, its held entries and the
+//! The jobs streams (`<shard base>jobs`, one per shard; `{prefix}:jobs`
+//! on one shard) as the executors and `inspect` use them: renewing and
+//! acknowledging jobs, announcing what an executor runs (`{prefix}:fns`,
+//! `{prefix}:config`), and reading the streams, their held entries and the
 //! dead letters back for a report.
 //!
 //! Jobs are written by the Lua scripts (see `lua/common.lua`); [`StreamJob`]
-//! is the one place their fields are read back. What only `inspect` reads
-//! is in `report`.
+//! is the one place their fields are read back. An executor's reading
+//! (the consumer group, reads, reclaims, the doorbell) is in `reader`,
+//! what only `inspect` reads in `report`.
 
+mod bell;
+mod reader;
 mod report;
 
 use std::time::Duration;
 
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::streams::StreamId;
 
-use super::{RedisStore, BLOCK_FOR};
-use crate::error::{Error, Result};
+use super::RedisStore;
+use crate::error::Result;
 use crate::store::keys::{self, GROUP};
+
+pub(crate) use self::reader::JobReader;
 
 /// The field of `{prefix}:config` holding the executors' orphan timeout (ms).
 pub(super) const ORPHAN_TIMEOUT_FIELD: &str = "orphan_timeout";
@@ -33,6 +38,15 @@ pub(crate) enum StreamJob {
         id: String,
         task: String,
         args: String,
+    },
+    /// Signal the dependants of a value's token (`v:<id>`) in every shard
+    /// but the job's own, which its script signalled inline (fields `fan`,
+    /// `all`, `lazy`).
+    FanAll {
+        token: String,
+        /// The value turned stale with no new value coming: mark its
+        /// dependants stale only.
+        lazy: bool,
     },
     /// Signal the dependants of `token`, a chunk from SSCAN `cursor`
     /// (fields `fan`, `cur`, `lazy`, `n`).
@@ -71,10 +85,14 @@ impl StreamJob {
     pub(super) fn of(entry: &StreamId) -> StreamJob {
         let args = || entry.get::<String>("args").unwrap_or_default();
         if let Some(token) = entry.get::<String>("fan") {
+            let lazy = entry.get::<String>("lazy").is_some_and(|v| v == "1");
+            if entry.get::<String>("all").is_some_and(|v| v == "1") {
+                return StreamJob::FanAll { token, lazy };
+            }
             return StreamJob::FanOut {
                 token,
                 cursor: entry.get::<String>("cur").unwrap_or_else(|| "0".into()),
-                lazy: entry.get::<String>("lazy").is_some_and(|v| v == "1"),
+                lazy,
                 dependants: entry.get::<u64>("n"),
             };
         }
@@ -115,32 +133,47 @@ impl StreamJob {
     }
 }
 
-/// A job read from the stream.
-#[derive(Debug, Clone)]
-pub(crate) struct StreamEntry {
+/// Where a job is: the shard whose stream holds it, and its entry id
+/// there (two shards' streams may hold the same entry id). Acknowledging,
+/// renewing and giving it up go to that shard's keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct EntryRef {
+    /// The shard (0 on a store of one).
+    pub(crate) shard: usize,
     /// Its entry id, `<ms>-<seq>` by the Redis clock.
     pub(crate) id: String,
+}
+
+impl std::fmt::Display for EntryRef {
+    /// The entry id, followed by `@<shard>` past shard 0.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.shard {
+            0 => f.write_str(&self.id),
+            shard => write!(f, "{}@{shard}", self.id),
+        }
+    }
+}
+
+/// A job read from a shard's stream.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamEntry {
+    /// Where it is.
+    pub(crate) at: EntryRef,
     /// What it asks for.
     pub(crate) job: StreamJob,
 }
 
 impl StreamEntry {
-    /// Reads a job and its entry id back from the stream.
-    pub(super) fn of(entry: &StreamId) -> StreamEntry {
+    /// Reads a job and its entry id back from shard `shard`'s stream.
+    pub(super) fn of(shard: usize, entry: &StreamId) -> StreamEntry {
         StreamEntry {
-            id: entry.id.clone(),
+            at: EntryRef {
+                shard,
+                id: entry.id.clone(),
+            },
             job: StreamJob::of(entry),
         }
     }
-}
-
-/// What one scan for abandoned jobs found.
-#[derive(Debug)]
-pub(crate) struct Reclaimed {
-    /// Where the next scan starts ("0-0" once this one went round).
-    pub(crate) next: String,
-    /// The jobs now claimed by the caller.
-    pub(crate) entries: Vec<StreamEntry>,
 }
 
 /// When an executor last said it has a function or callback, by the Redis
@@ -153,129 +186,51 @@ pub(crate) struct LastAnnounced {
     pub(crate) announced_ms: Option<u64>,
 }
 
-/// An executor's own connection to the jobs stream, for its blocking reads
-/// (`XREADGROUP BLOCK`) that must not hold up the shared one.
-pub(crate) struct JobReader {
-    conn: super::Conn,
-    stream: String,
-    consumer: String,
-}
-
-impl std::fmt::Debug for JobReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobReader")
-            .field("stream", &self.stream)
-            .field("consumer", &self.consumer)
-            .finish_non_exhaustive()
-    }
-}
-
-impl JobReader {
-    /// Creates the consumer group (and the stream) unless it exists.
-    pub(crate) async fn join_group(&mut self) -> Result<()> {
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut self.conn)
-            .await;
-        match created {
-            Err(err) if err.code() != Some("BUSYGROUP") => Err(Error::Redis(err)),
-            _ => Ok(()),
-        }
-    }
-
-    /// Up to `count` new jobs for this consumer, waiting up to
-    /// [`BLOCK_FOR`] for one.
-    pub(crate) async fn read(&mut self, count: usize) -> Result<Vec<StreamEntry>> {
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(u64::try_from(BLOCK_FOR.as_millis()).unwrap_or(1000))
-            .arg("STREAMS")
-            .arg(&self.stream)
-            .arg(">")
-            .query_async(&mut self.conn)
-            .await?;
-        Ok(reply
-            .into_iter()
-            .flat_map(|reply| reply.keys)
-            .flat_map(|key| key.ids)
-            .map(|entry| StreamEntry::of(&entry))
-            .collect())
-    }
-
-    /// Claims for this consumer up to `count` jobs another one left
-    /// unacknowledged for `idle`, scanning from entry `from`.
-    pub(crate) async fn reclaim(
-        &mut self,
-        from: &str,
-        idle: Duration,
-        count: usize,
-    ) -> Result<Reclaimed> {
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg(&self.consumer)
-            .arg(millis(idle))
-            .arg(from)
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.conn)
-            .await?;
-        Ok(Reclaimed {
-            next: reply.next_stream_id,
-            entries: reply.claimed.iter().map(StreamEntry::of).collect(),
-        })
-    }
-}
-
 impl RedisStore {
-    /// A connection of its own to the jobs stream, reading as
-    /// `consumer`; `None` when the store was built from a connection
-    /// manager and knows no URL.
-    pub(crate) async fn job_reader(&self, consumer: &str) -> Result<Option<JobReader>> {
-        Ok(self.dedicated().await?.map(|conn| JobReader {
-            conn,
-            stream: keys::jobs(&self.base),
-            consumer: consumer.to_owned(),
-        }))
+    /// The jobs stream of shard `shard`.
+    pub(crate) fn jobs_key(&self, shard: usize) -> String {
+        keys::jobs(self.shards.base(shard))
     }
 
     /// Claims the jobs `entries` for `consumer` again, so that they do not
-    /// look abandoned to other executors.
-    pub(crate) async fn renew_claims(&self, consumer: &str, entries: &[String]) -> Result<()> {
+    /// look abandoned to other executors: one `XCLAIM` per shard holding
+    /// some, pipelined.
+    pub(crate) async fn renew_claims(&self, consumer: &str, entries: &[EntryRef]) -> Result<()> {
+        let mut by_shard: std::collections::BTreeMap<usize, Vec<&str>> = Default::default();
+        for entry in entries {
+            by_shard.entry(entry.shard).or_default().push(&entry.id);
+        }
+        if by_shard.is_empty() {
+            return Ok(());
+        }
         let mut conn = self.connection().await?;
-        let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(keys::jobs(&self.base))
-            .arg(GROUP)
-            .arg(consumer)
-            .arg(0)
-            .arg(entries)
-            .arg("JUSTID");
-        let _: redis::Value = self.bounded("xclaim", cmd.query_async(&mut conn)).await?;
-        Ok(())
+        let mut pipe = redis::pipe();
+        for (shard, ids) in by_shard {
+            pipe.cmd("XCLAIM")
+                .arg(self.jobs_key(shard))
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(0)
+                .arg(ids)
+                .arg("JUSTID")
+                .ignore();
+        }
+        self.bounded("xclaim", pipe.query_async(&mut conn)).await
     }
 
-    /// Acknowledges the job `entry` and deletes it from the stream.
-    pub(crate) async fn ack(&self, entry: &str) -> Result<()> {
+    /// Acknowledges the job `entry` and deletes it from its shard's stream.
+    pub(crate) async fn ack(&self, entry: &EntryRef) -> Result<()> {
         let mut conn = self.connection().await?;
-        let stream = keys::jobs(&self.base);
+        let stream = self.jobs_key(entry.shard);
         let mut pipe = redis::pipe();
         pipe.cmd("XACK")
             .arg(&stream)
             .arg(GROUP)
-            .arg(entry)
+            .arg(&entry.id)
             .ignore()
             .cmd("XDEL")
             .arg(&stream)
-            .arg(entry)
+            .arg(&entry.id)
             .ignore();
         self.bounded("ack", pipe.query_async(&mut conn)).await
     }
@@ -337,11 +292,16 @@ impl RedisStore {
         Ok(seconds * 1000 + micros / 1000)
     }
 
-    /// The functions (heads) with `relations(...)` on `collection`.
-    pub(crate) async fn related_functions(&self, collection: &str) -> Result<Vec<String>> {
+    /// The functions (heads) with `relations(...)` on `collection`, as
+    /// shard `shard` records them (each shard records those of its values).
+    pub(crate) async fn related_functions(
+        &self,
+        shard: usize,
+        collection: &str,
+    ) -> Result<Vec<String>> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("SMEMBERS");
-        cmd.arg(keys::relations(&self.base, collection));
+        cmd.arg(keys::relations(self.shards.base(shard), collection));
         self.bounded("relations", cmd.query_async(&mut conn)).await
     }
 
@@ -354,7 +314,7 @@ impl RedisStore {
 }
 
 /// A duration as Redis takes it (ms).
-fn millis(duration: Duration) -> u64 {
+pub(super) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -422,6 +382,20 @@ mod tests {
                 cursor: "0".into(),
                 lazy: true,
                 dependants: Some(9)
+            }
+        );
+        assert_eq!(
+            StreamJob::of(&entry(&[("fan", "v:f#1:x"), ("all", "1")])),
+            StreamJob::FanAll {
+                token: "v:f#1:x".into(),
+                lazy: false
+            }
+        );
+        assert_eq!(
+            StreamJob::of(&entry(&[("fan", "v:f#1:x"), ("all", "1"), ("lazy", "1")])),
+            StreamJob::FanAll {
+                token: "v:f#1:x".into(),
+                lazy: true
             }
         );
         assert_eq!(

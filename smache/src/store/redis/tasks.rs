@@ -17,12 +17,18 @@ impl RedisStore {
         retention: Duration,
     ) -> Result<String> {
         let mut conn = self.connection().await?;
+        // On a sharded store a task lives in its value's shard, which its
+        // id names: `<shard>.<id>`.
+        let task = match self.shards.count() {
+            1 => task.to_owned(),
+            _ => format!("{}.{task}", self.shards.of(slot.id)),
+        };
         let mut invocation = self.scripts.submit.key(slot.key);
         invocation
-            .arg(&self.base)
+            .arg(slot.base())
             .arg(slot.id)
             .arg(slot.full_args)
-            .arg(task)
+            .arg(&task)
             .arg(millis(retention).max(1));
         self.bounded("submit", invocation.invoke_async(&mut conn))
             .await
@@ -38,7 +44,10 @@ impl RedisStore {
     ) -> Result<bool> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.finish.key(self.task_key(task));
-        invocation.key(value_key).arg(&self.base).arg(task);
+        invocation
+            .key(value_key)
+            .arg(self.task_base(task))
+            .arg(task);
         match result {
             Ok(data) => invocation.arg("d").arg(data.as_slice()),
             Err(message) => invocation.arg("f").arg(message.as_str()),
@@ -54,7 +63,11 @@ impl RedisStore {
     pub(crate) async fn attach(&self, task: &str, callback: &str, args: &str) -> Result<bool> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.attach.key(self.task_key(task));
-        invocation.arg(&self.base).arg(task).arg(callback).arg(args);
+        invocation
+            .arg(self.task_base(task))
+            .arg(task)
+            .arg(callback)
+            .arg(args);
         let attached: i64 = self
             .bounded("attach", invocation.invoke_async(&mut conn))
             .await?;
@@ -64,7 +77,20 @@ impl RedisStore {
     /// The key of a task's record (see `lua/common.lua`), which also
     /// names the MongoDB copy of a task's value kept there.
     pub(crate) fn task_key(&self, task: &str) -> String {
-        keys::task(&self.base, task)
+        keys::task(self.task_base(task), task)
+    }
+
+    /// The base of a task's keys: its shard's, named by the id on a
+    /// sharded store (an id without one, from no sharded store, has the
+    /// first shard's).
+    fn task_base(&self, task: &str) -> &str {
+        let shard = match self.shards.count() {
+            1 => None,
+            _ => task
+                .split_once('.')
+                .and_then(|(shard, _)| shard.parse().ok()),
+        };
+        self.shards.base(shard.unwrap_or(0))
     }
 
     /// A task's state; `None` if it is unknown.

@@ -116,7 +116,7 @@ impl RedisStore {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.begin.key(slot.key);
         invocation
-            .arg(&self.base)
+            .arg(slot.base())
             .arg(slot.id)
             .arg(slot.full_args)
             .arg(BEGIN_LEASE_MS.max(millis(lease)))
@@ -138,7 +138,7 @@ impl RedisStore {
     pub(crate) async fn release(&self, slot: Slot<'_>, owner: &str) -> Result<()> {
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.release.key(slot.key);
-        invocation.arg(&self.base).arg(slot.id).arg(owner);
+        invocation.arg(slot.base()).arg(slot.id).arg(owner);
         let _: i64 = self
             .bounded("release", invocation.invoke_async(&mut conn))
             .await?;
@@ -195,9 +195,17 @@ impl RedisStore {
         } else {
             "0"
         };
+        // store.lua checks the nested values of the value's own shard;
+        // those of other shards had their edge written before they were
+        // read (see `edge_first`), and a store of them signals this value.
+        let checked: Vec<&(String, String)> = put
+            .read
+            .iter()
+            .filter(|(id, _)| self.same_shard(put.slot.id, id))
+            .collect();
         let mut invocation = self.scripts.store.key(put.slot.key);
         invocation
-            .arg(&self.base)
+            .arg(put.slot.base())
             .arg(put.slot.id)
             .arg(put.data)
             .arg(ttl)
@@ -206,8 +214,8 @@ impl RedisStore {
             .arg(mark_stale)
             .arg(put.relations.len())
             .arg(put.relations)
-            .arg(put.read.len());
-        for (id, mark) in put.read {
+            .arg(checked.len());
+        for (id, mark) in checked {
             invocation.arg(id).arg(mark);
         }
         invocation.arg(put.deps);
@@ -218,8 +226,44 @@ impl RedisStore {
         Ok(u64::try_from(version?).ok())
     }
 
+    /// Whether values spread over several shards.
+    pub(crate) fn sharded(&self) -> bool {
+        self.shards.count() > 1
+    }
+
+    /// Whether values `a` and `b` live in the same shard (always, with one).
+    pub(crate) fn same_shard(&self, a: &str, b: &str) -> bool {
+        self.shards.count() == 1 || self.shards.of(a) == self.shards.of(b)
+    }
+
+    /// Before a computation of value `home` reads value `id` of another
+    /// shard (a nested call): records `home`'s reverse edge on `v:<id>` in
+    /// `home`'s own shard (`lua/edge.lua`), so that any store of `id` from
+    /// now on signals `home`, whose own store then lands stale. `true`
+    /// once recorded, or at once when both live in one shard (store.lua
+    /// checks those); `false` when `home` has no hash (gone, or an alias),
+    /// where an edge would not be seen.
+    pub(crate) async fn edge_first(&self, home: &str, id: &str) -> Result<bool> {
+        if self.same_shard(home, id) {
+            return Ok(true);
+        }
+        let mut conn = self.connection().await?;
+        let base = self.shards.base_of(home);
+        let mut invocation = self.scripts.edge.key(keys::value(base, home));
+        invocation.arg(base).arg(home).arg(keys::value_token(id));
+        let recorded: i64 = self
+            .bounded("edge", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(recorded == 1)
+    }
+
     /// Makes `alias` stand for `target`; `None` for a cycle.
     pub(crate) async fn alias(&self, alias: Slot<'_>, target: Slot<'_>) -> Result<Option<String>> {
+        if self.sharded() {
+            let named = self.alias_across(alias, target).await;
+            self.forget(alias.key);
+            return named;
+        }
         let mut conn = self.connection().await?;
         let mut invocation = self.scripts.alias.key(alias.key);
         invocation
@@ -241,12 +285,39 @@ impl RedisStore {
 
     pub(crate) async fn drop_value(&self, slot: Slot<'_>) -> Result<bool> {
         let mut conn = self.connection().await?;
+        // On several shards, an alias's target set lives in the target's
+        // shard: the link is read first, to leave that set after.
+        let link = if self.sharded() {
+            self.link_of(slot.key).await?
+        } else {
+            None
+        };
         let mut invocation = self.scripts.drop.key(slot.key);
-        invocation.arg(&self.base).arg(slot.id);
+        invocation.arg(slot.base()).arg(slot.id);
         let existed = self
             .bounded("drop", invocation.invoke_async::<i64>(&mut conn))
             .await;
         self.forget(slot.key);
+        if existed.is_ok() && self.sharded() {
+            // A crash before this leaves the id in the target's set (which
+            // skips members that name something else) and dependants of
+            // other shards fresh until their next change.
+            if let Some(link) = link {
+                let mut cmd = redis::cmd("SREM");
+                cmd.arg(keys::aliases(self.shards.base_of(&link), &link))
+                    .arg(slot.id);
+                match self
+                    .bounded("drop", cmd.query_async::<i64>(&mut conn))
+                    .await
+                {
+                    Err(Error::Redis(err)) if is_wrong_type(&err) => {}
+                    other => {
+                        other?;
+                    }
+                }
+            }
+            self.signal_elsewhere(slot.id).await?;
+        }
         // The values built on it were marked stale in the same script:
         // wait for Redis's word of them too, so that this process does not
         // serve one of them after `invalidate` returned.
@@ -254,6 +325,17 @@ impl RedisStore {
             let _ = self.sync_layer().await;
         }
         Ok(existed? > 0)
+    }
+
+    /// The value id the alias under `key` names, if it is one.
+    async fn link_of(&self, key: &str) -> Result<Option<String>> {
+        let mut conn = self.connection().await?;
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(key).arg("l");
+        match self.bounded("drop", cmd.query_async(&mut conn)).await {
+            Err(Error::Redis(err)) if is_wrong_type(&err) => Ok(None),
+            other => other,
+        }
     }
 
     /// This process wrote the value under `key` (or may have: the write

@@ -48,6 +48,14 @@ impl RedisStore {
         seen: &Seen<'_>,
     ) -> Result<Changed> {
         let mut conn = self.connection().await?;
+        let mut tokens = seen.tokens;
+        let mut touched = 0;
+        if self.shards.count() > 1 && !tokens.is_empty() {
+            // Every shard first (together), then the position: a crash
+            // between replays the change rather than losing it.
+            touched = self.touch_shards(&conn, seen).await?;
+            tokens = &[];
+        }
         let mut invocation = self.scripts.change.key(&self.worker.token);
         invocation
             .key(&self.worker.lease)
@@ -59,15 +67,34 @@ impl RedisStore {
             .arg(seen.time.map_or_else(String::new, |time| time.to_string()))
             .arg(seen.op)
             .arg(seen.before.unwrap_or_default())
-            .arg(seen.tokens);
+            .arg(tokens);
         let queued: i64 = self
             .bounded("change", invocation.invoke_async(&mut conn))
             .await?;
         Ok(match queued {
             -1 => Changed::LeaseLost,
             -2 => Changed::Moved,
-            n => Changed::Queued(u64::try_from(n).unwrap_or(0)),
+            n => Changed::Queued(u64::try_from(n).unwrap_or(0) + touched),
         })
+    }
+
+    /// Signals the dependants of a change's tokens in every shard
+    /// (`lua/touch.lua`), all at once; how many jobs were queued.
+    async fn touch_shards(&self, conn: &super::Conn, seen: &Seen<'_>) -> Result<u64> {
+        let touches = self.shards.bases().map(|base| {
+            let mut conn = conn.clone();
+            let mut invocation = self.scripts.touch.key(keys::jobs(base));
+            invocation
+                .arg(base)
+                .arg(seen.op)
+                .arg(seen.before.unwrap_or_default())
+                .arg(seen.tokens);
+            async move { invocation.invoke_async::<u64>(&mut conn).await }
+        });
+        let queued = self
+            .bounded("touch", futures::future::try_join_all(touches))
+            .await?;
+        Ok(queued.into_iter().sum())
     }
 
     /// The saved position in the change stream: the encoded resume token
@@ -84,24 +111,47 @@ impl RedisStore {
 
     /// How far the worker has followed the change stream: the cluster time
     /// of its saved position (`seconds << 32 | increment`), if any, and the
-    /// entry id of the newest job in the stream, if any; read together, so
-    /// that every job queued for the changes up to that time is at or
-    /// before that entry.
-    pub(crate) async fn worker_progress(&self) -> Result<(Option<u64>, Option<String>)> {
+    /// entry id of the newest job in each shard's stream (by shard; `None`:
+    /// empty), such that every job queued for the changes up to that time
+    /// is at or before its shard's entry. One shard: read together. Several:
+    /// the time first, then the streams (a change is queued in every shard
+    /// before its position is saved), so a stream read later holds at
+    /// least the jobs of that time.
+    pub(crate) async fn worker_progress(&self) -> Result<(Option<u64>, Vec<Option<String>>)> {
         let mut conn = self.connection().await?;
         let mut pipe = redis::pipe();
-        pipe.cmd("GET")
-            .arg(&self.worker.time)
-            .cmd("XREVRANGE")
-            .arg(keys::jobs(&self.base))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1);
-        let (time, newest): (Option<String>, StreamRangeReply) = self
+        pipe.cmd("GET").arg(&self.worker.time);
+        let time = if self.shards.count() == 1 {
+            None
+        } else {
+            let (time,): (Option<String>,) = self
+                .bounded("worker_progress", pipe.query_async(&mut conn))
+                .await?;
+            pipe = redis::pipe();
+            Some(time)
+        };
+        for base in self.shards.bases() {
+            pipe.cmd("XREVRANGE")
+                .arg(keys::jobs(base))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let mut replies: Vec<redis::Value> = self
             .bounded("worker_progress", pipe.query_async(&mut conn))
             .await?;
-        let newest = newest.ids.into_iter().next().map(|entry| entry.id);
+        let time: Option<String> = match time {
+            Some(time) => time,
+            None if replies.is_empty() => None,
+            None => redis::from_redis_value(replies.remove(0)).map_err(redis::RedisError::from)?,
+        };
+        let mut newest = Vec::with_capacity(replies.len());
+        for reply in replies {
+            let reply: StreamRangeReply =
+                redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
+            newest.push(reply.ids.into_iter().next().map(|entry| entry.id));
+        }
         Ok((time.and_then(|time| time.parse().ok()), newest))
     }
 
@@ -169,14 +219,22 @@ impl RedisStore {
     /// Stores the most values one change recomputes eagerly, which every
     /// script that signals dependants reads (`{prefix}:config`
     /// `max_fanout`).
+    ///
+    /// Written to the instance's `{prefix}:config` and, with several
+    /// shards, to each shard's, since a script reads its own shard's.
     pub(crate) async fn publish_max_fanout(&self, max_fanout: u64) -> Result<()> {
         let mut conn = self.connection().await?;
-        let mut cmd = redis::cmd("HSET");
-        cmd.arg(keys::config(&self.base))
-            .arg("max_fanout")
-            .arg(max_fanout);
-        let _: i64 = self
-            .bounded("publish_max_fanout", cmd.query_async(&mut conn))
+        let mut pipe = redis::pipe();
+        let shards = self.shards.bases().filter(|_| self.shards.count() > 1);
+        for base in std::iter::once(self.base.as_str()).chain(shards) {
+            pipe.cmd("HSET")
+                .arg(keys::config(base))
+                .arg("max_fanout")
+                .arg(max_fanout)
+                .ignore();
+        }
+        let () = self
+            .bounded("publish_max_fanout", pipe.query_async(&mut conn))
             .await?;
         Ok(())
     }

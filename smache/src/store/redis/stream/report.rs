@@ -1,6 +1,6 @@
-//! What `inspect` reads of the jobs stream: the published announcements
-//! and orphan timeout, a page of the jobs or of those held, and the dead
-//! letters.
+//! What `inspect` reads of the jobs streams: the published announcements
+//! and orphan timeout, a page of a shard's jobs or of those held, and the
+//! dead letters of every shard.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -37,15 +37,44 @@ pub(crate) struct DeadEntry {
 }
 
 impl RedisStore {
-    /// The key of the jobs stream, `{prefix}:jobs`, as reports name it.
-    pub(crate) fn jobs_stream_key(&self) -> String {
-        keys::jobs(&self.base)
+    /// How many shards (each with a jobs stream and a dead-letter stream).
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.count()
     }
 
-    /// The key of the dead-letter stream, `{prefix}:dead`, as reports
-    /// name it.
+    /// The jobs streams as reports name them: `{prefix}:jobs`, or on
+    /// several shards the first one's key and how many.
+    pub(crate) fn jobs_stream_key(&self) -> String {
+        self.streams_named(keys::jobs)
+    }
+
+    /// The dead-letter streams as reports name them: `{prefix}:dead`, or
+    /// on several shards the first one's key and how many.
     pub(crate) fn dead_stream_key(&self) -> String {
-        keys::dead(&self.base)
+        self.streams_named(keys::dead)
+    }
+
+    fn streams_named(&self, key: fn(&str) -> String) -> String {
+        match self.shards.count() {
+            1 => key(self.shards.base(0)),
+            n => format!("{} … ({n} shards)", key(self.shards.base(0))),
+        }
+    }
+
+    /// The length of every shard's jobs stream and dead-letter stream, by
+    /// shard (0 for one that does not exist): one `XLEN` each, pipelined.
+    pub(crate) async fn stream_lengths(&self) -> Result<Vec<(u64, u64)>> {
+        let mut conn = self.connection().await?;
+        let mut pipe = redis::pipe();
+        for base in self.shards.bases() {
+            pipe.cmd("XLEN").arg(keys::jobs(base));
+            pipe.cmd("XLEN").arg(keys::dead(base));
+        }
+        let lengths: Vec<u64> = self.bounded("xlen", pipe.query_async(&mut conn)).await?;
+        Ok(lengths
+            .chunks(2)
+            .map(|pair| (pair[0], pair.get(1).copied().unwrap_or(0)))
+            .collect())
     }
 
     /// Every field of `{prefix}:fns` (function heads and callbacks) with
@@ -66,16 +95,17 @@ impl RedisStore {
         Ok(ms.map(Duration::from_millis))
     }
 
-    /// Up to `count` held jobs (delivered, not acknowledged), in entry
-    /// order after `after` (from the start for `None`).
+    /// Up to `count` held jobs (delivered, not acknowledged) of shard
+    /// `shard`, in entry order after `after` (from the start for `None`).
     pub(crate) async fn held_jobs(
         &self,
+        shard: usize,
         after: Option<&str>,
         count: usize,
     ) -> Result<Vec<HeldJob>> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(keys::jobs(&self.base))
+        cmd.arg(self.jobs_key(shard))
             .arg(GROUP)
             .arg(range_start(after))
             .arg("+")
@@ -92,55 +122,65 @@ impl RedisStore {
             .collect())
     }
 
-    /// Up to `count` jobs of the stream, in entry order after `after`
-    /// (from the start for `None`).
+    /// Up to `count` jobs of shard `shard`'s stream, in entry order after
+    /// `after` (from the start for `None`).
     pub(crate) async fn queued_jobs(
         &self,
+        shard: usize,
         after: Option<&str>,
         count: usize,
     ) -> Result<Vec<StreamEntry>> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(keys::jobs(&self.base))
+        cmd.arg(self.jobs_key(shard))
             .arg(range_start(after))
             .arg("+")
             .arg("COUNT")
             .arg(count);
         let page: StreamRangeReply = self.bounded("xrange", cmd.query_async(&mut conn)).await?;
-        Ok(page.ids.iter().map(StreamEntry::of).collect())
-    }
-
-    /// How many jobs were given up and are still kept.
-    pub(crate) async fn dead_letter_count(&self) -> Result<u64> {
-        let mut conn = self.connection().await?;
-        let mut cmd = redis::cmd("XLEN");
-        cmd.arg(keys::dead(&self.base));
-        self.bounded("xlen", cmd.query_async(&mut conn)).await
-    }
-
-    /// The latest `count` dead letters, newest first.
-    pub(crate) async fn latest_dead_letters(&self, count: usize) -> Result<Vec<DeadEntry>> {
-        let mut conn = self.connection().await?;
-        let mut cmd = redis::cmd("XREVRANGE");
-        cmd.arg(keys::dead(&self.base))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(count);
-        let latest: StreamRangeReply = self
-            .bounded("xrevrange", cmd.query_async(&mut conn))
-            .await?;
-        Ok(latest
+        Ok(page
             .ids
             .iter()
+            .map(|entry| StreamEntry::of(shard, entry))
+            .collect())
+    }
+
+    /// The latest `count` dead letters of every shard, newest first (the
+    /// latest `count` of each shard, merged by entry id).
+    pub(crate) async fn latest_dead_letters(&self, count: usize) -> Result<Vec<DeadEntry>> {
+        let mut conn = self.connection().await?;
+        let mut pipe = redis::pipe();
+        for base in self.shards.bases() {
+            pipe.cmd("XREVRANGE")
+                .arg(keys::dead(base))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(count);
+        }
+        let latest: Vec<StreamRangeReply> = self
+            .bounded("xrevrange", pipe.query_async(&mut conn))
+            .await?;
+        let mut letters: Vec<DeadEntry> = latest
+            .iter()
+            .flat_map(|shard| &shard.ids)
             .map(|entry| DeadEntry {
                 id: entry.id.clone(),
                 job: StreamJob::of(entry),
                 reason: text(entry, "reason"),
                 by: text(entry, "by"),
             })
-            .collect())
+            .collect();
+        letters.sort_by_key(|letter| std::cmp::Reverse(entry_order(&letter.id)));
+        letters.truncate(count);
+        Ok(letters)
     }
+}
+
+/// An entry id's `(ms, seq)`, to order entries of several streams.
+fn entry_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 /// Where an `XRANGE`/`XPENDING` page starts: after `after` (exclusive),
@@ -169,6 +209,13 @@ mod tests {
         let dead = entry(&[("job", "1-0"), ("reason", "r"), ("by", "x"), ("id", "f#1:")]);
         assert_eq!(StreamJob::of(&dead).value_id(), Some("f#1:"));
         assert_eq!(text(&dead, "reason"), "r");
+    }
+
+    #[test]
+    fn entries_of_several_streams_order_by_time_then_sequence() {
+        assert!(entry_order("10-2") > entry_order("10-1"));
+        assert!(entry_order("9-5") < entry_order("10-0"));
+        assert!(entry_order("100-0") > entry_order("99-9"));
     }
 
     #[test]

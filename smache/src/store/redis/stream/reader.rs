@@ -1,0 +1,240 @@
+//! An executor's reading of the jobs streams, one per shard: the consumer
+//! group on each, reading new jobs, and reclaiming those other executors
+//! left.
+//!
+//! One shard (the layout on one server): a blocking `XREADGROUP` on its
+//! one stream, as before shards existed. Several: `XREADGROUP` can block
+//! only on streams of one slot on a cluster, so a sweep reads every
+//! shard's stream without blocking, a window of shards per round trip
+//! (pipelined: on a cluster each command goes to its node), starting each
+//! window where the last one stopped so that no shard waits behind
+//! another; between empty sweeps the executor waits on the doorbell (see
+//! `bell`), and sweeps again at least every [`BLOCK_FOR`]. Each shard's
+//! consumer group spreads that shard's jobs over the executors, so adding
+//! executors adds throughput.
+
+use std::time::Duration;
+
+use redis::streams::{StreamAutoClaimReply, StreamReadReply};
+
+use super::bell::Bell;
+use super::{millis, StreamEntry};
+use crate::error::{Error, Result};
+use crate::store::keys::{self, GROUP};
+use crate::store::redis::{Conn, RedisStore, BLOCK_FOR};
+
+/// An executor's own connection to the jobs streams, for its reads (a
+/// blocking one, on one shard) that must not hold up the shared one.
+pub(crate) struct JobReader {
+    conn: Conn,
+    /// Each shard's jobs stream, by shard.
+    streams: Vec<String>,
+    consumer: String,
+    /// Where the next reclaim scan of each shard starts.
+    reclaim_from: Vec<String>,
+    /// The shard the next sweep starts at.
+    next: usize,
+    /// The doorbell, with several shards.
+    bell: Option<Bell>,
+}
+
+impl std::fmt::Debug for JobReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobReader")
+            .field("streams", &self.streams.len())
+            .field("consumer", &self.consumer)
+            .field("bell", &self.bell)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobReader {
+    /// Creates the consumer group (and the stream) of every shard unless
+    /// it exists.
+    pub(crate) async fn join_group(&mut self) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for stream in &self.streams {
+            pipe.cmd("XGROUP")
+                .arg("CREATE")
+                .arg(stream)
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM");
+        }
+        // Each reply on its own: a group that exists answers BUSYGROUP.
+        let replies: Vec<redis::Value> = pipe.query_async(&mut self.conn).await?;
+        for reply in replies {
+            if let Err(err) = reply.extract_error() {
+                if err.code() != Some("BUSYGROUP") {
+                    return Err(Error::Redis(err));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to about `count` new jobs for this consumer, waiting up to
+    /// [`BLOCK_FOR`] for one.
+    pub(crate) async fn read(&mut self, count: usize) -> Result<Vec<StreamEntry>> {
+        if self.streams.len() == 1 {
+            return self.read_blocking(count).await;
+        }
+        let deadline = tokio::time::Instant::now() + BLOCK_FOR;
+        loop {
+            if let Some(bell) = self.bell.as_mut() {
+                bell.subscribe().await;
+            }
+            let entries = self.sweep(count).await?;
+            if !entries.is_empty() {
+                return Ok(entries);
+            }
+            let rung = match self.bell.as_mut() {
+                Some(bell) => bell.wait(deadline).await,
+                None => {
+                    tokio::time::sleep_until(deadline).await;
+                    false
+                }
+            };
+            if !rung {
+                return Ok(entries);
+            }
+            // Rung: sweep again (another executor may be first to it).
+        }
+    }
+
+    /// One shard: a read blocking up to [`BLOCK_FOR`].
+    async fn read_blocking(&mut self, count: usize) -> Result<Vec<StreamEntry>> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(millis(BLOCK_FOR))
+            .arg("STREAMS")
+            .arg(&self.streams[0])
+            .arg(">")
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(entries_of(0, reply))
+    }
+
+    /// Reads every shard's stream once, without blocking, a window of
+    /// `min(count, shards)` streams at a time, `count / window` (rounded
+    /// up) jobs from each, until some window has jobs: so a sweep takes
+    /// fewer than `2 * count` jobs, and each starts where the last
+    /// stopped.
+    async fn sweep(&mut self, count: usize) -> Result<Vec<StreamEntry>> {
+        let shards = self.streams.len();
+        let width = count.clamp(1, shards);
+        let per_shard = count.max(1).div_ceil(width);
+        let mut swept = 0;
+        while swept < shards {
+            let window: Vec<usize> = (0..width.min(shards - swept))
+                .map(|k| (self.next + k) % shards)
+                .collect();
+            self.next = (self.next + window.len()) % shards;
+            swept += window.len();
+            let mut pipe = redis::pipe();
+            for &shard in &window {
+                pipe.cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg("COUNT")
+                    .arg(per_shard)
+                    .arg("STREAMS")
+                    .arg(&self.streams[shard])
+                    .arg(">");
+            }
+            let replies: Vec<Option<StreamReadReply>> = pipe.query_async(&mut self.conn).await?;
+            let entries: Vec<StreamEntry> = window
+                .into_iter()
+                .zip(replies)
+                .flat_map(|(shard, reply)| entries_of(shard, reply))
+                .collect();
+            if !entries.is_empty() {
+                return Ok(entries);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Claims for this consumer up to `count` jobs per shard that another
+    /// one left unacknowledged for `idle`: one `XAUTOCLAIM` per shard,
+    /// pipelined, each going on from where the last scan of its shard
+    /// stopped (so old entries cannot hide newer ones).
+    pub(crate) async fn reclaim(
+        &mut self,
+        idle: Duration,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>> {
+        let mut pipe = redis::pipe();
+        for (stream, from) in self.streams.iter().zip(&self.reclaim_from) {
+            pipe.cmd("XAUTOCLAIM")
+                .arg(stream)
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg(millis(idle))
+                .arg(from)
+                .arg("COUNT")
+                .arg(count);
+        }
+        let replies: Vec<StreamAutoClaimReply> = pipe.query_async(&mut self.conn).await?;
+        let mut entries = Vec::new();
+        for (shard, reply) in replies.into_iter().enumerate() {
+            if let Some(from) = self.reclaim_from.get_mut(shard) {
+                // "0-0" once the scan went round.
+                *from = reply.next_stream_id;
+            }
+            entries.extend(
+                reply
+                    .claimed
+                    .iter()
+                    .map(|entry| StreamEntry::of(shard, entry)),
+            );
+        }
+        Ok(entries)
+    }
+}
+
+/// The jobs of a read of shard `shard`'s stream.
+fn entries_of(shard: usize, reply: Option<StreamReadReply>) -> Vec<StreamEntry> {
+    reply
+        .into_iter()
+        .flat_map(|reply| reply.keys)
+        .flat_map(|key| key.ids)
+        .map(|entry| StreamEntry::of(shard, &entry))
+        .collect()
+}
+
+impl RedisStore {
+    /// A connection of its own to the jobs streams, reading as
+    /// `consumer`, with the doorbell when there are several shards;
+    /// `None` when the store was built from a connection manager and knows
+    /// no URL.
+    pub(crate) async fn job_reader(&self, consumer: &str) -> Result<Option<JobReader>> {
+        let Some(conn) = self.dedicated().await? else {
+            return Ok(None);
+        };
+        let shards = self.shards.count();
+        let bell = match (shards, self.endpoint()) {
+            (1, _) | (_, None) => None,
+            (_, Some(endpoint)) => Some(Bell::new(
+                endpoint.subscribers(),
+                keys::bell(&self.base),
+                self.timeout,
+            )),
+        };
+        Ok(Some(JobReader {
+            conn,
+            streams: (0..shards).map(|shard| self.jobs_key(shard)).collect(),
+            consumer: consumer.to_owned(),
+            reclaim_from: vec!["0-0".to_owned(); shards],
+            next: 0,
+            bell,
+        }))
+    }
+}

@@ -1,0 +1,461 @@
+//! Executors over a store of several shards (#16 step 3), on one Redis:
+//! every shard's stream is read, each job is acknowledged, dead-lettered
+//! and reclaimed in its own shard, the doorbell wakes an idle executor,
+//! and a value stored anew tells its dependants in the other shards (the
+//! fan-all job).
+//!
+//! Every test here builds its instances with `SMACHE_REDIS_SHARDS=4` (set
+//! for the whole test process: all of them want 4).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use redis::AsyncCommands;
+use smache::{computed, Retry, Smache, Submitted};
+use smache_suite::{eventually, redis_connection, redis_url, unique, RedisConn};
+
+const SHARDS: usize = 4;
+
+/// Doubles `n` after `millis` ms, counting its runs in Redis.
+#[computed(Raw, Raw, Raw)]
+async fn slow_double(tag: String, n: u64, millis: u64) -> u64 {
+    let mut conn = redis_connection(&redis_url()).await;
+    let _: u64 = conn.incr(format!("{tag}:runs"), 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+    n * 2
+}
+
+/// What `{tag}:n` holds now (a stand-in for a document).
+#[computed(Raw)]
+async fn setting(tag: String) -> String {
+    let mut conn = redis_connection(&redis_url()).await;
+    let n: Option<u64> = conn.get(format!("{tag}:n")).await.unwrap();
+    format!("setting {}", n.unwrap_or(0))
+}
+
+/// Depends on `setting` through the edge the test writes (as a nested
+/// read writes it edge-first, #16 item 3): `k` only spreads its values
+/// over the shards.
+#[computed(Raw, Raw)]
+async fn built_on_setting(tag: String, k: u32) -> String {
+    let _ = tag;
+    format!("built {k}")
+}
+
+fn instance(prefix: &str) -> Smache {
+    std::env::set_var("SMACHE_REDIS_SHARDS", SHARDS.to_string());
+    Smache::builder()
+        .redis_url(redis_url())
+        .prefix(prefix)
+        .retry(Retry::none())
+        .executor_concurrency(1)
+        .build()
+        .unwrap()
+}
+
+/// The shard base of a storage key, `{prefix#<n>}:`.
+fn base_of(storage_key: &str) -> String {
+    let end = storage_key.find("}:").expect("a tagged key") + 2;
+    storage_key[..end].to_owned()
+}
+
+/// Each shard's jobs stream, by shard, as `inspect` names them.
+async fn streams(smache: &Smache) -> Vec<String> {
+    let report = smache.inspect_jobs().await.unwrap();
+    report
+        .shards
+        .iter()
+        .map(|shard| shard.stream.clone())
+        .collect()
+}
+
+/// The shard whose base is `base`.
+fn shard_of(streams: &[String], base: &str) -> usize {
+    streams
+        .iter()
+        .position(|stream| *stream == format!("{base}jobs"))
+        .expect("one of the shards")
+}
+
+/// Submits `count` values of `slow_double` with no executor running; the
+/// tasks, and how many jobs each shard's stream holds.
+async fn submit_spread(
+    smache: &Smache,
+    tag: &str,
+    count: u64,
+    millis: u64,
+) -> (Vec<smache::Task<u64>>, Vec<u64>) {
+    let mut tasks = Vec::new();
+    for n in 0..count {
+        match smache
+            .scope(slow_double::submit(tag.to_owned(), n, millis))
+            .await
+            .unwrap()
+        {
+            Submitted::Pending(task) => tasks.push(task),
+            Submitted::Ready(_) => panic!("nothing computed yet"),
+        }
+    }
+    let report = smache.inspect_jobs().await.unwrap();
+    let per_shard = report.shards.iter().map(|shard| shard.queued).collect();
+    assert_eq!(report.queued, count, "every job counted, over every shard");
+    (tasks, per_shard)
+}
+
+/// Who holds entries of each shard's stream now.
+async fn holders(conn: &mut RedisConn, streams: &[String]) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    for stream in streams {
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg("executors")
+            .query_async(conn)
+            .await
+            .unwrap_or(redis::Value::Nil);
+        if let redis::Value::Array(parts) = summary {
+            if let Some(redis::Value::Array(consumers)) = parts.get(3) {
+                for consumer in consumers {
+                    if let redis::Value::Array(pair) = consumer {
+                        if let Some(redis::Value::BulkString(name)) = pair.first() {
+                            seen.insert(String::from_utf8_lossy(name).into_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    seen
+}
+
+async fn all_done(smache: &Smache, tasks: Vec<smache::Task<u64>>) -> Vec<u64> {
+    let mut values = Vec::new();
+    for task in tasks {
+        let value = tokio::time::timeout(Duration::from_secs(30), task.wait())
+            .await
+            .expect("the task finishes")
+            .unwrap();
+        values.push(value);
+    }
+    // Acknowledged: nothing left in any shard's stream, nothing held.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let report = smache.inspect_jobs().await.unwrap();
+            report.queued == 0 && report.held == 0
+        })
+        .await,
+        "every job acknowledged in its shard: {}",
+        smache.inspect_jobs().await.unwrap()
+    );
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_executor_runs_and_acknowledges_the_jobs_of_every_shard() {
+    let smache = instance(&unique("spread-one"));
+    let tag = unique("spread-one-tag");
+    let (tasks, per_shard) = submit_spread(&smache, &tag, 16, 0).await;
+    assert_eq!(per_shard.len(), SHARDS);
+    assert!(
+        per_shard.iter().filter(|queued| **queued > 0).count() >= 3,
+        "16 values spread over the shards: {per_shard:?}"
+    );
+    let executor = smache::executor::spawn(&smache);
+    let values = all_done(&smache, tasks).await;
+    assert_eq!(values, (0..16).map(|n| n * 2).collect::<Vec<_>>());
+    executor.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_executors_share_the_jobs_of_every_shard() {
+    let prefix = unique("spread-two");
+    let smache = instance(&prefix);
+    let tag = unique("spread-two-tag");
+    let (tasks, per_shard) = submit_spread(&smache, &tag, 12, 250).await;
+    assert!(per_shard.iter().filter(|queued| **queued > 0).count() >= 2);
+    let streams = streams(&smache).await;
+    // Two executors, one job at a time each.
+    let first = smache::executor::spawn(&smache);
+    let other = instance(&prefix);
+    let second = smache::executor::spawn(&other);
+    let mut conn = redis_connection(&redis_url()).await;
+    let mut seen = HashSet::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        seen.extend(holders(&mut conn, &streams).await);
+        let runs: Option<u64> = conn.get(format!("{tag}:runs")).await.unwrap();
+        if runs == Some(12) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let values = all_done(&smache, tasks).await;
+    assert_eq!(values, (0..12).map(|n| n * 2).collect::<Vec<_>>());
+    assert_eq!(seen.len(), 2, "both executors held jobs: {seen:?}");
+    let runs: Option<u64> = conn.get(format!("{tag}:runs")).await.unwrap();
+    assert_eq!(runs, Some(12), "each job ran once");
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_job_is_dead_lettered_in_its_own_shard_and_counted() {
+    let smache = instance(&unique("spread-dead"));
+    let streams = streams(&smache).await;
+    let shard = SHARDS - 1;
+    let mut conn = redis_connection(&redis_url()).await;
+    // A job no executor can run (no known kind), in the last shard.
+    let _: String = conn
+        .xadd(&streams[shard], "*", &[("nonsense", "1")])
+        .await
+        .unwrap();
+    let executor = smache::executor::spawn(&smache);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            smache.inspect_jobs().await.unwrap().dead == 1
+        })
+        .await,
+        "dead-lettered"
+    );
+    let report = smache.inspect_jobs().await.unwrap();
+    assert_eq!(report.queued, 0, "acknowledged");
+    for (at, counted) in report.shards.iter().enumerate() {
+        let expected = u64::from(at == shard);
+        assert_eq!(counted.dead, expected, "shard {at}: {report}");
+        let dead_key = counted.stream.replace("jobs", "dead");
+        let length: u64 = conn.xlen(&dead_key).await.unwrap();
+        assert_eq!(length, expected, "{dead_key}");
+    }
+    assert_eq!(report.recent_dead.len(), 1);
+    assert!(
+        report.recent_dead[0].reason.contains("no known kind"),
+        "{:?}",
+        report.recent_dead[0]
+    );
+    executor.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_held_by_a_dead_executor_in_another_shard_is_reclaimed_and_run() {
+    let smache = instance(&unique("spread-reclaim"));
+    let streams = streams(&smache).await;
+    let tag = unique("spread-reclaim-tag");
+    // A value whose job lands in a shard other than 0.
+    let mut chosen = None;
+    for n in 0..64 {
+        let key = slow_double::key(tag.clone(), n, 0).unwrap();
+        let shard = shard_of(&streams, &base_of(&smache.storage_key(&key)));
+        if shard != 0 {
+            chosen = Some((n, shard));
+            break;
+        }
+    }
+    let (n, shard) = chosen.expect("some value outside shard 0");
+    let task = match smache
+        .scope(slow_double::submit(tag.clone(), n, 0))
+        .await
+        .unwrap()
+    {
+        Submitted::Pending(task) => task,
+        Submitted::Ready(_) => panic!("nothing computed yet"),
+    };
+    // An executor that read it and died: the job is held by it, idle for
+    // longer than RECLAIM_AFTER.
+    let mut conn = redis_connection(&redis_url()).await;
+    let stream = &streams[shard];
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg("executors")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("executors")
+        .arg("dead-executor")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ids: Vec<String> = read.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids.len(), 1, "the task's job, in shard {shard}");
+    let idle = smache::executor::RECLAIM_AFTER + Duration::from_secs(5);
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(stream)
+        .arg("executors")
+        .arg("dead-executor")
+        .arg(0)
+        .arg(&ids[0])
+        .arg("IDLE")
+        .arg(u64::try_from(idle.as_millis()).unwrap())
+        .arg("JUSTID")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let executor = smache::executor::spawn(&smache);
+    let value = tokio::time::timeout(Duration::from_secs(15), task.wait())
+        .await
+        .expect("reclaimed and run")
+        .unwrap();
+    assert_eq!(value, n * 2);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let length: u64 = redis_connection(&redis_url())
+                .await
+                .xlen(stream)
+                .await
+                .unwrap();
+            length == 0
+        })
+        .await,
+        "acknowledged in shard {shard}"
+    );
+    executor.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_stored_anew_or_dropped_tells_its_dependants_in_other_shards() {
+    let smache = instance(&unique("spread-fan"));
+    let streams = streams(&smache).await;
+    let tag = unique("spread-fan-tag");
+    let child_key = setting::key(tag.clone()).unwrap();
+    let child_storage = smache.storage_key(&child_key);
+    let child_base = base_of(&child_storage);
+    let child_id = child_storage[child_base.len() + 2..].to_owned();
+    // A dependant in another shard than the value it depends on.
+    let k = (0..64)
+        .find(|k| {
+            let key = built_on_setting::key(tag.clone(), *k).unwrap();
+            base_of(&smache.storage_key(&key)) != child_base
+        })
+        .expect("some dependant in another shard");
+    let parent_key = built_on_setting::key(tag.clone(), k).unwrap();
+    let parent_storage = smache.storage_key(&parent_key);
+    let parent_base = base_of(&parent_storage);
+    let parent_id = parent_storage[parent_base.len() + 2..].to_owned();
+    assert_eq!(smache.scope(setting(tag.clone())).await, "setting 0");
+    assert_eq!(
+        smache.scope(built_on_setting(tag.clone(), k)).await,
+        format!("built {k}")
+    );
+    // The fan-all jobs of the first stores (which found no dependant) run.
+    let executor = smache::executor::spawn(&smache);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            smache.inspect_jobs().await.unwrap().queued == 0
+        })
+        .await
+    );
+    // The reverse edge, in the dependant's shard (where a nested read
+    // writes it).
+    let mut conn = redis_connection(&redis_url()).await;
+    let _: u64 = conn
+        .sadd(format!("{parent_base}r:v:{child_id}"), &parent_id)
+        .await
+        .unwrap();
+    let version = |smache: Smache, key: smache::CacheKey| async move {
+        smache
+            .entry(&key)
+            .await
+            .unwrap()
+            .filter(|entry| !entry.is_stale())
+            .map(|entry| entry.version())
+    };
+    assert_eq!(version(smache.clone(), parent_key.clone()).await, Some(1));
+
+    // The setting changes, and its value is recomputed (the worker's
+    // recompute job, in its own shard) and stored anew: its own shard has
+    // no dependant, the fan-all job finds the one in the other shard.
+    let _: () = conn.set(format!("{tag}:n"), 1).await.unwrap();
+    let _: String = conn
+        .xadd(format!("{child_base}jobs"), "*", &[("id", &child_id)])
+        .await
+        .unwrap();
+    let ok = eventually(Duration::from_secs(15), || async {
+        version(smache.clone(), parent_key.clone()).await == Some(2)
+    })
+    .await;
+    assert!(
+        ok,
+        "the dependant in shard {} recomputed after the store in shard {}",
+        shard_of(&streams, &parent_base),
+        shard_of(&streams, &child_base)
+    );
+    assert_eq!(smache.scope(setting(tag.clone())).await, "setting 1");
+
+    // Dropping the value tells it too.
+    assert!(smache.invalidate(&child_key).await.unwrap());
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            version(smache.clone(), parent_key.clone()).await == Some(3)
+        })
+        .await,
+        "the dependant recomputed after the drop"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            smache.inspect_jobs().await.unwrap().queued == 0
+        })
+        .await,
+        "every job acknowledged, the fan-all jobs too"
+    );
+    let dead: u64 = smache.inspect_jobs().await.unwrap().dead;
+    assert_eq!(dead, 0);
+    executor.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queueing_a_job_rings_the_doorbell_and_wakes_an_idle_executor() {
+    let prefix = unique("spread-bell");
+    let smache = instance(&prefix);
+    let tag = unique("spread-bell-tag");
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub
+        .subscribe(format!("{{{prefix}}}:bell"))
+        .await
+        .unwrap();
+    let mut rings = pubsub.into_on_message();
+    match smache
+        .scope(slow_double::submit(tag.clone(), 1, 0))
+        .await
+        .unwrap()
+    {
+        Submitted::Pending(task) => {
+            let rang = tokio::time::timeout(Duration::from_secs(5), rings.next()).await;
+            assert!(matches!(rang, Ok(Some(_))), "the submit rang the bell");
+            let executor = smache::executor::spawn(&smache);
+            assert_eq!(task.wait().await.unwrap(), 2);
+            // Idle now: each job is picked up at once, not at the next
+            // sweep (up to a second later) as it would be without a bell.
+            let mut slowest = Duration::ZERO;
+            for n in 2..10 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let started = Instant::now();
+                match smache
+                    .scope(slow_double::submit(tag.clone(), n, 0))
+                    .await
+                    .unwrap()
+                {
+                    Submitted::Pending(task) => assert_eq!(task.wait().await.unwrap(), n * 2),
+                    Submitted::Ready(_) => panic!("nothing computed yet"),
+                }
+                slowest = slowest.max(started.elapsed());
+            }
+            assert!(
+                slowest < Duration::from_millis(700),
+                "an idle executor heard the bell: slowest {slowest:?}"
+            );
+            executor.shutdown().await.unwrap();
+        }
+        Submitted::Ready(_) => panic!("nothing computed yet"),
+    }
+}
