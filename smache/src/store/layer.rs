@@ -440,7 +440,14 @@ mod tests {
         let layer = Layer::new(1 << 20, "p");
         assert_eq!(layer.id("{p}:v:f#1:a"), Some("f#1:a"));
         assert_eq!(layer.id("{p#17}:v:f#1:a"), Some("f#1:a"));
-        for other in ["{p#}:v:x", "{p#1x}:v:x", "{p#1}:r:x", "{pq}:v:x", "{q#1}:v:x", "{p}:jobs"] {
+        for other in [
+            "{p#}:v:x",
+            "{p#1x}:v:x",
+            "{p#1}:r:x",
+            "{pq}:v:x",
+            "{q#1}:v:x",
+            "{p}:jobs",
+        ] {
             assert_eq!(layer.id(other), None, "{other}");
         }
     }
