@@ -127,29 +127,43 @@ pub(super) fn store(
             let endpoint = Endpoint::parse(&url).map_err(Error::Config)?;
             Store::Redis(
                 RedisStore::from_endpoint(endpoint, timeout, prefix)
-                    .with_shards(shards_from_env())
+                    .with_shards(shards_from_env()?)
                     .with_layer(local_cache),
             )
         }
         Some(RedisSource::Client(client)) => Store::Redis(
             RedisStore::from_endpoint(Endpoint::Server(client), timeout, prefix)
-                .with_shards(shards_from_env())
+                .with_shards(shards_from_env()?)
                 .with_layer(local_cache),
         ),
-        Some(RedisSource::Manager(manager)) => {
-            Store::Redis(RedisStore::from_manager(manager, timeout, prefix))
-        }
+        Some(RedisSource::Manager(manager)) => Store::Redis(
+            RedisStore::from_manager(manager, timeout, prefix).with_shards(shards_from_env()?),
+        ),
     })
 }
 
-/// How many shards the Redis store spreads values over: 1 (#16 step 3 is
-/// in progress: `SMACHE_REDIS_SHARDS` sets more, for its tests only).
-fn shards_from_env() -> usize {
-    std::env::var("SMACHE_REDIS_SHARDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1)
+/// How many shards the Redis store spreads values over:
+/// `SMACHE_REDIS_SHARDS` (experimental, #16: every process of an instance
+/// must use the same count), else 1. A count that is not a number from 1
+/// to [`MAX_SHARDS`] is a configuration error rather than a silent 1, which
+/// would put this process's keys where no other process of the instance
+/// looks.
+fn shards_from_env() -> Result<usize> {
+    const NAME: &str = "SMACHE_REDIS_SHARDS";
+    let Ok(value) = std::env::var(NAME) else {
+        return Ok(1);
+    };
+    match value.trim().parse::<usize>() {
+        Ok(count) if (1..=MAX_SHARDS).contains(&count) => Ok(count),
+        _ => Err(Error::Config(format!(
+            "{NAME}={value:?}: expected a number of shards from 1 to {MAX_SHARDS}"
+        ))),
+    }
 }
+
+/// The most shards an instance may have: a shard per slot band, and bands
+/// of at least 16 slots, so that a tag for each is found quickly.
+const MAX_SHARDS: usize = 1024;
 
 /// The MongoDB database `database` (else the URI's, else `smache`) of
 /// the deployment at `uri`.

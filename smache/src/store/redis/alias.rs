@@ -141,7 +141,10 @@ impl RedisStore {
     }
 
     /// Tells the dependants of value `id` in every shard but its own (which
-    /// its own script told) that it changed (`lua/touch.lua`).
+    /// its own script told) that it changed, at once (`lua/spread.lua`,
+    /// as the fan-all job its own script queued will again: one signal
+    /// more at most, where `touch.lua` would have queued a fan-all job in
+    /// every shard, each signalling every shard again).
     pub(super) async fn signal_elsewhere(&self, id: &str) -> Result<()> {
         let conn = self.connection().await?;
         let own = self.shards.of(id);
@@ -153,8 +156,8 @@ impl RedisStore {
             .filter(|(shard, _)| *shard != own)
             .map(|(_, base)| {
                 let mut conn = conn.clone();
-                let mut invocation = self.scripts.touch.key(keys::jobs(base));
-                invocation.arg(base).arg("").arg("").arg(&token);
+                let mut invocation = self.scripts.spread.key(keys::jobs(base));
+                invocation.arg(base).arg(&token).arg("0");
                 async move { invocation.invoke_async::<u64>(&mut conn).await }
             });
         self.bounded("signal", futures::future::try_join_all(touches))
