@@ -61,6 +61,20 @@ async fn configuration_sources() {
     std::env::set_var("SMACHE_REDIS_URL", "http://nope");
     assert!(matches!(Smache::from_env(), Err(smache::Error::Config(_))));
 
+    // 4b. A shard count that is not one is a configuration error naming
+    // the variable, not a silent single shard (its keys would be where no
+    // other process of the instance looks).
+    std::env::set_var("SMACHE_REDIS_URL", redis_url());
+    for bad in ["0", "lots", "1025", "-4"] {
+        std::env::set_var("SMACHE_REDIS_SHARDS", bad);
+        let err = Smache::from_env().unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, smache::Error::Config(_)), "{bad}: {message}");
+        assert!(message.contains("SMACHE_REDIS_SHARDS"), "{bad}: {message}");
+    }
+    std::env::remove_var("SMACHE_REDIS_SHARDS");
+    assert!(Smache::from_env().is_ok());
+
     // 5. An existing connection manager (of one server: not on a cluster).
     if smache_suite::on_cluster() {
         return;
