@@ -31,13 +31,7 @@ end
 if (call_on('GET', KEYS[1]) or '') ~= ARGV[4] then
   return -2
 end
-local base, op, pre = ARGV[1], ARGV[6], ARGV[7]
-local queued = 0
-for i = 8, #ARGV do
-  local token = ARGV[i]
-  queued = queued + signal_dependents(base, token)
-  queued = queued + relation_job(base, token, op, pre)
-end
+local queued = signal_change(ARGV[1], ARGV[6], ARGV[7], 8)
 if ARGV[3] ~= '' then
   redis.call('SET', KEYS[1], ARGV[3])
 end

@@ -358,6 +358,20 @@ local function relation_job(base, token, op, pre)
   return 1
 end
 
+-- A change of the documents or values named by ARGV[first..] (`op`, `pre`
+-- as for relation_job) in the shard of `base`: their dependants signalled
+-- and, for documents of collections with relations, a relation job each.
+-- Returns the number of jobs queued.
+local function signal_change(base, op, pre, first)
+  local queued = 0
+  for i = first, #ARGV do
+    local token = ARGV[i]
+    queued = queued + signal_dependents(base, token)
+    queued = queued + relation_job(base, token, op, pre)
+  end
+  return queued
+end
+
 -- A submitted task ended: record its result once (a task finishes exactly
 -- once, whichever executor gets there first), queue one job per attached
 -- callback, and wake the task's waiters. `tkey`/`vkey` the task's and its

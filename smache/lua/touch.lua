@@ -11,11 +11,4 @@
 -- ARGV[3]  the document before the change (BSON) or "",
 -- ARGV[4..] changed tokens
 -- Returns the number of jobs queued in the shard.
-local base, op, pre = ARGV[1], ARGV[2], ARGV[3]
-local queued = 0
-for i = 4, #ARGV do
-  local token = ARGV[i]
-  queued = queued + signal_dependents(base, token)
-  queued = queued + relation_job(base, token, op, pre)
-end
-return queued
+return signal_change(ARGV[1], ARGV[2], ARGV[3], 4)
