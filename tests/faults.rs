@@ -371,7 +371,8 @@ async fn an_executor_without_mongodb_acknowledges_nothing_and_another_finishes_t
         .unwrap();
     // The job is taken, its reload fails (twice, by the retry policy), and
     // it stays pending: not acknowledged, the value still stale.
-    let jobs = format!("{{{prefix}}}:jobs");
+    // (In the stream of the value's shard.)
+    let jobs = format!("{}jobs", smache_suite::layout::value_base(&smache, &key));
     let pending = || {
         let mut conn = conn.clone();
         let jobs = jobs.clone();

@@ -10,6 +10,7 @@ use bson::oid::ObjectId;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use smache::{computed, Entity, Smache};
+use smache_suite::layout::{value_base, value_id, Layout};
 use smache_suite::{redis_connection, redis_url, unique};
 use tokio::sync::Notify;
 
@@ -53,19 +54,13 @@ fn ada() -> User {
     }
 }
 
-/// The value id of a key: the storage key without `{prefix}:v:`.
-fn id_of(smache: &Smache, key: &smache::CacheKey) -> String {
-    let storage = smache.storage_key(key);
-    storage[format!("{{{}}}:v:", smache.prefix()).len()..].to_owned()
-}
-
-async fn members(conn: &mut smache_suite::RedisConn, key: String) -> HashSet<String> {
-    conn.smembers(key).await.unwrap()
-}
-
 /// A value's dependencies: field `f` of its hash, each token ended by NUL.
-async fn dependencies(conn: &mut smache_suite::RedisConn, base: &str, id: &str) -> HashSet<String> {
-    let f: Option<String> = conn.hget(format!("{base}v:{id}"), "f").await.unwrap();
+async fn dependencies(
+    conn: &mut smache_suite::RedisConn,
+    smache: &Smache,
+    key: &smache::CacheKey,
+) -> HashSet<String> {
+    let f: Option<String> = conn.hget(smache.storage_key(key), "f").await.unwrap();
     f.unwrap_or_default()
         .split_terminator('\0')
         .map(str::to_owned)
@@ -75,55 +70,55 @@ async fn dependencies(conn: &mut smache_suite::RedisConn, base: &str, id: &str) 
 #[tokio::test]
 async fn edges_are_recorded_with_the_value_in_both_directions() {
     let smache = instance();
-    let base = format!("{{{}}}:", smache.prefix());
     let user = ada();
     assert_eq!(smache.scope(badge(&user)).await, "<Ada>");
 
-    let badge_id = id_of(&smache, &badge::key(&user).unwrap());
-    let name_id = id_of(&smache, &name_of::key(&user).unwrap());
+    let layout = Layout::of(&smache).await;
+    let badge_key = badge::key(&user).unwrap();
+    let badge_id = value_id(&smache, &badge_key);
+    let name_id = value_id(&smache, &name_of::key(&user).unwrap());
     let doc = format!("e:users:o:{}", user.id.to_hex());
     let mut conn = redis_connection(&redis_url()).await;
 
-    let forward = dependencies(&mut conn, &base, &badge_id).await;
+    let forward = dependencies(&mut conn, &smache, &badge_key).await;
     let expected: HashSet<String> =
         [doc.clone(), "c:plans".to_owned(), format!("v:{name_id}")].into();
     assert_eq!(
         forward, expected,
         "entity argument, declared source, nested call"
     );
+    // (Each in the shard of the value that depends: over every shard.)
     assert_eq!(
-        members(&mut conn, format!("{base}r:{doc}")).await,
+        layout.members(&mut conn, &format!("r:{doc}")).await,
         [badge_id.clone(), name_id.clone()].into()
     );
     assert_eq!(
-        members(&mut conn, format!("{base}r:v:{name_id}")).await,
+        layout.members(&mut conn, &format!("r:v:{name_id}")).await,
         [badge_id.clone()].into()
     );
     assert_eq!(
-        members(&mut conn, format!("{base}r:c:plans")).await,
+        layout.members(&mut conn, "r:c:plans").await,
         [badge_id.clone()].into()
     );
     assert_eq!(
-        members(&mut conn, format!("{base}collections")).await,
+        layout.members(&mut conn, "collections").await,
         ["users".to_owned(), "plans".to_owned()].into()
     );
 
     // Dropping a value leaves no edge behind.
-    assert!(smache
-        .invalidate(&badge::key(&user).unwrap())
+    assert!(smache.invalidate(&badge_key).await.unwrap());
+    assert!(dependencies(&mut conn, &smache, &badge_key)
         .await
-        .unwrap());
-    assert!(dependencies(&mut conn, &base, &badge_id).await.is_empty());
+        .is_empty());
     assert_eq!(
-        members(&mut conn, format!("{base}r:{doc}")).await,
+        layout.members(&mut conn, &format!("r:{doc}")).await,
         [name_id.clone()].into()
     );
-    assert!(members(&mut conn, format!("{base}r:v:{name_id}"))
+    assert!(layout
+        .members(&mut conn, &format!("r:v:{name_id}"))
         .await
         .is_empty());
-    assert!(members(&mut conn, format!("{base}r:c:plans"))
-        .await
-        .is_empty());
+    assert!(layout.members(&mut conn, "r:c:plans").await.is_empty());
 }
 
 #[tokio::test]
@@ -234,10 +229,13 @@ async fn a_slow_computation_never_overwrites_a_newer_value() {
 #[tokio::test]
 async fn foreign_data_under_graph_keys_is_replaced_not_fatal() {
     let smache = instance();
-    let base = format!("{{{}}}:", smache.prefix());
     let user = ada();
     let doc = format!("e:users:o:{}", user.id.to_hex());
-    let name_id = id_of(&smache, &name_of::key(&user).unwrap());
+    let key = name_of::key(&user).unwrap();
+    let name_id = value_id(&smache, &key);
+    // The keys the value's script writes: its shard's.
+    let base = value_base(&smache, &key);
+    let layout = Layout::of(&smache).await;
     let mut conn = redis_connection(&redis_url()).await;
     // Strings where the scripts expect sets and a stream.
     for key in [
@@ -250,23 +248,19 @@ async fn foreign_data_under_graph_keys_is_replaced_not_fatal() {
     }
     smache.sync_local_cache().await.unwrap();
     assert_eq!(smache.scope(name_of(&user)).await, "Ada");
-    assert!(smache
-        .is_fresh(&name_of::key(&user).unwrap())
-        .await
-        .unwrap());
+    assert!(smache.is_fresh(&key).await.unwrap());
     assert_eq!(
-        members(&mut conn, format!("{base}r:{doc}")).await,
+        layout.members(&mut conn, &format!("r:{doc}")).await,
         [name_id.clone()].into()
     );
-    assert!(members(&mut conn, format!("{base}collections"))
+    assert!(layout
+        .members(&mut conn, "collections")
         .await
         .contains("users"));
     // Dropping works too.
-    assert!(smache
-        .invalidate(&name_of::key(&user).unwrap())
-        .await
-        .unwrap());
-    assert!(members(&mut conn, format!("{base}r:{doc}"))
+    assert!(smache.invalidate(&key).await.unwrap());
+    assert!(layout
+        .members(&mut conn, &format!("r:{doc}"))
         .await
         .is_empty());
 }
@@ -289,42 +283,36 @@ async fn a_value_with_many_dependants_fans_out_in_chunks() {
     for n in 0..PARENTS {
         smache.scope(many_parents(tag.clone(), n)).await;
     }
-    let base = format!("{{{}}}:", smache.prefix());
-    let child = id_of(&smache, &shared_setting::key(tag.clone()).unwrap());
+    let layout = Layout::of(&smache).await;
+    let child = value_id(&smache, &shared_setting::key(tag.clone()).unwrap());
     let mut conn = redis_connection(&redis_url()).await;
-    let dependants: u64 = conn.scard(format!("{base}r:v:{child}")).await.unwrap();
-    assert_eq!(dependants, u64::from(PARENTS));
+    let dependants = layout.members(&mut conn, &format!("r:v:{child}")).await;
+    assert_eq!(dependants.len(), PARENTS as usize);
 
     // Dropping the child signals its 2,500 parents: not in that script,
-    // but as one fan-out job.
+    // but as one fan-out job. (With several shards, each shard's part of
+    // them, under a chunk, is signalled by that shard's own script.)
     assert!(smache
         .invalidate(&shared_setting::key(tag.clone()).unwrap())
         .await
         .unwrap());
-    let jobs: Vec<redis::streams::StreamId> = conn
-        .xrange_all::<_, redis::streams::StreamRangeReply>(format!("{base}jobs"))
-        .await
-        .unwrap()
-        .ids;
-    assert_eq!(jobs.len(), 1, "one fan-out job, no recompute job yet");
-    assert_eq!(jobs[0].get::<String>("fan"), Some(format!("v:{child}")));
-    assert!(smache
-        .is_fresh(&many_parents::key(tag.clone(), 7).unwrap())
-        .await
-        .unwrap());
+    if layout.bases().len() == 1 {
+        let jobs = layout.jobs(&mut conn).await;
+        assert_eq!(jobs.len(), 1, "one fan-out job, no recompute job yet");
+        assert_eq!(jobs[0].get::<String>("fan"), Some(format!("v:{child}")));
+        assert!(smache
+            .is_fresh(&many_parents::key(tag.clone(), 7).unwrap())
+            .await
+            .unwrap());
+    }
 
     // An executor signals them a chunk at a time, then recomputes them all.
     let executor = smache::executor::spawn(&smache);
     let all_fresh_again = smache_suite::eventually(Duration::from_secs(60), || {
-        let smache = smache.clone();
-        let tag = tag.clone();
+        let (smache, tag, layout) = (smache.clone(), tag.clone(), layout.clone());
         async move {
-            let len: u64 = redis_connection(&redis_url())
-                .await
-                .xlen(format!("{{{}}}:jobs", smache.prefix()))
-                .await
-                .unwrap();
-            len == 0
+            let mut conn = redis_connection(&redis_url()).await;
+            layout.jobs_len(&mut conn).await == 0
                 && smache
                     .is_fresh(&shared_setting::key(tag).unwrap())
                     .await
@@ -366,13 +354,15 @@ async fn a_change_past_max_fanout_marks_its_dependants_stale_and_readers_recompu
     const PARENTS: u32 = 12;
     let smache = instance();
     let tag = unique("lazy");
-    let base = format!("{{{}}}:", smache.prefix());
+    let layout = Layout::of(&smache).await;
     let mut conn = redis_connection(&redis_url()).await;
-    // As the watching worker does with WorkerOptions::max_fanout(5).
-    let _: () = conn
-        .hset(format!("{base}config"), "max_fanout", 5)
-        .await
-        .unwrap();
+    // As the watching worker does with WorkerOptions::max_fanout(5), in
+    // every shard. (With several, each holds a part of the 12 parents, so
+    // none would pass 5: there every dependant is past a limit of 0.)
+    let max_fanout = if layout.bases().len() == 1 { 5 } else { 0 };
+    for config in layout.everywhere("config") {
+        let _: () = conn.hset(config, "max_fanout", max_fanout).await.unwrap();
+    }
     for n in 0..PARENTS {
         smache.scope(counted_parent(tag.clone(), n)).await;
     }
@@ -380,30 +370,42 @@ async fn a_change_past_max_fanout_marks_its_dependants_stale_and_readers_recompu
     // the marking must reach it too.
     smache.scope(counted_grandparent(tag.clone())).await;
     let grandparent = counted_grandparent::key(tag.clone()).unwrap();
-    let child = id_of(&smache, &shared_setting::key(tag.clone()).unwrap());
+    let child = value_id(&smache, &shared_setting::key(tag.clone()).unwrap());
     assert!(smache
         .invalidate(&shared_setting::key(tag.clone()).unwrap())
         .await
         .unwrap());
-    let jobs = conn
-        .xrange_all::<_, redis::streams::StreamRangeReply>(format!("{base}jobs"))
-        .await
-        .unwrap()
-        .ids;
-    assert_eq!(jobs.len(), 1, "one lazy fan-out job");
-    assert_eq!(jobs[0].get::<String>("fan"), Some(format!("v:{child}")));
-    assert_eq!(jobs[0].get::<String>("lazy"), Some("1".into()));
-    assert_eq!(jobs[0].get::<u64>("n"), Some(u64::from(PARENTS)));
+    let jobs = layout.jobs(&mut conn).await;
+    if layout.bases().len() == 1 {
+        assert_eq!(jobs.len(), 1, "one lazy fan-out job");
+        assert_eq!(jobs[0].get::<u64>("n"), Some(u64::from(PARENTS)));
+    }
+    // (With several shards, each shard's part is a lazy fan-out job of its
+    // own, and the child's shard also queues the job that signals the
+    // others again, should its caller have died before it signalled them.)
+    // (Other jobs there: each value stored or marked tells the values
+    // built on it in the other shards by a job of its own.)
+    let child_token = format!("v:{child}");
+    assert!(
+        jobs.iter().any(|job| job.contains_key("lazy")
+            && job.get::<String>("fan").as_ref() == Some(&child_token)),
+        "a lazy fan-out job: {jobs:?}"
+    );
+    for job in jobs.iter().filter(|job| {
+        layout.bases().len() == 1 || job.get::<String>("fan").as_ref() == Some(&child_token)
+    }) {
+        assert_eq!(job.get::<String>("fan"), Some(child_token.clone()));
+        assert!(
+            job.get::<String>("lazy").as_deref() == Some("1") || job.contains_key("all"),
+            "a lazy fan-out, or the job that signals every other shard: {job:?}"
+        );
+    }
 
     // The executor marks them stale and queues no recompute.
     let executor = smache::executor::spawn(&smache);
     let marked = smache_suite::eventually(Duration::from_secs(10), || async {
-        let len: u64 = redis_connection(&redis_url())
-            .await
-            .xlen(format!("{base}jobs"))
-            .await
-            .unwrap();
-        len == 0
+        let mut conn = redis_connection(&redis_url()).await;
+        layout.jobs_len(&mut conn).await == 0
     })
     .await;
     assert!(marked, "the fan-out job is done");
@@ -650,10 +652,24 @@ async fn a_leaf_restored_while_its_trunk_computes(smache: Smache, restore: Resto
         "<old>",
         "the caller gets what was computed"
     );
-    assert!(
-        !smache.is_fresh(&trunk_key).await.unwrap(),
-        "{restore:?}: a trunk computed from the leaf's old value is stale"
-    );
+    let fresh = smache.is_fresh(&trunk_key).await.unwrap();
+    if value_base(&smache, &trunk_key) == value_base(&smache, &leaf_key) {
+        assert!(
+            !fresh,
+            "{restore:?}: a trunk computed from the leaf's old value is stale"
+        );
+    } else if fresh {
+        // In another shard, the leaf's new value reaches the trunk through
+        // a job that signals the other shards (README, "Shards"): queued.
+        let leaf_token = format!("v:{}", value_id(&smache, &leaf_key));
+        let jobs = Layout::of(&smache).await.jobs(&mut conn).await;
+        assert!(
+            jobs.iter()
+                .any(|job| job.get::<String>("fan").as_ref() == Some(&leaf_token)
+                    && job.contains_key("all")),
+            "{restore:?}: a trunk in another shard is told by a queued job: {jobs:?}"
+        );
+    }
     // An executor recomputes it from the new leaf.
     let executor = smache::executor::spawn(&smache);
     let refreshed = smache_suite::eventually(Duration::from_secs(20), || async {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use smache::{computed, Retry, Smache};
+use smache_suite::layout::{value_base, value_id, Layout};
 use smache_suite::{
     eventually, mongo_database, redis_connection, redis_url, unique, worker_binary,
 };
@@ -31,11 +32,11 @@ fn with_executor(prefix: &str) -> Smache {
         .unwrap()
 }
 
-async fn queue(prefix: &str, fields: &[(&str, &str)]) -> String {
+/// Queues a job in the jobs stream of the shard of `base` (`{prefix}:`,
+/// or `{prefix#<n>}:` on a store of several).
+async fn queue(base: &str, fields: &[(&str, &str)]) -> String {
     let mut conn = redis_connection(&redis_url()).await;
-    conn.xadd(format!("{{{prefix}}}:jobs"), "*", fields)
-        .await
-        .unwrap()
+    conn.xadd(format!("{base}jobs"), "*", fields).await.unwrap()
 }
 
 #[tokio::test]
@@ -45,14 +46,10 @@ async fn a_recompute_failing_on_every_attempt_becomes_a_dead_letter() {
     let smache = with_executor(&prefix);
     assert_eq!(smache.scope(fragile(tag.clone())).await, Ok(7));
     let key = fragile::key(tag.clone()).unwrap();
-    let storage = smache.storage_key(&key);
-    let id = storage
-        .strip_prefix(&format!("{{{prefix}}}:v:"))
-        .unwrap()
-        .to_owned();
+    let (base, id) = (value_base(&smache, &key), value_id(&smache, &key));
     let mut conn = redis_connection(&redis_url()).await;
     let _: () = conn.set(format!("{tag}:broken"), 1).await.unwrap();
-    let entry = queue(&prefix, &[("id", &id)]).await;
+    let entry = queue(&base, &[("id", &id)]).await;
 
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -75,7 +72,7 @@ async fn a_recompute_failing_on_every_attempt_becomes_a_dead_letter() {
     );
     // The letter keeps the job's own fields, to replay it by hand.
     let letters: redis::streams::StreamRangeReply =
-        conn.xrange_all(format!("{{{prefix}}}:dead")).await.unwrap();
+        conn.xrange_all(format!("{base}dead")).await.unwrap();
     let fields = &letters.ids[0];
     assert_eq!(fields.get::<String>("id"), Some(id));
     assert_eq!(fields.get::<String>("job"), Some(entry));
@@ -88,8 +85,10 @@ async fn a_recompute_failing_on_every_attempt_becomes_a_dead_letter() {
 async fn a_malformed_job_becomes_a_dead_letter() {
     let prefix = unique("inspect-malformed");
     let smache = with_executor(&prefix);
-    queue(&prefix, &[("what", "is this")]).await;
-    queue(&prefix, &[("id", "no-version-here")]).await;
+    let layout = Layout::of(&smache).await;
+    let last = layout.bases().last().unwrap();
+    queue(&layout.bases()[0], &[("what", "is this")]).await;
+    queue(last, &[("id", "no-version-here")]).await;
     assert!(
         eventually(Duration::from_secs(10), || async {
             smache.inspect_jobs().await.unwrap().dead == 2
@@ -118,7 +117,9 @@ async fn a_malformed_job_becomes_a_dead_letter() {
 async fn a_job_for_a_function_nobody_has_waits_and_shows_in_inspect() {
     let prefix = unique("inspect-orphan");
     let smache = with_executor(&prefix);
-    queue(&prefix, &[("id", "app::retired#3:\"x\"")]).await;
+    let layout = Layout::of(&smache).await;
+    let retired = "app::retired#3:\"x\"";
+    queue(layout.base_of(retired), &[("id", retired)]).await;
     // An executor takes it, leaves it pending for one that has the
     // function, and says which functions it has.
     assert!(
@@ -143,8 +144,10 @@ async fn a_job_for_a_function_nobody_has_waits_and_shows_in_inspect() {
 
     // The executor announced the functions it has.
     let mut conn = redis_connection(&redis_url()).await;
-    let announced: std::collections::HashMap<String, u64> =
-        conn.hgetall(format!("{{{prefix}}}:fns")).await.unwrap();
+    let announced: std::collections::HashMap<String, u64> = conn
+        .hgetall(format!("{}fns", layout.instance()))
+        .await
+        .unwrap();
     assert!(
         announced.keys().any(|f| f.ends_with("fragile#1")),
         "{announced:?}"
@@ -195,7 +198,7 @@ async fn jobs_no_live_executor_can_run_are_dead_letters_after_the_orphan_timeout
         .run_executor()
         .build()
         .unwrap();
-    let base = format!("{{{prefix}}}:");
+    let layout = Layout::of(&smache).await;
     let mut conn = redis_connection(&redis_url()).await;
     let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
     let now_ms = seconds * 1000 + micros / 1000;
@@ -206,7 +209,7 @@ async fn jobs_no_live_executor_can_run_are_dead_letters_after_the_orphan_timeout
     let built_on = "app::page#1:\"p\"";
     let _: () = conn
         .hset_multiple(
-            format!("{base}v:{stale}"),
+            format!("{}v:{stale}", layout.base_of(stale)),
             &[
                 ("v", "1"),
                 ("d", "old"),
@@ -220,7 +223,7 @@ async fn jobs_no_live_executor_can_run_are_dead_letters_after_the_orphan_timeout
         .unwrap();
     let _: () = conn
         .hset_multiple(
-            format!("{base}v:{built_on}"),
+            format!("{}v:{built_on}", layout.base_of(built_on)),
             &[
                 ("v", "1"),
                 ("d", "page"),
@@ -232,44 +235,43 @@ async fn jobs_no_live_executor_can_run_are_dead_letters_after_the_orphan_timeout
         .await
         .unwrap();
     let _: () = conn
-        .sadd(format!("{base}r:v:{stale}"), built_on)
+        .sadd(format!("{}r:v:{stale}", layout.base_of(built_on)), built_on)
         .await
         .unwrap();
-    queue(&prefix, &[("id", stale)]).await;
+    queue(layout.base_of(stale), &[("id", stale)]).await;
     // A task submitted for the retired function, and a callback nobody has.
-    let task = unique("task");
+    let tasked = "app::retired#3:\"task\"";
+    let task = layout.task_id(tasked, &unique("task"));
     let _: () = conn
-        .hset_multiple(
-            format!("{base}t:{task}"),
-            &[("s", "p"), ("v", "app::retired#3:\"task\"")],
-        )
+        .hset_multiple(layout.task_key(&task), &[("s", "p"), ("v", tasked)])
         .await
         .unwrap();
     queue(
-        &prefix,
-        &[
-            ("id", "app::retired#3:\"task\""),
-            ("task", &task),
-            ("args", ""),
-        ],
+        layout.task_base(&task),
+        &[("id", tasked), ("task", &task), ("args", "")],
     )
     .await;
-    let finished = unique("finished");
+    let finished = layout.task_id(tasked, &unique("finished"));
     let _: () = conn
-        .hset_multiple(format!("{base}t:{finished}"), &[("s", "f"), ("r", "no")])
+        .hset_multiple(layout.task_key(&finished), &[("s", "f"), ("r", "no")])
         .await
         .unwrap();
     queue(
-        &prefix,
+        layout.task_base(&finished),
         &[("cb", "retired-mail"), ("task", &finished), ("args", "")],
     )
     .await;
     // A function that a live executor elsewhere has: never given up.
     let _: () = conn
-        .hset(format!("{base}fns"), "app::elsewhere#1", now_ms)
+        .hset(
+            format!("{}fns", layout.instance()),
+            "app::elsewhere#1",
+            now_ms,
+        )
         .await
         .unwrap();
-    queue(&prefix, &[("id", "app::elsewhere#1:\"e\"")]).await;
+    let elsewhere = "app::elsewhere#1:\"e\"";
+    queue(layout.base_of(elsewhere), &[("id", elsewhere)]).await;
     let handle = smache.task_handle::<u32>(&task);
     let waiter = tokio::spawn(async move { handle.wait().await });
 
@@ -335,7 +337,7 @@ async fn jobs_no_live_executor_can_run_are_dead_letters_after_the_orphan_timeout
     // The value: no job pending any more, and stale with none coming, so
     // its next caller recomputes it rather than being served it.
     let (q, t): (Option<String>, Option<String>) = redis::cmd("HMGET")
-        .arg(format!("{base}v:{stale}"))
+        .arg(format!("{}v:{stale}", layout.base_of(stale)))
         .arg("q")
         .arg("t")
         .query_async(&mut conn)
@@ -346,7 +348,10 @@ async fn jobs_no_live_executor_can_run_are_dead_letters_after_the_orphan_timeout
     assert!(
         eventually(Duration::from_secs(10), || async {
             let mut conn = redis_connection(&redis_url()).await;
-            let g: Option<String> = conn.hget(format!("{base}v:{built_on}"), "g").await.unwrap();
+            let g: Option<String> = conn
+                .hget(format!("{}v:{built_on}", layout.base_of(built_on)), "g")
+                .await
+                .unwrap();
             g.as_deref() == Some("1")
         })
         .await
@@ -379,12 +384,14 @@ async fn a_relation_job_for_a_retired_function_is_a_dead_letter_after_the_orphan
         .run_executor()
         .build()
         .unwrap();
+    // (A relation job reads its own shard's record of the functions.)
+    let base = Layout::of(&smache).await.bases()[0].clone();
     let mut conn = redis_connection(&redis_url()).await;
     let _: () = conn
-        .sadd(format!("{{{prefix}}}:rel:orders"), "app::retired#3")
+        .sadd(format!("{base}rel:orders"), "app::retired#3")
         .await
         .unwrap();
-    queue(&prefix, &[("rel", "orders"), ("doc", "i:7")]).await;
+    queue(&base, &[("rel", "orders"), ("doc", "i:7")]).await;
     assert!(
         eventually(Duration::from_secs(15), || async {
             smache.inspect_jobs().await.unwrap().dead == 1

@@ -19,6 +19,7 @@ use smache::metrics::{
     RECOMPUTATION_DURATION, REFRESH_LAG,
 };
 use smache::{computed, Entity, Smache};
+use smache_suite::layout::Layout;
 use smache_suite::{
     eventually, free_port, mongodb_uri, redis_connection, redis_url, unique, WorkerProcess,
 };
@@ -373,10 +374,8 @@ async fn a_job_given_up_counts_a_dead_letter() {
         .build()
         .unwrap();
     let mut conn = redis_connection(&redis_url()).await;
-    let _: String = conn
-        .xadd(format!("{{{prefix}}}:jobs"), "*", &[("what", "is this")])
-        .await
-        .unwrap();
+    let jobs = format!("{}jobs", Layout::of(&smache).await.bases()[0]);
+    let _: String = conn.xadd(jobs, "*", &[("what", "is this")]).await.unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
             recorded().counter(DEAD_LETTERS, &[]) > before

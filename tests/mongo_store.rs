@@ -5,6 +5,7 @@
 use bson::doc;
 use redis::AsyncCommands;
 use smache::{computed, Smache, ValueStore};
+use smache_suite::layout::Layout;
 use smache_suite::{mongo_database, redis_connection, redis_url, unique, Calls};
 
 mod store_suite;
@@ -225,11 +226,9 @@ async fn a_task_of_a_value_kept_in_mongodb_keeps_only_a_reference_in_redis() {
     };
     let value = task.wait().await.unwrap();
     assert_eq!(value.len(), 30_000);
+    let layout = Layout::of(&smache).await;
     let mut conn = redis_connection(&redis_url()).await;
-    let result: Vec<u8> = conn
-        .hget(format!("{{{prefix}}}:t:{}", task.id()), "r")
-        .await
-        .unwrap();
+    let result: Vec<u8> = conn.hget(layout.task_key(task.id()), "r").await.unwrap();
     assert_eq!(
         result.len(),
         56,
@@ -242,7 +241,7 @@ async fn a_task_of_a_value_kept_in_mongodb_keeps_only_a_reference_in_redis() {
         .unwrap());
     let copy = mongo_database(DATABASE)
         .collection::<bson::Document>("smache_values")
-        .find_one(doc! { "_id": format!("{{{prefix}}}:t:{}", task.id()) })
+        .find_one(doc! { "_id": layout.task_key(task.id()) })
         .await
         .unwrap()
         .expect("the task's copy");

@@ -109,7 +109,20 @@ async fn a_cold_submit_returns_a_task_and_the_executor_computes_it() {
     let Submitted::Pending(task) = submitted else {
         panic!("a cold key must give a task");
     };
-    assert_eq!(task.id().len(), 24, "task ids are ObjectId hex");
+    // An ObjectId's hex, after its shard's number on a store of several.
+    let (shard, id) = task.id().rsplit_once('.').unwrap_or(("0", task.id()));
+    assert_eq!(
+        task.id().contains('.'),
+        smache_suite::layout::shards() > 1,
+        "{}",
+        task.id()
+    );
+    assert!(shard.parse::<usize>().is_ok(), "{}", task.id());
+    assert!(
+        bson::oid::ObjectId::parse_str(id).is_ok(),
+        "task ids are ObjectId hex: {}",
+        task.id()
+    );
     assert_eq!(
         tokio::time::timeout(Duration::from_secs(10), task.wait())
             .await

@@ -14,6 +14,7 @@
 //! starts with `SMACHE_TEST_CLUSTER=1` find it with [`cluster::TestCluster`].
 
 pub mod cluster;
+pub mod layout;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
