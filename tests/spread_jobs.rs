@@ -417,7 +417,7 @@ async fn queueing_a_job_rings_the_doorbell_and_wakes_an_idle_executor() {
     let prefix = unique("spread-bell");
     let smache = instance(&prefix);
     let tag = unique("spread-bell-tag");
-    let client = redis::Client::open(redis_url()).unwrap();
+    let client = redis::Client::open(smache_suite::one_node_url(&redis_url())).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub
         .subscribe(format!("{{{prefix}}}:bell"))

@@ -110,6 +110,14 @@ pub fn on_cluster() -> bool {
     cluster_nodes(&redis_url()).is_some()
 }
 
+/// A URL of one server of the tests' Redis: itself, or a cluster's first
+/// node (where a subscriber hears a plain `PUBLISH` sent to any node).
+pub fn one_node_url(url: &str) -> String {
+    cluster_nodes(url)
+        .and_then(|nodes| nodes.into_iter().next())
+        .unwrap_or_else(|| url.to_owned())
+}
+
 /// The nodes of a `redis+cluster://a,b,…` URL.
 fn cluster_nodes(url: &str) -> Option<Vec<String>> {
     let hosts = url.strip_prefix("redis+cluster://")?;
