@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The README's test command, three passes against real servers:
 #   1. the whole suite, one Redis;
-#   2. its integration tests again with the in-process layer off (every
-#      hit read from Redis), so both ways of serving a hit pass the suite;
+#   2. its integration tests again with the other setting of each knob
+#      the whole suite must pass under: the in-process layer off (every
+#      hit read from Redis) and the keys spread over 4 shards
+#      (SMACHE_REDIS_SHARDS=4, README "Shards");
 #   3. the suites that exercise the store protocol (store, refresh, single
-#      flight, tasks, graph, aliases, inspect, chaos) against a Redis
-#      Cluster of 3 masters + 3 replicas (issue #16); then, alone and last,
+#      flight, tasks, graph, aliases, inspect, chaos, spread) against a
+#      Redis Cluster of 3 masters + 3 replicas (issue #16), the keys over
+#      48 shards (16 on each master); then, alone and last,
 #      the cluster chaos run (tests/cluster_chaos.rs: it kills a master and
 #      moves smache's slot, so it is #[ignore]d in the other passes).
 #
@@ -25,26 +28,29 @@ export SMACHE_TEST_WORKER_BIN="$root/target/debug/smache-worker"
 export SMACHE_TEST_CLUSTER="${SMACHE_TEST_CLUSTER:-1}"
 # The later passes skip the macro's compile-fail suite (`ui`), which no
 # store setting touches, and the doc tests; `--workspace` as in the first,
-# so that nothing is built again with other features.
+# so that nothing is built again with other features. (`ui` is skipped by
+# its exact name: as a substring it skipped every test named *suite* or
+# *build*, the whole store suite among them.)
 exec "$root/scripts/with-servers.sh" bash -c '
   set -e
   cargo test --workspace "$@"
   # (after the test arguments given, if any: one `--` only)
   sep=(--); for arg in "$@"; do [ "$arg" != "--" ] || sep=(); done
-  echo "[test.sh] again with the in-process layer off (SMACHE_LOCAL_CACHE_CAPACITY=0)" >&2
-  SMACHE_LOCAL_CACHE_CAPACITY=0 cargo test --workspace --tests "$@" "${sep[@]}" --skip ui
+  echo "[test.sh] again with the in-process layer off and 4 shards (SMACHE_LOCAL_CACHE_CAPACITY=0 SMACHE_REDIS_SHARDS=4)" >&2
+  SMACHE_LOCAL_CACHE_CAPACITY=0 SMACHE_REDIS_SHARDS=4 cargo test --workspace --tests "$@" "${sep[@]}" --exact --skip ui
   if [ -n "${SMACHE_TEST_REDIS_CLUSTER_URL:-}" ]; then
-    echo "[test.sh] the store protocol suites against Redis Cluster" >&2
+    echo "[test.sh] the store protocol suites against Redis Cluster, 48 shards" >&2
     # Left out there: tests that put a proxy between smache and one
     # server, which a cluster client (redirected to the real nodes)
     # cannot go through.
     SMACHE_TEST_REDIS_URL="$SMACHE_TEST_REDIS_CLUSTER_URL" \
-    SMACHE_REDIS_URL="$SMACHE_TEST_REDIS_CLUSTER_URL" \
+    SMACHE_REDIS_URL="$SMACHE_TEST_REDIS_CLUSTER_URL" SMACHE_REDIS_SHARDS=48 \
       cargo test --workspace --test redis_store --test refresh --test single_flight \
         --test tasks --test graph --test aliases --test inspect --test inspect_graph \
-        --test configuration --test chaos "$@" "${sep[@]}" \
+        --test configuration --test chaos --test spread --test spread_jobs "$@" "${sep[@]}" \
         --skip a_waiter_that_read_just_before_the_value_was_stored_does_not_compute_it_again
     # Only on a cluster started here: one given by URL is not ours to break.
+    # (At one shard: it moves the slot of the instance's tag.)
     if [ -n "${SMACHE_TEST_REDIS_CLUSTER_DIR:-}" ]; then
       echo "[test.sh] the cluster chaos run: a master killed, a slot moved (alone, last)" >&2
       cargo test --workspace --test cluster_chaos "$@" "${sep[@]}" --ignored

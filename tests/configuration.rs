@@ -65,6 +65,7 @@ async fn configuration_sources() {
     // the variable, not a silent single shard (its keys would be where no
     // other process of the instance looks).
     std::env::set_var("SMACHE_REDIS_URL", redis_url());
+    let shards = std::env::var("SMACHE_REDIS_SHARDS").ok();
     for bad in ["0", "lots", "1025", "-4"] {
         std::env::set_var("SMACHE_REDIS_SHARDS", bad);
         let err = Smache::from_env().unwrap_err();
@@ -74,6 +75,11 @@ async fn configuration_sources() {
     }
     std::env::remove_var("SMACHE_REDIS_SHARDS");
     assert!(Smache::from_env().is_ok());
+    // (The count this pass runs at, for what follows.)
+    if let Some(shards) = shards {
+        std::env::set_var("SMACHE_REDIS_SHARDS", shards);
+        assert!(Smache::from_env().is_ok());
+    }
 
     // 5. An existing connection manager (of one server: not on a cluster).
     if smache_suite::on_cluster() {
