@@ -50,7 +50,7 @@ exec "$root/scripts/with-servers.sh" bash -c '
         --test configuration --test chaos --test spread --test spread_jobs "$@" "${sep[@]}" \
         --skip a_waiter_that_read_just_before_the_value_was_stored_does_not_compute_it_again
     # Only on a cluster started here: one given by URL is not ours to break.
-    # (At one shard: it moves the slot of the instance's tag.)
+    # (At one shard: it moves the slot of the instance tag.)
     if [ -n "${SMACHE_TEST_REDIS_CLUSTER_DIR:-}" ]; then
       echo "[test.sh] the cluster chaos run: a master killed, a slot moved (alone, last)" >&2
       cargo test --workspace --test cluster_chaos "$@" "${sep[@]}" --ignored
