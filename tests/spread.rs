@@ -3,13 +3,12 @@
 //! the reading value's edge first, and aliases whose alias, target and
 //! aliases live in different shards.
 //!
-//! Every instance here has 4 shards (`SMACHE_REDIS_SHARDS`, set for this
-//! test process before its first instance is built; every test here wants
-//! the same). Keys are found from `Smache::storage_key`,
+//! Every instance here has 4 shards (`SmacheBuilder::redis_shards`,
+//! whatever the pass's `SMACHE_REDIS_SHARDS`). Keys are found from `Smache::storage_key`,
 //! `{prefix#<n>}:v:<id>`: the base of a value's shard is what comes before
 //! `v:`.
 
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::AsyncCommands;
@@ -21,12 +20,10 @@ static CALLS: Calls = Calls::new();
 
 /// An instance of 4 shards on the tests' Redis.
 fn sharded() -> Smache {
-    static SHARDS: Once = Once::new();
-    // Set once, before any instance of this process reads it.
-    SHARDS.call_once(|| std::env::set_var("SMACHE_REDIS_SHARDS", "4"));
     Smache::builder()
         .redis_url(redis_url())
         .prefix(unique("spread"))
+        .redis_shards(4)
         .build()
         .unwrap()
 }

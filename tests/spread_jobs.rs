@@ -4,8 +4,9 @@
 //! and a value stored anew tells its dependants in the other shards (the
 //! fan-all job).
 //!
-//! Every test here builds its instances with `SMACHE_REDIS_SHARDS=4` (set
-//! for the whole test process: all of them want 4).
+//! Every test here builds its instances with 4 shards
+//! (`SmacheBuilder::redis_shards`, whatever the pass's
+//! `SMACHE_REDIS_SHARDS`).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -44,10 +45,10 @@ async fn built_on_setting(tag: String, k: u32) -> String {
 }
 
 fn instance(prefix: &str) -> Smache {
-    std::env::set_var("SMACHE_REDIS_SHARDS", SHARDS.to_string());
     Smache::builder()
         .redis_url(redis_url())
         .prefix(prefix)
+        .redis_shards(SHARDS)
         .retry(Retry::none())
         .executor_concurrency(1)
         .build()

@@ -181,7 +181,13 @@ impl Ctx {
         let targets = std::iter::once(self.server()).chain(self.cluster.clone());
         for target in targets {
             let mut conn = target.raw;
-            for pattern in [format!("{{{prefix}}}:*"), format!("{prefix}:*")] {
+            // (`{prefix#*`: the keys of an instance of several shards)
+            let patterns = [
+                format!("{{{prefix}}}:*"),
+                format!("{{{prefix}#*"),
+                format!("{prefix}:*"),
+            ];
+            for pattern in patterns {
                 // (on a cluster, redis-rs splits an UNLINK of keys of
                 // several slots by node)
                 for chunk in conn.scan(&pattern).await?.chunks(1000) {

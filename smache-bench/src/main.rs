@@ -10,7 +10,9 @@
 //! It prints a markdown table and writes the same as JSON
 //! (`target/smache-bench.json` unless `--json` says otherwise). Given a
 //! Redis Cluster (`--cluster-url`, or the one `SMACHE_TEST_CLUSTER=1
-//! ./scripts/with-servers.sh` starts), P1a, P2 and P3 run on it too.
+//! ./scripts/with-servers.sh` starts), P1a, P2 and P3 run on it too, and
+//! P7 measures how the keys of an instance of 48 shards spread over its
+//! masters.
 
 mod child;
 mod ctx;
@@ -30,7 +32,9 @@ use serde_json::json;
 use crate::ctx::{Ctx, Result};
 use crate::probe::load_average;
 use crate::report::{Report, Row};
-use crate::scenarios::{cluster, fanout, flight, hits, layer, memory, miss, refresh, refresher};
+use crate::scenarios::{
+    cluster, fanout, flight, hits, layer, memory, miss, refresh, refresher, spread,
+};
 
 /// smache's benchmark: scenarios P1–P6 against the servers in
 /// SMACHE_REDIS_URL and SMACHE_MONGODB_URI, each beside a baseline.
@@ -87,6 +91,8 @@ enum Scenario {
     P5,
     /// Miss overhead.
     P6,
+    /// Keys and memory per master of a cluster, keys over 48 shards.
+    P7,
 }
 
 /// Modes of the child processes the scenarios start.
@@ -207,6 +213,17 @@ async fn run(cli: &Cli) -> Result<()> {
             "P5",
             ("P5", "Redis memory per dependency edge", "≤ 100 B"),
             memory::memory_per_edge(&ctx)
+        );
+    }
+    if let (true, Some(on)) = (wants(Scenario::P7), &ctx.cluster) {
+        group!(
+            "P7·cluster",
+            (
+                "P7·cluster",
+                "keys and memory per master",
+                "33% ± 5% per master"
+            ),
+            spread::spread(&ctx, on)
         );
     }
     if wants(Scenario::P2) {

@@ -275,7 +275,7 @@ pub(crate) fn cluster_nodes(url: &str) -> Vec<String> {
 
 /// The addresses of the masters serving slots, from `CLUSTER NODES`
 /// (`<id> <ip:port@bus[,hostname]> <flags> <master> … <slots…>`).
-fn masters(nodes: &str) -> Vec<(String, u16)> {
+pub(crate) fn masters(nodes: &str) -> Vec<(String, u16)> {
     nodes
         .lines()
         .filter_map(|line| {

@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::ctx::{scan, Ctx, Result};
 use crate::fns::{edge_value, User};
 use crate::report::{Met, Row};
+use crate::target::ServerCommands;
 
 /// P5.
 pub(crate) async fn memory_per_edge(ctx: &Ctx) -> Result<Vec<Row>> {
@@ -116,14 +117,17 @@ pub(crate) async fn memory_per_edge(ctx: &Ctx) -> Result<Vec<Row>> {
     }])
 }
 
-/// `MEMORY USAGE` of `key`, exact (`SAMPLES 0`); 0 if it does not exist.
-async fn usage(conn: &mut redis::aio::ConnectionManager, key: &str) -> Result<u64> {
-    let usage: Option<u64> = redis::cmd("MEMORY")
-        .arg("USAGE")
-        .arg(key)
-        .arg("SAMPLES")
-        .arg(0)
-        .query_async(conn)
+/// `MEMORY USAGE` of `key`, exact (`SAMPLES 0`), on the server `conn`
+/// reaches; 0 if it does not exist.
+pub(crate) async fn usage(conn: &mut impl ServerCommands, key: &str) -> Result<u64> {
+    let usage: Option<u64> = conn
+        .query(
+            redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(key)
+                .arg("SAMPLES")
+                .arg(0),
+        )
         .await?;
     Ok(usage.unwrap_or(0))
 }

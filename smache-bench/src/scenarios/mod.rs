@@ -9,3 +9,4 @@ pub(crate) mod memory;
 pub(crate) mod miss;
 pub(crate) mod refresh;
 pub(crate) mod refresher;
+pub(crate) mod spread;

@@ -117,6 +117,7 @@ pub(super) fn store(
     redis: Option<RedisSource>,
     memory_capacity: u64,
     local_cache: u64,
+    shards: Option<usize>,
     timeout: Duration,
     prefix: &str,
 ) -> Result<Store> {
@@ -127,29 +128,37 @@ pub(super) fn store(
             let endpoint = Endpoint::parse(&url).map_err(Error::Config)?;
             Store::Redis(
                 RedisStore::from_endpoint(endpoint, timeout, prefix)
-                    .with_shards(shards_from_env()?)
+                    .with_shards(shard_count(shards)?)
                     .with_layer(local_cache),
             )
         }
         Some(RedisSource::Client(client)) => Store::Redis(
             RedisStore::from_endpoint(Endpoint::Server(client), timeout, prefix)
-                .with_shards(shards_from_env()?)
+                .with_shards(shard_count(shards)?)
                 .with_layer(local_cache),
         ),
         Some(RedisSource::Manager(manager)) => Store::Redis(
-            RedisStore::from_manager(manager, timeout, prefix).with_shards(shards_from_env()?),
+            RedisStore::from_manager(manager, timeout, prefix).with_shards(shard_count(shards)?),
         ),
     })
 }
 
-/// How many shards the Redis store spreads values over:
-/// `SMACHE_REDIS_SHARDS` (experimental, #16: every process of an instance
-/// must use the same count), else 1. A count that is not a number from 1
-/// to [`MAX_SHARDS`] is a configuration error rather than a silent 1, which
-/// would put this process's keys where no other process of the instance
-/// looks.
-fn shards_from_env() -> Result<usize> {
+/// How many shards the Redis store spreads values over: `given` by the
+/// builder, else `SMACHE_REDIS_SHARDS` (experimental, #16: every process
+/// of an instance must use the same count), else 1. A count that is not a
+/// number from 1 to [`MAX_SHARDS`] is a configuration error rather than a
+/// silent 1, which would put this process's keys where no other process
+/// of the instance looks.
+fn shard_count(given: Option<usize>) -> Result<usize> {
     const NAME: &str = "SMACHE_REDIS_SHARDS";
+    if let Some(count) = given {
+        return match count {
+            1..=MAX_SHARDS => Ok(count),
+            _ => Err(Error::Config(format!(
+                "redis_shards({count}): expected a number of shards from 1 to {MAX_SHARDS}"
+            ))),
+        };
+    }
     let Ok(value) = std::env::var(NAME) else {
         return Ok(1);
     };

@@ -50,6 +50,7 @@ pub struct SmacheBuilder {
     compute_lease: Option<Duration>,
     memory_capacity: Option<u64>,
     local_cache_capacity: Option<u64>,
+    redis_shards: Option<usize>,
     executor: bool,
     task_retention: Option<Duration>,
     retry: Option<Retry>,
@@ -75,6 +76,7 @@ impl fmt::Debug for SmacheBuilder {
             .field("compute_lease", &self.compute_lease)
             .field("memory_capacity", &self.memory_capacity)
             .field("local_cache_capacity", &self.local_cache_capacity)
+            .field("redis_shards", &self.redis_shards)
             .field("executor", &self.executor)
             .field("task_retention", &self.task_retention)
             .field("retry", &self.retry)
@@ -159,6 +161,32 @@ impl SmacheBuilder {
     /// ```
     pub fn local_cache_capacity(mut self, bytes: u64) -> Self {
         self.local_cache_capacity = Some(bytes);
+        self
+    }
+
+    /// Spreads the instance's keys in Redis over `count` shards, from 1 to
+    /// 1024 (**experimental**, issue #16; README, "Shards"): hash tags
+    /// `{prefix#i}` whose Redis Cluster slots are evenly spaced, so that
+    /// values, their graph, tasks and jobs spread over a cluster's masters
+    /// (48: 16 on each of 3 masters of an even split). Every process of an
+    /// instance (applications, executors, the worker) must use the same
+    /// count, and with more than one, executors must run: a value stored
+    /// anew reaches its dependants in other shards through a job.
+    ///
+    /// Unset, the environment variable `SMACHE_REDIS_SHARDS` may set it,
+    /// else 1: every key under `{prefix}`, the layout on one server. A
+    /// count out of range is an [`Error::Config`] at
+    /// [`build`](Self::build).
+    ///
+    /// ```
+    /// let smache = smache::Smache::builder()
+    ///     .redis_url("redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002")
+    ///     .redis_shards(48)
+    ///     .build()?;
+    /// # Ok::<(), smache::Error>(())
+    /// ```
+    pub fn redis_shards(mut self, count: usize) -> Self {
+        self.redis_shards = Some(count);
         self
     }
 
@@ -381,6 +409,7 @@ impl SmacheBuilder {
             self.redis,
             self.memory_capacity.unwrap_or(DEFAULT_MEMORY_CAPACITY),
             local_cache,
+            self.redis_shards,
             timeout,
             &prefix,
         )?;

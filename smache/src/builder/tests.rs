@@ -39,3 +39,21 @@ fn debug_output_redacts_urls() {
     let smache = builder.build().unwrap();
     assert!(!format!("{smache:?}").contains("hunter2"));
 }
+
+#[test]
+fn shard_counts_out_of_range_are_config_errors() {
+    let url = "redis://127.0.0.1:6379/";
+    for count in [1, 4, 48, 1024] {
+        let built = Smache::builder().redis_url(url).redis_shards(count).build();
+        assert!(built.is_ok(), "{count}");
+    }
+    for count in [0, 1025] {
+        let err = Smache::builder()
+            .redis_url(url)
+            .redis_shards(count)
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{count}");
+        assert!(err.to_string().contains("redis_shards"), "{err}");
+    }
+}
