@@ -469,3 +469,119 @@ async fn a_crash_after_the_first_alias_step_leaves_only_a_harmless_member() {
     assert_eq!(smache.scope(page(&tag, "/a")).await, "<page /t>");
     assert_eq!(CALLS.get(&tag), 3);
 }
+
+/// What `gated_leaf` waits on, per tag: "the leaf read its data", "go on".
+static LEAF_GATES: Mutex<Vec<Gate>> = Mutex::new(Vec::new());
+
+/// `leaf`, held after reading its data while a gate is set for its tag.
+#[computed(Raw)]
+async fn gated_leaf(tag: String) -> String {
+    let data = LEAF_DATA
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(t, _)| *t == tag)
+        .unwrap()
+        .1
+        .clone();
+    let gate = {
+        let mut gates = LEAF_GATES.lock().unwrap();
+        let at = gates.iter().position(|(t, ..)| *t == tag);
+        at.map(|at| gates.remove(at))
+    };
+    if let Some((_, read, release)) = gate {
+        read.notify_one();
+        release.notified().await;
+    }
+    data
+}
+
+#[computed(Raw)]
+async fn gated_trunk(tag: String) -> String {
+    format!("<{}>", gated_leaf(tag).await)
+}
+
+/// A nested call of a value of another shard that finds a computation of
+/// it already in flight in this process does not take that computation's
+/// result: it may have read its data before this caller's edge existed,
+/// and a store of the value in between (here by another process) told no
+/// one. It reads the value again, now that its edge is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_call_of_another_shard_that_follows_an_older_flight_reads_the_value_again() {
+    let smache = sharded();
+    // Another process of the instance: flights of its own.
+    let other = Smache::builder()
+        .redis_url(redis_url())
+        .prefix(smache.prefix())
+        .redis_shards(4)
+        .build()
+        .unwrap();
+    let tag = tag_where("follow", |tag| {
+        let (trunk_base, _) = place(&smache, &gated_trunk::key(tag.to_owned()).unwrap());
+        let (leaf_base, _) = place(&smache, &gated_leaf::key(tag.to_owned()).unwrap());
+        trunk_base != leaf_base
+    });
+    let (trunk_key, leaf_key) = (
+        gated_trunk::key(tag.clone()).unwrap(),
+        gated_leaf::key(tag.clone()).unwrap(),
+    );
+    let (trunk_base, trunk_id) = place(&smache, &trunk_key);
+    let (_, leaf_id) = place(&smache, &leaf_key);
+    set_leaf(&tag, "old");
+
+    // A caller of the leaf computes it from the old data, and is held.
+    let (read, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    LEAF_GATES
+        .lock()
+        .unwrap()
+        .push((tag.clone(), Arc::clone(&read), Arc::clone(&release)));
+    let pilot = tokio::spawn({
+        let (smache, tag) = (smache.clone(), tag.clone());
+        async move { smache.scope(gated_leaf(tag)).await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), read.notified())
+        .await
+        .expect("the leaf read its data");
+
+    // Meanwhile the data changes (its change generation bumped, as a
+    // change does), the held computation's lease runs out, and another
+    // process computes the leaf from the new data and stores it.
+    set_leaf(&tag, "new");
+    let leaf_storage = smache.storage_key(&leaf_key);
+    let mut conn = redis_connection(&redis_url()).await;
+    let _: () = conn.hincr(&leaf_storage, "g", 1).await.unwrap();
+    let _: () = conn.hdel(&leaf_storage, &["c", "cx"]).await.unwrap();
+    assert_eq!(other.scope(gated_leaf(tag.clone())).await, "new");
+    assert!(other.is_fresh(&leaf_key).await.unwrap());
+
+    // Now the trunk computes here: its edge on the leaf is written, then
+    // its nested call finds the held computation of the leaf in flight.
+    let trunk = tokio::spawn({
+        let (smache, tag) = (smache.clone(), tag.clone());
+        async move { smache.scope(gated_trunk(tag)).await }
+    });
+    let edge = format!("{trunk_base}r:v:{leaf_id}");
+    assert!(
+        smache_suite::eventually(Duration::from_secs(10), || {
+            let (mut conn, edge, trunk_id) = (conn.clone(), edge.clone(), trunk_id.clone());
+            async move { conn.sismember(&edge, &trunk_id).await.unwrap() }
+        })
+        .await,
+        "the trunk's edge is written first"
+    );
+    // (It joins the flight right after: give it the time to.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    release.notify_one();
+    assert_eq!(
+        pilot.await.unwrap(),
+        "old",
+        "the held caller gets what it computed"
+    );
+    // (Not stored over the newer value: it started from an older change.)
+    assert_eq!(other.scope(gated_leaf(tag.clone())).await, "new");
+
+    let served = trunk.await.unwrap();
+    assert_eq!(served, "<new>", "the trunk read the leaf again");
+    assert!(smache.is_fresh(&trunk_key).await.unwrap());
+    assert_eq!(smache.scope(gated_trunk(tag.clone())).await, "<new>");
+}

@@ -55,17 +55,26 @@ impl Call {
         }
     }
 
-    /// A follower's landing that came through an alias to a value of
-    /// another shard whose edge this computation has not written: the
-    /// pilot read it before any such edge, so it is read again (see
-    /// [`read_target`](Self::read_target)). The target's id.
-    pub(super) fn uncovered_alias(&self, landing: &Landing) -> Option<Arc<str>> {
+    /// What a follower must read again rather than take from its pilot's
+    /// landing, on a store of several shards: the pilot may have read it
+    /// before this computation's edge on it existed, and a store of it in
+    /// between told no one (README, "Shards"). That is the value itself
+    /// when it lives in another shard than the value computing (its edge
+    /// was written before this call joined the flight, but the pilot may
+    /// have started before), and, through an alias, a target of another
+    /// shard whose edge this computation has not written. The id to read
+    /// (see [`read_target`](Self::read_target)).
+    pub(super) fn read_again(&self, landing: &Landing) -> Option<Arc<str>> {
         let home = self.home.as_deref()?;
+        let store = &self.inner.store;
         match landing {
             Landing::Value(_, Some(target), _)
-                if !self.inner.store.same_shard(home, target) && !deps::edged(target) =>
+                if !store.same_shard(home, target) && !deps::edged(target) =>
             {
                 Some(Arc::clone(target))
+            }
+            Landing::Value(_, None, _) if !store.same_shard(home, &self.at.id) => {
+                Some(Arc::from(self.at.id.as_str()))
             }
             _ => None,
         }

@@ -341,7 +341,7 @@ where
                 // The pilot gave up (its caller was dropped): start over.
                 Landing::Cancelled => {}
                 landing => {
-                    if let Some(target) = call.uncovered_alias(&landing) {
+                    if let Some(target) = call.read_again(&landing) {
                         if let Some(value) = call.read_target::<M::Value>(&target, drive).await {
                             crate::metrics::coalesced(spec.name(), spec.metrics());
                             return (M::from_cached(value), None);
