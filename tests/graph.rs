@@ -704,3 +704,58 @@ async fn a_nested_value_stored_anew_while_its_parent_computes_leaves_the_parent_
         a_leaf_restored_while_its_trunk_computes(smache, restore).await;
     }
 }
+
+/// An `invalidate` while a computation of the value runs: if another
+/// process computes and stores the value after the drop, the computation
+/// that started before it does not land fresh over that newer value (the
+/// drop keeps the value's change generation, so its store is taken for
+/// what it is: older).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidate_while_a_value_computes_keeps_that_computation_from_landing_over_a_newer_one()
+{
+    let smache = instance();
+    // Another process of the instance, reading Redis on every call.
+    let other = Smache::builder()
+        .redis_url(redis_url())
+        .prefix(smache.prefix())
+        .local_cache_capacity(0)
+        .build()
+        .unwrap();
+    let tag = unique("dropped");
+    let key = raced::key(tag.clone()).unwrap();
+    RACE_DATA.lock().unwrap().push((tag.clone(), 1));
+    let gate = std::sync::Arc::new(Notify::new());
+    GATES
+        .lock()
+        .unwrap()
+        .push((tag.clone(), std::sync::Arc::clone(&gate)));
+    // A caller computes from data 1 and is held (it took its gate).
+    let slow = tokio::spawn({
+        let (smache, tag) = (smache.clone(), tag.clone());
+        async move { smache.scope(raced(tag)).await }
+    });
+    let held = smache_suite::eventually(Duration::from_secs(10), || async {
+        !GATES.lock().unwrap().iter().any(|(t, _)| *t == tag)
+    })
+    .await;
+    assert!(held, "the first computation is held");
+
+    // The data changes; the value is invalidated (nothing stored yet: the
+    // drop takes the held computation's lease) and computed again there.
+    for (t, data) in RACE_DATA.lock().unwrap().iter_mut() {
+        if *t == tag {
+            *data = 2;
+        }
+    }
+    assert!(!other.invalidate(&key).await.unwrap());
+    assert_eq!(other.scope(raced(tag.clone())).await, 2);
+
+    gate.notify_one();
+    assert_eq!(slow.await.unwrap(), 1, "its caller gets what it computed");
+    assert_eq!(
+        other.scope(raced(tag.clone())).await,
+        2,
+        "the value computed after the drop stays"
+    );
+    assert!(other.is_fresh(&key).await.unwrap());
+}

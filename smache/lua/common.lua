@@ -12,7 +12,9 @@
 --                      k the id of the submitted task pending for it,
 --                      f its dependency tokens (forward edges), each ended
 --                      by a NUL byte,
---                      l (an alias, instead of a value) the id it stands for
+--                      l (an alias, instead of a value) the id it stands for,
+--                      x "1" on a dropped value's tombstone (g and v kept,
+--                      no value; see drop.lua)
 --   base.."al:"..id    set: the aliases of value `id`
 --   base.."r:"..token  set: the value ids that depend on `token` (reverse edges)
 --   base.."collections" set: the collections that some value depends on

@@ -12,9 +12,13 @@ if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then
   -- Gone.
   return false
 end
-local link, last, g, a = unpack(redis.call('HMGET', KEYS[1], 'l', 's', 'g', 'a'))
+local link, last, g, a, x = unpack(redis.call('HMGET', KEYS[1], 'l', 's', 'g', 'a', 'x'))
 if link then
   -- An alias now (its target has jobs of its own).
+  return false
+end
+if x and redis.call('HEXISTS', KEYS[1], 'd') == 0 then
+  -- Dropped (a tombstone, see drop.lua), and nothing stored since.
   return false
 end
 local now = redis.call('TIME')
