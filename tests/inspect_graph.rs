@@ -204,6 +204,7 @@ async fn a_values_graph_shows_its_dependencies_dependants_and_aliases_with_their
         .unwrap();
     smache.scope(name_of(&ada)).await;
 
+    // (`name_of` is v2: a dropped value's version goes on, see drop.lua.)
     let (a, o) = (ada.id.to_hex(), old.id.to_hex());
     let report = smache
         .inspect_graph(&badge_key, GraphOptions::default())
@@ -238,7 +239,7 @@ value g.badge#1:o:{a}  v1, stale for 1 s, recompute queued, computed 2 s ago
   depends on
   ├─ collection plans  1 dependant
   ├─ document users/o:{a}  4 dependants
-  └─ value g.name#1:o:{a}  v1, fresh, computed 2 s ago
+  └─ value g.name#1:o:{a}  v2, fresh, computed 2 s ago
      └─ document users/o:{a}  (see above)
   depended on by
   ├─ value g.page#1:o:{a}  v1, fresh, computed 2 s ago
@@ -286,7 +287,7 @@ document users/o:{a}  4 dependants
   │  ├─ value g.page#1:o:{a}  v1, fresh, computed 2 s ago
   │  └─ alias g.badge#1:o:{o}  of g.badge#1:o:{a}
   ├─ value g.headline#1:o:{a}  v1, stale for 1 s, recomputed by its next call, computed 2 s ago
-  ├─ value g.name#1:o:{a}  v1, fresh, computed 2 s ago
+  ├─ value g.name#1:o:{a}  v2, fresh, computed 2 s ago
   │  ├─ value g.badge#1:o:{a}  (see above)
   │  └─ value g.headline#1:o:{a}  (see above)
   ├─ value g.page#1:o:{a}  (see above)
@@ -312,7 +313,7 @@ alias g.badge#1:o:{o}  of g.badge#1:o:{a}
   └─ value g.badge#1:o:{a}  v1, stale for 1 s, recompute queued, computed 2 s ago
      ├─ collection plans  1 dependant
      ├─ document users/o:{a}  4 dependants
-     └─ value g.name#1:o:{a}  v1, fresh, computed 2 s ago
+     └─ value g.name#1:o:{a}  v2, fresh, computed 2 s ago
         └─ … 1 more
 "
         ),

@@ -105,8 +105,35 @@ pub(crate) async fn fan(n: u32) -> u32 {
     n
 }
 
-/// Two dependency edges a value: its user and the `settings` collection (P5).
+/// Two dependency edges a value: its user and the `settings` collection (P5, P7).
 #[computed(User, Raw, sources(Setting))]
 pub(crate) async fn edge_value(user: &User, n: u32) -> u32 {
     std::hint::black_box(user.name.len() as u32 + n)
+}
+
+/// `users` new users and `per_user` values of [`edge_value`] for each,
+/// computed (and so stored with their 2 edges) by `smache`, `at_once` at a
+/// time (P5, P7). The users, in order.
+pub(crate) async fn edge_values(
+    smache: &smache::Smache,
+    users: u32,
+    per_user: u32,
+    at_once: usize,
+) -> Vec<User> {
+    use futures::StreamExt;
+    let all: Vec<User> = (0..users)
+        .map(|i| User {
+            id: ObjectId::new(),
+            name: format!("user {i}"),
+        })
+        .collect();
+    let calls = all
+        .iter()
+        .flat_map(|user| (0..per_user).map(move |n| (user, n)))
+        .map(|(user, n)| async move { smache.scope(edge_value(user, n)).await });
+    futures::stream::iter(calls)
+        .buffer_unordered(at_once)
+        .collect::<Vec<_>>()
+        .await;
+    all
 }

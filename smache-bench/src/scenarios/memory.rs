@@ -5,12 +5,10 @@
 //! each value's hash makes with and without that field (measured on a
 //! `COPY`, so the run leaves the graph as it was).
 
-use bson::oid::ObjectId;
-use futures::StreamExt;
 use serde_json::json;
 
 use crate::ctx::{scan, Ctx, Result};
-use crate::fns::{edge_value, User};
+use crate::fns::{edge_value, edge_values};
 use crate::report::{Met, Row};
 use crate::target::ServerCommands;
 
@@ -20,23 +18,7 @@ pub(crate) async fn memory_per_edge(ctx: &Ctx) -> Result<Vec<Row>> {
     let smache = ctx.redis_instance(&prefix)?;
     let (users, per_user) = ctx.pick((100u32, 10u32), (1_000, 10));
     eprintln!("[smache-bench] P5: {} values × 2 edges", users * per_user);
-    let all: Vec<User> = (0..users)
-        .map(|i| User {
-            id: ObjectId::new(),
-            name: format!("user {i}"),
-        })
-        .collect();
-    let calls = all
-        .iter()
-        .flat_map(|user| (0..per_user).map(move |n| (user, n)))
-        .map(|(user, n)| {
-            let smache = smache.clone();
-            async move { smache.scope(edge_value(user, n)).await }
-        });
-    futures::stream::iter(calls)
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
+    let all = edge_values(&smache, users, per_user, 32).await;
     // Each value depends on its user (e:users:<id>) and on the settings
     // collection (c:settings): 2 edges, each stored in both directions.
     let values = u64::from(users * per_user);

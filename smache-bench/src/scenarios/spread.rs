@@ -7,7 +7,6 @@
 //! the growth of the master's `INFO keyspace` count over the run. Target:
 //! with 3 masters, each holds 33% ± 5% of the keys and of the memory.
 
-use bson::oid::ObjectId;
 use futures::StreamExt;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use serde_json::json;
@@ -15,7 +14,7 @@ use smache::Smache;
 
 use super::memory::usage;
 use crate::ctx::{Ctx, Result};
-use crate::fns::{edge_value, User};
+use crate::fns::edge_values;
 use crate::report::{Met, Row};
 use crate::target::{masters, scan, Raw, ServerCommands, Target};
 
@@ -61,23 +60,7 @@ pub(crate) async fn spread(ctx: &Ctx, on: &Target) -> Result<Vec<Row>> {
         "[smache-bench] P7·cluster: {values} values × 2 edges, {SHARDS} shards over {} masters",
         masters.len()
     );
-    let all: Vec<User> = (0..users)
-        .map(|i| User {
-            id: ObjectId::new(),
-            name: format!("user {i}"),
-        })
-        .collect();
-    let calls = all
-        .iter()
-        .flat_map(|user| (0..per_user).map(move |n| (user, n)))
-        .map(|(user, n)| {
-            let smache = smache.clone();
-            async move { smache.scope(edge_value(user, n)).await }
-        });
-    futures::stream::iter(calls)
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await;
+    edge_values(&smache, users, per_user, 64).await;
 
     let mut shares = Vec::with_capacity(masters.len());
     for ((host, port), before) in masters.iter().zip(before) {

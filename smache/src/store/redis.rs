@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 mod alias;
 mod conn;
 mod jobs;
+mod pipeline;
 mod scan;
 mod signal;
 mod tasks;

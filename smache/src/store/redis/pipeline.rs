@@ -1,0 +1,150 @@
+//! Pipelines on a Redis Cluster (see [`cluster`]): split by slot, and
+//! resent one command at a time when a slot moves under them. The one
+//! place that knows how redis-rs sends a cluster pipeline; `conn.rs` sends
+//! every non-transaction pipeline on a cluster through it.
+
+use redis::aio::ConnectionLike;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisResult, Value};
+
+/// A pipeline (not a transaction) on a cluster.
+///
+/// redis-rs sends a cluster pipeline whole to the node of its first key's
+/// slot and refuses one whose keys lie in several slots ("crossed slots").
+/// The store's keys spread over shards, one slot each, and an operation on
+/// every shard (an executor's sweep of the job streams, `inspect jobs`)
+/// is one pipeline of a command per shard: such a pipeline is split here,
+/// a pipeline per slot, sent at once (each to its master), and the
+/// replies put back in the pipeline's order. Commands of one slot keep
+/// their order. A command's slot is that of its first argument with a
+/// hash tag: every key of the store has one (`{prefix}` or `{prefix#n}`),
+/// and in every command the store pipelines its key comes before any
+/// payload, which could hold braces.
+///
+/// redis-rs follows an `ASK` of a pipeline by sending it whole to the node
+/// named, after one `ASKING`; but `ASKING` holds for the next command
+/// only, so in a slot migration the commands after the first are sent
+/// back (`MOVED`), and once the client's retries are spent the pipeline
+/// fails having run its first command only: an executor's `XACK` without
+/// its `XDEL` left an acknowledged job in the stream for good. Such a
+/// pipeline runs again one command at a time, each following its own
+/// redirection. (Running its commands twice is nothing new: the client's
+/// own retries resend a pipeline whole.)
+pub(super) async fn cluster(
+    conn: &mut ClusterConnection,
+    pipeline: &Pipeline,
+    offset: usize,
+    count: usize,
+) -> RedisResult<Vec<Value>> {
+    let slots: Vec<Option<u16>> = pipeline.cmd_iter().map(tagged_slot).collect();
+    let first = slots.iter().flatten().next();
+    if slots.iter().flatten().any(|slot| Some(slot) != first) {
+        return by_slot(conn, pipeline, &slots).await;
+    }
+    one_slot(conn, pipeline, offset, count).await
+}
+
+/// A pipeline whose keys are all in one slot (see [`cluster`]).
+async fn one_slot(
+    conn: &mut ClusterConnection,
+    pipeline: &Pipeline,
+    offset: usize,
+    count: usize,
+) -> RedisResult<Vec<Value>> {
+    match conn.req_packed_commands(pipeline, offset, count).await {
+        Err(err) if redirected(&err) => {
+            let mut replies = Vec::with_capacity(count);
+            for cmd in pipeline.cmd_iter() {
+                // A reply that is an error the pipeline would have had
+                // in its place comes back as a value, as there.
+                replies.push(conn.req_packed_command(cmd).await?);
+            }
+            Ok(replies)
+        }
+        result => result,
+    }
+}
+
+/// A pipeline over several slots (`slots`, by command): a pipeline per
+/// slot, at once, the replies back in the pipeline's order.
+async fn by_slot(
+    conn: &ClusterConnection,
+    pipeline: &Pipeline,
+    slots: &[Option<u16>],
+) -> RedisResult<Vec<Value>> {
+    // (slot, its commands' places in the pipeline, its pipeline)
+    let mut groups: Vec<(Option<u16>, Vec<usize>, Pipeline)> = Vec::new();
+    for (at, (cmd, slot)) in pipeline.cmd_iter().zip(slots).enumerate() {
+        let group = match groups.iter().position(|(s, _, _)| s == slot) {
+            Some(group) => group,
+            None => {
+                groups.push((*slot, Vec::new(), Pipeline::new()));
+                groups.len() - 1
+            }
+        };
+        groups[group].1.push(at);
+        groups[group].2.add_command(cmd.clone());
+    }
+    let sent = groups.iter().map(|(_, _, part)| {
+        let mut conn = conn.clone();
+        async move { one_slot(&mut conn, part, 0, part.len()).await }
+    });
+    let replies = futures::future::try_join_all(sent).await?;
+    let mut ordered: Vec<Value> = vec![Value::Nil; slots.len()];
+    for ((_, places, _), replies) in groups.iter().zip(replies) {
+        for (&at, reply) in places.iter().zip(replies) {
+            ordered[at] = reply;
+        }
+    }
+    Ok(ordered)
+}
+
+/// The slot of `cmd`'s first argument that has a hash tag, if any.
+fn tagged_slot(cmd: &Cmd) -> Option<u16> {
+    cmd.args_iter().skip(1).find_map(|arg| {
+        let redis::Arg::Simple(bytes) = arg else {
+            return None;
+        };
+        let open = bytes.iter().position(|&b| b == b'{')?;
+        let close = bytes[open + 1..].iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| crate::store::shards::slot(bytes))
+    })
+}
+
+/// Whether the cluster sent `err`'s command elsewhere (and the client's
+/// retries did not get it served).
+fn redirected(err: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        err.kind(),
+        ErrorKind::Server(ServerErrorKind::Ask | ServerErrorKind::Moved)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_is_routed_by_its_first_tagged_argument() {
+        let slot = |key: &str| crate::store::shards::slot(key.as_bytes());
+        let mut hset = redis::cmd("HSET");
+        hset.arg("{p#3}:v:x")
+            .arg("d")
+            .arg("{\"json\": {\"braces\": 1}}");
+        assert_eq!(tagged_slot(&hset), Some(slot("{p#3}:v:x")));
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg("smache")
+            .arg("host-1-ab")
+            .arg("COUNT")
+            .arg(8);
+        read.arg("STREAMS").arg("{p#7}:jobs").arg(">");
+        assert_eq!(tagged_slot(&read), Some(slot("{p#7}:jobs")));
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg("0123abcd").arg(1).arg("{p}:v:y").arg("{}");
+        assert_eq!(tagged_slot(&eval), Some(slot("{p}")));
+        // No tag (or an empty one): routed by redis-rs alone.
+        assert_eq!(tagged_slot(redis::cmd("TIME").arg("{}")), None);
+    }
+}
