@@ -115,16 +115,17 @@ fn mix(mut hash: u64) -> u64 {
 /// lies between the first `{` and the next `}`, if not empty), else of the
 /// whole key, modulo 16384.
 pub(crate) fn slot(key: &[u8]) -> u16 {
-    let hashed = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            let close = rest.iter().position(|&b| b == b'}')?;
-            (close > 0).then(|| &rest[..close])
-        })
-        .unwrap_or(key);
+    let hashed = hash_tag(key).unwrap_or(key);
     crc16::State::<crc16::XMODEM>::calculate(hashed) % SLOTS
+}
+
+/// The hash tag of `key`: what lies between its first `{` and the next
+/// `}`, if that is not empty (Redis Cluster's rule).
+pub(crate) fn hash_tag(key: &[u8]) -> Option<&[u8]> {
+    let open = key.iter().position(|&b| b == b'{')?;
+    let rest = &key[open + 1..];
+    let close = rest.iter().position(|&b| b == b'}')?;
+    (close > 0).then(|| &rest[..close])
 }
 
 #[cfg(test)]

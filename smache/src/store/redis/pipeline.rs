@@ -7,6 +7,8 @@ use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisResult, Value};
 
+use crate::store::shards;
+
 /// A pipeline (not a transaction) on a cluster.
 ///
 /// redis-rs sends a cluster pipeline whole to the node of its first key's
@@ -105,9 +107,7 @@ fn tagged_slot(cmd: &Cmd) -> Option<u16> {
         let redis::Arg::Simple(bytes) = arg else {
             return None;
         };
-        let open = bytes.iter().position(|&b| b == b'{')?;
-        let close = bytes[open + 1..].iter().position(|&b| b == b'}')?;
-        (close > 0).then(|| crate::store::shards::slot(bytes))
+        shards::hash_tag(bytes).map(|_| shards::slot(bytes))
     })
 }
 
@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn a_command_is_routed_by_its_first_tagged_argument() {
-        let slot = |key: &str| crate::store::shards::slot(key.as_bytes());
+        let slot = |key: &str| shards::slot(key.as_bytes());
         let mut hset = redis::cmd("HSET");
         hset.arg("{p#3}:v:x")
             .arg("d")
