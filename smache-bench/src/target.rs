@@ -151,17 +151,31 @@ impl Raw {
             Raw::Server(conn) => return scan(conn, pattern).await,
             Raw::Cluster(conn) => conn,
         };
-        let any = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-        let nodes: String = (cluster.clone(), any)
-            .query(redis::cmd("CLUSTER").arg("NODES"))
-            .await?;
         let mut keys = Vec::new();
-        for (host, port) in masters(&nodes) {
-            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
-            keys.extend(scan(&mut (cluster.clone(), routing), pattern).await?);
+        for (_, mut master) in master_nodes(cluster).await? {
+            keys.extend(scan(&mut master, pattern).await?);
         }
         Ok(keys)
     }
+}
+
+/// The masters serving slots of a cluster (from `CLUSTER NODES`), each as
+/// its address and the cluster connection aimed at it.
+pub(crate) async fn master_nodes(
+    cluster: &ClusterConnection,
+) -> Result<Vec<(String, (ClusterConnection, RoutingInfo))>> {
+    let any = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+    let nodes: String = (cluster.clone(), any)
+        .query(redis::cmd("CLUSTER").arg("NODES"))
+        .await?;
+    Ok(masters(&nodes)
+        .into_iter()
+        .map(|(host, port)| {
+            let address = format!("{host}:{port}");
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+            (address, (cluster.clone(), routing))
+        })
+        .collect())
 }
 
 /// Sends commands about a Redis server itself (`INFO`, `SLOWLOG`, `PING`)
@@ -275,7 +289,7 @@ pub(crate) fn cluster_nodes(url: &str) -> Vec<String> {
 
 /// The addresses of the masters serving slots, from `CLUSTER NODES`
 /// (`<id> <ip:port@bus[,hostname]> <flags> <master> … <slots…>`).
-pub(crate) fn masters(nodes: &str) -> Vec<(String, u16)> {
+fn masters(nodes: &str) -> Vec<(String, u16)> {
     nodes
         .lines()
         .filter_map(|line| {

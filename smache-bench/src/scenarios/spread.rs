@@ -8,7 +8,6 @@
 //! with 3 masters, each holds 33% ± 5% of the keys and of the memory.
 
 use futures::StreamExt;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use serde_json::json;
 use smache::Smache;
 
@@ -16,7 +15,7 @@ use super::memory::usage;
 use crate::ctx::{Ctx, Result};
 use crate::fns::edge_values;
 use crate::report::{Met, Row};
-use crate::target::{masters, scan, Raw, ServerCommands, Target};
+use crate::target::{master_nodes, scan, Raw, ServerCommands, Target};
 
 /// The shard count measured: 16 on each of 3 masters of an even split.
 const SHARDS: usize = 48;
@@ -47,14 +46,10 @@ pub(crate) async fn spread(ctx: &Ctx, on: &Target) -> Result<Vec<Row>> {
         .build()?;
     let (users, per_user) = ctx.pick((480u32, 10u32), (10_000, 10));
     let values = u64::from(users * per_user);
-    let any = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-    let nodes: String = (cluster.clone(), any)
-        .query(redis::cmd("CLUSTER").arg("NODES"))
-        .await?;
-    let masters = masters(&nodes);
+    let masters = master_nodes(cluster).await?;
     let mut before = Vec::with_capacity(masters.len());
-    for (host, port) in &masters {
-        before.push(keyspace(&mut at(cluster, host, *port)).await?);
+    for (_, master) in &masters {
+        before.push(keyspace(&mut master.clone()).await?);
     }
     eprintln!(
         "[smache-bench] P7·cluster: {values} values × 2 edges, {SHARDS} shards over {} masters",
@@ -63,8 +58,7 @@ pub(crate) async fn spread(ctx: &Ctx, on: &Target) -> Result<Vec<Row>> {
     edge_values(&smache, users, per_user, 64).await;
 
     let mut shares = Vec::with_capacity(masters.len());
-    for ((host, port), before) in masters.iter().zip(before) {
-        let mut node = at(cluster, host, *port);
+    for ((address, mut node), before) in masters.into_iter().zip(before) {
         let mut keys = scan(&mut node, &format!("{{{prefix}}}:*")).await?;
         keys.extend(scan(&mut node, &format!("{{{prefix}#*")).await?);
         let usages = futures::stream::iter(keys.iter().map(|key| {
@@ -79,7 +73,7 @@ pub(crate) async fn spread(ctx: &Ctx, on: &Target) -> Result<Vec<Row>> {
             bytes += usage?;
         }
         shares.push(Share {
-            address: format!("{host}:{port}"),
+            address,
             keys: keys.len() as u64,
             bytes,
             keyspace: (before, keyspace(&mut node).await?),
@@ -142,19 +136,6 @@ fn row(prefix: &str, values: u64, shares: &[Share]) -> Row {
             })).collect::<Vec<_>>(),
         }),
     }
-}
-
-/// The cluster connection aimed at the master at `host:port`.
-fn at(
-    cluster: &redis::cluster_async::ClusterConnection,
-    host: &str,
-    port: u16,
-) -> (redis::cluster_async::ClusterConnection, RoutingInfo) {
-    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-        host: host.to_owned(),
-        port,
-    });
-    (cluster.clone(), routing)
 }
 
 /// `INFO keyspace`'s count of keys in db0 (0 if none).
