@@ -118,3 +118,107 @@ fn an_invalid_redis_url_says_the_expected_form_and_not_the_url() {
         assert!(!message.contains("hunter2"), "{message}");
     }
 }
+
+static COUNTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[computed(Raw)]
+async fn counted(x: String) -> String {
+    COUNTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    x
+}
+
+fn computations() -> usize {
+    COUNTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Every process of an instance spreads its keys over one shard count: the
+/// first records it in Redis; a process with another count does not use
+/// the store (its values would miss the worker's signals) and computes
+/// every value directly, until an operator makes the record agree with it.
+#[tokio::test]
+async fn a_process_with_another_shard_count_than_the_instance_computes_directly_until_they_agree() {
+    use redis::AsyncCommands;
+    use std::time::Duration;
+    let prefix = unique("count");
+    let config = format!("{{{prefix}}}:config");
+    let instance = |shards| {
+        Smache::builder()
+            .redis_url(redis_url())
+            .prefix(&prefix)
+            .redis_shards(shards)
+            .build()
+            .unwrap()
+    };
+    let mut redis = smache_suite::redis_connection(&redis_url()).await;
+    let recorded = |redis: &mut smache_suite::RedisConn| {
+        let config = config.clone();
+        let mut redis = redis.clone();
+        async move {
+            redis
+                .hget::<_, _, Option<String>>(&config, "shards")
+                .await
+                .unwrap()
+        }
+    };
+
+    // The first process records its count, and caches.
+    let first = instance(2);
+    let before = computations();
+    for _ in 0..2 {
+        assert_eq!(first.scope(counted("first".into())).await, "first");
+    }
+    assert_eq!(computations() - before, 1, "computed once, then cached");
+    assert_eq!(recorded(&mut redis).await.as_deref(), Some("2"));
+
+    // A process with another count computes every call, and says why.
+    let other = instance(3);
+    let before = computations();
+    for _ in 0..2 {
+        assert_eq!(other.scope(counted("other".into())).await, "other");
+    }
+    assert_eq!(computations() - before, 2, "computed directly, each call");
+    let key = counted::key("other".into()).unwrap();
+    match other.is_fresh(&key).await {
+        Err(smache::Error::ShardCountMismatch {
+            configured,
+            recorded,
+            ..
+        }) => assert_eq!((configured, recorded.as_str()), (3, "2")),
+        other => panic!("expected the shard count refused, got {other:?}"),
+    }
+    let message = other.is_fresh(&key).await.unwrap_err().to_string();
+    assert!(message.contains("SMACHE_REDIS_SHARDS"), "{message}");
+    assert_eq!(recorded(&mut redis).await.as_deref(), Some("2"), "kept");
+    // The first is not disturbed.
+    let before = computations();
+    assert_eq!(first.scope(counted("first".into())).await, "first");
+    assert_eq!(computations(), before);
+
+    // An operator sets the record to the other count: within a recheck,
+    // the other process uses the store and the first stops.
+    let () = redis.hset(&config, "shards", 3).await.unwrap();
+    let first_key = counted::key("first".into()).unwrap();
+    let agreed = smache_suite::eventually(Duration::from_secs(25), || async {
+        other.is_fresh(&key).await.is_ok()
+            && matches!(
+                first.is_fresh(&first_key).await,
+                Err(smache::Error::ShardCountMismatch { configured: 2, .. })
+            )
+    })
+    .await;
+    assert!(agreed, "the rechecks took the new record");
+    let before = computations();
+    for _ in 0..2 {
+        assert_eq!(other.scope(counted("other".into())).await, "other");
+    }
+    assert_eq!(computations() - before, 1, "the other caches now");
+
+    // The record lost (a FLUSHALL, say): a process records its count again.
+    let () = redis.hdel(&config, "shards").await.unwrap();
+    let again = smache_suite::eventually(Duration::from_secs(25), || {
+        let recorded = recorded(&mut redis);
+        async move { recorded.await.is_some() }
+    })
+    .await;
+    assert!(again, "recorded again");
+}

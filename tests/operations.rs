@@ -356,3 +356,40 @@ async fn a_redis_outage_is_logged_once_per_process() {
     assert!(during.contains("Redis answers again"), "{during}");
     let _ = mongo_database(&database).drop().await;
 }
+
+/// `smache-worker` told no shard count takes the one the instance recorded
+/// in Redis (its own default would be refused); told another, it says why
+/// it cannot use the store.
+#[tokio::test]
+async fn smache_worker_takes_the_shard_count_the_instance_recorded() {
+    let redis_url = redis_url();
+    let prefix = unique("ops-shards");
+    let smache = Smache::builder()
+        .redis_url(&redis_url)
+        .prefix(&prefix)
+        .redis_shards(3)
+        .build()
+        .unwrap();
+    let stream = smache.inspect_jobs().await.unwrap().stream;
+    assert_eq!(
+        smache::worker::recorded_shards(&smache).await.unwrap(),
+        Some(3)
+    );
+    let inspect = [
+        "inspect",
+        "jobs",
+        "--redis-url",
+        &redis_url,
+        "--prefix",
+        &prefix,
+    ];
+    let (code, printed) = worker_cli(&inspect);
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(printed.contains(&stream), "{stream}: {printed}");
+    let (code, printed) = worker_cli(&[&inspect[..], &["--redis-shards", "2"]].concat());
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(
+        printed.contains("spreads its keys over 3 shards") && printed.contains("over 2"),
+        "{printed}"
+    );
+}

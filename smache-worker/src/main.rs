@@ -58,6 +58,17 @@ struct Args {
     #[arg(long, env = "SMACHE_MONGODB_DATABASE", hide_env_values = true)]
     database: Option<String>,
 
+    /// How many shards the instance spreads its Redis keys over; every
+    /// process of an instance uses one count [default: the count the
+    /// instance recorded in Redis, else 1].
+    #[arg(
+        long,
+        env = "SMACHE_REDIS_SHARDS",
+        hide_env_values = true,
+        global = true
+    )]
+    redis_shards: Option<usize>,
+
     /// The key prefix of the applications' smache instances.
     #[arg(
         long,
@@ -179,7 +190,7 @@ async fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let Some(Command::Ready { wait }) = args.command {
-        return ready(args.redis_url, args.prefix, wait).await;
+        return ready(args.redis_url, args.prefix, args.redis_shards, wait).await;
     }
     match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -194,17 +205,15 @@ async fn main() -> std::process::ExitCode {
 async fn ready(
     redis_url: Option<String>,
     prefix: String,
+    shards: Option<usize>,
     wait: Option<Duration>,
 ) -> std::process::ExitCode {
     let Some(redis_url) = redis_url else {
         println!("not ready: --redis-url (or SMACHE_REDIS_URL) is required");
         return std::process::ExitCode::FAILURE;
     };
-    let smache = match Smache::builder()
-        .redis_url(redis_url)
-        .prefix(prefix)
-        .build()
-    {
+    let builder = || Smache::builder().redis_url(&redis_url).prefix(&prefix);
+    let smache = match instance(builder, shards).await {
         Ok(smache) => smache,
         Err(err) => {
             println!("not ready: {err}");
@@ -236,10 +245,8 @@ async fn run(args: Args) -> Result<(), smache::Error> {
         ));
     };
     if let Some(Command::Inspect { what }) = args.command {
-        let smache = Smache::builder()
-            .redis_url(redis_url)
-            .prefix(args.prefix)
-            .build()?;
+        let builder = || Smache::builder().redis_url(&redis_url).prefix(&args.prefix);
+        let smache = instance(builder, args.redis_shards).await?;
         match what {
             Inspect::Jobs => print!("{}", smache.inspect_jobs().await?),
             Inspect::Graph {
@@ -281,11 +288,13 @@ async fn run(args: Args) -> Result<(), smache::Error> {
         serve_metrics(addr)?;
     }
     let client = smache::mongodb::Client::with_options(options)?;
-    let smache = Smache::builder()
-        .redis_url(redis_url)
-        .mongodb(&client, &database)
-        .prefix(args.prefix)
-        .build()?;
+    let builder = || {
+        Smache::builder()
+            .redis_url(&redis_url)
+            .mongodb(&client, &database)
+            .prefix(&args.prefix)
+    };
+    let smache = instance(builder, args.redis_shards).await?;
     tracing::info!(
         prefix = smache.prefix(),
         database,
@@ -295,6 +304,29 @@ async fn run(args: Args) -> Result<(), smache::Error> {
         .lease(Duration::from_secs(args.lease_secs.max(1)))
         .max_fanout(args.max_fanout);
     smache::worker::run(smache, options).await
+}
+
+/// The instance `builder` makes, over `shards` shards if given, else over
+/// the count the instance recorded in Redis (README "Shards"): a process
+/// of another count would not use the store, and this one, told no count,
+/// has no reason to differ. With nothing recorded yet, or Redis away, the
+/// default count (1).
+async fn instance(
+    builder: impl Fn() -> smache::SmacheBuilder,
+    shards: Option<usize>,
+) -> Result<Smache, smache::Error> {
+    if let Some(count) = shards {
+        return builder().redis_shards(count).build();
+    }
+    let smache = builder().build()?;
+    match smache::worker::recorded_shards(&smache).await {
+        Ok(Some(count)) => builder().redis_shards(count).build(),
+        // Recorded, but not a count: say so rather than be refused later.
+        Err(err @ smache::Error::Config(_)) => Err(err),
+        // Nothing recorded yet (this process's first use records its
+        // default), or Redis away: the default.
+        Ok(None) | Err(_) => Ok(smache),
+    }
 }
 
 /// Installs the Prometheus recorder, its HTTP listener on `addr` (a task of

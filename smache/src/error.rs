@@ -107,6 +107,27 @@ pub enum Error {
     /// process-wide default was already in place.
     #[error("a process-wide smache default is already installed")]
     AlreadyInstalled,
+    /// This process spreads the instance's Redis keys over another number
+    /// of shards than the one recorded in Redis by the instance's first
+    /// process ([`SmacheBuilder::redis_shards`](crate::SmacheBuilder::redis_shards)).
+    /// A process with another count would read and write keys no other
+    /// process looks at, so it does not use the store at all: its calls
+    /// compute directly (never wrong, never cached) until the counts agree.
+    /// The README's "Shards" section says how to change an instance's count.
+    #[error(
+        "the Redis store of instance `{prefix}` spreads its keys over {recorded} shards \
+         (recorded in Redis, `{{{prefix}}}:config` field `shards`) but this process over \
+         {configured}: it does not use the store and computes every value directly until they \
+         agree (set the same count in every process: redis_shards / SMACHE_REDIS_SHARDS)"
+    )]
+    ShardCountMismatch {
+        /// The instance's prefix.
+        prefix: String,
+        /// This process's count.
+        configured: usize,
+        /// What Redis holds (as found: it may not be a number).
+        recorded: String,
+    },
 }
 
 impl Error {

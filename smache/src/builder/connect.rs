@@ -144,11 +144,12 @@ pub(super) fn store(
 }
 
 /// How many shards the Redis store spreads values over: `given` by the
-/// builder, else `SMACHE_REDIS_SHARDS` (experimental, #16: every process
-/// of an instance must use the same count), else 1. A count that is not a
-/// number from 1 to [`MAX_SHARDS`] is a configuration error rather than a
-/// silent 1, which would put this process's keys where no other process
-/// of the instance looks.
+/// builder, else `SMACHE_REDIS_SHARDS` (experimental, #16), else 1. A
+/// count that is not a number from 1 to [`MAX_SHARDS`] is a configuration
+/// error rather than a silent 1, which would put this process's keys where
+/// no other process of the instance looks. (Every process of an instance
+/// must use the same count: the store checks it against the count
+/// recorded in Redis, see `store::redis::shard_count`.)
 fn shard_count(given: Option<usize>) -> Result<usize> {
     const NAME: &str = "SMACHE_REDIS_SHARDS";
     if let Some(count) = given {

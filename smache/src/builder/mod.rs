@@ -148,7 +148,10 @@ impl SmacheBuilder {
     /// Unset, the environment variable `SMACHE_REDIS_SHARDS` may set it,
     /// else 1: every key under `{prefix}`, the layout on one server. A
     /// count out of range is an [`Error::Config`] at
-    /// [`build`](Self::build).
+    /// [`build`](Self::build). The instance's first process records its
+    /// count in Redis; a process with another count does not use the store
+    /// (its calls compute directly, and the explicit calls return
+    /// [`Error::ShardCountMismatch`]) until the counts agree.
     ///
     /// ```
     /// let smache = smache::Smache::builder()

@@ -40,6 +40,7 @@ mod conn;
 mod jobs;
 mod pipeline;
 mod scan;
+mod shard_count;
 mod signal;
 mod tasks;
 mod tracking;
@@ -49,6 +50,7 @@ mod watch;
 pub(crate) use self::conn::{Conn, Endpoint};
 pub(crate) use self::jobs::{Abandon, Start};
 pub(crate) use self::scan::Scan;
+use self::shard_count::ShardCount;
 pub(crate) use self::signal::Related;
 pub(crate) use self::stream::EntryRef;
 pub(crate) use self::tasks::{TaskPhase, TaskState};
@@ -62,6 +64,8 @@ pub(crate) struct RedisStore {
     pub(super) base: String,
     /// Where each value's keys live (one shard: all under `base`).
     pub(super) shards: super::shards::Shards,
+    /// Whether the instance spreads its keys over as many shards.
+    shard_count: Arc<ShardCount>,
     /// The worker's keys, from `base`.
     worker: WorkerKeys,
     /// Where connections go; `None` when the store was given a connection
@@ -185,6 +189,7 @@ impl RedisStore {
         RedisStore {
             worker: WorkerKeys::new(&base),
             shards: super::shards::Shards::new(prefix, 1),
+            shard_count: ShardCount::new(prefix, &base, 1),
             base,
             endpoint,
             shared,
@@ -218,6 +223,7 @@ impl RedisStore {
     /// Spreads the values over `count` shards (see `store::shards`).
     pub(crate) fn with_shards(mut self, count: usize) -> Self {
         self.shards = super::shards::Shards::new(self.breaker.prefix(), count);
+        self.shard_count = ShardCount::new(self.breaker.prefix(), &self.base, self.shards.count());
         self
     }
 
@@ -232,7 +238,7 @@ impl RedisStore {
     }
 
     /// The shared connection, made on first use (see [`Endpoint::shared`]).
-    fn shared(&self) -> Result<Conn> {
+    pub(super) fn shared(&self) -> Result<Conn> {
         self.shared
             .get_or_try_init(|| {
                 let endpoint = self.endpoint.as_ref().ok_or(Error::Unavailable)?;
@@ -244,7 +250,7 @@ impl RedisStore {
     /// Whether an operation may go to Redis: `Err(Unavailable)` at once
     /// while the breaker is open, starting the due probe, if any, in the
     /// background.
-    fn admit(&self) -> Result<()> {
+    pub(super) fn admit(&self) -> Result<()> {
         match self.breaker.gate(Instant::now()) {
             Gate::Pass => Ok(()),
             Gate::Skip => Err(Error::Unavailable),
@@ -252,10 +258,10 @@ impl RedisStore {
                 let probe = Probe::new(Arc::clone(&self.breaker));
                 let conn = self.shared();
                 let timeout = self.timeout;
-                let base = self.base.clone();
+                let bases = self.probed_bases();
                 crate::runtime::spawn(async move {
                     let answered = match conn {
-                        Ok(conn) => ping(conn, &base, timeout).await,
+                        Ok(conn) => ping(conn, &bases, timeout).await,
                         Err(err) => Err(err),
                     };
                     probe.report(answered.as_ref().map(|_| ()));
@@ -265,9 +271,40 @@ impl RedisStore {
         }
     }
 
+    /// The key bases the breaker's probe asks about: the instance's own,
+    /// and each shard's if there are several.
+    fn probed_bases(&self) -> Vec<String> {
+        let shards = self.shards.bases().filter(|_| self.shards.count() > 1);
+        std::iter::once(self.base.as_str())
+            .chain(shards)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The shared connection, for an operation that may go to Redis now:
+    /// the breaker is shut and the instance uses this process's shard
+    /// count (asked on first use, see `shard_count`).
     pub(super) async fn connection(&self) -> Result<Conn> {
-        self.admit()?;
+        self.admitted().await?;
         self.shared()
+    }
+
+    /// Whether an operation may go to Redis now: the breaker is shut and
+    /// the instance uses this process's shard count, which costs one
+    /// question to Redis on first use, and an atomic load after (a failure
+    /// to ask opens the breaker as any operation's would).
+    async fn admitted(&self) -> Result<()> {
+        self.admit()?;
+        if let Some(settled) = self.shard_count.settled() {
+            return settled;
+        }
+        let agreed = self.shard_count.agreed(&self.shared()?, self.timeout).await;
+        if let Err(err) = &agreed {
+            if err.is_unreachable() {
+                self.breaker.failed(err, Instant::now());
+            }
+        }
+        agreed
     }
 
     /// Runs `fut` within the operation timeout; a failure to reach Redis
@@ -299,7 +336,7 @@ impl RedisStore {
         let Some(endpoint) = &self.endpoint else {
             return Ok(None);
         };
-        self.admit()?;
+        self.admitted().await?;
         // Blocking reads wait up to `BLOCK_FOR` for a reply: allow for it.
         let connect = endpoint.dedicated(self.timeout, BLOCK_FOR + self.timeout);
         self.bounded("connect", connect).await.map(Some)
@@ -311,16 +348,16 @@ impl RedisStore {
     }
 }
 
-/// Asks Redis whether it serves the store (whose keys start with `base`),
-/// within `timeout` (on a cluster, the master of the store's slot, the
-/// slot not moving: see [`Conn::ping`]). A manager that had given up its
+/// Asks Redis whether it serves the store (whose keys start with
+/// `bases`), within `timeout` (on a cluster, the masters of the store's
+/// slots, none moving: see [`Conn::ping`]). A manager that had given up its
 /// connection fails the first command at once and starts reconnecting:
 /// the second waits for that.
-async fn ping(mut conn: Conn, base: &str, timeout: Duration) -> Result<()> {
+async fn ping(mut conn: Conn, bases: &[String], timeout: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut again = true;
     loop {
-        let pong = conn.ping(base);
+        let pong = conn.ping(bases);
         match tokio::time::timeout_at(deadline, pong).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(err)) if again && err.is_io_error() => again = false,

@@ -219,6 +219,44 @@ pub async fn readiness(smache: &Smache) -> Result<Readiness> {
     })
 }
 
+/// The number of shards the instance spreads its Redis keys over, as its
+/// first process recorded it in Redis (`None` before any process used the
+/// store). Every process of an instance must use that count
+/// ([`SmacheBuilder::redis_shards`](crate::SmacheBuilder::redis_shards)):
+/// one with another count does not use the store
+/// ([`Error::ShardCountMismatch`]). A tool that was told no count can
+/// take this one, as `smache-worker` does.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), smache::Error> {
+/// let builder = || smache::Smache::builder().redis_url("redis://127.0.0.1/");
+/// let mut smache = builder().build()?;
+/// if let Some(count) = smache::worker::recorded_shards(&smache).await? {
+///     smache = builder().redis_shards(count).build()?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// Without the Redis store, when Redis cannot be reached, or when what is
+/// recorded is not a count ([`Error::Config`]).
+pub async fn recorded_shards(smache: &Smache) -> Result<Option<usize>> {
+    let Store::Redis(store) = &smache.inner.store else {
+        return Err(Error::Config("shards need the Redis store".into()));
+    };
+    let Some(recorded) = store.recorded_shards().await? else {
+        return Ok(None);
+    };
+    recorded.trim().parse().map(Some).map_err(|_| {
+        Error::Config(format!(
+            "the shard count recorded in Redis ({recorded:?}, `{{{}}}:config` field `shards`) \
+             is not a number",
+            smache.prefix()
+        ))
+    })
+}
+
 /// Runs a worker until Ctrl-C or SIGTERM.
 ///
 /// # Errors

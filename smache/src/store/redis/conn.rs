@@ -249,28 +249,34 @@ pub(crate) enum Conn {
 
 impl Conn {
     /// Whether Redis serves the store (the breaker's probe): a `PING` to
-    /// one server. On a cluster, `EXISTS` of two keys of the store's slot
-    /// that are never written (`base` starts the store's keys): the master
-    /// serving the slot answers 0 while the slot is stable, but nothing
-    /// answers while that master is down and its replica not yet promoted,
-    /// and while the slot moves between masters the migrating node answers
-    /// `ASK` and the importing one `TRYAGAIN` (several keys, not all
-    /// there). So the breaker stays open until the slot is served and
-    /// stable again: one outage per failover or slot move (a probe that
-    /// any master answered closed it at once, for the next operation to
-    /// open it again: a dozen times in a failover), during which callers
-    /// compute directly and background work waits, and the store's
-    /// scripts, which touch keys they do not declare, are kept off a slot
-    /// in migration (see `tests/cluster_chaos.rs`).
-    pub(crate) async fn ping(&mut self, base: &str) -> RedisResult<()> {
+    /// one server. On a cluster, for each of the store's key bases (the
+    /// instance's own and each shard's), `EXISTS` of two keys of its slot
+    /// that are never written, all at once (a pipeline per slot): the
+    /// master serving a slot answers 0 while the slot is stable, but
+    /// nothing answers while that master is down and its replica not yet
+    /// promoted, and while the slot moves between masters the migrating
+    /// node answers `ASK` and the importing one `TRYAGAIN` (several keys,
+    /// not all there). So the breaker stays open until every slot of the
+    /// store is served and stable again: one outage per failover or slot
+    /// move (a probe that any master answered closed it at once, for the
+    /// next operation to open it again: a dozen times in a failover),
+    /// during which callers compute directly and background work waits,
+    /// and the store's scripts, which touch keys they do not declare, are
+    /// kept off a slot in migration (see `tests/cluster_chaos.rs`).
+    pub(crate) async fn ping(&mut self, bases: &[String]) -> RedisResult<()> {
         match self {
-            Conn::Cluster(cluster) => redis::cmd("EXISTS")
-                .arg(format!("{base}probe:a"))
-                .arg(format!("{base}probe:b"))
-                .query_async::<Value>(cluster)
-                .await
-                .and_then(|reply| reply.extract_error())
-                .map(drop),
+            Conn::Cluster(_) => {
+                let mut pipe = redis::pipe();
+                for base in bases {
+                    pipe.cmd("EXISTS")
+                        .arg(format!("{base}probe:a"))
+                        .arg(format!("{base}probe:b"));
+                }
+                let replies: Vec<Value> = pipe.query_async(self).await?;
+                replies
+                    .into_iter()
+                    .try_for_each(|reply| reply.extract_error().map(drop))
+            }
             _ => redis::cmd("PING").query_async(self).await,
         }
     }

@@ -26,7 +26,7 @@ impl RedisStore {
             .and_then(|t| Some((t, t.begin_read(key)?)));
         let (reply, tracking, ticket) = match tracked {
             Some((tracking, (mut conn, ticket))) => {
-                self.admit()?;
+                self.admitted().await?;
                 // Not the breaker's business: a tracking connection that
                 // fails is given up, and the read made over the shared one.
                 match tokio::time::timeout(self.timeout, hmget(&mut conn, key)).await {
