@@ -1,7 +1,10 @@
-//! Redis Cluster under chaos (#16). The run: while documents change and
-//! callers read, the master holding smache's slot is SIGKILLed (its
-//! replica is promoted; the killed node comes back, as a replica), then
-//! smache's slot is moved to another master the way `redis-cli --cluster
+//! Redis Cluster under chaos (#16), with the cluster's default of 48
+//! shards (16 on each master). The run: while documents change and
+//! callers read, the master holding the instance's own tag (the worker's
+//! keys, and the shards on that master) is SIGKILLed (its replica is
+//! promoted; the killed node comes back, as a replica), then the slot of
+//! the shard holding a user's card (values, their reverse edges, that
+//! shard's jobs) is moved to another master the way `redis-cli --cluster
 //! reshard` does it, but slowly, a few keys at a time, so that clients
 //! meet `ASK` and `TRYAGAIN` while traffic runs. A real `smache-worker`
 //! follows the change stream, two executor processes recompute, one
@@ -286,9 +289,20 @@ async fn a_failover_and_a_slot_migration_under_traffic_break_no_caller_and_lose_
         smache.scope(read_all(user)).await;
     }
     worker.wait_watching(Duration::from_secs(20)).await;
+    // The failover takes the master of the instance's own tag (the
+    // worker's keys, `config`) and of the shards on it; the move, the
+    // slot of the shard holding a user's card (values, their edges, that
+    // shard's jobs), or the instance's tag on a store of one shard.
     let slot = cluster.keyslot(&format!("{{{prefix}}}")).await;
+    let card_key = smache.storage_key(&card::key(&shared.people[0]).unwrap());
+    let shard_slot = cluster.keyslot(&card_key).await;
     run.note(format!(
-        "seed {seed}: {USERS} users, prefix {prefix} in slot {slot}, worker watching"
+        "seed {seed}: {USERS} users, prefix {prefix} in slot {slot}, {} shards, a card in slot \
+         {shard_slot}, worker watching",
+        smache
+            .inspect_jobs()
+            .await
+            .map_or(0, |jobs| jobs.shards.len())
     ));
 
     // Traffic: one writer and READERS readers, until told to stop.
@@ -311,7 +325,7 @@ async fn a_failover_and_a_slot_migration_under_traffic_break_no_caller_and_lose_
     tokio::time::sleep(Duration::from_secs(3)).await;
     fail_over(&cluster, slot, &run, &shared).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let busy = move_slot(&cluster, slot, &run, &shared).await;
+    let busy = move_slot(&cluster, shard_slot, &run, &shared).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     shared.stop.store(true, Ordering::SeqCst);
     let writes = writer.await.expect("the writer");
@@ -348,7 +362,6 @@ async fn a_failover_and_a_slot_migration_under_traffic_break_no_caller_and_lose_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     run.note("sentinel refreshed");
-    let mut conn = redis_connection(&url).await;
     let users = db.collection::<User>("users");
     loop {
         let mut stale = 0;
@@ -375,10 +388,10 @@ async fn a_failover_and_a_slot_migration_under_traffic_break_no_caller_and_lose_
                 smache.scope(read_all(&now)).await;
             }
         }
-        let queued: u64 = conn
-            .xlen(format!("{{{prefix}}}:jobs"))
+        let queued = smache
+            .inspect_jobs()
             .await
-            .unwrap_or(u64::MAX);
+            .map_or(u64::MAX, |jobs| jobs.queued);
         if stale == 0 && queued == 0 {
             break;
         }
@@ -748,7 +761,7 @@ async fn cluster_chaos_executor() {
         return;
     };
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("smache=info"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new("smache=info,redis=info"))
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .try_init();
