@@ -22,10 +22,9 @@
 
 pub(super) mod stream;
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use once_cell::sync::OnceCell;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
@@ -71,8 +70,9 @@ pub(crate) struct RedisStore {
     /// Where connections go; `None` when the store was given a connection
     /// manager and knows no more.
     endpoint: Option<Endpoint>,
-    /// The shared connection, made on first use.
-    shared: OnceCell<Conn>,
+    /// The shared connection, made on first use, and made anew when the
+    /// breaker's probe finds it stuck (see [`RedisStore::admit`]).
+    shared: Arc<RwLock<Option<Conn>>>,
     breaker: Arc<Breaker>,
     scripts: Scripts,
     timeout: Duration,
@@ -155,7 +155,7 @@ impl std::fmt::Debug for RedisStore {
         // The client holds the URL, and with it possibly a password: leave it out.
         f.debug_struct("RedisStore")
             .field("endpoint", &self.endpoint)
-            .field("connected", &self.shared.get().is_some())
+            .field("connected", &read(&self.shared).is_some())
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -163,7 +163,7 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     pub(crate) fn from_endpoint(endpoint: Endpoint, timeout: Duration, prefix: &str) -> Self {
-        Self::with(Some(endpoint), OnceCell::new(), timeout, prefix)
+        Self::with(Some(endpoint), None, timeout, prefix)
     }
 
     pub(crate) fn from_manager(
@@ -171,17 +171,12 @@ impl RedisStore {
         timeout: Duration,
         prefix: &str,
     ) -> Self {
-        Self::with(
-            None,
-            OnceCell::with_value(Conn::Server(manager)),
-            timeout,
-            prefix,
-        )
+        Self::with(None, Some(Conn::Server(manager)), timeout, prefix)
     }
 
     fn with(
         endpoint: Option<Endpoint>,
-        shared: OnceCell<Conn>,
+        shared: Option<Conn>,
         timeout: Duration,
         prefix: &str,
     ) -> Self {
@@ -192,7 +187,7 @@ impl RedisStore {
             shard_count: ShardCount::new(prefix, &base, 1),
             base,
             endpoint,
-            shared,
+            shared: Arc::new(RwLock::new(shared)),
             breaker: Arc::new(Breaker::new(prefix)),
             scripts: Scripts::new(),
             notifier: tokio::sync::Mutex::new(None),
@@ -239,12 +234,17 @@ impl RedisStore {
 
     /// The shared connection, made on first use (see [`Endpoint::shared`]).
     pub(super) fn shared(&self) -> Result<Conn> {
-        self.shared
-            .get_or_try_init(|| {
-                let endpoint = self.endpoint.as_ref().ok_or(Error::Unavailable)?;
-                Ok(endpoint.shared(self.timeout)?)
-            })
-            .cloned()
+        if let Some(conn) = read(&self.shared).as_ref() {
+            return Ok(conn.clone());
+        }
+        let mut slot = self.shared.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let endpoint = self.endpoint.as_ref().ok_or(Error::Unavailable)?;
+        let conn = endpoint.shared(self.timeout)?;
+        *slot = Some(conn.clone());
+        Ok(conn)
     }
 
     /// Whether an operation may go to Redis: `Err(Unavailable)` at once
@@ -259,10 +259,24 @@ impl RedisStore {
                 let conn = self.shared();
                 let timeout = self.timeout;
                 let bases = self.probed_bases();
+                let renewal = match &self.endpoint {
+                    Some(endpoint) if endpoint.is_cluster() => Some((
+                        endpoint.clone(),
+                        Arc::clone(&self.shared),
+                        self.breaker.prefix().to_owned(),
+                    )),
+                    _ => None,
+                };
                 crate::runtime::spawn(async move {
                     let answered = match conn {
                         Ok(conn) => ping(conn, &bases, timeout).await,
                         Err(err) => Err(err),
+                    };
+                    let answered = match (answered, renewal) {
+                        (Err(Error::Timeout { .. }), Some((endpoint, shared, prefix))) => {
+                            renew(&endpoint, &shared, &bases, timeout, &prefix).await
+                        }
+                        (answered, _) => answered,
                     };
                     probe.report(answered.as_ref().map(|_| ()));
                 });
@@ -346,6 +360,37 @@ impl RedisStore {
     pub(crate) fn endpoint(&self) -> Option<&Endpoint> {
         self.endpoint.as_ref()
     }
+}
+
+/// A cluster connection that gave the probe no answer at all may be stuck
+/// rather than its cluster down: redis-rs's async cluster connection was
+/// seen, after a master's failover under load (`tests/cluster_chaos.rs`
+/// at 48 shards), to time out every command from then on while a new
+/// connection to the same cluster answered at once. So the probe asks over
+/// a new connection too, and if that one answers, it replaces the shared
+/// one (the old one goes with its last clone).
+async fn renew(
+    endpoint: &Endpoint,
+    shared: &RwLock<Option<Conn>>,
+    bases: &[String],
+    timeout: Duration,
+    prefix: &str,
+) -> Result<()> {
+    let fresh = endpoint.shared(timeout)?;
+    ping(fresh.clone(), bases, timeout).await?;
+    tracing::warn!(
+        prefix,
+        "smache: the Redis Cluster connection gave no answer while a new one did; using the new \
+         one"
+    );
+    *shared.write().unwrap_or_else(PoisonError::into_inner) = Some(fresh);
+    Ok(())
+}
+
+/// The shared connection slot, read (recovering it if a writer panicked:
+/// it holds a connection or none, valid either way).
+fn read(shared: &RwLock<Option<Conn>>) -> std::sync::RwLockReadGuard<'_, Option<Conn>> {
+    shared.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Asks Redis whether it serves the store (whose keys start with
