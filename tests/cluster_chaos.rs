@@ -353,12 +353,40 @@ async fn a_failover_and_a_slot_migration_under_traffic_break_no_caller_and_lose_
         )
         .await
         .unwrap();
-    while smache.scope(flag_value(&flag)).await != "done" {
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            failed("the sentinel was never refreshed".into())
-        );
+    // Called with the document as it is now, as a caller would: the value
+    // reads "done" once the worker's signal marked it stale (an executor
+    // recomputes it, or a caller past MAX_STALE), and never before. (With
+    // the document of before, a caller computing it past MAX_STALE would
+    // store "running" again, from its own old copy.)
+    let sentinel = || async {
+        let now = flags
+            .find_one(doc! { "_id": "sentinel" })
+            .await
+            .unwrap()
+            .unwrap();
+        smache.scope(flag_value(&now)).await
+    };
+    while sentinel().await != "done" {
+        if Instant::now() >= deadline {
+            // What the worker saw, and the sentinel's graph as Redis holds it.
+            let workers = match smache.inspect_workers().await {
+                Ok(report) => report.to_string(),
+                Err(err) => err.to_string(),
+            };
+            let start = "flags/sentinel"
+                .parse::<smache::inspect::GraphStart>()
+                .unwrap();
+            let graph = match smache.inspect_graph(start, GraphOptions::default()).await {
+                Ok(graph) => graph.to_string(),
+                Err(err) => err.to_string(),
+            };
+            panic!(
+                "{}",
+                failed(format!(
+                    "the sentinel was never refreshed\n{workers}\n{graph}"
+                ))
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     run.note("sentinel refreshed");
@@ -761,7 +789,9 @@ async fn cluster_chaos_executor() {
         return;
     };
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("smache=info,redis=info"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "smache=info,smache::store::breaker=debug,redis=info",
+        ))
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .try_init();

@@ -238,6 +238,15 @@ async fn jobs_no_live_executor_can_run_are_dead_letters_after_the_orphan_timeout
         .sadd(format!("{}r:v:{stale}", layout.base_of(built_on)), built_on)
         .await
         .unwrap();
+    // (In another shard, its shard is among the stale value's readers, as
+    // a nested read lists it: Store::edge_first.)
+    let _: () = conn
+        .sadd(
+            format!("{}rd:{stale}", layout.base_of(stale)),
+            layout.base_of(built_on),
+        )
+        .await
+        .unwrap();
     queue(layout.base_of(stale), &[("id", stale)]).await;
     // A task submitted for the retired function, and a callback nobody has.
     let tasked = "app::retired#3:\"task\"";

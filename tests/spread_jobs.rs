@@ -347,7 +347,8 @@ async fn a_value_stored_anew_or_dropped_tells_its_dependants_in_other_shards() {
         smache.scope(built_on_setting(tag.clone(), k)).await,
         format!("built {k}")
     );
-    // The fan-all jobs of the first stores (which found no dependant) run.
+    // What the first stores queued runs (no fan-out job: no value of
+    // another shard has read them yet).
     let executor = smache::executor::spawn(&smache);
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -355,11 +356,16 @@ async fn a_value_stored_anew_or_dropped_tells_its_dependants_in_other_shards() {
         })
         .await
     );
-    // The reverse edge, in the dependant's shard (where a nested read
-    // writes it).
+    // The reverse edge, in the dependant's shard, and that shard among the
+    // value's readers, in the value's shard (what a nested read writes
+    // first: Store::edge_first).
     let mut conn = redis_connection(&redis_url()).await;
     let _: u64 = conn
         .sadd(format!("{parent_base}r:v:{child_id}"), &parent_id)
+        .await
+        .unwrap();
+    let _: u64 = conn
+        .sadd(format!("{child_base}rd:{child_id}"), &parent_base)
         .await
         .unwrap();
     let version = |smache: Smache, key: smache::CacheKey| async move {

@@ -209,9 +209,17 @@ end
 -- (fields `fan` "v:<id>", `all` "1", `lazy` "1" to mark stale only) that
 -- an executor runs as lua/spread.lua on each other shard, then
 -- acknowledges (at least once: a crash means it is reclaimed and run
--- again, at worst an extra recompute). Returns 1 if a job was queued.
+-- again, at worst an extra recompute). Only for a value that a value of
+-- another shard has read: `rd:<id>`, in the value's own shard, lists the
+-- shards of its readers, and each one is added there before that reader
+-- reads it (after its reverse edge: see edge_first in values.rs), so a
+-- store the read may have missed finds it. Returns 1 if a job was queued.
 local function fan_all(base, token, lazy)
   if not sharded(base) then
+    return 0
+  end
+  if string.sub(token, 1, 2) == 'v:' and
+      redis.call('EXISTS', base .. 'rd:' .. string.sub(token, 3)) == 0 then
     return 0
   end
   if lazy then

@@ -116,6 +116,14 @@ pub(crate) fn relations(base: &str, collection: &str) -> String {
     format!("{base}rel:{collection}")
 }
 
+/// The shards whose values read value `id` (on a store of several
+/// shards): `{prefix#i}:rd:<id>` in `id`'s own shard, each member a
+/// reader's shard base. A store of `id` fans out to the other shards only
+/// while it exists (`fan_all` in `lua/common.lua`).
+pub(crate) fn readers(base: &str, id: &str) -> String {
+    format!("{base}rd:{id}")
+}
+
 /// The aliases of value `id`: `{prefix}:al:<id>`.
 pub(crate) fn aliases(base: &str, id: &str) -> String {
     format!("{base}al:{id}")

@@ -254,7 +254,19 @@ impl RedisStore {
         let recorded: i64 = self
             .bounded("edge", invocation.invoke_async(&mut conn))
             .await?;
-        Ok(recorded == 1)
+        if recorded != 1 {
+            return Ok(false);
+        }
+        // Then, still before the read, `home`'s shard among the readers of
+        // `id`, in `id`'s shard: a store of `id` from now on fans out to
+        // the other shards (lua/common.lua `fan_all`), this edge's among
+        // them. Never removed: a shard once a reader's is told of every
+        // store after (one job each, at worst a needless one).
+        let mut cmd = redis::cmd("SADD");
+        cmd.arg(keys::readers(self.shards.base_of(id), id))
+            .arg(base);
+        let _: i64 = self.bounded("edge", cmd.query_async(&mut conn)).await?;
+        Ok(true)
     }
 
     /// Makes `alias` stand for `target`; `None` for a cycle.
