@@ -127,7 +127,7 @@ impl Executor {
                     Ok(Some(_)) => {}
                     Ok(None) => {
                         unknown_earlier_targets(head, collection, &source);
-                        if let Err(err) = self.stale_function(head).await {
+                        if let Err(err) = self.stale_function(entry.shard, head).await {
                             tracing::warn!(error = %err, "smache executor: job left for retry");
                             return;
                         }
@@ -154,11 +154,12 @@ impl Executor {
         self.give_up(entry, &reason).await;
     }
 
-    /// Marks every value of one function stale, with no recompute coming:
-    /// each is recomputed by its next reader (a recompute of every value
-    /// of a function on each such change could swamp the executors).
-    async fn stale_function(&self, head: &str) -> Result<()> {
-        self.store.mark_function_stale(head).await?;
+    /// Marks every value of one function in shard `shard` (the job's)
+    /// stale, with no recompute coming: each is recomputed by its next
+    /// reader (a recompute of every value of a function on each such
+    /// change could swamp the executors).
+    async fn stale_function(&self, shard: usize, head: &str) -> Result<()> {
+        self.store.mark_function_stale(shard, head).await?;
         Ok(())
     }
 }

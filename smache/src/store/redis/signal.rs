@@ -45,9 +45,21 @@ impl RedisStore {
         id_glob: &str,
         lazy: bool,
     ) -> Result<(usize, u64)> {
+        self.mark_matching_stale_in(self.shards.bases(), id_glob, lazy)
+            .await
+    }
+
+    /// [`mark_matching_stale`](Self::mark_matching_stale) in the shards
+    /// of `bases` only.
+    pub(super) async fn mark_matching_stale_in<'a>(
+        &self,
+        bases: impl IntoIterator<Item = &'a str>,
+        id_glob: &str,
+        lazy: bool,
+    ) -> Result<(usize, u64)> {
         let mut conn = self.connection().await?;
         let (mut values, mut queued) = (0, 0);
-        for base in self.shards.bases() {
+        for base in bases {
             let prefix = keys::value_prefix(base);
             let mut scan = Scan::new(format!("{prefix}{id_glob}"), None);
             while let Some(keys) = self.bounded("scan", scan.next_page(&mut conn)).await? {

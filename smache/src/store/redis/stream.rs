@@ -305,10 +305,20 @@ impl RedisStore {
         self.bounded("relations", cmd.query_async(&mut conn)).await
     }
 
-    /// Marks every value of the function `head` stale, with no recompute
-    /// coming; how many values, and how many jobs queued.
-    pub(crate) async fn mark_function_stale(&self, head: &str) -> Result<(usize, u64)> {
-        self.mark_matching_stale(&keys::function_values(head), true)
+    /// Marks every value of the function `head` in shard `shard` stale,
+    /// with no recompute coming; how many values, and how many jobs
+    /// queued. For a relation job of that shard whose document's earlier
+    /// targets are unknown: each shard's relation job answers for its own
+    /// shard's values (its record of the mapping is its own), so marking
+    /// every shard from each of them repeated the work once per shard, a
+    /// scan of the whole cluster per shard each time.
+    pub(crate) async fn mark_function_stale(
+        &self,
+        shard: usize,
+        head: &str,
+    ) -> Result<(usize, u64)> {
+        let base = self.shards.base(shard);
+        self.mark_matching_stale_in([base], &keys::function_values(head), true)
             .await
     }
 }
