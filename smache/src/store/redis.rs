@@ -312,7 +312,10 @@ impl RedisStore {
         if let Some(settled) = self.shard_count.settled() {
             return settled;
         }
-        let agreed = self.shard_count.agreed(&self.shared()?, self.timeout).await;
+        let agreed = self
+            .shard_count
+            .agreed(&self.shared()?, &self.shared, self.timeout)
+            .await;
         if let Err(err) = &agreed {
             if err.is_unreachable() {
                 self.breaker.failed(err, Instant::now());

@@ -24,7 +24,7 @@
 //! record changed under it.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use super::conn::Conn;
@@ -72,8 +72,15 @@ impl ShardCount {
     /// `Ok` if the instance uses this process's count, asking Redis over
     /// `conn` (within `timeout`) the first time; the refusal otherwise.
     /// A failure to ask is returned as it is (the caller's breaker judges
-    /// it), and the next operation asks again.
-    pub(super) async fn agreed(self: &Arc<Self>, conn: &Conn, timeout: Duration) -> Result<()> {
+    /// it), and the next operation asks again. The rechecks after use
+    /// whatever connection `shared` holds then (the breaker's probe may
+    /// have replaced a stuck one).
+    pub(super) async fn agreed(
+        self: &Arc<Self>,
+        conn: &Conn,
+        shared: &Arc<RwLock<Option<Conn>>>,
+        timeout: Duration,
+    ) -> Result<()> {
         if let Some(settled) = self.settled() {
             return settled;
         }
@@ -94,7 +101,11 @@ impl ShardCount {
         // On smache's own runtime: it lives as long as the store, longer
         // than the runtime of whichever caller came first.
         let _background = crate::runtime::enter_background();
-        tokio::spawn(recheck(Arc::downgrade(self), conn.clone(), timeout));
+        tokio::spawn(recheck(
+            Arc::downgrade(self),
+            Arc::downgrade(shared),
+            timeout,
+        ));
         self.settled().unwrap_or(Ok(()))
     }
 
@@ -161,13 +172,20 @@ impl ShardCount {
 
 /// Reads the record again every [`RECHECK_EVERY`], for as long as the
 /// store lives. A check that fails (Redis away) changes nothing.
-async fn recheck(check: Weak<ShardCount>, conn: Conn, timeout: Duration) {
+async fn recheck(check: Weak<ShardCount>, shared: Weak<RwLock<Option<Conn>>>, timeout: Duration) {
     loop {
         tokio::time::sleep(RECHECK_EVERY).await;
-        let Some(check) = check.upgrade() else {
+        let (Some(check), Some(shared)) = (check.upgrade(), shared.upgrade()) else {
             return;
         };
-        if let Ok(Ok(recorded)) = tokio::time::timeout(timeout, check.record(conn.clone())).await {
+        let conn = shared
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(conn) = conn else {
+            continue;
+        };
+        if let Ok(Ok(recorded)) = tokio::time::timeout(timeout, check.record(conn)).await {
             check.found(&recorded);
         }
     }
