@@ -9,8 +9,9 @@
 #      flight, tasks, graph, aliases, inspect, chaos, spread) against a
 #      Redis Cluster of 3 masters + 3 replicas (issue #16), the keys over
 #      48 shards (16 on each master); then, alone and last,
-#      the cluster chaos run (tests/cluster_chaos.rs: it kills a master and
-#      moves a slot, so it is #[ignore]d in the other passes).
+#      the cluster chaos run (tests/cluster_chaos.rs, at the cluster default
+#      of 48 shards: it kills a master and moves a slot, so it is
+#      #[ignore]d in the other passes).
 #
 #   ./scripts/test.sh [extra `cargo test` arguments]
 #
@@ -50,7 +51,7 @@ exec "$root/scripts/with-servers.sh" bash -c '
         --test configuration --test chaos --test spread --test spread_jobs "$@" "${sep[@]}" \
         --skip a_waiter_that_read_just_before_the_value_was_stored_does_not_compute_it_again
     # Only on a cluster started here: one given by URL is not ours to break.
-    # (At one shard: the slot it moves holds every key of the instance.)
+    # (No SMACHE_REDIS_SHARDS: a cluster URL gets the default, 48.)
     if [ -n "${SMACHE_TEST_REDIS_CLUSTER_DIR:-}" ]; then
       echo "[test.sh] the cluster chaos run: a master killed, a slot moved (alone, last)" >&2
       cargo test --workspace --test cluster_chaos "$@" "${sep[@]}" --ignored

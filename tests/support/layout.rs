@@ -16,7 +16,9 @@ use smache::{CacheKey, Smache};
 
 use crate::RedisConn;
 
-/// The shard count the tests' instances get from the environment.
+/// The shard count the tests' instances get from the environment (1 when
+/// unset: the test command sets it for every pass against a cluster but
+/// the chaos run, which asks its instance's [`Layout`]).
 pub fn shards() -> usize {
     std::env::var("SMACHE_REDIS_SHARDS")
         .ok()

@@ -126,31 +126,37 @@ pub(super) fn store(
         Some(RedisSource::Url(url)) => {
             // The error text never includes the URL itself.
             let endpoint = Endpoint::parse(&url).map_err(Error::Config)?;
+            let default = if endpoint.is_cluster() {
+                CLUSTER_SHARDS
+            } else {
+                1
+            };
             Store::Redis(
                 RedisStore::from_endpoint(endpoint, timeout, prefix)
-                    .with_shards(shard_count(shards)?)
+                    .with_shards(shard_count(shards, default)?)
                     .with_layer(local_cache),
             )
         }
         Some(RedisSource::Client(client)) => Store::Redis(
             RedisStore::from_endpoint(Endpoint::Server(client), timeout, prefix)
-                .with_shards(shard_count(shards)?)
+                .with_shards(shard_count(shards, 1)?)
                 .with_layer(local_cache),
         ),
         Some(RedisSource::Manager(manager)) => Store::Redis(
-            RedisStore::from_manager(manager, timeout, prefix).with_shards(shard_count(shards)?),
+            RedisStore::from_manager(manager, timeout, prefix).with_shards(shard_count(shards, 1)?),
         ),
     })
 }
 
 /// How many shards the Redis store spreads values over: `given` by the
-/// builder, else `SMACHE_REDIS_SHARDS` (experimental, #16), else 1. A
+/// builder, else `SMACHE_REDIS_SHARDS`, else `default` ([`CLUSTER_SHARDS`]
+/// on a Redis Cluster, 1 on one server). A
 /// count that is not a number from 1 to [`MAX_SHARDS`] is a configuration
 /// error rather than a silent 1, which would put this process's keys where
 /// no other process of the instance looks. (Every process of an instance
 /// must use the same count: the store checks it against the count
 /// recorded in Redis, see `store::redis::shard_count`.)
-fn shard_count(given: Option<usize>) -> Result<usize> {
+fn shard_count(given: Option<usize>, default: usize) -> Result<usize> {
     const NAME: &str = "SMACHE_REDIS_SHARDS";
     if let Some(count) = given {
         return match count {
@@ -161,7 +167,7 @@ fn shard_count(given: Option<usize>) -> Result<usize> {
         };
     }
     let Ok(value) = std::env::var(NAME) else {
-        return Ok(1);
+        return Ok(default);
     };
     match value.trim().parse::<usize>() {
         Ok(count) if (1..=MAX_SHARDS).contains(&count) => Ok(count),
@@ -170,6 +176,12 @@ fn shard_count(given: Option<usize>) -> Result<usize> {
         ))),
     }
 }
+
+/// The default count on a Redis Cluster: 16 shards on each of 3 masters
+/// of `redis-cli --cluster create`'s even split, 12 on each of 4, 8 on each
+/// of 6, so keys and load spread evenly over the usual sizes, while a
+/// fan-out to every shard stays 47 script calls.
+pub(crate) const CLUSTER_SHARDS: usize = 48;
 
 /// The most shards an instance may have: a shard per slot band, and bands
 /// of at least 16 slots, so that a tag for each is found quickly.

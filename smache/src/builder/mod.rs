@@ -137,16 +137,17 @@ impl SmacheBuilder {
     }
 
     /// Spreads the instance's keys in Redis over `count` shards, from 1 to
-    /// 1024 (**experimental**, issue #16; README, "Shards"): hash tags
-    /// `{prefix#i}` whose Redis Cluster slots are evenly spaced, so that
-    /// values, their graph, tasks and jobs spread over a cluster's masters
-    /// (48: 16 on each of 3 masters of an even split). Every process of an
-    /// instance (applications, executors, the worker) must use the same
-    /// count, and with more than one, executors must run: a value stored
-    /// anew reaches its dependants in other shards through a job.
+    /// 1024 (README, "Shards"): hash tags `{prefix#i}` whose Redis Cluster
+    /// slots are evenly spaced, so that values, their graph, tasks and jobs
+    /// spread over a cluster's masters (48: 16 on each of 3 masters of an
+    /// even split). Every process of an instance (applications, executors,
+    /// the worker) must use the same count, and with more than one,
+    /// executors must run: a value stored anew reaches its dependants in
+    /// other shards through a job.
     ///
     /// Unset, the environment variable `SMACHE_REDIS_SHARDS` may set it,
-    /// else 1: every key under `{prefix}`, the layout on one server. A
+    /// else 48 on a Redis Cluster (a `redis+cluster://` URL or several
+    /// URLs) and 1 on one server: every key under `{prefix}`. A
     /// count out of range is an [`Error::Config`] at
     /// [`build`](Self::build). The instance's first process records its
     /// count in Redis; a process with another count does not use the store

@@ -57,3 +57,37 @@ fn shard_counts_out_of_range_are_config_errors() {
         assert!(err.to_string().contains("redis_shards"), "{err}");
     }
 }
+
+#[test]
+fn a_redis_cluster_spreads_over_48_shards_by_default_and_one_server_keeps_one() {
+    // The environment's count overrides the default (the test command's
+    // later passes set it): nothing to check then.
+    if std::env::var_os("SMACHE_REDIS_SHARDS").is_some() {
+        return;
+    }
+    let shards = |url: &str, given: Option<usize>| {
+        let store = connect::store(
+            Some(RedisSource::Url(url.to_owned())),
+            0,
+            0,
+            given,
+            Duration::from_secs(1),
+            "smache",
+        )
+        .unwrap();
+        match store {
+            crate::store::Store::Redis(redis) => redis.shard_count(),
+            _ => unreachable!("a Redis URL makes a Redis store"),
+        }
+    };
+    let cluster = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001";
+    assert_eq!(shards(cluster, None), connect::CLUSTER_SHARDS);
+    assert_eq!(connect::CLUSTER_SHARDS, 48);
+    assert_eq!(
+        shards("redis://127.0.0.1:7000,redis://127.0.0.1:7001", None),
+        48
+    );
+    assert_eq!(shards(cluster, Some(1)), 1);
+    assert_eq!(shards("redis://127.0.0.1:6379/", None), 1);
+    assert_eq!(shards("redis://127.0.0.1:6379/", Some(4)), 4);
+}

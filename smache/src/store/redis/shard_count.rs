@@ -157,7 +157,8 @@ impl ShardCount {
                 "smache: this process spreads the Redis keys over {} shards, the instance over \
                  {recorded:?} (recorded in Redis): not using the store, computing every value \
                  directly until they agree. Every process of an instance must use the same \
-                 count (SmacheBuilder::redis_shards, SMACHE_REDIS_SHARDS; the default is 1); see the README's \"Shards\" to change it",
+                 count (SmacheBuilder::redis_shards, SMACHE_REDIS_SHARDS; the default is 48 on a \
+                 Redis Cluster, else 1); see the README's \"Shards\" to change it",
                 self.count,
             ),
             (REFUSED, true) => tracing::info!(
