@@ -68,7 +68,7 @@ use smache_suite::{mongodb_uri, redis_connection, unique, WorkerProcess};
 #[path = "cluster_chaos/traffic.rs"]
 mod traffic;
 
-use traffic::{populate, read_loop, write_loop, Dice, Shared};
+use traffic::{populate, process_oid, read_loop, write_loop, Dice, Shared};
 
 #[derive(Clone, Debug, Serialize, Deserialize, Entity)]
 #[entity(collection = "users")]
@@ -319,6 +319,7 @@ async fn a_failover_and_a_slot_migration_under_traffic_break_no_caller_and_lose_
                 db.clone(),
                 Arc::clone(&shared),
                 seed.wrapping_mul(i as u64 + 3) | 1,
+                url.clone(),
             ))
         })
         .collect();
@@ -623,15 +624,32 @@ fn diagnostics(
     worker: &WorkerProcess,
     prefix: &str,
 ) -> String {
+    let executors = std::fs::read_to_string(executor_log_path(prefix)).unwrap_or_default();
+    let ids: Vec<&str> = executors
+        .lines()
+        .filter(|line| line.contains("process oid"))
+        .collect();
     format!(
-        "seed {seed}: {what}\n--- run ---\n{}\n--- worker ---\n{}\n--- executors ---\n{}",
+        "seed {seed}: {what}\n--- run ---\n{}\n--- worker ---\n{}\n--- executors ---\n{}\n\
+         --- process ids ---\nthis process (the callers): process oid {}\n{}",
         run.text(),
-        tail(&worker.log(), 60),
-        tail(
-            &std::fs::read_to_string(executor_log_path(prefix)).unwrap_or_default(),
-            60
-        )
+        tail(&quiet(&worker.log()), 60),
+        tail(&quiet(&executors), 60),
+        process_oid(),
+        ids.join("\n"),
     )
+}
+
+/// A log without redis-rs's own cluster recovery lines (dozens a second
+/// while a node is down), which would crowd out smache's in a tail; how
+/// many were left out is said at the end.
+fn quiet(log: &str) -> String {
+    let noisy = |line: &&str| line.contains("redis::cluster_handling");
+    let left_out = log.lines().filter(noisy).count();
+    let mut kept: Vec<&str> = log.lines().filter(|line| !noisy(line)).collect();
+    let note = format!("({left_out} lines of redis::cluster_handling left out)");
+    kept.push(&note);
+    kept.join("\n")
 }
 
 /// What this process logs: warnings, and the breaker's opening and
@@ -795,6 +813,11 @@ async fn cluster_chaos_executor() {
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .try_init();
+    eprintln!(
+        "cluster chaos executor: pid {}, process oid {}",
+        std::process::id(),
+        process_oid()
+    );
     let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
     let smache = Smache::builder()
         .redis_url(url)

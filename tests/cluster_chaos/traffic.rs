@@ -346,6 +346,7 @@ pub(super) async fn read_loop(
     db: mongodb::Database,
     shared: Arc<Shared>,
     seed: u64,
+    redis_url: String,
 ) {
     let users = db.collection::<User>("users");
     let reads = &shared.reads;
@@ -371,6 +372,15 @@ pub(super) async fn read_loop(
         let spent_value = timed(reads, "spent", &user.name, smache.scope(spent(&user)))
             .await
             .map(|total| total.to_string());
+        if spent_value.is_none() {
+            // Who held the value then: its lease, its marks.
+            let key = smache.storage_key(&spent::key(&user).unwrap());
+            reads.fail(format!(
+                "spent of {} then: {}",
+                user.name,
+                value_state(&redis_url, &key).await
+            ));
+        }
         let end = Instant::now();
         judge(
             &shared.model.lock().unwrap(),
@@ -457,4 +467,47 @@ async fn timed<T>(
         reads.fail(format!("{what} of {whose} took longer than {CALL_BOUND:?}"));
     }
     result.ok()
+}
+
+/// The fields of the value hash at `key` that say who computes it and
+/// why (the compute lease `c`/`cx`, the change generations, the marks):
+/// for a call that took too long. The lease owner's ObjectId bytes 4–8
+/// (hex 8..18) name its process (see the run's "process ids").
+async fn value_state(redis_url: &str, key: &str) -> String {
+    let read = async {
+        let mut conn = smache_suite::redis_connection(redis_url).await;
+        let fields = ["v", "g", "w", "q", "t", "e", "m", "s", "c", "cx", "k"];
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(key)
+            .arg(&fields[..])
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| err.to_string())?;
+        let now: (String, String) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| err.to_string())?;
+        let set: Vec<String> = fields
+            .iter()
+            .zip(values)
+            .filter_map(|(field, value)| value.map(|value| format!("{field}={value}")))
+            .collect();
+        Ok::<_, String>(format!(
+            "{key} {{{}}} at Redis time {}.{:06}",
+            set.join(" "),
+            now.0,
+            now.1.parse::<u32>().unwrap_or(0)
+        ))
+    };
+    match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(Ok(state)) => state,
+        Ok(Err(err)) => format!("{key}: not read ({err})"),
+        Err(_) => format!("{key}: not read (timed out)"),
+    }
+}
+
+/// This process's part of the ObjectIds it makes (bytes 4–8, hex 8..18):
+/// what names a compute lease's owner process.
+pub(super) fn process_oid() -> String {
+    ObjectId::new().to_hex()[8..18].to_owned()
 }
