@@ -90,6 +90,18 @@ async fn spent(user: &User) -> i64 {
     total
 }
 
+/// How many times `spent_mapped`'s relation mapped an order.
+static MAPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `spent`, its relation counting the orders it maps (for one test only).
+#[computed(User, relations(Order => |o: &Order| {
+    MAPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    o.user_id
+}))]
+async fn spent_mapped(user: &User) -> i64 {
+    spent(user).await
+}
+
 #[computed(User, ttl_secs = 1)]
 async fn short_profile(user: &User) -> String {
     CALLS.bump(format!("short:{}", user.id));
@@ -377,6 +389,122 @@ async fn related_documents_refresh_the_values_they_map_to() {
     orders.delete_one(doc! { "_id": second.id }).await.unwrap();
     world.eventually("related delete", "20", total).await;
     world.stop().await;
+}
+
+/// On several shards a related document's change is one relation job,
+/// whatever the number of shards holding values of the function: the
+/// document is read and mapped once, its mapping recorded in its own
+/// shard, and the values concerned refreshed in theirs (README, "Shards").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_related_document_is_mapped_once_per_change_and_refreshes_values_in_every_shard() {
+    let mut world = World::new().await;
+    let base = |user: &User| {
+        let key = world.smache.storage_key(&spent_mapped::key(user).unwrap());
+        key[..key.find("}:").unwrap() + 2].to_owned()
+    };
+    // Ada, Bob in another shard than hers (when there are several), and
+    // bystanders, whose values no change concerns.
+    let ada = world.insert_user("Ada").await;
+    let mut bob = world.insert_user("Bob").await;
+    for _ in 0..64 {
+        if base(&bob) != base(&ada) || smache_suite::layout::shards() == 1 {
+            break;
+        }
+        bob = world.insert_user("Bob").await;
+    }
+    let mut bystanders = Vec::new();
+    for name in ["Cy", "Di", "Ed", "Flo", "Gus", "Hal"] {
+        bystanders.push(world.insert_user(name).await);
+    }
+    world.watching().await;
+    for user in [&ada, &bob].into_iter().chain(&bystanders) {
+        assert_eq!(world.smache.scope(spent_mapped(user)).await, 0);
+    }
+    let orders = world.db.collection::<Order>("orders");
+    let order = Order {
+        id: ObjectId::new(),
+        user_id: ada.id,
+        total: 7,
+    };
+    orders.insert_one(&order).await.unwrap();
+    let ada_total = || async { spent_mapped(&ada).await.to_string() };
+    world.eventually("the first owner", "7", ada_total).await;
+    // Settled: the versions from here on. (On several shards a value's
+    // first store can have its readers in other shards computed once
+    // more: the nested `spent` is stored after its reader wrote its edge.)
+    drained(&world).await;
+    let mut versions = Vec::new();
+    for user in [&ada, &bob].into_iter().chain(&bystanders) {
+        let key = spent_mapped::key(user).unwrap();
+        versions.push(world.smache.entry(&key).await.unwrap().unwrap().version());
+    }
+    let (moved, bystanders_at) = (&versions[..2], &versions[2..]);
+
+    // Moved to Bob: an update with no pre-image, so what it concerned
+    // before comes from the mapping recorded at its insert.
+    orders
+        .update_one(
+            doc! { "_id": order.id },
+            doc! { "$set": { "user_id": bob.id } },
+        )
+        .await
+        .unwrap();
+    // Both owners are refreshed in the background, not marked stale.
+    for ((user, total), &version) in [(&ada, 0), (&bob, 7)].into_iter().zip(moved) {
+        let key = spent_mapped::key(user).unwrap();
+        let mut refreshed = false;
+        for _ in 0..400 {
+            let entry = world.smache.entry(&key).await.unwrap().unwrap();
+            if entry.version() > version && !entry.is_stale() {
+                refreshed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(
+            refreshed,
+            "{}'s value is recomputed by an executor\n{}",
+            user.name,
+            world.worker.log()
+        );
+        assert_eq!(world.smache.scope(spent_mapped(user)).await, total);
+    }
+    // Nothing left to run, then: two changes, two mappings (one job each,
+    // not one per shard holding values), and no bystander touched.
+    drained(&world).await;
+    assert_eq!(
+        MAPPED.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "each change is mapped once"
+    );
+    for (user, &version) in bystanders.iter().zip(bystanders_at) {
+        let entry = world
+            .smache
+            .entry(&spent_mapped::key(user).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (entry.version(), entry.is_stale()),
+            (version, false),
+            "{}'s value stays as it was (version, stale)\n{}",
+            user.name,
+            world.worker.log()
+        );
+    }
+    world.stop().await;
+}
+
+/// Waits until no job is queued or held.
+async fn drained(world: &World) {
+    for _ in 0..400 {
+        let jobs = world.smache.inspect_jobs().await.unwrap();
+        if jobs.queued == 0 && jobs.held == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the jobs are run\n{}", world.worker.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

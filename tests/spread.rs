@@ -197,7 +197,7 @@ async fn fan_out(conn: &mut RedisConn, base: &str, token: &str) {
         include_str!("../smache/lua/common.lua"),
         include_str!("../smache/lua/touch.lua")
     ));
-    let _: u64 = touch
+    let _: redis::Value = touch
         .key(format!("{base}jobs"))
         .arg(base)
         .arg("")

@@ -348,23 +348,43 @@ local function signal_dependents(base, token, here)
 end
 
 
--- A changed document of a collection that some function declares in
--- `relations(...)` queues a relation job (fields `rel`, `doc`, `op`, and
--- `pre` the document before the change, if known): an executor maps the
--- document, before and after, to the entities whose values depend on it.
--- Returns 1 if a job was queued.
-local function relation_job(base, token, op, pre)
+-- The collection and document id key of `token` if it names a document
+-- of a collection that some function of the shard of `base` declares in
+-- `relations(...)`, else nil.
+local function related_document(base, token)
   local coll, doc = string.match(token, '^e:([^:]+):(.+)$')
-  if not coll or redis.call('TYPE', base .. 'rel:' .. coll)['ok'] ~= 'set' then
-    return 0
+  if coll and redis.call('TYPE', base .. 'rel:' .. coll)['ok'] == 'set' then
+    return coll, doc
   end
+end
+
+-- Queues a relation job in the shard of `base` (fields `rel`, `doc`, `op`,
+-- `pre` the document before the change, if known, and `all` "1" for a
+-- job that answers for every shard): an executor maps the document,
+-- before and after, to the entities whose values depend on it.
+local function queue_relation(base, coll, doc, op, pre, all)
   local job = {'rel', coll, 'doc', doc, 'op', op}
   if pre ~= '' then
     job[#job + 1] = 'pre'
     job[#job + 1] = pre
   end
+  if all then
+    job[#job + 1] = 'all'
+    job[#job + 1] = '1'
+  end
   redis.call('XADD', typed(base .. 'jobs', 'stream'), '*', unpack(job))
   ring(base)
+end
+
+-- A changed document of a collection that some function declares in
+-- `relations(...)` queues a relation job in this (the only) shard.
+-- Returns 1 if a job was queued.
+local function relation_job(base, token, op, pre)
+  local coll, doc = related_document(base, token)
+  if not coll then
+    return 0
+  end
+  queue_relation(base, coll, doc, op, pre, false)
   return 1
 end
 

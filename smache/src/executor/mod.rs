@@ -204,12 +204,14 @@ impl Executor {
                 doc,
                 op,
                 before,
+                all,
             } => {
                 let change = RelatedChange {
                     collection: &collection,
                     doc: &doc,
                     op: op.as_deref(),
                     before: before.as_deref(),
+                    all,
                 };
                 self.relate(entry, &change).await;
             }

@@ -1,8 +1,28 @@
 //! The relation handler: a document of a collection named in some
 //! `relations(...)` changed; map it, as it is now and as it was, to the
 //! entities whose values it concerns, and refresh those.
+//!
+//! One job per change answers for every shard (`all`): the document is
+//! read and mapped once, its mapping recorded in the job's shard (the
+//! document's own), and the values concerned refreshed in every shard
+//! that holds values of the function. The steps, each idempotent, in an
+//! order where a crash between two costs a refresh again, never one
+//! missed:
+//!
+//! 1. the functions with relations on the collection, in every shard;
+//! 2. the document, as it is now (MongoDB), mapped; the recorded mapping;
+//! 3. if what it mapped to before is unknown (no pre-image, not an
+//!    insert, nothing recorded): every value of the function marked stale;
+//! 4. the values of the targets, now and before, signalled in every other
+//!    shard holding values of the function;
+//! 5. in the job's shard, the same, and the record replaced by the
+//!    current mapping (`lua/relate.lua`);
+//! 6. the job acknowledged.
+//!
+//! A job from a worker older than one job per change answers for its own
+//! shard alone (one such job was queued in each shard).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
 use super::Executor;
@@ -38,13 +58,27 @@ impl Executor {
             }
             None => None,
         };
-        let heads = match self.store.related_functions(entry.shard, collection).await {
-            Ok(heads) => heads,
+        let scope: Vec<usize> = if change.all {
+            (0..self.store.shard_count()).collect()
+        } else {
+            vec![entry.shard]
+        };
+        // The shards holding values of each function with relations on
+        // the collection.
+        let mut holders: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        match self.store.related_functions(&scope, collection).await {
+            Ok(by_shard) => {
+                for (shard, heads) in by_shard {
+                    for head in heads {
+                        holders.entry(head).or_default().push(shard);
+                    }
+                }
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "smache executor: redis unavailable; job left for retry");
                 return;
             }
-        };
+        }
         let Some(db) = self.smache.mongodb() else {
             tracing::error!(
                 "smache executor: relation jobs need a MongoDB database (SmacheBuilder::mongodb)"
@@ -67,9 +101,9 @@ impl Executor {
         // for an executor that has them all (a deploy in progress), until
         // those missing have had no live executor for the orphan timeout:
         // then it is applied for the others and dead-lettered.
-        let mut registrations = Vec::with_capacity(heads.len());
+        let mut registrations = Vec::with_capacity(holders.len());
         let mut missing = Vec::new();
-        for head in &heads {
+        for head in holders.keys() {
             match registry::find(head) {
                 Some(registration) => registrations.push((head, registration)),
                 None => missing.push(head),
@@ -89,6 +123,7 @@ impl Executor {
                         doc: doc.to_owned(),
                         op: change.op.map(str::to_owned),
                         before: change.before.map(<[u8]>::to_vec),
+                        all: change.all,
                     };
                     return self.recheck(entry, again, &absence);
                 }
@@ -100,6 +135,7 @@ impl Executor {
         }
         let applied = registrations.len();
         for (head, registration) in registrations {
+            let shards = &holders[head];
             for relation in registration
                 .relations
                 .iter()
@@ -123,19 +159,12 @@ impl Executor {
                     now: &now,
                     before: earlier.as_deref(),
                 };
-                match self.store.relate(entry.shard, head, &related).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        unknown_earlier_targets(head, collection, &source);
-                        if let Err(err) = self.stale_function(entry.shard, head).await {
-                            tracing::warn!(error = %err, "smache executor: job left for retry");
-                            return;
-                        }
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "smache executor: redis unavailable; job left for retry");
-                        return;
-                    }
+                if let Err(err) = self
+                    .refresh_related(entry.shard, shards, head, &related)
+                    .await
+                {
+                    tracing::warn!(error = %err, "smache executor: redis unavailable; job left for retry");
+                    return;
                 }
             }
         }
@@ -154,12 +183,58 @@ impl Executor {
         self.give_up(entry, &reason).await;
     }
 
-    /// Marks every value of one function in shard `shard` (the job's)
-    /// stale, with no recompute coming: each is recomputed by its next
-    /// reader (a recompute of every value of a function on each such
-    /// change could swamp the executors).
-    async fn stale_function(&self, shard: usize, head: &str) -> Result<()> {
-        self.store.mark_function_stale(shard, head).await?;
+    /// Steps 2–5 of the module's protocol for one function `head` whose
+    /// values lie in `shards`, the job's shard being `home`.
+    async fn refresh_related(
+        &self,
+        home: usize,
+        shards: &[usize],
+        head: &str,
+        related: &Related<'_>,
+    ) -> Result<()> {
+        let recorded = self
+            .store
+            .recorded_targets(home, head, related.source)
+            .await?;
+        let unknown = recorded.is_empty() && related.before.is_none();
+        if unknown {
+            self.stale_function(shards, head, related.source).await?;
+        }
+        let others: Vec<usize> = shards.iter().copied().filter(|&s| s != home).collect();
+        if !others.is_empty() {
+            // What it mapped to before, as far as known: the pre-image's
+            // targets and the recorded ones.
+            let mut before: Vec<String> = related.before.unwrap_or_default().to_vec();
+            for target in recorded {
+                if !before.contains(&target) {
+                    before.push(target);
+                }
+            }
+            let elsewhere = Related {
+                before: Some(&before),
+                ..*related
+            };
+            self.store.relate_in(&others, head, &elsewhere).await?;
+        }
+        let mapped = self.store.relate(home, head, related, true).await?;
+        if mapped.is_none() && !unknown {
+            // The record went between the read and the script (another
+            // job of the same document, which now maps to nothing).
+            self.stale_function(shards, head, related.source).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks every value of one function in `shards` stale, with no
+    /// recompute coming: each is recomputed by its next reader (a
+    /// recompute of every value of a function on each such change could
+    /// swamp the executors).
+    async fn stale_function(&self, shards: &[usize], head: &str, source: &str) -> Result<()> {
+        let collection = source
+            .split_once(':')
+            .map_or(source, |(collection, _)| collection);
+        unknown_earlier_targets(head, collection, source);
+        self.store.mark_function_stale(shards, head).await?;
         Ok(())
     }
 }
@@ -175,6 +250,8 @@ pub(super) struct RelatedChange<'a> {
     pub(super) op: Option<&'a str>,
     /// The document before the change (BSON), when MongoDB gave it.
     pub(super) before: Option<&'a [u8]>,
+    /// The job answers for every shard, else for its own only.
+    pub(super) all: bool,
 }
 
 /// The id keys a relation maps a version of a related document to (none

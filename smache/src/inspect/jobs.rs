@@ -407,6 +407,7 @@ mod tests {
             doc: "o:1".into(),
             op: None,
             before: None,
+            all: true,
         };
         assert_eq!(describe(&related), ("relation orders".into(), None));
         assert_eq!(describe(&StreamJob::Malformed), ("unknown".into(), None));

@@ -116,6 +116,13 @@ pub(crate) fn relations(base: &str, collection: &str) -> String {
     format!("{base}rel:{collection}")
 }
 
+/// The recorded mapping of a related document `source`
+/// (`<collection>:<id key>`) by the function `head`: the set of target id
+/// keys it mapped to at its last change seen (`lua/relate.lua`).
+pub(crate) fn mapping(base: &str, head: &str, source: &str) -> String {
+    format!("{base}m:{head}|{source}")
+}
+
 /// The shards whose values read value `id` (on a store of several
 /// shards): `{prefix#i}:rd:<id>` in `id`'s own shard, each member a
 /// reader's shard base. A store of `id` fans out to the other shards only

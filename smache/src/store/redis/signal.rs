@@ -90,17 +90,63 @@ impl RedisStore {
     }
 
     /// Refreshes the values of `head` in shard `shard` that a related
-    /// document maps to now and mapped to before its change (each shard's
-    /// relation job refreshes its own; the mappings are kept per shard);
-    /// `None` when what it mapped to before is unknown (neither given nor
-    /// recorded).
+    /// document maps to now and mapped to before its change
+    /// (`lua/relate.lua`). With `record`, in the relation job's shard: the
+    /// recorded mapping counts as before too, and is replaced by the
+    /// current one; `None` when what it mapped to before is unknown
+    /// (neither given nor recorded). Without, in another shard holding
+    /// values of `head`: `related.before` must include the recorded
+    /// targets.
     pub(crate) async fn relate(
         &self,
         shard: usize,
         head: &str,
         related: &Related<'_>,
+        record: bool,
     ) -> Result<Option<u64>> {
         let mut conn = self.connection().await?;
+        let invocation = self.relate_invocation(shard, head, related, record);
+        let queued: i64 = self
+            .bounded("relate", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(u64::try_from(queued).ok())
+    }
+
+    /// [`relate`](Self::relate) without the record in each of `shards`,
+    /// all at once; how many jobs were queued.
+    pub(crate) async fn relate_in(
+        &self,
+        shards: &[usize],
+        head: &str,
+        related: &Related<'_>,
+    ) -> Result<u64> {
+        let conn = self.connection().await?;
+        let relates: Vec<_> = shards
+            .iter()
+            .map(|&shard| {
+                let mut conn = conn.clone();
+                let invocation = self.relate_invocation(shard, head, related, false);
+                async move { invocation.invoke_async::<i64>(&mut conn).await }
+            })
+            .collect();
+        let queued = self
+            .bounded("relate", futures::future::try_join_all(relates))
+            .await?;
+        Ok(queued
+            .into_iter()
+            .filter_map(|n| u64::try_from(n).ok())
+            .sum())
+    }
+
+    /// The call of `lua/relate.lua` in shard `shard` (see
+    /// [`relate`](Self::relate)).
+    fn relate_invocation(
+        &self,
+        shard: usize,
+        head: &str,
+        related: &Related<'_>,
+        record: bool,
+    ) -> redis::ScriptInvocation<'_> {
         let base = self.shards.base(shard);
         let mut invocation = self.scripts.relate.key(keys::jobs(base));
         invocation
@@ -110,13 +156,11 @@ impl RedisStore {
             .arg(related.target)
             .arg(if related.gone { "1" } else { "0" })
             .arg(if related.before.is_some() { "1" } else { "0" })
+            .arg(if record { "1" } else { "0" })
             .arg(related.now.len())
             .arg(related.now)
             .arg(related.before.unwrap_or_default());
-        let queued: i64 = self
-            .bounded("relate", invocation.invoke_async(&mut conn))
-            .await?;
-        Ok(u64::try_from(queued).ok())
+        invocation
     }
 
     /// Signals one chunk of the dependants of `token` in the shard of the
@@ -187,7 +231,7 @@ impl RedisStore {
 }
 
 /// A related document mapped for one function; see [`RedisStore::relate`].
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Related<'a> {
     /// The document, `<collection>:<id key>`.
     pub(crate) source: &'a str,

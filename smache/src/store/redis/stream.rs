@@ -66,7 +66,7 @@ pub(crate) enum StreamJob {
         args: String,
     },
     /// A document of a collection named in some `relations(...)` changed
-    /// (fields `rel`, `doc`, `op`, `pre`).
+    /// (fields `rel`, `doc`, `op`, `pre`, `all`).
     Related {
         collection: String,
         doc: String,
@@ -75,6 +75,10 @@ pub(crate) enum StreamJob {
         op: Option<String>,
         /// The document before the change (BSON), when MongoDB gave it.
         before: Option<Vec<u8>>,
+        /// The job answers for every shard (one job per change); else for
+        /// its own shard only (a job of one shard per shard, from a worker
+        /// older than this field).
+        all: bool,
     },
     /// None of the above.
     Malformed,
@@ -119,6 +123,7 @@ impl StreamJob {
                 doc,
                 op: entry.get::<String>("op"),
                 before: entry.get::<Vec<u8>>("pre"),
+                all: entry.get::<String>("all").is_some_and(|v| v == "1"),
             },
             _ => StreamJob::Malformed,
         }
@@ -292,33 +297,62 @@ impl RedisStore {
         Ok(seconds * 1000 + micros / 1000)
     }
 
-    /// The functions (heads) with `relations(...)` on `collection`, as
-    /// shard `shard` records them (each shard records those of its values).
+    /// The functions with relations on `collection` in each of `shards`
+    /// (pipelined: on a cluster, a pipeline per slot, sent at once), by
+    /// shard, leaving out shards with none.
     pub(crate) async fn related_functions(
         &self,
-        shard: usize,
+        shards: &[usize],
         collection: &str,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<(usize, Vec<String>)>> {
         let mut conn = self.connection().await?;
-        let mut cmd = redis::cmd("SMEMBERS");
-        cmd.arg(keys::relations(self.shards.base(shard), collection));
-        self.bounded("relations", cmd.query_async(&mut conn)).await
+        let mut pipe = redis::pipe();
+        for &shard in shards {
+            pipe.cmd("SMEMBERS")
+                .arg(keys::relations(self.shards.base(shard), collection));
+        }
+        let heads: Vec<Vec<String>> = self
+            .bounded("relations", pipe.query_async(&mut conn))
+            .await?;
+        Ok(shards
+            .iter()
+            .copied()
+            .zip(heads)
+            .filter(|(_, heads)| !heads.is_empty())
+            .collect())
     }
 
-    /// Marks every value of the function `head` in shard `shard` stale,
-    /// with no recompute coming; how many values, and how many jobs
-    /// queued. For a relation job of that shard whose document's earlier
-    /// targets are unknown: each shard's relation job answers for its own
-    /// shard's values (its record of the mapping is its own), so marking
-    /// every shard from each of them repeated the work once per shard, a
-    /// scan of the whole cluster per shard each time.
-    pub(crate) async fn mark_function_stale(
+    /// The targets recorded for the mapping of `source` by the function
+    /// `head` in shard `shard` (the relation job's: see `lua/relate.lua`);
+    /// empty if none is.
+    pub(crate) async fn recorded_targets(
         &self,
         shard: usize,
         head: &str,
+        source: &str,
+    ) -> Result<Vec<String>> {
+        let mut conn = self.connection().await?;
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(keys::mapping(self.shards.base(shard), head, source));
+        self.bounded("recorded_targets", cmd.query_async(&mut conn))
+            .await
+    }
+
+    /// Marks every value of the function `head` in `shards` stale, with no
+    /// recompute coming; how many values, and how many jobs queued. For a
+    /// relation job whose document's earlier targets are unknown: the
+    /// shards are those holding values of the function (or the job's
+    /// alone, for a job of one shard from an older worker).
+    pub(crate) async fn mark_function_stale(
+        &self,
+        shards: &[usize],
+        head: &str,
     ) -> Result<(usize, u64)> {
-        let base = self.shards.base(shard);
-        self.mark_matching_stale_in([base], &keys::function_values(head), true)
+        let bases: Vec<&str> = shards
+            .iter()
+            .map(|&shard| self.shards.base(shard))
+            .collect();
+        self.mark_matching_stale_in(bases, &keys::function_values(head), true)
             .await
     }
 }
@@ -414,7 +448,8 @@ mod tests {
                 collection: "orders".into(),
                 doc: "o:1".into(),
                 op: Some("u".into()),
-                before: None
+                before: None,
+                all: false,
             }
         );
         assert_eq!(StreamJob::of(&entry(&[("x", "y")])), StreamJob::Malformed);

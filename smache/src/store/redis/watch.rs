@@ -79,7 +79,11 @@ impl RedisStore {
     }
 
     /// Signals the dependants of a change's tokens in every shard
-    /// (`lua/touch.lua`), all at once; how many jobs were queued.
+    /// (`lua/touch.lua`), all at once, then queues one relation job for
+    /// each changed document that some shard has functions with relations
+    /// on (`lua/relation.lua`, in the document's own shard: the job
+    /// answers for every shard, so the document is mapped once); how many
+    /// jobs were queued.
     async fn touch_shards(&self, conn: &super::Conn, seen: &Seen<'_>) -> Result<u64> {
         let touches = self.shards.bases().map(|base| {
             let mut conn = conn.clone();
@@ -89,12 +93,51 @@ impl RedisStore {
                 .arg(seen.op)
                 .arg(seen.before.unwrap_or_default())
                 .arg(seen.tokens);
-            async move { invocation.invoke_async::<u64>(&mut conn).await }
+            async move {
+                invocation
+                    .invoke_async::<Vec<redis::Value>>(&mut conn)
+                    .await
+            }
         });
-        let queued = self
+        let replies = self
             .bounded("touch", futures::future::try_join_all(touches))
             .await?;
-        Ok(queued.into_iter().sum())
+        let mut queued = 0;
+        let mut related: Vec<Vec<String>> = vec![Vec::new(); self.shards.count()];
+        for reply in replies {
+            // The count of jobs queued, then the tokens.
+            let mut reply = reply.into_iter();
+            if let Some(jobs) = reply.next() {
+                queued += redis::from_redis_value::<u64>(jobs).map_err(redis::RedisError::from)?;
+            }
+            for token in reply {
+                let token: String =
+                    redis::from_redis_value(token).map_err(redis::RedisError::from)?;
+                let home = &mut related[self.shards.of(&token)];
+                if !home.contains(&token) {
+                    home.push(token);
+                }
+            }
+        }
+        let relations = related
+            .into_iter()
+            .enumerate()
+            .filter(|(_, tokens)| !tokens.is_empty())
+            .map(|(shard, tokens)| {
+                let mut conn = conn.clone();
+                let base = self.shards.base(shard);
+                let mut invocation = self.scripts.relation.key(keys::jobs(base));
+                invocation
+                    .arg(base)
+                    .arg(seen.op)
+                    .arg(seen.before.unwrap_or_default())
+                    .arg(tokens);
+                async move { invocation.invoke_async::<u64>(&mut conn).await }
+            });
+        let queued_relations = self
+            .bounded("relation", futures::future::try_join_all(relations))
+            .await?;
+        Ok(queued + queued_relations.into_iter().sum::<u64>())
     }
 
     /// The saved position in the change stream: the encoded resume token
