@@ -150,7 +150,84 @@ impl RedisStore {
                 out.extend(merge(&mut reads, home, limit));
             }
         }
+        if self.shards.count() > 1 && out.len() == tokens.len() {
+            self.read_mappings(&conn, tokens, &mut out, limit).await?;
+        }
         Ok((now_ms, out))
+    }
+
+    /// On several shards a related document's mapping is recorded in the
+    /// document's own shard (the shard of its token, see
+    /// `executor::relation`), and each value it maps to in its own: the
+    /// mappings the shards' scripts read (each its own record, and its
+    /// own values) are replaced by the document's record and the values
+    /// found in theirs, read in two pipelines.
+    async fn read_mappings(
+        &self,
+        conn: &super::redis::Conn,
+        tokens: &[String],
+        out: &mut [TokenRead],
+        limit: usize,
+    ) -> Result<()> {
+        // (token index, relation index, the record's key)
+        let mut records = Vec::new();
+        for (at, (token, read)) in tokens.iter().zip(out.iter()).enumerate() {
+            let Some(source) = token.strip_prefix("e:") else {
+                continue;
+            };
+            let base = self.shards.base_of(token);
+            for (index, relation) in read.mapped.iter().enumerate() {
+                records.push((
+                    at,
+                    index,
+                    super::keys::mapping(base, &relation.head, source),
+                ));
+            }
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut conn = conn.clone();
+        let mut pipe = redis::pipe();
+        for (.., key) in &records {
+            pipe.cmd("SMEMBERS").arg(key);
+        }
+        let targets: Vec<Vec<String>> = self.bounded("graph", pipe.query_async(&mut conn)).await?;
+        let mut pipe = redis::pipe();
+        let mut shown = Vec::with_capacity(records.len());
+        for ((at, index, _), mut targets) in records.iter().zip(targets) {
+            let head = &out[*at].mapped[*index].head;
+            let total = targets.len() as u64;
+            targets.sort();
+            targets.truncate(limit);
+            for target in &targets {
+                let id = format!("{head}:{target}");
+                pipe.cmd("EXISTS")
+                    .arg(super::keys::value(self.shards.base_of(&id), &id));
+            }
+            shown.push((total, targets));
+        }
+        let exists: Vec<bool> = if shown.iter().all(|(_, targets)| targets.is_empty()) {
+            Vec::new()
+        } else {
+            self.bounded("graph", pipe.query_async(&mut conn)).await?
+        };
+        let mut exists = exists.into_iter();
+        for ((at, index, _), (total, targets)) in records.iter().zip(shown) {
+            let relation = &mut out[*at].mapped[*index];
+            relation.values = targets
+                .iter()
+                .map(|target| {
+                    let id = format!("{}:{target}", relation.head);
+                    exists.next().unwrap_or(false).then_some(id)
+                })
+                .collect();
+            relation.targets = Members {
+                total,
+                some: targets,
+            };
+        }
+        Ok(())
     }
 }
 
