@@ -6,7 +6,7 @@
 #      hit read from Redis) and the keys spread over 4 shards
 #      (SMACHE_REDIS_SHARDS=4, README "Shards");
 #   3. the suites that exercise the store protocol (store, refresh, single
-#      flight, tasks, graph, aliases, inspect, chaos, spread) against a
+#      flight, tasks, graph, aliases, inspect, chaos, spread, crash points) against a
 #      Redis Cluster of 3 masters + 3 replicas (issue #16), the keys over
 #      48 shards (16 on each master); then, alone and last,
 #      the cluster chaos run (tests/cluster_chaos.rs, at the cluster default
@@ -48,7 +48,8 @@ exec "$root/scripts/with-servers.sh" bash -c '
     SMACHE_REDIS_URL="$SMACHE_TEST_REDIS_CLUSTER_URL" SMACHE_REDIS_SHARDS=48 \
       cargo test --workspace --test redis_store --test refresh --test single_flight \
         --test tasks --test graph --test aliases --test inspect --test inspect_graph \
-        --test configuration --test chaos --test spread --test spread_jobs "$@" "${sep[@]}" \
+        --test configuration --test chaos --test spread --test spread_jobs \
+        --test crash_points "$@" "${sep[@]}" \
         --skip a_waiter_that_read_just_before_the_value_was_stored_does_not_compute_it_again
     # Only on a cluster started here: one given by URL is not ours to break.
     # (No SMACHE_REDIS_SHARDS: a cluster URL gets the default, 48.)

@@ -216,7 +216,9 @@ impl Executor {
             };
             self.store.relate_in(&others, head, &elsewhere).await?;
         }
+        fail::fail_point!("smache::executor::relation::before_record");
         let mapped = self.store.relate(home, head, related, true).await?;
+        fail::fail_point!("smache::executor::relation::after_record");
         if mapped.is_none() && !unknown {
             // The record went between the read and the script (another
             // job of the same document, which now maps to nothing).

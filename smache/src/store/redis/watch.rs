@@ -53,7 +53,9 @@ impl RedisStore {
         if self.shards.count() > 1 && !tokens.is_empty() {
             // Every shard first (together), then the position: a crash
             // between replays the change rather than losing it.
+            fail::fail_point!("smache::worker::before_signals");
             touched = self.touch_shards(&conn, seen).await?;
+            fail::fail_point!("smache::worker::before_position");
             tokens = &[];
         }
         let mut invocation = self.scripts.change.key(&self.worker.token);

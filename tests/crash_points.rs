@@ -1,0 +1,500 @@
+//! Crash points of the store protocol over several shards (#16; README,
+//! "Shards", the protocol table): a process killed between two of its
+//! steps, and what the process that takes over must find — no change
+//! lost.
+//!
+//! The process killed is a child of this test binary (a worker or an
+//! executor of the test's instance, [`crash_points_child`]) in which one
+//! of smache's crash points (`fail::fail_point!`, compiled in by smache's
+//! test-only `failpoints` feature) calls `std::process::abort`: no
+//! destructor runs, no lease is given up, no job acknowledged. Then a
+//! worker or an executor without the crash point takes over (a worker
+//! once the dead one's lease ends; an executor reclaims the dead one's
+//! jobs, made idle past `RECLAIM_AFTER` here rather than waited for), and
+//! the values the change concerns must be refreshed in the background.
+//!
+//! Every instance here has 4 shards, whatever the pass's
+//! `SMACHE_REDIS_SHARDS`: the steps apart exist only with several.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use bson::doc;
+use bson::oid::ObjectId;
+use serde::{Deserialize, Serialize};
+use smache::{computed, CacheKey, Entity, Smache};
+use smache_suite::{mongodb_uri, redis_connection, redis_url, unique, WorkerProcess};
+
+const SHARDS: usize = 4;
+
+#[derive(Clone, Debug, Serialize, Deserialize, Entity)]
+#[entity(collection = "users")]
+struct User {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Entity)]
+#[entity(collection = "orders")]
+struct Order {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    user_id: ObjectId,
+    total: i64,
+}
+
+/// Depends on the user document.
+#[computed(User)]
+async fn greeting(user: &User) -> String {
+    format!("hello {}", user.name)
+}
+
+/// Depends on the user's orders through a relation.
+#[computed(User, relations(Order => |o: &Order| o.user_id))]
+async fn spent(user: &User) -> i64 {
+    use futures::TryStreamExt;
+    let db = Smache::current().mongodb().cloned().expect("a database");
+    let orders: Vec<Order> = db
+        .collection::<Order>("orders")
+        .find(doc! { "user_id": user.id })
+        .await
+        .expect("find orders")
+        .try_collect()
+        .await
+        .expect("read orders");
+    orders.iter().map(|o| o.total).sum()
+}
+
+fn instance(client: &mongodb::Client, database: &str, prefix: &str) -> Smache {
+    Smache::builder()
+        .redis_url(redis_url())
+        .mongodb(client, database)
+        .prefix(prefix)
+        .redis_shards(SHARDS)
+        .build()
+        .unwrap()
+}
+
+/// One test's instance, database and worker (not started).
+struct World {
+    smache: Smache,
+    db: mongodb::Database,
+    database: String,
+    prefix: String,
+    worker: WorkerProcess,
+}
+
+impl World {
+    async fn new(label: &str) -> World {
+        smache_suite::init_logs();
+        let database = unique(label).replace('-', "_");
+        let prefix = unique(label);
+        let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
+        let smache = instance(&client, &database, &prefix);
+        // Its first use records the instance's shard count (before any
+        // worker or probe of another count could).
+        smache.inspect_jobs().await.unwrap();
+        let mut worker = WorkerProcess::prepare(&redis_url(), &mongodb_uri(), &database, &prefix);
+        worker.arg(format!("--redis-shards={SHARDS}"));
+        World {
+            db: client.database(&database),
+            smache,
+            database,
+            prefix,
+            worker,
+        }
+    }
+
+    async fn insert_user(&self, name: &str) -> User {
+        let user = User {
+            id: ObjectId::new(),
+            name: name.into(),
+        };
+        self.db
+            .collection::<User>("users")
+            .insert_one(&user)
+            .await
+            .unwrap();
+        user
+    }
+
+    /// The shard base (`{prefix#n}:`) of a value.
+    fn base(&self, key: &CacheKey) -> String {
+        let storage = self.smache.storage_key(key);
+        storage[..storage.find("}:").unwrap() + 2].to_owned()
+    }
+
+    /// Waits until a worker follows the change stream from a saved
+    /// position.
+    async fn wait_watching(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !smache::worker::watching(&self.smache)
+            .await
+            .unwrap_or(false)
+        {
+            assert!(Instant::now() < deadline, "no worker watching");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until the value at `key` is stored anew (a version past
+    /// `version`), in the background, and fresh.
+    async fn refreshed(&self, key: &CacheKey, version: u64, what: &str, crashed: &Crashing) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(entry) = self.smache.entry(key).await.unwrap() {
+                if entry.version() > version && !entry.is_stale() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not refreshed after the crash\n--- the crashed process ---\n{}\n--- worker ---\n{}",
+                crashed.log(),
+                self.worker.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn version(&self, key: &CacheKey) -> u64 {
+        self.smache.entry(key).await.unwrap().unwrap().version()
+    }
+
+    /// The jobs streams, by shard.
+    async fn streams(&self) -> Vec<String> {
+        let report = self.smache.inspect_jobs().await.unwrap();
+        report.shards.iter().map(|s| s.stream.clone()).collect()
+    }
+
+    /// Makes every job held by an executor idle past `RECLAIM_AFTER`, as
+    /// if held that long by a dead one: the next executor's first reclaim
+    /// takes them (rather than this test waiting 30 s).
+    async fn age_held_jobs(&self) -> usize {
+        let mut conn = redis_connection(&redis_url()).await;
+        let idle = smache::executor::RECLAIM_AFTER + Duration::from_secs(5);
+        let mut aged = 0;
+        for stream in self.streams().await {
+            let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg("executors")
+                .arg("-")
+                .arg("+")
+                .arg(100)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            for held in pending.ids {
+                let _: redis::Value = redis::cmd("XCLAIM")
+                    .arg(&stream)
+                    .arg("executors")
+                    .arg(&held.consumer)
+                    .arg(0)
+                    .arg(&held.id)
+                    .arg("IDLE")
+                    .arg(u64::try_from(idle.as_millis()).unwrap())
+                    .arg("JUSTID")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                aged += 1;
+            }
+        }
+        aged
+    }
+
+    /// Waits until no job is queued or held.
+    async fn drained(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let jobs = self.smache.inspect_jobs().await.unwrap();
+            if jobs.queued == 0 && jobs.held == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "jobs left: {}", jobs.queued);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        assert!(self.worker.terminate(), "{}", self.worker.log());
+        let _ = self.db.drop().await;
+    }
+}
+
+/// A worker or an executor of a test's instance, in a child process,
+/// that aborts at a crash point; killed when dropped.
+struct Crashing {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Crashing {
+    fn start(world: &World, role: &str, point: &str) -> Crashing {
+        let log = std::env::temp_dir().join(format!("{}-{role}.log", world.prefix));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "crash_points_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SMACHE_CRASH_ROLE", role)
+            .env("SMACHE_CRASH_POINT", point)
+            .env("SMACHE_CRASH_PREFIX", &world.prefix)
+            .env("SMACHE_CRASH_DATABASE", &world.database)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Crashing { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the process aborted (SIGABRT) at its crash point.
+    async fn crashed(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert_eq!(
+                    status.signal(),
+                    Some(6),
+                    "the process aborted at its crash point ({status})\n{}",
+                    self.log()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the process never reached its crash point\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Crashing {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The child process: a worker or an executor of the test's instance that
+/// aborts at `SMACHE_CRASH_POINT` (run by [`Crashing::start`]; does
+/// nothing when run otherwise, as when `--ignored` runs it beside the
+/// tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a process the crash-point tests start and kill"]
+async fn crash_points_child() {
+    let (Ok(role), Ok(point), Ok(prefix), Ok(database)) = (
+        std::env::var("SMACHE_CRASH_ROLE"),
+        std::env::var("SMACHE_CRASH_POINT"),
+        std::env::var("SMACHE_CRASH_PREFIX"),
+        std::env::var("SMACHE_CRASH_DATABASE"),
+    ) else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("smache=debug"))
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let at = point.clone();
+    fail::cfg_callback(point, move || {
+        eprintln!("crash point {at}: aborting");
+        std::process::abort();
+    })
+    .unwrap();
+    let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
+    let smache = instance(&client, &database, &prefix);
+    match role.as_str() {
+        "worker" => {
+            let options = smache::worker::WorkerOptions::default().lease(Duration::from_secs(2));
+            smache::worker::run(smache, options).await.unwrap();
+        }
+        "executor" => smache::executor::run(smache).await.unwrap(),
+        other => panic!("no role {other}"),
+    }
+}
+
+/// A worker killed at `point` while handling a document's change; the next
+/// worker must replay the change from the position saved before it.
+async fn a_worker_killed_at(point: &str) {
+    let mut world = World::new("crash-worker").await;
+    let ada = world.insert_user("Ada").await;
+    let executor = smache::executor::spawn(&world.smache);
+    let mut crashing = Crashing::start(&world, "worker", point);
+    world.wait_watching().await;
+    let key = greeting::key(&ada).unwrap();
+    assert_eq!(world.smache.scope(greeting(&ada)).await, "hello Ada");
+    let version = world.version(&key).await;
+
+    world
+        .db
+        .collection::<User>("users")
+        .update_one(
+            doc! { "_id": ada.id },
+            doc! { "$set": { "name": "Ada L." } },
+        )
+        .await
+        .unwrap();
+    crashing.crashed().await;
+
+    // The next worker, once the dead one's lease (2 s) ends.
+    world.worker.restart();
+    world
+        .refreshed(&key, version, "Ada's greeting", &crashing)
+        .await;
+    assert_eq!(world.smache.scope(greeting(&ada)).await, "hello Ada L.");
+    // It replayed the change: the dead one never saved a position past it.
+    let id = format!("{}-", world.worker.pid().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let report = world.smache.inspect_workers().await.unwrap();
+        let replayed = report.workers.iter().any(|worker| {
+            worker.id.starts_with(&id)
+                && worker
+                    .collections
+                    .iter()
+                    .any(|(collection, seen)| collection == "users" && *seen >= 1)
+        });
+        if replayed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the next worker replays the change: {report:?}\n{}",
+            world.worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    executor.shutdown().await.unwrap();
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_reading_a_change_and_before_signalling_it_loses_nothing() {
+    a_worker_killed_at("smache::worker::before_signals").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_signalling_a_change_and_before_saving_its_position_loses_nothing() {
+    a_worker_killed_at("smache::worker::before_position").await;
+}
+
+/// An executor killed at `point` in the relation job of an order moved
+/// from Ada to Bob, their values in other shards than the order's own
+/// (where its mapping is recorded); the next executor reruns the job.
+async fn an_executor_killed_in_a_relation_job_at(point: &str) {
+    let mut world = World::new("crash-relation").await;
+    let mut users = Vec::new();
+    for i in 0..12 {
+        users.push(world.insert_user(&format!("user {i}")).await);
+    }
+    world.worker.restart();
+    world.wait_watching().await;
+    for user in &users {
+        assert_eq!(world.smache.scope(spent(user)).await, 0);
+    }
+    // The order's relation job is queued, no executor running yet, in the
+    // order's own shard: its stream says which.
+    let orders = world.db.collection::<Order>("orders");
+    let order = Order {
+        id: ObjectId::new(),
+        user_id: users[0].id,
+        total: 7,
+    };
+    orders.insert_one(&order).await.unwrap();
+    let streams = world.streams().await;
+    let mut conn = redis_connection(&redis_url()).await;
+    let mut home = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while home.is_none() {
+        for stream in &streams {
+            let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(stream)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if entries.ids.iter().any(|e| e.map.contains_key("rel")) {
+                home = Some(stream.strip_suffix("jobs").unwrap().to_owned());
+            }
+        }
+        assert!(Instant::now() < deadline, "no relation job queued");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let home = home.unwrap();
+    // Ada and Bob: values in shards other than the order's.
+    let mut away = users
+        .iter()
+        .filter(|user| world.base(&spent::key(user).unwrap()) != home);
+    let (ada, bob) = (away.next().unwrap().clone(), away.next().unwrap().clone());
+    let (ada_key, bob_key) = (spent::key(&ada).unwrap(), spent::key(&bob).unwrap());
+
+    // The order goes to Ada; its mapping is recorded.
+    let executor = smache::executor::spawn(&world.smache);
+    orders
+        .update_one(
+            doc! { "_id": order.id },
+            doc! { "$set": { "user_id": ada.id } },
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while world.smache.scope(spent(&ada)).await != 7 {
+        assert!(Instant::now() < deadline, "Ada's total");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    world.drained().await;
+    executor.shutdown().await.unwrap();
+    let (ada_version, bob_version) = (world.version(&ada_key).await, world.version(&bob_key).await);
+
+    // Moved to Bob, with no pre-image: what it concerned before is the
+    // recorded mapping. The executor running the job dies at `point`.
+    let mut crashing = Crashing::start(&world, "executor", point);
+    orders
+        .update_one(
+            doc! { "_id": order.id },
+            doc! { "$set": { "user_id": bob.id } },
+        )
+        .await
+        .unwrap();
+    crashing.crashed().await;
+    assert!(
+        world.age_held_jobs().await >= 1,
+        "the dead executor held the job"
+    );
+    let executor = smache::executor::spawn(&world.smache);
+    world
+        .refreshed(&ada_key, ada_version, "Ada's total", &crashing)
+        .await;
+    world
+        .refreshed(&bob_key, bob_version, "Bob's total", &crashing)
+        .await;
+    assert_eq!(world.smache.scope(spent(&ada)).await, 0);
+    assert_eq!(world.smache.scope(spent(&bob)).await, 7);
+    executor.shutdown().await.unwrap();
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_killed_after_signalling_other_shards_and_before_the_record_loses_nothing() {
+    an_executor_killed_in_a_relation_job_at("smache::executor::relation::before_record").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_killed_after_replacing_the_record_and_before_acknowledging_loses_nothing() {
+    an_executor_killed_in_a_relation_job_at("smache::executor::relation::after_record").await;
+}
