@@ -20,7 +20,10 @@
 //! 6. the job acknowledged.
 //!
 //! A job from a worker older than one job per change answers for its own
-//! shard alone (one such job was queued in each shard).
+//! shard alone (one such job was queued in each shard), and counts the
+//! targets recorded in the document's shard as well as its own: a worker
+//! of this version may have recorded the mapping there (a rollback, or an
+//! older standby taking the lease during a rolling deploy).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
@@ -97,6 +100,10 @@ impl Executor {
             }
         };
         let source = format!("{collection}:{doc}");
+        // Where one job per change records the mapping: the document's
+        // own shard. A job of one shard (from an older worker) reads that
+        // record too, should a newer worker have written it.
+        let document_shard = self.store.shard_of(&format!("e:{source}"));
         // Every function concerned must be known here, or the job is left
         // for an executor that has them all (a deploy in progress), until
         // those missing have had no live executor for the orphan timeout:
@@ -160,7 +167,7 @@ impl Executor {
                     before: earlier.as_deref(),
                 };
                 if let Err(err) = self
-                    .refresh_related(entry.shard, shards, head, &related)
+                    .refresh_related(entry.shard, document_shard, shards, head, &related)
                     .await
                 {
                     tracing::warn!(error = %err, "smache executor: redis unavailable; job left for retry");
@@ -184,46 +191,56 @@ impl Executor {
     }
 
     /// Steps 2–5 of the module's protocol for one function `head` whose
-    /// values lie in `shards`, the job's shard being `home`.
+    /// values lie in `shards`, the job's shard being `home` and the
+    /// document's `document_shard` (the same, but for a job of one shard
+    /// from an older worker).
     async fn refresh_related(
         &self,
         home: usize,
+        document_shard: usize,
         shards: &[usize],
         head: &str,
         related: &Related<'_>,
     ) -> Result<()> {
-        let recorded = self
+        let mut recorded = self
             .store
             .recorded_targets(home, head, related.source)
             .await?;
+        if document_shard != home {
+            for target in self
+                .store
+                .recorded_targets(document_shard, head, related.source)
+                .await?
+            {
+                if !recorded.contains(&target) {
+                    recorded.push(target);
+                }
+            }
+        }
         let unknown = recorded.is_empty() && related.before.is_none();
         if unknown {
             self.stale_function(shards, head, related.source).await?;
         }
+        // What it mapped to before, as far as known: the pre-image's
+        // targets and the recorded ones (the record in `home`, read again
+        // by its script, may have changed since: it adds what it holds).
+        let mut before: Vec<String> = related.before.unwrap_or_default().to_vec();
+        for target in recorded {
+            if !before.contains(&target) {
+                before.push(target);
+            }
+        }
+        let related = Related {
+            before: Some(&before),
+            ..*related
+        };
         let others: Vec<usize> = shards.iter().copied().filter(|&s| s != home).collect();
         if !others.is_empty() {
-            // What it mapped to before, as far as known: the pre-image's
-            // targets and the recorded ones.
-            let mut before: Vec<String> = related.before.unwrap_or_default().to_vec();
-            for target in recorded {
-                if !before.contains(&target) {
-                    before.push(target);
-                }
-            }
-            let elsewhere = Related {
-                before: Some(&before),
-                ..*related
-            };
-            self.store.relate_in(&others, head, &elsewhere).await?;
+            self.store.relate_in(&others, head, &related).await?;
         }
         fail::fail_point!("smache::executor::relation::before_record");
-        let mapped = self.store.relate(home, head, related, true).await?;
+        self.store.relate(home, head, &related, true).await?;
         fail::fail_point!("smache::executor::relation::after_record");
-        if mapped.is_none() && !unknown {
-            // The record went between the read and the script (another
-            // job of the same document, which now maps to nothing).
-            self.stale_function(shards, head, related.source).await?;
-        }
         Ok(())
     }
 

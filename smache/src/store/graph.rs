@@ -188,18 +188,31 @@ impl RedisStore {
             return Ok(());
         }
         let mut conn = conn.clone();
+        // How many targets each record holds, and at most `limit` of them
+        // (a document may map to many).
         let mut pipe = redis::pipe();
         for (.., key) in &records {
-            pipe.cmd("SMEMBERS").arg(key);
+            pipe.cmd("SCARD")
+                .arg(key)
+                .cmd("SRANDMEMBER")
+                .arg(key)
+                .arg(limit);
         }
-        let targets: Vec<Vec<String>> = self.bounded("graph", pipe.query_async(&mut conn)).await?;
+        let replies: Vec<redis::Value> = self.bounded("graph", pipe.query_async(&mut conn)).await?;
         let mut pipe = redis::pipe();
         let mut shown = Vec::with_capacity(records.len());
-        for ((at, index, _), mut targets) in records.iter().zip(targets) {
-            let head = &out[*at].mapped[*index].head;
-            let total = targets.len() as u64;
+        let mut replies = replies.into_iter();
+        for (at, index, _) in &records {
+            let total: u64 = replies
+                .next()
+                .and_then(|reply| redis::from_redis_value(reply).ok())
+                .unwrap_or(0);
+            let mut targets: Vec<String> = replies
+                .next()
+                .and_then(|reply| redis::from_redis_value(reply).ok())
+                .unwrap_or_default();
             targets.sort();
-            targets.truncate(limit);
+            let head = &out[*at].mapped[*index].head;
             for target in &targets {
                 let id = format!("{head}:{target}");
                 pipe.cmd("EXISTS")

@@ -42,6 +42,12 @@ impl RedisStore {
         self.shards.count()
     }
 
+    /// The shard of `id` (a value id, or a document's token, whose shard
+    /// holds its relation jobs and mapping).
+    pub(crate) fn shard_of(&self, id: &str) -> usize {
+        self.shards.of(id)
+    }
+
     /// The jobs streams as reports name them: `{prefix}:jobs`, or on
     /// several shards the first one's key and how many.
     pub(crate) fn jobs_stream_key(&self) -> String {
