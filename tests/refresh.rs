@@ -90,6 +90,34 @@ async fn spent(user: &User) -> i64 {
     total
 }
 
+/// A trade between two users.
+#[derive(Clone, Debug, Serialize, Deserialize, Entity)]
+#[entity(collection = "trades")]
+struct Trade {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    buyer: ObjectId,
+    seller: ObjectId,
+    total: i64,
+}
+
+/// Two relations on one collection: a trade concerns its buyer and its
+/// seller.
+#[computed(User, relations(Trade => |t: &Trade| t.buyer, Trade => |t: &Trade| t.seller))]
+async fn traded(user: &User) -> i64 {
+    use futures::TryStreamExt;
+    let db = Smache::current().mongodb().cloned().expect("a database");
+    let trades: Vec<Trade> = db
+        .collection::<Trade>("trades")
+        .find(doc! { "$or": [{ "buyer": user.id }, { "seller": user.id }] })
+        .await
+        .expect("find trades")
+        .try_collect()
+        .await
+        .expect("read trades");
+    trades.iter().map(|t| t.total).sum()
+}
+
 /// How many times `spent_mapped`'s relation mapped an order.
 static MAPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -505,6 +533,65 @@ async fn drained(world: &World) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("the jobs are run\n{}", world.worker.log());
+}
+
+/// Each relation of a function on one collection keeps its own record of
+/// what a document mapped to: a trade's buyer changed with no pre-image
+/// refreshes the old buyer, whom only the buyer relation's record names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relations_on_one_collection_each_remember_their_own_targets() {
+    let mut world = World::new().await;
+    let (ann, ben, cat) = (
+        world.insert_user("Ann").await,
+        world.insert_user("Ben").await,
+        world.insert_user("Cat").await,
+    );
+    world.watching().await;
+    for user in [&ann, &ben, &cat] {
+        assert_eq!(world.smache.scope(traded(user)).await, 0);
+    }
+    let trades = world.db.collection::<Trade>("trades");
+    let trade = Trade {
+        id: ObjectId::new(),
+        buyer: ann.id,
+        seller: ben.id,
+        total: 5,
+    };
+    trades.insert_one(&trade).await.unwrap();
+    let ann_total = || async { traded(&ann).await.to_string() };
+    let ben_total = || async { traded(&ben).await.to_string() };
+    world.eventually("the buyer", "5", ann_total).await;
+    world.eventually("the seller", "5", ben_total).await;
+    let key = traded::key(&ann).unwrap();
+    let version = world.smache.entry(&key).await.unwrap().unwrap().version();
+
+    // Cat buys it instead: Ann is refreshed in the background (her value
+    // is not read meanwhile), from the buyer relation's record.
+    trades
+        .update_one(
+            doc! { "_id": trade.id },
+            doc! { "$set": { "buyer": cat.id } },
+        )
+        .await
+        .unwrap();
+    let mut refreshed = false;
+    for _ in 0..400 {
+        let entry = world.smache.entry(&key).await.unwrap().unwrap();
+        if entry.version() > version && !entry.is_stale() {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        refreshed,
+        "the old buyer's value is recomputed\n{}",
+        world.worker.log()
+    );
+    assert_eq!(world.smache.scope(traded(&ann)).await, 0);
+    assert_eq!(world.smache.scope(traded(&cat)).await, 5);
+    assert_eq!(world.smache.scope(traded(&ben)).await, 5);
+    world.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

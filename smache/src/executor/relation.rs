@@ -143,11 +143,20 @@ impl Executor {
         let applied = registrations.len();
         for (head, registration) in registrations {
             let shards = &holders[head];
-            for relation in registration
+            for (index, relation) in registration
                 .relations
                 .iter()
                 .filter(|r| r.source == collection)
+                .enumerate()
             {
+                // Each relation of the function on this collection keeps
+                // its own record (`buyer` and `seller` of one order map to
+                // different users): the first under the document's name,
+                // as before there could be several, the others numbered.
+                let recorded_as = match index {
+                    0 => None,
+                    n => Some(format!("{source}#{n}")),
+                };
                 let Some(now) = map_related(relation, head, document.as_ref()) else {
                     continue;
                 };
@@ -160,7 +169,7 @@ impl Executor {
                     None => None,
                 };
                 let related = Related {
-                    source: &source,
+                    source: recorded_as.as_deref().unwrap_or(&source),
                     target: relation.target,
                     gone: document.is_none(),
                     now: &now,

@@ -233,7 +233,9 @@ impl RedisStore {
 /// A related document mapped for one function; see [`RedisStore::relate`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Related<'a> {
-    /// The document, `<collection>:<id key>`.
+    /// The document, `<collection>:<id key>`, which names its record
+    /// (`#<n>` after it for the function's n-th relation on the
+    /// collection, counted from 0, when n > 0).
     pub(crate) source: &'a str,
     /// The collection of the entities it maps to.
     pub(crate) target: &'a str,
