@@ -250,6 +250,20 @@ impl World {
         );
     }
 
+    /// Waits until the value at `key` is stored anew, past `version`, and
+    /// fresh, with no caller reading it (an executor refreshed it), or
+    /// fails saying `what` with the worker's log.
+    async fn refreshed(&self, key: &smache::CacheKey, version: u64, what: &str) {
+        for _ in 0..400 {
+            let entry = self.smache.entry(key).await.unwrap();
+            if entry.is_some_and(|e| e.version() > version && !e.is_stale()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{what}\n--- worker log ---\n{}", self.worker.log());
+    }
+
     /// Starts the worker if it is not running, and waits until it holds
     /// its lease and follows the stream, so that changes made from now on
     /// are seen.
@@ -480,21 +494,8 @@ async fn a_related_document_is_mapped_once_per_change_and_refreshes_values_in_ev
     // Both owners are refreshed in the background, not marked stale.
     for ((user, total), &version) in [(&ada, 0), (&bob, 7)].into_iter().zip(moved) {
         let key = spent_mapped::key(user).unwrap();
-        let mut refreshed = false;
-        for _ in 0..400 {
-            let entry = world.smache.entry(&key).await.unwrap().unwrap();
-            if entry.version() > version && !entry.is_stale() {
-                refreshed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        assert!(
-            refreshed,
-            "{}'s value is recomputed by an executor\n{}",
-            user.name,
-            world.worker.log()
-        );
+        let what = format!("{}'s value is recomputed by an executor", user.name);
+        world.refreshed(&key, version, &what).await;
         assert_eq!(world.smache.scope(spent_mapped(user)).await, total);
     }
     // Nothing left to run, then: two changes, two mappings (one job each,
@@ -574,20 +575,9 @@ async fn two_relations_on_one_collection_each_remember_their_own_targets() {
         )
         .await
         .unwrap();
-    let mut refreshed = false;
-    for _ in 0..400 {
-        let entry = world.smache.entry(&key).await.unwrap().unwrap();
-        if entry.version() > version && !entry.is_stale() {
-            refreshed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(
-        refreshed,
-        "the old buyer's value is recomputed\n{}",
-        world.worker.log()
-    );
+    world
+        .refreshed(&key, version, "the old buyer's value is recomputed")
+        .await;
     assert_eq!(world.smache.scope(traded(&ann)).await, 0);
     assert_eq!(world.smache.scope(traded(&cat)).await, 5);
     assert_eq!(world.smache.scope(traded(&ben)).await, 5);
@@ -903,20 +893,13 @@ async fn a_related_document_moved_on_its_first_seen_change_refreshes_its_old_ent
     let Moved { world, ada, cy } = move_an_order_seen_for_the_first_time(true).await;
     // The old owner is refreshed in the background (no caller computes it)…
     let ada_key = spent::key(&ada).unwrap();
-    let mut refreshed = false;
-    for _ in 0..400 {
-        let entry = world.smache.entry(&ada_key).await.unwrap().unwrap();
-        if entry.version() > 1 && !entry.is_stale() {
-            refreshed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(
-        refreshed,
-        "the old owner's value is recomputed by an executor\n{}",
-        world.worker.log()
-    );
+    world
+        .refreshed(
+            &ada_key,
+            1,
+            "the old owner's value is recomputed by an executor",
+        )
+        .await;
     assert_eq!(world.smache.scope(spent(&ada)).await, 0);
     // …and, with the pre-image, nothing else is touched.
     let cy_entry = world
