@@ -68,6 +68,29 @@ async fn spent(user: &User) -> i64 {
     orders.iter().map(|o| o.total).sum()
 }
 
+/// The user's name: a value of the user's shard.
+#[computed(User)]
+async fn leaf(user: &User) -> String {
+    user.name.clone()
+}
+
+/// Reads `leaf` of the user with this id: depends on that value alone (its
+/// argument is a plain string), so it hears of a change of the user only
+/// from `leaf`'s store anew, through a fan-all job when the two are in
+/// different shards.
+#[computed(Raw)]
+async fn trunk(user_id: String) -> String {
+    let db = Smache::current().mongodb().cloned().expect("a database");
+    let id = ObjectId::parse_str(&user_id).expect("an id");
+    let user = db
+        .collection::<User>("users")
+        .find_one(doc! { "_id": id })
+        .await
+        .expect("load a user")
+        .expect("the user");
+    format!("<{}>", leaf(&user).await)
+}
+
 fn instance(client: &mongodb::Client, database: &str, prefix: &str) -> Smache {
     Smache::builder()
         .redis_url(redis_url())
@@ -527,4 +550,64 @@ async fn an_executor_killed_after_replacing_the_record_and_before_acknowledging_
     // replaced, or never (the rerun reads the new record).
     an_executor_killed_in_a_relation_job_at("smache::executor::relation::after_record", false)
         .await;
+}
+
+/// An executor killed in the fan-all job of a value stored anew (`leaf`,
+/// after its user changed), before it signalled the value's dependants in
+/// the other shards (`trunk`, in another shard); the next executor reruns
+/// the job. README, "Shards": the row "a value is stored anew".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_killed_in_a_fan_all_job_before_signalling_loses_nothing() {
+    let mut world = World::new("crash-fan").await;
+    // A user whose `trunk` and `leaf` are in different shards.
+    let mut ada = world.insert_user("Ada").await;
+    for _ in 0..64 {
+        let trunk_base = world.base(&trunk::key(ada.id.to_hex()).unwrap());
+        if trunk_base != world.base(&leaf::key(&ada).unwrap()) {
+            break;
+        }
+        ada = world.insert_user("Ada").await;
+    }
+    let trunk_key = trunk::key(ada.id.to_hex()).unwrap();
+    assert_ne!(
+        world.base(&trunk_key),
+        world.base(&leaf::key(&ada).unwrap())
+    );
+    world.worker.restart();
+    world.wait_watching().await;
+    // Computed, and whatever the first stores queued run, then no executor.
+    let executor = smache::executor::spawn(&world.smache);
+    assert_eq!(world.smache.scope(trunk(ada.id.to_hex())).await, "<Ada>");
+    world.drained().await;
+    executor.shutdown().await.unwrap();
+    let version = world.version(&trunk_key).await;
+
+    // Ada renamed: the dying executor recomputes `leaf`, whose store
+    // queues the fan-all job, and dies in it.
+    let mut crashing = Crashing::start(
+        &world,
+        "executor",
+        "smache::executor::fan_all::before_signals",
+    );
+    world
+        .db
+        .collection::<User>("users")
+        .update_one(
+            doc! { "_id": ada.id },
+            doc! { "$set": { "name": "Ada L." } },
+        )
+        .await
+        .unwrap();
+    crashing.crashed().await;
+    assert!(
+        world.age_held_jobs().await >= 1,
+        "the dead executor held the job"
+    );
+    let executor = smache::executor::spawn(&world.smache);
+    world
+        .refreshed(&trunk_key, version, "the trunk in another shard", &crashing)
+        .await;
+    assert_eq!(world.smache.scope(trunk(ada.id.to_hex())).await, "<Ada L.>");
+    executor.shutdown().await.unwrap();
+    world.stop().await;
 }

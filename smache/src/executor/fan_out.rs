@@ -44,6 +44,7 @@ impl Executor {
     /// at most one more recompute. `lazy`: the value turned stale with no
     /// new value coming; its dependants are only marked stale.
     pub(super) async fn fan_all(&self, entry: &EntryRef, token: &str, lazy: bool) {
+        fail::fail_point!("smache::executor::fan_all::before_signals");
         match self.store.fan_all(entry, token, lazy).await {
             Ok(queued) => {
                 tracing::debug!(
