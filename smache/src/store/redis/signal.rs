@@ -91,25 +91,21 @@ impl RedisStore {
 
     /// Refreshes the values of `head` in shard `shard` that a related
     /// document maps to now and mapped to before its change
-    /// (`lua/relate.lua`). With `record`, in the relation job's shard: the
-    /// recorded mapping counts as before too, and is replaced by the
-    /// current one; `None` when what it mapped to before is unknown
-    /// (neither given nor recorded). Without, in another shard holding
-    /// values of `head`: `related.before` must include the recorded
-    /// targets.
+    /// (`lua/relate.lua`), how many jobs were queued. `related.before`
+    /// holds every earlier target known (the pre-image's and the
+    /// recorded ones). With `record`, in the relation job's shard: the
+    /// record there counts too, and is replaced by the current mapping.
     pub(crate) async fn relate(
         &self,
         shard: usize,
         head: &str,
         related: &Related<'_>,
         record: bool,
-    ) -> Result<Option<u64>> {
+    ) -> Result<u64> {
         let mut conn = self.connection().await?;
         let invocation = self.relate_invocation(shard, head, related, record);
-        let queued: i64 = self
-            .bounded("relate", invocation.invoke_async(&mut conn))
-            .await?;
-        Ok(u64::try_from(queued).ok())
+        self.bounded("relate", invocation.invoke_async(&mut conn))
+            .await
     }
 
     /// [`relate`](Self::relate) without the record in each of `shards`,
@@ -126,16 +122,13 @@ impl RedisStore {
             .map(|&shard| {
                 let mut conn = conn.clone();
                 let invocation = self.relate_invocation(shard, head, related, false);
-                async move { invocation.invoke_async::<i64>(&mut conn).await }
+                async move { invocation.invoke_async::<u64>(&mut conn).await }
             })
             .collect();
         let queued = self
             .bounded("relate", futures::future::try_join_all(relates))
             .await?;
-        Ok(queued
-            .into_iter()
-            .filter_map(|n| u64::try_from(n).ok())
-            .sum())
+        Ok(queued.into_iter().sum())
     }
 
     /// The call of `lua/relate.lua` in shard `shard` (see
@@ -155,7 +148,6 @@ impl RedisStore {
             .arg(related.source)
             .arg(related.target)
             .arg(if related.gone { "1" } else { "0" })
-            .arg(if related.before.is_some() { "1" } else { "0" })
             .arg(if record { "1" } else { "0" })
             .arg(related.now.len())
             .arg(related.now)
