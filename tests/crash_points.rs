@@ -231,6 +231,17 @@ impl World {
         aged
     }
 
+    /// Once the executor `crashing` died at its crash point holding its
+    /// job, a new one (in this process) that reclaims it at once.
+    async fn take_over_from(&self, crashing: &mut Crashing) -> smache::executor::ExecutorHandle {
+        crashing.crashed().await;
+        assert!(
+            self.age_held_jobs().await >= 1,
+            "the dead executor held the job"
+        );
+        smache::executor::spawn(&self.smache)
+    }
+
     /// Waits until no job is queued or held.
     async fn drained(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -518,12 +529,7 @@ async fn an_executor_killed_in_a_relation_job_at(point: &str, ada_at_home: bool)
         )
         .await
         .unwrap();
-    crashing.crashed().await;
-    assert!(
-        world.age_held_jobs().await >= 1,
-        "the dead executor held the job"
-    );
-    let executor = smache::executor::spawn(&world.smache);
+    let executor = world.take_over_from(&mut crashing).await;
     world
         .refreshed(&ada_key, ada_version, "Ada's total", &crashing)
         .await;
@@ -598,12 +604,7 @@ async fn an_executor_killed_in_a_fan_all_job_before_signalling_loses_nothing() {
         )
         .await
         .unwrap();
-    crashing.crashed().await;
-    assert!(
-        world.age_held_jobs().await >= 1,
-        "the dead executor held the job"
-    );
-    let executor = smache::executor::spawn(&world.smache);
+    let executor = world.take_over_from(&mut crashing).await;
     world
         .refreshed(&trunk_key, version, "the trunk in another shard", &crashing)
         .await;
