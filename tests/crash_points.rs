@@ -91,6 +91,18 @@ async fn trunk(user_id: String) -> String {
     format!("<{}>", leaf(&user).await)
 }
 
+/// A card by name: a value with no document, to be made an alias.
+#[computed(Raw)]
+async fn card(name: String) -> String {
+    format!("card {name}")
+}
+
+/// Reads the card of the same name: depends on that value alone.
+#[computed(Raw)]
+async fn frame(name: String) -> String {
+    format!("[{}]", card(name).await)
+}
+
 fn instance(client: &mongodb::Client, database: &str, prefix: &str) -> Smache {
     Smache::builder()
         .redis_url(redis_url())
@@ -150,6 +162,46 @@ impl World {
     fn base(&self, key: &CacheKey) -> String {
         let storage = self.smache.storage_key(key);
         storage[..storage.find("}:").unwrap() + 2].to_owned()
+    }
+
+    /// The shard base and the value id of a value.
+    fn split(&self, key: &CacheKey) -> (String, String) {
+        let storage = self.smache.storage_key(key);
+        let at = storage.find("}:v:").unwrap();
+        (storage[..at + 2].to_owned(), storage[at + 4..].to_owned())
+    }
+
+    /// Whether Redis set `set` holds `member`.
+    async fn holds(&self, set: &str, member: &str) -> bool {
+        let mut conn = redis_connection(&redis_url()).await;
+        redis::cmd("SISMEMBER")
+            .arg(set)
+            .arg(member)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// A user (inserted) whose `trunk` and `leaf` are in different shards.
+    async fn user_apart(&self) -> User {
+        for _ in 0..64 {
+            let ada = self.insert_user("Ada").await;
+            if self.base(&trunk::key(ada.id.to_hex()).unwrap())
+                != self.base(&leaf::key(&ada).unwrap())
+            {
+                return ada;
+            }
+        }
+        panic!("no user's trunk and leaf in different shards");
+    }
+
+    /// Renames a user.
+    async fn rename(&self, user: &User, name: &str) {
+        self.db
+            .collection::<User>("users")
+            .update_one(doc! { "_id": user.id }, doc! { "$set": { "name": name } })
+            .await
+            .unwrap();
     }
 
     /// Waits until a worker follows the change stream from a saved
@@ -256,7 +308,10 @@ impl World {
     }
 
     async fn stop(mut self) {
-        assert!(self.worker.terminate(), "{}", self.worker.log());
+        // (The alias tests run none.)
+        if self.worker.pid().is_some() {
+            assert!(self.worker.terminate(), "{}", self.worker.log());
+        }
         let _ = self.db.drop().await;
     }
 }
@@ -270,6 +325,11 @@ struct Crashing {
 
 impl Crashing {
     fn start(world: &World, role: &str, point: &str) -> Crashing {
+        Crashing::start_with(world, role, point, "")
+    }
+
+    /// [`start`](Self::start), the role given `args` (`SMACHE_CRASH_ARGS`).
+    fn start_with(world: &World, role: &str, point: &str, args: &str) -> Crashing {
         let log = std::env::temp_dir().join(format!("{}-{role}.log", world.prefix));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(std::env::current_exe().unwrap())
@@ -284,6 +344,7 @@ impl Crashing {
             .env("SMACHE_CRASH_POINT", point)
             .env("SMACHE_CRASH_PREFIX", &world.prefix)
             .env("SMACHE_CRASH_DATABASE", &world.database)
+            .env("SMACHE_CRASH_ARGS", args)
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
@@ -359,6 +420,21 @@ async fn crash_points_child() {
             smache::worker::run(smache, options).await.unwrap();
         }
         "executor" => smache::executor::run(smache).await.unwrap(),
+        // A caller of `trunk` for the user of this id (hex).
+        "caller" => {
+            let id = std::env::var("SMACHE_CRASH_ARGS").unwrap();
+            let trunk = smache.scope(trunk(id)).await;
+            panic!("the call returned {trunk:?}: no crash");
+        }
+        // Makes the card of the first name an alias of the second's.
+        "aliaser" => {
+            let names = std::env::var("SMACHE_CRASH_ARGS").unwrap();
+            let (alias, target) = names.split_once(',').unwrap();
+            let alias = card::key(alias.to_owned()).unwrap();
+            let target = card::key(target.to_owned()).unwrap();
+            let named = smache.alias(&alias, &target).await;
+            panic!("the alias was made ({named:?}): no crash");
+        }
         other => panic!("no role {other}"),
     }
 }
@@ -565,20 +641,8 @@ async fn an_executor_killed_after_replacing_the_record_and_before_acknowledging_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_executor_killed_in_a_fan_all_job_before_signalling_loses_nothing() {
     let mut world = World::new("crash-fan").await;
-    // A user whose `trunk` and `leaf` are in different shards.
-    let mut ada = world.insert_user("Ada").await;
-    for _ in 0..64 {
-        let trunk_base = world.base(&trunk::key(ada.id.to_hex()).unwrap());
-        if trunk_base != world.base(&leaf::key(&ada).unwrap()) {
-            break;
-        }
-        ada = world.insert_user("Ada").await;
-    }
+    let ada = world.user_apart().await;
     let trunk_key = trunk::key(ada.id.to_hex()).unwrap();
-    assert_ne!(
-        world.base(&trunk_key),
-        world.base(&leaf::key(&ada).unwrap())
-    );
     world.worker.restart();
     world.wait_watching().await;
     // Computed, and whatever the first stores queued run, then no executor.
@@ -595,20 +659,196 @@ async fn an_executor_killed_in_a_fan_all_job_before_signalling_loses_nothing() {
         "executor",
         "smache::executor::fan_all::before_signals",
     );
-    world
-        .db
-        .collection::<User>("users")
-        .update_one(
-            doc! { "_id": ada.id },
-            doc! { "$set": { "name": "Ada L." } },
-        )
-        .await
-        .unwrap();
+    world.rename(&ada, "Ada L.").await;
     let executor = world.take_over_from(&mut crashing).await;
     world
         .refreshed(&trunk_key, version, "the trunk in another shard", &crashing)
         .await;
     assert_eq!(world.smache.scope(trunk(ada.id.to_hex())).await, "<Ada L.>");
+    executor.shutdown().await.unwrap();
+    world.stop().await;
+}
+
+/// A computation of `trunk` killed after writing its reverse edge on
+/// `leaf` (a value of another shard) and before adding its shard to
+/// `leaf`'s readers (`rd:`), so before reading `leaf`. README, "Shards":
+/// the row "a computation reads a nested value in another shard". The
+/// next caller computes `trunk`, and a change of `leaf` then reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_computation_killed_between_its_edge_and_the_readers_entry_loses_nothing() {
+    let mut world = World::new("crash-edge").await;
+    let ada = world.user_apart().await;
+    let (trunk_key, leaf_key) = (
+        trunk::key(ada.id.to_hex()).unwrap(),
+        leaf::key(&ada).unwrap(),
+    );
+    world.worker.restart();
+    world.wait_watching().await;
+
+    let mut crashing = Crashing::start_with(
+        &world,
+        "caller",
+        "smache::store::edge::before_readers",
+        &ada.id.to_hex(),
+    );
+    crashing.crashed().await;
+    // The edge is written; the readers entry is not, and nothing was read.
+    let (trunk_base, trunk_id) = world.split(&trunk_key);
+    let (leaf_base, leaf_id) = world.split(&leaf_key);
+    let edge = format!("{trunk_base}r:v:{leaf_id}");
+    assert!(
+        world.holds(&edge, &trunk_id).await,
+        "the dead computation's edge on leaf"
+    );
+    let mut conn = redis_connection(&redis_url()).await;
+    let readers: bool = redis::cmd("EXISTS")
+        .arg(format!("{leaf_base}rd:{leaf_id}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!readers, "no readers entry before the crash point");
+
+    // The next caller (once the dead one's compute lease ends).
+    let executor = smache::executor::spawn(&world.smache);
+    assert_eq!(world.smache.scope(trunk(ada.id.to_hex())).await, "<Ada>");
+    world.drained().await;
+    let version = world.version(&trunk_key).await;
+    world.rename(&ada, "Ada L.").await;
+    world
+        .refreshed(&trunk_key, version, "the trunk in another shard", &crashing)
+        .await;
+    assert_eq!(world.smache.scope(trunk(ada.id.to_hex())).await, "<Ada L.>");
+    executor.shutdown().await.unwrap();
+    world.stop().await;
+}
+
+/// Names `old` whose card and frame are in different shards, and whose
+/// card is not in the shard of the card `new`.
+fn names_apart(world: &World, new: &str) -> String {
+    let new_base = world.base(&card::key(new.to_owned()).unwrap());
+    (0..256)
+        .map(|i| format!("old-{i}"))
+        .find(|old| {
+            let base = world.base(&card::key(old.clone()).unwrap());
+            base != world.base(&frame::key(old.clone()).unwrap()) && base != new_base
+        })
+        .expect("a name apart")
+}
+
+/// A card made an alias of another while a frame of another shard reads
+/// it; the process making the alias killed after its card became one
+/// (its own shard told) and before the other shards were told. README,
+/// "Shards": the row "an alias is made"; the fan-all job the last step's
+/// script queued tells the frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aliasing_killed_before_telling_the_other_shards_loses_nothing() {
+    let world = World::new("crash-alias-signals").await;
+    let new = "new".to_owned();
+    let old = names_apart(&world, &new);
+    let executor = smache::executor::spawn(&world.smache);
+    assert_eq!(world.smache.scope(card(new.clone())).await, "card new");
+    let frame_key = frame::key(old.clone()).unwrap();
+    assert_eq!(
+        world.smache.scope(frame(old.clone())).await,
+        format!("[card {old}]")
+    );
+    world.drained().await;
+    executor.shutdown().await.unwrap();
+    let version = world.version(&frame_key).await;
+
+    let mut crashing = Crashing::start_with(
+        &world,
+        "aliaser",
+        "smache::store::alias::before_signals",
+        &format!("{old},{new}"),
+    );
+    crashing.crashed().await;
+    let executor = smache::executor::spawn(&world.smache);
+    world
+        .refreshed(&frame_key, version, "the frame of the alias", &crashing)
+        .await;
+    assert_eq!(world.smache.scope(frame(old.clone())).await, "[card new]");
+    assert_eq!(world.smache.scope(card(old)).await, "card new");
+    executor.shutdown().await.unwrap();
+    world.stop().await;
+}
+
+/// The process making a card an alias killed after registering it (and
+/// the card's own alias) in the target's set and before re-pointing the
+/// card's own alias and making the card one: the card is still a value,
+/// served and fresh, the target's extra members are ignored, and the
+/// aliasing done again completes. README, "Shards": the row "an alias is
+/// made".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aliasing_killed_after_registering_in_the_targets_set_loses_nothing() {
+    let world = World::new("crash-alias-link").await;
+    let new = "new".to_owned();
+    let old = names_apart(&world, &new);
+    let older = format!("{old}-older");
+    let (old_key, new_key, older_key) = (
+        card::key(old.clone()).unwrap(),
+        card::key(new.clone()).unwrap(),
+        card::key(older.clone()).unwrap(),
+    );
+    let executor = smache::executor::spawn(&world.smache);
+    assert_eq!(world.smache.scope(card(new.clone())).await, "card new");
+    assert_eq!(
+        world.smache.scope(frame(old.clone())).await,
+        format!("[card {old}]")
+    );
+    // The card has an alias of its own.
+    world.smache.alias(&older_key, &old_key).await.unwrap();
+    assert_eq!(
+        world.smache.scope(card(older.clone())).await,
+        format!("card {old}")
+    );
+    world.drained().await;
+    executor.shutdown().await.unwrap();
+
+    let mut crashing = Crashing::start_with(
+        &world,
+        "aliaser",
+        "smache::store::alias::before_repoint",
+        &format!("{old},{new}"),
+    );
+    crashing.crashed().await;
+    // Registered in the target's set, and nothing else.
+    let (new_base, new_id) = world.split(&new_key);
+    let (_, old_id) = world.split(&old_key);
+    let aliases = format!("{new_base}al:{new_id}");
+    assert!(
+        world.holds(&aliases, &old_id).await,
+        "the card in its target's set of aliases"
+    );
+    // The card is still a value, and its alias names it: both serve it.
+    assert!(world.smache.is_fresh(&old_key).await.unwrap());
+    assert_eq!(
+        world.smache.scope(card(old.clone())).await,
+        format!("card {old}")
+    );
+    assert_eq!(
+        world.smache.scope(card(older.clone())).await,
+        format!("card {old}")
+    );
+    // The target's set names it, but it is no alias: invalidating the
+    // target leaves it alone.
+    assert!(world.smache.invalidate(&new_key).await.unwrap());
+    assert!(world.smache.is_fresh(&old_key).await.unwrap());
+    assert!(world.smache.is_fresh(&older_key).await.unwrap());
+    assert_eq!(world.smache.scope(card(new.clone())).await, "card new");
+
+    // Done again, the aliasing completes; the frame reading the card, in
+    // another shard, is told.
+    let executor = smache::executor::spawn(&world.smache);
+    let frame_key = frame::key(old.clone()).unwrap();
+    let version = world.version(&frame_key).await;
+    world.smache.alias(&old_key, &new_key).await.unwrap();
+    world
+        .refreshed(&frame_key, version, "the frame of the alias", &crashing)
+        .await;
+    assert_eq!(world.smache.scope(frame(old.clone())).await, "[card new]");
+    assert_eq!(world.smache.scope(card(old)).await, "card new");
+    assert_eq!(world.smache.scope(card(older)).await, "card new");
     executor.shutdown().await.unwrap();
     world.stop().await;
 }

@@ -16,12 +16,16 @@
 //!    the target while the alias is still a value: what they are to name,
 //!    never a chain.
 //! 4. The alias becomes one (`lua/alias_set.lua`, its shard): its value and
-//!    edges are dropped, its shard's dependants told; aliases of it made
-//!    meanwhile are returned and go through 2–3 too.
-//! 5. Its dependants in every other shard are told (`lua/touch.lua`). Left
-//!    alone: values of other shards built on the alias's old value stay
-//!    fresh until their next change (closed once a store's fan-out job,
-//!    item 2 of docs/cluster-spread.md, is queued by step 4 instead).
+//!    edges are dropped, its shard's dependants told and, if a value of
+//!    another shard ever read it (`rd:`), a fan-all job queued for the
+//!    others (`lua/common.lua` `fan_all`, as for a value stored anew);
+//!    aliases of it made meanwhile are returned and go through 2–3 too.
+//! 5. Its dependants in every other shard are told at once
+//!    (`lua/spread.lua`), as that job will again. Left to the job after a
+//!    crash before this step.
+//!
+//! `tests/crash_points.rs` kills the process before step 3 and before
+//! step 5.
 //!
 //! An alias made while its target, or an alias of it, is being made an
 //! alias concurrently can still end up naming an alias (both operations
@@ -64,6 +68,7 @@ impl RedisStore {
         else {
             return Ok(None);
         };
+        fail::fail_point!("smache::store::alias::before_repoint");
         self.repoint(alias.id, &to, &args, &theirs).await?;
         let mut invocation = self.scripts.alias_set.key(alias.key);
         invocation
@@ -84,6 +89,7 @@ impl RedisStore {
             cmd.arg(keys::aliases(base, alias.id)).arg(&left);
             let _: i64 = self.bounded("alias", cmd.query_async(&mut conn)).await?;
         }
+        fail::fail_point!("smache::store::alias::before_signals");
         self.signal_elsewhere(alias.id).await?;
         Ok(Some(to))
     }

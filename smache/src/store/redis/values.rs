@@ -257,6 +257,7 @@ impl RedisStore {
         if recorded != 1 {
             return Ok(false);
         }
+        fail::fail_point!("smache::store::edge::before_readers");
         // Then, still before the read, `home`'s shard among the readers of
         // `id`, in `id`'s shard: a store of `id` from now on fans out to
         // the other shards (lua/common.lua `fan_all`), this edge's among
