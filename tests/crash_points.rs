@@ -296,15 +296,10 @@ impl World {
 
     /// Waits until no job is queued or held.
     async fn drained(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let jobs = self.smache.inspect_jobs().await.unwrap();
-            if jobs.queued == 0 && jobs.held == 0 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "jobs left: {}", jobs.queued);
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        assert!(
+            smache_suite::quiesced(&self.smache, Duration::from_secs(20)).await,
+            "jobs left"
+        );
     }
 
     async fn stop(mut self) {

@@ -293,6 +293,29 @@ where
     }
 }
 
+/// Waits until `smache` has no job queued or held, seen 3 times in a row
+/// 50 ms apart; `false` after `timeout`. Once is not enough on several
+/// shards: a report reads the streams one after another, and a chain of
+/// jobs (a store in one shard queueing a fan-all job in another) can pass
+/// between two reads.
+pub async fn quiesced(smache: &smache::Smache, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut quiet = 0;
+    while quiet < 3 {
+        let jobs = smache.inspect_jobs().await.expect("inspect the jobs");
+        quiet = if jobs.queued == 0 && jobs.held == 0 {
+            quiet + 1
+        } else {
+            0
+        };
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
 /// The `smache-worker` binary: `SMACHE_TEST_WORKER_BIN`, else built once
 /// with the cargo that runs the tests.
 pub fn worker_binary() -> PathBuf {
