@@ -949,6 +949,87 @@ async fn a_related_document_moved_on_its_first_seen_change_without_a_pre_image_l
     world.stop().await;
 }
 
+/// A recorded mapping (`m:`) holding something else than a set (not
+/// smache's write) reads as unknown: the relation job marks the
+/// function's values stale, refreshes the order's new user and records the
+/// mapping anew, rather than failing at every try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_recorded_mapping_reads_as_unknown_and_is_replaced() {
+    use smache_suite::layout::{value_id, Layout};
+    let mut world = World::new().await;
+    let (ada, bob) = (
+        world.insert_user("Ada").await,
+        world.insert_user("Bob").await,
+    );
+    world.watching().await;
+    let orders = world.db.collection::<Order>("orders");
+    let order = Order {
+        id: ObjectId::new(),
+        user_id: ada.id,
+        total: 5,
+    };
+    orders.insert_one(&order).await.unwrap();
+    world
+        .eventually("Ada's total", "5", || async {
+            spent(&ada).await.to_string()
+        })
+        .await;
+    let (ada_key, bob_key) = (spent::key(&ada).unwrap(), spent::key(&bob).unwrap());
+    assert_eq!(world.smache.scope(spent(&bob)).await, 0);
+    let bob_version = world
+        .smache
+        .entry(&bob_key)
+        .await
+        .unwrap()
+        .unwrap()
+        .version();
+
+    // A string where the order's mapping is recorded (in every shard: the
+    // order's own holds it).
+    let id = value_id(&world.smache, &ada_key);
+    let hash = id.find('#').unwrap();
+    let head = &id[..hash + id[hash..].find(':').unwrap()];
+    let record = format!("m:{head}|orders:o:{}", order.id.to_hex());
+    let layout = Layout::of(&world.smache).await;
+    let mut conn = redis_connection(&redis_url()).await;
+    for key in layout.everywhere(&record) {
+        let _: () = redis::AsyncCommands::set(&mut conn, &key, "garbage")
+            .await
+            .unwrap();
+    }
+
+    // Moved to Bob, with no pre-image: what it concerned before is unknown.
+    orders
+        .update_one(
+            doc! { "_id": order.id },
+            doc! { "$set": { "user_id": bob.id } },
+        )
+        .await
+        .unwrap();
+    world
+        .refreshed(&bob_key, bob_version, "the new user's value")
+        .await;
+    assert_eq!(world.smache.scope(spent(&bob)).await, 5);
+    // Ada's value was marked stale (or recomputed since): never served old.
+    assert_eq!(world.smache.scope(spent(&ada)).await, 0);
+    assert!(world.smache.is_fresh(&ada_key).await.unwrap());
+    let mut replaced = false;
+    for key in layout.everywhere(&record) {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        replaced |= kind == "set";
+    }
+    assert!(replaced, "the mapping recorded anew, as a set");
+    assert!(
+        layout.dead(&mut conn).await.is_empty(),
+        "no relation job failed for good"
+    );
+    world.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_your_writes_waits_for_the_worker_and_never_returns_the_old_value() {
     let mut world = World::new().await;

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use redis::streams::StreamId;
 
-use super::RedisStore;
-use crate::error::Result;
+use super::{is_wrong_type, RedisStore};
+use crate::error::{Error, Result};
 use crate::store::keys::{self, GROUP};
 
 pub(crate) use self::reader::JobReader;
@@ -299,7 +299,11 @@ impl RedisStore {
 
     /// The functions with relations on `collection` in each of `shards`
     /// (pipelined: on a cluster, a pipeline per slot, sent at once), by
-    /// shard, leaving out shards with none.
+    /// shard, leaving out shards with none. A shard whose key holds
+    /// something else than a set (not smache's) has none, as for the
+    /// worker's script (`lua/common.lua` `related_document`), rather than
+    /// failing the job at every try: the next store of a value with
+    /// relations there writes the set again.
     pub(crate) async fn related_functions(
         &self,
         shards: &[usize],
@@ -311,9 +315,20 @@ impl RedisStore {
             pipe.cmd("SMEMBERS")
                 .arg(keys::relations(self.shards.base(shard), collection));
         }
-        let heads: Vec<Vec<String>> = self
-            .bounded("relations", pipe.query_async(&mut conn))
-            .await?;
+        let heads: Vec<Vec<String>> =
+            match self.bounded("relations", pipe.query_async(&mut conn)).await {
+                Ok(heads) => heads,
+                Err(Error::Redis(err)) if is_wrong_type(&err) => {
+                    // Shard by shard, to find which.
+                    let mut heads = Vec::with_capacity(shards.len());
+                    for &shard in shards {
+                        let key = keys::relations(self.shards.base(shard), collection);
+                        heads.push(self.members_or_none("relations", &key).await?);
+                    }
+                    heads
+                }
+                Err(err) => return Err(err),
+            };
         Ok(shards
             .iter()
             .copied()
@@ -324,18 +339,32 @@ impl RedisStore {
 
     /// The targets recorded for the mapping of `source` by the function
     /// `head` in shard `shard` (the relation job's: see `lua/relate.lua`);
-    /// empty if none is.
+    /// empty if none is, or if the key holds something else.
     pub(crate) async fn recorded_targets(
         &self,
         shard: usize,
         head: &str,
         source: &str,
     ) -> Result<Vec<String>> {
+        let key = keys::mapping(self.shards.base(shard), head, source);
+        self.members_or_none("recorded_targets", &key).await
+    }
+
+    /// The members of set `key`; none, with a warning, when the key holds
+    /// another type (not smache's: `lua/relate.lua` replaces it). For a
+    /// recorded mapping, none is "unknown": the relation job marks the
+    /// function's values stale unless a pre-image says what it concerned.
+    async fn members_or_none(&self, what: &'static str, key: &str) -> Result<Vec<String>> {
         let mut conn = self.connection().await?;
         let mut cmd = redis::cmd("SMEMBERS");
-        cmd.arg(keys::mapping(self.shards.base(shard), head, source));
-        self.bounded("recorded_targets", cmd.query_async(&mut conn))
-            .await
+        cmd.arg(key);
+        match self.bounded(what, cmd.query_async(&mut conn)).await {
+            Err(Error::Redis(err)) if is_wrong_type(&err) => {
+                tracing::warn!(key, "smache: a key of a relation's graph holds something else than a set; read as empty");
+                Ok(Vec::new())
+            }
+            other => other,
+        }
     }
 
     /// Marks every value of the function `head` in `shards` stale, with no
