@@ -950,9 +950,10 @@ async fn a_related_document_moved_on_its_first_seen_change_without_a_pre_image_l
 }
 
 /// A recorded mapping (`m:`) holding something else than a set (not
-/// smache's write) reads as unknown: the relation job marks the
-/// function's values stale, refreshes the order's new user and records the
-/// mapping anew, rather than failing at every try.
+/// smache's write) reads as unknown, and a shard's list of functions with
+/// relations (`rel:`) as none: the relation job marks the function's
+/// values stale, refreshes the order's new user and records the mapping
+/// anew, rather than failing at every try.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_recorded_mapping_reads_as_unknown_and_is_replaced() {
     use smache_suite::layout::{value_id, Layout};
@@ -976,6 +977,8 @@ async fn a_foreign_recorded_mapping_reads_as_unknown_and_is_replaced() {
         .await;
     let (ada_key, bob_key) = (spent::key(&ada).unwrap(), spent::key(&bob).unwrap());
     assert_eq!(world.smache.scope(spent(&bob)).await, 0);
+    // The insert's relation job done (it records the mapping).
+    drained(&world).await;
     let bob_version = world
         .smache
         .entry(&bob_key)
@@ -997,6 +1000,17 @@ async fn a_foreign_recorded_mapping_reads_as_unknown_and_is_replaced() {
             .await
             .unwrap();
     }
+    // And where a shard has no functions with relations on orders (with
+    // several shards): the job reads every shard's.
+    for key in layout.everywhere("rel:orders") {
+        let _: bool = redis::cmd("SET")
+            .arg(&key)
+            .arg("garbage")
+            .arg("NX")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
 
     // Moved to Bob, with no pre-image: what it concerned before is unknown.
     orders
@@ -1009,8 +1023,10 @@ async fn a_foreign_recorded_mapping_reads_as_unknown_and_is_replaced() {
     world
         .refreshed(&bob_key, bob_version, "the new user's value")
         .await;
+    // Ada's value was marked stale first, with no recompute coming (what
+    // the order concerned before is unknown): never served old.
+    assert!(!world.smache.is_fresh(&ada_key).await.unwrap());
     assert_eq!(world.smache.scope(spent(&bob)).await, 5);
-    // Ada's value was marked stale (or recomputed since): never served old.
     assert_eq!(world.smache.scope(spent(&ada)).await, 0);
     assert!(world.smache.is_fresh(&ada_key).await.unwrap());
     let mut replaced = false;

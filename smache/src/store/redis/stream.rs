@@ -311,30 +311,32 @@ impl RedisStore {
     ) -> Result<Vec<(usize, Vec<String>)>> {
         let mut conn = self.connection().await?;
         let mut pipe = redis::pipe();
+        // Each reply on its own: one shard's key of another type must not
+        // fail the others (a server error inside a pipeline carries no
+        // code of its own unless taken from its reply).
+        pipe.ignore_errors();
         for &shard in shards {
             pipe.cmd("SMEMBERS")
                 .arg(keys::relations(self.shards.base(shard), collection));
         }
-        let heads: Vec<Vec<String>> =
-            match self.bounded("relations", pipe.query_async(&mut conn)).await {
-                Ok(heads) => heads,
-                Err(Error::Redis(err)) if is_wrong_type(&err) => {
-                    // Shard by shard, to find which.
-                    let mut heads = Vec::with_capacity(shards.len());
-                    for &shard in shards {
-                        let key = keys::relations(self.shards.base(shard), collection);
-                        heads.push(self.members_or_none("relations", &key).await?);
-                    }
-                    heads
+        let replies: Vec<redis::Value> = self
+            .bounded("relations", pipe.query_async(&mut conn))
+            .await?;
+        let mut found = Vec::new();
+        for (&shard, reply) in shards.iter().zip(replies) {
+            let heads: Vec<String> = match reply.extract_error() {
+                Ok(value) => redis::from_redis_value(value).map_err(redis::RedisError::from)?,
+                Err(err) if is_wrong_type(&err) => {
+                    not_a_set(&keys::relations(self.shards.base(shard), collection));
+                    Vec::new()
                 }
-                Err(err) => return Err(err),
+                Err(err) => return Err(Error::Redis(err)),
             };
-        Ok(shards
-            .iter()
-            .copied()
-            .zip(heads)
-            .filter(|(_, heads)| !heads.is_empty())
-            .collect())
+            if !heads.is_empty() {
+                found.push((shard, heads));
+            }
+        }
+        Ok(found)
     }
 
     /// The targets recorded for the mapping of `source` by the function
@@ -360,7 +362,7 @@ impl RedisStore {
         cmd.arg(key);
         match self.bounded(what, cmd.query_async(&mut conn)).await {
             Err(Error::Redis(err)) if is_wrong_type(&err) => {
-                tracing::warn!(key, "smache: a key of a relation's graph holds something else than a set; read as empty");
+                not_a_set(key);
                 Ok(Vec::new())
             }
             other => other,
@@ -389,6 +391,15 @@ impl RedisStore {
 /// A duration as Redis takes it (ms).
 pub(super) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Says that `key`, of a relation's graph, holds something else than a
+/// set (not smache's write), read as empty.
+fn not_a_set(key: &str) {
+    tracing::warn!(
+        key,
+        "smache: a key of a relation's graph holds something else than a set; read as empty"
+    );
 }
 
 #[cfg(test)]
