@@ -810,10 +810,11 @@ async fn an_aliasing_killed_after_registering_in_the_targets_set_loses_nothing()
     // Registered in the target's set, and nothing else.
     let (new_base, new_id) = world.split(&new_key);
     let (_, old_id) = world.split(&old_key);
+    let (_, older_id) = world.split(&older_key);
     let aliases = format!("{new_base}al:{new_id}");
     assert!(
-        world.holds(&aliases, &old_id).await,
-        "the card in its target's set of aliases"
+        world.holds(&aliases, &old_id).await && world.holds(&aliases, &older_id).await,
+        "the card and its alias in its target's set of aliases"
     );
     // The card is still a value, and its alias names it: both serve it.
     assert!(world.smache.is_fresh(&old_key).await.unwrap());

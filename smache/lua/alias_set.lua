@@ -1,8 +1,9 @@
 -- The last step of making an alias on a store of several shards (#16;
 -- one shard runs alias.lua whole), in the alias's own shard: its value
 -- and edges are dropped, the values of this shard that depended on it
--- are told (those of other shards are told next, by the caller, shard by
--- shard), and it names the target. Its own aliases were registered in
+-- are told (those of other shards by the fan-all job signal_dependents
+-- queues if a value of another shard read it, and at once by the caller),
+-- and it names the target. Its own aliases were registered in
 -- the target's set and re-pointed before (alias_link.lua,
 -- alias_point.lua): they leave its set.
 --

@@ -301,19 +301,21 @@ where
 pub async fn quiesced(smache: &smache::Smache, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     let mut quiet = 0;
-    while quiet < 3 {
+    loop {
         let jobs = smache.inspect_jobs().await.expect("inspect the jobs");
         quiet = if jobs.queued == 0 && jobs.held == 0 {
             quiet + 1
         } else {
             0
         };
+        if quiet == 3 {
+            return true;
+        }
         if Instant::now() >= deadline {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    true
 }
 
 /// The `smache-worker` binary: `SMACHE_TEST_WORKER_BIN`, else built once
