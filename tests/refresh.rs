@@ -639,7 +639,7 @@ async fn a_burst_of_updates_ends_with_the_last_one_and_few_recomputes() {
     for i in 1..=100 {
         world.rename(&ada, &format!("v{i}")).await;
     }
-    let burst = burst.elapsed();
+    let written = burst.elapsed();
     world
         .eventually("burst", "profile of v100", || profile(&ada))
         .await;
@@ -648,17 +648,23 @@ async fn a_burst_of_updates_ends_with_the_last_one_and_few_recomputes() {
         .wait_fresh(&profile::key(&ada).unwrap(), Duration::from_secs(10))
         .await
         .unwrap());
+    let settled = burst.elapsed();
     let recomputes = CALLS.get(&format!("profile:{}", ada.id)) - before;
     // Recomputes of one value start at least 50 ms apart, so a burst costs
-    // about one recompute per 50 ms it lasts, not one per update (about 10
-    // for a burst of half a second). The bound follows the burst's length,
-    // which depends on the machine, plus the few that may follow it.
-    let bound = usize::try_from(burst.as_millis() / 50).unwrap_or(usize::MAX) + 4;
+    // about one recompute per 50 ms that its changes take to be signalled,
+    // not one per update (about 10 for half a second). The bound follows
+    // that time, from the first update until the value is fresh: the
+    // worker may take longer than the writes (at 48 shards, each change
+    // is a script in every shard), and the recomputes follow it.
+    let bound = usize::try_from(settled.as_millis() / 50).unwrap_or(usize::MAX) + 4;
     assert!(
-        recomputes <= bound,
-        "duplicate jobs coalesce: {recomputes} recomputes for 100 updates over {burst:?}"
+        recomputes <= bound.min(50),
+        "duplicate jobs coalesce: {recomputes} recomputes for 100 updates written over \
+         {written:?}, fresh after {settled:?}"
     );
-    eprintln!("burst of 100 updates over {burst:?}: {recomputes} recomputes");
+    eprintln!(
+        "burst of 100 updates over {written:?}, fresh after {settled:?}: {recomputes} recomputes"
+    );
     world.stop().await;
 }
 
