@@ -38,6 +38,7 @@ mod alias;
 mod conn;
 mod jobs;
 mod pipeline;
+mod relations;
 mod scan;
 mod shard_count;
 mod signal;

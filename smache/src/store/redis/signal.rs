@@ -49,9 +49,27 @@ impl RedisStore {
             .await
     }
 
+    /// Marks every value of the function `head` in `shards` stale, with no
+    /// recompute coming; how many values, and how many jobs queued. For a
+    /// relation job whose document's earlier targets are unknown: the
+    /// shards are those holding values of the function (or the job's
+    /// alone, for a job of one shard from an older worker).
+    pub(crate) async fn mark_function_stale(
+        &self,
+        shards: &[usize],
+        head: &str,
+    ) -> Result<(usize, u64)> {
+        let bases: Vec<&str> = shards
+            .iter()
+            .map(|&shard| self.shards.base(shard))
+            .collect();
+        self.mark_matching_stale_in(bases, &keys::function_values(head), true)
+            .await
+    }
+
     /// [`mark_matching_stale`](Self::mark_matching_stale) in the shards
     /// of `bases` only.
-    pub(super) async fn mark_matching_stale_in<'a>(
+    async fn mark_matching_stale_in<'a>(
         &self,
         bases: impl IntoIterator<Item = &'a str>,
         id_glob: &str,
