@@ -195,6 +195,15 @@ impl World {
         panic!("no user's trunk and leaf in different shards");
     }
 
+    /// Gives order `order` to user `to`.
+    async fn move_order(&self, order: ObjectId, to: ObjectId) {
+        self.db
+            .collection::<Order>("orders")
+            .update_one(doc! { "_id": order }, doc! { "$set": { "user_id": to } })
+            .await
+            .unwrap();
+    }
+
     /// Renames a user.
     async fn rename(&self, user: &User, name: &str) {
         self.db
@@ -292,6 +301,13 @@ impl World {
             "the dead executor held the job"
         );
         smache::executor::spawn(&self.smache)
+    }
+
+    /// Once the jobs queued so far have run, stops `executor`: the state a
+    /// crash test starts from, no executor left to take the next job.
+    async fn settle(&self, executor: smache::executor::ExecutorHandle) {
+        self.drained().await;
+        executor.shutdown().await.unwrap();
     }
 
     /// Waits until no job is queued or held.
@@ -574,32 +590,19 @@ async fn an_executor_killed_in_a_relation_job_at(point: &str, ada_at_home: bool)
 
     // The order goes to Ada; its mapping is recorded.
     let executor = smache::executor::spawn(&world.smache);
-    orders
-        .update_one(
-            doc! { "_id": order.id },
-            doc! { "$set": { "user_id": ada.id } },
-        )
-        .await
-        .unwrap();
+    world.move_order(order.id, ada.id).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while world.smache.scope(spent(&ada)).await != 7 {
         assert!(Instant::now() < deadline, "Ada's total");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    world.drained().await;
-    executor.shutdown().await.unwrap();
+    world.settle(executor).await;
     let (ada_version, bob_version) = (world.version(&ada_key).await, world.version(&bob_key).await);
 
     // Moved to Bob, with no pre-image: what it concerned before is the
     // recorded mapping. The executor running the job dies at `point`.
     let mut crashing = Crashing::start(&world, "executor", point);
-    orders
-        .update_one(
-            doc! { "_id": order.id },
-            doc! { "$set": { "user_id": bob.id } },
-        )
-        .await
-        .unwrap();
+    world.move_order(order.id, bob.id).await;
     let executor = world.take_over_from(&mut crashing).await;
     world
         .refreshed(&ada_key, ada_version, "Ada's total", &crashing)
@@ -643,8 +646,7 @@ async fn an_executor_killed_in_a_fan_all_job_before_signalling_loses_nothing() {
     // Computed, and whatever the first stores queued run, then no executor.
     let executor = smache::executor::spawn(&world.smache);
     assert_eq!(world.smache.scope(trunk(ada.id.to_hex())).await, "<Ada>");
-    world.drained().await;
-    executor.shutdown().await.unwrap();
+    world.settle(executor).await;
     let version = world.version(&trunk_key).await;
 
     // Ada renamed: the dying executor recomputes `leaf`, whose store
@@ -747,8 +749,7 @@ async fn an_aliasing_killed_before_telling_the_other_shards_loses_nothing() {
         world.smache.scope(frame(old.clone())).await,
         format!("[card {old}]")
     );
-    world.drained().await;
-    executor.shutdown().await.unwrap();
+    world.settle(executor).await;
     let version = world.version(&frame_key).await;
 
     let mut crashing = Crashing::start_with(
@@ -797,8 +798,7 @@ async fn an_aliasing_killed_after_registering_in_the_targets_set_loses_nothing()
         world.smache.scope(card(older.clone())).await,
         format!("card {old}")
     );
-    world.drained().await;
-    executor.shutdown().await.unwrap();
+    world.settle(executor).await;
 
     let mut crashing = Crashing::start_with(
         &world,

@@ -220,6 +220,15 @@ impl World {
         user
     }
 
+    /// Gives order `order` to user `to`.
+    async fn move_order(&self, order: ObjectId, to: ObjectId) {
+        self.db
+            .collection::<Order>("orders")
+            .update_one(doc! { "_id": order }, doc! { "$set": { "user_id": to } })
+            .await
+            .unwrap();
+    }
+
     async fn rename(&self, user: &User, name: &str) {
         self.db
             .collection::<User>("users")
@@ -484,13 +493,7 @@ async fn a_related_document_is_mapped_once_per_change_and_refreshes_values_in_ev
 
     // Moved to Bob: an update with no pre-image, so what it concerned
     // before comes from the mapping recorded at its insert.
-    orders
-        .update_one(
-            doc! { "_id": order.id },
-            doc! { "$set": { "user_id": bob.id } },
-        )
-        .await
-        .unwrap();
+    world.move_order(order.id, bob.id).await;
     // Both owners are refreshed in the background, not marked stale (a
     // refresh begun before the move may land first: then the next).
     for ((user, total), &version) in [(&ada, 0), (&bob, 7)].into_iter().zip(moved) {
@@ -886,13 +889,7 @@ async fn move_an_order_seen_for_the_first_time(pre_images: bool) -> Moved {
     for (user, total) in [(&ada, 7), (&bob, 0), (&cy, 0)] {
         assert_eq!(world.smache.scope(spent(user)).await, total);
     }
-    orders
-        .update_one(
-            doc! { "_id": order.id },
-            doc! { "$set": { "user_id": bob.id } },
-        )
-        .await
-        .unwrap();
+    world.move_order(order.id, bob.id).await;
     let bob_total = || async { spent(&bob).await.to_string() };
     world.eventually("the new owner", "7", bob_total).await;
     Moved { world, ada, cy }
@@ -1019,13 +1016,7 @@ async fn a_foreign_recorded_mapping_reads_as_unknown_and_is_replaced() {
     }
 
     // Moved to Bob, with no pre-image: what it concerned before is unknown.
-    orders
-        .update_one(
-            doc! { "_id": order.id },
-            doc! { "$set": { "user_id": bob.id } },
-        )
-        .await
-        .unwrap();
+    world.move_order(order.id, bob.id).await;
     world
         .refreshed(&bob_key, bob_version, "the new user's value")
         .await;
