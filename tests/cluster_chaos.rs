@@ -28,8 +28,10 @@
 //!   disruption is never repaired by a later one), and no job was given
 //!   up.
 //!
-//! Beside it, `a_pipeline_whose_slot_is_half_moved_is_served_whole`: a
-//! pipeline meeting its slot in migration, deterministically.
+//! Beside it, deterministically: `a_pipeline_whose_slot_is_half_moved_is_served_whole`,
+//! a pipeline meeting its slot in migration, and
+//! `a_value_computed_while_its_slot_moves_writes_nothing_on_the_importing_master`,
+//! the store's scripts meeting it.
 //!
 //! **Ignored by design outside the cluster pass.** These tests kill nodes
 //! of the cluster `scripts/with-servers.sh` starts with
@@ -50,6 +52,7 @@
 //! unacknowledged, which executors reclaim after
 //! [`RECLAIM_AFTER`](smache::executor::RECLAIM_AFTER).
 
+use std::collections::HashSet;
 use std::process::{Child, Command};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -63,6 +66,7 @@ use serde::{Deserialize, Serialize};
 use smache::inspect::GraphOptions;
 use smache::{computed, Entity, Smache};
 use smache_suite::cluster::{NodeInfo, TestCluster};
+use smache_suite::layout::{value_base, value_id};
 use smache_suite::{mongodb_uri, redis_connection, unique, WorkerProcess};
 
 #[path = "cluster_chaos/traffic.rs"]
@@ -109,6 +113,12 @@ fn card_of(user: &User) -> String {
 #[computed(User)]
 async fn card(user: &User) -> String {
     card_of(user)
+}
+
+/// One of many lines of a user: values of one user in any shard.
+#[computed(User, Raw)]
+async fn line(user: &User, n: u32) -> String {
+    format!("{} {n}", user.name)
 }
 
 /// Nested: depends on `card` of the same user.
@@ -719,6 +729,83 @@ async fn a_pipeline_whose_slot_is_half_moved_is_served_whole() {
     assert!(ready.position_saved);
     assert!(!ready.stale_marking_owed);
     let () = conn.del(&[lease, token]).await.unwrap();
+}
+
+/// A value computed while its shard's slot moves, with none of its keys on
+/// either master yet: its scripts must run on neither. Redis checks only
+/// the keys a script declares, so a script let into the importing master
+/// by `ASKING` (its declared keys missing on the migrating one) would read
+/// the user's reverse edges, still on the migrating master, as missing and
+/// create them anew there: the move then meets `BUSYKEY`, and whichever
+/// copy is kept, the other's edges are lost (with them, a refresh). Every
+/// call declares a never-written key of its slot too, so both masters
+/// answer `TRYAGAIN` until the move ends: the caller computes directly
+/// meanwhile, and the value is stored, with its edge, once it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "moves a slot of the Redis Cluster of scripts/with-servers.sh: run alone, last, by scripts/test.sh's cluster pass (--ignored)"]
+async fn a_value_computed_while_its_slot_moves_writes_nothing_on_the_importing_master() {
+    let _alone = ALONE.lock().await;
+    logs();
+    let cluster = TestCluster::from_env();
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+    let smache = Smache::builder()
+        .redis_url(cluster.url())
+        .prefix(unique("cmove"))
+        .build()
+        .unwrap();
+    let ada = User {
+        id: ObjectId::new(),
+        name: "Ada".into(),
+        score: 1,
+    };
+    assert_eq!(smache.scope(card(&ada)).await, card_of(&ada));
+    let card_key = card::key(&ada).unwrap();
+    let base = value_base(&smache, &card_key);
+    // A line of Ada's in the card's shard: its edge joins the card's.
+    let n = (0..10_000)
+        .find(|&n| value_base(&smache, &line::key(&ada, n).unwrap()) == base)
+        .expect("a line in the card's shard");
+    let line_key = line::key(&ada, n).unwrap();
+    let edges = format!("{base}r:e:users:o:{}", ada.id.to_hex());
+    let mut conn = redis_connection(cluster.url()).await;
+    let members: HashSet<String> = conn.smembers(&edges).await.unwrap();
+    assert_eq!(members, [value_id(&smache, &card_key)].into());
+
+    let slot = cluster.keyslot(&edges).await;
+    let from = cluster.master_of(slot, &[]).await;
+    let to = cluster
+        .view(&[])
+        .await
+        .into_iter()
+        .find(|node| node.is_master() && node.id != from.id && !node.slots.is_empty())
+        .expect("another master");
+    cluster.open_move(slot, &from, &to).await;
+    let during = smache.scope(line(&ada, n)).await;
+    let moved = cluster
+        .migrate_slot(slot, &from, &to, 100, Duration::ZERO)
+        .await;
+    cluster.close_move(slot, &from, &to).await;
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+
+    assert_eq!(during, format!("Ada {n}"), "computed directly meanwhile");
+    assert!(
+        moved.busy.is_empty(),
+        "keys written on the importing master while the migrating one held them: {:?}",
+        moved.busy
+    );
+    // Once the store serves the slot again, the line is stored, its edge
+    // beside the card's.
+    let stored = wait_for(Duration::from_secs(10), || async {
+        smache.scope(line(&ada, n)).await;
+        smache.entry(&line_key).await.ok().flatten()
+    })
+    .await;
+    assert!(stored.is_some(), "the line is stored once the move ends");
+    let members: HashSet<String> = conn.smembers(&edges).await.unwrap();
+    assert_eq!(
+        members,
+        [value_id(&smache, &card_key), value_id(&smache, &line_key)].into()
+    );
 }
 
 /// Reads every value of a user.

@@ -5,9 +5,8 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
-
 use super::redis::RedisStore;
+use super::script::StoreScript;
 use crate::envelope;
 use crate::error::Result;
 
@@ -15,7 +14,8 @@ use crate::error::Result;
 /// Redis for long however large the batch.
 const BATCH: usize = 100;
 
-static GRAPH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../../lua/graph.lua")));
+static GRAPH: LazyLock<StoreScript> =
+    LazyLock::new(|| StoreScript::new(include_str!("../../lua/graph.lua")));
 
 /// What a set holds: how many members, and some of them (sorted).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

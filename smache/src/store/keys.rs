@@ -154,6 +154,27 @@ pub(crate) fn document_dependants_pattern(base: &str, collection: &str) -> Strin
     dependants(base, &format!("e:{}:*", glob_escape(collection)))
 }
 
+/// Keys of `base`'s slot that nothing ever writes: every script call
+/// declares the first (`store::script`), and the breaker's probe reads
+/// both, so that a slot moving between masters answers neither
+/// (`TRYAGAIN`, `ASK`) until the move ends.
+pub(crate) fn unwritten(base: &str) -> String {
+    format!("{base}probe:a")
+}
+
+/// The second of [`unwritten`]'s keys (a probe needs two, so that the
+/// importing master answers `TRYAGAIN`: several keys, not all there).
+pub(crate) fn unwritten_too(base: &str) -> String {
+    format!("{base}probe:b")
+}
+
+/// The base, `{tag}:`, a key begins with; `None` for a key without one
+/// (no key smache names).
+pub(crate) fn base_of_key(key: &str) -> Option<&str> {
+    let close = key.strip_prefix('{')?.find('}')? + 1;
+    (close > 1 && key[close + 1..].starts_with(':')).then(|| &key[..close + 2])
+}
+
 /// The records the live workers announce.
 pub(crate) fn workers(base: &str) -> String {
     format!("{base}workers")
@@ -261,6 +282,19 @@ pub(crate) fn names_documents(token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keys_base_is_its_leading_hash_tag_and_colon() {
+        let base = base("shop#48:k7");
+        assert_eq!(base_of_key(&value(&base, "f#1:{x}")), Some(base.as_str()));
+        assert_eq!(
+            unwritten(base_of_key(&jobs(&base)).unwrap()),
+            "{shop#48:k7}:probe:a"
+        );
+        for untagged in ["plain", "{}:v:x", "{open:v:x", "{shop}v:x", "x{shop}:v"] {
+            assert_eq!(base_of_key(untagged), None, "{untagged}");
+        }
+    }
 
     #[test]
     fn keys_share_the_instances_hash_tag() {

@@ -14,6 +14,7 @@ mod mongo;
 mod notify;
 mod redis;
 mod roster;
+mod script;
 pub(crate) mod shards;
 
 use std::time::Duration;

@@ -26,12 +26,12 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
-use redis::Script;
 
 use super::breaker::{Breaker, Gate, Probe};
 use super::keys::{self, WorkerKeys};
 use super::layer::Layer;
 use super::notify::Notifier;
+use super::script::StoreScript;
 use crate::error::{Error, Result};
 
 mod alias;
@@ -85,36 +85,36 @@ pub(crate) struct RedisStore {
 /// The Lua scripts, each with `lua/common.lua` in front (but the worker's
 /// lease scripts, which need none of it).
 struct Scripts {
-    begin: Script,
-    store: Script,
-    drop: Script,
-    start: Script,
-    change: Script,
-    touch: Script,
-    relation: Script,
-    lease: Script,
-    resign: Script,
-    stale: Script,
-    relate: Script,
-    refresh: Script,
-    release: Script,
-    renew: Script,
-    alias: Script,
-    alias_link: Script,
-    alias_point: Script,
-    alias_set: Script,
-    edge: Script,
-    fanout: Script,
-    spread: Script,
-    dead: Script,
-    submit: Script,
-    finish: Script,
-    attach: Script,
+    begin: StoreScript,
+    store: StoreScript,
+    drop: StoreScript,
+    start: StoreScript,
+    change: StoreScript,
+    touch: StoreScript,
+    relation: StoreScript,
+    lease: StoreScript,
+    resign: StoreScript,
+    stale: StoreScript,
+    relate: StoreScript,
+    refresh: StoreScript,
+    release: StoreScript,
+    renew: StoreScript,
+    alias: StoreScript,
+    alias_link: StoreScript,
+    alias_point: StoreScript,
+    alias_set: StoreScript,
+    edge: StoreScript,
+    fanout: StoreScript,
+    spread: StoreScript,
+    dead: StoreScript,
+    submit: StoreScript,
+    finish: StoreScript,
+    attach: StoreScript,
 }
 
 macro_rules! script {
     ($file:literal) => {
-        Script::new(concat!(
+        StoreScript::new(concat!(
             include_str!("../../lua/common.lua"),
             include_str!(concat!("../../lua/", $file))
         ))
@@ -131,8 +131,8 @@ impl Scripts {
             change: script!("change.lua"),
             touch: script!("touch.lua"),
             relation: script!("relation.lua"),
-            lease: Script::new(include_str!("../../lua/lease.lua")),
-            resign: Script::new(include_str!("../../lua/resign.lua")),
+            lease: StoreScript::new(include_str!("../../lua/lease.lua")),
+            resign: StoreScript::new(include_str!("../../lua/resign.lua")),
             stale: script!("stale.lua"),
             relate: script!("relate.lua"),
             refresh: script!("refresh.lua"),

@@ -6,13 +6,14 @@
 use std::time::Duration;
 
 use once_cell::sync::Lazy;
-use redis::Script;
 
 use super::redis::Scan;
+use super::script::StoreScript;
 use super::RedisStore;
 use crate::error::Result;
 
-static HEARTBEAT: Lazy<Script> = Lazy::new(|| Script::new(include_str!("../../lua/heartbeat.lua")));
+static HEARTBEAT: Lazy<StoreScript> =
+    Lazy::new(|| StoreScript::new(include_str!("../../lua/heartbeat.lua")));
 
 /// At most this many keys are looked through for the workers of other
 /// prefixes (a `SCAN`, a thousand keys a page).

@@ -21,6 +21,8 @@ use redis::{
     Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value,
 };
 
+use crate::store::keys;
+
 /// Where the store's connections go (each client boxed: they are
 /// hundreds of bytes, of different sizes).
 #[derive(Clone)]
@@ -269,8 +271,8 @@ impl Conn {
                 let mut pipe = redis::pipe();
                 for base in bases {
                     pipe.cmd("EXISTS")
-                        .arg(format!("{base}probe:a"))
-                        .arg(format!("{base}probe:b"));
+                        .arg(keys::unwritten(base))
+                        .arg(keys::unwritten_too(base));
                 }
                 let replies: Vec<Value> = pipe.query_async(self).await?;
                 replies

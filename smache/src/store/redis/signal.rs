@@ -157,7 +157,7 @@ impl RedisStore {
         head: &str,
         related: &Related<'_>,
         record: bool,
-    ) -> redis::ScriptInvocation<'_> {
+    ) -> super::super::script::Invocation<'_> {
         let base = self.shards.base(shard);
         let mut invocation = self.scripts.relate.key(keys::jobs(base));
         invocation
