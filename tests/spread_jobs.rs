@@ -438,7 +438,18 @@ async fn queueing_a_job_rings_the_doorbell_and_wakes_an_idle_executor() {
     {
         Submitted::Pending(task) => {
             let rang = tokio::time::timeout(Duration::from_secs(5), rings.next()).await;
-            assert!(matches!(rang, Ok(Some(_))), "the submit rang the bell");
+            let Ok(Some(ring)) = rang else {
+                panic!("the submit rang the bell");
+            };
+            // Naming the shard whose stream holds the job, which a woken
+            // executor reads first.
+            let base: String = ring.get_payload().unwrap();
+            let mut conn = redis_connection(&redis_url()).await;
+            let queued: u64 = conn.xlen(format!("{base}jobs")).await.unwrap();
+            assert!(
+                base.starts_with(&format!("{{{prefix}#")) && queued == 1,
+                "the ring names the job's shard: {base:?}, {queued} job(s) there"
+            );
             let executor = smache::executor::spawn(&smache);
             assert_eq!(task.wait().await.unwrap(), 2);
             // Idle now: each job is picked up at once, not at the next

@@ -69,7 +69,7 @@ local rung = false
 local function ring(base)
   if not rung and sharded(base) then
     rung = true
-    redis.call('PUBLISH', (string.gsub(base, '#%d+}:$', '}:')) .. 'bell', '')
+    redis.call('PUBLISH', (string.gsub(base, '#%d+}:$', '}:')) .. 'bell', base)
   end
 end
 

@@ -3,6 +3,11 @@
 //! `lua/common.lua`), and its executors, which cannot block on the
 //! streams of several slots at once, wait on it between empty sweeps.
 //!
+//! Each ring names the shard (its base, `{prefix#n}:`) whose stream got
+//! the job, so an executor woken reads that stream first rather than
+//! sweeping every shard's (48 on a cluster by default) before it starts
+//! the job. A ring naming none (from an older version) means any.
+//!
 //! A bell is a hint, never the only way a job is found: one lost (the
 //! subscription down, a message dropped) only delays a job until the next
 //! sweep, at most [`BLOCK_FOR`](super::super::BLOCK_FOR) later. A plain
@@ -10,11 +15,17 @@
 //! subscription, as for `{prefix}:done` (see `store::notify`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::Notify;
+
+use crate::sync::lock;
+
+/// How many distinct shards a subscription remembers between two waits;
+/// past that, the rest are found by the sweep that follows.
+const REMEMBERED: usize = 64;
 
 /// An executor's doorbell: the subscription, made again when it is lost.
 pub(super) struct Bell {
@@ -78,16 +89,19 @@ impl Bell {
     }
 
     /// Waits until the bell rings (or rang since the last wait) or until
-    /// `deadline`; whether it rang.
-    pub(super) async fn wait(&mut self, deadline: tokio::time::Instant) -> bool {
+    /// `deadline`: `None` if it did not ring, else the bases of the shards
+    /// it named since the last wait (empty: any shard).
+    pub(super) async fn wait(&mut self, deadline: tokio::time::Instant) -> Option<Vec<String>> {
         match &self.current {
             Some(subscription) if subscription.is_alive() => tokio::select! {
-                () = subscription.rung.notified() => true,
-                () = tokio::time::sleep_until(deadline) => false,
+                () = subscription.rung.notified() => {
+                    Some(std::mem::take(&mut *lock(&subscription.named)))
+                }
+                () = tokio::time::sleep_until(deadline) => None,
             },
             _ => {
                 tokio::time::sleep_until(deadline).await;
-                false
+                None
             }
         }
     }
@@ -98,6 +112,8 @@ impl Bell {
 struct Subscription {
     /// Holds a permit for each ring no waiter took yet (at most one).
     rung: Arc<Notify>,
+    /// The shards the rings since the last wait named (see [`REMEMBERED`]).
+    named: Arc<Mutex<Vec<String>>>,
     /// Whether the connection is still up.
     alive: Arc<AtomicBool>,
     /// The listening task.
@@ -109,11 +125,20 @@ impl Subscription {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(channel).await?;
         let rung = Arc::new(Notify::new());
+        let named = Arc::new(Mutex::new(Vec::new()));
         let alive = Arc::new(AtomicBool::new(true));
-        let (task_rung, task_alive) = (Arc::clone(&rung), Arc::clone(&alive));
+        let (task_rung, task_named, task_alive) =
+            (Arc::clone(&rung), Arc::clone(&named), Arc::clone(&alive));
         let task = tokio::spawn(async move {
             let mut messages = pubsub.into_on_message();
-            while messages.next().await.is_some() {
+            while let Some(message) = messages.next().await {
+                let base: String = message.get_payload().unwrap_or_default();
+                if !base.is_empty() {
+                    let mut named = lock(&task_named);
+                    if named.len() < REMEMBERED && !named.contains(&base) {
+                        named.push(base);
+                    }
+                }
                 // A permit if nobody waits: the next wait returns at once.
                 task_rung.notify_one();
             }
@@ -121,7 +146,12 @@ impl Subscription {
             task_alive.store(false, Ordering::Relaxed);
             task_rung.notify_one();
         });
-        Ok(Subscription { rung, alive, task })
+        Ok(Subscription {
+            rung,
+            named,
+            alive,
+            task,
+        })
     }
 
     fn is_alive(&self) -> bool {

@@ -89,17 +89,33 @@ impl JobReader {
             if !entries.is_empty() {
                 return Ok(entries);
             }
-            let rung = match self.bell.as_mut() {
+            let named = match self.bell.as_mut() {
                 Some(bell) => bell.wait(deadline).await,
                 None => {
                     tokio::time::sleep_until(deadline).await;
-                    false
+                    None
                 }
             };
-            if !rung {
+            let Some(named) = named else {
                 return Ok(entries);
+            };
+            // Rung: the shards it named first, then sweep again (another
+            // executor may be first to them).
+            let shards: Vec<usize> = named
+                .iter()
+                .filter_map(|base| {
+                    self.streams
+                        .iter()
+                        .position(|stream| stream.strip_suffix("jobs") == Some(base.as_str()))
+                })
+                .collect();
+            if !shards.is_empty() {
+                let per_shard = count.max(1).div_ceil(shards.len());
+                let entries = self.read_shards(&shards, per_shard).await?;
+                if !entries.is_empty() {
+                    return Ok(entries);
+                }
             }
-            // Rung: sweep again (another executor may be first to it).
         }
     }
 
@@ -137,29 +153,39 @@ impl JobReader {
                 .collect();
             self.next = (self.next + window.len()) % shards;
             swept += window.len();
-            let mut pipe = redis::pipe();
-            for &shard in &window {
-                pipe.cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(GROUP)
-                    .arg(&self.consumer)
-                    .arg("COUNT")
-                    .arg(per_shard)
-                    .arg("STREAMS")
-                    .arg(&self.streams[shard])
-                    .arg(">");
-            }
-            let replies: Vec<Option<StreamReadReply>> = pipe.query_async(&mut self.conn).await?;
-            let entries: Vec<StreamEntry> = window
-                .into_iter()
-                .zip(replies)
-                .flat_map(|(shard, reply)| entries_of(shard, reply))
-                .collect();
+            let entries = self.read_shards(&window, per_shard).await?;
             if !entries.is_empty() {
                 return Ok(entries);
             }
         }
         Ok(Vec::new())
+    }
+
+    /// Up to `per_shard` new jobs from each of `shards`' streams, without
+    /// blocking (one pipeline: on a cluster, one per slot, sent at once).
+    async fn read_shards(
+        &mut self,
+        shards: &[usize],
+        per_shard: usize,
+    ) -> Result<Vec<StreamEntry>> {
+        let mut pipe = redis::pipe();
+        for &shard in shards {
+            pipe.cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(per_shard)
+                .arg("STREAMS")
+                .arg(&self.streams[shard])
+                .arg(">");
+        }
+        let replies: Vec<Option<StreamReadReply>> = pipe.query_async(&mut self.conn).await?;
+        Ok(shards
+            .iter()
+            .zip(replies)
+            .flat_map(|(&shard, reply)| entries_of(shard, reply))
+            .collect())
     }
 
     /// Claims for this consumer up to `count` jobs per shard that another
