@@ -53,6 +53,13 @@ async fn badge(user: &User) -> String {
     format!("<{}>", user.name)
 }
 
+/// `badge`'s twin, for the test that counts shards (the recorder is
+/// shared: `badge`'s counts are another test's).
+#[computed(User)]
+async fn plate(user: &User) -> String {
+    format!("[{}]", user.name)
+}
+
 /// Everything recorded so far: the debugging recorder hands each value out
 /// once (a snapshot resets counters and drains histograms), so snapshots
 /// are added up here for all the tests.
@@ -427,6 +434,85 @@ async fn smache_worker_serves_its_metrics_as_prometheus_text() {
     ] {
         assert!(page.contains(expected), "{expected:?} missing from\n{page}");
     }
+    assert!(worker.terminate(), "{}", worker.log());
+    let _ = db.drop().await;
+}
+
+/// On a store of several shards, a change runs its script only in the
+/// shards that hold its dependants (`smache_worker_shards_signalled_total`):
+/// none for a user nothing depends on, one for a user with one value, which
+/// is refreshed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_runs_its_script_only_in_the_shards_holding_its_dependants() {
+    let database = unique("shards").replace('-', "_");
+    let prefix = unique("shards");
+    let port = free_port();
+    let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
+    let db = client.database(&database);
+    let users = db.collection::<User>("users");
+    let ada = User {
+        id: ObjectId::new(),
+        name: "Ada".into(),
+    };
+    let bob = User {
+        id: ObjectId::new(),
+        name: "Bob".into(),
+    };
+    users.insert_many([&ada, &bob]).await.unwrap();
+    let smache = Smache::builder()
+        .redis_url(redis_url())
+        .mongodb(&client, &database)
+        .prefix(&prefix)
+        .redis_shards(4)
+        .build()
+        .unwrap();
+    let mut worker = WorkerProcess::prepare(&redis_url(), &mongodb_uri(), &database, &prefix);
+    worker.arg("--redis-shards=4");
+    worker.arg(format!("--metrics-addr=127.0.0.1:{port}"));
+    worker.restart();
+    // (`wait_watching`'s probe has one shard: asked with this instance.)
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            matches!(smache::worker::watching(&smache).await, Ok(true))
+        })
+        .await,
+        "the worker watches\n{}",
+        worker.log()
+    );
+    let executor = smache::executor::spawn(&smache);
+    assert_eq!(smache.scope(plate(&ada)).await, "[Ada]");
+
+    for (user, name) in [(&bob, "Bo"), (&ada, "Ada L.")] {
+        users
+            .update_one(doc! { "_id": user.id }, doc! { "$set": { "name": name } })
+            .await
+            .unwrap();
+    }
+    // Refreshed in the background (a caller would compute from its copy).
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            smache.scope(plate(&ada)).await == "[Ada L.]"
+        })
+        .await,
+        "Ada's plate is refreshed\n{}",
+        worker.log()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        let page = get(port, "/metrics").await.unwrap_or_default();
+        if page.contains("smache_worker_changes_total 2") || tokio::time::Instant::now() > deadline
+        {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        page.contains("smache_worker_changes_total 2")
+            && page.contains("smache_worker_shards_signalled_total 1\n"),
+        "two changes, one shard signalled (Ada's value's), of 4:\n{page}\n--- worker log ---\n{}",
+        worker.log()
+    );
+    executor.shutdown().await.unwrap();
     assert!(worker.terminate(), "{}", worker.log());
     let _ = db.drop().await;
 }

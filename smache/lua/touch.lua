@@ -1,6 +1,9 @@
 -- A document changed, on a store of several shards (#16): what change.lua
 -- does for its tokens, in one shard, but for its relation jobs. The worker
--- runs this in every shard, then queues one relation job for each changed
+-- runs this in every shard that holds `r:<token>` of a changed token or
+-- `rel:<collection>` of a changed document's collection (what this script
+-- reads; the worker checks with one EXISTS per shard first), then queues
+-- one relation job for each changed
 -- document that some shard said has relations (lua/relation.lua, in the
 -- document's own shard), then runs change.lua with no token to save its
 -- position, so a crash between replays the change (its dependants

@@ -104,6 +104,10 @@ pub const WORKER_LAG: &str = "smache_worker_lag_seconds";
 pub const WORKER_CHANGES: &str = "smache_worker_changes_total";
 /// Jobs queued by those changes (counter).
 pub const WORKER_JOBS_QUEUED: &str = "smache_worker_jobs_queued_total";
+/// Shards the watching worker ran a change's script in, on a store of
+/// several shards: those holding dependants of the change (counter; per
+/// change, compare with [`WORKER_CHANGES`]).
+pub const WORKER_SHARDS_SIGNALLED: &str = "smache_worker_shards_signalled_total";
 
 /// How often executors and workers sample [`JOB_QUEUE_LENGTH`].
 pub const QUEUE_SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -207,6 +211,11 @@ pub fn describe() {
         WORKER_JOBS_QUEUED,
         Unit::Count,
         "Recompute jobs queued by the changes the worker handled."
+    );
+    describe_counter!(
+        WORKER_SHARDS_SIGNALLED,
+        Unit::Count,
+        "Shards a change's script ran in (several shards: those holding its dependants)."
     );
 }
 
@@ -384,6 +393,11 @@ pub(crate) fn change_handled(time: Option<u64>, queued: u64) {
         let lag = Duration::from_millis(now_ms().saturating_sub((time >> 32) * 1000));
         metrics::gauge!(WORKER_LAG).set(lag.as_secs_f64());
     }
+}
+
+/// The watching worker ran a change's script in `shards` shards.
+pub(crate) fn shards_signalled(shards: usize) {
+    metrics::counter!(WORKER_SHARDS_SIGNALLED).increment(shards as u64);
 }
 
 /// The change stream had nothing more for the watching worker.

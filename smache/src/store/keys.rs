@@ -275,6 +275,13 @@ pub(crate) fn static_deps(key: &CacheKey) -> Vec<String> {
 
 /// Whether a dependency token names documents (`e:`/`c:`), which only a
 /// worker's change stream keeps a value fresh from.
+/// The collection of a document token, `e:<collection>:<id key>` (the
+/// key `rel:<collection>` names its functions with relations on it).
+pub(crate) fn document_collection(token: &str) -> Option<&str> {
+    let (collection, _) = token.strip_prefix("e:")?.split_once(':')?;
+    Some(collection)
+}
+
 pub(crate) fn names_documents(token: &str) -> bool {
     token.starts_with("e:") || token.starts_with("c:")
 }
