@@ -273,8 +273,6 @@ pub(crate) fn static_deps(key: &CacheKey) -> Vec<String> {
         .collect()
 }
 
-/// Whether a dependency token names documents (`e:`/`c:`), which only a
-/// worker's change stream keeps a value fresh from.
 /// The collection of a document token, `e:<collection>:<id key>` (the
 /// key `rel:<collection>` names its functions with relations on it).
 pub(crate) fn document_collection(token: &str) -> Option<&str> {
@@ -282,6 +280,8 @@ pub(crate) fn document_collection(token: &str) -> Option<&str> {
     Some(collection)
 }
 
+/// Whether a dependency token names documents (`e:`/`c:`), which only a
+/// worker's change stream keeps a value fresh from.
 pub(crate) fn names_documents(token: &str) -> bool {
     token.starts_with("e:") || token.starts_with("c:")
 }

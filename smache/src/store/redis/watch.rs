@@ -49,12 +49,13 @@ impl RedisStore {
     ) -> Result<Changed> {
         let mut conn = self.connection().await?;
         let mut tokens = seen.tokens;
-        let mut touched = 0;
+        let (mut touched, mut signalled) = (0, None);
         if self.shards.count() > 1 && !tokens.is_empty() {
-            // Every shard first (together), then the position: a crash
-            // between replays the change rather than losing it.
+            // Every shard concerned first (together), then the position: a
+            // crash between replays the change rather than losing it.
             fail::fail_point!("smache::worker::before_signals");
-            touched = self.touch_shards(&conn, seen).await?;
+            let (queued, shards) = self.touch_shards(&conn, seen).await?;
+            (touched, signalled) = (queued, Some(shards));
             fail::fail_point!("smache::worker::before_position");
             tokens = &[];
         }
@@ -76,7 +77,14 @@ impl RedisStore {
         Ok(match queued {
             -1 => Changed::LeaseLost,
             -2 => Changed::Moved,
-            n => Changed::Queued(u64::try_from(n).unwrap_or(0) + touched),
+            n => {
+                // Counted once the change is recorded: a replayed change is
+                // counted once.
+                if let Some(shards) = signalled {
+                    crate::metrics::shards_signalled(shards);
+                }
+                Changed::Queued(u64::try_from(n).unwrap_or(0) + touched)
+            }
         })
     }
 
@@ -85,10 +93,10 @@ impl RedisStore {
     /// each changed document that some shard has functions with relations
     /// on (`lua/relation.lua`, in the document's own shard: the job
     /// answers for every shard, so the document is mapped once); how many
-    /// jobs were queued.
-    async fn touch_shards(&self, conn: &super::Conn, seen: &Seen<'_>) -> Result<u64> {
+    /// jobs were queued, and in how many shards the script ran.
+    async fn touch_shards(&self, conn: &super::Conn, seen: &Seen<'_>) -> Result<(u64, usize)> {
         let concerned = self.concerned_shards(conn, seen.tokens).await?;
-        crate::metrics::shards_signalled(concerned.len());
+        let signalled = concerned.len();
         let touches = concerned.into_iter().map(|shard| {
             let base = self.shards.base(shard);
             let mut conn = conn.clone();
@@ -142,7 +150,10 @@ impl RedisStore {
         let queued_relations = self
             .bounded("relation", futures::future::try_join_all(relations))
             .await?;
-        Ok(queued + queued_relations.into_iter().sum::<u64>())
+        Ok((
+            queued + queued_relations.into_iter().sum::<u64>(),
+            signalled,
+        ))
     }
 
     /// The shards that hold anything a change of `tokens` concerns: a

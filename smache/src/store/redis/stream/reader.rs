@@ -99,9 +99,10 @@ impl JobReader {
             let Some(named) = named else {
                 return Ok(entries);
             };
-            // Rung: the shards it named first, then sweep again (another
-            // executor may be first to them).
-            let shards: Vec<usize> = named
+            // Rung: the shards it named first (as many as a sweep's
+            // window, so fewer than `2 * count` jobs are taken), then
+            // sweep again (another executor may be first to them).
+            let mut shards: Vec<usize> = named
                 .iter()
                 .filter_map(|base| {
                     self.streams
@@ -109,6 +110,7 @@ impl JobReader {
                         .position(|stream| stream.strip_suffix("jobs") == Some(base.as_str()))
                 })
                 .collect();
+            shards.truncate(count.max(1));
             if !shards.is_empty() {
                 let per_shard = count.max(1).div_ceil(shards.len());
                 let entries = self.read_shards(&shards, per_shard).await?;
