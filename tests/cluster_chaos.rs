@@ -31,7 +31,9 @@
 //! Beside it, deterministically: `a_pipeline_whose_slot_is_half_moved_is_served_whole`,
 //! a pipeline meeting its slot in migration, and
 //! `a_value_computed_while_its_slot_moves_writes_nothing_on_the_importing_master`,
-//! the store's scripts meeting it.
+//! the store's scripts meeting it, and
+//! `a_pipeline_over_every_shard_is_answered_whole_after_a_slot_moves`, a
+//! pipeline sent per master from a map gone stale.
 //!
 //! **Ignored by design outside the cluster pass.** These tests kill nodes
 //! of the cluster `scripts/with-servers.sh` starts with
@@ -66,7 +68,7 @@ use serde::{Deserialize, Serialize};
 use smache::inspect::GraphOptions;
 use smache::{computed, Entity, Smache};
 use smache_suite::cluster::{NodeInfo, TestCluster};
-use smache_suite::layout::{value_base, value_id};
+use smache_suite::layout::{value_base, value_id, Layout};
 use smache_suite::{mongodb_uri, redis_connection, unique, WorkerProcess};
 
 #[path = "cluster_chaos/traffic.rs"]
@@ -806,6 +808,66 @@ async fn a_value_computed_while_its_slot_moves_writes_nothing_on_the_importing_m
         members,
         [value_id(&smache, &card_key), value_id(&smache, &line_key)].into()
     );
+}
+
+/// A pipeline over every shard (here `inspect jobs`'s) goes out as one
+/// pipeline per master, from a map of the slots' masters the connection
+/// keeps. Once a slot moves the map is stale: the part sent to the old
+/// master fails, goes again slot by slot, and the replies are the same;
+/// the next such pipeline reads the map again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "moves a slot of the Redis Cluster of scripts/with-servers.sh: run alone, last, by scripts/test.sh's cluster pass (--ignored)"]
+async fn a_pipeline_over_every_shard_is_answered_whole_after_a_slot_moves() {
+    let _alone = ALONE.lock().await;
+    logs();
+    let cluster = TestCluster::from_env();
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+    let smache = Smache::builder()
+        .redis_url(cluster.url())
+        .prefix(unique("cmap"))
+        .build()
+        .unwrap();
+    let bases = Layout::of(&smache).await.bases().to_vec();
+    assert!(bases.len() > 3, "shards over every master: {bases:?}");
+    // Jobs of no kind an executor knows (none runs here): one in the first
+    // shard, two in the last.
+    let mut conn = redis_connection(cluster.url()).await;
+    let last = bases.len() - 1;
+    for (shard, jobs) in [(0, 1), (last, 2)] {
+        for _ in 0..jobs {
+            let _: String = conn
+                .xadd(format!("{}jobs", bases[shard]), "*", &[("probe", "1")])
+                .await
+                .unwrap();
+        }
+    }
+    let queued = |report: &smache::inspect::JobsReport| -> Vec<u64> {
+        report.shards.iter().map(|shard| shard.queued).collect()
+    };
+    let before = queued(&smache.inspect_jobs().await.unwrap());
+    assert_eq!((before[0], before[last]), (1, 2), "{before:?}");
+
+    let slot = cluster.keyslot(&format!("{}jobs", bases[0])).await;
+    let from = cluster.master_of(slot, &[]).await;
+    let to = cluster
+        .view(&[])
+        .await
+        .into_iter()
+        .find(|node| node.is_master() && node.id != from.id && !node.slots.is_empty())
+        .expect("another master");
+    let moved = cluster
+        .move_slot(slot, &from, &to, 100, Duration::ZERO)
+        .await;
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+    assert!(moved.busy.is_empty(), "{moved:?}");
+
+    let after = smache.inspect_jobs().await.expect("inspect after the move");
+    assert_eq!(queued(&after), before, "the same replies, the map stale");
+    let again = smache
+        .inspect_jobs()
+        .await
+        .expect("inspect, the map read again");
+    assert_eq!(queued(&again), before);
 }
 
 /// Reads every value of a user.

@@ -10,6 +10,7 @@
 //! the one command that must know the topology, `SCAN`, goes through
 //! `Scan` (in `scan.rs`), which walks every master of a cluster in turn.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{
@@ -139,6 +140,7 @@ impl Endpoint {
                         connect_timeout(timeout),
                         timeout,
                     )),
+                    Arc::default(),
                 )
             }
         })
@@ -169,6 +171,7 @@ impl Endpoint {
                         response_timeout,
                     ))
                     .await?,
+                Arc::default(),
             ),
         })
     }
@@ -245,8 +248,9 @@ pub(crate) enum Conn {
     Server(ConnectionManager),
     /// A connection of its own to one server.
     Direct(MultiplexedConnection),
-    /// A connection to a cluster (shared or dedicated).
-    Cluster(ClusterConnection),
+    /// A connection to a cluster (shared or dedicated), with where its
+    /// slots' masters are, for pipelines over several slots.
+    Cluster(ClusterConnection, Arc<super::pipeline::Masters>),
 }
 
 impl Conn {
@@ -267,7 +271,7 @@ impl Conn {
     /// kept off a slot in migration (see `tests/cluster_chaos.rs`).
     pub(crate) async fn ping(&mut self, bases: &[String]) -> RedisResult<()> {
         match self {
-            Conn::Cluster(_) => {
+            Conn::Cluster(..) => {
                 let mut pipe = redis::pipe();
                 for base in bases {
                     pipe.cmd("EXISTS")
@@ -289,7 +293,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Server(conn) => conn.req_packed_command(cmd),
             Conn::Direct(conn) => conn.req_packed_command(cmd),
-            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn, _) => conn.req_packed_command(cmd),
         }
     }
 
@@ -302,12 +306,14 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Server(conn) => conn.req_packed_commands(pipeline, offset, count),
             Conn::Direct(conn) => conn.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(conn) => {
+            Conn::Cluster(conn, masters) => {
                 if pipeline.is_transaction() {
                     // One `ASKING` before `MULTI` serves it whole: redis-rs's way.
                     conn.req_packed_commands(pipeline, offset, count)
                 } else {
-                    Box::pin(super::pipeline::cluster(conn, pipeline, offset, count))
+                    Box::pin(super::pipeline::cluster(
+                        conn, masters, pipeline, offset, count,
+                    ))
                 }
             }
         }
@@ -317,7 +323,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Server(conn) => conn.get_db(),
             Conn::Direct(conn) => conn.get_db(),
-            Conn::Cluster(conn) => conn.get_db(),
+            Conn::Cluster(conn, _) => conn.get_db(),
         }
     }
 }

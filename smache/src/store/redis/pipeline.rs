@@ -1,13 +1,45 @@
-//! Pipelines on a Redis Cluster (see [`cluster`]): split by slot, and
-//! resent one command at a time when a slot moves under them. The one
+//! Pipelines on a Redis Cluster (see [`cluster`]): split by master (by
+//! slot when that fails), and resent one command at a time when a slot
+//! moves under them. The one
 //! place that knows how redis-rs sends a cluster pipeline; `conn.rs` sends
 //! every non-transaction pipeline on a cluster through it.
 
+use std::sync::{Arc, Mutex};
+
 use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{Cmd, Pipeline, RedisResult, Value};
 
+use super::scan::SlotMap;
 use crate::store::shards;
+use crate::sync::lock;
+
+/// Which master serves each slot, as the cluster said last, shared by a
+/// cluster connection's clones: a pipeline over several slots goes out as
+/// a pipeline per master rather than per slot (48 shards over 3 masters:
+/// 3 requests, not 48, each costing a trip through the client's routing).
+/// Read when first needed; forgotten when a pipeline so sent meets an
+/// error (a slot moved, a master failed over), then read again by the next
+/// such pipeline.
+#[derive(Debug, Default)]
+pub(crate) struct Masters(Mutex<Option<Arc<SlotMap>>>);
+
+impl Masters {
+    /// The map, read from the cluster if none is kept.
+    async fn map(&self, conn: &mut ClusterConnection) -> RedisResult<Arc<SlotMap>> {
+        if let Some(map) = lock(&self.0).clone() {
+            return Ok(map);
+        }
+        let map = Arc::new(SlotMap::read(conn).await?);
+        *lock(&self.0) = Some(Arc::clone(&map));
+        Ok(map)
+    }
+
+    fn forget(&self) {
+        *lock(&self.0) = None;
+    }
+}
 
 /// A pipeline (not a transaction) on a cluster.
 ///
@@ -16,9 +48,9 @@ use crate::store::shards;
 /// The store's keys spread over shards, one slot each, and an operation on
 /// every shard (an executor's sweep of the job streams, `inspect jobs`)
 /// is one pipeline of a command per shard: such a pipeline is split here,
-/// a pipeline per slot, sent at once (each to its master), and the
-/// replies put back in the pipeline's order. Commands of one slot keep
-/// their order. A command's slot is that of its first argument with a
+/// a pipeline per master ([`by_master`]; per slot where that fails), sent
+/// at once, and the replies put back in the pipeline's order. Commands of
+/// one slot keep their order. A command's slot is that of its first argument with a
 /// hash tag: every key of the store has one (`{prefix}` or `{prefix#n}`),
 /// and in every command the store pipelines its key comes before any
 /// payload, which could hold braces.
@@ -34,6 +66,7 @@ use crate::store::shards;
 /// own retries resend a pipeline whole.)
 pub(super) async fn cluster(
     conn: &mut ClusterConnection,
+    masters: &Masters,
     pipeline: &Pipeline,
     offset: usize,
     count: usize,
@@ -41,9 +74,75 @@ pub(super) async fn cluster(
     let slots: Vec<Option<u16>> = pipeline.cmd_iter().map(tagged_slot).collect();
     let first = slots.iter().flatten().next();
     if slots.iter().flatten().any(|slot| Some(slot) != first) {
-        return by_slot(conn, pipeline, &slots).await;
+        return by_master(conn, masters, pipeline, &slots).await;
     }
     one_slot(conn, pipeline, offset, count).await
+}
+
+/// A pipeline over several slots (`slots`, by command): a pipeline per
+/// master ([`Masters`]), at once, the replies back in the pipeline's
+/// order. Commands of one slot keep their order (they go to one master).
+/// A master's part that fails (a command redirected, a node down) is sent
+/// again [`by_slot`], where the client follows each slot to its new
+/// master, and the map is read again next time; its commands may so run
+/// twice, as when the client resends a pipeline. Without a map (the read
+/// failed), or with a command of no tag or of a slot the map lacks, the
+/// whole pipeline goes [`by_slot`].
+async fn by_master(
+    conn: &mut ClusterConnection,
+    masters: &Masters,
+    pipeline: &Pipeline,
+    slots: &[Option<u16>],
+) -> RedisResult<Vec<Value>> {
+    let Ok(map) = masters.map(conn).await else {
+        return by_slot(conn, pipeline, slots).await;
+    };
+    let Some(owners) = slots
+        .iter()
+        .map(|slot| slot.and_then(|slot| map.master_of(slot)))
+        .collect::<Option<Vec<usize>>>()
+    else {
+        return by_slot(conn, pipeline, slots).await;
+    };
+    // (master, its commands' places in the pipeline, its pipeline)
+    let mut groups: Vec<(usize, Vec<usize>, Pipeline)> = Vec::new();
+    for (at, (cmd, &master)) in pipeline.cmd_iter().zip(&owners).enumerate() {
+        let group = match groups.iter().position(|(m, _, _)| *m == master) {
+            Some(group) => group,
+            None => {
+                groups.push((master, Vec::new(), Pipeline::new()));
+                groups.len() - 1
+            }
+        };
+        groups[group].1.push(at);
+        groups[group].2.add_command(cmd.clone());
+    }
+    let sent = groups.iter().map(|(master, places, part)| {
+        let mut conn = conn.clone();
+        let (host, port) = map.masters[*master].clone();
+        async move {
+            let route = SingleNodeRoutingInfo::ByAddress { host, port };
+            match conn
+                .route_pipeline(part.clone(), 0, part.len(), route)
+                .await
+            {
+                Ok(replies) => Ok(replies),
+                Err(_) => {
+                    masters.forget();
+                    let part_slots: Vec<Option<u16>> = places.iter().map(|&at| slots[at]).collect();
+                    by_slot(&conn, part, &part_slots).await
+                }
+            }
+        }
+    });
+    let replies = futures::future::try_join_all(sent).await?;
+    let mut ordered: Vec<Value> = vec![Value::Nil; slots.len()];
+    for ((_, places, _), replies) in groups.iter().zip(replies) {
+        for (&at, reply) in places.iter().zip(replies) {
+            ordered[at] = reply;
+        }
+    }
+    Ok(ordered)
 }
 
 /// A pipeline whose keys are all in one slot (see [`cluster`]).

@@ -45,7 +45,9 @@ impl Scan {
         if !self.started {
             self.started = true;
             self.nodes = match conn {
-                Conn::Cluster(cluster) => masters(cluster).await?.into_iter().map(Some).collect(),
+                Conn::Cluster(cluster, _) => {
+                    masters(cluster).await?.into_iter().map(Some).collect()
+                }
                 _ => vec![None],
             };
         }
@@ -62,7 +64,7 @@ impl Scan {
             cmd.arg("TYPE").arg(kind);
         }
         let (next, page): (u64, Vec<String>) = match (node, &mut *conn) {
-            (Some((host, port)), Conn::Cluster(cluster)) => {
+            (Some((host, port)), Conn::Cluster(cluster, _)) => {
                 let routing =
                     RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
                 redis::from_redis_value(cluster.route_command(cmd, routing).await?)?
@@ -77,43 +79,81 @@ impl Scan {
     }
 }
 
-/// The addresses of a cluster's masters, from `CLUSTER SLOTS` (each range:
-/// start, end, then its master's `[host, port, id, …]` and its replicas'):
-/// the addresses the client itself knows the nodes by.
+/// The addresses of a cluster's masters (see [`SlotMap`]).
 async fn masters(cluster: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
-    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-    let slots = cluster
-        .route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), routing)
-        .await?;
-    Ok(parse_masters(slots))
+    Ok(SlotMap::read(cluster).await?.masters)
 }
 
-fn parse_masters(slots: Value) -> Vec<(String, u16)> {
-    let Value::Array(ranges) = slots else {
-        return Vec::new();
-    };
-    let mut masters: Vec<(String, u16)> = Vec::new();
-    for range in ranges {
-        let Value::Array(range) = range else { continue };
-        let Some(Value::Array(master)) = range.get(2) else {
-            continue;
-        };
-        let host = match master.first() {
-            Some(Value::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
-            Some(Value::SimpleString(host)) => host.clone(),
-            _ => continue,
-        };
-        let Some(Value::Int(port)) = master.get(1) else {
-            continue;
-        };
-        let Ok(port) = u16::try_from(*port) else {
-            continue;
-        };
-        if !masters.iter().any(|(h, p)| *h == host && *p == port) {
-            masters.push((host, port));
-        }
+/// Which master serves each slot, from `CLUSTER SLOTS` (each range:
+/// start, end, then its master's `[host, port, id, …]` and its
+/// replicas'): the addresses the client itself knows the nodes by.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct SlotMap {
+    /// Each master once, in the order first met.
+    pub(super) masters: Vec<(String, u16)>,
+    /// `(first slot, last slot, index in masters)`, in the reply's order.
+    ranges: Vec<(u16, u16, usize)>,
+}
+
+impl SlotMap {
+    /// The map as a node (any) tells it now.
+    pub(super) async fn read(cluster: &mut ClusterConnection) -> RedisResult<SlotMap> {
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+        let slots = cluster
+            .route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), routing)
+            .await?;
+        Ok(SlotMap::parse(slots))
     }
-    masters
+
+    /// The index in [`masters`](Self::masters) of `slot`'s master, if the
+    /// map has it.
+    pub(super) fn master_of(&self, slot: u16) -> Option<usize> {
+        self.ranges
+            .iter()
+            .find(|&&(first, last, _)| (first..=last).contains(&slot))
+            .map(|&(_, _, master)| master)
+    }
+
+    fn parse(slots: Value) -> SlotMap {
+        let mut map = SlotMap::default();
+        let Value::Array(ranges) = slots else {
+            return map;
+        };
+        for range in ranges {
+            let Value::Array(range) = range else { continue };
+            let (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(master))) =
+                (range.first(), range.get(1), range.get(2))
+            else {
+                continue;
+            };
+            let host = match master.first() {
+                Some(Value::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
+                Some(Value::SimpleString(host)) => host.clone(),
+                _ => continue,
+            };
+            let (Some(Value::Int(port)), Ok(first), Ok(last)) =
+                (master.get(1), u16::try_from(*first), u16::try_from(*last))
+            else {
+                continue;
+            };
+            let Ok(port) = u16::try_from(*port) else {
+                continue;
+            };
+            let at = match map
+                .masters
+                .iter()
+                .position(|(h, p)| *h == host && *p == port)
+            {
+                Some(at) => at,
+                None => {
+                    map.masters.push((host, port));
+                    map.masters.len() - 1
+                }
+            };
+            map.ranges.push((first, last, at));
+        }
+        map
+    }
 }
 
 #[cfg(test)]
@@ -121,7 +161,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masters_are_read_from_cluster_slots() {
+    fn masters_and_their_slots_are_read_from_cluster_slots() {
         let node = |host: &str, port: i64| {
             Value::Array(vec![
                 Value::BulkString(host.as_bytes().to_vec()),
@@ -152,14 +192,24 @@ mod tests {
                 node("node-3.internal", 7002),
             ]),
         ]);
+        let map = SlotMap::parse(slots);
         assert_eq!(
-            parse_masters(slots),
+            map.masters,
             [
                 ("10.0.0.1".to_owned(), 7000),
                 ("10.0.0.2".to_owned(), 7001),
                 ("node-3.internal".to_owned(), 7002)
             ]
         );
-        assert!(parse_masters(Value::Nil).is_empty());
+        let masters: Vec<Option<usize>> = [0, 5460, 5461, 5470, 5471, 16383]
+            .into_iter()
+            .map(|slot| map.master_of(slot))
+            .collect();
+        assert_eq!(
+            masters,
+            [Some(0), Some(0), Some(1), Some(1), Some(1), Some(2)]
+        );
+        assert_eq!(SlotMap::parse(Value::Nil), SlotMap::default());
+        assert_eq!(SlotMap::default().master_of(0), None);
     }
 }
