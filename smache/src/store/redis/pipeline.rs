@@ -5,6 +5,7 @@
 //! every non-transaction pipeline on a cluster through it.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
@@ -19,25 +20,47 @@ use crate::sync::lock;
 /// cluster connection's clones: a pipeline over several slots goes out as
 /// a pipeline per master rather than per slot (48 shards over 3 masters:
 /// 3 requests, not 48, each costing a trip through the client's routing).
-/// Read when first needed; forgotten when a pipeline so sent meets an
-/// error (a slot moved, a master failed over), then read again by the next
-/// such pipeline.
+/// Read when first needed and again once [`MAP_FOR`] old; forgotten when
+/// a pipeline so sent meets an error or is dropped unanswered (a slot
+/// moved, a master failed over; the client, asked for a node it has no
+/// connection to, reconnects to every node), then read again by the next
+/// such pipeline. A move the client follows by itself (every command of a
+/// part redirected to one other master) costs a redirection per part
+/// until the map is read again, at most [`MAP_FOR`] later.
 #[derive(Debug, Default)]
-pub(crate) struct Masters(Mutex<Option<Arc<SlotMap>>>);
+pub(crate) struct Masters(Mutex<Option<(Arc<SlotMap>, Instant)>>);
+
+/// How long a map of the slots' masters is used before it is read again.
+const MAP_FOR: Duration = Duration::from_secs(2);
 
 impl Masters {
-    /// The map, read from the cluster if none is kept.
+    /// The map, read from the cluster if none is kept or it is too old.
     async fn map(&self, conn: &mut ClusterConnection) -> RedisResult<Arc<SlotMap>> {
-        if let Some(map) = lock(&self.0).clone() {
-            return Ok(map);
+        if let Some((map, read)) = lock(&self.0).clone() {
+            if read.elapsed() < MAP_FOR {
+                return Ok(map);
+            }
         }
         let map = Arc::new(SlotMap::read(conn).await?);
-        *lock(&self.0) = Some(Arc::clone(&map));
+        *lock(&self.0) = Some((Arc::clone(&map), Instant::now()));
         Ok(map)
     }
 
     fn forget(&self) {
         *lock(&self.0) = None;
+    }
+}
+
+/// Forgets the map when dropped armed: a part sent by master that fails,
+/// or whose future is dropped (an operation's timeout), leaves no map to
+/// send the next pipeline the same way.
+struct ForgetUnlessAnswered<'a>(Option<&'a Masters>);
+
+impl Drop for ForgetUnlessAnswered<'_> {
+    fn drop(&mut self) {
+        if let Some(masters) = self.0 {
+            masters.forget();
+        }
     }
 }
 
@@ -122,13 +145,17 @@ async fn by_master(
         let (host, port) = map.masters[*master].clone();
         async move {
             let route = SingleNodeRoutingInfo::ByAddress { host, port };
+            let mut guard = ForgetUnlessAnswered(Some(masters));
             match conn
                 .route_pipeline(part.clone(), 0, part.len(), route)
                 .await
             {
-                Ok(replies) => Ok(replies),
+                Ok(replies) => {
+                    guard.0 = None;
+                    Ok(replies)
+                }
                 Err(_) => {
-                    masters.forget();
+                    drop(guard);
                     let part_slots: Vec<Option<u16>> = places.iter().map(|&at| slots[at]).collect();
                     by_slot(&conn, part, &part_slots).await
                 }

@@ -150,7 +150,12 @@ impl SlotMap {
                     map.masters.len() - 1
                 }
             };
-            map.ranges.push((first, last, at));
+            // A master announcing no usable address is named by the client
+            // after the address it answered on, which this map cannot
+            // know: its slots are left out (pipelines go per slot there).
+            if !matches!(map.masters[at].0.as_str(), "" | "?" | "0.0.0.0" | "::") {
+                map.ranges.push((first, last, at));
+            }
         }
         map
     }
@@ -188,9 +193,11 @@ mod tests {
             ]),
             Value::Array(vec![
                 Value::Int(10923),
-                Value::Int(16383),
+                Value::Int(16382),
                 node("node-3.internal", 7002),
             ]),
+            // A master announcing no usable address: its slots left out.
+            Value::Array(vec![Value::Int(16383), Value::Int(16383), node("", 7005)]),
         ]);
         let map = SlotMap::parse(slots);
         assert_eq!(
@@ -198,17 +205,16 @@ mod tests {
             [
                 ("10.0.0.1".to_owned(), 7000),
                 ("10.0.0.2".to_owned(), 7001),
-                ("node-3.internal".to_owned(), 7002)
+                ("node-3.internal".to_owned(), 7002),
+                (String::new(), 7005)
             ]
         );
         let masters: Vec<Option<usize>> = [0, 5460, 5461, 5470, 5471, 16383]
             .into_iter()
             .map(|slot| map.master_of(slot))
             .collect();
-        assert_eq!(
-            masters,
-            [Some(0), Some(0), Some(1), Some(1), Some(1), Some(2)]
-        );
+        assert_eq!(masters, [Some(0), Some(0), Some(1), Some(1), Some(1), None]);
+        assert_eq!(map.master_of(16382), Some(2));
         assert_eq!(SlotMap::parse(Value::Nil), SlotMap::default());
         assert_eq!(SlotMap::default().master_of(0), None);
     }
