@@ -708,12 +708,7 @@ async fn a_pipeline_whose_slot_is_half_moved_is_served_whole() {
 
     let slot = cluster.keyslot(&lease).await;
     let from = cluster.master_of(slot, &[]).await;
-    let to = cluster
-        .view(&[])
-        .await
-        .into_iter()
-        .find(|node| node.is_master() && node.id != from.id && !node.slots.is_empty())
-        .expect("another master");
+    let to = another_master(&cluster, &from).await;
     cluster.open_move(slot, &from, &to).await;
     let busy = cluster
         .migrate(&from, &to, std::slice::from_ref(&lease))
@@ -740,8 +735,9 @@ async fn a_pipeline_whose_slot_is_half_moved_is_served_whole() {
 /// the user's reverse edges, still on the migrating master, as missing and
 /// create them anew there: the move then meets `BUSYKEY`, and whichever
 /// copy is kept, the other's edges are lost (with them, a refresh). Every
-/// call declares a never-written key of its slot too, so both masters
-/// answer `TRYAGAIN` until the move ends: the caller computes directly
+/// call declares a never-written key of its slot too, so the migrating
+/// master answers `ASK` or `TRYAGAIN` and the importing one `TRYAGAIN`
+/// until the move ends: the caller computes directly
 /// meanwhile, and the value is stored, with its edge, once it has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "moves a slot of the Redis Cluster of scripts/with-servers.sh: run alone, last, by scripts/test.sh's cluster pass (--ignored)"]
@@ -750,11 +746,7 @@ async fn a_value_computed_while_its_slot_moves_writes_nothing_on_the_importing_m
     logs();
     let cluster = TestCluster::from_env();
     cluster.wait_healthy(Duration::from_secs(30)).await;
-    let smache = Smache::builder()
-        .redis_url(cluster.url())
-        .prefix(unique("cmove"))
-        .build()
-        .unwrap();
+    let smache = on_cluster(&cluster, "cmove");
     let ada = User {
         id: ObjectId::new(),
         name: "Ada".into(),
@@ -775,12 +767,7 @@ async fn a_value_computed_while_its_slot_moves_writes_nothing_on_the_importing_m
 
     let slot = cluster.keyslot(&edges).await;
     let from = cluster.master_of(slot, &[]).await;
-    let to = cluster
-        .view(&[])
-        .await
-        .into_iter()
-        .find(|node| node.is_master() && node.id != from.id && !node.slots.is_empty())
-        .expect("another master");
+    let to = another_master(&cluster, &from).await;
     cluster.open_move(slot, &from, &to).await;
     let during = smache.scope(line(&ada, n)).await;
     let moved = cluster
@@ -822,11 +809,7 @@ async fn a_pipeline_over_every_shard_is_answered_whole_after_a_slot_moves() {
     logs();
     let cluster = TestCluster::from_env();
     cluster.wait_healthy(Duration::from_secs(30)).await;
-    let smache = Smache::builder()
-        .redis_url(cluster.url())
-        .prefix(unique("cmap"))
-        .build()
-        .unwrap();
+    let smache = on_cluster(&cluster, "cmap");
     let bases = Layout::of(&smache).await.bases().to_vec();
     assert!(bases.len() > 3, "shards over every master: {bases:?}");
     // Jobs of no kind an executor knows (none runs here): one in the first
@@ -849,12 +832,7 @@ async fn a_pipeline_over_every_shard_is_answered_whole_after_a_slot_moves() {
 
     let slot = cluster.keyslot(&format!("{}jobs", bases[0])).await;
     let from = cluster.master_of(slot, &[]).await;
-    let to = cluster
-        .view(&[])
-        .await
-        .into_iter()
-        .find(|node| node.is_master() && node.id != from.id && !node.slots.is_empty())
-        .expect("another master");
+    let to = another_master(&cluster, &from).await;
     let moved = cluster
         .move_slot(slot, &from, &to, 100, Duration::ZERO)
         .await;
@@ -868,6 +846,26 @@ async fn a_pipeline_over_every_shard_is_answered_whole_after_a_slot_moves() {
         .await
         .expect("inspect, the map read again");
     assert_eq!(queued(&again), before);
+}
+
+/// An instance on the cluster, of the cluster's default shard count, with
+/// a prefix of its own.
+fn on_cluster(cluster: &TestCluster, label: &str) -> Smache {
+    Smache::builder()
+        .redis_url(cluster.url())
+        .prefix(unique(label))
+        .build()
+        .unwrap()
+}
+
+/// A master of the cluster other than `from` that serves slots.
+async fn another_master(cluster: &TestCluster, from: &NodeInfo) -> NodeInfo {
+    cluster
+        .view(&[])
+        .await
+        .into_iter()
+        .find(|node| node.is_master() && node.id != from.id && !node.slots.is_empty())
+        .expect("another master")
 }
 
 /// Reads every value of a user.

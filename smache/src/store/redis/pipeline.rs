@@ -127,19 +127,7 @@ async fn by_master(
     else {
         return by_slot(conn, pipeline, slots).await;
     };
-    // (master, its commands' places in the pipeline, its pipeline)
-    let mut groups: Vec<(usize, Vec<usize>, Pipeline)> = Vec::new();
-    for (at, (cmd, &master)) in pipeline.cmd_iter().zip(&owners).enumerate() {
-        let group = match groups.iter().position(|(m, _, _)| *m == master) {
-            Some(group) => group,
-            None => {
-                groups.push((master, Vec::new(), Pipeline::new()));
-                groups.len() - 1
-            }
-        };
-        groups[group].1.push(at);
-        groups[group].2.add_command(cmd.clone());
-    }
+    let groups = split(pipeline, &owners);
     let sent = groups.iter().map(|(master, places, part)| {
         let mut conn = conn.clone();
         let (host, port) = map.masters[*master].clone();
@@ -163,13 +151,7 @@ async fn by_master(
         }
     });
     let replies = futures::future::try_join_all(sent).await?;
-    let mut ordered: Vec<Value> = vec![Value::Nil; slots.len()];
-    for ((_, places, _), replies) in groups.iter().zip(replies) {
-        for (&at, reply) in places.iter().zip(replies) {
-            ordered[at] = reply;
-        }
-    }
-    Ok(ordered)
+    Ok(in_order(slots.len(), &groups, replies))
 }
 
 /// A pipeline whose keys are all in one slot (see [`cluster`]).
@@ -200,31 +182,48 @@ async fn by_slot(
     pipeline: &Pipeline,
     slots: &[Option<u16>],
 ) -> RedisResult<Vec<Value>> {
-    // (slot, its commands' places in the pipeline, its pipeline)
-    let mut groups: Vec<(Option<u16>, Vec<usize>, Pipeline)> = Vec::new();
-    for (at, (cmd, slot)) in pipeline.cmd_iter().zip(slots).enumerate() {
-        let group = match groups.iter().position(|(s, _, _)| s == slot) {
+    let groups = split(pipeline, slots);
+    let sent = groups.iter().map(|(_, _, part)| {
+        let mut conn = conn.clone();
+        async move { one_slot(&mut conn, part, 0, part.len()).await }
+    });
+    let replies = futures::future::try_join_all(sent).await?;
+    Ok(in_order(slots.len(), &groups, replies))
+}
+
+/// `pipeline` split by `by` (one per command: its slot, its master): each
+/// group's key, its commands' places in the pipeline, and its pipeline, in
+/// the order first met; commands keep their order within a group.
+fn split<K: PartialEq + Copy>(pipeline: &Pipeline, by: &[K]) -> Vec<(K, Vec<usize>, Pipeline)> {
+    let mut groups: Vec<(K, Vec<usize>, Pipeline)> = Vec::new();
+    for (at, (cmd, &key)) in pipeline.cmd_iter().zip(by).enumerate() {
+        let group = match groups.iter().position(|(k, _, _)| *k == key) {
             Some(group) => group,
             None => {
-                groups.push((*slot, Vec::new(), Pipeline::new()));
+                groups.push((key, Vec::new(), Pipeline::new()));
                 groups.len() - 1
             }
         };
         groups[group].1.push(at);
         groups[group].2.add_command(cmd.clone());
     }
-    let sent = groups.iter().map(|(_, _, part)| {
-        let mut conn = conn.clone();
-        async move { one_slot(&mut conn, part, 0, part.len()).await }
-    });
-    let replies = futures::future::try_join_all(sent).await?;
-    let mut ordered: Vec<Value> = vec![Value::Nil; slots.len()];
+    groups
+}
+
+/// The groups' replies (by group, in [`split`]'s order) put back in the
+/// pipeline's order.
+fn in_order<K>(
+    len: usize,
+    groups: &[(K, Vec<usize>, Pipeline)],
+    replies: Vec<Vec<Value>>,
+) -> Vec<Value> {
+    let mut ordered: Vec<Value> = vec![Value::Nil; len];
     for ((_, places, _), replies) in groups.iter().zip(replies) {
         for (&at, reply) in places.iter().zip(replies) {
             ordered[at] = reply;
         }
     }
-    Ok(ordered)
+    ordered
 }
 
 /// The slot of `cmd`'s first argument that has a hash tag, if any.
