@@ -685,10 +685,7 @@ static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "moves a slot of the Redis Cluster of scripts/with-servers.sh: run alone, last, by scripts/test.sh's cluster pass (--ignored)"]
 async fn a_pipeline_whose_slot_is_half_moved_is_served_whole() {
-    let _alone = ALONE.lock().await;
-    logs();
-    let cluster = TestCluster::from_env();
-    cluster.wait_healthy(Duration::from_secs(30)).await;
+    let (_alone, cluster) = alone_on_the_cluster().await;
     let prefix = unique("cpipe");
     let smache = Smache::builder()
         .redis_url(cluster.url())
@@ -742,10 +739,7 @@ async fn a_pipeline_whose_slot_is_half_moved_is_served_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "moves a slot of the Redis Cluster of scripts/with-servers.sh: run alone, last, by scripts/test.sh's cluster pass (--ignored)"]
 async fn a_value_computed_while_its_slot_moves_writes_nothing_on_the_importing_master() {
-    let _alone = ALONE.lock().await;
-    logs();
-    let cluster = TestCluster::from_env();
-    cluster.wait_healthy(Duration::from_secs(30)).await;
+    let (_alone, cluster) = alone_on_the_cluster().await;
     let smache = on_cluster(&cluster, "cmove");
     let ada = User {
         id: ObjectId::new(),
@@ -805,10 +799,7 @@ async fn a_value_computed_while_its_slot_moves_writes_nothing_on_the_importing_m
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "moves a slot of the Redis Cluster of scripts/with-servers.sh: run alone, last, by scripts/test.sh's cluster pass (--ignored)"]
 async fn a_pipeline_over_every_shard_is_answered_whole_after_a_slot_moves() {
-    let _alone = ALONE.lock().await;
-    logs();
-    let cluster = TestCluster::from_env();
-    cluster.wait_healthy(Duration::from_secs(30)).await;
+    let (_alone, cluster) = alone_on_the_cluster().await;
     let smache = on_cluster(&cluster, "cmap");
     let bases = Layout::of(&smache).await.bases().to_vec();
     assert!(bases.len() > 3, "shards over every master: {bases:?}");
@@ -846,6 +837,16 @@ async fn a_pipeline_over_every_shard_is_answered_whole_after_a_slot_moves() {
         .await
         .expect("inspect, the map read again");
     assert_eq!(queued(&again), before);
+}
+
+/// This test alone on the cluster (see [`ALONE`]), once it is healthy,
+/// with this process's logs captured.
+async fn alone_on_the_cluster() -> (tokio::sync::MutexGuard<'static, ()>, TestCluster) {
+    let alone = ALONE.lock().await;
+    logs();
+    let cluster = TestCluster::from_env();
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+    (alone, cluster)
 }
 
 /// An instance on the cluster, of the cluster's default shard count, with

@@ -412,15 +412,7 @@ async fn smache_worker_serves_its_metrics_as_prometheus_text() {
         })
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let page = loop {
-        let page = get(port, "/metrics").await.unwrap_or_default();
-        if page.contains("smache_worker_changes_total 1") || tokio::time::Instant::now() > deadline
-        {
-            break page;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let page = metrics_page_showing(port, "smache_worker_changes_total 1").await;
     assert!(
         page.contains("smache_worker_changes_total 1"),
         "{page}\n--- worker log ---\n{}",
@@ -497,15 +489,7 @@ async fn a_change_runs_its_script_only_in_the_shards_holding_its_dependants() {
         "Ada's plate is refreshed\n{}",
         worker.log()
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let page = loop {
-        let page = get(port, "/metrics").await.unwrap_or_default();
-        if page.contains("smache_worker_changes_total 2") || tokio::time::Instant::now() > deadline
-        {
-            break page;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let page = metrics_page_showing(port, "smache_worker_changes_total 2").await;
     assert!(
         page.contains("smache_worker_changes_total 2")
             && page.contains("smache_worker_shards_signalled_total 1\n"),
@@ -515,6 +499,19 @@ async fn a_change_runs_its_script_only_in_the_shards_holding_its_dependants() {
     executor.shutdown().await.unwrap();
     assert!(worker.terminate(), "{}", worker.log());
     let _ = db.drop().await;
+}
+
+/// The worker's `/metrics` page on the loopback `port`, once it shows
+/// `line`, or as it is after 20 s.
+async fn metrics_page_showing(port: u16, line: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = get(port, "/metrics").await.unwrap_or_default();
+        if page.contains(line) || tokio::time::Instant::now() > deadline {
+            return page;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The body of an HTTP/1.0 GET of `path` on the loopback `port`.
