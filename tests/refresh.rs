@@ -118,6 +118,32 @@ async fn traded(user: &User) -> i64 {
     trades.iter().map(|t| t.total).sum()
 }
 
+/// An order kept in a collection whose name holds `:`.
+#[derive(Clone, Debug, Serialize, Deserialize, Entity)]
+#[entity(collection = "shop:orders")]
+struct ShopOrder {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    user_id: ObjectId,
+    total: i64,
+}
+
+/// `spent`, over the orders of `shop:orders`.
+#[computed(User, relations(ShopOrder => |o: &ShopOrder| o.user_id))]
+async fn shop_spent(user: &User) -> i64 {
+    use futures::TryStreamExt;
+    let db = Smache::current().mongodb().cloned().expect("a database");
+    let orders: Vec<ShopOrder> = db
+        .collection::<ShopOrder>("shop:orders")
+        .find(doc! { "user_id": user.id })
+        .await
+        .expect("find orders")
+        .try_collect()
+        .await
+        .expect("read orders");
+    orders.iter().map(|o| o.total).sum()
+}
+
 /// How many times `spent_mapped`'s relation mapped an order.
 static MAPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -592,6 +618,34 @@ async fn two_relations_on_one_collection_each_remember_their_own_targets() {
     let cat_total = || async { traded(&cat).await.to_string() };
     world.eventually("the new buyer", "5", cat_total).await;
     assert_eq!(world.smache.scope(traded(&ben)).await, 5);
+    world.stop().await;
+}
+
+/// A collection's name may hold `:`: a document of it is still mapped by
+/// the relation and its value refreshed (the scripts once took the name
+/// up to its first `:`, and never queued the relation's job).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relation_on_a_collection_named_with_a_colon_refreshes_its_values() {
+    let mut world = World::new().await;
+    let ada = world.insert_user("Ada").await;
+    world.watching().await;
+    assert_eq!(world.smache.scope(shop_spent(&ada)).await, 0);
+    let key = shop_spent::key(&ada).unwrap();
+    let version = world.smache.entry(&key).await.unwrap().unwrap().version();
+    world
+        .db
+        .collection::<ShopOrder>("shop:orders")
+        .insert_one(ShopOrder {
+            id: ObjectId::new(),
+            user_id: ada.id,
+            total: 7,
+        })
+        .await
+        .unwrap();
+    world
+        .refreshed(&key, version, "the value of the order's user is recomputed")
+        .await;
+    assert_eq!(world.smache.scope(shop_spent(&ada)).await, 7);
     world.stop().await;
 }
 

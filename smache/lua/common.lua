@@ -105,9 +105,33 @@ local function payload(envelope)
   return string.sub(envelope, 13)
 end
 
+-- Whether `key` has the shape of a document's id key: "o:" and 24 hex
+-- digits, "i:" and an integer, or "s:" and a JSON string.
+local function is_id_key(key)
+  return (#key == 26 and string.find(key, '^o:%x+$') ~= nil)
+      or string.find(key, '^i:%-?%d+$') ~= nil
+      or string.find(key, '^s:".*"$') ~= nil
+end
+
+-- The collection and id key of a document token "e:<collection>:<id
+-- key>", else nil. A collection's name may hold ':', an id key's shape
+-- starts no tail of one: the first ':' followed by a whole id key ends
+-- the collection (keys::split_document reads tokens the same way).
+local function document_of(token)
+  if string.sub(token, 1, 2) ~= 'e:' then return nil end
+  local colon = string.find(token, ':', 4, true)
+  while colon do
+    local key = string.sub(token, colon + 1)
+    if is_id_key(key) then
+      return string.sub(token, 3, colon - 1), key
+    end
+    colon = string.find(token, ':', colon + 1, true)
+  end
+end
+
 -- The collection named by a token, if any.
 local function collection_of(token)
-  local coll = string.match(token, '^e:([^:]+):')
+  local coll = document_of(token)
   if coll then return coll end
   return string.match(token, '^c:(.+)$')
 end
@@ -352,7 +376,7 @@ end
 -- of a collection that some function of the shard of `base` declares in
 -- `relations(...)`, else nil.
 local function related_document(base, token)
-  local coll, doc = string.match(token, '^e:([^:]+):(.+)$')
+  local coll, doc = document_of(token)
   if coll and redis.call('TYPE', base .. 'rel:' .. coll)['ok'] == 'set' then
     return coll, doc
   end

@@ -1,6 +1,7 @@
 -- Reads the dependency graph around some tokens, for `inspect graph`
--- (store/graph.rs). Read-only, and bounded: a set is counted (SCARD) and
--- at most `limit` of its members read (SSCAN), never read whole; a value's
+-- (store/graph.rs), with lua/common.lua in front. Read-only, and bounded:
+-- a set is counted (SCARD) and at most `limit` of its members read
+-- (SSCAN), never read whole; a value's
 -- envelope is not returned, only its header (the computed-at time), and
 -- not even read past `HEADER_READ_MAX` bytes.
 --
@@ -85,7 +86,7 @@ local function value(id)
 end
 
 local function relations(token)
-  local coll, doc = string.match(token, '^e:([^:]+):(.+)$')
+  local coll, doc = document_of(token)
   if not coll then
     coll = string.match(token, '^c:(.+)$')
   end

@@ -12,7 +12,7 @@
 -- Returns the number of jobs queued.
 local queued = 0
 for i = 4, #ARGV do
-  local coll, doc = string.match(ARGV[i], '^e:([^:]+):(.+)$')
+  local coll, doc = document_of(ARGV[i])
   if coll then
     queue_relation(ARGV[1], coll, doc, ARGV[2], ARGV[3], true)
     queued = queued + 1

@@ -118,11 +118,14 @@ impl FromStr for GraphStart {
             return Ok(GraphStart::Collection(name.to_owned()));
         }
         if let Some(rest) = text.strip_prefix("e:") {
-            let (collection, key) = rest
-                .split_once(':')
-                .ok_or_else(|| bad("a document token is e:<collection>:<id key>"))?;
-            let id = EntityId::from_key(key)
-                .ok_or_else(|| bad("the id key is not o:<hex>, i:<integer> or s:\"<string>\""))?;
+            let Some((collection, key)) = crate::store::keys::split_document(text) else {
+                return Err(bad(if rest.contains(':') {
+                    NOT_AN_ID_KEY
+                } else {
+                    "a document token is e:<collection>:<id key>"
+                }));
+            };
+            let id = EntityId::from_key(key).ok_or_else(|| bad(NOT_AN_ID_KEY))?;
             return Ok(GraphStart::document(collection, id));
         }
         if is_value_id(text) {
@@ -143,15 +146,16 @@ impl FromStr for GraphStart {
         } else if let Ok(n) = id.parse::<i64>() {
             EntityId::Int(n)
         } else if matches!(id.as_bytes(), [b'o' | b'i' | b's', b':', ..]) {
-            return Err(bad(
-                "the id key is not o:<hex>, i:<integer> or s:\"<string>\"",
-            ));
+            return Err(bad(NOT_AN_ID_KEY));
         } else {
             EntityId::String(id.to_owned())
         };
         Ok(GraphStart::document(collection, id))
     }
 }
+
+/// Why an id key given does not read as one.
+const NOT_AN_ID_KEY: &str = "the id key is not o:<hex>, i:<integer> or s:\"<string>\"";
 
 /// Whether `text` reads as a value id: `<name>#<version digits>:…` with no
 /// `/` in the name (a function's name holds one only if set so with
@@ -223,6 +227,10 @@ mod tests {
             assert_eq!(parse(&start.to_string()), start);
         }
         assert_eq!(parse("users/42").token(), "e:users:i:42");
+        assert_eq!(
+            parse("e:shop:orders:i:3"),
+            GraphStart::document("shop:orders", EntityId::Int(3))
+        );
         assert_eq!(parse("app::card#1:i:4").token(), "v:app::card#1:i:4");
     }
 

@@ -12,6 +12,7 @@ use super::graph::{
 use super::start::GraphStart;
 use crate::error::{Error, Result};
 use crate::instance::Smache;
+use crate::store::keys::split_document;
 use crate::store::{RedisStore, Store, TokenRead, ValueFields, ValueRead};
 
 impl Smache {
@@ -148,7 +149,7 @@ impl Walk {
         let kind = if let Some(id) = token.strip_prefix("v:") {
             NodeKind::Gone { id: id.to_owned() }
         } else if let Some(rest) = token.strip_prefix("e:") {
-            let (collection, id) = rest.split_once(':').unwrap_or((rest, ""));
+            let (collection, id) = split_document(token).unwrap_or((rest, ""));
             NodeKind::Document {
                 collection: collection.to_owned(),
                 id: id.to_owned(),
@@ -244,9 +245,7 @@ impl Walk {
             Dir::Down => {
                 self.down(token, &read, depth, at_bound, next);
                 if token == root {
-                    if let Some((collection, _)) =
-                        token.strip_prefix("e:").and_then(|t| t.split_once(':'))
-                    {
+                    if let Some((collection, _)) = split_document(token) {
                         // A change of the document is one in its
                         // collection: what depends on that, too.
                         let coll = format!("c:{collection}");
@@ -324,7 +323,7 @@ impl Walk {
                 next.push((child, Dir::Down, depth + 1));
             }
         }
-        let document = token.strip_prefix("e:").and_then(|t| t.split_once(':'));
+        let document = split_document(token);
         let collection =
             document.map_or_else(|| token.strip_prefix("c:").unwrap_or_default(), |(c, _)| c);
         for relation in &read.mapped {

@@ -14,8 +14,12 @@ use crate::error::Result;
 /// Redis for long however large the batch.
 const BATCH: usize = 100;
 
-static GRAPH: LazyLock<StoreScript> =
-    LazyLock::new(|| StoreScript::new(include_str!("../../lua/graph.lua")));
+static GRAPH: LazyLock<StoreScript> = LazyLock::new(|| {
+    StoreScript::new(concat!(
+        include_str!("../../lua/common.lua"),
+        include_str!("../../lua/graph.lua")
+    ))
+});
 
 /// What a set holds: how many members, and some of them (sorted).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

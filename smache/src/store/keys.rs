@@ -276,8 +276,36 @@ pub(crate) fn static_deps(key: &CacheKey) -> Vec<String> {
 /// The collection of a document token, `e:<collection>:<id key>` (the
 /// key `rel:<collection>` names its functions with relations on it).
 pub(crate) fn document_collection(token: &str) -> Option<&str> {
-    let (collection, _) = token.strip_prefix("e:")?.split_once(':')?;
-    Some(collection)
+    split_document(token).map(|(collection, _)| collection)
+}
+
+/// The collection and id key of a document token,
+/// `e:<collection>:<id key>`. A collection's name may hold `:`, and an id
+/// key's shape (`o:` and 24 hex digits, `i:` and an integer, `s:` and a
+/// JSON string) starts no tail of one: the first `:` followed by a whole
+/// id key ends the collection. `document_of` in `lua/common.lua` reads
+/// tokens the same way.
+pub(crate) fn split_document(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix("e:")?;
+    rest.match_indices(':')
+        .map(|(at, _)| at)
+        .filter(|&at| at > 0)
+        .find(|&at| is_id_key(&rest[at + 1..]))
+        .map(|at| (&rest[..at], &rest[at + 1..]))
+}
+
+/// Whether `key` has the shape of an id key ([`split_document`]).
+fn is_id_key(key: &str) -> bool {
+    if let Some(hex) = key.strip_prefix("o:") {
+        hex.len() == 24 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    } else if let Some(n) = key.strip_prefix("i:") {
+        let digits = n.strip_prefix('-').unwrap_or(n);
+        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+    } else if let Some(json) = key.strip_prefix("s:") {
+        json.len() >= 2 && json.starts_with('"') && json.ends_with('"')
+    } else {
+        false
+    }
 }
 
 /// Whether a dependency token names documents (`e:`/`c:`), which only a
@@ -289,6 +317,40 @@ pub(crate) fn names_documents(token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_document_token_splits_before_its_id_key_whatever_its_collection_holds() {
+        let oid = "e:shop:orders:o:65f0a1b2c3d4e5f6a7b8c9d0";
+        assert_eq!(
+            split_document(oid),
+            Some(("shop:orders", "o:65f0a1b2c3d4e5f6a7b8c9d0"))
+        );
+        assert_eq!(split_document("e:users:i:-7"), Some(("users", "i:-7")));
+        let string = r#"e:a:b:s:"x:i:1:o:y""#;
+        assert_eq!(split_document(string), Some(("a:b", r#"s:"x:i:1:o:y""#)));
+        assert_eq!(document_collection(oid), Some("shop:orders"));
+        for not_one in [
+            "e:users",
+            "e::i:1",
+            "e:users:i:",
+            "e:users:o:12",
+            "c:users",
+            "v:f#1:x",
+        ] {
+            assert_eq!(split_document(not_one), None, "{not_one}");
+        }
+        // Every id key the entity module writes is one.
+        for id in [
+            crate::EntityId::Int(3),
+            crate::EntityId::String("a:\"b".into()),
+            crate::EntityId::ObjectId(bson::oid::ObjectId::new()),
+        ] {
+            let token = id.token("x:y");
+            let (collection, key) = split_document(&token).unwrap();
+            assert_eq!(collection, "x:y");
+            assert_eq!(crate::EntityId::from_key(key), Some(id));
+        }
+    }
 
     #[test]
     fn a_keys_base_is_its_leading_hash_tag_and_colon() {
