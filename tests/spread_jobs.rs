@@ -489,3 +489,69 @@ async fn queueing_a_job_rings_the_doorbell_and_wakes_an_idle_executor() {
         Submitted::Ready(_) => panic!("nothing computed yet"),
     }
 }
+
+/// An executor reading several shards starts the recompute jobs it takes
+/// as it reads them (lua/take.lua), but only those of functions it has: a
+/// job of a function it lacks (a deploy in progress), once read, still
+/// leaves its value pending, not marked as being recomputed, for an
+/// executor that has the function.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_starts_no_job_of_a_function_the_executor_lacks() {
+    let smache = instance(&unique("spread-take"));
+    let layout = smache_suite::layout::Layout::of(&smache).await;
+    let retired = "app::retired#3:\"x\"";
+    let base = layout.base_of(retired).to_owned();
+    let vkey = format!("{base}v:{retired}");
+    let mut conn = redis_connection(&redis_url()).await;
+    let _: () = conn
+        .hset_multiple(
+            &vkey,
+            &[("v", "1"), ("d", "old"), ("g", "2"), ("w", "1"), ("q", "1")],
+        )
+        .await
+        .unwrap();
+    let _: String = conn
+        .xadd(format!("{base}jobs"), "*", &[("id", retired)])
+        .await
+        .unwrap();
+    let executor = smache::executor::spawn(&smache);
+    let stream = [format!("{base}jobs")];
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let mut conn = redis_connection(&redis_url()).await;
+            !holders(&mut conn, &stream).await.is_empty()
+        })
+        .await,
+        "the executor reads the job"
+    );
+    let (pending, started): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        .arg(&vkey)
+        .arg("q")
+        .arg("s")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending.as_deref(), Some("1"), "still pending");
+    assert_eq!(started, None, "not started");
+    executor.shutdown().await.unwrap();
+}
+
+/// A server that lost the scripts (a restart, a failover to a replica
+/// that never loaded them) answers an executor's reads of several shards
+/// `NOSCRIPT`: the read loads its script again, and the jobs run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_after_the_server_forgets_the_scripts() {
+    let smache = instance(&unique("spread-noscript"));
+    let tag = unique("spread-noscript-tag");
+    let (tasks, _) = submit_spread(&smache, &tag, 8, 0).await;
+    let mut conn = redis_connection(&redis_url()).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let executor = smache::executor::spawn(&smache);
+    let values = all_done(&smache, tasks).await;
+    assert_eq!(values, (0..8).map(|n| n * 2).collect::<Vec<_>>());
+    executor.shutdown().await.unwrap();
+}

@@ -13,11 +13,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Executor, DRAIN_FOR, RECLAIM_AFTER};
+use super::{Executor, DRAIN_FOR, MIN_RECOMPUTE_INTERVAL, RECLAIM_AFTER};
 use crate::error::{Error, Result};
 use crate::instance::Smache;
 use crate::registry;
-use crate::store::{Abandon, EntryRef, JobReader, StreamEntry};
+use crate::store::{Abandon, EntryRef, JobReader, Starting, StreamEntry};
 
 /// How many abandoned jobs one reclaim scan claims at most, per shard.
 const RECLAIM_COUNT: usize = 100;
@@ -34,13 +34,21 @@ pub(super) async fn consume(smache: Smache, stop: CancellationToken) -> Result<(
     let permits = Arc::new(Semaphore::new(executor.concurrency));
     let mut last_reclaim = tokio::time::Instant::now() - RECLAIM_AFTER;
     let mut conn: Option<JobReader> = None;
+    let starting = Starting {
+        heads: registry::heads().map(str::to_owned).collect(),
+        interval: MIN_RECOMPUTE_INTERVAL,
+    };
     let held = Arc::new(Mutex::new(HashSet::new()));
     let heartbeat = tokio::spawn(executor.clone().keep_claimed(Arc::clone(&held)));
     let _sampling =
         crate::metrics::Sampling::start(Arc::clone(&executor.smache.inner).sample_job_queue());
     loop {
         if conn.is_none() {
-            conn = match executor.store.job_reader(&executor.consumer).await {
+            conn = match executor
+                .store
+                .job_reader(&executor.consumer, starting.clone())
+                .await
+            {
                 Ok(Some(conn)) => Some(conn),
                 Ok(None) => {
                     heartbeat.abort();
@@ -97,7 +105,12 @@ pub(super) async fn consume(smache: Smache, stop: CancellationToken) -> Result<(
         // reclaim may hand one back to us while it runs (it is skipped),
         // and the heartbeat keeps them from looking abandoned to others.
         batch.retain(|entry| crate::sync::lock(&held).insert(entry.at.clone()));
-        for StreamEntry { at: entry, job } in batch {
+        for StreamEntry {
+            at: entry,
+            job,
+            start,
+        } in batch
+        {
             let permit = Arc::clone(&permits)
                 .acquire_owned()
                 .await
@@ -108,7 +121,7 @@ pub(super) async fn consume(smache: Smache, stop: CancellationToken) -> Result<(
             let release = Held(Arc::clone(&held), entry.clone());
             running.spawn(abandon.clone().run_until_cancelled_owned(async move {
                 let _release = release;
-                executor.run_job(&entry, job).await;
+                executor.run_job(&entry, job, start).await;
                 drop(permit);
             }));
         }
@@ -116,7 +129,7 @@ pub(super) async fn consume(smache: Smache, stop: CancellationToken) -> Result<(
         // given up before a reclaim would bring them back: looked at again
         // now, unless running here. Not held (the heartbeat would claim
         // them): giving one up checks that this executor still holds it.
-        while let Ok(StreamEntry { at: entry, job }) = again.try_recv() {
+        while let Ok(StreamEntry { at: entry, job, .. }) = again.try_recv() {
             if crate::sync::lock(&held).contains(&entry) {
                 continue;
             }
@@ -126,7 +139,7 @@ pub(super) async fn consume(smache: Smache, stop: CancellationToken) -> Result<(
                 .expect("never closed");
             let executor = executor.clone();
             running.spawn(abandon.clone().run_until_cancelled_owned(async move {
-                executor.run_job(&entry, job).await;
+                executor.run_job(&entry, job, None).await;
                 drop(permit);
             }));
         }

@@ -57,7 +57,7 @@ use tracing::Instrument;
 use self::relation::RelatedChange;
 use crate::error::{Error, Result};
 use crate::instance::Smache;
-use crate::store::{EntryRef, RedisStore, Store, StreamEntry, StreamJob};
+use crate::store::{EntryRef, RedisStore, Start, Store, StreamEntry, StreamJob};
 
 pub use crate::store::keys::GROUP;
 /// A job left unacknowledged this long (its executor died, or it failed)
@@ -171,8 +171,9 @@ impl Executor {
         Ok((executor, rechecks))
     }
 
-    /// Runs one job, whatever its kind.
-    async fn run_job(&self, entry: &EntryRef, job: StreamJob) {
+    /// Runs one job, whatever its kind; `start`, what starting it
+    /// answered if it was started as it was read.
+    async fn run_job(&self, entry: &EntryRef, job: StreamJob, start: Option<Start>) {
         match job {
             StreamJob::Value(id) => {
                 let function = crate::key::split_value_id(&id)
@@ -180,7 +181,7 @@ impl Executor {
                     .map_or("", |(name, _)| name);
                 let span =
                     tracing::info_span!("smache.recompute", function, id = %id, job = %entry);
-                self.process(entry, &id).instrument(span).await;
+                self.process(entry, &id, start).instrument(span).await;
             }
             StreamJob::Submitted { id, task, args } => {
                 self.process_task(entry, &id, &task, args).await;

@@ -97,7 +97,11 @@ impl Executor {
         tokio::spawn(async move {
             tokio::time::sleep(wait + Duration::from_millis(10)).await;
             // The executor stopped: nothing to do.
-            let _ = again.send(StreamEntry { at, job });
+            let _ = again.send(StreamEntry {
+                at,
+                job,
+                start: None,
+            });
         });
     }
 }

@@ -13,8 +13,10 @@ use crate::registry;
 use crate::store::{Abandon, EntryRef, Outcome, Start, StreamJob};
 
 impl Executor {
-    /// Runs one job; acknowledges it when it is done for good.
-    pub(super) async fn process(&self, entry: &EntryRef, id: &str) {
+    /// Runs one job; acknowledges it when it is done for good. `start`:
+    /// what starting it answered, if it was started as it was read (see
+    /// `lua/take.lua`); else it is started here.
+    pub(super) async fn process(&self, entry: &EntryRef, id: &str, start: Option<Start>) {
         let at = Located {
             key: self.smache.inner.store.value_key(id),
             id: id.to_owned(),
@@ -37,8 +39,13 @@ impl Executor {
                 )
                 .await;
         };
+        let mut start = start.map(Ok);
         let (started, full_args) = loop {
-            match self.store.start_job(&at.key, MIN_RECOMPUTE_INTERVAL).await {
+            let answer = match start.take() {
+                Some(answer) => answer,
+                None => self.store.start_job(&at.key, MIN_RECOMPUTE_INTERVAL).await,
+            };
+            match answer {
                 Ok(Start::Run { started, full_args }) => break (started, full_args),
                 Ok(Start::Wait(delay)) => tokio::time::sleep(delay).await,
                 Ok(Start::Gone) => return self.ack(entry).await,

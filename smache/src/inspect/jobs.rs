@@ -196,7 +196,7 @@ impl Smache {
                     .queued_jobs(shard, from.as_deref(), 1000)
                     .await
                     .unwrap_or_default();
-                for StreamEntry { at, job } in &page {
+                for StreamEntry { at, job, .. } in &page {
                     let (what, announced_as) = describe(job);
                     let (group, _, oldest_ms) = groups.entry(what.clone()).or_insert_with(|| {
                         let group = JobGroup {

@@ -23,7 +23,7 @@ pub(crate) use self::graph::{TokenRead, ValueFields, ValueRead};
 pub(crate) use self::memory::MemoryStore;
 pub(crate) use self::mongo::MongoValues;
 pub use self::mongo::DEFAULT_VALUES_COLLECTION;
-pub(crate) use self::redis::stream::{JobReader, StreamEntry, StreamJob};
+pub(crate) use self::redis::stream::{JobReader, Starting, StreamEntry, StreamJob};
 pub(crate) use self::redis::{
     timestamp_key, Abandon, Begin, Changed, Endpoint, EntryRef, Owed, RedisStore, Related, Seen,
     Start, TaskPhase, TaskState,

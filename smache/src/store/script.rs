@@ -78,10 +78,23 @@ impl Invocation<'_> {
         mut self,
         conn: &mut impl redis::aio::ConnectionLike,
     ) -> redis::RedisResult<T> {
-        if let Some(unwritten) = &self.unwritten {
+        self.declare_unwritten();
+        self.call.invoke_async(conn).await
+    }
+
+    /// Adds the call to `pipe` (an `EVALSHA`: where the server lacks the
+    /// script, its reply is a `NOSCRIPT` error, and
+    /// [`invoke_async`](Self::invoke_async) then loads it).
+    pub(crate) fn pipe_into(&mut self, pipe: &mut redis::Pipeline) {
+        self.declare_unwritten();
+        pipe.invoke_script(&self.call);
+    }
+
+    /// Declares the never-written key, once, after every other key.
+    fn declare_unwritten(&mut self) {
+        if let Some(unwritten) = self.unwritten.take() {
             self.call.key(unwritten);
         }
-        self.call.invoke_async(conn).await
     }
 }
 

@@ -22,16 +22,7 @@ impl RedisStore {
         let reply: Option<(String, String)> = self
             .bounded("start", invocation.invoke_async(&mut conn))
             .await?;
-        Ok(match reply {
-            None => Start::Gone,
-            Some((first, wait)) if first == "wait" => {
-                Start::Wait(Duration::from_millis(wait.parse().unwrap_or(1)))
-            }
-            Some((generation, args)) => Start::Run {
-                started: generation.parse().unwrap_or(0),
-                full_args: args,
-            },
-        })
+        Ok(Start::of(reply))
     }
 
     /// Moves job `entry` to its shard's dead-letter stream with `reason`
@@ -144,7 +135,7 @@ impl RedisStore {
 }
 
 /// The answer to an executor starting a job.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Start {
     /// The value no longer exists.
     Gone,
@@ -152,6 +143,22 @@ pub(crate) enum Start {
     Wait(Duration),
     /// Go: compute from this change generation.
     Run { started: u64, full_args: String },
+}
+
+impl Start {
+    /// What `start_value` (`lua/common.lua`) answered.
+    pub(crate) fn of(reply: Option<(String, String)>) -> Start {
+        match reply {
+            None => Start::Gone,
+            Some((first, wait)) if first == "wait" => {
+                Start::Wait(Duration::from_millis(wait.parse().unwrap_or(1)))
+            }
+            Some((generation, args)) => Start::Run {
+                started: generation.parse().unwrap_or(0),
+                full_args: args,
+            },
+        }
+    }
 }
 
 /// What giving a job up undoes besides (see `lua/dead.lua`).

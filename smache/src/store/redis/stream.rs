@@ -17,11 +17,12 @@ use std::time::Duration;
 
 use redis::streams::StreamId;
 
+use super::jobs::Start;
 use super::RedisStore;
 use crate::error::Result;
 use crate::store::keys::{self, GROUP};
 
-pub(crate) use self::reader::JobReader;
+pub(crate) use self::reader::{JobReader, Starting};
 
 /// The field of `{prefix}:config` holding the executors' orphan timeout (ms).
 pub(super) const ORPHAN_TIMEOUT_FIELD: &str = "orphan_timeout";
@@ -166,6 +167,9 @@ pub(crate) struct StreamEntry {
     pub(crate) at: EntryRef,
     /// What it asks for.
     pub(crate) job: StreamJob,
+    /// A recompute job started as it was read (`lua/take.lua`): what
+    /// starting it answered, which the executor then does not ask again.
+    pub(crate) start: Option<Start>,
 }
 
 impl StreamEntry {
@@ -177,6 +181,7 @@ impl StreamEntry {
                 id: entry.id.clone(),
             },
             job: StreamJob::of(entry),
+            start: None,
         }
     }
 }

@@ -12,7 +12,13 @@
 //! `bell`), and sweeps again at least every [`BLOCK_FOR`]. Each shard's
 //! consumer group spreads that shard's jobs over the executors, so adding
 //! executors adds throughput.
+//!
+//! A read of several shards is a script per shard (`lua/take.lua`), which
+//! also starts the recompute jobs it takes whose function the executor
+//! has (`start_value`, what `lua/start.lua` does alone): such a job runs
+//! its function with no round trip of its own first.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
@@ -21,7 +27,27 @@ use super::bell::Bell;
 use super::{millis, StreamEntry};
 use crate::error::{Error, Result};
 use crate::store::keys::{self, GROUP};
-use crate::store::redis::{Conn, RedisStore, BLOCK_FOR};
+use crate::store::redis::{Conn, RedisStore, Start, BLOCK_FOR};
+use crate::store::script::StoreScript;
+
+/// `lua/take.lua`, with `lua/common.lua` in front.
+static TAKE: LazyLock<StoreScript> = LazyLock::new(|| {
+    StoreScript::new(concat!(
+        include_str!("../../../../lua/common.lua"),
+        include_str!("../../../../lua/take.lua")
+    ))
+});
+
+/// What a read of several shards needs to start the recompute jobs it
+/// takes (`lua/take.lua`).
+#[derive(Debug, Clone)]
+pub(crate) struct Starting {
+    /// The functions the executor has (`<name>#<version>`): a job of
+    /// another is left unstarted, for an executor that has it.
+    pub(crate) heads: Vec<String>,
+    /// The least time between two recomputes of one value.
+    pub(crate) interval: Duration,
+}
 
 /// An executor's own connection to the jobs streams, for its reads (a
 /// blocking one, on one shard) that must not hold up the shared one.
@@ -36,6 +62,8 @@ pub(crate) struct JobReader {
     next: usize,
     /// The doorbell, with several shards.
     bell: Option<Bell>,
+    /// How reads of several shards start the jobs they take.
+    starting: Starting,
 }
 
 impl std::fmt::Debug for JobReader {
@@ -164,30 +192,64 @@ impl JobReader {
     }
 
     /// Up to `per_shard` new jobs from each of `shards`' streams, without
-    /// blocking (one pipeline: on a cluster, one per slot, sent at once).
+    /// blocking, the recompute jobs among them started (`lua/take.lua`,
+    /// one call per shard in one pipeline: on a cluster, one per master,
+    /// sent at once). A shard whose server lacks the script (a restart,
+    /// a failover) is asked again on its own, which loads it.
     async fn read_shards(
         &mut self,
         shards: &[usize],
         per_shard: usize,
     ) -> Result<Vec<StreamEntry>> {
-        let mut pipe = redis::pipe();
-        for &shard in shards {
-            pipe.cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(&self.consumer)
-                .arg("COUNT")
-                .arg(per_shard)
-                .arg("STREAMS")
-                .arg(&self.streams[shard])
-                .arg(">");
-        }
-        let replies: Vec<Option<StreamReadReply>> = pipe.query_async(&mut self.conn).await?;
-        Ok(shards
+        let interval = u64::try_from(self.starting.interval.as_millis()).unwrap_or(u64::MAX);
+        let mut calls: Vec<_> = shards
             .iter()
-            .zip(replies)
-            .flat_map(|(&shard, reply)| entries_of(shard, reply))
-            .collect())
+            .map(|&shard| {
+                let stream = &self.streams[shard];
+                let mut call = TAKE.key(stream);
+                call.arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg(per_shard)
+                    .arg(stream.strip_suffix("jobs").unwrap_or_default())
+                    .arg(interval)
+                    .arg(&self.starting.heads);
+                call
+            })
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for call in &mut calls {
+            call.pipe_into(&mut pipe);
+        }
+        let replies: Vec<redis::Value> = pipe.query_async(&mut self.conn).await?;
+        let (mut entries, mut failed) = (Vec::new(), None);
+        for ((&shard, call), reply) in shards.iter().zip(calls).zip(replies) {
+            let reply = match reply.extract_error() {
+                Err(err)
+                    if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    call.invoke_async(&mut self.conn).await
+                }
+                reply => reply,
+            };
+            match reply
+                .map_err(Error::from)
+                .and_then(|reply| taken(shard, reply))
+            {
+                Ok(taken) => entries.extend(taken),
+                Err(err) => failed = Some(err),
+            }
+        }
+        // The jobs other shards handed over run (they are this consumer's
+        // now, and started); a shard that failed is read again next time.
+        match failed {
+            Some(err) if entries.is_empty() => Err(err),
+            Some(err) => {
+                tracing::debug!(error = %err, "smache executor: reading a shard's jobs failed");
+                Ok(entries)
+            }
+            None => Ok(entries),
+        }
     }
 
     /// Claims for this consumer up to `count` jobs per shard that another
@@ -228,6 +290,22 @@ impl JobReader {
     }
 }
 
+/// The jobs `lua/take.lua` read from shard `shard`'s stream, each with
+/// what starting it answered, if it was started.
+fn taken(shard: usize, reply: redis::Value) -> Result<Vec<StreamEntry>> {
+    let (read, starts): (Option<StreamReadReply>, Vec<redis::Value>) =
+        redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
+    let mut entries = entries_of(shard, read);
+    for (entry, start) in entries.iter_mut().zip(starts) {
+        if start != redis::Value::Int(0) {
+            let start: Option<(String, String)> =
+                redis::from_redis_value(start).map_err(redis::RedisError::from)?;
+            entry.start = Some(Start::of(start));
+        }
+    }
+    Ok(entries)
+}
+
 /// The jobs of a read of shard `shard`'s stream.
 fn entries_of(shard: usize, reply: Option<StreamReadReply>) -> Vec<StreamEntry> {
     reply
@@ -243,7 +321,11 @@ impl RedisStore {
     /// `consumer`, with the doorbell when there are several shards;
     /// `None` when the store was built from a connection manager and knows
     /// no URL.
-    pub(crate) async fn job_reader(&self, consumer: &str) -> Result<Option<JobReader>> {
+    pub(crate) async fn job_reader(
+        &self,
+        consumer: &str,
+        starting: Starting,
+    ) -> Result<Option<JobReader>> {
         let Some(conn) = self.dedicated().await? else {
             return Ok(None);
         };
@@ -263,6 +345,7 @@ impl RedisStore {
             reclaim_from: vec!["0-0".to_owned(); shards],
             next: 0,
             bell,
+            starting,
         }))
     }
 }

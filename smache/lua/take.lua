@@ -1,0 +1,41 @@
+-- An executor reads new jobs from one shard's stream (a store of several
+-- shards, whose reads do not block) and starts the recompute jobs among
+-- them at once, start_value's step: a recompute then costs no round trip
+-- of its own before its function runs. Started only if the executor has
+-- the job's function (ARGV[6..]): a job left for another executor (an
+-- orphan, in a deploy) keeps its pending flag, as with start.lua. A job
+-- started here and then left (the executor stops before it runs) is
+-- reclaimed later and started again: its value's pending flag is clear
+-- meanwhile, so a change queues a job of its own (a recompute too many,
+-- never one missed).
+--
+-- KEYS[1]  the shard's jobs stream
+-- ARGV[1]  the consumer group, ARGV[2] the consumer, ARGV[3] the most
+--          jobs read, ARGV[4] the shard's base, ARGV[5] the minimum
+--          interval between recomputes of one value (ms),
+-- ARGV[6..] the function heads ("<name>#<version>") the executor has
+-- Returns {the XREADGROUP reply (false: none), {per job, in order: 0 when
+-- not started here, else what start_value returned}}
+local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
+  'STREAMS', KEYS[1], '>')
+if not read then
+  return {false, {}}
+end
+local heads = {}
+for i = 6, #ARGV do heads[ARGV[i]] = true end
+local base, interval = ARGV[4], tonumber(ARGV[5]) or 0
+local starts = {}
+for i, entry in ipairs(read[1][2]) do
+  local fields = entry[2]
+  starts[i] = 0
+  -- A recompute job is its value id alone (signal in common.lua).
+  if #fields == 2 and fields[1] == 'id' then
+    local id = fields[2]
+    local hash = string.find(id, '#', 1, true)
+    local colon = hash and string.find(id, ':', hash, true)
+    if colon and heads[string.sub(id, 1, colon - 1)] then
+      starts[i] = start_value(base .. 'v:' .. id, interval)
+    end
+  end
+end
+return {read, starts}
