@@ -1,6 +1,6 @@
 -- An executor reads new jobs from one shard's stream (a store of several
 -- shards, whose reads do not block) and starts the recompute jobs among
--- them at once, start_value's step: a recompute then costs no round trip
+-- them at once, start_value's step (lua/start_value.lua): a recompute then costs no round trip
 -- of its own before its function runs. Started only if the executor has
 -- the job's function (ARGV[6..]): a job left for another executor (an
 -- orphan, in a deploy) keeps its pending flag, as with start.lua. A job

@@ -83,7 +83,8 @@ pub(crate) struct RedisStore {
 }
 
 /// The Lua scripts, each with `lua/common.lua` in front (but the worker's
-/// lease scripts, which need none of it).
+/// lease scripts, which need none of it, and `start.lua`, which needs
+/// only `lua/start_value.lua`).
 struct Scripts {
     begin: StoreScript,
     store: StoreScript,
@@ -127,7 +128,10 @@ impl Scripts {
             begin: script!("begin.lua"),
             store: script!("store.lua"),
             drop: script!("drop.lua"),
-            start: script!("start.lua"),
+            start: StoreScript::new(concat!(
+                include_str!("../../lua/start_value.lua"),
+                include_str!("../../lua/start.lua")
+            )),
             change: script!("change.lua"),
             touch: script!("touch.lua"),
             relation: script!("relation.lua"),

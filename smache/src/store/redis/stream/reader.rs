@@ -13,10 +13,14 @@
 //! consumer group spreads that shard's jobs over the executors, so adding
 //! executors adds throughput.
 //!
-//! A read of several shards is a script per shard (`lua/take.lua`), which
-//! also starts the recompute jobs it takes whose function the executor
-//! has (`start_value`, what `lua/start.lua` does alone): such a job runs
-//! its function with no round trip of its own first.
+//! The read of the shards a ring of the bell named is a script per shard
+//! (`lua/take.lua`), which also starts the recompute jobs it takes whose
+//! function the executor has (`start_value`, what `lua/start.lua` does
+//! alone): a job so found, the one a caller waits for when the executors
+//! are idle, runs its function with no round trip of its own first. A
+//! sweep reads with plain `XREADGROUP`s, cheaper for Redis than as many
+//! scripts (most of a sweep's reads find nothing), and its jobs are
+//! started one by one.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -30,10 +34,11 @@ use crate::store::keys::{self, GROUP};
 use crate::store::redis::{Conn, RedisStore, Start, BLOCK_FOR};
 use crate::store::script::StoreScript;
 
-/// `lua/take.lua`, with `lua/common.lua` in front.
+/// `lua/take.lua`, with `lua/start_value.lua` in front (not
+/// `lua/common.lua`, whose preamble every read of a shard would pay).
 static TAKE: LazyLock<StoreScript> = LazyLock::new(|| {
     StoreScript::new(concat!(
-        include_str!("../../../../lua/common.lua"),
+        include_str!("../../../../lua/start_value.lua"),
         include_str!("../../../../lua/take.lua")
     ))
 });
@@ -141,7 +146,7 @@ impl JobReader {
             shards.truncate(count.max(1));
             if !shards.is_empty() {
                 let per_shard = count.max(1).div_ceil(shards.len());
-                let entries = self.read_shards(&shards, per_shard).await?;
+                let entries = self.take_shards(&shards, per_shard).await?;
                 if !entries.is_empty() {
                     return Ok(entries);
                 }
@@ -192,11 +197,38 @@ impl JobReader {
     }
 
     /// Up to `per_shard` new jobs from each of `shards`' streams, without
+    /// blocking (one pipeline: on a cluster, one per slot, sent at once).
+    async fn read_shards(
+        &mut self,
+        shards: &[usize],
+        per_shard: usize,
+    ) -> Result<Vec<StreamEntry>> {
+        let mut pipe = redis::pipe();
+        for &shard in shards {
+            pipe.cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(per_shard)
+                .arg("STREAMS")
+                .arg(&self.streams[shard])
+                .arg(">");
+        }
+        let replies: Vec<Option<StreamReadReply>> = pipe.query_async(&mut self.conn).await?;
+        Ok(shards
+            .iter()
+            .zip(replies)
+            .flat_map(|(&shard, reply)| entries_of(shard, reply))
+            .collect())
+    }
+
+    /// Up to `per_shard` new jobs from each of `shards`' streams, without
     /// blocking, the recompute jobs among them started (`lua/take.lua`,
     /// one call per shard in one pipeline: on a cluster, one per master,
     /// sent at once). A shard whose server lacks the script (a restart,
     /// a failover) is asked again on its own, which loads it.
-    async fn read_shards(
+    async fn take_shards(
         &mut self,
         shards: &[usize],
         per_shard: usize,
