@@ -1,7 +1,8 @@
--- An executor reads new jobs from one shard's stream (a store of several
--- shards, whose reads do not block) and starts the recompute jobs among
--- them at once, start_value's step (lua/start_value.lua): a recompute then costs no round trip
--- of its own before its function runs. Started only if the executor has
+-- An executor woken by the bell reads new jobs from a shard it named (a
+-- store of several shards; a sweep reads with plain XREADGROUPs) and
+-- starts the recompute jobs among them at once, start_value's step
+-- (lua/start_value.lua): such a job costs no round trip of its own
+-- before its function runs. Started only if the executor has
 -- the job's function (ARGV[6..]): a job left for another executor (an
 -- orphan, in a deploy) keeps its pending flag, as with start.lua. A job
 -- started here and then left (the executor stops before it runs) is
@@ -15,7 +16,9 @@
 --          interval between recomputes of one value (ms),
 -- ARGV[6..] the function heads ("<name>#<version>") the executor has
 -- Returns {the XREADGROUP reply (false: none), {per job, in order: 0 when
--- not started here, else what start_value returned}}
+-- not started here (or starting it failed: the executor starts it
+-- itself), else what start_value returned}}; never an error once the
+-- jobs are read, which would leave them held, unseen, until reclaimed.
 local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
   'STREAMS', KEYS[1], '>')
 if not read then
@@ -29,12 +32,13 @@ for i, entry in ipairs(read[1][2]) do
   local fields = entry[2]
   starts[i] = 0
   -- A recompute job is its value id alone (signal in common.lua).
-  if #fields == 2 and fields[1] == 'id' then
+  if type(fields) == 'table' and #fields == 2 and fields[1] == 'id' then
     local id = fields[2]
     local hash = string.find(id, '#', 1, true)
     local colon = hash and string.find(id, ':', hash, true)
     if colon and heads[string.sub(id, 1, colon - 1)] then
-      starts[i] = start_value(base .. 'v:' .. id, interval)
+      local ok, start = pcall(start_value, base .. 'v:' .. id, interval)
+      if ok then starts[i] = start end
     end
   end
 end

@@ -39,7 +39,12 @@ impl Executor {
                 )
                 .await;
         };
-        let mut start = start.map(Ok);
+        // Started in the job's shard, which is the value's own but for a
+        // job queued under another shard count: then started here, in
+        // the value's shard.
+        let mut start = start
+            .filter(|_| self.store.shard_of(id) == entry.shard)
+            .map(Ok);
         let (started, full_args) = loop {
             let answer = match start.take() {
                 Some(answer) => answer,

@@ -146,7 +146,7 @@ pub(crate) enum Start {
 }
 
 impl Start {
-    /// What `start_value` (`lua/common.lua`) answered.
+    /// What `start_value` (`lua/start_value.lua`) answered.
     pub(crate) fn of(reply: Option<(String, String)>) -> Start {
         match reply {
             None => Start::Gone,

@@ -273,7 +273,9 @@ impl JobReader {
             }
         }
         // The jobs other shards handed over run (they are this consumer's
-        // now, and started); a shard that failed is read again next time.
+        // now, and started). A shard whose call failed may have handed
+        // jobs over all the same (its reply lost): held by this consumer,
+        // they come back by a reclaim, after RECLAIM_AFTER.
         match failed {
             Some(err) if entries.is_empty() => Err(err),
             Some(err) => {
@@ -329,10 +331,16 @@ fn taken(shard: usize, reply: redis::Value) -> Result<Vec<StreamEntry>> {
         redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
     let mut entries = entries_of(shard, read);
     for (entry, start) in entries.iter_mut().zip(starts) {
-        if start != redis::Value::Int(0) {
-            let start: Option<(String, String)> =
-                redis::from_redis_value(start).map_err(redis::RedisError::from)?;
-            entry.start = Some(Start::of(start));
+        if start == redis::Value::Int(0) {
+            continue;
+        }
+        // An answer that does not read as one: the executor starts the
+        // job itself (starting it again only waits out the interval).
+        match redis::from_redis_value::<Option<(String, String)>>(start) {
+            Ok(start) => entry.start = Some(Start::of(start)),
+            Err(err) => {
+                tracing::debug!(error = %err, job = %entry.at, "smache executor: a job's start did not read; starting it again");
+            }
         }
     }
     Ok(entries)
