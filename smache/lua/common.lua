@@ -106,11 +106,16 @@ local function payload(envelope)
 end
 
 -- Whether `key` has the shape of a document's id key: "o:" and 24 hex
--- digits, "i:" and an integer, or "s:" and a JSON string.
+-- digits, "i:" and an integer, or "s:" and a JSON string (no quote or
+-- lone backslash left inside once each escaped character is taken out).
 local function is_id_key(key)
-  return (#key == 26 and string.find(key, '^o:%x+$') ~= nil)
-      or string.find(key, '^i:%-?%d+$') ~= nil
-      or string.find(key, '^s:".*"$') ~= nil
+  if (#key == 26 and string.find(key, '^o:%x+$')) or string.find(key, '^i:%-?%d+$') then
+    return true
+  end
+  local inner = string.match(key, '^s:"(.*)"$')
+  if not inner then return false end
+  inner = string.gsub(inner, '\\.', '')
+  return not string.find(inner, '["\\]')
 end
 
 -- The collection and id key of a document token "e:<collection>:<id

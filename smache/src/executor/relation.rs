@@ -169,6 +169,7 @@ impl Executor {
                     None => None,
                 };
                 let related = Related {
+                    collection,
                     source: recorded_as.as_deref().unwrap_or(&source),
                     target: relation.target,
                     gone: document.is_none(),
@@ -228,7 +229,7 @@ impl Executor {
         }
         let unknown = recorded.is_empty() && related.before.is_none();
         if unknown {
-            self.stale_function(shards, head, related.source).await?;
+            self.stale_function(shards, head, related).await?;
         }
         // What it mapped to before, as far as known: the pre-image's
         // targets and the recorded ones (the record in `home`, read again
@@ -257,11 +258,13 @@ impl Executor {
     /// recompute coming: each is recomputed by its next reader (a
     /// recompute of every value of a function on each such change could
     /// swamp the executors).
-    async fn stale_function(&self, shards: &[usize], head: &str, source: &str) -> Result<()> {
-        let collection = source
-            .split_once(':')
-            .map_or(source, |(collection, _)| collection);
-        unknown_earlier_targets(head, collection, source);
+    async fn stale_function(
+        &self,
+        shards: &[usize],
+        head: &str,
+        related: &Related<'_>,
+    ) -> Result<()> {
+        unknown_earlier_targets(head, related.collection, related.source);
         self.store.mark_function_stale(shards, head).await?;
         Ok(())
     }

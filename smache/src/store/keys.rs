@@ -302,7 +302,22 @@ fn is_id_key(key: &str) -> bool {
         let digits = n.strip_prefix('-').unwrap_or(n);
         !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
     } else if let Some(json) = key.strip_prefix("s:") {
-        json.len() >= 2 && json.starts_with('"') && json.ends_with('"')
+        // A JSON string: no quote or lone backslash inside once each
+        // escaped character is taken out.
+        let Some(inner) = json.strip_prefix('"').and_then(|j| j.strip_suffix('"')) else {
+            return false;
+        };
+        let mut escaped = false;
+        for c in inner.chars() {
+            match (escaped, c) {
+                // The escaped character, whatever it is.
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => return false,
+                _ => {}
+            }
+        }
+        !escaped
     } else {
         false
     }
@@ -329,11 +344,22 @@ mod tests {
         let string = r#"e:a:b:s:"x:i:1:o:y""#;
         assert_eq!(split_document(string), Some(("a:b", r#"s:"x:i:1:o:y""#)));
         assert_eq!(document_collection(oid), Some("shop:orders"));
+        // A quote in a collection's name: the first split's tail is not
+        // one JSON string.
+        assert_eq!(
+            split_document(r#"e:a:s:"b:s:"c""#),
+            Some((r#"a:s:"b"#, r#"s:"c""#))
+        );
+        assert_eq!(
+            split_document(r#"e:a:s:"b\"":s:"c\\""#),
+            Some((r#"a:s:"b\"""#, r#"s:"c\\""#))
+        );
         for not_one in [
             "e:users",
             "e::i:1",
             "e:users:i:",
             "e:users:o:12",
+            r#"e:users:s:"a\""#,
             "c:users",
             "v:f#1:x",
         ] {

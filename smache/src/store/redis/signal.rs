@@ -27,11 +27,15 @@ impl RedisStore {
         for base in self.shards.bases() {
             let prefix = keys::dependants_prefix(base);
             let pattern = keys::document_dependants_pattern(base, collection);
+            // (`e:shop:*` matches the documents of `shop:orders` too.)
             tokens.extend(
                 self.scan(&pattern)
                     .await?
                     .into_iter()
-                    .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned)),
+                    .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
+                    .filter(|token| {
+                        keys::split_document(token).is_some_and(|(of, _)| of == collection)
+                    }),
             );
         }
         Ok(tokens.into_iter().collect())
@@ -243,6 +247,8 @@ impl RedisStore {
 /// A related document mapped for one function; see [`RedisStore::relate`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Related<'a> {
+    /// The document's collection.
+    pub(crate) collection: &'a str,
     /// The document, `<collection>:<id key>`, which names its record
     /// (`#<n>` after it for the function's n-th relation on the
     /// collection, counted from 0, when n > 0).
