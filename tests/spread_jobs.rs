@@ -490,10 +490,25 @@ async fn queueing_a_job_rings_the_doorbell_and_wakes_an_idle_executor() {
     }
 }
 
-/// An idle executor (subscribed to the bell, its first sweep done).
-async fn idle_executor(smache: &Smache) -> smache::executor::ExecutorHandle {
+/// An executor of `prefix`, idle: subscribed to the bell, its first
+/// sweep done, so that what a ring names is read by the named read. (On
+/// a cluster a node counts its own subscribers only: there the wait for
+/// the subscription may see none, and the pause alone is relied on.)
+async fn idle_executor(smache: &Smache, prefix: &str) -> smache::executor::ExecutorHandle {
     let executor = smache::executor::spawn(smache);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bell = format!("{{{prefix}}}:bell");
+    let _subscribed = eventually(Duration::from_secs(5), || async {
+        let mut conn = redis_connection(&redis_url()).await;
+        let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&bell)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        counts.iter().any(|(_, n)| *n > 0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     executor
 }
 
@@ -507,7 +522,7 @@ async fn a_read_starts_no_job_of_a_function_the_executor_lacks() {
     let prefix = unique("spread-take");
     let smache = instance(&prefix);
     let layout = smache_suite::layout::Layout::of(&smache).await;
-    let executor = idle_executor(&smache).await;
+    let executor = idle_executor(&smache, &prefix).await;
     let retired = "app::retired#3:\"x\"";
     let base = layout.base_of(retired).to_owned();
     let vkey = format!("{base}v:{retired}");
@@ -556,8 +571,9 @@ async fn a_read_starts_no_job_of_a_function_the_executor_lacks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_after_the_server_forgets_the_scripts() {
     let logs = smache_suite::capture_logs("smache=warn");
-    let smache = instance(&unique("spread-noscript"));
-    let executor = idle_executor(&smache).await;
+    let prefix = unique("spread-noscript");
+    let smache = instance(&prefix);
+    let executor = idle_executor(&smache, &prefix).await;
     let mut conn = redis_connection(&redis_url()).await;
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
