@@ -19,8 +19,10 @@
 //! alone): a job so found, the one a caller waits for when the executors
 //! are idle, runs its function with no round trip of its own first. A
 //! sweep reads with plain `XREADGROUP`s, cheaper for Redis than as many
-//! scripts (most of a sweep's reads find nothing), and its jobs are
-//! started one by one.
+//! scripts while most of its reads find nothing, and its jobs are started
+//! one by one; but after a read that took as many jobs as it asked for
+//! (jobs are waiting: a fan-out, a burst), the next sweep takes and starts
+//! them with the script too.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -69,6 +71,10 @@ pub(crate) struct JobReader {
     bell: Option<Bell>,
     /// How reads of several shards start the jobs they take.
     starting: Starting,
+    /// Whether the last read of several shards took as many jobs as it
+    /// asked for (more are likely waiting): the next sweep then starts
+    /// the jobs it takes too.
+    busy: bool,
 }
 
 impl std::fmt::Debug for JobReader {
@@ -119,6 +125,7 @@ impl JobReader {
                 bell.subscribe().await;
             }
             let entries = self.sweep(count).await?;
+            self.busy = entries.len() >= count;
             if !entries.is_empty() {
                 return Ok(entries);
             }
@@ -147,6 +154,7 @@ impl JobReader {
             if !shards.is_empty() {
                 let per_shard = count.max(1).div_ceil(shards.len());
                 let entries = self.take_shards(&shards, per_shard).await?;
+                self.busy = entries.len() >= count;
                 if !entries.is_empty() {
                     return Ok(entries);
                 }
@@ -188,7 +196,11 @@ impl JobReader {
                 .collect();
             self.next = (self.next + window.len()) % shards;
             swept += window.len();
-            let entries = self.read_shards(&window, per_shard).await?;
+            let entries = if self.busy {
+                self.take_shards(&window, per_shard).await?
+            } else {
+                self.read_shards(&window, per_shard).await?
+            };
             if !entries.is_empty() {
                 return Ok(entries);
             }
@@ -386,6 +398,7 @@ impl RedisStore {
             next: 0,
             bell,
             starting,
+            busy: false,
         }))
     }
 }
