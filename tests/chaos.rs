@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use bson::doc;
 use bson::oid::ObjectId;
-use futures::TryStreamExt;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use smache::{computed, Entity, Smache};
@@ -80,19 +79,7 @@ async fn headline(user: &User) -> String {
 async fn spent(user: &User) -> i64 {
     count_run("spent").await;
     let db = Smache::current().mongodb().cloned().expect("a database");
-    orders_total(&db, user.id).await
-}
-
-async fn orders_total(db: &mongodb::Database, user: ObjectId) -> i64 {
-    let orders: Vec<Order> = db
-        .collection::<Order>("orders")
-        .find(doc! { "user_id": user })
-        .await
-        .expect("find orders")
-        .try_collect()
-        .await
-        .expect("read orders");
-    orders.iter().map(|o| o.total).sum()
+    smache_suite::orders_total(&db, "orders", user.id).await
 }
 
 /// Counts function runs in Redis, across processes.
@@ -421,7 +408,9 @@ async fn chaos_run() {
             ),
             (
                 smache.scope(spent(&now)).await.to_string(),
-                orders_total(&db, now.id).await.to_string(),
+                smache_suite::orders_total(&db, "orders", now.id)
+                    .await
+                    .to_string(),
             ),
         ];
         for (cached, expected) in checks {

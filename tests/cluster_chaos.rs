@@ -62,7 +62,6 @@ use std::time::{Duration, Instant};
 
 use bson::doc;
 use bson::oid::ObjectId;
-use futures::TryStreamExt;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use smache::inspect::GraphOptions;
@@ -149,19 +148,7 @@ async fn banner(user_id: String) -> String {
 #[computed(User, relations(Order => |o: &Order| o.user_id))]
 async fn spent(user: &User) -> i64 {
     let db = Smache::current().mongodb().cloned().expect("a database");
-    orders_total(&db, user.id).await
-}
-
-async fn orders_total(db: &mongodb::Database, user: ObjectId) -> i64 {
-    let orders: Vec<Order> = db
-        .collection::<Order>("orders")
-        .find(doc! { "user_id": user })
-        .await
-        .expect("find orders")
-        .try_collect()
-        .await
-        .expect("read orders");
-    orders.iter().map(|o| o.total).sum()
+    smache_suite::orders_total(&db, "orders", user.id).await
 }
 
 /// Users whose values the run reads and changes.
@@ -468,7 +455,9 @@ async fn a_failover_and_a_slot_migration_under_traffic_break_no_caller_and_lose_
             ),
             (
                 smache.scope(spent(&now)).await.to_string(),
-                orders_total(&db, now.id).await.to_string(),
+                smache_suite::orders_total(&db, "orders", now.id)
+                    .await
+                    .to_string(),
             ),
         ];
         let mismatches: Vec<String> = checks

@@ -55,17 +55,8 @@ async fn greeting(user: &User) -> String {
 /// Depends on the user's orders through a relation.
 #[computed(User, relations(Order => |o: &Order| o.user_id))]
 async fn spent(user: &User) -> i64 {
-    use futures::TryStreamExt;
     let db = Smache::current().mongodb().cloned().expect("a database");
-    let orders: Vec<Order> = db
-        .collection::<Order>("orders")
-        .find(doc! { "user_id": user.id })
-        .await
-        .expect("find orders")
-        .try_collect()
-        .await
-        .expect("read orders");
-    orders.iter().map(|o| o.total).sum()
+    smache_suite::orders_total(&db, "orders", user.id).await
 }
 
 /// The user's name: a value of the user's shard.

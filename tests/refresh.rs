@@ -78,16 +78,7 @@ async fn greeting(name: String) -> String {
 #[computed(User, relations(Order => |o: &Order| o.user_id))]
 async fn spent(user: &User) -> i64 {
     let db = Smache::current().mongodb().cloned().expect("a database");
-    let mut orders = db
-        .collection::<Order>("orders")
-        .find(doc! { "user_id": user.id })
-        .await
-        .expect("find orders");
-    let mut total = 0;
-    while orders.advance().await.expect("cursor") {
-        total += orders.deserialize_current().expect("order").total;
-    }
-    total
+    smache_suite::orders_total(&db, "orders", user.id).await
 }
 
 /// A trade between two users.
@@ -131,17 +122,8 @@ struct ShopOrder {
 /// `spent`, over the orders of `shop:orders`.
 #[computed(User, relations(ShopOrder => |o: &ShopOrder| o.user_id))]
 async fn shop_spent(user: &User) -> i64 {
-    use futures::TryStreamExt;
     let db = Smache::current().mongodb().cloned().expect("a database");
-    let orders: Vec<ShopOrder> = db
-        .collection::<ShopOrder>("shop:orders")
-        .find(doc! { "user_id": user.id })
-        .await
-        .expect("find orders")
-        .try_collect()
-        .await
-        .expect("read orders");
-    orders.iter().map(|o| o.total).sum()
+    smache_suite::orders_total(&db, "shop:orders", user.id).await
 }
 
 /// How many times `spent_mapped`'s relation mapped an order.

@@ -42,6 +42,31 @@ pub fn mongodb_uri() -> String {
     required("SMACHE_TEST_MONGODB_URI")
 }
 
+/// The sum of the `total` fields of the documents of `collection` whose
+/// `user_id` is `user`: what the suites' functions over a user's orders
+/// compute, and what the tests expect of them.
+pub async fn orders_total(
+    db: &mongodb::Database,
+    collection: &str,
+    user: mongodb::bson::oid::ObjectId,
+) -> i64 {
+    use mongodb::bson::{doc, Bson, Document};
+    let mut orders = db
+        .collection::<Document>(collection)
+        .find(doc! { "user_id": user })
+        .await
+        .expect("find orders");
+    let mut total = 0;
+    while orders.advance().await.expect("read orders") {
+        total += match orders.deserialize_current().expect("an order").get("total") {
+            Some(Bson::Int64(n)) => *n,
+            Some(Bson::Int32(n)) => i64::from(*n),
+            _ => 0,
+        };
+    }
+    total
+}
+
 /// A database of the shared MongoDB, usable from any test, async or not,
 /// and from every runtime: the client lives on a runtime of its own that
 /// runs for the whole test process.
