@@ -6,10 +6,11 @@
 -- last one started more recently, nothing changes (the pending flag stays,
 -- so changes keep coalescing into this job) and {"wait", ms} is returned.
 -- A lone change is recomputed at once; a burst costs a few recomputes.
--- (An executor woken by the bell on a store of several shards starts the
--- recompute jobs it reads from the shards named as it reads them,
--- take.lua; this script starts every other job: those of one shard's
--- blocking read, of a sweep, reclaimed, or told to wait.)
+-- (An executor on a store of several shards starts the recompute jobs it
+-- reads from the shards a ring names, or in a sweep after a full read, as
+-- it reads them, take.lua; this script starts every other job: those of
+-- one shard's blocking read, of other sweeps, reclaimed, or told to
+-- wait.)
 --
 -- KEYS[1]  the value key; ARGV[1] the minimum interval in ms
 return start_value(KEYS[1], tonumber(ARGV[1]) or 0)

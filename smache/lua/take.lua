@@ -1,9 +1,10 @@
--- An executor woken by the bell reads new jobs from a shard it named (a
--- store of several shards; a sweep reads with plain XREADGROUPs) and
--- starts the recompute jobs among them at once, start_value's step
+-- An executor woken by the bell reads new jobs from a shard it named, or
+-- sweeps the shards after a read that took as many jobs as it asked for
+-- (a store of several shards; other sweeps read with plain XREADGROUPs),
+-- and starts the recompute jobs among them at once, start_value's step
 -- (lua/start_value.lua): such a job costs no round trip of its own
--- before its function runs. Started only if the executor has
--- the job's function (ARGV[6..]): a job left for another executor (an
+-- before its function runs. Started only if the executor has the job's
+-- function (ARGV[6..]): a job left for another executor (an
 -- orphan, in a deploy) keeps its pending flag, as with start.lua. A job
 -- started here and then left (the executor stops before it runs) is
 -- reclaimed later and started again: its value's pending flag is clear

@@ -125,7 +125,7 @@ impl JobReader {
                 bell.subscribe().await;
             }
             let entries = self.sweep(count).await?;
-            self.busy = entries.len() >= count;
+            self.busy = entries.len() >= count.max(1);
             if !entries.is_empty() {
                 return Ok(entries);
             }
@@ -154,7 +154,7 @@ impl JobReader {
             if !shards.is_empty() {
                 let per_shard = count.max(1).div_ceil(shards.len());
                 let entries = self.take_shards(&shards, per_shard).await?;
-                self.busy = entries.len() >= count;
+                self.busy = entries.len() >= count.max(1);
                 if !entries.is_empty() {
                     return Ok(entries);
                 }
