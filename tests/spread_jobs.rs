@@ -79,14 +79,9 @@ fn shard_of(streams: &[String], base: &str) -> usize {
         .expect("one of the shards")
 }
 
-/// Submits `count` values of `slow_double` with no executor running; the
-/// tasks, and how many jobs each shard's stream holds.
-async fn submit_spread(
-    smache: &Smache,
-    tag: &str,
-    count: u64,
-    millis: u64,
-) -> (Vec<smache::Task<u64>>, Vec<u64>) {
+/// Submits `count` values of `slow_double`, none computed yet: their
+/// tasks.
+async fn submit_all(smache: &Smache, tag: &str, count: u64, millis: u64) -> Vec<smache::Task<u64>> {
     let mut tasks = Vec::new();
     for n in 0..count {
         match smache
@@ -98,6 +93,23 @@ async fn submit_spread(
             Submitted::Ready(_) => panic!("nothing computed yet"),
         }
     }
+    tasks
+}
+
+/// The doorbell channel of the instance of `prefix`.
+fn bell(prefix: &str) -> String {
+    format!("{{{prefix}}}:bell")
+}
+
+/// Submits `count` values of `slow_double` with no executor running; the
+/// tasks, and how many jobs each shard's stream holds.
+async fn submit_spread(
+    smache: &Smache,
+    tag: &str,
+    count: u64,
+    millis: u64,
+) -> (Vec<smache::Task<u64>>, Vec<u64>) {
+    let tasks = submit_all(smache, tag, count, millis).await;
     let report = smache.inspect_jobs().await.unwrap();
     let per_shard = report.shards.iter().map(|shard| shard.queued).collect();
     assert_eq!(report.queued, count, "every job counted, over every shard");
@@ -438,10 +450,7 @@ async fn queueing_a_job_rings_the_doorbell_and_wakes_an_idle_executor() {
     let tag = unique("spread-bell-tag");
     let client = redis::Client::open(smache_suite::one_node_url(&redis_url())).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub
-        .subscribe(format!("{{{prefix}}}:bell"))
-        .await
-        .unwrap();
+    pubsub.subscribe(bell(&prefix)).await.unwrap();
     let mut rings = pubsub.into_on_message();
     match smache
         .scope(slow_double::submit(tag.clone(), 1, 0))
@@ -496,7 +505,7 @@ async fn queueing_a_job_rings_the_doorbell_and_wakes_an_idle_executor() {
 /// the subscription may see none, and the pause alone is relied on.)
 async fn idle_executor(smache: &Smache, prefix: &str) -> smache::executor::ExecutorHandle {
     let executor = smache::executor::spawn(smache);
-    let bell = format!("{{{prefix}}}:bell");
+    let bell = bell(prefix);
     let _subscribed = eventually(Duration::from_secs(5), || async {
         let mut conn = redis_connection(&redis_url()).await;
         let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
@@ -539,10 +548,7 @@ async fn a_read_starts_no_job_of_a_function_the_executor_lacks() {
         .await
         .unwrap();
     // The bell, naming the job's shard, as a script queueing it rings it.
-    let _: () = conn
-        .publish(format!("{{{prefix}}}:bell"), &base)
-        .await
-        .unwrap();
+    let _: () = conn.publish(bell(&prefix), &base).await.unwrap();
     let stream = [format!("{base}jobs")];
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -581,19 +587,9 @@ async fn jobs_run_after_the_server_forgets_the_scripts() {
         .await
         .unwrap();
     let tag = unique("spread-noscript-tag");
-    let mut tasks = Vec::new();
-    for n in 0..8 {
-        match smache
-            .scope(slow_double::submit(tag.clone(), n, 0))
-            .await
-            .unwrap()
-        {
-            Submitted::Pending(task) => tasks.push(task),
-            Submitted::Ready(value) => assert_eq!(value, n * 2),
-        }
-    }
+    let tasks = submit_all(&smache, &tag, 8, 0).await;
     let values = all_done(&smache, tasks).await;
-    assert!(values.iter().all(|value| value % 2 == 0));
+    assert_eq!(values, (0..8).map(|n| n * 2).collect::<Vec<_>>());
     let failed: Vec<String> = logs
         .lines()
         .into_iter()

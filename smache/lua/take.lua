@@ -35,9 +35,9 @@ for i, entry in ipairs(read[1][2]) do
   -- A recompute job is its value id alone (signal in common.lua).
   if type(fields) == 'table' and #fields == 2 and fields[1] == 'id' then
     local id = fields[2]
-    local hash = string.find(id, '#', 1, true)
-    local colon = hash and string.find(id, ':', hash, true)
-    if colon and heads[string.sub(id, 1, colon - 1)] then
+    -- Its function's head, as store.lua reads it.
+    local head = string.match(id, '^(.-#%d+):')
+    if head and heads[head] then
       local ok, start = pcall(start_value, base .. 'v:' .. id, interval)
       if ok then starts[i] = start end
     end
