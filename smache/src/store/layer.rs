@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex};
 
 use moka::sync::Cache;
 
-use super::{keys, Decoded};
+use super::{keys, Decoded, IdHasher};
 use crate::metrics::LayerEvent;
 use crate::sync::lock;
 
@@ -79,7 +79,7 @@ pub(crate) struct Ticket {
 /// The layer's state, shared with the tracking connection's push handler.
 pub(crate) struct Layer {
     /// By value id.
-    cache: Cache<String, Arc<Cached>>,
+    cache: Cache<String, Arc<Cached>, IdHasher>,
     /// `{prefix}:v:`, the start of every value key.
     value_prefix: String,
     /// Invalidation counters, each behind the lock its fills and
@@ -89,7 +89,7 @@ pub(crate) struct Layer {
     epoch: AtomicU64,
     /// A tracking connection is up: only then may the layer serve or fill.
     live: AtomicBool,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: IdHasher,
     /// The instance's prefix, for its logs and metrics.
     prefix: String,
 }
@@ -118,14 +118,14 @@ impl Layer {
             .weigher(move |id: &String, entry: &Arc<Cached>| {
                 u32::try_from(prefix_len + id.len() + 2 * entry.data.len() + 64).unwrap_or(u32::MAX)
             })
-            .build();
+            .build_with_hasher(IdHasher::default());
         Layer {
             cache,
             value_prefix,
             stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
             epoch: AtomicU64::new(0),
             live: AtomicBool::new(false),
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: IdHasher::default(),
             prefix: prefix.to_owned(),
         }
     }

@@ -17,8 +17,8 @@ use moka::sync::Cache;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::Decoded;
 use super::{keys, Lookup, Slot};
+use super::{Decoded, IdHasher};
 use crate::key::CacheKey;
 use crate::sync::lock;
 
@@ -48,7 +48,7 @@ pub(crate) struct MemoryStore {
     /// `{prefix}:v:`, the start of every value key.
     value_prefix: String,
     /// By value id.
-    cache: Cache<String, Arc<Stored>>,
+    cache: Cache<String, Arc<Stored>, IdHasher>,
     /// Aliases: value id → the value id it stands for. Few, and never
     /// evicted.
     links: Mutex<HashMap<String, String>>,
@@ -78,7 +78,7 @@ impl MemoryStore {
             .weigher(move |id: &String, entry: &Arc<Stored>| {
                 u32::try_from(prefix_len + id.len() + 2 * entry.data.len() + 32).unwrap_or(u32::MAX)
             })
-            .build();
+            .build_with_hasher(IdHasher::default());
         MemoryStore {
             value_prefix,
             base,

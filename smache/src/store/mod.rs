@@ -37,6 +37,12 @@ use crate::spec::Refresh;
 /// value decoded, once a hit decoded it (see `call::keep`).
 pub(crate) type Decoded = std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>;
 
+/// How the in-process caches (the embedded store, the layer) hash their
+/// value ids: foldhash, randomly seeded per cache. A hit hashes its id, a
+/// few dozen bytes, for which std's SipHash costs about as much as the
+/// rest of the lookup.
+pub(crate) type IdHasher = foldhash::fast::RandomState;
+
 /// What a store found under a key.
 #[derive(Debug)]
 pub(crate) enum Lookup {
