@@ -96,19 +96,20 @@ impl EntityId {
     /// Each form is self-delimiting, so keys built from several ids are
     /// unambiguous.
     pub(crate) fn write_key(&self, out: &mut String) {
-        use std::fmt::Write as _;
+        // Written in place, with no `String` of its own: an entity-keyed
+        // hit builds its key this way.
         match self {
             EntityId::ObjectId(oid) => {
                 out.push_str("o:");
-                out.push_str(&oid.to_hex());
+                crate::key::push_hex(out, &oid.bytes());
             }
             EntityId::Int(i) => {
-                let _ = write!(out, "i:{i}");
+                out.push_str("i:");
+                out.push_str(itoa::Buffer::new().format(*i));
             }
             EntityId::String(s) => {
                 out.push_str("s:");
-                // A JSON string cannot fail to serialize.
-                out.push_str(&serde_json::to_string(s).unwrap_or_default());
+                crate::key::push_json(out, s);
             }
         }
     }
@@ -263,7 +264,13 @@ mod tests {
         let oid = ObjectId::parse_str("65f000000000000000000001").unwrap();
         assert_eq!(key_of(&oid.into()), "o:65f000000000000000000001");
         assert_eq!(key_of(&7.into()), "i:7");
+        assert_eq!(key_of(&i64::MIN.into()), "i:-9223372036854775808");
         assert_eq!(key_of(&EntityId::from("a:b\"c")), r#"s:"a:b\"c""#);
+        // Every form reads back as the id it was written from.
+        let oid = ObjectId::new();
+        for id in [oid.into(), i64::MIN.into(), EntityId::from("é\\\n")] {
+            assert_eq!(EntityId::from_key(&key_of(&id)), Some(id));
+        }
         // The string "7" and the integer 7 are different ids.
         assert_ne!(key_of(&EntityId::from("7")), key_of(&7.into()));
         assert_eq!(

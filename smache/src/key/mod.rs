@@ -127,10 +127,7 @@ impl CacheKey {
         out.push_str(&self.path[..self.args_at]);
         out.push_str("h:");
         let digest = Sha256::digest(self.args().as_bytes());
-        for byte in &digest[..16] {
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0xf)]));
-        }
+        push_hex(&mut out, &digest[..16]);
         out
     }
 
@@ -211,6 +208,19 @@ impl std::hash::Hash for CacheKey {
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends `bytes` in lowercase hex.
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
+    for byte in bytes {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+}
+
+/// Appends the JSON form of a string (it cannot fail to serialize).
+pub(crate) fn push_json(out: &mut String, text: &str) {
+    let _ = serde_json::to_writer(Utf8Sink(out), text);
+}
 
 impl fmt::Display for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
