@@ -39,6 +39,24 @@ async fn badge(user: &User) -> String {
     format!("<{}>", name_of(user).await)
 }
 
+/// Stored with a TTL of a second: its key expires two seconds after.
+#[computed(User, ttl_secs = 1)]
+async fn brief_badge(user: &User) -> String {
+    format!("[{}]", name_of(user).await)
+}
+
+/// Says it started (`NAMING`), then computes once the test lets it go
+/// (`NAME_NOW`).
+#[computed(User)]
+async fn held_name(user: &User) -> String {
+    NAMING.notify_one();
+    NAME_NOW.notified().await;
+    user.name.clone()
+}
+
+static NAMING: Notify = Notify::const_new();
+static NAME_NOW: Notify = Notify::const_new();
+
 fn instance() -> Smache {
     Smache::builder()
         .redis_url(redis_url())
@@ -758,4 +776,87 @@ async fn an_invalidate_while_a_value_computes_keeps_that_computation_from_landin
         "the value computed after the drop stays"
     );
     assert!(other.is_fresh(&key).await.unwrap());
+}
+
+#[tokio::test]
+async fn the_graph_sweep_removes_the_edges_of_values_that_expired_and_no_other() {
+    let smache = instance();
+    let user = ada();
+    assert_eq!(smache.scope(brief_badge(&user)).await, "[Ada]");
+    let layout = Layout::of(&smache).await;
+    let brief_key = brief_badge::key(&user).unwrap();
+    let brief_id = value_id(&smache, &brief_key);
+    let name_id = value_id(&smache, &name_of::key(&user).unwrap());
+    let doc = format!("r:e:users:o:{}", user.id.to_hex());
+    let nested = format!("r:v:{name_id}");
+    let mut conn = redis_connection(&redis_url()).await;
+    assert_eq!(
+        layout.members(&mut conn, &doc).await,
+        [brief_id.clone(), name_id.clone()].into()
+    );
+    assert_eq!(
+        layout.members(&mut conn, &nested).await,
+        [brief_id.clone()].into()
+    );
+
+    // Its key expires, and nothing it depends on changes: its edges stay.
+    let storage = smache.storage_key(&brief_key);
+    let expired = smache_suite::eventually(Duration::from_secs(10), || {
+        let (mut conn, storage) = (conn.clone(), storage.clone());
+        async move { !conn.exists::<_, bool>(&storage).await.unwrap() }
+    })
+    .await;
+    assert!(
+        expired,
+        "the value's key expires twice its TTL after it was stored"
+    );
+    assert!(layout.members(&mut conn, &doc).await.contains(&brief_id));
+
+    let swept = smache::worker::sweep_graph(&smache).await.unwrap();
+    assert_eq!(swept.removed, 2, "{swept:?}");
+    assert_eq!(
+        layout.members(&mut conn, &doc).await,
+        [name_id.clone()].into(),
+        "the live value keeps its edge"
+    );
+    for key in layout.everywhere(&nested) {
+        let left: bool = conn.exists(&key).await.unwrap();
+        assert!(!left, "a set emptied goes with its last member: {key}");
+    }
+    let again = smache::worker::sweep_graph(&smache).await.unwrap();
+    assert_eq!(again.removed, 0, "nothing more to remove: {again:?}");
+    // Computed again, the value records its edges anew.
+    assert_eq!(smache.scope(brief_badge(&user)).await, "[Ada]");
+    assert_eq!(
+        layout.members(&mut conn, &doc).await,
+        [brief_id.clone(), name_id].into()
+    );
+    assert_eq!(layout.members(&mut conn, &nested).await, [brief_id].into());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_graph_sweep_keeps_the_edges_of_a_value_being_computed() {
+    let smache = instance();
+    let user = ada();
+    let call = tokio::spawn({
+        let (smache, user) = (smache.clone(), user.clone());
+        async move { smache.scope(held_name(&user)).await }
+    });
+    NAMING.notified().await;
+    // Computing: its hash holds the compute lease and no value yet, and
+    // its known dependency is recorded.
+    let layout = Layout::of(&smache).await;
+    let id = value_id(&smache, &held_name::key(&user).unwrap());
+    let doc = format!("r:e:users:o:{}", user.id.to_hex());
+    let mut conn = redis_connection(&redis_url()).await;
+    assert_eq!(layout.members(&mut conn, &doc).await, [id.clone()].into());
+
+    smache::worker::sweep_graph(&smache).await.unwrap();
+    assert_eq!(
+        layout.members(&mut conn, &doc).await,
+        [id].into(),
+        "a value being computed keeps its edges"
+    );
+    NAME_NOW.notify_one();
+    assert_eq!(call.await.unwrap(), "Ada");
 }

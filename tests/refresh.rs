@@ -848,6 +848,43 @@ async fn past_its_ttl_a_value_is_refreshed_in_the_background() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watching_worker_sweeps_the_edges_of_values_that_expired() {
+    let mut world = World::new().await;
+    let ada = world.insert_user("Ada").await;
+    // A step every 100 ms: a pass walks the whole test server's keyspace.
+    world.worker.arg("--sweep-every=100ms");
+    world.watching().await;
+    world.smache.scope(short_profile(&ada)).await;
+    world.smache.scope(profile(&ada)).await;
+    let layout = smache_suite::layout::Layout::of(&world.smache).await;
+    let short = smache_suite::layout::value_id(&world.smache, &short_profile::key(&ada).unwrap());
+    let long = smache_suite::layout::value_id(&world.smache, &profile::key(&ada).unwrap());
+    let doc = format!("r:e:users:o:{}", ada.id.to_hex());
+    let mut conn = redis_connection(&redis_url()).await;
+    assert_eq!(
+        layout.members(&mut conn, &doc).await,
+        [short.clone(), long.clone()].into()
+    );
+    // The short-lived value expires (after twice its TTL of a second); no
+    // document changes, and the worker's sweep drops its edge.
+    let mut left = Default::default();
+    for _ in 0..1200 {
+        left = layout.members(&mut conn, &doc).await;
+        if !left.contains(&short) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        left,
+        [long].into(),
+        "only the live value keeps its edge\n--- worker log ---\n{}",
+        world.worker.log()
+    );
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_change_history_marks_every_value_stale_and_carries_on() {
     if std::env::var_os("SMACHE_TEST_REAL_MONGODB").is_some() {
         eprintln!("skipped: smacheTestForgetHistory exists on the test server only");

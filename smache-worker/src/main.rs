@@ -101,6 +101,18 @@ struct Args {
     )]
     max_fanout: u64,
 
+    /// How often the watcher takes a step of the graph sweep, which drops
+    /// from the dependency graph the edges of values that expired (e.g.
+    /// `1s`, `200ms`; `0s` turns it off). A step is a few dozen Redis calls.
+    #[arg(
+        long,
+        env = "SMACHE_SWEEP_EVERY",
+        hide_env_values = true,
+        default_value = "1s",
+        value_parser = humantime::parse_duration
+    )]
+    sweep_every: Duration,
+
     /// Serve the worker's metrics as Prometheus text over HTTP on this
     /// address (e.g. `0.0.0.0:9464`; any path answers).
     #[arg(long, env = "SMACHE_METRICS_ADDR", hide_env_values = true)]
@@ -303,7 +315,8 @@ async fn run(args: Args) -> Result<(), smache::Error> {
     );
     let options = WorkerOptions::default()
         .lease(Duration::from_secs(args.lease_secs.max(1)))
-        .max_fanout(args.max_fanout);
+        .max_fanout(args.max_fanout)
+        .sweep_every(args.sweep_every);
     smache::worker::run(smache, options).await
 }
 

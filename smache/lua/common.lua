@@ -272,7 +272,8 @@ local function signal(base, id, lazy, token)
   local vkey = base .. 'v:' .. id
   if redis.call('TYPE', vkey)['ok'] ~= 'hash' then
     -- Gone (expired, say): it no longer depends on the token at hand; its
-    -- other reverse edges go as their own tokens change.
+    -- other reverse edges go as their own tokens change, or with the
+    -- worker's graph sweep (sweep.lua), by this same rule.
     if token then call_on('SREM', base .. 'r:' .. token, id) end
     return 0
   end

@@ -11,8 +11,8 @@
 -- The token is added to the value's dependencies (`f`) too, so that
 -- set_edges (the final store) keeps or removes the edge and drop_edges
 -- removes it, as for any other; an abandoned computation leaves an edge
--- that the value's next store (or its expiry, then the next signal)
--- removes.
+-- that the value's next store (or its expiry, then the next signal or
+-- the worker's graph sweep) removes.
 --
 -- KEYS[1]  the computing value's key
 -- ARGV[1]  its shard's base, ARGV[2] its id, ARGV[3] the token of the

@@ -108,6 +108,11 @@ pub const WORKER_JOBS_QUEUED: &str = "smache_worker_jobs_queued_total";
 /// several shards: those holding dependants of the change (counter; per
 /// change, compare with [`WORKER_CHANGES`]).
 pub const WORKER_SHARDS_SIGNALLED: &str = "smache_worker_shards_signalled_total";
+/// Dependency edges the watching worker's graph sweep removed: ids of
+/// values that no longer exist (counter).
+pub const WORKER_EDGES_SWEPT: &str = "smache_worker_edges_swept_total";
+/// Steps of the graph sweep that failed (counter).
+pub const WORKER_SWEEP_FAILURES: &str = "smache_worker_sweep_failures_total";
 
 /// How often executors and workers sample [`JOB_QUEUE_LENGTH`].
 pub const QUEUE_SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -216,6 +221,16 @@ pub fn describe() {
         WORKER_SHARDS_SIGNALLED,
         Unit::Count,
         "Shards a change's script ran in (several shards: those holding its dependants)."
+    );
+    describe_counter!(
+        WORKER_EDGES_SWEPT,
+        Unit::Count,
+        "Dependency edges the graph sweep removed: ids of values that no longer exist."
+    );
+    describe_counter!(
+        WORKER_SWEEP_FAILURES,
+        Unit::Count,
+        "Steps of the graph sweep that failed (the pass starts over)."
     );
 }
 
@@ -398,6 +413,14 @@ pub(crate) fn change_handled(time: Option<u64>, queued: u64) {
 /// The watching worker ran a change's script in `shards` shards.
 pub(crate) fn shards_signalled(shards: usize) {
     metrics::counter!(WORKER_SHARDS_SIGNALLED).increment(shards as u64);
+}
+
+/// A step of the graph sweep removed `edges` (or failed: `None`).
+pub(crate) fn swept(edges: Option<u64>) {
+    match edges {
+        Some(edges) => metrics::counter!(WORKER_EDGES_SWEPT).increment(edges),
+        None => metrics::counter!(WORKER_SWEEP_FAILURES).increment(1),
+    }
 }
 
 /// The change stream had nothing more for the watching worker.

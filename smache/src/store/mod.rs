@@ -24,9 +24,10 @@ pub(crate) use self::memory::MemoryStore;
 pub(crate) use self::mongo::MongoValues;
 pub use self::mongo::DEFAULT_VALUES_COLLECTION;
 pub(crate) use self::redis::stream::{JobReader, Starting, StreamEntry, StreamJob};
+pub use self::redis::Swept;
 pub(crate) use self::redis::{
-    timestamp_key, Abandon, Begin, Changed, Endpoint, EntryRef, Owed, RedisStore, Related, Seen,
-    Start, TaskPhase, TaskState,
+    timestamp_key, Abandon, Begin, Changed, Endpoint, EntryRef, GraphSweep, Owed, RedisStore,
+    Related, Seen, Start, TaskPhase, TaskState,
 };
 pub(crate) use self::roster::{Announced, Roll};
 use crate::error::Result;

@@ -42,6 +42,7 @@ mod relations;
 mod scan;
 mod shard_count;
 mod signal;
+mod sweep;
 mod tasks;
 mod tracking;
 mod values;
@@ -53,6 +54,8 @@ pub(crate) use self::scan::Scan;
 use self::shard_count::ShardCount;
 pub(crate) use self::signal::Related;
 pub(crate) use self::stream::EntryRef;
+pub(crate) use self::sweep::GraphSweep;
+pub use self::sweep::Swept;
 pub(crate) use self::tasks::{TaskPhase, TaskState};
 use self::tracking::Tracking;
 pub(crate) use self::values::Begin;
@@ -83,8 +86,8 @@ pub(crate) struct RedisStore {
 }
 
 /// The Lua scripts, each with `lua/common.lua` in front (but the worker's
-/// lease scripts, which need none of it, and `start.lua`, which needs
-/// only `lua/start_value.lua`).
+/// lease scripts and `sweep.lua`, which need none of it, and `start.lua`,
+/// which needs only `lua/start_value.lua`).
 struct Scripts {
     begin: StoreScript,
     store: StoreScript,
@@ -111,6 +114,7 @@ struct Scripts {
     submit: StoreScript,
     finish: StoreScript,
     attach: StoreScript,
+    sweep: StoreScript,
 }
 
 macro_rules! script {
@@ -153,6 +157,7 @@ impl Scripts {
             submit: script!("submit.lua"),
             finish: script!("finish.lua"),
             attach: script!("attach.lua"),
+            sweep: StoreScript::new(include_str!("../../lua/sweep.lua")),
         }
     }
 }
@@ -338,19 +343,30 @@ impl RedisStore {
         op: &'static str,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
-        let result = match tokio::time::timeout(self.timeout, fut).await {
-            Ok(result) => result.map_err(Error::Redis),
-            Err(_) => Err(Error::Timeout {
-                op,
-                timeout: self.timeout,
-            }),
-        };
+        let result = self.timed(op, fut).await;
         if let Err(err) = &result {
             if err.is_unreachable() {
                 self.breaker.failed(err, Instant::now());
             }
         }
         result
+    }
+
+    /// Runs `fut` within the operation timeout, and leaves the breaker
+    /// alone: for background upkeep (the graph sweep), whose failure to
+    /// reach one node says nothing of the calls' connection.
+    pub(super) async fn timed<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(result) => result.map_err(Error::Redis),
+            Err(_) => Err(Error::Timeout {
+                op,
+                timeout: self.timeout,
+            }),
+        }
     }
 
     /// A connection of its own, for blocking reads (`XREADGROUP BLOCK`)

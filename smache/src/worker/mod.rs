@@ -54,7 +54,7 @@ use mongodb::change_stream::event::ResumeToken;
 use crate::error::{Error, Result};
 use crate::instance::Smache;
 use crate::roster::Presence;
-use crate::store::{RedisStore, Store};
+use crate::store::{GraphSweep, RedisStore, Store};
 
 /// The default of [`WorkerOptions::max_fanout`].
 pub const DEFAULT_MAX_FANOUT: u64 = 100_000;
@@ -75,6 +75,7 @@ pub struct WorkerOptions {
     lease: Duration,
     await_time: Duration,
     max_fanout: u64,
+    sweep_every: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -83,6 +84,7 @@ impl Default for WorkerOptions {
             lease: Duration::from_secs(10),
             await_time: Duration::from_millis(500),
             max_fanout: DEFAULT_MAX_FANOUT,
+            sweep_every: Duration::from_secs(1),
         }
     }
 }
@@ -119,6 +121,53 @@ impl WorkerOptions {
         self.max_fanout = max;
         self
     }
+
+    /// How often the watching worker takes a step of the graph sweep
+    /// (default 1 s; zero turns it off). A step is at most
+    /// [`SWEEP_CALLS_PER_STEP`] Redis calls and 10 ms, taken between two
+    /// polls of the change stream; a pass walks every reverse-edge set and
+    /// removes the ids of values that no longer exist (see
+    /// [`sweep_graph`]), and the next pass starts at the next step. Without it, the ids of values that expired
+    /// stay in the sets of the documents they depended on until each
+    /// document changes.
+    pub fn sweep_every(mut self, every: Duration) -> Self {
+        self.sweep_every = every;
+        self
+    }
+}
+
+/// The most Redis calls one step of the worker's graph sweep makes (a
+/// `SCAN` page, or one chunk of one set: see [`WorkerOptions::sweep_every`]).
+pub const SWEEP_CALLS_PER_STEP: usize = 32;
+
+pub use crate::store::Swept;
+
+/// One whole pass of the graph sweep, at once: every reverse-edge set of
+/// the instance (every shard) loses the ids of values that no longer
+/// exist (expired, or dropped while their documents never changed). The
+/// watching worker runs the same passes a step at a time
+/// ([`WorkerOptions::sweep_every`]); this is for operators and tests. Safe
+/// beside running workers, callers and executors: an id is removed only
+/// when its value has no hash, in one script with the check, and a later
+/// store records its edges anew.
+///
+/// ```no_run
+/// # async fn run(smache: smache::Smache) -> Result<(), smache::Error> {
+/// let swept = smache::worker::sweep_graph(&smache).await?;
+/// println!("{} sets, {} edges removed", swept.sets, swept.removed);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+/// When the instance has no Redis store, or Redis fails.
+pub async fn sweep_graph(smache: &Smache) -> Result<Swept> {
+    let Store::Redis(store) = &smache.inner.store else {
+        return Err(Error::Config(
+            "the graph sweep needs the Redis store".into(),
+        ));
+    };
+    store.sweep_graph().await
 }
 
 /// Whether a worker of this instance's prefix is watching: it holds the
@@ -293,6 +342,11 @@ pub async fn run_until(
         options,
         last_token: None,
         position: Vec::new(),
+        sweep: Sweeping {
+            pass: None,
+            last: std::time::Instant::now(),
+            failing: false,
+        },
     };
     let _sampling =
         crate::metrics::Sampling::start(std::sync::Arc::clone(&smache.inner).sample_job_queue());
@@ -313,6 +367,18 @@ struct Worker<'a> {
     /// nothing): what it read when it started watching, then what it
     /// saved. Anything else found there means Redis lost it or went back.
     position: Vec<u8>,
+    /// The graph sweep's state.
+    sweep: Sweeping,
+}
+
+/// Where the watching worker's graph sweep stands.
+struct Sweeping {
+    /// The pass in progress (`None`: the next step starts one).
+    pass: Option<GraphSweep>,
+    /// When it last stepped.
+    last: std::time::Instant,
+    /// Whether its last step failed (a warning is logged once a run).
+    failing: bool,
 }
 
 /// Why a watch ended.

@@ -16,6 +16,10 @@ use super::{Ended, Worker};
 use crate::error::Result;
 use crate::store::{Changed, Seen};
 
+/// The longest one step of the graph sweep runs, between two polls of
+/// the change stream.
+const SWEEP_TIME_PER_STEP: std::time::Duration = std::time::Duration::from_millis(10);
+
 impl Worker<'_> {
     /// Follows the change stream until shutdown, loss of the lease or an
     /// error, holding the lease with fencing token `fence`.
@@ -116,6 +120,54 @@ impl Worker<'_> {
             }
             self.last_token.clone_from(&token);
             saved = token;
+            self.sweep_step().await;
+        }
+    }
+
+    /// A step of the graph sweep, when one is due (see
+    /// [`WorkerOptions::sweep_every`](super::WorkerOptions::sweep_every)):
+    /// at most [`SWEEP_CALLS_PER_STEP`](super::SWEEP_CALLS_PER_STEP) calls
+    /// and [`SWEEP_TIME_PER_STEP`], so a change waits little for it. Never
+    /// fails the watch: a step that fails drops its pass (the next walks
+    /// the keyspace again, from masters listed anew) and is counted.
+    async fn sweep_step(&mut self) {
+        let every = self.options.sweep_every;
+        if every.is_zero() || self.sweep.last.elapsed() < every {
+            return;
+        }
+        let mut pass = self
+            .sweep
+            .pass
+            .take()
+            .unwrap_or_else(|| self.store.graph_sweep());
+        let before = pass.swept.removed;
+        let stepped = self
+            .store
+            .sweep_step(&mut pass, super::SWEEP_CALLS_PER_STEP, SWEEP_TIME_PER_STEP)
+            .await;
+        self.sweep.last = Instant::now();
+        match stepped {
+            Ok(done) => {
+                crate::metrics::swept(Some(pass.swept.removed - before));
+                self.sweep.failing = false;
+                if done {
+                    tracing::debug!(
+                        sets = pass.swept.sets,
+                        removed = pass.swept.removed,
+                        "smache worker: a pass of the graph sweep ended"
+                    );
+                } else {
+                    self.sweep.pass = Some(pass);
+                }
+            }
+            Err(err) => {
+                crate::metrics::swept(None);
+                if std::mem::replace(&mut self.sweep.failing, true) {
+                    tracing::debug!(error = %err, "smache worker: a step of the graph sweep failed again");
+                } else {
+                    tracing::warn!(error = %err, "smache worker: a step of the graph sweep failed; its pass starts over");
+                }
+            }
         }
     }
 

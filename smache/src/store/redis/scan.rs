@@ -43,13 +43,15 @@ impl Scan {
     /// The next page (possibly empty), or `None` once every node is done.
     pub(crate) async fn next_page(&mut self, conn: &mut Conn) -> RedisResult<Option<Vec<String>>> {
         if !self.started {
-            self.started = true;
+            // Started once the masters are known: a failure to list them
+            // leaves the scan to start again, not done with no node.
             self.nodes = match conn {
                 Conn::Cluster(cluster, _) => {
                     masters(cluster).await?.into_iter().map(Some).collect()
                 }
                 _ => vec![None],
             };
+            self.started = true;
         }
         let Some(node) = self.nodes.last().cloned() else {
             return Ok(None);
