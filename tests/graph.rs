@@ -57,6 +57,21 @@ async fn held_name(user: &User) -> String {
 static NAMING: Notify = Notify::const_new();
 static NAME_NOW: Notify = Notify::const_new();
 
+/// Stored with a TTL of a second; while `REFRESH_GATE` is on, a run says
+/// it started (`REFRESHING`) and waits for the test (`REFRESH_NOW`).
+#[computed(Raw, ttl_secs = 1)]
+async fn brief_name(tag: String) -> String {
+    if REFRESH_GATE.load(std::sync::atomic::Ordering::SeqCst) {
+        REFRESHING.notify_one();
+        REFRESH_NOW.notified().await;
+    }
+    format!("name {tag}")
+}
+
+static REFRESH_GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static REFRESHING: Notify = Notify::const_new();
+static REFRESH_NOW: Notify = Notify::const_new();
+
 fn instance() -> Smache {
     Smache::builder()
         .redis_url(redis_url())
@@ -859,4 +874,53 @@ async fn the_graph_sweep_keeps_the_edges_of_a_value_being_computed() {
     );
     NAME_NOW.notify_one();
     assert_eq!(call.await.unwrap(), "Ada");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_whose_key_expires_while_it_is_recomputed_is_stored_stale() {
+    let smache = Smache::builder()
+        .redis_url(redis_url())
+        .prefix(unique("g"))
+        .run_executor()
+        .build()
+        .unwrap();
+    let tag = unique("brief");
+    let name = format!("name {tag}");
+    assert_eq!(smache.scope(brief_name(tag.clone())).await, name);
+    let key = brief_name::key(tag.clone()).unwrap();
+    let storage = smache.storage_key(&key);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    REFRESH_GATE.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Past its TTL: served once more, and an executor recomputes it.
+    assert_eq!(smache.scope(brief_name(tag)).await, name);
+    REFRESHING.notified().await;
+    // The key expires while the recompute runs (twice the TTL after the
+    // store): a change to what it read would now find no value to signal.
+    let conn = redis_connection(&redis_url()).await;
+    let expired = smache_suite::eventually(Duration::from_secs(10), || {
+        let (mut conn, storage) = (conn.clone(), storage.clone());
+        async move { !conn.exists::<_, bool>(&storage).await.unwrap() }
+    })
+    .await;
+    assert!(expired, "the key expires twice its TTL after the store");
+    REFRESH_NOW.notify_one();
+    let stored = smache_suite::eventually(Duration::from_secs(10), || {
+        let (smache, key) = (smache.clone(), key.clone());
+        async move { smache.entry(&key).await.unwrap().is_some() }
+    })
+    .await;
+    assert!(stored, "the recompute stores its value");
+    // Stored, but not claimed fresh: it may be older than its data.
+    assert!(smache.entry(&key).await.unwrap().unwrap().is_stale());
+    assert!(!smache.is_fresh(&key).await.unwrap());
+    // The recompute that queued makes it fresh.
+    REFRESH_GATE.store(false, std::sync::atomic::Ordering::SeqCst);
+    REFRESH_NOW.notify_one();
+    let fresh = smache_suite::eventually(Duration::from_secs(10), || {
+        let (smache, key) = (smache.clone(), key.clone());
+        async move { smache.is_fresh(&key).await.unwrap() }
+    })
+    .await;
+    assert!(fresh, "recomputed fresh once its key holds a hash again");
+    smache.stop_executor().await.unwrap();
 }

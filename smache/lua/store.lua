@@ -34,6 +34,11 @@ local vkey = KEYS[1]
 local base, id, data = ARGV[1], ARGV[2], ARGV[3]
 local started = num(ARGV[5])
 local old = call_on('HMGET', vkey, 'v', 'd', 'w', 'l', 'g', 'f')
+-- Every computation starts on a hash (begin.lua makes one; an executor's
+-- recompute starts only on one, start_value.lua). Gone now (expired
+-- while it computed, evicted, flushed): a change in between found no
+-- value to signal, so what was computed may be older than its data.
+local vanished = redis.call('EXISTS', vkey) == 0
 -- Whoever stores ends the computation in flight: waiters wake and read.
 redis.call('HDEL', vkey, 'c', 'cx')
 redis.call('PUBLISH', done_channel(base), id)
@@ -64,18 +69,25 @@ end
 local reads = num(ARGV[9 + relations])
 local first = 10 + relations
 set_edges(base, id, vkey, old[6], argv_from(first + 2 * reads))
-for i = first, first + 2 * reads - 1, 2 do
-  local now = redis.pcall('HMGET', base .. 'v:' .. ARGV[i], 'v', 'd')
-  local mark = ''
-  if type(now) == 'table' and not now.err and now[1] and now[2] then
-    local at = 0
-    for b = 12, 5, -1 do at = at * 256 + (string.byte(now[2], b) or 0) end
-    mark = now[1] .. ':' .. string.format('%.0f', at)
-  end
-  if mark ~= ARGV[i + 1] then
-    -- Stored anew since it was read: this value is stale from now.
-    signal(base, id)
-    break
+if vanished then
+  -- Stored, as a caller has it, but stale: recomputed (or, for a
+  -- mark_stale function, recomputed by the next read), as if its data had
+  -- changed after it.
+  signal(base, id)
+else
+  for i = first, first + 2 * reads - 1, 2 do
+    local now = redis.pcall('HMGET', base .. 'v:' .. ARGV[i], 'v', 'd')
+    local mark = ''
+    if type(now) == 'table' and not now.err and now[1] and now[2] then
+      local at = 0
+      for b = 12, 5, -1 do at = at * 256 + (string.byte(now[2], b) or 0) end
+      mark = now[1] .. ':' .. string.format('%.0f', at)
+    end
+    if mark ~= ARGV[i + 1] then
+      -- Stored anew since it was read: this value is stale from now.
+      signal(base, id)
+      break
+    end
   end
 end
 if not old[2] or payload(old[2]) ~= payload(data) then
