@@ -57,11 +57,12 @@ async fn held_name(user: &User) -> String {
 static NAMING: Notify = Notify::const_new();
 static NAME_NOW: Notify = Notify::const_new();
 
-/// Stored with a TTL of a second; while `REFRESH_GATE` is on, a run says
-/// it started (`REFRESHING`) and waits for the test (`REFRESH_NOW`).
+/// Stored with a TTL of a second. The first run after `REFRESH_GATE` is
+/// set says it started (`REFRESHING`) and waits for the test
+/// (`REFRESH_NOW`); the others run at once.
 #[computed(Raw, ttl_secs = 1)]
 async fn brief_name(tag: String) -> String {
-    if REFRESH_GATE.load(std::sync::atomic::Ordering::SeqCst) {
+    if REFRESH_GATE.swap(false, std::sync::atomic::Ordering::SeqCst) {
         REFRESHING.notify_one();
         REFRESH_NOW.notified().await;
     }
@@ -876,51 +877,91 @@ async fn the_graph_sweep_keeps_the_edges_of_a_value_being_computed() {
     assert_eq!(call.await.unwrap(), "Ada");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_value_whose_key_expires_while_it_is_recomputed_is_stored_stale() {
-    let smache = Smache::builder()
-        .redis_url(redis_url())
-        .prefix(unique("g"))
-        .run_executor()
-        .build()
-        .unwrap();
-    let tag = unique("brief");
+/// Stores `brief_name(tag)`, waits past its TTL, and reads it again with
+/// the gate on: an executor's recompute starts and is held. Returns once
+/// the value's key has expired under it (twice the TTL after the store):
+/// a change to what it read would now find no value to signal.
+async fn held_past_its_key(smache: &Smache, tag: &str) -> smache::CacheKey {
     let name = format!("name {tag}");
-    assert_eq!(smache.scope(brief_name(tag.clone())).await, name);
-    let key = brief_name::key(tag.clone()).unwrap();
-    let storage = smache.storage_key(&key);
+    assert_eq!(smache.scope(brief_name(tag.to_owned())).await, name);
+    let key = brief_name::key(tag.to_owned()).unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     REFRESH_GATE.store(true, std::sync::atomic::Ordering::SeqCst);
     // Past its TTL: served once more, and an executor recomputes it.
-    assert_eq!(smache.scope(brief_name(tag)).await, name);
-    REFRESHING.notified().await;
-    // The key expires while the recompute runs (twice the TTL after the
-    // store): a change to what it read would now find no value to signal.
-    let conn = redis_connection(&redis_url()).await;
+    assert_eq!(smache.scope(brief_name(tag.to_owned())).await, name);
+    tokio::time::timeout(Duration::from_secs(10), REFRESHING.notified())
+        .await
+        .expect("the executor's recompute starts");
+    let (conn, storage) = (
+        redis_connection(&redis_url()).await,
+        smache.storage_key(&key),
+    );
     let expired = smache_suite::eventually(Duration::from_secs(10), || {
         let (mut conn, storage) = (conn.clone(), storage.clone());
         async move { !conn.exists::<_, bool>(&storage).await.unwrap() }
     })
     .await;
     assert!(expired, "the key expires twice its TTL after the store");
+    key
+}
+
+/// Waits until `key` holds a value stored at `version` or later.
+async fn stored(smache: &Smache, key: &smache::CacheKey, version: u64) -> smache::EntryInfo {
+    for _ in 0..400 {
+        if let Some(entry) = smache.entry(key).await.unwrap() {
+            if entry.version() >= version {
+                return entry;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nothing stored at {key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_whose_key_expires_while_it_is_recomputed_is_never_stored_fresh() {
+    let smache = Smache::builder()
+        .redis_url(redis_url())
+        .prefix(unique("g"))
+        .run_executor()
+        .build()
+        .unwrap();
+
+    // Nothing made the key anew: the recompute is stored, but stale, and
+    // the next read recomputes it (no job: one could outlast the key again).
+    let tag = unique("brief");
+    let key = held_past_its_key(&smache, &tag).await;
     REFRESH_NOW.notify_one();
-    let stored = smache_suite::eventually(Duration::from_secs(10), || {
-        let (smache, key) = (smache.clone(), key.clone());
-        async move { smache.entry(&key).await.unwrap().is_some() }
-    })
-    .await;
-    assert!(stored, "the recompute stores its value");
-    // Stored, but not claimed fresh: it may be older than its data.
-    assert!(smache.entry(&key).await.unwrap().unwrap().is_stale());
+    let entry = stored(&smache, &key, 1).await;
+    assert!(entry.is_stale());
     assert!(!smache.is_fresh(&key).await.unwrap());
-    // The recompute that queued makes it fresh.
-    REFRESH_GATE.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        smache.scope(brief_name(tag.clone())).await,
+        format!("name {tag}")
+    );
+    assert!(
+        smache.is_fresh(&key).await.unwrap(),
+        "the read recomputed it"
+    );
+
+    // A reader made the key anew meanwhile and stored its value, computed
+    // after the gap: the held recompute, begun before, does not land.
+    let tag = unique("brief");
+    let key = held_past_its_key(&smache, &tag).await;
+    assert_eq!(
+        smache.scope(brief_name(tag.clone())).await,
+        format!("name {tag}")
+    );
+    let read = stored(&smache, &key, 1).await;
+    assert!(smache.is_fresh(&key).await.unwrap());
     REFRESH_NOW.notify_one();
-    let fresh = smache_suite::eventually(Duration::from_secs(10), || {
-        let (smache, key) = (smache.clone(), key.clone());
-        async move { smache.is_fresh(&key).await.unwrap() }
-    })
-    .await;
-    assert!(fresh, "recomputed fresh once its key holds a hash again");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = smache.entry(&key).await.unwrap().unwrap();
+    assert_eq!(
+        after.version(),
+        read.version(),
+        "the held recompute is refused"
+    );
+    assert!(smache.is_fresh(&key).await.unwrap());
     smache.stop_executor().await.unwrap();
 }

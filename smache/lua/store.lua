@@ -35,10 +35,13 @@ local base, id, data = ARGV[1], ARGV[2], ARGV[3]
 local started = num(ARGV[5])
 local old = call_on('HMGET', vkey, 'v', 'd', 'w', 'l', 'g', 'f')
 -- Every computation starts on a hash (begin.lua makes one; an executor's
--- recompute starts only on one, start_value.lua). Gone now (expired
--- while it computed, evicted, flushed): a change in between found no
--- value to signal, so what was computed may be older than its data.
-local vanished = redis.call('EXISTS', vkey) == 0
+-- recompute starts only on one, start_value.lua), whose change generation
+-- never goes back while it lives. Gone now (expired while it computed,
+-- evicted, flushed), or made anew since (a reader's begin.lua, a task's
+-- submit.lua: its generation from 0, below the one this computation
+-- started from): a change in between found no value to signal, so what
+-- was computed may be older than its data.
+local vanished = redis.call('EXISTS', vkey) == 0 or num(old[5]) < started
 -- Whoever stores ends the computation in flight: waiters wake and read.
 redis.call('HDEL', vkey, 'c', 'cx')
 redis.call('PUBLISH', done_channel(base), id)
@@ -46,12 +49,15 @@ if old[4] then
   -- The key became an alias while this value was computed: refused.
   return -1
 end
-if old[2] and tonumber(old[3]) and started < tonumber(old[3]) then
+-- A value computed from newer data is stored: one that started from a
+-- later generation, or one stored on the hash made anew, which began
+-- after this computation's hash was gone.
+if old[2] and (vanished or (tonumber(old[3]) and started < tonumber(old[3]))) then
   return -1
 end
 local version = num(old[1]) + 1
 redis.call('HSET', vkey, 'v', version, 'd', data, 'w', started, 'm', ARGV[7])
-if not old[5] then redis.call('HSET', vkey, 'g', started) end
+if vanished or not old[5] then redis.call('HSET', vkey, 'g', started) end
 if ARGV[6] ~= '' then redis.call('HSET', vkey, 'a', ARGV[6]) end
 local ttl, expires = string.match(ARGV[4], '^(%d+) (%d+)$')
 if ttl and num(ttl) > 0 then
@@ -70,10 +76,10 @@ local reads = num(ARGV[9 + relations])
 local first = 10 + relations
 set_edges(base, id, vkey, old[6], argv_from(first + 2 * reads))
 if vanished then
-  -- Stored, as a caller has it, but stale: recomputed (or, for a
-  -- mark_stale function, recomputed by the next read), as if its data had
-  -- changed after it.
-  signal(base, id)
+  -- Stored, as its caller has it, but stale with no recompute coming: the
+  -- next read recomputes it. (A queued recompute could outlast twice a
+  -- short TTL again, and again, with no one reading.)
+  signal(base, id, true)
 else
   for i = first, first + 2 * reads - 1, 2 do
     local now = redis.pcall('HMGET', base .. 'v:' .. ARGV[i], 'v', 'd')
