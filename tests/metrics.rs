@@ -60,6 +60,13 @@ async fn plate(user: &User) -> String {
     format!("[{}]", user.name)
 }
 
+/// Expires two seconds after it is stored (twice its TTL), for the test of
+/// the graph sweep's counter.
+#[computed(User, ttl_secs = 1)]
+async fn blip(user: &User) -> String {
+    format!("·{}·", user.name)
+}
+
 /// Everything recorded so far: the debugging recorder hands each value out
 /// once (a snapshot resets counters and drains histograms), so snapshots
 /// are added up here for all the tests.
@@ -506,6 +513,42 @@ async fn a_change_runs_its_script_only_in_the_shards_holding_its_dependants() {
     executor.shutdown().await.unwrap();
     assert!(worker.terminate(), "{}", worker.log());
     let _ = db.drop().await;
+}
+
+/// The watching worker counts the edges its graph sweep removes
+/// (`smache_worker_edges_swept_total`): one, the user's edge of a value
+/// that expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edges_the_graph_sweep_removes_are_counted() {
+    let database = unique("swept").replace('-', "_");
+    let prefix = unique("swept");
+    let port = free_port();
+    let client = mongodb::Client::with_uri_str(mongodb_uri()).await.unwrap();
+    let smache = Smache::builder()
+        .redis_url(redis_url())
+        .mongodb(&client, &database)
+        .prefix(&prefix)
+        .build()
+        .unwrap();
+    let mut worker = WorkerProcess::prepare(&redis_url(), &mongodb_uri(), &database, &prefix);
+    worker.arg("--sweep-every=100ms");
+    worker.arg(format!("--metrics-addr=127.0.0.1:{port}"));
+    worker.restart();
+    worker.wait_watching(Duration::from_secs(20)).await;
+    let ada = User {
+        id: ObjectId::new(),
+        name: "Ada".into(),
+    };
+    assert_eq!(smache.scope(blip(&ada)).await, "·Ada·");
+    let page = metrics_page_showing(port, "smache_worker_edges_swept_total 1\n").await;
+    assert!(
+        page.contains("smache_worker_edges_swept_total 1\n")
+            && !page.contains("smache_worker_sweep_failures_total"),
+        "one edge swept, no step failed:\n{page}\n--- worker log ---\n{}",
+        worker.log()
+    );
+    assert!(worker.terminate(), "{}", worker.log());
+    let _ = client.database(&database).drop().await;
 }
 
 /// The worker's `/metrics` page on the loopback `port`, once it shows
