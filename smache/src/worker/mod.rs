@@ -127,9 +127,9 @@ impl WorkerOptions {
     /// [`SWEEP_CALLS_PER_STEP`] Redis calls and 10 ms, taken between two
     /// polls of the change stream; a pass walks every reverse-edge set and
     /// removes the ids of values that no longer exist (see
-    /// [`sweep_graph`]), and the next pass starts at the next step. Without it, the ids of values that expired
-    /// stay in the sets of the documents they depended on until each
-    /// document changes.
+    /// [`sweep_graph`]), and the next pass starts at the next step.
+    /// Without it, the ids of values that expired stay in the sets of the
+    /// documents they depended on until each document changes.
     pub fn sweep_every(mut self, every: Duration) -> Self {
         self.sweep_every = every;
         self

@@ -66,8 +66,9 @@ impl RedisStore {
     }
 
     /// Runs Redis calls of `sweep` until `calls` are made or `time` has
-    /// passed; `true` once the pass is done. An error leaves the pass
-    /// where it was; failures never open the breaker (see
+    /// passed; `true` once the pass is done. After an error the pass is
+    /// over (the sets of the failed call are dropped from it): start a
+    /// new one. Failures never open the breaker (see
     /// [`timed`](Self::timed)): a node the walk cannot reach is no reason
     /// for callers to skip Redis.
     pub(crate) async fn sweep_step(
@@ -116,22 +117,14 @@ impl RedisStore {
                 }
                 invocation.arg(cursor);
             }
-            let reply: Result<Vec<u64>> = self
+            let reply: Vec<u64> = self
                 .timed("sweep", invocation.invoke_async(&mut conn))
-                .await;
-            let reply = match reply {
-                Ok(reply) if reply.len() == batch.len() + 1 => reply,
-                failed => {
-                    // Put back for the next step.
-                    for entry in batch.into_iter().rev() {
-                        sweep.pending.push_front(entry);
-                    }
-                    failed?;
-                    return Err(crate::error::Error::Corrupt(
-                        "sweep.lua answered a reply of another length".into(),
-                    ));
-                }
-            };
+                .await?;
+            if reply.len() != batch.len() + 1 {
+                return Err(crate::error::Error::Corrupt(
+                    "sweep.lua answered a reply of another length".into(),
+                ));
+            }
             sweep.swept.removed += reply[0];
             for ((key, shard, _), next) in batch.into_iter().zip(&reply[1..]) {
                 if *next == 0 {
