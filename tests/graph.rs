@@ -816,14 +816,8 @@ async fn the_graph_sweep_removes_the_edges_of_values_that_expired_and_no_other()
     );
 
     // Its key expires, and nothing it depends on changes: its edges stay.
-    let storage = smache.storage_key(&brief_key);
-    let expired = smache_suite::eventually(Duration::from_secs(10), || {
-        let (mut conn, storage) = (conn.clone(), storage.clone());
-        async move { !conn.exists::<_, bool>(&storage).await.unwrap() }
-    })
-    .await;
     assert!(
-        expired,
+        expired(&smache, &brief_key).await,
         "the value's key expires twice its TTL after it was stored"
     );
     assert!(layout.members(&mut conn, &doc).await.contains(&brief_id));
@@ -892,17 +886,24 @@ async fn held_past_its_key(smache: &Smache, tag: &str) -> smache::CacheKey {
     tokio::time::timeout(Duration::from_secs(10), REFRESHING.notified())
         .await
         .expect("the executor's recompute starts");
+    assert!(
+        expired(smache, &key).await,
+        "the key expires twice its TTL after the store"
+    );
+    key
+}
+
+/// Whether the key of `key`'s value is gone within 10 s (it expired).
+async fn expired(smache: &Smache, key: &smache::CacheKey) -> bool {
     let (conn, storage) = (
         redis_connection(&redis_url()).await,
-        smache.storage_key(&key),
+        smache.storage_key(key),
     );
-    let expired = smache_suite::eventually(Duration::from_secs(10), || {
+    smache_suite::eventually(Duration::from_secs(10), || {
         let (mut conn, storage) = (conn.clone(), storage.clone());
         async move { !conn.exists::<_, bool>(&storage).await.unwrap() }
     })
-    .await;
-    assert!(expired, "the key expires twice its TTL after the store");
-    key
+    .await
 }
 
 /// Waits until `key` holds a value stored at `version` or later.
