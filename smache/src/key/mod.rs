@@ -12,7 +12,10 @@ use crate::error::{Error, Result};
 use crate::spec::FnSpec;
 
 mod job;
+mod scalar;
 mod spare;
+
+pub(crate) use scalar::push_json;
 
 pub(crate) use job::{decode_for_fuzzing, split_value_id, Outcome, Report};
 // Used by the generated code only (through `__private`).
@@ -217,11 +220,6 @@ pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
-/// Appends the JSON form of a string (it cannot fail to serialize).
-pub(crate) fn push_json(out: &mut String, text: &str) {
-    let _ = serde_json::to_writer(Utf8Sink(out), text);
-}
-
 impl fmt::Display for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.path)
@@ -303,7 +301,11 @@ impl KeyBuilder {
     pub fn raw<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
         self.separator();
         if self.error.is_none() {
-            // Written in place: no `String` of its own per argument.
+            // Written in place: no `String` of its own per argument, and
+            // a scalar without serde_json's writer (see `scalar`).
+            if scalar::write(&mut self.path, value).is_ok() {
+                return self;
+            }
             let at = self.path.len();
             if let Err(err) = serde_json::to_writer(Utf8Sink(&mut self.path), value) {
                 self.path.truncate(at);
