@@ -150,16 +150,24 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
     );
     let cached = Ident::new("__smache_cached", Span::mixed_site());
     let lifetime_params: Vec<_> = sig.generics.lifetimes().collect();
-    let (asyncness, compute_params, compute_bounds) = if is_async {
+    // The async one is not an `async fn` but returns the entry's future:
+    // the entry answers a hit when called, so the future the caller awaits
+    // is then a ready value, not one more state machine around it.
+    let job_lifetime = syn::Lifetime::new("'__smache_job", Span::mixed_site());
+    let lifetime_names: Vec<_> = lifetime_params.iter().map(|param| &param.lifetime).collect();
+    let (returns, compute_params, compute_bounds) = if is_async {
         (
-            quote!(async),
-            quote!(<#(#lifetime_params,)* F, Fut>),
+            quote_spanned! {ret.span()=>
+                impl ::core::future::Future<Output = #ret>
+                    + use<#job_lifetime, #(#lifetime_names,)* F, Fut>
+            },
+            quote!(<#job_lifetime, #(#lifetime_params,)* F, Fut>),
             quote!(F: ::core::ops::FnOnce() -> Fut, Fut: ::core::future::Future<Output = #ret>),
         )
     } else {
         (
-            quote!(),
-            quote!(<#(#lifetime_params,)* F>),
+            quote!(#ret),
+            quote!(<#job_lifetime, #(#lifetime_params,)* F>),
             quote!(F: ::core::ops::FnOnce() -> #ret),
         )
     };
@@ -178,16 +186,16 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
     // about the return value's bounds points there, once.
     let cached_fn = quote_spanned! {ret.span()=>
         #[allow(clippy::needless_lifetimes)]
-        #asyncness fn #cached #compute_params (
+        fn #cached #compute_params (
             key: #krate::Result<#krate::CacheKey>,
             compute: F,
-            job: ::core::option::Option<&#private::Job>,
-        ) -> #ret
+            job: ::core::option::Option<&#job_lifetime #private::Job>,
+        ) -> #returns
         where
             #compute_bounds
         {
             let keep = #private_at_ret::keep!(#mode, #ret);
-            #entry(&#module::SPEC, key, compute, job, keep) #dot_await
+            #entry(&#module::SPEC, key, compute, job, keep)
         }
     };
     let call = Call {

@@ -43,11 +43,11 @@ async fn dashboard(user: &User) -> String {
         }
     };
     #[allow(clippy::needless_lifetimes)]
-    async fn __smache_cached<F, Fut>(
+    fn __smache_cached<'__smache_job, F, Fut>(
         key: ::smache::Result<::smache::CacheKey>,
         compute: F,
-        job: ::core::option::Option<&::smache::__private::Job>,
-    ) -> String
+        job: ::core::option::Option<&'__smache_job ::smache::__private::Job>,
+    ) -> impl ::core::future::Future<Output = String> + use<'__smache_job, F, Fut>
     where
         F: ::core::ops::FnOnce() -> Fut,
         Fut: ::core::future::Future<Output = String>,
@@ -59,7 +59,6 @@ async fn dashboard(user: &User) -> String {
             _,
             _,
         >(&dashboard::SPEC, key, compute, job, keep)
-            .await
     }
     __smache_cached(
             dashboard::__key(&user),

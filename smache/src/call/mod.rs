@@ -50,7 +50,9 @@ use crate::store::Store;
 /// (the generated code awaits it at once, inside the caller's
 /// [`Smache::scope`]), so a hit builds no future of its own and moves
 /// neither the key nor `compute` into one; the rest is boxed (see
-/// [`call_async_full`]).
+/// [`call_async_full`]). The generated wrapper around it is not an
+/// `async fn` either, for the same reason: the computed function's own
+/// future awaits this one directly.
 pub fn call_async<'a, M, R, F, Fut>(
     spec: &'static FnSpec,
     key: Result<CacheKey>,
