@@ -98,6 +98,7 @@ impl CacheKey {
 
     /// The encoded arguments (before any hashing).
     #[must_use]
+    #[inline]
     pub fn args(&self) -> &str {
         &self.path[self.args_at..]
     }
@@ -116,6 +117,7 @@ impl CacheKey {
     /// assert!(echo::key(&"long ".repeat(50)).unwrap().is_hashed());
     /// ```
     #[must_use]
+    #[inline]
     pub fn is_hashed(&self) -> bool {
         self.args().len() > MAX_INLINE_ARGS
     }
@@ -146,6 +148,7 @@ impl CacheKey {
 
     /// Runs `f` with the value id (see [`value_id`](Self::value_id)),
     /// borrowed from the key when the arguments are not hashed.
+    #[inline]
     pub(crate) fn with_value_id<R>(&self, f: impl FnOnce(&str) -> R) -> R {
         if self.is_hashed() {
             f(&self.value_id())
@@ -189,6 +192,7 @@ impl CacheKey {
 // A key is made on every call and dropped at its end: its buffer goes
 // back to this thread's spare, which the next key takes (no allocation).
 impl Drop for CacheKey {
+    #[inline]
     fn drop(&mut self) {
         spare::give(std::mem::take(&mut self.path));
     }
@@ -265,6 +269,7 @@ pub struct KeyBuilder {
 
 impl KeyBuilder {
     #[must_use]
+    #[inline]
     pub fn new(spec: &'static FnSpec) -> Self {
         let head = spec.head();
         let mut path = spare::take(head.len() + 40);
@@ -280,6 +285,7 @@ impl KeyBuilder {
         }
     }
 
+    #[inline]
     fn separator(&mut self) {
         if !std::mem::take(&mut self.first) {
             self.path.push(':');
@@ -320,6 +326,7 @@ impl KeyBuilder {
 
     /// The finished key; the first argument's serialization error, or
     /// [`Error::KeyTooLong`] past [`MAX_ENTITY_ID_LEN`] or [`MAX_ARGS_LEN`].
+    #[inline]
     pub fn finish(self) -> Result<CacheKey> {
         if let Some(err) = self.error {
             return Err(*err);
