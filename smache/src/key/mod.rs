@@ -304,24 +304,29 @@ impl KeyBuilder {
 
     /// Adds a raw argument, keyed by its JSON form.
     #[must_use]
+    #[inline]
     pub fn raw<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
         self.separator();
-        if self.error.is_none() {
-            // Written in place: no `String` of its own per argument, and
-            // a scalar without serde_json's writer (see `scalar`).
-            if scalar::write(&mut self.path, value).is_ok() {
-                return self;
-            }
-            let at = self.path.len();
-            if let Err(err) = serde_json::to_writer(Utf8Sink(&mut self.path), value) {
-                self.path.truncate(at);
-                self.error = Some(Box::new(Error::Serialize {
-                    what: "argument",
-                    message: err.to_string(),
-                }));
-            }
+        // Written in place: no `String` of its own per argument, and a
+        // scalar without serde_json's writer (see `scalar`).
+        if self.error.is_none() && scalar::write(&mut self.path, value).is_err() {
+            self.raw_json(value);
         }
         self
+    }
+
+    /// [`raw`](Self::raw) for what is not a scalar: serde_json writes it.
+    /// Out of line, so that the scalar path stays small enough to inline.
+    #[inline(never)]
+    fn raw_json<T: Serialize + ?Sized>(&mut self, value: &T) {
+        let at = self.path.len();
+        if let Err(err) = serde_json::to_writer(Utf8Sink(&mut self.path), value) {
+            self.path.truncate(at);
+            self.error = Some(Box::new(Error::Serialize {
+                what: "argument",
+                message: err.to_string(),
+            }));
+        }
     }
 
     /// The finished key; the first argument's serialization error, or
