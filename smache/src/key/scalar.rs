@@ -18,7 +18,9 @@ use serde::ser::{Impossible, Serialize, Serializer};
 /// (with `out` as it was) for anything else.
 pub(super) fn write<T: Serialize + ?Sized>(out: &mut String, value: &T) -> Result<(), NotScalar> {
     let at = out.len();
-    value.serialize(Scalar(out)).inspect_err(|_| out.truncate(at))
+    value
+        .serialize(Scalar(out))
+        .inspect_err(|_| out.truncate(at))
 }
 
 /// Appends the JSON form of `text`: quoted, with serde_json's escapes (of
