@@ -139,7 +139,7 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
     };
     let is_async = sig.asyncness.is_some();
     let entry = if is_async {
-        quote_spanned!(ret.span()=> #private_at_ret::call_async::<#mode, #ret, _, _>)
+        quote_spanned!(ret.span()=> #private_at_ret::call_async::<#mode, #ret, _, _, _>)
     } else {
         quote_spanned!(ret.span()=> #private_at_ret::call_sync::<#mode, #ret, _>)
     };

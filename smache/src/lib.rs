@@ -190,8 +190,8 @@ macro_rules! __smache_keep {
 pub mod __private {
     pub use crate::__smache_keep as keep;
     pub use crate::call::{
-        call_async, call_sync, Keep, KeepClone, KeepDecode, KeepProbe, Mode, OkOnly, Plain,
-        ValueType,
+        call_async, call_sync, DecodeEach, Keep, KeepClone, KeepCloned, KeepDecode, KeepProbe,
+        Mode, OkOnly, Plain, ValueType,
     };
     pub use crate::key::KeyBuilder;
     pub use crate::key::{ArgReader, Job, JobError};

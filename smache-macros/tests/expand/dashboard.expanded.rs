@@ -58,6 +58,7 @@ async fn dashboard(user: &User) -> String {
             String,
             _,
             _,
+            _,
         >(&dashboard::SPEC, key, compute, job, keep)
     }
     __smache_cached(

@@ -9,7 +9,6 @@
 //!
 //! [autoref specialization]: https://github.com/dtolnay/case-studies/blob/master/autoref-specialization/README.md
 
-use std::any::Any;
 use std::marker::PhantomData;
 
 use serde::de::DeserializeOwned;
@@ -18,18 +17,74 @@ use crate::envelope;
 
 pub(crate) use crate::store::Decoded;
 
-/// How hits of one function keep its value decoded: made only for value
-/// types that are `Clone + Send + Sync + 'static`.
-pub struct Keep<V> {
-    clone: fn(&V) -> V,
-    erase: fn(V) -> Box<dyn Any + Send + Sync>,
-    view: fn(&(dyn Any + Send + Sync)) -> Option<&V>,
+/// How hits of one function hand out its value: [`KeepCloned`] or
+/// [`DecodeEach`], picked by the generated code. A type per policy, so
+/// that a hit's path is resolved at compile time (no call through a
+/// function pointer).
+pub trait Keep<V>: Copy {
+    /// A clone of the value kept in `decoded`, if there is one.
+    fn kept(self, decoded: &Decoded) -> Option<V>;
+
+    /// Keeps a clone of `value` in `decoded`, if this policy keeps values.
+    fn keep(self, decoded: &Decoded, value: &V);
 }
 
-impl<V> std::fmt::Debug for Keep<V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Keep")
+/// Keeps the decoded value beside the stored bytes and hands out clones:
+/// for value types that are `Clone + Send + Sync + 'static`.
+pub struct KeepCloned<V>(PhantomData<fn() -> V>);
+
+/// Decodes the stored bytes on every hit: for any other value type.
+pub struct DecodeEach<V>(PhantomData<fn() -> V>);
+
+// Not derived: the derives would bound `V`.
+impl<V> Clone for KeepCloned<V> {
+    fn clone(&self) -> Self {
+        *self
     }
+}
+
+impl<V> Copy for KeepCloned<V> {}
+
+impl<V> Clone for DecodeEach<V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<V> Copy for DecodeEach<V> {}
+
+impl<V> std::fmt::Debug for KeepCloned<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeepCloned")
+    }
+}
+
+impl<V> std::fmt::Debug for DecodeEach<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DecodeEach")
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> Keep<V> for KeepCloned<V> {
+    #[inline]
+    fn kept(self, decoded: &Decoded) -> Option<V> {
+        decoded.get()?.downcast_ref::<V>().cloned()
+    }
+
+    fn keep(self, decoded: &Decoded, value: &V) {
+        // A racing hit may have kept its own: either is the same value.
+        let _ = decoded.set(Box::new(value.clone()));
+    }
+}
+
+impl<V> Keep<V> for DecodeEach<V> {
+    #[inline]
+    fn kept(self, _: &Decoded) -> Option<V> {
+        None
+    }
+
+    #[inline]
+    fn keep(self, _: &Decoded, _: &V) {}
 }
 
 /// The generated code's probe of a value type; see the module docs.
@@ -58,48 +113,41 @@ impl<V> Default for KeepProbe<V> {
 /// Picked for a value type that can be kept decoded.
 pub trait KeepClone<V> {
     /// How to keep it.
-    fn keep(&self) -> Option<Keep<V>>;
+    fn keep(&self) -> KeepCloned<V>;
 }
 
 impl<V: Clone + Send + Sync + 'static> KeepClone<V> for &KeepProbe<V> {
-    fn keep(&self) -> Option<Keep<V>> {
-        Some(Keep {
-            clone: V::clone,
-            erase: |value| Box::new(value),
-            view: |any| any.downcast_ref::<V>(),
-        })
+    fn keep(&self) -> KeepCloned<V> {
+        KeepCloned(PhantomData)
     }
 }
 
 /// Picked for any other value type: every hit decodes.
 pub trait KeepDecode<V> {
-    /// `None`: decode on every hit.
-    fn keep(&self) -> Option<Keep<V>>;
+    /// Decode on every hit.
+    fn keep(&self) -> DecodeEach<V>;
 }
 
 impl<V> KeepDecode<V> for KeepProbe<V> {
-    fn keep(&self) -> Option<Keep<V>> {
-        None
+    fn keep(&self) -> DecodeEach<V> {
+        DecodeEach(PhantomData)
     }
 }
 
 /// The value of a hit on the envelope `data`: a clone of the one kept in
-/// `decoded` if there is one, else decoded (and kept, with `keep`).
-/// `None` for bytes that do not decode.
+/// `decoded` if there is one, else decoded (and kept, if `keep` keeps
+/// values). `None` for bytes that do not decode.
+#[inline]
 pub(crate) fn serve<V: DeserializeOwned>(
     data: &[u8],
     decoded: &Decoded,
-    keep: Option<&Keep<V>>,
+    keep: impl Keep<V>,
 ) -> Option<V> {
-    let Some(keep) = keep else {
-        return envelope::decode(data).and_then(|env| env.value()).ok();
-    };
-    if let Some(value) = decoded.get().and_then(|any| (keep.view)(&**any)) {
-        return Some((keep.clone)(value));
+    if let Some(value) = keep.kept(decoded) {
+        return Some(value);
     }
     let value: V = envelope::decode(data).and_then(|env| env.value()).ok()?;
-    // A racing hit may have kept its own: either is the same value.
-    let _ = decoded.set((keep.erase)((keep.clone)(&value)));
+    keep.keep(decoded, &value);
     Some(value)
 }
 
@@ -116,11 +164,19 @@ mod tests {
     fn clone_types_are_kept_and_others_decoded() {
         #[allow(unused_imports)]
         use super::{KeepClone as _, KeepDecode as _};
-        assert!((&&KeepProbe::<String>::new()).keep().is_some());
-        assert!((&&KeepProbe::<NotClone>::new()).keep().is_none());
-        assert!((&&KeepProbe::<std::rc::Rc<u8>>::new()).keep().is_none());
+        let kept = Decoded::new();
+        let _ = kept.set(Box::new("kept".to_owned()));
+        assert_eq!(
+            (&&KeepProbe::<String>::new()).keep().kept(&kept).as_deref(),
+            Some("kept"),
+            "a String is kept"
+        );
+        let _: DecodeEach<NotClone> = (&&KeepProbe::<NotClone>::new()).keep();
+        let _: DecodeEach<std::rc::Rc<u8>> = (&&KeepProbe::<std::rc::Rc<u8>>::new()).keep();
     }
 
+    // As above: the borrows are the probe.
+    #[allow(clippy::needless_borrow)]
     #[test]
     fn a_kept_value_is_served_without_decoding_again() {
         #[allow(unused_imports)]
@@ -129,21 +185,21 @@ mod tests {
         let decoded = Decoded::new();
         let keep = (&&KeepProbe::<String>::new()).keep();
         assert_eq!(
-            serve::<String>(&data, &decoded, keep.as_ref()).as_deref(),
+            serve::<String>(&data, &decoded, keep).as_deref(),
             Some("hello")
         );
         assert!(decoded.get().is_some());
         // Served from what was kept, whatever the bytes say now.
         assert_eq!(
-            serve::<String>(b"junk", &decoded, keep.as_ref()).as_deref(),
+            serve::<String>(b"junk", &decoded, keep).as_deref(),
             Some("hello")
         );
         // A type that is not kept decodes every time.
         let other = Decoded::new();
-        assert_eq!(
-            serve::<NotClone>(&envelope::encode(&NotClone(3), 1).unwrap(), &other, None),
-            Some(NotClone(3))
-        );
+        let each = (&&KeepProbe::<NotClone>::new()).keep();
+        let bytes = envelope::encode(&NotClone(3), 1).unwrap();
+        assert_eq!(serve::<NotClone>(&bytes, &other, each), Some(NotClone(3)));
         assert!(other.get().is_none());
+        assert_eq!(serve::<NotClone>(b"junk", &other, each), None);
     }
 }

@@ -30,7 +30,7 @@ use futures::future::Either;
 use serde::de::DeserializeOwned;
 
 pub(crate) use self::drive::Drive;
-pub use self::keep::{Keep, KeepClone, KeepDecode, KeepProbe};
+pub use self::keep::{DecodeEach, Keep, KeepClone, KeepCloned, KeepDecode, KeepProbe};
 pub use self::mode::{Mode, OkOnly, Plain, ValueType};
 pub(crate) use self::path::{Call, Looked};
 
@@ -53,21 +53,20 @@ use crate::store::Store;
 /// [`call_async_full`]). The generated wrapper around it is not an
 /// `async fn` either, for the same reason: the computed function's own
 /// future awaits this one directly.
-pub fn call_async<'a, M, R, F, Fut>(
+pub fn call_async<'a, M, R, F, Fut, K>(
     spec: &'static FnSpec,
     key: Result<CacheKey>,
     compute: F,
     job: Option<&'a Job>,
-    keep: Option<Keep<M::Value>>,
-) -> impl Future<Output = R> + use<'a, M, R, F, Fut>
+    keep: K,
+) -> impl Future<Output = R> + use<'a, M, R, F, Fut, K>
 where
     M: Mode<R>,
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
+    K: Keep<M::Value>,
 {
-    let hit = Smache::with_current(|smache| {
-        local_hit::<M::Value>(smache, spec, &key, job, keep.as_ref())
-    });
+    let hit = Smache::with_current(|smache| local_hit::<M::Value>(smache, spec, &key, job, keep));
     match hit {
         Some(value) => Either::Left(std::future::ready(M::from_cached(value))),
         // Boxed: this future (and every caller's that awaits it) then
@@ -116,15 +115,13 @@ pub fn call_sync<M, R, F>(
     key: Result<CacheKey>,
     compute: F,
     job: Option<&Job>,
-    keep: Option<Keep<M::Value>>,
+    keep: impl Keep<M::Value>,
 ) -> R
 where
     M: Mode<R>,
     F: FnOnce() -> R,
 {
-    let hit = Smache::with_current(|smache| {
-        local_hit::<M::Value>(smache, spec, &key, job, keep.as_ref())
-    });
+    let hit = Smache::with_current(|smache| local_hit::<M::Value>(smache, spec, &key, job, keep));
     if let Some(value) = hit {
         return M::from_cached(value);
     }
@@ -183,7 +180,7 @@ fn local_hit<V: DeserializeOwned>(
     spec: &'static FnSpec,
     key: &Result<CacheKey>,
     job: Option<&Job>,
-    keep: Option<&Keep<V>>,
+    keep: impl Keep<V>,
 ) -> Option<V> {
     if job.is_some() {
         return None;
