@@ -154,7 +154,10 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
     // the entry answers a hit when called, so the future the caller awaits
     // is then a ready value, not one more state machine around it.
     let job_lifetime = syn::Lifetime::new("'__smache_job", Span::mixed_site());
-    let lifetime_names: Vec<_> = lifetime_params.iter().map(|param| &param.lifetime).collect();
+    let lifetime_names: Vec<_> = lifetime_params
+        .iter()
+        .map(|param| &param.lifetime)
+        .collect();
     let (returns, compute_params, compute_bounds) = if is_async {
         (
             quote_spanned! {ret.span()=>
