@@ -51,6 +51,12 @@ async fn greet(user: &User, greeting: &str) -> String {
     format!("{greeting}, {}", user.name)
 }
 
+/// Named lifetimes: the generated wrapper's future captures them.
+#[computed(User, Raw)]
+async fn titled<'a, 'b>(user: &'a User, title: &'b str) -> String {
+    format!("{title} {}", user.name)
+}
+
 #[computed(Account, Invoice)]
 async fn billed(account: Account, invoice: &Invoice) -> String {
     format!("{}: {}", account.owner, invoice.cents)
@@ -82,6 +88,10 @@ async fn main() {
         greet::key(&ada, "Hello").unwrap().args(),
         format!(r#"o:{}:"Hello""#, ada.id.to_hex())
     );
+
+    let title = String::from("Dr.");
+    assert_eq!(titled(&ada, &title).await, "Dr. Ada");
+    assert_eq!(titled(&ada, &title).await, "Dr. Ada");
 
     let account = Account { _id: "acc-1".into(), owner: "Bob".into() };
     let invoice = Invoice { id: 42, cents: 990 };
