@@ -116,7 +116,9 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
         let ident = arg.ident;
         let ty = arg.ty;
         match arg.kind {
-            Kind::Raw(_) => quote_spanned! {ty.span()=> .raw::<#ty>(#ident) },
+            Kind::Raw(_) => quote_spanned! {ty.span()=>
+                .raw_as::<#ty, _>(#ident, #private::raw_kind!(#ty))
+            },
             Kind::Entity(entity) => {
                 let entity_ref = quote_spanned! {ty.span()=>
                     <#ty as #private::EntityArg<#entity>>::entity_ref(#ident)

@@ -184,17 +184,34 @@ macro_rules! __smache_keep {
     }};
 }
 
+/// How the key of a `Raw` argument of type `$ty` is written (see
+/// `key::scalar`): in the generated code, where the type is known, so
+/// that autoref specialization can tell whether it is a `KeyScalar`. Not
+/// public API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __smache_raw_kind {
+    ($ty:ty) => {{
+        #[allow(unused_imports)]
+        use $crate::__private::{RawJson as _, RawScalar as _};
+        (&&$crate::__private::RawProbe::<$ty>::new()).kind()
+    }};
+}
+
 /// Items used by the code `#[computed]` and `#[derive(Entity)]` generate.
 /// Not public API: no stability guarantees.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::__smache_keep as keep;
+    pub use crate::__smache_raw_kind as raw_kind;
     pub use crate::call::{
         call_async, call_sync, DecodeEach, Keep, KeepClone, KeepCloned, KeepDecode, KeepProbe,
         Mode, OkOnly, Plain, ValueType,
     };
-    pub use crate::key::KeyBuilder;
     pub use crate::key::{ArgReader, Job, JobError};
+    pub use crate::key::{
+        AsJson, AsScalar, KeyBuilder, KeyScalar, RawJson, RawKind, RawProbe, RawScalar,
+    };
 
     /// What a generated recompute returns.
     pub type JobResult = Result<(), JobError>;

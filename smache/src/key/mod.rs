@@ -16,6 +16,9 @@ mod scalar;
 mod spare;
 
 pub(crate) use scalar::push_json;
+// Used by the generated code only (through `__private`).
+#[doc(hidden)]
+pub use scalar::{AsJson, AsScalar, KeyScalar, RawJson, RawProbe, RawScalar};
 
 pub(crate) use job::{decode_for_fuzzing, split_value_id, Outcome, Report};
 // Used by the generated code only (through `__private`).
@@ -302,21 +305,31 @@ impl KeyBuilder {
         self
     }
 
-    /// Adds a raw argument, keyed by its JSON form.
+    /// Adds a raw argument, keyed by its JSON form (serde_json's).
     #[must_use]
     #[inline]
     pub fn raw<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
         self.separator();
-        // Written in place: no `String` of its own per argument, and a
-        // scalar without serde_json's writer (see `scalar`).
-        if self.error.is_none() && scalar::write(&mut self.path, value).is_err() {
+        if self.error.is_none() {
             self.raw_json(value);
         }
         self
     }
 
-    /// [`raw`](Self::raw) for what is not a scalar: serde_json writes it.
-    /// Out of line, so that the scalar path stays small enough to inline.
+    /// [`raw`](Self::raw), written as `kind` says: the generated code's
+    /// call, with the kind its [`RawProbe`] picked for the argument's type.
+    #[must_use]
+    #[inline]
+    pub fn raw_as<T: Serialize + ?Sized, K: RawKind>(mut self, value: &T, kind: K) -> Self {
+        self.separator();
+        if self.error.is_none() {
+            kind.write(&mut self, value);
+        }
+        self
+    }
+
+    /// serde_json writes the argument (once). Out of line, so that the
+    /// scalar path stays small enough to inline.
     #[inline(never)]
     fn raw_json<T: Serialize + ?Sized>(&mut self, value: &T) {
         let at = self.path.len();
@@ -365,6 +378,32 @@ impl KeyBuilder {
     }
 }
 
+/// How [`KeyBuilder::raw_as`] writes an argument: [`AsScalar`] or
+/// [`AsJson`]. Used by the generated code.
+#[doc(hidden)]
+pub trait RawKind: Copy {
+    /// Appends `value`'s JSON form to the key being built.
+    fn write<T: Serialize + ?Sized>(self, builder: &mut KeyBuilder, value: &T);
+}
+
+impl RawKind for AsScalar {
+    #[inline]
+    fn write<T: Serialize + ?Sized>(self, builder: &mut KeyBuilder, value: &T) {
+        // Never refused for the types that pick this kind; if it were,
+        // serde_json writes it (their `Serialize` is pure).
+        if scalar::write(&mut builder.path, value).is_err() {
+            builder.raw_json(value);
+        }
+    }
+}
+
+impl RawKind for AsJson {
+    #[inline]
+    fn write<T: Serialize + ?Sized>(self, builder: &mut KeyBuilder, value: &T) {
+        builder.raw_json(value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +419,46 @@ mod tests {
         assert_eq!(MAX_INLINE_ARGS, 160);
         assert_eq!(MAX_ENTITY_ID_LEN, 1024);
         assert_eq!(MAX_ARGS_LEN, 64 * 1024);
+    }
+
+    #[test]
+    fn scalar_types_take_the_scalar_path_and_others_are_serialized_once() {
+        let _: AsScalar = crate::__smache_raw_kind!(u64);
+        let _: AsScalar = crate::__smache_raw_kind!(&str);
+        let _: AsScalar = crate::__smache_raw_kind!(Option<&String>);
+        let _: AsJson = crate::__smache_raw_kind!(f64);
+        let _: AsJson = crate::__smache_raw_kind!(Vec<u8>);
+
+        // Serializable once only: a second call would panic.
+        struct Once(std::cell::Cell<Option<Vec<u32>>>);
+        impl Serialize for Once {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.take().expect("serialized twice"))
+            }
+        }
+        let once = Once(std::cell::Cell::new(Some(vec![1, 2, 3])));
+        let key = KeyBuilder::new(&ONE)
+            .raw_as(&once, crate::__smache_raw_kind!(Once))
+            .finish()
+            .unwrap();
+        assert_eq!(key.args(), "[1,2,3]");
+
+        // Either path writes what serde_json writes.
+        let text = "tab\t \"quoted\" é";
+        let scalar = KeyBuilder::new(&SPEC)
+            .raw_as(&text, crate::__smache_raw_kind!(&str))
+            .raw_as(&Some(7u8), crate::__smache_raw_kind!(Option<u8>))
+            .finish()
+            .unwrap();
+        let json = KeyBuilder::new(&SPEC)
+            .raw(&text)
+            .raw(&Some(7u8))
+            .finish()
+            .unwrap();
+        assert_eq!(scalar, json);
     }
 
     #[test]

@@ -1,18 +1,97 @@
-//! The JSON form of a scalar argument written straight into a key: a
-//! number, a string, a bool, `None`/`Some`, a unit or a newtype around
-//! one of these. Every call of a function with a `Raw` argument builds
-//! its key, hits included, and serde_json's writer goes through
-//! `io::Write` (a UTF-8 check per fragment, since this crate writes into
-//! a `String` without `unsafe`).
+//! The JSON form of a scalar argument written straight into a key: an
+//! integer, a string, a bool, a char, or an `Option`, reference or `Box`
+//! of one. Every call of a function with a `Raw` argument builds its key,
+//! hits included, and serde_json's writer goes through `io::Write` (a
+//! UTF-8 check per fragment, since this crate writes into a `String`
+//! without `unsafe`).
 //!
-//! Anything else (floats, sequences, maps, structs, enums with data)
-//! makes [`write`] fail with nothing written, and the caller hands the
-//! argument to serde_json. The output is byte for byte serde_json's, so
-//! keys do not change (`tests::scalars_are_written_as_serde_json_writes_them`).
+//! Which arguments take this path is decided by their type, in the
+//! generated code ([`RawProbe`], autoref specialization as in
+//! `call::keep`): only the types of [`KeyScalar`], whose `Serialize` is
+//! serde's own and pure. Any other type is serialized once, by serde_json,
+//! as before: a user's `Serialize` is never called twice. The output is
+//! byte for byte serde_json's, so keys do not change
+//! (`tests::scalars_are_written_as_serde_json_writes_them`).
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::ser::{Impossible, Serialize, Serializer};
+
+/// Types whose keys [`write`] writes: serde's own `Serialize` of a
+/// scalar (pure, and written exactly as serde_json writes it).
+pub trait KeyScalar: Serialize {}
+
+macro_rules! key_scalars {
+    ($($t:ty),*) => { $(impl KeyScalar for $t {})* };
+}
+
+key_scalars!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, bool, char, str, String
+);
+
+impl<T: KeyScalar + ?Sized> KeyScalar for &T {}
+impl<T: KeyScalar + ?Sized> KeyScalar for &mut T {}
+impl<T: KeyScalar + ?Sized> KeyScalar for Box<T> {}
+impl<T: KeyScalar> KeyScalar for Option<T> {}
+
+/// The generated code's probe of a `Raw` argument's type:
+/// `(&&RawProbe::<T>::new()).kind()` is [`AsScalar`] for a [`KeyScalar`],
+/// else [`AsJson`].
+pub struct RawProbe<T: ?Sized>(PhantomData<fn(&T)>);
+
+impl<T: ?Sized> RawProbe<T> {
+    /// The probe of `T`.
+    #[must_use]
+    pub const fn new() -> Self {
+        RawProbe(PhantomData)
+    }
+}
+
+impl<T: ?Sized> Default for RawProbe<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: ?Sized> fmt::Debug for RawProbe<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RawProbe")
+    }
+}
+
+/// A `Raw` argument written by [`write`].
+#[derive(Clone, Copy, Debug)]
+pub struct AsScalar;
+
+/// A `Raw` argument written by serde_json.
+#[derive(Clone, Copy, Debug)]
+pub struct AsJson;
+
+/// Picked for a [`KeyScalar`].
+pub trait RawScalar {
+    /// Its kind.
+    fn kind(&self) -> AsScalar;
+}
+
+impl<T: KeyScalar + ?Sized> RawScalar for &RawProbe<T> {
+    fn kind(&self) -> AsScalar {
+        AsScalar
+    }
+}
+
+/// Picked for any other type (bounded by nothing, so that a type that is
+/// not `Serialize` is reported by `KeyBuilder::raw_as`'s bound).
+pub trait RawJson {
+    /// Its kind.
+    fn kind(&self) -> AsJson;
+}
+
+impl<T: ?Sized> RawJson for RawProbe<T> {
+    fn kind(&self) -> AsJson {
+        AsJson
+    }
+}
 
 /// Appends the JSON form of `value` to `out` if it is a scalar; `Err`
 /// (with `out` as it was) for anything else.
