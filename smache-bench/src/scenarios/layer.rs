@@ -13,7 +13,8 @@ use clap::Args;
 use smache::{computed, Smache};
 
 use super::hits::{
-    each_call_note, moka_batch, moka_holding, side_by_side, size_name, smache_batch, Scoping, SIZES,
+    each_call_note, moka_batch, moka_holding, sample_scopings, side_by_side, size_name,
+    smache_batch, Scoping, SIZES,
 };
 use crate::child::{hear, say, ChildProcess};
 use crate::ctx::{connection_manager, Ctx, Result};
@@ -94,9 +95,8 @@ pub(crate) async fn layer_hits(ctx: &Ctx) -> Result<Vec<Row>> {
         for round in 0..rounds {
             let ours_first = round % 2 == 0;
             if ours_first {
-                for _ in 0..per_round {
-                    a.push(ours(Scoping::Batch).await);
-                    d.push(ours(Scoping::EachCall).await);
+                for turn in 0..per_round {
+                    sample_scopings(&ours, turn, &mut a, &mut d).await;
                 }
             }
             for _ in 0..per_round {
@@ -104,9 +104,8 @@ pub(crate) async fn layer_hits(ctx: &Ctx) -> Result<Vec<Row>> {
                 c.push(get().await?);
             }
             if !ours_first {
-                for _ in 0..per_round {
-                    a.push(ours(Scoping::Batch).await);
-                    d.push(ours(Scoping::EachCall).await);
+                for turn in 0..per_round {
+                    sample_scopings(&ours, turn, &mut a, &mut d).await;
                 }
             }
         }
@@ -136,7 +135,7 @@ pub(crate) async fn layer_hits(ctx: &Ctx) -> Result<Vec<Row>> {
                     Micros(raw_get.p50_us)
                 ),
                 format!(
-                    "per-call means of batches of {BATCH}, inside one Smache::scope per batch (as calls after Smache::install are)"
+                    "per-call means of batches of {BATCH}, inside one Smache::scope per batch (as calls in a request handler run in one scope)"
                 ),
                 each_call,
             ],
