@@ -162,6 +162,16 @@ impl Scalar<'_> {
 
 type Never = Impossible<(), NotScalar>;
 
+/// The `Serializer` methods of the integer types: itoa's digits, as
+/// serde_json writes them.
+macro_rules! integers {
+    ($($method:ident: $t:ty),*) => {$(
+        fn $method(self, v: $t) -> Result<(), NotScalar> {
+            self.int(itoa::Buffer::new().format(v))
+        }
+    )*};
+}
+
 impl Serializer for Scalar<'_> {
     type Ok = ();
     type Error = NotScalar;
@@ -178,45 +188,18 @@ impl Serializer for Scalar<'_> {
         Ok(())
     }
 
-    fn serialize_i8(self, v: i8) -> Result<(), NotScalar> {
-        self.int(itoa::Buffer::new().format(v))
-    }
-
-    fn serialize_i16(self, v: i16) -> Result<(), NotScalar> {
-        self.int(itoa::Buffer::new().format(v))
-    }
-
-    fn serialize_i32(self, v: i32) -> Result<(), NotScalar> {
-        self.int(itoa::Buffer::new().format(v))
-    }
-
-    fn serialize_i64(self, v: i64) -> Result<(), NotScalar> {
-        self.int(itoa::Buffer::new().format(v))
-    }
-
-    fn serialize_i128(self, v: i128) -> Result<(), NotScalar> {
-        self.int(itoa::Buffer::new().format(v))
-    }
-
-    fn serialize_u8(self, v: u8) -> Result<(), NotScalar> {
-        self.int(itoa::Buffer::new().format(v))
-    }
-
-    fn serialize_u16(self, v: u16) -> Result<(), NotScalar> {
-        self.int(itoa::Buffer::new().format(v))
-    }
-
-    fn serialize_u32(self, v: u32) -> Result<(), NotScalar> {
-        self.int(itoa::Buffer::new().format(v))
-    }
-
-    fn serialize_u64(self, v: u64) -> Result<(), NotScalar> {
-        self.int(itoa::Buffer::new().format(v))
-    }
-
-    fn serialize_u128(self, v: u128) -> Result<(), NotScalar> {
-        self.int(itoa::Buffer::new().format(v))
-    }
+    integers!(
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_i128: i128,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
+        serialize_u128: u128
+    );
 
     // serde_json's float forms (ryu, `null` for non-finite) are its own.
     fn serialize_f32(self, _: f32) -> Result<(), NotScalar> {
