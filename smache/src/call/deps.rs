@@ -9,6 +9,7 @@
 //! tracked.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::envelope;
@@ -38,6 +39,39 @@ tokio::task_local! {
     static DEPS: Deps;
 }
 
+/// How many computations are recording in this process. While none is,
+/// no task holds `DEPS`, and a hit skips reading it. (Relaxed is enough:
+/// a computation's own calls run after its increment in the same task,
+/// and the count cannot fall below it before that computation ends.)
+static RECORDING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one recording computation while it lives (dropped when the
+/// computation ends, fails, panics or is cancelled).
+struct Recording;
+
+impl Recording {
+    fn start() -> Recording {
+        RECORDING.fetch_add(1, Ordering::Relaxed);
+        Recording
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        RECORDING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs `f` with the dependencies of the computation in progress in this
+/// task, if there is one.
+#[inline]
+fn with_deps<R>(f: impl FnOnce(&Deps) -> R) -> Option<R> {
+    if RECORDING.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    DEPS.try_with(f).ok()
+}
+
 /// The dependencies of one computation, filled while it runs.
 #[derive(Debug)]
 pub(crate) struct Recorder(Deps);
@@ -56,7 +90,9 @@ impl Recorder {
 
     /// Runs `fut`, recording what the calls it makes depend on.
     pub(crate) async fn record<F: Future>(self, fut: F) -> (F::Output, Recorded) {
+        let recording = Recording::start();
         let output = DEPS.scope(Arc::clone(&self.0), fut).await;
+        drop(recording);
         let recorded = std::mem::take(&mut *lock(&self.0));
         (output, recorded)
     }
@@ -65,14 +101,13 @@ impl Recorder {
 /// Tells the computation in progress, if any, that it depends on the value
 /// `id`. Whether there is one.
 pub(crate) fn depends_on_value(id: &str) -> bool {
-    DEPS.try_with(|deps| lock(deps).tokens.push(keys::value_token(id)))
-        .is_ok()
+    with_deps(|deps| lock(deps).tokens.push(keys::value_token(id))).is_some()
 }
 
 /// [`depends_on_value`] for the value of `key`, without building its id
 /// when no computation is in progress (the embedded store's hit path).
 pub(crate) fn depends_on_key(key: &CacheKey) {
-    let _ = DEPS.try_with(|deps| {
+    let _ = with_deps(|deps| {
         let mut token = String::with_capacity(2 + key.args().len() + 32);
         keys::write_value_token(&mut token, |out| key.write_value_id(out));
         lock(deps).tokens.push(token);
@@ -83,7 +118,7 @@ pub(crate) fn depends_on_key(key: &CacheKey) {
 /// the computation in progress which version of the value it read (see
 /// [`read`]); the value id is built only if there is one.
 pub(crate) fn read_key(key: &CacheKey, version: u64, data: &[u8]) {
-    let _ = DEPS.try_with(|deps| {
+    let _ = with_deps(|deps| {
         let mut id = String::with_capacity(key.args().len() + 32);
         key.write_value_id(&mut id);
         let mark = read_mark(version, data);
@@ -96,7 +131,7 @@ pub(crate) fn read_key(key: &CacheKey, version: u64, data: &[u8]) {
 /// Tells the computation in progress that it read the value `id` stored as
 /// `version` with envelope `data`.
 pub(crate) fn read(id: &str, version: u64, data: &[u8]) {
-    let _ = DEPS.try_with(|deps| {
+    let _ = with_deps(|deps| {
         lock(deps)
             .read
             .push((id.to_owned(), read_mark(version, data)));
@@ -107,19 +142,18 @@ pub(crate) fn read(id: &str, version: u64, data: &[u8]) {
 /// in progress, if any: a nested read of a value of another shard writes
 /// its edge first.
 pub(crate) fn home() -> Option<String> {
-    DEPS.try_with(|deps| lock(deps).home.clone()).ok().flatten()
+    with_deps(|deps| lock(deps).home.clone()).flatten()
 }
 
 /// Whether the computation in progress wrote its edge on value `id`.
 pub(crate) fn edged(id: &str) -> bool {
-    DEPS.try_with(|deps| lock(deps).edged.iter().any(|e| e == id))
-        .unwrap_or(false)
+    with_deps(|deps| lock(deps).edged.iter().any(|e| e == id)).unwrap_or(false)
 }
 
 /// Tells the computation in progress that its edge on value `id` is
 /// written (see `Store::edge_first`): later reads of `id` need none.
 pub(crate) fn edge_written(id: &str) {
-    let _ = DEPS.try_with(|deps| {
+    let _ = with_deps(|deps| {
         let mut deps = lock(deps);
         if !deps.edged.iter().any(|e| e == id) {
             deps.edged.push(id.to_owned());
@@ -132,7 +166,7 @@ pub(crate) fn edge_written(id: &str) {
 /// shard (by `same_shard`, given two value ids), which is read from Redis
 /// after the edge is written (see `Store::edge_first`).
 pub(crate) fn may_read_locally(key: &CacheKey, same_shard: impl Fn(&str, &str) -> bool) -> bool {
-    DEPS.try_with(|deps| {
+    with_deps(|deps| {
         let deps = lock(deps);
         let Some(home) = &deps.home else {
             return true;
