@@ -25,6 +25,7 @@ use bson::doc;
 use bson::oid::ObjectId;
 use serde::{Deserialize, Serialize};
 use smache::{computed, CacheKey, Entity, Smache};
+use smache_suite::layout::Layout;
 use smache_suite::{mongodb_uri, redis_connection, redis_url, unique, WorkerProcess};
 
 const SHARDS: usize = 4;
@@ -247,40 +248,13 @@ impl World {
         report.shards.iter().map(|s| s.stream.clone()).collect()
     }
 
-    /// Makes every job held by an executor idle past `RECLAIM_AFTER`, as
-    /// if held that long by a dead one: the next executor's first reclaim
-    /// takes them (rather than this test waiting 30 s).
+    /// See [`Layout::age_held_jobs`].
     async fn age_held_jobs(&self) -> usize {
         let mut conn = redis_connection(&redis_url()).await;
-        let idle = smache::executor::RECLAIM_AFTER + Duration::from_secs(5);
-        let mut aged = 0;
-        for stream in self.streams().await {
-            let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
-                .arg(&stream)
-                .arg("executors")
-                .arg("-")
-                .arg("+")
-                .arg(100)
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_default();
-            for held in pending.ids {
-                let _: redis::Value = redis::cmd("XCLAIM")
-                    .arg(&stream)
-                    .arg("executors")
-                    .arg(&held.consumer)
-                    .arg(0)
-                    .arg(&held.id)
-                    .arg("IDLE")
-                    .arg(u64::try_from(idle.as_millis()).unwrap())
-                    .arg("JUSTID")
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                aged += 1;
-            }
-        }
-        aged
+        Layout::of(&self.smache)
+            .await
+            .age_held_jobs(&mut conn)
+            .await
     }
 
     /// Once the executor `crashing` died at its crash point holding its

@@ -189,25 +189,6 @@ async fn a_nested_value_of_another_shard_is_read_after_the_edge_and_stored_fresh
     }
 }
 
-/// Runs the signal script of a store (`touch.lua`: what a document change
-/// or a value's fan-out job runs in one shard) for `token` in shard
-/// `base`: the fan-out of a value stored anew to another shard.
-async fn fan_out(conn: &mut RedisConn, base: &str, token: &str) {
-    let touch = redis::Script::new(concat!(
-        include_str!("../smache/lua/common.lua"),
-        include_str!("../smache/lua/touch.lua")
-    ));
-    let _: redis::Value = touch
-        .key(format!("{base}jobs"))
-        .arg(base)
-        .arg("")
-        .arg("")
-        .arg(token)
-        .invoke_async(conn)
-        .await
-        .unwrap();
-}
-
 /// How the test stores the leaf anew while its trunk computes.
 #[derive(Clone, Copy, Debug)]
 enum Anew {
@@ -256,7 +237,7 @@ async fn a_nested_value_of_another_shard_stored_anew_while_its_reader_computes_l
         }
         assert_eq!(smache.scope(leaf(tag.clone())).await, "new");
         if let Anew::Recompute = anew {
-            fan_out(&mut conn, &trunk_base, &format!("v:{leaf_id}")).await;
+            smache_suite::layout::touch(&mut conn, &trunk_base, &format!("v:{leaf_id}")).await;
         }
         assert!(smache.is_fresh(&leaf_key).await.unwrap());
 

@@ -1,36 +1,51 @@
 -- An executor signals one chunk of the dependants of a token with many
--- (see signal_dependents in common.lua), queues the next chunk first (so
--- the marking runs ahead of the recomputes each chunk queues), and
--- acknowledges its own job in the same script: a job run twice after a
--- lost acknowledgement finds itself gone and does nothing, so a chain is
--- never doubled. SSCAN returns every member present for the whole scan at
--- least once; a value that starts depending on the token later was
+-- (see signal_dependents in common.lua) and records how far it got; the
+-- executor calls it again at once for the next chunk, the job held all
+-- along, so every dependant is marked within about a script's time per
+-- chunk, not behind the recomputes each chunk queues. The last chunk
+-- acknowledges and deletes the job and its record in the same script.
+--
+-- Crash-safe without a chain of jobs: the record (`fo:<entry id>`, its
+-- SSCAN cursor) is written in the script that signals the chunk, so a job
+-- reclaimed from a dead executor resumes after the last chunk signalled
+-- (the record's time to live only bounds what a dead-lettered job leaves;
+-- a job resumed past it starts over: dependants signalled twice, at most
+-- one more recompute). A job already acknowledged finds itself gone and
+-- does nothing, so a job run twice at once marks nothing twice past the
+-- chunk in flight. SSCAN returns every member present for the whole scan
+-- at least once; a value that starts depending on the token later was
 -- computed from newer data.
 --
+-- Jobs queued by an earlier version as a chain (one job a chunk, field
+-- `cur`) start from their own cursor.
+--
 -- KEYS[1]  the jobs stream
--- ARGV[1]  base, ARGV[2] token, ARGV[3] SSCAN cursor, ARGV[4] this job's
---          stream entry id, ARGV[5] the consumer group, ARGV[6] "1" for a
---          change past max_fanout (mark stale only, no recompute jobs)
--- Returns the number of recompute jobs queued.
+-- ARGV[1]  base, ARGV[2] token, ARGV[3] the job's SSCAN cursor, ARGV[4]
+--          this job's stream entry id, ARGV[5] the consumer group, ARGV[6]
+--          "1" for a change past max_fanout (mark stale only, no
+--          recompute jobs)
+-- Returns {recompute jobs queued, the cursor to go on from ("0": done)}.
 local base, token, entry = ARGV[1], ARGV[2], ARGV[4]
 local jobs = typed(KEYS[1], 'stream')
 if #redis.call('XRANGE', jobs, entry, entry) == 0 then
-  return 0
+  return {0, '0'}
 end
-local reply = redis.call('SSCAN', typed(base .. 'r:' .. token, 'set'), ARGV[3], 'COUNT', FANOUT_CHUNK)
+local record = typed(base .. 'fo:' .. entry, 'string')
+local cursor = redis.call('GET', record)
+if type(cursor) ~= 'string' then
+  cursor = ARGV[3]
+end
+local reply = redis.call('SSCAN', typed(base .. 'r:' .. token, 'set'), cursor, 'COUNT', FANOUT_CHUNK)
 local lazy = ARGV[6] == '1'
-if reply[1] ~= '0' then
-  if lazy then
-    redis.call('XADD', jobs, '*', 'fan', token, 'cur', reply[1], 'lazy', '1')
-  else
-    redis.call('XADD', jobs, '*', 'fan', token, 'cur', reply[1])
-  end
-  ring(base)
-end
 local queued = 0
 for _, id in ipairs(reply[2]) do
   queued = queued + signal(base, id, lazy, token)
 end
+if reply[1] ~= '0' then
+  redis.call('SET', record, reply[1], 'EX', FANOUT_RECORD_TTL)
+  return {queued, reply[1]}
+end
+redis.call('DEL', record)
 redis.call('XACK', jobs, ARGV[5], entry)
 redis.call('XDEL', jobs, entry)
-return queued
+return {queued, '0'}

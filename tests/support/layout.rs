@@ -163,6 +163,41 @@ impl Layout {
         len
     }
 
+    /// Makes every job held by an executor idle past `RECLAIM_AFTER`, as
+    /// if held that long by a dead one: the next executor's first reclaim
+    /// takes them (rather than the test waiting 30 s). How many it aged.
+    pub async fn age_held_jobs(&self, conn: &mut RedisConn) -> usize {
+        let idle = smache::executor::RECLAIM_AFTER + std::time::Duration::from_secs(5);
+        let mut aged = 0;
+        for stream in self.everywhere("jobs") {
+            let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg("executors")
+                .arg("-")
+                .arg("+")
+                .arg(100)
+                .query_async(conn)
+                .await
+                .unwrap_or_default();
+            for held in pending.ids {
+                let _: redis::Value = redis::cmd("XCLAIM")
+                    .arg(&stream)
+                    .arg("executors")
+                    .arg(&held.consumer)
+                    .arg(0)
+                    .arg(&held.id)
+                    .arg("IDLE")
+                    .arg(u64::try_from(idle.as_millis()).unwrap())
+                    .arg("JUSTID")
+                    .query_async(conn)
+                    .await
+                    .unwrap();
+                aged += 1;
+            }
+        }
+        aged
+    }
+
     async fn entries(&self, conn: &mut RedisConn, stream: &str) -> Vec<StreamId> {
         let mut all = Vec::new();
         for key in self.everywhere(stream) {
@@ -186,4 +221,23 @@ pub fn value_id(smache: &Smache, key: &CacheKey) -> String {
     let storage = smache.storage_key(key);
     let at = storage.find("}:v:").expect("a value key is <base>v:<id>") + 4;
     storage[at..].to_owned()
+}
+
+/// Runs the signal script of a store (`touch.lua`: what the watching
+/// worker runs in one shard for a document change, and a value's fan-out
+/// job in each other shard) for `token` in shard `base`.
+pub async fn touch(conn: &mut RedisConn, base: &str, token: &str) {
+    let touch = redis::Script::new(concat!(
+        include_str!("../../smache/lua/common.lua"),
+        include_str!("../../smache/lua/touch.lua")
+    ));
+    let _: redis::Value = touch
+        .key(format!("{base}jobs"))
+        .arg(base)
+        .arg("")
+        .arg("")
+        .arg(token)
+        .invoke_async(conn)
+        .await
+        .unwrap();
 }

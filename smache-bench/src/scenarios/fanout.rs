@@ -176,7 +176,7 @@ async fn fan_out(
         .update_one(doc! { "_id": "fanout" }, doc! { "$set": { "value": "1" } })
         .await?;
     let committed = Instant::now();
-    // Dependants are signalled by fan-out jobs, 1,000 at a time: the
+    // Dependants are signalled by a fan-out job, 1,000 per script: the
     // sampled one's generation bump says its chunk has been signalled.
     while generation(&mut conn).await? == g0 {
         if committed.elapsed() > limit {
@@ -392,7 +392,7 @@ fn notes(run: &FanOut) -> Vec<String> {
     };
     let mut notes = vec![
         format!(
-            "sampled dependant signalled {} after the update (change stream, then fan-out jobs signalling the {} dependants 1,000 at a time); all acknowledged after {}",
+            "sampled dependant signalled {} after the update (change stream, then a fan-out job signalling the {} dependants, 1,000 per script); all acknowledged after {}",
             Micros(us(run.queued)),
             run.n,
             Micros(us(run.done))

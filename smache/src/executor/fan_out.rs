@@ -1,15 +1,18 @@
 //! The fan-out handlers: a change with many dependants is signalled a
-//! chunk at a time, each chunk a job of its own; and on a store of several
-//! shards, a value stored anew tells its dependants in the other shards
-//! through a fan-all job.
+//! chunk at a time, one script each, the job held until the last; and on a
+//! store of several shards, a value stored anew tells its dependants in the
+//! other shards through a fan-all job.
 
 use super::Executor;
 use crate::store::EntryRef;
 
 impl Executor {
-    /// Signals one chunk of a token's many dependants; the script queues
-    /// the next chunk and acknowledges the job. `lazy`: the change has more
-    /// dependants than `max_fanout`; they are only marked stale.
+    /// Signals a token's many dependants, one chunk per script, each
+    /// script recording how far it got, the last one acknowledging the job
+    /// (see `lua/fanout.lua`): every dependant is marked before the
+    /// recomputes of the first chunks are done, and a job reclaimed after
+    /// a crash resumes after the last chunk signalled. `lazy`: the change
+    /// has more dependants than `max_fanout`; they are only marked stale.
     pub(super) async fn fan_out(
         &self,
         entry: &EntryRef,
@@ -26,13 +29,26 @@ impl Executor {
                  stale without a recompute each, and recomputed when next read"
             );
         }
-        match self.store.fan_out(token, cursor, entry, lazy).await {
-            Ok(queued) => {
-                // Acknowledged by the script itself.
-                tracing::debug!(token, cursor, queued, "smache executor: fanned out a chunk");
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, token, "smache executor: redis unavailable; fan-out left for retry");
+        let mut chunks = 0_u64;
+        loop {
+            fail::fail_point!(
+                "smache::executor::fan_out::between_chunks",
+                chunks > 0,
+                |_| ()
+            );
+            match self.store.fan_out(token, cursor, entry, lazy).await {
+                Ok((queued, more)) => {
+                    chunks += 1;
+                    tracing::debug!(token, chunks, queued, "smache executor: fanned out a chunk");
+                    if !more {
+                        // Acknowledged by the last chunk's script.
+                        return;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, token, chunks, "smache executor: redis unavailable; the rest of the fan-out left for retry");
+                    return;
+                }
             }
         }
     }

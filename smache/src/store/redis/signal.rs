@@ -177,16 +177,18 @@ impl RedisStore {
         invocation
     }
 
-    /// Signals one chunk of the dependants of `token` in the shard of the
-    /// fan-out job `entry`, queues the next and acknowledges `entry`; the
-    /// number of recompute jobs queued.
+    /// Signals the next chunk of the dependants of `token` in the shard of
+    /// the fan-out job `entry`, from where the job's last chunk left off
+    /// (else from `cursor`, the job's own), and records how far it got; the
+    /// last chunk acknowledges `entry` (`lua/fanout.lua`). The number of
+    /// recompute jobs queued, and whether dependants are left.
     pub(crate) async fn fan_out(
         &self,
         token: &str,
         cursor: &str,
         entry: &EntryRef,
         lazy: bool,
-    ) -> Result<u64> {
+    ) -> Result<(u64, bool)> {
         let mut conn = self.connection().await?;
         let base = self.shards.base(entry.shard);
         let mut invocation = self.scripts.fanout.key(keys::jobs(base));
@@ -197,8 +199,10 @@ impl RedisStore {
             .arg(&entry.id)
             .arg(keys::GROUP)
             .arg(if lazy { "1" } else { "0" });
-        self.bounded("fanout", invocation.invoke_async(&mut conn))
-            .await
+        let (queued, next): (u64, String) = self
+            .bounded("fanout", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok((queued, next != "0"))
     }
 
     /// Signals the dependants of a value's token (`v:<id>`) in every

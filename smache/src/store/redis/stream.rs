@@ -49,8 +49,8 @@ pub(crate) enum StreamJob {
         /// dependants stale only.
         lazy: bool,
     },
-    /// Signal the dependants of `token`, a chunk from SSCAN `cursor`
-    /// (fields `fan`, `cur`, `lazy`, `n`).
+    /// Signal the dependants of `token`, a chunk at a time from SSCAN
+    /// `cursor` (fields `fan`, `cur`, `lazy`, `n`).
     FanOut {
         token: String,
         cursor: String,
