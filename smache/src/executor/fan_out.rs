@@ -11,7 +11,8 @@ impl Executor {
     /// script recording how far it got, the last one acknowledging the job
     /// (see `lua/fanout.lua`): every dependant is marked before the
     /// recomputes of the first chunks are done, and a job reclaimed after
-    /// a crash resumes after the last chunk signalled. `lazy`: the change
+    /// a crash resumes after the last chunk signalled. Each chunk waits its
+    /// turn among the executor's fan-outs (`FAN_OUT_CHUNKS_AT_ONCE`). `lazy`: the change
     /// has more dependants than `max_fanout`; they are only marked stale.
     pub(super) async fn fan_out(
         &self,
@@ -36,6 +37,7 @@ impl Executor {
                 chunks > 0,
                 |_| ()
             );
+            let _turn = self.fan_out_chunks.acquire().await.expect("never closed");
             match self.store.fan_out(token, cursor, entry, lazy).await {
                 Ok((queued, more)) => {
                     chunks += 1;

@@ -137,7 +137,17 @@ struct Executor {
     orphan_timeout: Duration,
     /// Jobs to look at again (see [`Executor::recheck`]).
     again: mpsc::UnboundedSender<StreamEntry>,
+    /// Fan-out chunks this executor runs at once (see
+    /// [`FAN_OUT_CHUNKS_AT_ONCE`]).
+    fan_out_chunks: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many chunk scripts of fan-outs (`lua/fanout.lua`, tens of
+/// milliseconds each) one executor runs at once. Each fan-out job runs its
+/// chunks back to back; on a store of many shards one change queues a
+/// fan-out job in each, and without a bound the chunk scripts of them all
+/// would queue on the masters past the operation timeout.
+const FAN_OUT_CHUNKS_AT_ONCE: usize = 2;
 
 /// Borrows the Redis store out of the instance.
 struct RedisStoreRef(Smache);
@@ -167,6 +177,7 @@ impl Executor {
             smache,
             concurrency,
             again,
+            fan_out_chunks: Arc::new(tokio::sync::Semaphore::new(FAN_OUT_CHUNKS_AT_ONCE)),
         };
         Ok((executor, rechecks))
     }
