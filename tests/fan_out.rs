@@ -71,6 +71,23 @@ async fn counted_parent(tag: String, n: u32) -> String {
     format!("{n} of {tag}")
 }
 
+/// A crash point set until dropped (a failing test leaves none set for
+/// the next).
+struct FailPoint(&'static str);
+
+impl FailPoint {
+    fn set(name: &'static str, action: &str) -> FailPoint {
+        fail::cfg(name, action).unwrap();
+        FailPoint(name)
+    }
+}
+
+impl Drop for FailPoint {
+    fn drop(&mut self) {
+        fail::remove(self.0);
+    }
+}
+
 fn instance() -> Smache {
     Smache::builder()
         .redis_url(redis_url())
@@ -160,10 +177,12 @@ async fn an_executor_stopped_between_chunks_leaves_the_rest_to_the_next_one() {
     // it died there: the job held, not acknowledged; reclaimed only once
     // idle for RECLAIM_AFTER) and it runs the recomputes that chunk queued
     // (SSCAN's chunks are about 1,000).
-    fail::cfg(BETWEEN_CHUNKS, "return").unwrap();
+    // Under RECLAIM_AFTER (30 s) less a heartbeat: the first executor
+    // must not reclaim the job itself meanwhile.
+    let cut = FailPoint::set(BETWEEN_CHUNKS, "return");
     let before = COUNTED_RUNS.load(Ordering::SeqCst);
     let first = smache::executor::spawn(&smache);
-    let one_chunk_done = eventually(Duration::from_secs(25), || {
+    let one_chunk_done = eventually(Duration::from_secs(15), || {
         let layout = layout.clone();
         async move {
             let mut conn = redis_connection(&redis_url()).await;
@@ -171,7 +190,7 @@ async fn an_executor_stopped_between_chunks_leaves_the_rest_to_the_next_one() {
         }
     })
     .await;
-    fail::remove(BETWEEN_CHUNKS);
+    drop(cut);
     let first_chunk = COUNTED_RUNS.load(Ordering::SeqCst) - before;
     assert!(
         one_chunk_done && (900..=1_100).contains(&first_chunk),

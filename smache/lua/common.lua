@@ -26,6 +26,8 @@
 --                      (`lazy` "1": past max_fanout, mark them stale only);
 --                      `fan`+`all` (+`lazy`) signal the dependants of a
 --                      value's token in every other shard (see fan_all)
+--   base.."fo:"..entry string: the SSCAN cursor a `fan`+`cur` job of that
+--                      entry id got to (fanout.lua); gone with the job
 --   base.."dead"       stream of the jobs executors gave up (dead.lua): the
 --                      job's own fields plus `job` its entry id, `reason`,
 --                      `by` the executor

@@ -7,10 +7,12 @@
 --
 -- Crash-safe without a chain of jobs: the record (`fo:<entry id>`, its
 -- SSCAN cursor) is written in the script that signals the chunk, so a job
--- reclaimed from a dead executor resumes after the last chunk signalled
--- (the record's time to live only bounds what a dead-lettered job leaves;
--- a job resumed past it starts over: dependants signalled twice, at most
--- one more recompute). A job already acknowledged finds itself gone and
+-- reclaimed from a dead executor resumes after the last chunk signalled.
+-- The record's time to live bounds what a job that ends otherwise leaves
+-- (deleted by hand; finished by an executor of an earlier version, which
+-- reads no record); a job resumed past it starts over: dependants
+-- signalled twice, at most one more recompute. A job already acknowledged
+-- finds itself gone and
 -- does nothing, so a job run twice at once marks nothing twice past the
 -- chunk in flight. SSCAN returns every member present for the whole scan
 -- at least once; a value that starts depending on the token later was

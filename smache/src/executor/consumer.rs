@@ -17,7 +17,7 @@ use super::{Executor, DRAIN_FOR, MIN_RECOMPUTE_INTERVAL, RECLAIM_AFTER};
 use crate::error::{Error, Result};
 use crate::instance::Smache;
 use crate::registry;
-use crate::store::{Abandon, EntryRef, JobReader, Starting, StreamEntry};
+use crate::store::{Abandon, EntryRef, JobReader, Starting, StreamEntry, StreamJob};
 
 /// How many abandoned jobs one reclaim scan claims at most, per shard.
 const RECLAIM_COUNT: usize = 100;
@@ -25,7 +25,7 @@ const RECLAIM_COUNT: usize = 100;
 /// Runs an executor until `stop` is cancelled; jobs in progress finish
 /// first, for up to [`DRAIN_FOR`].
 pub(super) async fn consume(smache: Smache, stop: CancellationToken) -> Result<()> {
-    let (executor, mut again) = Executor::new(smache)?;
+    let (executor, mut again) = Executor::new(smache, stop.clone())?;
     let running = TaskTracker::new();
     // Cancelled when the drain runs out, or when this future is dropped:
     // the jobs still running are dropped (unacknowledged).
@@ -111,10 +111,18 @@ pub(super) async fn consume(smache: Smache, stop: CancellationToken) -> Result<(
             start,
         } in batch
         {
-            let permit = Arc::clone(&permits)
-                .acquire_owned()
-                .await
-                .expect("never closed");
+            // A fan-out takes no permit: it waits its turn for each chunk
+            // among the executor's fan-outs instead (see `fan_out`), so
+            // waiting fan-outs never hold the permits recomputes need.
+            let permit = match job {
+                StreamJob::FanOut { .. } => None,
+                _ => Some(
+                    Arc::clone(&permits)
+                        .acquire_owned()
+                        .await
+                        .expect("never closed"),
+                ),
+            };
             let executor = executor.clone();
             // Forgets the entry however the job ends (a panicking relation
             // mapper included), so the heartbeat stops claiming it.

@@ -3,17 +3,30 @@
 //! store of several shards, a value stored anew tells its dependants in the
 //! other shards through a fan-all job.
 
+use std::time::Duration;
+
 use super::Executor;
 use crate::store::EntryRef;
+
+/// How many more times a fan-out chunk that failed (Redis timed out, or
+/// its breaker was open) is tried before the job is left for a reclaim
+/// ([`RECLAIM_AFTER`](super::RECLAIM_AFTER) later).
+const CHUNK_TRIES: u32 = 4;
+/// The first pause before a chunk is tried again, doubling after each
+/// failure (3.75 s in all).
+const CHUNK_PAUSE: Duration = Duration::from_millis(250);
 
 impl Executor {
     /// Signals a token's many dependants, one chunk per script, each
     /// script recording how far it got, the last one acknowledging the job
-    /// (see `lua/fanout.lua`): every dependant is marked before the
-    /// recomputes of the first chunks are done, and a job reclaimed after
-    /// a crash resumes after the last chunk signalled. Each chunk waits its
-    /// turn among the executor's fan-outs (`FAN_OUT_CHUNKS_AT_ONCE`). `lazy`: the change
-    /// has more dependants than `max_fanout`; they are only marked stale.
+    /// (see `lua/fanout.lua`): the last chunks are marked without waiting
+    /// behind the recomputes the first ones queued, and a job reclaimed
+    /// after a crash resumes after the last chunk signalled. Each chunk
+    /// waits its turn among the executor's fan-outs
+    /// (`FAN_OUT_CHUNKS_AT_ONCE`); a chunk that fails is tried again a few
+    /// times; a stopping executor leaves the rest to another. `lazy`: the
+    /// change has more dependants than `max_fanout`; they are only marked
+    /// stale.
     pub(super) async fn fan_out(
         &self,
         entry: &EntryRef,
@@ -30,25 +43,47 @@ impl Executor {
                  stale without a recompute each, and recomputed when next read"
             );
         }
-        let mut chunks = 0_u64;
+        let (mut chunks, mut failures) = (0_u64, 0_u32);
         loop {
             fail::fail_point!(
                 "smache::executor::fan_out::between_chunks",
                 chunks > 0,
                 |_| ()
             );
-            let _turn = self.fan_out_chunks.acquire().await.expect("never closed");
-            match self.store.fan_out(token, cursor, entry, lazy).await {
+            if self.stopping.is_cancelled() {
+                tracing::info!(
+                    token,
+                    chunks,
+                    "smache executor: stopping; the rest of the fan-out is left for another executor"
+                );
+                return;
+            }
+            let turn = self.fan_out_chunks.acquire().await.expect("never closed");
+            let chunk = self.store.fan_out(token, cursor, entry, lazy).await;
+            drop(turn);
+            match chunk {
                 Ok((queued, more)) => {
                     chunks += 1;
+                    failures = 0;
                     tracing::debug!(token, chunks, queued, "smache executor: fanned out a chunk");
                     if !more {
                         // Acknowledged by the last chunk's script.
                         return;
                     }
                 }
+                Err(err) if failures < CHUNK_TRIES => {
+                    // Safe to run again: a chunk's script writes its
+                    // progress with its signals, or writes nothing.
+                    failures += 1;
+                    let pause = CHUNK_PAUSE * 2_u32.pow(failures - 1);
+                    tracing::debug!(error = %err, token, chunks, ?pause, "smache executor: a fan-out chunk failed; trying again");
+                    tokio::select! {
+                        () = self.stopping.cancelled() => {}
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
                 Err(err) => {
-                    tracing::warn!(error = %err, token, chunks, "smache executor: redis unavailable; the rest of the fan-out left for retry");
+                    tracing::warn!(error = %err, token, chunks, "smache executor: a fan-out chunk failed again and again; the rest of the fan-out is left for a reclaim");
                     return;
                 }
             }

@@ -50,7 +50,8 @@ pub(crate) enum StreamJob {
         lazy: bool,
     },
     /// Signal the dependants of `token`, a chunk at a time from SSCAN
-    /// `cursor` (fields `fan`, `cur`, `lazy`, `n`).
+    /// `cursor`, or from the job's record of how far it got (fields `fan`,
+    /// `cur`, `lazy`, `n`).
     FanOut {
         token: String,
         cursor: String,
