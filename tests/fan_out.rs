@@ -16,7 +16,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use smache::{computed, Entity, Smache};
-use smache_suite::layout::{touch, Layout};
+use smache_suite::layout::{touch, value_id, Layout};
 use smache_suite::{eventually, quiesced, redis_connection, redis_url, unique};
 
 const PARENTS: u32 = 2_500; // 3 chunks of at most 1,000
@@ -86,6 +86,12 @@ impl Drop for FailPoint {
     fn drop(&mut self) {
         fail::remove(self.0);
     }
+}
+
+/// Depends on the plans.
+#[computed(Raw, Raw, sources(Plan))]
+async fn plain_parent(tag: String, n: u32) -> String {
+    format!("{n} of {tag}")
 }
 
 fn instance() -> Smache {
@@ -221,4 +227,67 @@ async fn an_executor_stopped_between_chunks_leaves_the_rest_to_the_next_one() {
         "the fan-out's record went with it: {left:?}"
     );
     next.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_job_of_an_earlier_version_goes_on_from_its_own_cursor() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let smache = instance();
+    let tag = unique("chain");
+    for n in 0..PARENTS {
+        smache.scope(plain_parent(tag.clone(), n)).await;
+    }
+    let layout = Layout::of(&smache).await;
+    let base = layout.bases()[0].clone();
+    let mut conn = redis_connection(&redis_url()).await;
+
+    // What an earlier version queued after signalling a first chunk: a
+    // job of the next chunk, at the cursor that chunk's SSCAN returned.
+    let (cursor, first): (String, Vec<String>) = redis::cmd("SSCAN")
+        .arg(format!("{base}r:c:plans"))
+        .arg(0)
+        .arg("COUNT")
+        .arg(1_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_ne!(cursor, "0", "more than one chunk");
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{base}jobs"))
+        .arg("*")
+        .arg("fan")
+        .arg("c:plans")
+        .arg("cur")
+        .arg(&cursor)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let executor = smache::executor::spawn(&smache);
+    assert!(
+        quiesced(&smache, Duration::from_secs(60)).await,
+        "jobs left"
+    );
+    executor.shutdown().await.unwrap();
+    let first: HashSet<String> = first.into_iter().collect();
+    let (mut untouched, mut recomputed) = (0, 0);
+    for n in 0..PARENTS {
+        let key = plain_parent::key(tag.clone(), n).unwrap();
+        let entry = smache.entry(&key).await.unwrap().expect("stored");
+        assert!(!entry.is_stale());
+        let in_first = first.contains(&value_id(&smache, &key));
+        match (in_first, entry.version()) {
+            (true, 1) => untouched += 1,
+            (false, version) if version >= 2 => recomputed += 1,
+            (in_first, version) => {
+                panic!("parent {n} (first chunk: {in_first}) at version {version}")
+            }
+        }
+    }
+    assert_eq!(
+        untouched,
+        first.len(),
+        "the first chunk is not signalled again"
+    );
+    assert_eq!(recomputed + untouched, PARENTS as usize);
 }
