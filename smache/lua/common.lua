@@ -341,7 +341,7 @@ local FANOUT_CHUNK = 1000
 
 -- How long the record of a fan-out job's progress (fanout.lua) outlives
 -- its last chunk's script: it is deleted with the job, so this only bounds
--- what a job given up on leaves behind (seconds; a day).
+-- what a job that ends otherwise leaves behind (seconds; a day).
 local FANOUT_RECORD_TTL = 86400
 
 -- The most dependants one change recomputes eagerly, unless the watching

@@ -12,11 +12,10 @@
 -- (deleted by hand; finished by an executor of an earlier version, which
 -- reads no record); a job resumed past it starts over: dependants
 -- signalled twice, at most one more recompute. A job already acknowledged
--- finds itself gone and
--- does nothing, so a job run twice at once marks nothing twice past the
--- chunk in flight. SSCAN returns every member present for the whole scan
--- at least once; a value that starts depending on the token later was
--- computed from newer data.
+-- finds itself gone and does nothing, so a job run twice at once marks
+-- nothing twice past the chunk in flight. SSCAN returns every member
+-- present for the whole scan at least once; a value that starts depending
+-- on the token later was computed from newer data.
 --
 -- Jobs queued by an earlier version as a chain (one job a chunk, field
 -- `cur`) start from their own cursor.
