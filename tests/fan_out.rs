@@ -290,4 +290,9 @@ async fn a_fan_out_job_of_an_earlier_version_goes_on_from_its_own_cursor() {
         "the first chunk is not signalled again"
     );
     assert_eq!(recomputed + untouched, PARENTS as usize);
+    let left: Vec<String> = conn.keys(format!("{base}fo:*")).await.unwrap();
+    assert!(
+        left.is_empty(),
+        "the fan-out's record went with it: {left:?}"
+    );
 }

@@ -264,6 +264,8 @@ impl SmacheBuilder {
     /// 10,000 values ran about 1.4× faster at 16 than at 4 on 2 CPUs
     /// (`smache-bench` P3). Lower it to bound what CPU-heavy recomputes may
     /// take from the application; raise it for functions that wait long.
+    /// Fan-out jobs (a change with over 1,000 dependants) run apart, as
+    /// many as this again, and at most two of their chunk scripts at once.
     ///
     /// ```
     /// let smache = smache::Smache::builder()

@@ -1,6 +1,6 @@
 //! The stream consumer: reads jobs from the consumer group of every
 //! shard's stream, reclaims those other executors left, runs each on a
-//! permit, keeps the claim on the ones it holds, announces what it runs,
+//! permit (fan-outs on permits of their own), keeps the claim on the ones it holds, announces what it runs,
 //! and acknowledges or gives up each job, in its shard, once it is
 //! settled.
 
@@ -25,13 +25,14 @@ const RECLAIM_COUNT: usize = 100;
 /// Runs an executor until `stop` is cancelled; jobs in progress finish
 /// first, for up to [`DRAIN_FOR`].
 pub(super) async fn consume(smache: Smache, stop: CancellationToken) -> Result<()> {
-    let (executor, mut again) = Executor::new(smache, stop.clone())?;
+    let (executor, mut again) = Executor::new(smache)?;
     let running = TaskTracker::new();
     // Cancelled when the drain runs out, or when this future is dropped:
     // the jobs still running are dropped (unacknowledged).
     let abandon = CancellationToken::new();
     let _abandon_if_dropped = abandon.clone().drop_guard();
     let permits = Arc::new(Semaphore::new(executor.concurrency));
+    let fan_out_permits = Arc::new(Semaphore::new(executor.concurrency));
     let mut last_reclaim = tokio::time::Instant::now() - RECLAIM_AFTER;
     let mut conn: Option<JobReader> = None;
     let starting = Starting {
@@ -111,18 +112,18 @@ pub(super) async fn consume(smache: Smache, stop: CancellationToken) -> Result<(
             start,
         } in batch
         {
-            // A fan-out takes no permit: it waits its turn for each chunk
-            // among the executor's fan-outs instead (see `fan_out`), so
-            // waiting fan-outs never hold the permits recomputes need.
-            let permit = match job {
-                StreamJob::FanOut { .. } => None,
-                _ => Some(
-                    Arc::clone(&permits)
-                        .acquire_owned()
-                        .await
-                        .expect("never closed"),
-                ),
+            // Fan-outs run on permits of their own: a fan-out spends most
+            // of its time waiting its turn for a chunk among the others
+            // (see `fan_out`), and waiting ones must not hold the permits
+            // recomputes need.
+            let permits = match job {
+                StreamJob::FanOut { .. } => &fan_out_permits,
+                _ => &permits,
             };
+            let permit = Arc::clone(permits)
+                .acquire_owned()
+                .await
+                .expect("never closed");
             let executor = executor.clone();
             // Forgets the entry however the job ends (a panicking relation
             // mapper included), so the heartbeat stops claiming it.

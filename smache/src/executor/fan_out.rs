@@ -8,8 +8,8 @@ use std::time::Duration;
 use super::Executor;
 use crate::store::EntryRef;
 
-/// How many more times a fan-out chunk that failed (Redis timed out, or
-/// its breaker was open) is tried before the job is left for a reclaim
+/// How many more times a fan-out chunk Redis did not answer (it timed out,
+/// or the breaker was open) is tried before the job is left for a reclaim
 /// ([`RECLAIM_AFTER`](super::RECLAIM_AFTER) later).
 const CHUNK_TRIES: u32 = 4;
 /// The first pause before a chunk is tried again, doubling after each
@@ -23,10 +23,12 @@ impl Executor {
     /// behind the recomputes the first ones queued, and a job reclaimed
     /// after a crash resumes after the last chunk signalled. Each chunk
     /// waits its turn among the executor's fan-outs
-    /// (`FAN_OUT_CHUNKS_AT_ONCE`); a chunk that fails is tried again a few
-    /// times; a stopping executor leaves the rest to another. `lazy`: the
-    /// change has more dependants than `max_fanout`; they are only marked
-    /// stale.
+    /// (`FAN_OUT_CHUNKS_AT_ONCE`); a chunk Redis did not answer is tried
+    /// again a few times. A stopping executor runs its fan-outs on while it
+    /// drains (a chunk's script runs whole or not at all, so one dropped
+    /// when the drain runs out resumes after its last chunk elsewhere).
+    /// `lazy`: the change has more dependants than `max_fanout`; they are
+    /// only marked stale.
     pub(super) async fn fan_out(
         &self,
         entry: &EntryRef,
@@ -50,14 +52,6 @@ impl Executor {
                 chunks > 0,
                 |_| ()
             );
-            if self.stopping.is_cancelled() {
-                tracing::info!(
-                    token,
-                    chunks,
-                    "smache executor: stopping; the rest of the fan-out is left for another executor"
-                );
-                return;
-            }
             let turn = self.fan_out_chunks.acquire().await.expect("never closed");
             let chunk = self.store.fan_out(token, cursor, entry, lazy).await;
             drop(turn);
@@ -71,19 +65,16 @@ impl Executor {
                         return;
                     }
                 }
-                Err(err) if failures < CHUNK_TRIES => {
+                Err(err) if err.is_unreachable() && failures < CHUNK_TRIES => {
                     // Safe to run again: a chunk's script writes its
                     // progress with its signals, or writes nothing.
                     failures += 1;
                     let pause = CHUNK_PAUSE * 2_u32.pow(failures - 1);
                     tracing::debug!(error = %err, token, chunks, ?pause, "smache executor: a fan-out chunk failed; trying again");
-                    tokio::select! {
-                        () = self.stopping.cancelled() => {}
-                        () = tokio::time::sleep(pause) => {}
-                    }
+                    tokio::time::sleep(pause).await;
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, token, chunks, "smache executor: a fan-out chunk failed again and again; the rest of the fan-out is left for a reclaim");
+                    tracing::warn!(error = %err, token, chunks, "smache executor: a fan-out chunk failed; the rest of the fan-out is left for a reclaim");
                     return;
                 }
             }

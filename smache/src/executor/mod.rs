@@ -131,7 +131,7 @@ struct Executor {
     store: Arc<RedisStoreRef>,
     /// Its consumer name in the group.
     consumer: String,
-    /// How many jobs run at once.
+    /// How many jobs run at once (and, apart, how many fan-out jobs).
     concurrency: usize,
     /// How long a job waits for an executor that has its function.
     orphan_timeout: Duration,
@@ -140,18 +140,15 @@ struct Executor {
     /// Fan-out chunks this executor runs at once (see
     /// [`FAN_OUT_CHUNKS_AT_ONCE`]).
     fan_out_chunks: Arc<tokio::sync::Semaphore>,
-    /// Cancelled when the executor is asked to stop: a fan-out leaves its
-    /// remaining chunks for another executor.
-    stopping: CancellationToken,
 }
 
 /// How many chunk scripts of fan-outs (`lua/fanout.lua`, tens of
 /// milliseconds each) one executor runs at once. Each fan-out job runs its
 /// chunks back to back; on a store of many shards one change queues a
 /// fan-out job in each, and without a bound the chunk scripts of them all
-/// would queue on the masters past the operation timeout. Fan-out jobs take
-/// none of the executor's `concurrency` permits: those waiting for a turn
-/// leave them to recomputes.
+/// would queue on the masters past the operation timeout. Fan-out jobs run
+/// on `concurrency` permits of their own, apart from the other jobs':
+/// those waiting for a turn leave the others' permits to recomputes.
 const FAN_OUT_CHUNKS_AT_ONCE: usize = 2;
 
 /// Borrows the Redis store out of the instance.
@@ -169,10 +166,7 @@ impl std::ops::Deref for RedisStoreRef {
 
 impl Executor {
     /// The executor, and where the jobs it wants to look at again arrive.
-    fn new(
-        smache: Smache,
-        stopping: CancellationToken,
-    ) -> Result<(Self, mpsc::UnboundedReceiver<StreamEntry>)> {
+    fn new(smache: Smache) -> Result<(Self, mpsc::UnboundedReceiver<StreamEntry>)> {
         if !matches!(smache.inner.store, Store::Redis(_)) {
             return Err(Error::Config("executors need the Redis store".into()));
         }
@@ -186,7 +180,6 @@ impl Executor {
             concurrency,
             again,
             fan_out_chunks: Arc::new(tokio::sync::Semaphore::new(FAN_OUT_CHUNKS_AT_ONCE)),
-            stopping,
         };
         Ok((executor, rechecks))
     }
