@@ -15,6 +15,7 @@ impl Worker<'_> {
             if futures::FutureExt::now_or_never(shutdown.clone()).is_some() {
                 break;
             }
+            let asked = std::time::Instant::now();
             match self.store.lease(&self.id, self.options.lease).await {
                 Ok(Some(fence)) => {
                     self.announce().await;
@@ -22,7 +23,7 @@ impl Worker<'_> {
                         tracing::info!(worker = %self.id, fence, "smache worker: holds the lease; watching");
                         leader = true;
                     }
-                    match self.watch(&shutdown, fence).await {
+                    match self.watch(&shutdown, fence, asked).await {
                         Ok(Ended::Shutdown) => break,
                         Ok(Ended::LeaseLost) => {
                             tracing::warn!(worker = %self.id, "smache worker: lost the lease; standing by");
@@ -70,18 +71,29 @@ impl Worker<'_> {
 
     /// Takes or renews the lease while watching: `Ok(None)` while this
     /// worker still holds it with fencing token `fence`, else why the
-    /// watch ends.
-    pub(super) async fn keep_lease(&self, fence: u64) -> crate::error::Result<Option<Ended>> {
-        match self.store.lease(&self.id, self.options.lease).await? {
-            None => Ok(Some(Ended::LeaseLost)),
+    /// watch ends. `since`: how long ago the request that last took or
+    /// renewed it was sent.
+    pub(super) async fn keep_lease(
+        &self,
+        fence: u64,
+        since: Duration,
+    ) -> crate::error::Result<Option<Ended>> {
+        let lease = self.options.lease;
+        match self.store.lease(&self.id, lease).await? {
+            None => {
+                if since >= lease {
+                    // (The watch's end logs the loss itself.)
+                    tracing::info!(worker = %self.id, ?since, ?lease, "smache worker: the lease expired before this worker renewed it (its loop was held up: a slow change, Redis or MongoDB slow to answer, a starved process)");
+                }
+                Ok(Some(Ended::LeaseLost))
+            }
             Some(now) if now != fence => {
-                // Taken anew, not renewed: Redis lost the lease.
-                tracing::warn!(
-                    worker = %self.id,
-                    fence = now,
-                    "smache worker: the lease was lost and taken again (Redis lost its \
-                     data?); restarting the watch"
-                );
+                // Taken anew, not renewed: the lease key was gone.
+                if since >= lease {
+                    tracing::warn!(worker = %self.id, fence = now, ?since, ?lease, "smache worker: the lease expired before this worker renewed it (its loop was held up: a slow change, Redis or MongoDB slow to answer, a starved process); taken again, restarting the watch");
+                } else {
+                    tracing::warn!(worker = %self.id, fence = now, ?since, "smache worker: the lease was lost and taken again, though renewed in time (Redis lost its data?); restarting the watch");
+                }
                 Ok(Some(Ended::Restart))
             }
             Some(_) => Ok(None),

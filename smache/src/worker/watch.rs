@@ -1,7 +1,8 @@
 //! Following the change stream while this worker holds the lease:
 //! opening it where the saved position says, recording each change (or
 //! empty batch) with its jobs and the new position in one script, renewing
-//! the lease and checking the saved position every third of the lease.
+//! the lease and checking the saved position every third of the lease
+//! (counted from the request that last took or renewed it).
 
 use std::future::Future;
 use std::time::Instant;
@@ -22,11 +23,13 @@ const SWEEP_TIME_PER_STEP: std::time::Duration = std::time::Duration::from_milli
 
 impl Worker<'_> {
     /// Follows the change stream until shutdown, loss of the lease or an
-    /// error, holding the lease with fencing token `fence`.
+    /// error, holding the lease with fencing token `fence`, taken (or
+    /// renewed) by a request sent at `taken`.
     pub(super) async fn watch(
         &mut self,
         shutdown: &(impl Future<Output = ()> + Clone),
         fence: u64,
+        taken: Instant,
     ) -> Result<Ended> {
         self.publish_config().await?;
         let saved = match self.saved_token().await? {
@@ -58,13 +61,17 @@ impl Worker<'_> {
             self.mark_everything_stale(why.into()).await?;
             self.store.stale_marking_done().await?;
         }
-        let mut renewed = Instant::now();
+        // Counted from the request that took the lease, not from here:
+        // opening the stream (or marking everything stale) may take a
+        // while, and the lease runs out by Redis's clock all the same.
+        let mut renewed = taken;
         loop {
             if futures::FutureExt::now_or_never(shutdown.clone()).is_some() {
                 return Ok(Ended::Shutdown);
             }
             if renewed.elapsed() >= self.options.lease / 3 {
-                if let Some(ended) = self.keep_lease(fence).await? {
+                let asked = Instant::now();
+                if let Some(ended) = self.keep_lease(fence, asked - renewed).await? {
                     return Ok(ended);
                 }
                 // An idle stream records nothing: check the saved position
@@ -77,7 +84,7 @@ impl Worker<'_> {
                 // lost it while this worker kept (or retook) the lease.
                 self.publish_config().await?;
                 self.announce().await;
-                renewed = Instant::now();
+                renewed = asked;
             }
             // Never cancelled mid-poll: a dropped getMore could lose a batch.
             let event = match stream.next_if_any().await {
