@@ -1,8 +1,8 @@
 //! The stream consumer: reads jobs from the consumer group of every
 //! shard's stream, reclaims those other executors left, runs each on a
-//! permit (fan-outs on permits of their own), keeps the claim on the ones it holds, announces what it runs,
-//! and acknowledges or gives up each job, in its shard, once it is
-//! settled.
+//! permit (fan-outs on permits of their own), keeps the claim on the ones
+//! it holds, announces what it runs, and acknowledges or gives up each
+//! job, in its shard, once it is settled.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -116,11 +116,11 @@ pub(super) async fn consume(smache: Smache, stop: CancellationToken) -> Result<(
             // of its time waiting its turn for a chunk among the others
             // (see `fan_out`), and waiting ones must not hold the permits
             // recomputes need.
-            let permits = match job {
+            let pool = match job {
                 StreamJob::FanOut { .. } => &fan_out_permits,
                 _ => &permits,
             };
-            let permit = Arc::clone(permits)
+            let permit = Arc::clone(pool)
                 .acquire_owned()
                 .await
                 .expect("never closed");
