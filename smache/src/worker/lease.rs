@@ -78,19 +78,22 @@ impl Worker<'_> {
         fence: u64,
         since: Duration,
     ) -> crate::error::Result<Option<Ended>> {
+        /// Why a lease runs out under a live worker.
+        const HELD_UP: &str =
+            "its loop was held up: a slow change, Redis or MongoDB slow to answer, a starved process";
         let lease = self.options.lease;
         match self.store.lease(&self.id, lease).await? {
             None => {
                 if since >= lease {
                     // (The watch's end logs the loss itself.)
-                    tracing::info!(worker = %self.id, ?since, ?lease, "smache worker: the lease expired before this worker renewed it (its loop was held up: a slow change, Redis or MongoDB slow to answer, a starved process)");
+                    tracing::info!(worker = %self.id, ?since, ?lease, why = HELD_UP, "smache worker: the lease expired before this worker renewed it");
                 }
                 Ok(Some(Ended::LeaseLost))
             }
             Some(now) if now != fence => {
                 // Taken anew, not renewed: the lease key was gone.
                 if since >= lease {
-                    tracing::warn!(worker = %self.id, fence = now, ?since, ?lease, "smache worker: the lease expired before this worker renewed it (its loop was held up: a slow change, Redis or MongoDB slow to answer, a starved process); taken again, restarting the watch");
+                    tracing::warn!(worker = %self.id, fence = now, ?since, ?lease, why = HELD_UP, "smache worker: the lease expired before this worker renewed it; taken again, restarting the watch");
                 } else {
                     tracing::warn!(worker = %self.id, fence = now, ?since, "smache worker: the lease was lost and taken again, though renewed in time (Redis lost its data?); restarting the watch");
                 }
