@@ -8,7 +8,7 @@
 //! change is the plans collection's, signalled as the watching worker
 //! would (no worker runs).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -21,23 +21,19 @@ use smache_suite::{eventually, quiesced, redis_connection, redis_url, unique};
 
 const PARENTS: u32 = 2_500; // 3 chunks of at most 1,000
 
-/// The tests take turns: the second sets a process-wide crash point that
-/// the first's fan-out must not meet.
+/// The tests take turns: one sets a process-wide crash point that the
+/// others' fan-outs must not meet.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Tags whose parents' recomputes wait (see [`held_parent`]).
-static HELD: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+static HELD: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 fn held(tag: &str) -> bool {
-    HELD.lock()
-        .unwrap()
-        .as_ref()
-        .is_some_and(|held| held.contains(tag))
+    HELD.lock().unwrap().contains(tag)
 }
 
 fn hold(tag: &str, on: bool) {
     let mut held = HELD.lock().unwrap();
-    let held = held.get_or_insert_with(HashSet::new);
     if on {
         held.insert(tag.to_owned());
     } else {
@@ -116,7 +112,7 @@ async fn fresh_among(smache: &Smache, keys: &[smache::CacheKey]) -> usize {
 
 /// The plans changed, as the watching worker tells the instance's one
 /// shard: the `PARENTS` values that depend on them are signalled through
-/// one fan-out job (no executor runs yet). Its stream's base.
+/// one fan-out job (no executor runs yet). The instance's layout.
 async fn plans_changed(smache: &Smache) -> Layout {
     let layout = Layout::of(smache).await;
     let mut conn = redis_connection(&redis_url()).await;
