@@ -205,8 +205,8 @@ pub mod __private {
     pub use crate::__smache_keep as keep;
     pub use crate::__smache_raw_kind as raw_kind;
     pub use crate::call::{
-        call_async, call_sync, DecodeEach, Keep, KeepClone, KeepCloned, KeepDecode, KeepProbe,
-        Mode, OkOnly, Plain, ValueType,
+        call_async, call_sync, Answer, DecodeEach, Keep, KeepClone, KeepCloned, KeepDecode,
+        KeepProbe, Mode, OkOnly, Plain, ValueType,
     };
     pub use crate::key::{ArgReader, Job, JobError};
     pub use crate::key::{

@@ -103,6 +103,7 @@ impl FnSpec {
 
     /// `<name>#<version>:`, the start of every key of the function (see
     /// [`CacheKey`](crate::CacheKey)).
+    #[inline]
     pub(crate) fn head(&self) -> &str {
         self.head
             .get_or_init(|| format!("{}#{}:", self.name, self.version))

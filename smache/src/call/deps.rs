@@ -106,6 +106,7 @@ pub(crate) fn depends_on_value(id: &str) -> bool {
 
 /// [`depends_on_value`] for the value of `key`, without building its id
 /// when no computation is in progress (the embedded store's hit path).
+#[inline]
 pub(crate) fn depends_on_key(key: &CacheKey) {
     let _ = with_deps(|deps| {
         let mut token = String::with_capacity(2 + key.args().len() + 32);

@@ -46,40 +46,86 @@ use crate::store::Store;
 /// `None` for a caller; `keep`, whether hits keep the value decoded (see
 /// [`keep`]).
 ///
-/// Not an `async fn`: an in-process hit is answered when it is called
-/// (the generated code awaits it at once, inside the caller's
-/// [`Smache::scope`]), so a hit builds no future of its own and moves
-/// neither the key nor `compute` into one; the rest is boxed (see
-/// [`call_async_full`]). The generated wrapper around it is not an
-/// `async fn` either, for the same reason: the computed function's own
-/// future awaits this one directly.
+/// Not an `async fn`: an in-process hit is answered when it is called,
+/// [`Answer::Now`], and the generated wrapper (inside the caller's
+/// [`Smache::scope`]) returns that value without a future of its own
+/// around it; otherwise the wrapper awaits [`Answer::Later`], the rest of
+/// the call, boxed (see `boxed_full`). A hit's value is then moved from
+/// here to the caller's future once, not through two more futures (each
+/// move of it through memory was measured at several nanoseconds: the
+/// reads stall on the writes just before them).
 pub fn call_async<'a, M, R, F, Fut, K>(
     spec: &'static FnSpec,
     key: Result<CacheKey>,
     compute: F,
     job: Option<&'a Job>,
     keep: K,
-) -> impl Future<Output = R> + use<'a, M, R, F, Fut, K>
+) -> Answer<R, impl Future<Output = R> + use<'a, M, R, F, Fut, K>>
 where
     M: Mode<R>,
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
     K: Keep<M::Value>,
 {
-    let hit = Smache::with_current(|smache| local_hit::<M::Value>(smache, spec, &key, job, keep));
+    let hit = Smache::with_current(
+        // See `local_hit`.
+        #[inline(always)]
+        |smache| local_hit::<M::Value>(smache, spec, &key, job, keep),
+    );
     match hit {
-        Some(value) => Either::Left(std::future::ready(M::from_cached(value))),
-        // Boxed: this future (and every caller's that awaits it) then
-        // stays small, so a hit moves few bytes; the other paths talk to
-        // Redis, next to which an allocation is nothing.
-        None => Either::Right(Box::pin(call_async_full::<M, R, F, Fut>(
-            Smache::current(),
-            spec,
-            key,
-            compute,
-            job,
-        ))),
+        Some(value) => Answer::Now(M::from_cached(value)),
+        None => Answer::Later(boxed_full::<M, R, F, Fut>(spec, key, compute, job)),
     }
+}
+
+/// What [`call_async`] answers: the value at once (a hit in this
+/// process's memory), or the future of the rest of the call. Used by the
+/// generated code.
+#[derive(Debug)]
+pub enum Answer<R, F> {
+    /// The value, found in this process's memory.
+    Now(R),
+    /// The rest of the call (the store, or a computation), to await.
+    Later(F),
+}
+
+/// Awaited as it is, the answer is its value.
+impl<R, F: Future<Output = R>> std::future::IntoFuture for Answer<R, F> {
+    type Output = R;
+    type IntoFuture = Either<std::future::Ready<R>, F>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        match self {
+            Answer::Now(value) => Either::Left(std::future::ready(value)),
+            Answer::Later(rest) => Either::Right(rest),
+        }
+    }
+}
+
+/// [`call_async_full`]'s future, boxed: the other paths talk to Redis,
+/// next to which an allocation is nothing. Out of line: the future is made
+/// on the stack before it moves into its box, and it takes kilobytes; in
+/// [`call_async`] that frame would be set up (its stack pages probed) on
+/// every hit.
+#[inline(never)]
+fn boxed_full<'a, M, R, F, Fut>(
+    spec: &'static FnSpec,
+    key: Result<CacheKey>,
+    compute: F,
+    job: Option<&'a Job>,
+) -> std::pin::Pin<Box<impl Future<Output = R> + use<'a, M, R, F, Fut>>>
+where
+    M: Mode<R>,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = R>,
+{
+    Box::pin(call_async_full::<M, R, F, Fut>(
+        Smache::current(),
+        spec,
+        key,
+        compute,
+        job,
+    ))
 }
 
 /// [`call_async`] past the embedded store's fast path.
@@ -121,10 +167,30 @@ where
     M: Mode<R>,
     F: FnOnce() -> R,
 {
-    let hit = Smache::with_current(|smache| local_hit::<M::Value>(smache, spec, &key, job, keep));
+    let hit = Smache::with_current(
+        // See `local_hit`.
+        #[inline(always)]
+        |smache| local_hit::<M::Value>(smache, spec, &key, job, keep),
+    );
     if let Some(value) = hit {
         return M::from_cached(value);
     }
+    call_sync_full::<M, R, F>(spec, key, compute, job)
+}
+
+/// [`call_sync`] past the in-process fast path. Out of line, for the
+/// reason [`boxed_full`] is: its futures take kilobytes of stack.
+#[inline(never)]
+fn call_sync_full<M, R, F>(
+    spec: &'static FnSpec,
+    key: Result<CacheKey>,
+    compute: F,
+    job: Option<&Job>,
+) -> R
+where
+    M: Mode<R>,
+    F: FnOnce() -> R,
+{
     let compute = move || Box::pin(async move { compute() });
     let Some(call) = Call::prepare(Smache::current(), spec, key) else {
         return drive::block_on(uncached(spec, compute()));
@@ -175,6 +241,10 @@ async fn uncached<R>(spec: &'static FnSpec, fut: impl Future<Output = R>) -> R {
 /// rather than copied out. `None` sends the call down the full path (a
 /// miss, an alias, a value kept in MongoDB, an executor's job, bytes that
 /// do not decode: that path logs them).
+///
+/// Always inlined, as is the closure that calls it: a hit's value then
+/// stays in registers up to its answer.
+#[inline(always)]
 fn local_hit<V: DeserializeOwned>(
     smache: &Smache,
     spec: &'static FnSpec,

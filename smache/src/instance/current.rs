@@ -58,6 +58,7 @@ impl Smache {
 
     /// Runs `f` with the instance [`current`](Smache::current) returns,
     /// borrowed rather than cloned: a hit's path.
+    #[inline(always)]
     pub(crate) fn with_current<R>(f: impl Fn(&Smache) -> R) -> R {
         CURRENT.try_with(&f).unwrap_or_else(|_| f(Smache::global()))
     }

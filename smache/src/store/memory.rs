@@ -98,6 +98,7 @@ impl MemoryStore {
     /// of a hit. `None` when nothing is stored, and when the key is an
     /// alias (the caller then takes the path of [`get`](Self::get), which
     /// follows it).
+    #[inline]
     pub(crate) fn peek(&self, key: &CacheKey) -> Option<Arc<Stored>> {
         key.with_value_id(|id| {
             if self.linked.load(Ordering::Acquire) && lock(&self.links).contains_key(id) {
