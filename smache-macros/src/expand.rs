@@ -19,7 +19,7 @@
 //! did). The wrapper hands the cache a closure that calls it, run only on a
 //! miss; the executor's recompute, registered beside it, calls it with a
 //! job's arguments. The expansion of the README's `dashboard` is kept in
-//! `tests/expand/dashboard.rs`.
+//! `tests/expand/dashboard.expanded.rs`.
 
 use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned};
@@ -323,11 +323,12 @@ fn generate(args: &Args, checked: &Checked<'_>, item: &ItemFn) -> TokenStream {
     }
 }
 
-/// How the wrapper reaches the cache, which the recompute does alike.
+/// How the recompute reaches the cache: through the wrapper's entry, its
+/// answer awaited as it is (the wrapper returns a hit's value at once).
 struct Call<'a> {
     /// The wrapper's way into the cache, `call_async` or `call_sync`.
     cached: &'a Ident,
-    /// `.await` for an `async fn`.
+    /// `.await` for an `async fn` (the answer is an `IntoFuture`).
     dot_await: &'a Option<TokenStream>,
     /// The function's body, as a private function.
     body_fn: &'a Ident,

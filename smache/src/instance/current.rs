@@ -60,7 +60,11 @@ impl Smache {
     /// borrowed rather than cloned: a hit's path.
     #[inline(always)]
     pub(crate) fn with_current<R>(f: impl Fn(&Smache) -> R) -> R {
-        CURRENT.try_with(&f).unwrap_or_else(|_| f(Smache::global()))
+        CURRENT.try_with(&f).unwrap_or_else(
+            // Outside any scope: `f` is inlined here too, out of the way.
+            #[cold]
+            |_| f(Smache::global()),
+        )
     }
 
     /// Runs `fut` with this instance as [`Smache::current`]. Tasks spawned
