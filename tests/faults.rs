@@ -614,3 +614,59 @@ async fn smache_worker_ready_exits_0_only_while_a_worker_watches() {
     smache.stop_executor().await.unwrap();
     let _ = db.drop().await;
 }
+
+/// A watch whose setup outlasts the lease (marking every value stale can,
+/// on a large instance) keeps the lease meanwhile, then watches and
+/// handles changes. With the lease renewed only after the setup, it had
+/// run out by then: the worker lost it, set up again, lost it again, and
+/// never watched. The setup is held by a fail point, in this process's
+/// worker only (the other tests' workers are processes of their own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_setup_outlasts_its_lease_keeps_it_and_watches() {
+    struct Held;
+    impl Drop for Held {
+        fn drop(&mut self) {
+            fail::remove("smache::worker::watch::setup");
+        }
+    }
+    let Scene {
+        redis,
+        db,
+        smache,
+        users,
+        ada,
+        ..
+    } = Scene::new().await;
+    let lease = Duration::from_secs(1);
+    fail::cfg("smache::worker::watch::setup", "return(2500)").unwrap();
+    let held = Held;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(smache::worker::run_until(
+        smache.clone(),
+        smache::worker::WorkerOptions::default().lease(lease),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let watching = eventually(Duration::from_secs(15), || async {
+        smache::worker::watching(&smache).await.unwrap_or(false)
+    })
+    .await;
+    assert!(watching, "the worker held in its setup never watched");
+    let key = cached_and_fresh(&smache, &ada).await;
+    rename(&users, &ada, "Augusta").await;
+    let renamed = current(&db, ada.id).await;
+    let refreshed = eventually(Duration::from_secs(15), || async {
+        smache.scope(greeting(&renamed)).await == "hello Augusta"
+            && smache.is_fresh(&key).await.unwrap_or(false)
+    })
+    .await;
+    assert!(refreshed, "the change after the long setup was handled");
+    drop(held);
+
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+    smache.stop_executor().await.unwrap();
+    drop(redis);
+    let _ = db.drop().await;
+}

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::{Ended, Worker};
+use crate::store::RedisStore;
 
 impl Worker<'_> {
     pub(super) async fn run(mut self, shutdown: impl Future<Output = ()>) {
@@ -69,38 +70,13 @@ impl Worker<'_> {
         }
     }
 
-    /// Takes or renews the lease while watching: `Ok(None)` while this
-    /// worker still holds it with fencing token `fence`, else why the
-    /// watch ends. `since`: how long ago the request that last took or
-    /// renewed it was sent.
+    /// Takes or renews the lease while watching (see [`keep_lease`]).
     pub(super) async fn keep_lease(
         &self,
         fence: u64,
         since: Duration,
     ) -> crate::error::Result<Option<Ended>> {
-        /// Why a lease runs out under a live worker.
-        const HELD_UP: &str =
-            "its loop was held up: a slow change, Redis or MongoDB slow to answer, a starved process";
-        let lease = self.options.lease;
-        match self.store.lease(&self.id, lease).await? {
-            None => {
-                if since >= lease {
-                    // (The watch's end logs the loss itself.)
-                    tracing::info!(worker = %self.id, ?since, ?lease, why = HELD_UP, "smache worker: the lease expired before this worker renewed it");
-                }
-                Ok(Some(Ended::LeaseLost))
-            }
-            Some(now) if now != fence => {
-                // Taken anew, not renewed: the lease key was gone.
-                if since >= lease {
-                    tracing::warn!(worker = %self.id, fence = now, ?since, ?lease, why = HELD_UP, "smache worker: the lease expired before this worker renewed it; taken again, restarting the watch");
-                } else {
-                    tracing::warn!(worker = %self.id, fence = now, ?since, "smache worker: the lease was lost and taken again, though renewed in time (Redis lost its data?); restarting the watch");
-                }
-                Ok(Some(Ended::Restart))
-            }
-            Some(_) => Ok(None),
-        }
+        keep_lease(self.store, &self.id, self.options.lease, fence, since).await
     }
 
     /// Stores the settings the scripts read (`{prefix}:config`).
@@ -128,5 +104,40 @@ impl Worker<'_> {
         if let Err(err) = self.store.resign(&self.id).await {
             tracing::debug!(error = %err, "smache worker: could not release the lease; it will expire");
         }
+    }
+}
+
+/// Takes or renews the lease of worker `id` while it watches: `Ok(None)`
+/// while it still holds it with fencing token `fence`, else why the watch
+/// ends. `since`: how long ago the request that last took or renewed it
+/// was sent.
+pub(super) async fn keep_lease(
+    store: &RedisStore,
+    id: &str,
+    lease: Duration,
+    fence: u64,
+    since: Duration,
+) -> crate::error::Result<Option<Ended>> {
+    /// Why a lease runs out under a live worker.
+    const HELD_UP: &str =
+        "its loop was held up: a slow change, Redis or MongoDB slow to answer, a starved process";
+    match store.lease(id, lease).await? {
+        None => {
+            if since >= lease {
+                // (The watch's end logs the loss itself.)
+                tracing::info!(worker = %id, ?since, ?lease, why = HELD_UP, "smache worker: the lease expired before this worker renewed it");
+            }
+            Ok(Some(Ended::LeaseLost))
+        }
+        Some(now) if now != fence => {
+            // Taken anew, not renewed: the lease key was gone.
+            if since >= lease {
+                tracing::warn!(worker = %id, fence = now, ?since, ?lease, why = HELD_UP, "smache worker: the lease expired before this worker renewed it; taken again, restarting the watch");
+            } else {
+                tracing::warn!(worker = %id, fence = now, ?since, "smache worker: the lease was lost and taken again, though renewed in time (Redis lost its data?); restarting the watch");
+            }
+            Ok(Some(Ended::Restart))
+        }
+        Some(_) => Ok(None),
     }
 }

@@ -2,20 +2,28 @@
 //! opening it where the saved position says, recording each change (or
 //! empty batch) with its jobs and the new position in one script, renewing
 //! the lease and checking the saved position every third of the lease
-//! (counted from the request that last took or renewed it).
+//! (counted from the request that last took or renewed it). The setup
+//! (opening the stream, and marking everything stale when that is owed,
+//! which on a large instance may outlast the lease) runs beside a future
+//! that renews the lease meanwhile, in the same task.
 
 use std::future::Future;
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
 use mongodb::change_stream::ChangeStream;
 use mongodb::options::FullDocumentBeforeChangeType;
 
 use super::change::Change;
+use super::lease::keep_lease;
 use super::position::{encode_token, history_lost, token_time};
 use super::{Ended, Worker};
 use crate::error::Result;
-use crate::store::{Changed, Seen};
+use crate::store::{Changed, RedisStore, Seen};
+use crate::sync::lock;
+
+type Stream = ChangeStream<ChangeStreamEvent<bson::Document>>;
 
 /// The longest one step of the graph sweep runs, between two polls of
 /// the change stream.
@@ -31,40 +39,24 @@ impl Worker<'_> {
         fence: u64,
         taken: Instant,
     ) -> Result<Ended> {
-        self.publish_config().await?;
-        let saved = match self.saved_token().await? {
-            Some(token) => Some(token),
-            None => self.position_when_none_is_saved().await?,
-        };
-        let mut stream = match self.open(saved).await {
-            Ok(stream) => stream,
-            Err(err) if history_lost(&err) => {
-                self.forget_history(&err).await?;
-                return Ok(Ended::Restart);
-            }
-            Err(err) => return Err(err.into()),
-        };
-        // Save where the stream starts at once: should this worker die
-        // before the first event, its successor resumes from here rather
-        // than from its own later start.
-        let mut saved = stream.resume_token();
-        match self.record(saved.as_ref(), None).await? {
-            Changed::Queued(_) => {}
-            Changed::LeaseLost => return Ok(Ended::LeaseLost),
-            Changed::Moved => return Ok(self.moved()),
-        }
-        self.last_token.clone_from(&saved);
-        if let Some(why) = self.store.stale_marking_owed().await? {
-            // The new stream starts now and its position is saved: mark
-            // everything stale, so no change in the lost gap stays unseen.
-            // The marker goes only once that is done.
-            self.mark_everything_stale(why.into()).await?;
-            self.store.stale_marking_done().await?;
-        }
         // Counted from the request that took the lease, not from here:
-        // opening the stream (or marking everything stale) may take a
-        // while, and the lease runs out by Redis's clock all the same.
-        let mut renewed = taken;
+        // the lease runs out by Redis's clock all the same.
+        let renewed = Mutex::new(taken);
+        let (store, id, lease) = (self.store, self.id.clone(), self.options.lease);
+        let heartbeat = self.presence.record();
+        let set_up = self.set_up();
+        let renewing = renew_beside(store, &id, lease, fence, &renewed, &heartbeat);
+        // The setup is dropped if the lease is lost meanwhile: each of its
+        // steps is safe to stop between (as a crash would), and marking
+        // everything stale stays owed until it is done.
+        let (mut stream, mut saved) = tokio::select! {
+            set_up = set_up => match set_up? {
+                Ok(started) => started,
+                Err(ended) => return Ok(ended),
+            },
+            ended = renewing => return ended,
+        };
+        let mut renewed = *lock(&renewed);
         loop {
             if futures::FutureExt::now_or_never(shutdown.clone()).is_some() {
                 return Ok(Ended::Shutdown);
@@ -178,10 +170,50 @@ impl Worker<'_> {
         }
     }
 
-    async fn open(
-        &self,
-        saved: Option<ResumeToken>,
-    ) -> mongodb::error::Result<ChangeStream<ChangeStreamEvent<bson::Document>>> {
+    /// Opens the stream where the saved position says and saves where it
+    /// starts; marks everything stale if that is owed. `Err`: why the
+    /// watch ends instead.
+    async fn set_up(
+        &mut self,
+    ) -> Result<std::result::Result<(Stream, Option<ResumeToken>), Ended>> {
+        #[cfg(feature = "failpoints")]
+        if let Some(delay) = held_in_setup() {
+            tokio::time::sleep(delay).await;
+        }
+        self.publish_config().await?;
+        let saved = match self.saved_token().await? {
+            Some(token) => Some(token),
+            None => self.position_when_none_is_saved().await?,
+        };
+        let stream = match self.open(saved).await {
+            Ok(stream) => stream,
+            Err(err) if history_lost(&err) => {
+                self.forget_history(&err).await?;
+                return Ok(Err(Ended::Restart));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        // Save where the stream starts at once: should this worker die
+        // before the first event, its successor resumes from here rather
+        // than from its own later start.
+        let saved = stream.resume_token();
+        match self.record(saved.as_ref(), None).await? {
+            Changed::Queued(_) => {}
+            Changed::LeaseLost => return Ok(Err(Ended::LeaseLost)),
+            Changed::Moved => return Ok(Err(self.moved())),
+        }
+        self.last_token.clone_from(&saved);
+        if let Some(why) = self.store.stale_marking_owed().await? {
+            // The new stream starts now and its position is saved: mark
+            // everything stale, so no change in the lost gap stays unseen.
+            // The marker goes only once that is done.
+            self.mark_everything_stale(why.into()).await?;
+            self.store.stale_marking_done().await?;
+        }
+        Ok(Ok((stream, saved)))
+    }
+
+    async fn open(&self, saved: Option<ResumeToken>) -> mongodb::error::Result<Stream> {
         // The whole database, unfiltered: a collection that gains its first
         // dependant later is covered without restarting the stream. With
         // the documents before each change where the collection keeps them
@@ -252,4 +284,40 @@ impl Worker<'_> {
         );
         Ended::Restart
     }
+}
+
+/// Renews the lease (with fencing token `fence`) every third of it,
+/// counted from `renewed`, the request that last took or renewed it, and
+/// keeps the worker's announcement (`heartbeat`) alive alike, until the
+/// lease is lost: the watch's setup runs beside it.
+async fn renew_beside(
+    store: &RedisStore,
+    id: &str,
+    lease: Duration,
+    fence: u64,
+    renewed: &Mutex<Instant>,
+    heartbeat: &str,
+) -> Result<Ended> {
+    loop {
+        let last = *lock(renewed);
+        tokio::time::sleep_until((last + lease / 3).into()).await;
+        let asked = Instant::now();
+        if let Some(ended) = keep_lease(store, id, lease, fence, asked - last).await? {
+            return Ok(ended);
+        }
+        *lock(renewed) = asked;
+        if let Err(err) = store.heartbeat(id, heartbeat, lease * 2).await {
+            tracing::debug!(error = %err, "smache worker: cannot announce itself");
+        }
+    }
+}
+
+/// How long a test holds the watch in its setup: the fail point
+/// `smache::worker::watch::setup`, configured as `return(<ms>)`.
+#[cfg(feature = "failpoints")]
+fn held_in_setup() -> Option<Duration> {
+    fail::fail_point!("smache::worker::watch::setup", |ms: Option<String>| {
+        ms.and_then(|ms| ms.parse().ok()).map(Duration::from_millis)
+    });
+    None
 }
