@@ -637,8 +637,10 @@ async fn a_worker_whose_setup_outlasts_its_lease_keeps_it_and_watches() {
         ada,
         ..
     } = Scene::new().await;
-    let lease = Duration::from_secs(1);
-    fail::cfg("smache::worker::watch::setup", "return(2500)").unwrap();
+    // The lease is renewed between two polls of the stream (500 ms each)
+    // once the watch runs: 2 s leaves room on a loaded machine.
+    let lease = Duration::from_secs(2);
+    fail::cfg("smache::worker::watch::setup", "return(5000)").unwrap();
     let held = Held;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(smache::worker::run_until(
@@ -648,7 +650,7 @@ async fn a_worker_whose_setup_outlasts_its_lease_keeps_it_and_watches() {
             let _ = stopped.await;
         },
     ));
-    let watching = eventually(Duration::from_secs(15), || async {
+    let watching = eventually(Duration::from_secs(20), || async {
         smache::worker::watching(&smache).await.unwrap_or(false)
     })
     .await;

@@ -46,15 +46,17 @@ impl Worker<'_> {
         let heartbeat = self.presence.record();
         let set_up = self.set_up();
         let renewing = renew_beside(store, &id, lease, fence, &renewed, &heartbeat);
-        // The setup is dropped if the lease is lost meanwhile: each of its
-        // steps is safe to stop between (as a crash would), and marking
-        // everything stale stays owed until it is done.
+        // The setup is dropped if the lease is lost meanwhile, or on
+        // shutdown: each of its steps is safe to stop between (as a crash
+        // would), and marking everything stale stays owed until it is done.
         let (mut stream, mut saved) = tokio::select! {
             set_up = set_up => match set_up? {
                 Ok(started) => started,
                 Err(ended) => return Ok(ended),
             },
             ended = renewing => return ended,
+            // Nor need a stopping worker wait for a long marking.
+            () = shutdown.clone() => return Ok(Ended::Shutdown),
         };
         let mut renewed = *lock(&renewed);
         loop {
