@@ -615,6 +615,27 @@ async fn smache_worker_ready_exits_0_only_while_a_worker_watches() {
     let _ = db.drop().await;
 }
 
+/// Holds this process's workers in their watch's setup (the fail point
+/// `smache::worker::watch::setup`) while it lives. Only the tests below
+/// run a worker in this process (the others' are processes of their
+/// own), one at a time: the fail point is the process's.
+struct HeldInSetup(#[allow(dead_code)] tokio::sync::MutexGuard<'static, ()>);
+
+impl HeldInSetup {
+    async fn for_ms(ms: u64) -> HeldInSetup {
+        static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let turn = ONE_AT_A_TIME.lock().await;
+        fail::cfg("smache::worker::watch::setup", &format!("return({ms})")).unwrap();
+        HeldInSetup(turn)
+    }
+}
+
+impl Drop for HeldInSetup {
+    fn drop(&mut self) {
+        fail::remove("smache::worker::watch::setup");
+    }
+}
+
 /// A watch whose setup outlasts the lease (marking every value stale can,
 /// on a large instance) keeps the lease meanwhile, then watches and
 /// handles changes. With the lease renewed only after the setup, it had
@@ -623,12 +644,6 @@ async fn smache_worker_ready_exits_0_only_while_a_worker_watches() {
 /// worker only (the other tests' workers are processes of their own).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_setup_outlasts_its_lease_keeps_it_and_watches() {
-    struct Held;
-    impl Drop for Held {
-        fn drop(&mut self) {
-            fail::remove("smache::worker::watch::setup");
-        }
-    }
     let Scene {
         redis,
         db,
@@ -640,8 +655,7 @@ async fn a_worker_whose_setup_outlasts_its_lease_keeps_it_and_watches() {
     // The lease is renewed between two polls of the stream (500 ms each)
     // once the watch runs: 2 s leaves room on a loaded machine.
     let lease = Duration::from_secs(2);
-    fail::cfg("smache::worker::watch::setup", "return(5000)").unwrap();
-    let held = Held;
+    let held = HeldInSetup::for_ms(5000).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(smache::worker::run_until(
         smache.clone(),
@@ -668,6 +682,45 @@ async fn a_worker_whose_setup_outlasts_its_lease_keeps_it_and_watches() {
 
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
+    smache.stop_executor().await.unwrap();
+    drop(redis);
+    let _ = db.drop().await;
+}
+
+/// A worker stopped while its watch sets up (marking every value stale on
+/// a large instance, say) stops at once and gives up the lease, rather
+/// than holding it until the setup ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_during_its_setup_stops_at_once_and_gives_up_the_lease() {
+    let Scene {
+        redis, db, smache, ..
+    } = Scene::new().await;
+    let _held = HeldInSetup::for_ms(30_000).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(smache::worker::run_until(
+        smache.clone(),
+        smache::worker::WorkerOptions::default().lease(Duration::from_secs(2)),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let holds = eventually(Duration::from_secs(10), || async {
+        smache::worker::readiness(&smache)
+            .await
+            .is_ok_and(|readiness| readiness.watcher.is_some())
+    })
+    .await;
+    assert!(holds, "the worker took the lease");
+    let _ = stop.send(());
+    let ended = tokio::time::timeout(Duration::from_secs(5), worker).await;
+    assert!(
+        ended.is_ok(),
+        "the worker stopped within 5 s, though held 30 s in its setup"
+    );
+    let readiness = smache::worker::readiness(&smache).await.unwrap();
+    assert_eq!(readiness.watcher, None, "the lease was given up");
+    assert!(!readiness.position_saved, "the setup saved nothing");
+
     smache.stop_executor().await.unwrap();
     drop(redis);
     let _ = db.drop().await;
