@@ -102,7 +102,7 @@ impl<R, F: Future<Output = R>> std::future::IntoFuture for Answer<R, F> {
     }
 }
 
-/// [`call_async_full`]'s future, boxed: the other paths talk to Redis,
+/// [`call_full`]'s future, boxed: the other paths talk to Redis,
 /// next to which an allocation is nothing. Out of line: the future is made
 /// on the stack before it moves into its box, and it takes kilobytes; in
 /// [`call_async`] that frame would be set up (its stack pages probed) on
@@ -119,22 +119,25 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
 {
-    Box::pin(call_async_full::<M, R, F, Fut>(
+    Box::pin(call_full::<M, R, F, Fut>(
         Smache::current(),
         spec,
         key,
         compute,
         job,
+        Drive::Async,
     ))
 }
 
-/// [`call_async`] past the embedded store's fast path.
-async fn call_async_full<M, R, F, Fut>(
+/// A call past the in-process fast path, its store operations run as
+/// `drive` says: [`call_async`]'s, and [`call_sync`]'s blocked on.
+async fn call_full<M, R, F, Fut>(
     smache: Smache,
     spec: &'static FnSpec,
     key: Result<CacheKey>,
     compute: F,
     job: Option<&Job>,
+    drive: Drive,
 ) -> R
 where
     M: Mode<R>,
@@ -149,8 +152,8 @@ where
         return uncached(spec, compute()).await;
     };
     match job {
-        None => path::run::<M, R, _, _>(call, compute, Drive::Async).await.0,
-        Some(job) => for_job::<M, R, _, _>(call, compute, job, Drive::Async).await,
+        None => path::run::<M, R, _, _>(call, compute, drive).await.0,
+        Some(job) => for_job::<M, R, _, _>(call, compute, job, drive).await,
     }
 }
 
@@ -191,20 +194,14 @@ where
     M: Mode<R>,
     F: FnOnce() -> R,
 {
-    let compute = move || Box::pin(async move { compute() });
-    let Some(call) = Call::prepare(Smache::current(), spec, key) else {
-        return drive::block_on(uncached(spec, compute()));
-    };
-    drive::block_on(async move {
-        match job {
-            None => {
-                path::run::<M, R, _, _>(call, compute, Drive::Blocking)
-                    .await
-                    .0
-            }
-            Some(job) => for_job::<M, R, _, _>(call, compute, job, Drive::Blocking).await,
-        }
-    })
+    drive::block_on(call_full::<M, R, _, _>(
+        Smache::current(),
+        spec,
+        key,
+        move || async move { compute() },
+        job,
+        Drive::Blocking,
+    ))
 }
 
 /// A job's call: a recompute of this very value, or a submitted task's
