@@ -70,6 +70,11 @@ impl Worker<'_> {
         }
     }
 
+    /// Stores the settings the scripts read (`{prefix}:config`).
+    pub(super) async fn publish_config(&self) -> crate::error::Result<()> {
+        self.store.publish_max_fanout(self.options.max_fanout).await
+    }
+
     /// Takes or renews the lease while watching (see [`keep_lease`]).
     pub(super) async fn keep_lease(
         &self,
@@ -79,20 +84,17 @@ impl Worker<'_> {
         keep_lease(self.store, &self.id, self.options.lease, fence, since).await
     }
 
-    /// Stores the settings the scripts read (`{prefix}:config`).
-    pub(super) async fn publish_config(&self) -> crate::error::Result<()> {
-        self.store.publish_max_fanout(self.options.max_fanout).await
-    }
-
     /// Tells applications and `inspect` this worker is alive, what it
     /// watches and how far behind it is (`{prefix}:workers`), for twice
     /// the lease.
     pub(super) async fn announce(&self) {
-        let record = self.presence.record();
-        let lives = self.options.lease * 2;
-        if let Err(err) = self.store.heartbeat(&self.id, &record, lives).await {
-            tracing::debug!(error = %err, "smache worker: cannot announce itself");
-        }
+        announce(
+            self.store,
+            &self.id,
+            &self.presence.record(),
+            self.options.lease,
+        )
+        .await;
     }
 
     /// Withdraws the announcement and gives up the lease, if this worker
@@ -139,5 +141,13 @@ pub(super) async fn keep_lease(
             Ok(Some(Ended::Restart))
         }
         Some(_) => Ok(None),
+    }
+}
+
+/// Announces worker `id` with `record` (see [`Worker::announce`]), for
+/// twice `lease`.
+pub(super) async fn announce(store: &RedisStore, id: &str, record: &str, lease: Duration) {
+    if let Err(err) = store.heartbeat(id, record, lease * 2).await {
+        tracing::debug!(error = %err, "smache worker: cannot announce itself");
     }
 }

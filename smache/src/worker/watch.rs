@@ -16,7 +16,7 @@ use mongodb::change_stream::ChangeStream;
 use mongodb::options::FullDocumentBeforeChangeType;
 
 use super::change::Change;
-use super::lease::keep_lease;
+use super::lease::{announce, keep_lease};
 use super::position::{encode_token, history_lost, token_time};
 use super::{Ended, Worker};
 use crate::error::Result;
@@ -308,9 +308,7 @@ async fn renew_beside(
             return Ok(ended);
         }
         *lock(renewed) = asked;
-        if let Err(err) = store.heartbeat(id, heartbeat, lease * 2).await {
-            tracing::debug!(error = %err, "smache worker: cannot announce itself");
-        }
+        announce(store, id, heartbeat, lease).await;
     }
 }
 
