@@ -636,6 +636,26 @@ impl Drop for HeldInSetup {
     }
 }
 
+/// A worker of `smache` run in this process, with `lease`: the sender
+/// stops it.
+fn worker_in_process(
+    smache: &Smache,
+    lease: Duration,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<smache::Result<()>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(smache::worker::run_until(
+        smache.clone(),
+        smache::worker::WorkerOptions::default().lease(lease),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (stop, worker)
+}
+
 /// A watch whose setup outlasts the lease (marking every value stale can,
 /// on a large instance) keeps the lease meanwhile, then watches and
 /// handles changes. With the lease renewed only after the setup, it had
@@ -656,14 +676,7 @@ async fn a_worker_whose_setup_outlasts_its_lease_keeps_it_and_watches() {
     // once the watch runs: 2 s leaves room on a loaded machine.
     let lease = Duration::from_secs(2);
     let held = HeldInSetup::for_ms(5000).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(smache::worker::run_until(
-        smache.clone(),
-        smache::worker::WorkerOptions::default().lease(lease),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, worker) = worker_in_process(&smache, lease);
     let watching = eventually(Duration::from_secs(20), || async {
         smache::worker::watching(&smache).await.unwrap_or(false)
     })
@@ -696,14 +709,7 @@ async fn a_worker_stopped_during_its_setup_stops_at_once_and_gives_up_the_lease(
         redis, db, smache, ..
     } = Scene::new().await;
     let _held = HeldInSetup::for_ms(30_000).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(smache::worker::run_until(
-        smache.clone(),
-        smache::worker::WorkerOptions::default().lease(Duration::from_secs(2)),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let (stop, worker) = worker_in_process(&smache, Duration::from_secs(2));
     let holds = eventually(Duration::from_secs(10), || async {
         smache::worker::readiness(&smache)
             .await
